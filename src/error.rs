@@ -1,0 +1,245 @@
+//! The one error type of the node and its single mapping to HTTP.
+//!
+//! Every failure a client can see is a variant here. [`Error::status`] and
+//! [`Error::code`] are the only place that decides the status line and the
+//! stable problem code; the responder renders RFC 9457 problem+json. Internal
+//! causes (I/O, SQLite, panics) are logged and never reach the body.
+
+use std::io;
+
+use rocket::http::{ContentType, Header, Status};
+use rocket::request::Request;
+use rocket::response::{self, Responder, Response};
+use serde::Serialize;
+
+use crate::key::KeyError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidKey(#[from] KeyError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    InvalidBody(String),
+    #[error("the request body ended after {received} of {expected} bytes")]
+    Truncated { received: u64, expected: u64 },
+    #[error("the request body broke off: {0}")]
+    Disconnected(String),
+    #[error("{0}")]
+    DigestMismatch(String),
+    #[error("{0}")]
+    StoredDigestMismatch(String),
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the dataset is larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("the range `{range}` cannot be served from {size} bytes")]
+    RangeNotSatisfiable { range: String, size: u64 },
+    #[error("{0}")]
+    InsufficientStorage(String),
+    #[error("no body bytes arrived for {0} seconds; the upload was aborted")]
+    Stalled(u64),
+    #[error("{limit} uploads are already in flight; retry shortly")]
+    Busy { limit: usize },
+    /// Anything unexpected. The message goes to the log, never to the client.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn no_dataset(key: impl std::fmt::Display) -> Self {
+        Error::NotFound(format!("no dataset at key `{key}`"))
+    }
+
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        Error::Internal(cause.to_string())
+    }
+
+    /// Maps an I/O error of the write path: a full disk is the client's 507,
+    /// anything else is internal.
+    pub fn from_io(e: io::Error) -> Self {
+        if is_disk_full(&e) {
+            Error::InsufficientStorage("the disk is full".into())
+        } else {
+            Error::internal(e)
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        match self {
+            Error::InvalidKey(_) | Error::BadRequest(_) | Error::InvalidBody(_) => {
+                Status::BadRequest
+            }
+            Error::Truncated { .. } | Error::Disconnected(_) | Error::DigestMismatch(_) => {
+                Status::BadRequest
+            }
+            Error::NotFound(_) => Status::NotFound,
+            Error::Stalled(_) => Status::RequestTimeout,
+            Error::Conflict(_) | Error::StoredDigestMismatch(_) => Status::Conflict,
+            Error::PreconditionFailed(_) => Status::PreconditionFailed,
+            Error::TooLarge { .. } => Status::PayloadTooLarge,
+            Error::RangeNotSatisfiable { .. } => Status::RangeNotSatisfiable,
+            Error::Internal(_) => Status::InternalServerError,
+            Error::Busy { .. } => Status::ServiceUnavailable,
+            Error::InsufficientStorage(_) => Status::InsufficientStorage,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidKey(_) => "invalid-key",
+            Error::NotFound(_) => "not-found",
+            Error::BadRequest(_) => "bad-request",
+            Error::InvalidBody(_) => "invalid-body",
+            Error::Truncated { .. } | Error::Disconnected(_) => "truncated-body",
+            Error::DigestMismatch(_) | Error::StoredDigestMismatch(_) => "digest-mismatch",
+            Error::PreconditionFailed(_) => "precondition-failed",
+            Error::Conflict(_) => "key-conflict",
+            Error::TooLarge { .. } => "too-large",
+            Error::RangeNotSatisfiable { .. } => "range-not-satisfiable",
+            Error::InsufficientStorage(_) => "insufficient-storage",
+            Error::Stalled(_) => "upload-stalled",
+            Error::Busy { .. } => "too-many-uploads",
+            Error::Internal(_) => "internal",
+        }
+    }
+
+    /// The text a client may read. Internal errors say nothing specific.
+    fn detail(&self) -> String {
+        match self {
+            Error::Internal(_) => {
+                "the node failed to handle the request; the cause is in its log".into()
+            }
+            other => other.to_string(),
+        }
+    }
+
+    fn extra_header(&self) -> Option<Header<'static>> {
+        match self {
+            Error::RangeNotSatisfiable { size, .. } => {
+                Some(Header::new("Content-Range", format!("bytes */{size}")))
+            }
+            Error::Busy { .. } => Some(Header::new("Retry-After", "1")),
+            _ => None,
+        }
+    }
+}
+
+/// True for ENOSPC and EDQUOT, the errors of a full volume.
+pub fn is_disk_full(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::from_io(e)
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::internal(format!("index: {e}"))
+    }
+}
+
+/// An RFC 9457 problem detail.
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    pub code: String,
+}
+
+impl Problem {
+    pub fn new(status: Status, code: &str, detail: String) -> Self {
+        Problem {
+            kind: format!("https://spillway.dev/problems/{code}"),
+            title: status.reason_lossy().to_string(),
+            status: status.code,
+            detail,
+            code: code.to_string(),
+        }
+    }
+
+    pub fn into_response<'o>(self) -> Response<'o> {
+        let body = serde_json::to_string(&self).unwrap_or_else(|_| "{}".into());
+        Response::build()
+            .status(Status::new(self.status))
+            .header(ContentType::new("application", "problem+json"))
+            .sized_body(body.len(), std::io::Cursor::new(body))
+            .finalize()
+    }
+}
+
+impl<'r> Responder<'r, 'static> for Error {
+    fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
+        let status = self.status();
+        if status.code >= 500 {
+            log::error!("{} {}: {self}", req.method(), req.uri().path());
+        } else {
+            log::info!(
+                "{} {}: {} ({})",
+                req.method(),
+                req.uri().path(),
+                status.code,
+                self.code()
+            );
+        }
+        let mut response = Problem::new(status, self.code(), self.detail()).into_response();
+        if let Some(header) = self.extra_header() {
+            response.set_header(header);
+        }
+        Ok(response)
+    }
+}
+
+/// Rocket's own errors (unknown route, wrong method, oversized JSON, a body
+/// that does not parse) in the same problem+json shape.
+#[rocket::catch(default)]
+pub fn default_catcher(status: Status, _req: &Request<'_>) -> Problem {
+    let (code, detail) = match status.code {
+        400 => ("bad-request", "the request could not be understood"),
+        404 => ("not-found", "no such resource"),
+        405 => (
+            "method-not-allowed",
+            "the method is not allowed on this resource",
+        ),
+        413 => (
+            "too-large",
+            "the request body is larger than this endpoint accepts",
+        ),
+        415 => (
+            "unsupported-media-type",
+            "the request body has an unsupported type",
+        ),
+        422 => (
+            "invalid-body",
+            "the request body does not have the expected shape",
+        ),
+        s if s >= 500 => (
+            "internal",
+            "the node failed to handle the request; the cause is in its log",
+        ),
+        _ => ("error", "the request failed"),
+    };
+    Problem::new(status, code, detail.to_string())
+}
+
+impl<'r> Responder<'r, 'static> for Problem {
+    fn respond_to(self, _req: &'r Request<'_>) -> response::Result<'static> {
+        Ok(self.into_response())
+    }
+}

@@ -1,0 +1,370 @@
+//! Bytes in and out: `PUT /data/{key}`, `POST /datasets` (multipart),
+//! `GET`/`HEAD /data/{key}` with ranges and conditional requests.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::TryStreamExt;
+use http_range_header::{parse_range_header, RangeUnsatisfiableError};
+use rocket::data::{Data, ToByteUnit};
+use rocket::http::{ContentType, Header, Status};
+use rocket::request::{FromRequest, Outcome, Request};
+use rocket::response::{self, Responder, Response};
+use rocket::{Route, State};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek, ReadBuf, Take};
+use tokio_util::io::{ReaderStream, StreamReader};
+
+use super::{header, KeyTail};
+use crate::error::{Error, Result};
+use crate::index::Record;
+use crate::key::Key;
+use crate::node::{EtagList, Node, Precondition, UploadMeta};
+use crate::upload::{Expected, CHUNK};
+
+pub fn routes() -> Vec<Route> {
+    rocket::routes![put_data, get_data, post_multipart]
+}
+
+/// Largest text field of a multipart form (`key`, `name`, `description`).
+const FORM_FIELD_LIMIT: usize = 64 * 1024;
+/// Slack for multipart framing on top of the dataset size limit.
+const FORM_OVERHEAD: u64 = 1024 * 1024;
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for UploadMeta {
+    type Error = Error;
+
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Error> {
+        match upload_meta(req) {
+            Ok(meta) => Outcome::Success(meta),
+            Err(e) => Outcome::Error((e.status(), e)),
+        }
+    }
+}
+
+fn upload_meta(req: &Request<'_>) -> Result<UploadMeta> {
+    let length = header(req, "Content-Length")
+        .map(|v| v.trim().parse::<u64>())
+        .transpose()
+        .map_err(|_| Error::BadRequest("Content-Length is not a number".into()))?;
+    let digests: Vec<&str> = req
+        .headers()
+        .get("Content-Digest")
+        .chain(req.headers().get("Repr-Digest"))
+        .collect();
+    let expected = Expected {
+        length,
+        ..Expected::default()
+    }
+    .with_digests(&digests, header(req, "X-Blake3"))?;
+    let precondition = match (header(req, "If-Match"), header(req, "If-None-Match")) {
+        (Some(_), Some(_)) => {
+            return Err(Error::BadRequest(
+                "send either If-Match or If-None-Match, not both".into(),
+            ))
+        }
+        (Some(tags), None) => Precondition::IfMatch(EtagList::parse(tags)),
+        (None, Some(tags)) => Precondition::IfNoneMatch(EtagList::parse(tags)),
+        (None, None) => Precondition::None,
+    };
+    Ok(UploadMeta {
+        content_type: req.content_type().map(|ct| ct.to_string()),
+        precondition,
+        expected,
+        ..UploadMeta::default()
+    })
+}
+
+/// `201 Created` / `200 OK` with `Location`, `ETag` and the record.
+pub struct Stored {
+    pub record: Record,
+    pub created: bool,
+}
+
+impl<'r> Responder<'r, 'static> for Stored {
+    fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
+        let status = if self.created {
+            Status::Created
+        } else {
+            Status::Ok
+        };
+        Response::build_from(rocket::serde::json::Json(&self.record).respond_to(req)?)
+            .status(status)
+            .header(Header::new("Location", self.record.path.clone()))
+            .header(Header::new("ETag", format!("\"{}\"", self.record.blake3)))
+            .ok()
+    }
+}
+
+#[rocket::put("/data/<_..>?<name>", data = "<body>")]
+async fn put_data(
+    node: &State<Arc<Node>>,
+    tail: KeyTail<'_>,
+    name: Option<String>,
+    meta: Result<UploadMeta, Error>,
+    body: Data<'_>,
+) -> Result<Stored> {
+    let key = tail.key()?;
+    let _permit = node.admit_upload()?;
+    let mut meta = meta?;
+    meta.name = name;
+    let limit = node.spooler.max_size.saturating_add(1);
+    let (record, created) = node.put(key, body.open(limit.bytes()), meta).await?;
+    Ok(Stored { record, created })
+}
+
+/// `POST /datasets`: a browser form with a `file` part and optional `key`,
+/// `name` and `description`. The file part streams through the same spool
+/// as a PUT; the key (default: the file name) is only needed at commit.
+#[rocket::post("/datasets", data = "<body>")]
+async fn post_multipart(
+    node: &State<Arc<Node>>,
+    content_type: Option<&ContentType>,
+    meta: Result<UploadMeta, Error>,
+    body: Data<'_>,
+) -> Result<Stored> {
+    let _permit = node.admit_upload()?;
+    let mut meta = meta?;
+    let boundary = content_type
+        .filter(|ct| ct.is_form_data())
+        .and_then(|ct| ct.params().find(|(k, _)| *k == "boundary"))
+        .map(|(_, v)| v.to_string())
+        .ok_or_else(|| {
+            Error::BadRequest("POST /datasets takes multipart/form-data with a boundary".into())
+        })?;
+    let limit = node.spooler.max_size.saturating_add(FORM_OVERHEAD);
+    if meta.expected.length.is_some_and(|l| l > limit) {
+        return Err(Error::TooLarge {
+            limit: node.spooler.max_size,
+        });
+    }
+    // The form's own length and digests are not the file's.
+    let form_expected = std::mem::take(&mut meta.expected);
+    let stream = ReaderStream::with_capacity(body.open(limit.bytes()), CHUNK);
+    let mut form = multer::Multipart::new(stream, boundary);
+
+    let (mut key, mut spooled, mut file_name) = (None, None, None);
+    while let Some(field) = form.next_field().await.map_err(multipart_error)? {
+        match field.name().unwrap_or_default() {
+            "file" => {
+                if spooled.is_some() {
+                    return Err(Error::BadRequest(
+                        "the form has more than one `file` part".into(),
+                    ));
+                }
+                file_name = field.file_name().map(str::to_owned);
+                if let Some(ct) = field.content_type() {
+                    meta.content_type = Some(ct.to_string());
+                }
+                let reader = StreamReader::new(field.map_err(io::Error::other));
+                let expected = Expected {
+                    length: None,
+                    ..form_expected.clone()
+                };
+                spooled = Some(node.spooler.spool(reader, &expected).await?);
+            }
+            "key" => key = Some(text_field(field).await?),
+            "name" => meta.name = Some(text_field(field).await?),
+            "description" => meta.description = Some(text_field(field).await?),
+            other => {
+                return Err(Error::BadRequest(format!(
+                    "unexpected form field `{other}`"
+                )))
+            }
+        }
+    }
+    let spooled = spooled.ok_or_else(|| Error::BadRequest("the form has no `file` part".into()))?;
+    let key = match key.filter(|k| !k.is_empty()).or(file_name) {
+        Some(k) => Key::parse(&k)?,
+        None => {
+            return Err(Error::BadRequest(
+                "give a `key` field or a file name".into(),
+            ))
+        }
+    };
+    if meta
+        .content_type
+        .as_deref()
+        .is_none_or(|ct| ct.starts_with("multipart/"))
+    {
+        meta.content_type = None;
+    }
+    let (record, created) = node.commit(key, spooled, meta).await?;
+    Ok(Stored { record, created })
+}
+
+async fn text_field(mut field: multer::Field<'_>) -> Result<String> {
+    let mut text = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        if text.len() + chunk.len() > FORM_FIELD_LIMIT {
+            return Err(Error::BadRequest(format!(
+                "a form field is longer than {FORM_FIELD_LIMIT} bytes"
+            )));
+        }
+        text.extend_from_slice(&chunk);
+    }
+    String::from_utf8(text).map_err(|_| Error::BadRequest("a form field is not valid UTF-8".into()))
+}
+
+fn multipart_error(e: multer::Error) -> Error {
+    match e {
+        multer::Error::StreamReadFailed(e) => Error::Disconnected(e.to_string()),
+        other => Error::BadRequest(format!("malformed multipart body: {other}")),
+    }
+}
+
+/// The read-side headers of a download.
+pub struct ReadConditions<'r> {
+    if_none_match: Option<&'r str>,
+    if_range: Option<&'r str>,
+    range: Option<&'r str>,
+}
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for ReadConditions<'r> {
+    type Error = std::convert::Infallible;
+
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
+        Outcome::Success(ReadConditions {
+            if_none_match: header(req, "If-None-Match"),
+            if_range: header(req, "If-Range"),
+            range: header(req, "Range"),
+        })
+    }
+}
+
+/// What a GET answers with.
+#[derive(Debug, PartialEq, Eq)]
+enum Plan {
+    NotModified,
+    Full,
+    Part { start: u64, end: u64 },
+}
+
+fn plan(record: &Record, cond: &ReadConditions<'_>) -> Result<Plan> {
+    if let Some(tags) = cond.if_none_match {
+        if EtagList::parse(tags).matches(Some(record)) {
+            return Ok(Plan::NotModified);
+        }
+    }
+    let Some(range) = cond.range else {
+        return Ok(Plan::Full);
+    };
+    if let Some(tag) = cond.if_range {
+        if tag.trim() != format!("\"{}\"", record.blake3) {
+            return Ok(Plan::Full);
+        }
+    }
+    if !range
+        .trim_start()
+        .to_ascii_lowercase()
+        .starts_with("bytes=")
+    {
+        // A range unit we do not know: ignored, as RFC 9110 says.
+        return Ok(Plan::Full);
+    }
+    let unsatisfiable = || Error::RangeNotSatisfiable {
+        range: range.to_string(),
+        size: record.size,
+    };
+    let ranges = parse_range_header(range)
+        .and_then(|parsed| parsed.validate(record.size))
+        .map_err(|_: RangeUnsatisfiableError| unsatisfiable())?;
+    match ranges.as_slice() {
+        [only] => Ok(Plan::Part {
+            start: *only.start(),
+            end: *only.end(),
+        }),
+        // Several ranges: the whole representation (RFC 9110 allows it).
+        _ => Ok(Plan::Full),
+    }
+}
+
+/// A dataset's bytes (or a slice of them) with its headers.
+pub struct Download {
+    file: std::fs::File,
+    record: Record,
+    plan: Plan,
+}
+
+#[rocket::get("/data/<_..>")]
+async fn get_data(
+    node: &State<Arc<Node>>,
+    tail: KeyTail<'_>,
+    cond: ReadConditions<'_>,
+) -> Result<Download> {
+    let key = tail.key()?;
+    let (file, record) = node.open_dataset(&key).await?;
+    let plan = plan(&record, &cond)?;
+    Ok(Download { file, record, plan })
+}
+
+impl<'r> Responder<'r, 'static> for Download {
+    fn respond_to(self, _req: &'r Request<'_>) -> response::Result<'static> {
+        let Download { file, record, plan } = self;
+        let mut response = Response::build();
+        response
+            .header(Header::new("ETag", format!("\"{}\"", record.blake3)))
+            .header(Header::new("Accept-Ranges", "bytes"));
+        let content_type =
+            ContentType::parse_flexible(&record.content_type).unwrap_or(ContentType::Binary);
+        let (start, len) = match plan {
+            Plan::NotModified => return response.status(Status::NotModified).ok(),
+            Plan::Full => (0, record.size),
+            Plan::Part { start, end } => {
+                response.status(Status::PartialContent).header(Header::new(
+                    "Content-Range",
+                    format!("bytes {start}-{end}/{}", record.size),
+                ));
+                (start, end - start + 1)
+            }
+        };
+        let body = Slice::new(file, start, len).map_err(|e| {
+            log::error!("seeking in `{}`: {e}", record.key);
+            Status::InternalServerError
+        })?;
+        response
+            .header(content_type)
+            .sized_body(len as usize, body)
+            .max_chunk_size(CHUNK)
+            .ok()
+    }
+}
+
+/// `len` bytes of a file from `start`. Its size is always preset on the
+/// response, so Rocket never needs to seek it.
+struct Slice(Take<tokio::fs::File>);
+
+impl Slice {
+    fn new(mut file: std::fs::File, start: u64, len: u64) -> io::Result<Slice> {
+        io::Seek::seek(&mut file, io::SeekFrom::Start(start))?;
+        let mut file = tokio::fs::File::from_std(file);
+        file.set_max_buf_size(CHUNK);
+        Ok(Slice(file.take(len)))
+    }
+}
+
+impl AsyncRead for Slice {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncSeek for Slice {
+    fn start_seek(self: Pin<&mut Self>, _: io::SeekFrom) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "a download slice is not seekable",
+        ))
+    }
+
+    fn poll_complete(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<u64>> {
+        Poll::Ready(Ok(0))
+    }
+}

@@ -1,0 +1,92 @@
+//! The HTTP layer: request guards that turn headers into typed values,
+//! responders, and the routes of each API area. Handlers are thin: guards,
+//! one call into [`Node`](crate::node::Node), a response.
+
+use rocket::data::{Data, FromData, Outcome as DataOutcome, ToByteUnit};
+use rocket::http::Status;
+use rocket::request::{FromRequest, Outcome, Request};
+use rocket::{Build, Rocket};
+use serde::de::DeserializeOwned;
+
+use crate::error::Error;
+use crate::key::Key;
+
+mod catalog;
+mod data;
+
+/// Mounts every route and the problem+json catchers.
+pub fn mount(rocket: Rocket<Build>) -> Rocket<Build> {
+    rocket
+        .mount("/", data::routes())
+        .mount("/", catalog::routes())
+        .register("/", rocket::catchers![crate::error::default_catcher])
+}
+
+/// The raw, still percent-encoded rest of the path after its first segment:
+/// `a%20b/c` for `/data/a%20b/c`. Rocket's own segment parsing drops empty
+/// segments, so keys are parsed from this instead, by [`Key::from_raw_path`].
+pub struct KeyTail<'r>(pub &'r str);
+
+impl KeyTail<'_> {
+    pub fn key(&self) -> Result<Key, Error> {
+        Ok(Key::from_raw_path(self.0)?)
+    }
+}
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for KeyTail<'r> {
+    type Error = std::convert::Infallible;
+
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
+        let path = req.uri().path().as_str();
+        let rest = path.strip_prefix('/').unwrap_or(path);
+        let tail = rest.split_once('/').map_or("", |(_, tail)| tail);
+        Outcome::Success(KeyTail(tail))
+    }
+}
+
+/// A small JSON request body (metadata), read with a fixed cap. Every
+/// failure becomes a problem+json error with the parser's reason.
+pub struct JsonBody<T>(pub T);
+
+const JSON_LIMIT: u64 = 64 * 1024;
+
+#[rocket::async_trait]
+impl<'r, T: DeserializeOwned> FromData<'r> for JsonBody<T> {
+    type Error = Error;
+
+    async fn from_data(_req: &'r Request<'_>, data: Data<'r>) -> DataOutcome<'r, Self> {
+        let result = async {
+            let text = data
+                .open(JSON_LIMIT.bytes())
+                .into_string()
+                .await
+                .map_err(|e| {
+                    Error::InvalidBody(format!(
+                        "the JSON body is not valid UTF-8 or broke off: {e}"
+                    ))
+                })?;
+            if !text.is_complete() {
+                return Err(Error::TooLarge { limit: JSON_LIMIT });
+            }
+            let body = if text.trim().is_empty() {
+                "{}"
+            } else {
+                text.as_str()
+            };
+            serde_json::from_str(body)
+                .map(JsonBody)
+                .map_err(|e| Error::InvalidBody(format!("the JSON body does not fit: {e}")))
+        }
+        .await;
+        match result {
+            Ok(body) => DataOutcome::Success(body),
+            Err(e) => DataOutcome::Error((Status::BadRequest, e)),
+        }
+    }
+}
+
+/// One header's value, if present.
+pub fn header<'r>(req: &'r Request<'_>, name: &str) -> Option<&'r str> {
+    req.headers().get_one(name)
+}

@@ -1,0 +1,339 @@
+//! The catalog: one SQLite database (WAL, synchronous=FULL) holding a row per
+//! dataset. Rows are keyed by the dataset key; the default BINARY collation
+//! orders keys bytewise, which is the order of the API. Every call blocks:
+//! callers run them on blocking threads.
+
+use std::path::Path;
+
+use r2d2::Pool;
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::key::Key;
+
+/// What the catalog knows about a dataset (the API's record, plus the inode
+/// that ties the row to the file it describes).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Record {
+    pub name: String,
+    pub path: String,
+    pub key: String,
+    pub size: u64,
+    pub blake3: String,
+    pub content_type: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub description: Option<String>,
+    pub tags: Vec<String>,
+    #[serde(skip)]
+    pub inode: u64,
+}
+
+/// The columns a commit writes.
+#[derive(Debug, Clone)]
+pub struct NewVersion {
+    pub key: Key,
+    pub size: u64,
+    pub blake3: String,
+    pub content_type: String,
+    pub inode: u64,
+    pub name: Option<String>,
+    pub description: Option<String>,
+}
+
+/// Metadata a client may change.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataPatch {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub tags: Option<Vec<String>>,
+}
+
+const MIGRATIONS: &[&str] = &[r#"
+    CREATE TABLE datasets (
+        key          TEXT PRIMARY KEY NOT NULL,
+        name         TEXT NOT NULL,
+        size         INTEGER NOT NULL,
+        blake3       TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        created_at   TEXT NOT NULL,
+        updated_at   TEXT NOT NULL,
+        description  TEXT,
+        tags         TEXT NOT NULL DEFAULT '[]',
+        inode        INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+"#];
+
+const COLUMNS: &str =
+    "key, name, size, blake3, content_type, created_at, updated_at, description, tags, inode";
+
+#[derive(Clone)]
+pub struct Index {
+    pool: Pool<SqliteConnectionManager>,
+}
+
+impl Index {
+    pub fn open(path: &Path) -> Result<Index> {
+        let manager = SqliteConnectionManager::file(path).with_init(|c| {
+            c.execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = FULL;
+                 PRAGMA busy_timeout = 10000;",
+            )
+        });
+        let pool = Pool::builder()
+            .max_size(8)
+            .build(manager)
+            .map_err(|e| Error::internal(format!("index {}: {e}", path.display())))?;
+        let index = Index { pool };
+        index.migrate()?;
+        Ok(index)
+    }
+
+    fn conn(&self) -> Result<r2d2::PooledConnection<SqliteConnectionManager>> {
+        self.pool
+            .get()
+            .map_err(|e| Error::internal(format!("index pool: {e}")))
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn get(&self, key: &Key) -> Result<Option<Record>> {
+        let conn = self.conn()?;
+        get(&conn, key.as_str())
+    }
+
+    /// One page in key order: keys starting with `prefix`, strictly after
+    /// `after`. Keyset pagination on the primary key: each page is one
+    /// index range scan, however deep.
+    pub fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Record>> {
+        let conn = self.conn()?;
+        let lower = match after {
+            Some(after) if after >= prefix => after,
+            _ => prefix,
+        };
+        let lower_inclusive = after.is_none_or(|a| a < prefix);
+        let upper = prefix_successor(prefix);
+        let sql = format!(
+            "SELECT {COLUMNS} FROM datasets WHERE key {} ?1 AND (?2 IS NULL OR key < ?2) ORDER BY key LIMIT ?3",
+            if lower_inclusive { ">=" } else { ">" }
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params![lower, upper, limit as i64], record_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Inserts or replaces a dataset's row after its file was installed.
+    /// Metadata of a replaced dataset is kept unless the upload sets it.
+    pub fn upsert(&self, v: &NewVersion, now: &str) -> Result<Record> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let name = v
+            .name
+            .clone()
+            .unwrap_or_else(|| v.key.file_name().to_owned());
+        tx.execute(
+            "INSERT INTO datasets (key, name, size, blake3, content_type, created_at, updated_at, description, inode)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8)
+             ON CONFLICT (key) DO UPDATE SET
+                name = CASE WHEN ?9 THEN excluded.name ELSE name END,
+                size = excluded.size, blake3 = excluded.blake3,
+                content_type = excluded.content_type, updated_at = excluded.updated_at,
+                description = coalesce(excluded.description, description),
+                inode = excluded.inode",
+            params![
+                v.key.as_str(),
+                name,
+                v.size as i64,
+                v.blake3,
+                v.content_type,
+                now,
+                v.description,
+                v.inode as i64,
+                v.name.is_some(),
+            ],
+        )?;
+        let record = get(&tx, v.key.as_str())?
+            .ok_or_else(|| Error::internal("row vanished after upsert"))?;
+        tx.commit()?;
+        Ok(record)
+    }
+
+    pub fn patch(&self, key: &Key, patch: &MetadataPatch, now: &str) -> Result<Option<Record>> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let tags = patch
+            .tags
+            .as_ref()
+            .map(|t| serde_json::to_string(t).expect("tags serialize"));
+        let changed = tx.execute(
+            "UPDATE datasets SET name = coalesce(?2, name), description = coalesce(?3, description),
+                    tags = coalesce(?4, tags), updated_at = ?5
+             WHERE key = ?1",
+            params![key.as_str(), patch.name, patch.description, tags, now],
+        )?;
+        if changed == 0 {
+            return Ok(None);
+        }
+        let record = get(&tx, key.as_str())?;
+        tx.commit()?;
+        Ok(record)
+    }
+
+    pub fn delete(&self, key: &Key) -> Result<bool> {
+        let conn = self.conn()?;
+        Ok(conn.execute("DELETE FROM datasets WHERE key = ?1", [key.as_str()])? > 0)
+    }
+
+    /// The first dataset strictly below `key/`, if any (a key that is a
+    /// folder of others cannot become a dataset).
+    pub fn first_below(&self, key: &Key) -> Result<Option<String>> {
+        let conn = self.conn()?;
+        let prefix = format!("{key}/");
+        let upper = prefix_successor(&prefix);
+        Ok(conn
+            .query_row(
+                "SELECT key FROM datasets WHERE key >= ?1 AND key < ?2 ORDER BY key LIMIT 1",
+                params![prefix, upper],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Any of the given keys that is a dataset.
+    pub fn first_existing<'k>(
+        &self,
+        keys: impl IntoIterator<Item = &'k str>,
+    ) -> Result<Option<String>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached("SELECT key FROM datasets WHERE key = ?1")?;
+        for key in keys {
+            if let Some(found) = stmt.query_row([key], |r| r.get(0)).optional()? {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+
+    pub fn count(&self) -> Result<(u64, u64)> {
+        let conn = self.conn()?;
+        Ok(conn.query_row(
+            "SELECT count(*), coalesce(sum(size), 0) FROM datasets",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+        )?)
+    }
+
+    /// Every row in key order, streamed to `f` (fsck, start-up reconcile).
+    pub fn for_each(&self, mut f: impl FnMut(Record)) -> Result<()> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM datasets ORDER BY key"))?;
+        let rows = stmt.query_map([], record_from_row)?;
+        for row in rows {
+            f(row?);
+        }
+        Ok(())
+    }
+
+    /// Runs `f` inside one transaction on one connection (bulk loads).
+    pub fn with_transaction<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
+/// Inserts a row as found on disk (reindex, bulk loads).
+pub fn insert_found(
+    tx: &Connection,
+    key: &str,
+    size: u64,
+    blake3: &str,
+    inode: u64,
+    now: &str,
+) -> Result<()> {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    tx.execute(
+        "INSERT OR REPLACE INTO datasets (key, name, size, blake3, content_type, created_at, updated_at, inode)
+         VALUES (?1, ?2, ?3, ?4, 'application/octet-stream', ?5, ?5, ?6)",
+        params![key, name, size as i64, blake3, now, inode as i64],
+    )?;
+    Ok(())
+}
+
+fn get(conn: &Connection, key: &str) -> Result<Option<Record>> {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {COLUMNS} FROM datasets WHERE key = ?1"))?;
+    Ok(stmt.query_row([key], record_from_row).optional()?)
+}
+
+fn record_from_row(row: &Row<'_>) -> rusqlite::Result<Record> {
+    let key: String = row.get(0)?;
+    let tags: String = row.get(8)?;
+    Ok(Record {
+        path: Key::parse(&key).map(|k| k.url_path()).unwrap_or_default(),
+        name: row.get(1)?,
+        size: row.get::<_, i64>(2)? as u64,
+        blake3: row.get(3)?,
+        content_type: row.get(4)?,
+        created_at: row.get(5)?,
+        updated_at: row.get(6)?,
+        description: row.get(7)?,
+        tags: serde_json::from_str(&tags).unwrap_or_default(),
+        inode: row.get::<_, i64>(9)? as u64,
+        key,
+    })
+}
+
+/// The smallest string greater than every string that starts with `prefix`
+/// (None when there is none, or the prefix is empty). Code point order is
+/// UTF-8 byte order, so bumping the last character that can be bumped works.
+pub fn prefix_successor(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let mut next = last as u32 + 1;
+        if (0xD800..=0xDFFF).contains(&next) {
+            next = 0xE000;
+        }
+        if let Some(c) = char::from_u32(next) {
+            chars.push(c);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn successor_bounds_the_prefix() {
+        assert_eq!(prefix_successor("a"), Some("b".into()));
+        assert_eq!(prefix_successor("a/"), Some("a0".into()));
+        assert_eq!(prefix_successor(""), None);
+        assert_eq!(prefix_successor("x\u{10FFFF}"), Some("y".into()));
+        assert_eq!(prefix_successor("\u{D7FF}"), Some("\u{E000}".into()));
+        for key in ["a", "a/b", "a\u{10FFFF}\u{10FFFF}", "aé"] {
+            assert!(key < prefix_successor("a").unwrap().as_str());
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! Spillway: a storage node for datasets far bigger than RAM, over HTTP.
+//!
+//! Where things live:
+//! - [`key`]: the key rules and the validated `Key` newtype;
+//! - [`upload`]: the streaming spool (memory cap, spill, hashing, fsync);
+//! - [`store`]: the data directory layout and the crash-safe install/remove;
+//! - [`index`]: the SQLite catalog;
+//! - [`node`]: the service that ties them together (the commit protocol);
+//! - [`http`]: routes, guards and responders; [`error`]: the one error enum.
+
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod index;
+pub mod key;
+pub mod node;
+pub mod store;
+pub mod upload;
+
+use std::sync::Arc;
+
+use figment::Figment;
+use rocket::fairing::AdHoc;
+use rocket::{Build, Rocket};
+
+use crate::config::Settings;
+use crate::node::Node;
+
+/// Builds the node from a figment: settings are extracted and checked, the
+/// data directory prepared, leftovers swept and the index opened before the
+/// server exists. `main` and the tests use this same function.
+pub fn build(figment: Figment) -> Result<Rocket<Build>, String> {
+    let settings = Settings::from_figment(&figment)?;
+    let node = Node::open(settings).map_err(|e| match e {
+        error::Error::Internal(cause) => cause,
+        other => other.to_string(),
+    })?;
+    let rocket = rocket::custom(figment)
+        .manage(Arc::new(node))
+        .attach(AdHoc::on_liftoff("announce", |rocket| {
+            Box::pin(async move {
+                let config = rocket.config();
+                // Tests and scripts read this line to find an ephemeral port.
+                println!(
+                    "spillway listening on http://{}:{}",
+                    config.address, config.port
+                );
+            })
+        }));
+    Ok(http::mount(rocket))
+}

@@ -1,0 +1,382 @@
+//! The node: coordinates the byte store (`store`), the catalog (`index`) and
+//! the upload pipeline (`upload`). HTTP handlers call these methods and
+//! nothing below them. Mutations of the catalog and the data directory
+//! (install, delete) are serialised by one commit lock; uploads stream in
+//! parallel and only take the lock for the short install + index step.
+
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use tokio::io::AsyncRead;
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+
+use crate::config::Settings;
+use crate::error::{Error, Result};
+use crate::index::{Index, MetadataPatch, NewVersion, Record};
+use crate::key::Key;
+use crate::store::{conflict_with_folder, Layout};
+use crate::upload::{Expected, MemoryBudget, Spooled, Spooler};
+
+/// A conditional request's precondition on the current version.
+#[derive(Debug, Clone, Default)]
+pub enum Precondition {
+    #[default]
+    None,
+    /// `If-None-Match`: fail when the current ETag is listed (`*`: any).
+    IfNoneMatch(EtagList),
+    /// `If-Match`: fail unless the current ETag is listed (`*`: any).
+    IfMatch(EtagList),
+}
+
+#[derive(Debug, Clone)]
+pub enum EtagList {
+    Any,
+    Tags(Vec<String>),
+}
+
+impl EtagList {
+    /// Parses an `If-Match` / `If-None-Match` value into blake3 hex strings.
+    /// Weak tags never match a strong comparison and are kept as-is.
+    pub fn parse(value: &str) -> EtagList {
+        if value.trim() == "*" {
+            return EtagList::Any;
+        }
+        EtagList::Tags(
+            value
+                .split(',')
+                .map(|t| t.trim())
+                .map(|t| {
+                    t.strip_prefix('"')
+                        .and_then(|t| t.strip_suffix('"'))
+                        .unwrap_or(t)
+                })
+                .map(|t| t.to_ascii_lowercase())
+                .collect(),
+        )
+    }
+
+    pub fn matches(&self, current: Option<&Record>) -> bool {
+        match (self, current) {
+            (_, None) => false,
+            (EtagList::Any, Some(_)) => true,
+            (EtagList::Tags(tags), Some(r)) => tags.contains(&r.blake3),
+        }
+    }
+}
+
+impl Precondition {
+    fn check(&self, current: Option<&Record>) -> Result<()> {
+        match self {
+            Precondition::None => Ok(()),
+            Precondition::IfNoneMatch(tags) if tags.matches(current) => {
+                Err(Error::PreconditionFailed(
+                    "a dataset matching If-None-Match exists at this key".into(),
+                ))
+            }
+            Precondition::IfMatch(tags) if !tags.matches(current) => Err(
+                Error::PreconditionFailed("the current dataset does not match If-Match".into()),
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Everything about an upload except its bytes.
+#[derive(Debug, Clone, Default)]
+pub struct UploadMeta {
+    pub content_type: Option<String>,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub precondition: Precondition,
+    pub expected: Expected,
+}
+
+/// The body of `POST /datasets/{key}/action/acknowledge`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Acknowledge {
+    #[serde(flatten)]
+    pub metadata: MetadataPatch,
+    pub blake3: Option<String>,
+}
+
+/// Holding one of these is the right to run an upload.
+pub struct UploadPermit(#[allow(dead_code)] OwnedSemaphorePermit);
+
+pub struct Node {
+    pub settings: Settings,
+    pub layout: Arc<Layout>,
+    pub index: Index,
+    pub spooler: Spooler,
+    commit_lock: Mutex<()>,
+    uploads: Arc<Semaphore>,
+}
+
+impl Node {
+    /// Prepares the data directory, sweeps what a previous run left in the
+    /// spool, opens the index and runs the cheap start-up reconcile.
+    pub fn open(settings: Settings) -> Result<Node> {
+        let layout = Arc::new(Layout::prepare(&settings).map_err(|e| {
+            Error::internal(format!(
+                "preparing data directory {}: {e}",
+                settings.data_dir.display()
+            ))
+        })?);
+        let swept = layout.sweep_leftovers().map_err(Error::internal)?;
+        if !swept.is_empty() {
+            log::warn!(
+                "removed {} leftover spool file(s) of a previous run",
+                swept.len()
+            );
+            for path in &swept {
+                log::info!("  removed {}", path.display());
+            }
+        }
+        let index = Index::open(&layout.index_file)?;
+        let spooler = Spooler {
+            layout: layout.clone(),
+            budget: MemoryBudget::new(settings.spool_memory_budget.as_u64() as usize),
+            spool_memory: settings.spool_memory.as_u64() as usize,
+            max_size: settings.max_dataset_size.as_u64(),
+            stall_timeout: settings.stall_timeout(),
+            disk_reserve: settings.disk_reserve.as_u64(),
+        };
+        let node = Node {
+            uploads: Arc::new(Semaphore::new(settings.max_uploads)),
+            settings,
+            layout,
+            index,
+            spooler,
+            commit_lock: Mutex::new(()),
+        };
+        node.reconcile_on_start()?;
+        Ok(node)
+    }
+
+    /// Existence and size of every indexed file; mismatches are logged
+    /// (`spillway fsck` explains and repairs them).
+    fn reconcile_on_start(&self) -> Result<()> {
+        let (mut checked, mut problems) = (0u64, 0u64);
+        self.index.for_each(|record| {
+            checked += 1;
+            let Ok(key) = Key::parse(&record.key) else {
+                return;
+            };
+            match std::fs::metadata(self.layout.dataset_path(&key)) {
+                Ok(m) if m.is_file() && m.len() == record.size => {}
+                Ok(m) => {
+                    problems += 1;
+                    log::warn!(
+                        "reconcile: `{key}` is {} bytes on disk, {} in the index",
+                        m.len(),
+                        record.size
+                    );
+                }
+                Err(_) => {
+                    problems += 1;
+                    log::warn!("reconcile: `{key}` is indexed but its file is missing");
+                }
+            }
+        })?;
+        if problems > 0 {
+            log::warn!("reconcile: {problems} of {checked} datasets disagree with the index; run `spillway fsck`");
+        } else {
+            log::info!("reconcile: {checked} datasets match the index");
+        }
+        Ok(())
+    }
+
+    /// Admission control: at most `max_uploads` uploads at once.
+    pub fn admit_upload(&self) -> Result<UploadPermit> {
+        self.uploads
+            .clone()
+            .try_acquire_owned()
+            .map(UploadPermit)
+            .map_err(|_| Error::Busy {
+                limit: self.settings.max_uploads,
+            })
+    }
+
+    pub async fn get(&self, key: &Key) -> Result<Record> {
+        let (index, k) = (self.index.clone(), key.clone());
+        blocking(move || index.get(&k))
+            .await?
+            .ok_or_else(|| Error::no_dataset(key))
+    }
+
+    pub async fn list(
+        &self,
+        prefix: String,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<Record>> {
+        let index = self.index.clone();
+        blocking(move || index.list(&prefix, after.as_deref(), limit)).await
+    }
+
+    /// Checks what can be known before the body is read, so a doomed upload
+    /// is refused without spooling it: preconditions and key conflicts.
+    pub async fn precheck_upload(&self, key: &Key, meta: &UploadMeta) -> Result<()> {
+        let (index, k) = (self.index.clone(), key.clone());
+        let current = blocking(move || index.get(&k)).await?;
+        meta.precondition.check(current.as_ref())?;
+        let (index, k) = (self.index.clone(), key.clone());
+        blocking(move || check_conflicts(&index, &k)).await
+    }
+
+    /// PUT: stream the body in, then commit it at `key`.
+    pub async fn put<R: AsyncRead + Unpin>(
+        &self,
+        key: Key,
+        body: R,
+        meta: UploadMeta,
+    ) -> Result<(Record, bool)> {
+        self.precheck_upload(&key, &meta).await?;
+        let spooled = self.spooler.spool(body, &meta.expected).await?;
+        self.commit(key, spooled, meta).await
+    }
+
+    /// The commit: re-check the preconditions and conflicts under the lock,
+    /// install the fsynced file (rename + directory fsync), write the row.
+    /// Returns the record and whether the key is new.
+    pub async fn commit(
+        &self,
+        key: Key,
+        spooled: Spooled,
+        meta: UploadMeta,
+    ) -> Result<(Record, bool)> {
+        let _guard = self.commit_lock.lock().await;
+        let (index, layout) = (self.index.clone(), self.layout.clone());
+        blocking(move || {
+            let current = index.get(&key)?;
+            meta.precondition.check(current.as_ref())?;
+            check_conflicts(&index, &key)?;
+            let inode = layout.install(spooled.file, &key)?;
+            let version = NewVersion {
+                key: key.clone(),
+                size: spooled.size,
+                blake3: spooled.blake3.to_hex().to_string(),
+                content_type: meta
+                    .content_type
+                    .unwrap_or_else(|| "application/octet-stream".into()),
+                inode,
+                name: meta.name,
+                description: meta.description,
+            };
+            match index.upsert(&version, &now()) {
+                Ok(record) => Ok((record, current.is_none())),
+                Err(e) => {
+                    // Keep file and index in step: a new key's file goes too.
+                    if current.is_none() {
+                        let _ = layout.remove(&key);
+                    }
+                    Err(e)
+                }
+            }
+        })
+        .await
+    }
+
+    /// Opens a dataset for reading, with the record that describes exactly
+    /// the opened file (matched by inode, so a concurrent replace never pairs
+    /// new bytes with an old ETag).
+    pub async fn open_dataset(&self, key: &Key) -> Result<(File, Record)> {
+        for attempt in 0..2 {
+            let (index, layout, k) = (self.index.clone(), self.layout.clone(), key.clone());
+            let found = blocking(move || -> Result<Option<(File, Record)>> {
+                let Some(record) = index.get(&k)? else {
+                    return Err(Error::no_dataset(&k));
+                };
+                let file = match File::open(layout.dataset_path(&k)) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(Error::internal(e)),
+                };
+                let meta = file.metadata()?;
+                let matches = meta.ino() == record.inode && meta.len() == record.size;
+                Ok(matches.then_some((file, record)))
+            })
+            .await?;
+            if let Some(found) = found {
+                return Ok(found);
+            }
+            if attempt == 0 {
+                // A commit or delete is between its file and its row: wait for it.
+                drop(self.commit_lock.lock().await);
+            }
+        }
+        log::error!("`{key}`: the file on disk does not match its index row; run `spillway fsck`");
+        Err(Error::internal(format!(
+            "file and index row of `{key}` disagree"
+        )))
+    }
+
+    pub async fn patch(&self, key: &Key, patch: MetadataPatch) -> Result<Record> {
+        let (index, k) = (self.index.clone(), key.clone());
+        blocking(move || index.patch(&k, &patch, &now()))
+            .await?
+            .ok_or_else(|| Error::no_dataset(key))
+    }
+
+    pub async fn acknowledge(&self, key: &Key, ack: Acknowledge) -> Result<Record> {
+        let record = self.get(key).await?;
+        if let Some(expected) = &ack.blake3 {
+            if !expected.eq_ignore_ascii_case(&record.blake3) {
+                return Err(Error::StoredDigestMismatch(format!(
+                    "the stored dataset's blake3 is {}, not {expected}",
+                    record.blake3
+                )));
+            }
+        }
+        self.patch(key, ack.metadata).await
+    }
+
+    /// Removes the file (atomically, then its row) under the commit lock.
+    pub async fn delete(&self, key: &Key) -> Result<()> {
+        let _guard = self.commit_lock.lock().await;
+        let (index, layout, k) = (self.index.clone(), self.layout.clone(), key.clone());
+        blocking(move || {
+            if index.get(&k)?.is_none() {
+                return Err(Error::no_dataset(&k));
+            }
+            layout.remove(&k)?;
+            index.delete(&k)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// A key cannot be a dataset if a dataset sits at one of its ancestors, or
+/// if datasets sit below it (see `store`).
+fn check_conflicts(index: &Index, key: &Key) -> Result<()> {
+    if let Some(ancestor) = index.first_existing(key.ancestors())? {
+        return Err(Error::Conflict(format!(
+            "`{ancestor}` is a dataset, so it cannot also hold `{key}`"
+        )));
+    }
+    if index.first_below(key)?.is_some() {
+        return Err(conflict_with_folder(key));
+    }
+    Ok(())
+}
+
+/// Runs blocking work (SQLite, fsync, rename) off the async workers.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::internal(format!("blocking task failed: {e}")))?
+}
+
+/// Now, as the RFC 3339 UTC timestamps of the records (second precision).
+pub fn now() -> String {
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    time::OffsetDateTime::now_utc()
+        .format(&format)
+        .expect("timestamp formats")
+}
