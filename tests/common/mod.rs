@@ -1,0 +1,279 @@
+//! Test harness: starts the real `spillway` binary on an ephemeral loopback
+//! port with its own temporary data and spool directories, and talks to it
+//! over real sockets. Every test owns its node; nothing is shared.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+pub struct TestNode {
+    child: Option<Child>,
+    pub port: u16,
+    pub base: String,
+    pub root: TempDir,
+    pub data_dir: PathBuf,
+    pub spool_dir: PathBuf,
+    env: Vec<(String, String)>,
+    pub client: reqwest::Client,
+}
+
+impl TestNode {
+    /// A node with test-friendly defaults (no disk reserve, short stall).
+    pub fn start() -> TestNode {
+        TestNode::start_with(&[])
+    }
+
+    /// A node with extra `SPILLWAY_*` settings (they override the defaults).
+    pub fn start_with(settings: &[(&str, &str)]) -> TestNode {
+        let root = tempfile::tempdir().expect("temp dir");
+        let data_dir = root.path().join("data");
+        let spool_dir = root.path().join("spool");
+        let mut env: Vec<(String, String)> = vec![
+            ("SPILLWAY_DATA_DIR".into(), data_dir.display().to_string()),
+            ("SPILLWAY_SPOOL_DIR".into(), spool_dir.display().to_string()),
+            ("SPILLWAY_DISK_RESERVE".into(), "0".into()),
+            ("SPILLWAY_STALL_TIMEOUT".into(), "5".into()),
+        ];
+        for (k, v) in settings {
+            env.retain(|(key, _)| key != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        let mut node = TestNode {
+            child: None,
+            port: 0,
+            base: String::new(),
+            data_dir,
+            spool_dir,
+            root,
+            env,
+            client: reqwest::Client::builder().no_proxy().build().unwrap(),
+        };
+        node.launch();
+        node
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.root.path().join("node.log")
+    }
+
+    /// Starts (or restarts) the binary and waits for its port.
+    pub fn launch(&mut self) {
+        let log_path = self.log_path();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        let start_len = log.metadata().unwrap().len();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_spillway"));
+        cmd.current_dir(self.root.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("ROCKET_CONFIG", self.root.path().join("none.toml"))
+            .env("ROCKET_CLI_COLORS", "false")
+            .env("ROCKET_LOG_LEVEL", "normal")
+            .env("SPILLWAY_ADDRESS", "127.0.0.1")
+            .env("SPILLWAY_PORT", "0")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn spillway");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = fs::read_to_string(&log_path).unwrap_or_default();
+            let fresh = &text[(start_len as usize).min(text.len())..];
+            if let Some(line) = fresh
+                .lines()
+                .find(|l| l.starts_with("spillway listening on "))
+            {
+                let port: u16 = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+                self.port = port;
+                self.base = format!("http://127.0.0.1:{port}");
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("spillway exited with {status} before listening:\n{fresh}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "spillway did not start in time:\n{fresh}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.launch();
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn datasets_dir(&self) -> PathBuf {
+        self.data_dir.join("datasets")
+    }
+
+    /// Files in the spool and staging directories (uploads in flight or left over).
+    pub fn spool_files(&self) -> Vec<PathBuf> {
+        let mut files = files_below(&self.spool_dir);
+        files.extend(files_below(&self.data_dir.join("staging")));
+        files
+    }
+
+    /// Every file below `datasets/`.
+    pub fn dataset_files(&self) -> Vec<PathBuf> {
+        files_below(&self.datasets_dir())
+    }
+
+    /// Waits (bounded) until no upload is in flight on disk.
+    pub fn wait_spool_empty(&self, within: Duration) -> Vec<PathBuf> {
+        let deadline = Instant::now() + within;
+        loop {
+            let files = self.spool_files();
+            if files.is_empty() || Instant::now() > deadline {
+                return files;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A raw TCP connection to the node, for requests reqwest cannot make.
+    pub fn raw(&self) -> TcpStream {
+        let s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s
+    }
+
+    pub async fn put(&self, key: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.client
+            .put(self.url(&format!("/data/{key}")))
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn json(&self, path: &str) -> serde_json::Value {
+        let r = self.get(path).await;
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_below(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Sends a raw HTTP request and returns the whole response text (the
+/// connection is closed by `Connection: close`).
+pub fn raw_request(node: &TestNode, request: &[u8]) -> String {
+    let mut s = node.raw();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of a raw HTTP response.
+pub fn status_of(response: &str) -> u16 {
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so big bodies are generated,
+/// not committed, and differ per seed.
+pub fn generated(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for chunk in out.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let bytes = x.to_le_bytes();
+        chunk.copy_from_slice(&bytes[..chunk.len()]);
+    }
+    out
+}
+
+/// A streaming body of `len` generated bytes in `chunk`-sized pieces, for
+/// chunked uploads far bigger than we want to hold.
+pub fn generated_stream(
+    len: u64,
+    seed: u64,
+    chunk: usize,
+) -> (
+    reqwest::Body,
+    std::sync::Arc<std::sync::Mutex<(blake3::Hasher, sha2::Sha256)>>,
+) {
+    use sha2::Digest;
+    let hashes = std::sync::Arc::new(std::sync::Mutex::new((
+        blake3::Hasher::new(),
+        sha2::Sha256::new(),
+    )));
+    let h = hashes.clone();
+    let block = std::sync::Arc::new(generated(chunk, seed));
+    let pieces = len.div_ceil(chunk as u64);
+    let stream = futures_util::stream::iter(0..pieces).map(move |i| {
+        let n = ((len - i * chunk as u64).min(chunk as u64)) as usize;
+        // Vary each piece so that a misplaced piece changes the hash.
+        let mut piece = block[..n].to_vec();
+        piece[..8.min(n)].copy_from_slice(&i.to_le_bytes()[..8.min(n)]);
+        let mut g = h.lock().unwrap();
+        g.0.update(&piece);
+        g.1.update(&piece);
+        Ok::<_, std::io::Error>(bytes::Bytes::from(piece))
+    });
+    (reqwest::Body::wrap_stream(stream), hashes)
+}
+
+use futures_util::StreamExt;
