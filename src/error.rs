@@ -148,6 +148,9 @@ impl From<io::Error> for Error {
 
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            return Error::InsufficientStorage("the index volume is full".into());
+        }
         Error::internal(format!("index: {e}"))
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod error;
+pub mod fsck;
 pub mod http;
 pub mod index;
 pub mod key;

@@ -2,8 +2,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use spillway::config::Settings;
+use spillway::error::Error;
 
 /// A storage node for datasets far bigger than RAM, over plain HTTP.
+///
+/// Configuration comes from Rocket.toml and SPILLWAY_* environment variables
+/// (see the README); every subcommand reads the same settings.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
@@ -15,30 +19,79 @@ struct Cli {
 enum Command {
     /// Serve the HTTP API (the default).
     Serve,
+    /// Check the index against the files and the spool; exits 1 on findings.
+    /// Never runs beside a node on the same data directory.
+    Fsck {
+        /// Fix what is safe: drop rows without files, index complete files
+        /// without rows, make rows follow their files, delete stray spool files.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Rebuild the index from the data directory, hashing every file.
+    Reindex,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(),
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::Serve = command {
+        return serve();
     }
+    let settings = match Settings::from_figment(&Settings::figment()) {
+        Ok(settings) => settings,
+        Err(message) => return fail(&message),
+    };
+    let result = match command {
+        Command::Fsck { repair } => spillway::fsck::fsck(&settings, repair).map(|report| {
+            for finding in &report.findings {
+                println!("{finding}");
+            }
+            let left = report.findings.len() - report.repaired;
+            println!(
+                "checked {} datasets: {} finding(s), {} repaired",
+                report.checked,
+                report.findings.len(),
+                report.repaired
+            );
+            if left == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }),
+        Command::Reindex => spillway::fsck::reindex(&settings).map(|report| {
+            for finding in &report.findings {
+                println!("skipped {finding}");
+            }
+            println!("indexed {} datasets", report.checked);
+            ExitCode::SUCCESS
+        }),
+        Command::Serve => unreachable!(),
+    };
+    result.unwrap_or_else(|e| fail(&message_of(e)))
+}
+
+fn message_of(e: Error) -> String {
+    match e {
+        Error::Internal(cause) => cause,
+        other => other.to_string(),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("spillway: {message}");
+    ExitCode::from(2)
 }
 
 fn serve() -> ExitCode {
     rocket::execute(async {
         let rocket = match spillway::build(Settings::figment()) {
             Ok(rocket) => rocket,
-            Err(message) => {
-                eprintln!("spillway: cannot start: {message}");
-                return ExitCode::FAILURE;
-            }
+            Err(message) => return fail(&format!("cannot start: {message}")),
         };
         match rocket.launch().await {
             Ok(_) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("spillway: {e}");
-                ExitCode::FAILURE
-            }
+            Err(e) => fail(&e.to_string()),
         }
     })
 }

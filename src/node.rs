@@ -16,7 +16,7 @@ use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::index::{Index, MetadataPatch, NewVersion, Record};
 use crate::key::Key;
-use crate::store::{conflict_with_folder, Layout};
+use crate::store::{conflict_with_folder, DataLock, Layout};
 use crate::upload::{Expected, MemoryBudget, Spooled, Spooler};
 
 /// A conditional request's precondition on the current version.
@@ -112,6 +112,7 @@ pub struct Node {
     pub spooler: Spooler,
     commit_lock: Mutex<()>,
     uploads: Arc<Semaphore>,
+    _lock: DataLock,
 }
 
 impl Node {
@@ -124,6 +125,7 @@ impl Node {
                 settings.data_dir.display()
             ))
         })?);
+        let lock = DataLock::acquire(&layout)?;
         let swept = layout.sweep_leftovers().map_err(Error::internal)?;
         if !swept.is_empty() {
             log::warn!(
@@ -150,6 +152,7 @@ impl Node {
             index,
             spooler,
             commit_lock: Mutex::new(()),
+            _lock: lock,
         };
         node.reconcile_on_start()?;
         Ok(node)

@@ -248,6 +248,31 @@ impl Layout {
     }
 }
 
+/// The data directory's lock: one process (a node, fsck, reindex) at a time.
+/// Released by the kernel when the holder exits, however it exits.
+#[derive(Debug)]
+pub struct DataLock(#[allow(dead_code)] File);
+
+impl DataLock {
+    pub fn acquire(layout: &Layout) -> Result<DataLock, Error> {
+        let path = layout.root.join("spillway.lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(Error::internal)?;
+        match file.try_lock() {
+            Ok(()) => Ok(DataLock(file)),
+            Err(fs::TryLockError::WouldBlock) => Err(Error::internal(format!(
+                "another spillway process is using {}",
+                layout.root.display()
+            ))),
+            Err(fs::TryLockError::Error(e)) => Err(Error::internal(e)),
+        }
+    }
+}
+
 pub fn conflict_with_folder(key: &Key) -> Error {
     Error::Conflict(format!(
         "`{key}` holds other datasets below it, so it cannot be a dataset itself"

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256, Sha512};
 use tempfile::NamedTempFile;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -172,11 +171,25 @@ pub struct Spooler {
 
 enum Sink {
     Memory {
-        chunks: Vec<Bytes>,
+        chunks: Vec<Vec<u8>>,
         len: usize,
         reservation: Reservation,
     },
     Disk(Writer),
+}
+
+impl Sink {
+    /// An empty chunk buffer: one the writer has finished with, if any, so
+    /// that a long upload cycles a few warm buffers instead of mapping and
+    /// zeroing fresh memory for every chunk.
+    fn buffer(&mut self) -> Vec<u8> {
+        match self {
+            Sink::Disk(writer) => writer
+                .recycled()
+                .unwrap_or_else(|| Vec::with_capacity(CHUNK)),
+            Sink::Memory { .. } => Vec::with_capacity(CHUNK),
+        }
+    }
 }
 
 impl Spooler {
@@ -217,7 +230,7 @@ impl Spooler {
 
         let mut received: u64 = 0;
         let mut next_space_check = SPACE_CHECK_EVERY;
-        let mut buf = BytesMut::with_capacity(CHUNK);
+        let mut buf = sink.buffer();
         loop {
             let n = match tokio::time::timeout(self.stall_timeout, body.read_buf(&mut buf)).await {
                 Err(_) => return Err(Error::Stalled(self.stall_timeout.as_secs())),
@@ -235,9 +248,8 @@ impl Spooler {
                 continue;
             }
             if !buf.is_empty() {
-                let chunk = buf.split().freeze();
-                sink = self.push(sink, chunk, wants).await?;
-                buf.reserve(CHUNK);
+                sink = self.push(sink, buf, wants).await?;
+                buf = sink.buffer();
             }
             if received >= next_space_check {
                 next_space_check = received + SPACE_CHECK_EVERY;
@@ -284,7 +296,7 @@ impl Spooler {
         })
     }
 
-    async fn push(&self, sink: Sink, chunk: Bytes, wants: Wants) -> Result<Sink> {
+    async fn push(&self, sink: Sink, chunk: Vec<u8>, wants: Wants) -> Result<Sink> {
         match sink {
             Sink::Disk(mut writer) => {
                 writer.send(chunk).await?;
@@ -337,13 +349,15 @@ struct Wants {
 }
 
 enum Msg {
-    Data(Bytes),
+    Data(Vec<u8>),
     Done,
 }
 
 /// One blocking thread that hashes and writes an upload's chunks in order.
 struct Writer {
     tx: mpsc::Sender<Msg>,
+    /// Buffers the writer is done with, for reuse.
+    spent: mpsc::Receiver<Vec<u8>>,
     handle: JoinHandle<io::Result<Written>>,
     dir: PathBuf,
 }
@@ -360,11 +374,23 @@ impl Writer {
     fn start(file: NamedTempFile, wants: Wants) -> Writer {
         let dir = file.path().parent().map(PathBuf::from).unwrap_or_default();
         let (tx, rx) = mpsc::channel(QUEUE);
-        let handle = tokio::task::spawn_blocking(move || write_loop(file, rx, wants));
-        Writer { tx, handle, dir }
+        let (spent_tx, spent) = mpsc::channel(QUEUE + 2);
+        let handle = tokio::task::spawn_blocking(move || write_loop(file, rx, spent_tx, wants));
+        Writer {
+            tx,
+            spent,
+            handle,
+            dir,
+        }
     }
 
-    async fn send(&mut self, chunk: Bytes) -> Result<()> {
+    fn recycled(&mut self) -> Option<Vec<u8>> {
+        let mut buf = self.spent.try_recv().ok()?;
+        buf.clear();
+        Some(buf)
+    }
+
+    async fn send(&mut self, chunk: Vec<u8>) -> Result<()> {
         if self.tx.send(Msg::Data(chunk)).await.is_err() {
             // The writer stopped early: its result says why.
             return Err(self.failure().await);
@@ -394,6 +420,7 @@ impl Writer {
 fn write_loop(
     mut file: NamedTempFile,
     mut rx: mpsc::Receiver<Msg>,
+    spent: mpsc::Sender<Vec<u8>>,
     wants: Wants,
 ) -> io::Result<Written> {
     let mut blake3 = blake3::Hasher::new();
@@ -412,6 +439,8 @@ fn write_loop(
                 }
                 file.as_file_mut().write_all(&chunk)?;
                 size += chunk.len() as u64;
+                // Keep a few warm buffers for reuse; free the rest.
+                let _ = spent.try_send(chunk);
             }
             Some(Msg::Done) => break,
             // The upload was abandoned: dropping `file` deletes it.

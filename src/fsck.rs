@@ -1,0 +1,308 @@
+//! Offline checks of a data directory: `spillway fsck` compares the index
+//! with the files (and the spool), `--repair` fixes what is safe, and
+//! `spillway reindex` rebuilds the index from the files alone.
+//!
+//! Both take the data directory's lock, so they never run beside a node.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use walkdir::WalkDir;
+
+use crate::config::Settings;
+use crate::error::{Error, Result};
+use crate::index::{insert_found, Index, NewVersion, Record};
+use crate::key::Key;
+use crate::node::now;
+use crate::store::{DataLock, Layout};
+
+/// One disagreement between the index, the files and the spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// A row whose file is gone. Repair: drop the row.
+    MissingFile { key: String },
+    /// A complete file (only fsynced files are ever renamed in) with no row.
+    /// Repair: index it.
+    UnindexedFile { key: String },
+    /// A file below `datasets/` whose path is not a valid key. Not repaired:
+    /// someone put it there by hand; move it away or rename it.
+    InvalidName { path: PathBuf },
+    /// Size or content differs from the row (a crash between the rename and
+    /// the row update of a replace). Repair: the row follows the file.
+    Mismatch {
+        key: String,
+        index: (u64, String),
+        disk: (u64, String),
+    },
+    /// A spool or staging file of an upload that never finished. Repair: delete.
+    StraySpool { path: PathBuf },
+}
+
+impl Finding {
+    pub fn repairable(&self) -> bool {
+        !matches!(self, Finding::InvalidName { .. })
+    }
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Finding::MissingFile { key } => write!(f, "row without file: `{key}`"),
+            Finding::UnindexedFile { key } => write!(f, "file without row: `{key}`"),
+            Finding::InvalidName { path } => {
+                write!(f, "file whose path is not a valid key: {}", path.display())
+            }
+            Finding::Mismatch { key, index, disk } => write!(
+                f,
+                "`{key}` differs: index says {} bytes, blake3 {}; disk has {} bytes, blake3 {}",
+                index.0, index.1, disk.0, disk.1
+            ),
+            Finding::StraySpool { path } => write!(f, "stray spool file: {}", path.display()),
+        }
+    }
+}
+
+/// The result of a check.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub checked: u64,
+    pub findings: Vec<Finding>,
+    pub repaired: usize,
+}
+
+/// Compares index, files and spool; with `repair`, fixes what is safe.
+pub fn fsck(settings: &Settings, repair: bool) -> Result<Report> {
+    let layout = Layout::prepare(settings).map_err(Error::internal)?;
+    let _lock = DataLock::acquire(&layout)?;
+    let index = Index::open(&layout.index_file)?;
+    let mut report = Report::default();
+
+    let mut rows: BTreeMap<String, Record> = BTreeMap::new();
+    index.for_each(|r| {
+        rows.insert(r.key.clone(), r);
+    })?;
+    let files = dataset_files(&layout)?;
+    let progress = progress_bar(files.iter().map(|f| f.size).sum(), "checking");
+
+    for file in &files {
+        let Some(key) = &file.key else {
+            report.findings.push(Finding::InvalidName {
+                path: file.path.clone(),
+            });
+            continue;
+        };
+        report.checked += 1;
+        let disk_hash = hash_file(&file.path, &progress)?;
+        match rows.remove(key.as_str()) {
+            None => report.findings.push(Finding::UnindexedFile {
+                key: key.to_string(),
+            }),
+            Some(row) if row.size != file.size || row.blake3 != disk_hash => {
+                report.findings.push(Finding::Mismatch {
+                    key: key.to_string(),
+                    index: (row.size, row.blake3),
+                    disk: (file.size, disk_hash),
+                });
+            }
+            Some(row) if row.inode != file.inode && repair => {
+                // Harmless (an index restored or rebuilt elsewhere): refresh.
+                index.upsert(
+                    &found_version(key, file, disk_hash, Some(&row)),
+                    &row.updated_at,
+                )?;
+            }
+            Some(_) => {}
+        }
+    }
+    progress.finish_and_clear();
+    report
+        .findings
+        .extend(rows.into_keys().map(|key| Finding::MissingFile { key }));
+    report.findings.extend(
+        layout
+            .spool_files()
+            .map_err(Error::internal)?
+            .into_iter()
+            .map(|path| Finding::StraySpool { path }),
+    );
+
+    if repair {
+        for finding in &report.findings {
+            if repair_one(&index, &files, finding)? {
+                report.repaired += 1;
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn repair_one(index: &Index, files: &[FoundFile], finding: &Finding) -> Result<bool> {
+    let file_of = |key: &str| {
+        files
+            .iter()
+            .find(|f| f.key.as_ref().is_some_and(|k| k.as_str() == key))
+    };
+    match finding {
+        Finding::MissingFile { key } => {
+            index.delete(&Key::parse(key)?)?;
+        }
+        Finding::UnindexedFile { key } | Finding::Mismatch { key, .. } => {
+            let file = file_of(key).ok_or_else(|| Error::internal("file vanished during fsck"))?;
+            let key = Key::parse(key)?;
+            let hash = hash_file(&file.path, &ProgressBar::hidden())?;
+            let current = index.get(&key)?;
+            index.upsert(&found_version(&key, file, hash, current.as_ref()), &now())?;
+        }
+        Finding::StraySpool { path } => std::fs::remove_file(path).map_err(Error::internal)?,
+        Finding::InvalidName { .. } => return Ok(false),
+    }
+    Ok(true)
+}
+
+fn found_version(key: &Key, file: &FoundFile, blake3: String, row: Option<&Record>) -> NewVersion {
+    NewVersion {
+        key: key.clone(),
+        size: file.size,
+        blake3,
+        content_type: row.map_or_else(
+            || "application/octet-stream".into(),
+            |r| r.content_type.clone(),
+        ),
+        inode: file.inode,
+        name: None,
+        description: None,
+    }
+}
+
+/// Rebuilds the index from the files below `datasets/`, hashing each one.
+/// Metadata (name, description, tags, content type, created_at) of keys the
+/// old index still knows is kept; the rest gets defaults. The new index is
+/// built beside the old one and renamed over it, so a failed rebuild leaves
+/// the old index in place.
+pub fn reindex(settings: &Settings) -> Result<Report> {
+    let layout = Layout::prepare(settings).map_err(Error::internal)?;
+    let _lock = DataLock::acquire(&layout)?;
+    let mut old: BTreeMap<String, Record> = BTreeMap::new();
+    if layout.index_file.exists() {
+        match Index::open(&layout.index_file)
+            .and_then(|i| i.for_each(|r| drop(old.insert(r.key.clone(), r))))
+        {
+            Ok(()) => {}
+            Err(e) => {
+                eprintln!("spillway: the old index cannot be read ({e}); metadata starts afresh")
+            }
+        }
+    }
+    let files = dataset_files(&layout)?;
+    let progress = progress_bar(files.iter().map(|f| f.size).sum(), "hashing");
+    let fresh_path = layout.root.join("index.sqlite.rebuild");
+    remove_database(&fresh_path)?;
+    let fresh = Index::open(&fresh_path)?;
+    let mut report = Report::default();
+    let stamp = now();
+    fresh.with_transaction(|tx| {
+        for file in &files {
+            let Some(key) = &file.key else {
+                report.findings.push(Finding::InvalidName { path: file.path.clone() });
+                continue;
+            };
+            let hash = hash_file(&file.path, &progress)?;
+            insert_found(tx, key.as_str(), file.size, &hash, file.inode, &stamp)?;
+            if let Some(row) = old.get(key.as_str()) {
+                tx.execute(
+                    "UPDATE datasets SET name = ?2, content_type = ?3, created_at = ?4, description = ?5, tags = ?6
+                     WHERE key = ?1",
+                    rusqlite::params![
+                        key.as_str(),
+                        row.name,
+                        row.content_type,
+                        row.created_at,
+                        row.description,
+                        serde_json::to_string(&row.tags).unwrap_or_else(|_| "[]".into()),
+                    ],
+                )?;
+            }
+            report.checked += 1;
+        }
+        Ok(())
+    })?;
+    progress.finish_and_clear();
+    drop(fresh);
+    remove_database(&layout.index_file)?;
+    std::fs::rename(&fresh_path, &layout.index_file).map_err(Error::internal)?;
+    crate::store::fsync_dir(&layout.root).map_err(Error::internal)?;
+    Ok(report)
+}
+
+/// Removes an SQLite database and its WAL and shared-memory files.
+fn remove_database(path: &Path) -> Result<()> {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        match std::fs::remove_file(PathBuf::from(p)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::internal(e)),
+        }
+    }
+    Ok(())
+}
+
+struct FoundFile {
+    path: PathBuf,
+    key: Option<Key>,
+    size: u64,
+    inode: u64,
+}
+
+fn dataset_files(layout: &Layout) -> Result<Vec<FoundFile>> {
+    let mut files = Vec::new();
+    for entry in WalkDir::new(&layout.datasets)
+        .min_depth(1)
+        .sort_by_file_name()
+    {
+        let entry = entry.map_err(Error::internal)?;
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let meta = entry.metadata().map_err(Error::internal)?;
+        files.push(FoundFile {
+            key: layout.key_of(entry.path()),
+            path: entry.into_path(),
+            size: meta.len(),
+            inode: meta.ino(),
+        });
+    }
+    Ok(files)
+}
+
+fn hash_file(path: &Path, progress: &ProgressBar) -> Result<String> {
+    let mut file = File::open(path).map_err(Error::internal)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(Error::internal)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        progress.inc(n as u64);
+    }
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// A byte-count progress bar on a terminal; nothing when stderr is not one.
+fn progress_bar(total: u64, verb: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    let style = ProgressStyle::with_template(&format!(
+        "{verb} {{bar:40}} {{bytes}}/{{total_bytes}} {{bytes_per_sec}} eta {{eta}}"
+    ))
+    .expect("valid template");
+    bar.set_style(style);
+    bar
+}
