@@ -33,7 +33,7 @@ pub const CHUNK: usize = 256 * 1024;
 /// Chunks queued between the receiving task and the writer thread.
 const QUEUE: usize = 4;
 /// How often (in bytes received) free space is re-checked while streaming.
-const SPACE_CHECK_EVERY: u64 = 64 * 1024 * 1024;
+const SPACE_CHECK_EVERY: u64 = 4 * 1024 * 1024;
 
 /// The global cap on spool memory across all uploads.
 #[derive(Debug)]
@@ -331,7 +331,7 @@ impl Spooler {
 
     /// Refuses with 507 when writing `incoming` more bytes to the volume of
     /// `dir` would leave less than the reserve free.
-    fn check_space(&self, dir: &std::path::Path, incoming: u64) -> Result<()> {
+    pub fn check_space(&self, dir: &std::path::Path, incoming: u64) -> Result<()> {
         let free = Layout::free_space(dir).map_err(Error::internal)?;
         if free < incoming.saturating_add(self.disk_reserve) {
             return Err(Error::InsufficientStorage(format!(
