@@ -250,6 +250,12 @@ impl Node {
         spooled: Spooled,
         meta: UploadMeta,
     ) -> Result<(Record, bool)> {
+        if !self.layout.spool_on_data_volume && spooled.file.path().starts_with(&self.layout.spool)
+        {
+            // It will be copied to the data volume first: that needs room too.
+            self.spooler
+                .check_space(&self.layout.datasets, spooled.size)?;
+        }
         let _guard = self.commit_lock.lock().await;
         let (index, layout) = (self.index.clone(), self.layout.clone());
         blocking(move || {
