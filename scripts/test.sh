@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every test of Spillway: lint, unit tests, and the integration tests
+# that start the real binary on loopback and talk HTTP to it. Installs what
+# the tests need first, so it works on a fresh machine.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { printf '[test %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+# --- what the tests need -----------------------------------------------------
+# The Rust toolchain comes with the machine; rustfmt and clippy may not.
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    log "installing rustfmt and clippy"
+    rustup component add rustfmt clippy
+fi
+
+# --- lint ------------------------------------------------------------------------
+log "cargo fmt --check"
+cargo fmt --all --check
+log "cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+
+# --- tests -----------------------------------------------------------------------
+# Integration tests start the real binary on 127.0.0.1:0 with their own temp
+# directories; tests/faults.rs mounts small tmpfs volumes (needs root; it
+# says so and skips only that case otherwise).
+log "cargo test"
+cargo test --all-targets --locked -- --test-threads="${TEST_THREADS:-2}"
+
+log "all tests passed"
