@@ -28,6 +28,8 @@ pub struct Settings {
     pub stall_timeout: u64,
     /// Uploads in flight at once.
     pub max_uploads: usize,
+    /// Seconds a resumable upload lives after its creation or last PATCH.
+    pub upload_expiry: u64,
 }
 
 impl Default for Settings {
@@ -41,6 +43,7 @@ impl Default for Settings {
             disk_reserve: ByteUnit::Gibibyte(1),
             stall_timeout: 60,
             max_uploads: 64,
+            upload_expiry: 24 * 60 * 60,
         }
     }
 }
@@ -73,6 +76,7 @@ impl Settings {
             ("max_dataset_size", self.max_dataset_size.as_u64()),
             ("stall_timeout", self.stall_timeout),
             ("max_uploads", self.max_uploads as u64),
+            ("upload_expiry", self.upload_expiry),
         ];
         for (key, value) in positive {
             if value == 0 {

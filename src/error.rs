@@ -46,6 +46,20 @@ pub enum Error {
     Stalled(u64),
     #[error("{limit} uploads are already in flight; retry shortly")]
     Busy { limit: usize },
+    #[error("the upload is at offset {current}, not {sent}")]
+    OffsetMismatch { current: u64, sent: u64 },
+    #[error("the chunk's {0} checksum does not match; it was discarded")]
+    ChecksumMismatch(String),
+    #[error("another request is writing to this upload")]
+    Locked,
+    #[error("{0}")]
+    Gone(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("this node speaks tus 1.0.0, not `{0}`")]
+    TusVersion(String),
+    #[error("{0}")]
+    Forbidden(String),
     /// Anything unexpected. The message goes to the log, never to the client.
     #[error("internal error: {0}")]
     Internal(String),
@@ -89,6 +103,13 @@ impl Error {
             Error::Internal(_) => Status::InternalServerError,
             Error::Busy { .. } => Status::ServiceUnavailable,
             Error::InsufficientStorage(_) => Status::InsufficientStorage,
+            Error::OffsetMismatch { .. } => Status::Conflict,
+            Error::ChecksumMismatch(_) => Status::new(460),
+            Error::Locked => Status::Locked,
+            Error::Gone(_) => Status::Gone,
+            Error::UnsupportedMediaType(_) => Status::UnsupportedMediaType,
+            Error::TusVersion(_) => Status::PreconditionFailed,
+            Error::Forbidden(_) => Status::Forbidden,
         }
     }
 
@@ -108,6 +129,13 @@ impl Error {
             Error::Stalled(_) => "upload-stalled",
             Error::Busy { .. } => "too-many-uploads",
             Error::Internal(_) => "internal",
+            Error::OffsetMismatch { .. } => "offset-mismatch",
+            Error::ChecksumMismatch(_) => "checksum-mismatch",
+            Error::Locked => "upload-locked",
+            Error::Gone(_) => "upload-expired",
+            Error::UnsupportedMediaType(_) => "unsupported-media-type",
+            Error::TusVersion(_) => "unsupported-version",
+            Error::Forbidden(_) => "forbidden",
         }
     }
 
@@ -127,6 +155,8 @@ impl Error {
                 Some(Header::new("Content-Range", format!("bytes */{size}")))
             }
             Error::Busy { .. } => Some(Header::new("Retry-After", "1")),
+            Error::OffsetMismatch { current, .. } => Some(Header::new("Upload-Offset", current.to_string())),
+            Error::TusVersion(_) => Some(Header::new("Tus-Version", "1.0.0")),
             _ => None,
         }
     }
@@ -170,7 +200,10 @@ impl Problem {
     pub fn new(status: Status, code: &str, detail: String) -> Self {
         Problem {
             kind: format!("https://spillway.dev/problems/{code}"),
-            title: status.reason_lossy().to_string(),
+            title: match status.code {
+                460 => "Checksum Mismatch".to_string(),
+                _ => status.reason_lossy().to_string(),
+            },
             status: status.code,
             detail,
             code: code.to_string(),

@@ -65,6 +65,17 @@ const MIGRATIONS: &[&str] = &[r#"
         tags         TEXT NOT NULL DEFAULT '[]',
         inode        INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID;
+"#, r#"
+    CREATE TABLE uploads (
+        id          TEXT PRIMARY KEY NOT NULL,
+        length      INTEGER,
+        metadata    TEXT,
+        key         TEXT,
+        concat      TEXT NOT NULL DEFAULT 'none',
+        created_at  TEXT NOT NULL,
+        expires_at  INTEGER NOT NULL,
+        completed   INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
 "#];
 
 const COLUMNS: &str =
@@ -258,6 +269,96 @@ impl Index {
         let out = f(&tx)?;
         tx.commit()?;
         Ok(out)
+    }
+}
+
+/// A resumable upload's row. Its offset is not stored: it is the length of
+/// its data file (or `length` once completed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadRow {
+    pub id: String,
+    pub length: Option<u64>,
+    /// The raw `Upload-Metadata` value, echoed on HEAD.
+    pub metadata: Option<String>,
+    /// The dataset key it commits to (none for a partial upload).
+    pub key: Option<String>,
+    /// `none`, `partial` or `final`.
+    pub concat: String,
+    pub created_at: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+    pub completed: bool,
+}
+
+const UPLOAD_COLUMNS: &str = "id, length, metadata, key, concat, created_at, expires_at, completed";
+
+fn upload_from_row(row: &Row<'_>) -> rusqlite::Result<UploadRow> {
+    Ok(UploadRow {
+        id: row.get(0)?,
+        length: row.get::<_, Option<i64>>(1)?.map(|l| l as u64),
+        metadata: row.get(2)?,
+        key: row.get(3)?,
+        concat: row.get(4)?,
+        created_at: row.get(5)?,
+        expires_at: row.get(6)?,
+        completed: row.get(7)?,
+    })
+}
+
+/// Resumable uploads (tus).
+impl Index {
+    pub fn create_upload(&self, u: &UploadRow) -> Result<()> {
+        let conn = self.conn()?;
+        conn.execute(
+            &format!("INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+            params![u.id, u.length.map(|l| l as i64), u.metadata, u.key, u.concat, u.created_at, u.expires_at, u.completed],
+        )?;
+        Ok(())
+    }
+
+    pub fn get_upload(&self, id: &str) -> Result<Option<UploadRow>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(&format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?1"))?;
+        Ok(stmt.query_row([id], upload_from_row).optional()?)
+    }
+
+    pub fn set_upload_length(&self, id: &str, length: u64) -> Result<()> {
+        let conn = self.conn()?;
+        conn.execute("UPDATE uploads SET length = ?2 WHERE id = ?1", params![id, length as i64])?;
+        Ok(())
+    }
+
+    pub fn touch_upload(&self, id: &str, expires_at: i64) -> Result<()> {
+        let conn = self.conn()?;
+        conn.execute("UPDATE uploads SET expires_at = ?2 WHERE id = ?1", params![id, expires_at])?;
+        Ok(())
+    }
+
+    pub fn complete_upload(&self, id: &str) -> Result<()> {
+        let conn = self.conn()?;
+        conn.execute("UPDATE uploads SET completed = 1 WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    pub fn delete_upload(&self, id: &str) -> Result<bool> {
+        let conn = self.conn()?;
+        Ok(conn.execute("DELETE FROM uploads WHERE id = ?1", [id])? > 0)
+    }
+
+    /// Uploads whose expiry passed before `now` (Unix seconds).
+    pub fn expired_uploads(&self, now: i64) -> Result<Vec<String>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached("SELECT id FROM uploads WHERE expires_at < ?1")?;
+        let ids = stmt.query_map([now], |r| r.get(0))?;
+        Ok(ids.collect::<rusqlite::Result<Vec<String>>>()?)
+    }
+
+    /// Every upload id (fsck: data files without a row are strays).
+    pub fn upload_ids(&self) -> Result<Vec<String>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare("SELECT id FROM uploads")?;
+        let ids = stmt.query_map([], |r| r.get(0))?;
+        Ok(ids.collect::<rusqlite::Result<Vec<String>>>()?)
     }
 }
 

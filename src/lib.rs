@@ -16,6 +16,7 @@ pub mod index;
 pub mod key;
 pub mod node;
 pub mod store;
+pub mod tus;
 pub mod upload;
 
 use std::sync::Arc;

@@ -110,6 +110,7 @@ pub struct Node {
     pub layout: Arc<Layout>,
     pub index: Index,
     pub spooler: Spooler,
+    pub tus: crate::tus::Resumable,
     commit_lock: Mutex<()>,
     uploads: Arc<Semaphore>,
     _lock: DataLock,
@@ -151,10 +152,15 @@ impl Node {
             layout,
             index,
             spooler,
+            tus: Default::default(),
             commit_lock: Mutex::new(()),
             _lock: lock,
         };
         node.reconcile_on_start()?;
+        let orphans = node.sweep_orphan_upload_files()?;
+        if !orphans.is_empty() {
+            log::warn!("removed {} resumable-upload file(s) without a row", orphans.len());
+        }
         Ok(node)
     }
 

@@ -9,6 +9,7 @@
 //! datasets/     one file per dataset, at the key's path
 //! staging/      temp files on the data volume (small uploads, cross-volume copies, trash)
 //! spool/        default spool for uploads in flight (`spool_dir` may move it)
+//! uploads/      resumable (tus) uploads in progress, one file per upload id
 //! index.sqlite  the catalog (rebuildable from datasets/)
 //! ```
 //!
@@ -38,6 +39,7 @@ pub struct Layout {
     pub staging: PathBuf,
     pub spool: PathBuf,
     pub index_file: PathBuf,
+    pub uploads: PathBuf,
     /// The spool is on the data volume: spilled files are renamed in place.
     pub spool_on_data_volume: bool,
 }
@@ -54,9 +56,12 @@ impl Layout {
         let staging = root.join("staging");
         fs::create_dir_all(&datasets)?;
         fs::create_dir_all(&staging)?;
+        let uploads = root.join("uploads");
+        fs::create_dir_all(&uploads)?;
         let spool_on_data_volume = fs::metadata(&spool)?.dev() == fs::metadata(&datasets)?.dev();
         Ok(Layout {
             index_file: root.join("index.sqlite"),
+            uploads,
             root,
             datasets,
             staging,
@@ -82,6 +87,13 @@ impl Layout {
             path.push(segment);
         }
         path
+    }
+
+    /// The data file of a resumable upload. Ids are validated by the caller
+    /// (32 lowercase hex digits), so this stays inside `uploads/`.
+    pub fn upload_path(&self, id: &str) -> PathBuf {
+        assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "bad upload id");
+        self.uploads.join(id)
     }
 
     /// The key of a file below `datasets/`, if its path is a valid key.

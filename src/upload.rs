@@ -12,14 +12,15 @@
 //! staging file on the data volume. The temp file is a `NamedTempFile`: any
 //! early return (error, disconnect, stall) drops and deletes it.
 
+use std::fs::File;
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use sha2::{Digest, Sha256, Sha512};
+use digest::DynDigest;
 use tempfile::NamedTempFile;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
@@ -86,59 +87,95 @@ impl Drop for Reservation {
     }
 }
 
+/// A digest algorithm a client may send besides blake3: RFC 9530 fields
+/// (`sha-256`, `sha-512`) and tus checksums (`sha1`, `md5`, `sha256`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    Sha1,
+    Md5,
+    Sha256,
+    Sha512,
+}
+
+impl Algorithm {
+    /// Names of RFC 9530's digest algorithm registry.
+    pub fn from_http(name: &str) -> Option<Algorithm> {
+        match name.to_ascii_lowercase().as_str() {
+            "sha-256" => Some(Algorithm::Sha256),
+            "sha-512" => Some(Algorithm::Sha512),
+            _ => None,
+        }
+    }
+
+    /// Names of the tus checksum extension.
+    pub fn from_tus(name: &str) -> Option<Algorithm> {
+        match name.to_ascii_lowercase().as_str() {
+            "sha1" => Some(Algorithm::Sha1),
+            "md5" => Some(Algorithm::Md5),
+            "sha256" => Some(Algorithm::Sha256),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Sha1 => "sha1",
+            Algorithm::Md5 => "md5",
+            Algorithm::Sha256 => "sha-256",
+            Algorithm::Sha512 => "sha-512",
+        }
+    }
+
+    fn hasher(self) -> Box<dyn DynDigest + Send> {
+        match self {
+            Algorithm::Sha1 => Box::new(sha1::Sha1::default()),
+            Algorithm::Md5 => Box::new(md5::Md5::default()),
+            Algorithm::Sha256 => Box::new(sha2::Sha256::default()),
+            Algorithm::Sha512 => Box::new(sha2::Sha512::default()),
+        }
+    }
+}
+
+/// A digest the client sent, to compare with what arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digest {
+    pub algorithm: Algorithm,
+    pub value: Vec<u8>,
+}
+
 /// What the client promised about the body.
 #[derive(Debug, Default, Clone)]
 pub struct Expected {
     /// `Content-Length`: a shorter body is a truncated upload.
     pub length: Option<u64>,
-    pub sha256: Option<Vec<u8>>,
-    pub sha512: Option<Vec<u8>>,
+    pub digests: Vec<Digest>,
     pub blake3: Option<blake3::Hash>,
 }
 
 impl Expected {
     /// Reads `Content-Digest` / `Repr-Digest` (RFC 9530) and `X-Blake3`.
     /// Algorithms we do not know are ignored, as the RFC allows.
-    pub fn with_digests(
-        mut self,
-        digest_fields: &[&str],
-        x_blake3: Option<&str>,
-    ) -> Result<Expected> {
+    pub fn with_digests(mut self, digest_fields: &[&str], x_blake3: Option<&str>) -> Result<Expected> {
         for field in digest_fields {
             for member in field.split(',') {
-                let Some((alg, value)) = member.trim().split_once('=') else {
-                    return Err(Error::BadRequest(format!(
-                        "malformed digest field member `{member}`"
-                    )));
+                let Some((name, value)) = member.trim().split_once('=') else {
+                    return Err(Error::BadRequest(format!("malformed digest field member `{member}`")));
                 };
-                let alg = alg.trim().to_ascii_lowercase();
-                if alg != "sha-256" && alg != "sha-512" {
+                let Some(algorithm) = Algorithm::from_http(name.trim()) else {
                     continue;
-                }
+                };
                 let b64 = value
                     .trim()
                     .strip_prefix(':')
                     .and_then(|v| v.strip_suffix(':'))
-                    .ok_or_else(|| {
-                        Error::BadRequest(format!(
-                            "the {alg} digest must be a byte sequence (:base64:)"
-                        ))
-                    })?;
-                let bytes = base64::engine::general_purpose::STANDARD
+                    .ok_or_else(|| Error::BadRequest(format!("the {name} digest must be a byte sequence (:base64:)")))?;
+                let value = base64::engine::general_purpose::STANDARD
                     .decode(b64)
-                    .map_err(|_| {
-                        Error::BadRequest(format!("the {alg} digest is not valid base64"))
-                    })?;
-                let (slot, len) = match alg.as_str() {
-                    "sha-256" => (&mut self.sha256, 32),
-                    _ => (&mut self.sha512, 64),
-                };
-                if bytes.len() != len {
-                    return Err(Error::BadRequest(format!(
-                        "the {alg} digest must be {len} bytes"
-                    )));
+                    .map_err(|_| Error::BadRequest(format!("the {name} digest is not valid base64")))?;
+                if value.len() != algorithm.hasher().output_size() {
+                    return Err(Error::BadRequest(format!("the {name} digest has the wrong length")));
                 }
-                *slot = Some(bytes);
+                self.digests.push(Digest { algorithm, value });
             }
         }
         if let Some(hex) = x_blake3 {
@@ -148,6 +185,50 @@ impl Expected {
         }
         Ok(self)
     }
+
+    fn algorithms(&self) -> Vec<Algorithm> {
+        self.digests.iter().map(|d| d.algorithm).collect()
+    }
+}
+
+/// The hashes computed while bytes pass: blake3 over the whole upload, and
+/// any digests the client asked us to check.
+pub struct Hashing {
+    pub blake3: blake3::Hasher,
+    extra: Vec<(Algorithm, Box<dyn DynDigest + Send>)>,
+}
+
+impl Hashing {
+    /// Continues `blake3` (a fresh hasher, or the state of a resumed upload)
+    /// and starts the given extra digests.
+    pub fn new(blake3: blake3::Hasher, algorithms: &[Algorithm]) -> Hashing {
+        Hashing { blake3, extra: algorithms.iter().map(|a| (*a, a.hasher())).collect() }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        self.blake3.update(data);
+        for (_, h) in &mut self.extra {
+            h.update(data);
+        }
+    }
+
+    /// Checks each expected digest against what arrived.
+    pub fn verify(&mut self, expected: &[Digest]) -> Result<()> {
+        for want in expected {
+            let got = self
+                .extra
+                .iter_mut()
+                .find(|(a, _)| *a == want.algorithm)
+                .map(|(_, h)| h.finalize_reset());
+            if got.as_deref() != Some(&want.value[..]) {
+                return Err(Error::DigestMismatch(format!(
+                    "the body's {} does not match the digest sent",
+                    want.algorithm.name()
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A complete upload on disk, fsynced and verified; deleted if dropped.
@@ -156,6 +237,42 @@ pub struct Spooled {
     pub file: NamedTempFile,
     pub size: u64,
     pub blake3: blake3::Hash,
+}
+
+/// Reads a request body in [`CHUNK`]-sized buffers, with the stall timeout
+/// on every read and a cap on the total.
+pub struct ChunkReader<R> {
+    body: R,
+    stall_timeout: Duration,
+    limit: u64,
+    pub received: u64,
+}
+
+impl<R: AsyncRead + Unpin> ChunkReader<R> {
+    pub fn new(body: R, stall_timeout: Duration, limit: u64) -> Self {
+        ChunkReader { body, stall_timeout, limit, received: 0 }
+    }
+
+    /// Fills `buf` up to a chunk; `None` at the end of the body.
+    pub async fn next_chunk(&mut self, mut buf: Vec<u8>) -> Result<Option<Vec<u8>>> {
+        loop {
+            let n = match tokio::time::timeout(self.stall_timeout, self.body.read_buf(&mut buf)).await {
+                Err(_) => return Err(Error::Stalled(self.stall_timeout.as_secs())),
+                Ok(Err(e)) => return Err(Error::Disconnected(e.to_string())),
+                Ok(Ok(n)) => n,
+            };
+            self.received += n as u64;
+            if self.received > self.limit {
+                return Err(Error::TooLarge { limit: self.limit });
+            }
+            if n == 0 {
+                return Ok((!buf.is_empty()).then_some(buf));
+            }
+            if buf.len() >= CHUNK {
+                return Ok(Some(buf));
+            }
+        }
+    }
 }
 
 /// Where an upload's bytes go; shared by every upload way.
@@ -170,115 +287,55 @@ pub struct Spooler {
 }
 
 enum Sink {
-    Memory {
-        chunks: Vec<Vec<u8>>,
-        len: usize,
-        reservation: Reservation,
-    },
-    Disk(Writer),
-}
-
-impl Sink {
-    /// An empty chunk buffer: one the writer has finished with, if any, so
-    /// that a long upload cycles a few warm buffers instead of mapping and
-    /// zeroing fresh memory for every chunk.
-    fn buffer(&mut self) -> Vec<u8> {
-        match self {
-            Sink::Disk(writer) => writer
-                .recycled()
-                .unwrap_or_else(|| Vec::with_capacity(CHUNK)),
-            Sink::Memory { .. } => Vec::with_capacity(CHUNK),
-        }
-    }
+    Memory { chunks: Vec<Vec<u8>>, len: usize, reservation: Reservation },
+    Disk(Writer<NamedTempFile>),
 }
 
 impl Spooler {
     /// Streams `body` to a verified temp file. On any error nothing is left.
-    pub async fn spool<R: AsyncRead + Unpin>(
-        &self,
-        mut body: R,
-        expected: &Expected,
-    ) -> Result<Spooled> {
+    pub async fn spool<R: AsyncRead + Unpin>(&self, body: R, expected: &Expected) -> Result<Spooled> {
         if let Some(length) = expected.length {
             if length > self.max_size {
-                return Err(Error::TooLarge {
-                    limit: self.max_size,
-                });
+                return Err(Error::TooLarge { limit: self.max_size });
             }
             self.check_space(&self.layout.staging, length)?;
             if length > self.spool_memory as u64 {
                 self.check_space(&self.layout.spool, length)?;
             }
         }
-        let wants = Wants {
-            sha256: expected.sha256.is_some(),
-            sha512: expected.sha512.is_some(),
-        };
+        let algorithms = expected.algorithms();
         let mut sink = match expected.length {
-            Some(length) if length > self.spool_memory as u64 => {
-                Sink::Disk(Writer::start(self.layout.new_spool_file()?, wants))
-            }
+            Some(length) if length > self.spool_memory as u64 => Sink::Disk(self.spill_writer(&algorithms)?),
             _ => Sink::Memory {
                 chunks: Vec::new(),
                 len: 0,
-                reservation: Reservation {
-                    budget: self.budget.clone(),
-                    bytes: 0,
-                },
+                reservation: Reservation { budget: self.budget.clone(), bytes: 0 },
             },
         };
 
-        let mut received: u64 = 0;
+        let mut body = ChunkReader::new(body, self.stall_timeout, self.max_size);
         let mut next_space_check = SPACE_CHECK_EVERY;
-        let mut buf = sink.buffer();
-        loop {
-            let n = match tokio::time::timeout(self.stall_timeout, body.read_buf(&mut buf)).await {
-                Err(_) => return Err(Error::Stalled(self.stall_timeout.as_secs())),
-                Ok(Err(e)) => return Err(Error::Disconnected(e.to_string())),
-                Ok(Ok(n)) => n,
-            };
-            received += n as u64;
-            if received > self.max_size {
-                return Err(Error::TooLarge {
-                    limit: self.max_size,
-                });
-            }
-            let eof = n == 0;
-            if buf.len() < CHUNK && !eof {
-                continue;
-            }
-            if !buf.is_empty() {
-                sink = self.push(sink, buf, wants).await?;
-                buf = sink.buffer();
-            }
-            if received >= next_space_check {
-                next_space_check = received + SPACE_CHECK_EVERY;
+        while let Some(chunk) = body.next_chunk(sink.buffer()).await? {
+            sink = self.push(sink, chunk, &algorithms).await?;
+            if body.received >= next_space_check {
+                next_space_check = body.received + SPACE_CHECK_EVERY;
                 if let Sink::Disk(w) = &sink {
                     self.check_space(&w.dir, 0)?;
                 }
             }
-            if eof {
-                break;
-            }
         }
-
+        let received = body.received;
         if let Some(length) = expected.length {
             if received != length {
-                return Err(Error::Truncated {
-                    received,
-                    expected: length,
-                });
+                return Err(Error::Truncated { received, expected: length });
             }
         }
 
         let writer = match sink {
             Sink::Disk(writer) => writer,
-            Sink::Memory {
-                chunks,
-                reservation,
-                ..
-            } => {
-                let mut writer = Writer::start(self.layout.new_staging_file()?, wants);
+            Sink::Memory { chunks, reservation, .. } => {
+                let file = self.layout.new_staging_file()?;
+                let mut writer = Writer::start(file, Hashing::new(blake3::Hasher::new(), &algorithms));
                 for chunk in chunks {
                     writer.send(chunk).await?;
                 }
@@ -286,39 +343,36 @@ impl Spooler {
                 writer
             }
         };
-        let written = writer.finish().await?;
+        let mut written = writer.finish().await?;
         debug_assert_eq!(written.size, received);
-        written.verify(expected)?;
-        Ok(Spooled {
-            file: written.file,
-            size: written.size,
-            blake3: written.blake3,
-        })
+        written.hashing.verify(&expected.digests)?;
+        let blake3 = written.hashing.blake3.finalize();
+        if expected.blake3.is_some_and(|d| d != blake3) {
+            return Err(Error::DigestMismatch("the body's blake3 does not match X-Blake3".into()));
+        }
+        Ok(Spooled { file: written.target, size: written.size, blake3 })
     }
 
-    async fn push(&self, sink: Sink, chunk: Vec<u8>, wants: Wants) -> Result<Sink> {
+    fn spill_writer(&self, algorithms: &[Algorithm]) -> Result<Writer<NamedTempFile>> {
+        let file = self.layout.new_spool_file()?;
+        Ok(Writer::start(file, Hashing::new(blake3::Hasher::new(), algorithms)))
+    }
+
+    async fn push(&self, sink: Sink, chunk: Vec<u8>, algorithms: &[Algorithm]) -> Result<Sink> {
         match sink {
             Sink::Disk(mut writer) => {
                 writer.send(chunk).await?;
                 Ok(Sink::Disk(writer))
             }
-            Sink::Memory {
-                mut chunks,
-                len,
-                mut reservation,
-            } => {
+            Sink::Memory { mut chunks, len, mut reservation } => {
                 let grown = len + chunk.len();
                 if grown <= self.spool_memory && reservation.grow(chunk.len()) {
                     chunks.push(chunk);
-                    return Ok(Sink::Memory {
-                        chunks,
-                        len: grown,
-                        reservation,
-                    });
+                    return Ok(Sink::Memory { chunks, len: grown, reservation });
                 }
                 // Spill: past the per-upload cap, or the global budget is spent.
-                self.check_space(&self.layout.spool, (len + chunk.len()) as u64)?;
-                let mut writer = Writer::start(self.layout.new_spool_file()?, wants);
+                self.check_space(&self.layout.spool, grown as u64)?;
+                let mut writer = self.spill_writer(algorithms)?;
                 for c in chunks {
                     writer.send(c).await?;
                 }
@@ -331,7 +385,7 @@ impl Spooler {
 
     /// Refuses with 507 when writing `incoming` more bytes to the volume of
     /// `dir` would leave less than the reserve free.
-    pub fn check_space(&self, dir: &std::path::Path, incoming: u64) -> Result<()> {
+    pub fn check_space(&self, dir: &Path, incoming: u64) -> Result<()> {
         let free = Layout::free_space(dir).map_err(Error::internal)?;
         if free < incoming.saturating_add(self.disk_reserve) {
             return Err(Error::InsufficientStorage(format!(
@@ -342,10 +396,58 @@ impl Spooler {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Wants {
-    sha256: bool,
-    sha512: bool,
+impl Sink {
+    /// An empty chunk buffer: one the writer has finished with, if any, so
+    /// that a long upload cycles a few warm buffers instead of mapping and
+    /// zeroing fresh memory for every chunk.
+    fn buffer(&mut self) -> Vec<u8> {
+        match self {
+            Sink::Disk(writer) => writer.buffer(),
+            Sink::Memory { .. } => Vec::with_capacity(CHUNK),
+        }
+    }
+}
+
+/// A file the writer thread can append to and make durable.
+pub trait Target: Write + Send + 'static {
+    fn sync(&self) -> io::Result<()>;
+    fn dir(&self) -> PathBuf;
+}
+
+impl Target for NamedTempFile {
+    fn sync(&self) -> io::Result<()> {
+        self.as_file().sync_all()
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.path().parent().map(PathBuf::from).unwrap_or_default()
+    }
+}
+
+/// An open file and the directory it lives in (resumable uploads).
+pub struct OpenFile {
+    pub file: File,
+    pub dir: PathBuf,
+}
+
+impl Write for OpenFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Target for OpenFile {
+    fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.dir.clone()
+    }
 }
 
 enum Msg {
@@ -354,43 +456,43 @@ enum Msg {
 }
 
 /// One blocking thread that hashes and writes an upload's chunks in order.
-struct Writer {
+/// Dropping it without [`Writer::finish`] abandons the bytes (a temp file
+/// target deletes itself).
+pub struct Writer<T: Target> {
     tx: mpsc::Sender<Msg>,
     /// Buffers the writer is done with, for reuse.
     spent: mpsc::Receiver<Vec<u8>>,
-    handle: JoinHandle<io::Result<Written>>,
+    handle: JoinHandle<io::Result<Written<T>>>,
     dir: PathBuf,
 }
 
-struct Written {
-    file: NamedTempFile,
-    size: u64,
-    blake3: blake3::Hash,
-    sha256: Option<Vec<u8>>,
-    sha512: Option<Vec<u8>>,
+pub struct Written<T> {
+    pub target: T,
+    pub size: u64,
+    pub hashing: Hashing,
 }
 
-impl Writer {
-    fn start(file: NamedTempFile, wants: Wants) -> Writer {
-        let dir = file.path().parent().map(PathBuf::from).unwrap_or_default();
+impl<T: Target> Writer<T> {
+    pub fn start(target: T, hashing: Hashing) -> Writer<T> {
+        let dir = target.dir();
         let (tx, rx) = mpsc::channel(QUEUE);
         let (spent_tx, spent) = mpsc::channel(QUEUE + 2);
-        let handle = tokio::task::spawn_blocking(move || write_loop(file, rx, spent_tx, wants));
-        Writer {
-            tx,
-            spent,
-            handle,
-            dir,
+        let handle = tokio::task::spawn_blocking(move || write_loop(target, hashing, rx, spent_tx));
+        Writer { tx, spent, handle, dir }
+    }
+
+    /// An empty buffer for the next chunk, recycled when one is free.
+    pub fn buffer(&mut self) -> Vec<u8> {
+        match self.spent.try_recv() {
+            Ok(mut buf) => {
+                buf.clear();
+                buf
+            }
+            Err(_) => Vec::with_capacity(CHUNK),
         }
     }
 
-    fn recycled(&mut self) -> Option<Vec<u8>> {
-        let mut buf = self.spent.try_recv().ok()?;
-        buf.clear();
-        Some(buf)
-    }
-
-    async fn send(&mut self, chunk: Vec<u8>) -> Result<()> {
+    pub async fn send(&mut self, chunk: Vec<u8>) -> Result<()> {
         if self.tx.send(Msg::Data(chunk)).await.is_err() {
             // The writer stopped early: its result says why.
             return Err(self.failure().await);
@@ -406,7 +508,8 @@ impl Writer {
         }
     }
 
-    async fn finish(mut self) -> Result<Written> {
+    /// Waits for every chunk to be written, then fsyncs.
+    pub async fn finish(mut self) -> Result<Written<T>> {
         if self.tx.send(Msg::Done).await.is_err() {
             return Err(self.failure().await);
         }
@@ -417,77 +520,29 @@ impl Writer {
     }
 }
 
-fn write_loop(
-    mut file: NamedTempFile,
+fn write_loop<T: Target>(
+    mut target: T,
+    mut hashing: Hashing,
     mut rx: mpsc::Receiver<Msg>,
     spent: mpsc::Sender<Vec<u8>>,
-    wants: Wants,
-) -> io::Result<Written> {
-    let mut blake3 = blake3::Hasher::new();
-    let mut sha256 = wants.sha256.then(Sha256::new);
-    let mut sha512 = wants.sha512.then(Sha512::new);
+) -> io::Result<Written<T>> {
     let mut size = 0u64;
     loop {
         match rx.blocking_recv() {
             Some(Msg::Data(chunk)) => {
-                blake3.update(&chunk);
-                if let Some(h) = sha256.as_mut() {
-                    h.update(&chunk);
-                }
-                if let Some(h) = sha512.as_mut() {
-                    h.update(&chunk);
-                }
-                file.as_file_mut().write_all(&chunk)?;
+                hashing.update(&chunk);
+                target.write_all(&chunk)?;
                 size += chunk.len() as u64;
                 // Keep a few warm buffers for reuse; free the rest.
                 let _ = spent.try_send(chunk);
             }
             Some(Msg::Done) => break,
-            // The upload was abandoned: dropping `file` deletes it.
-            None => {
-                return Err(io::Error::new(
-                    io::ErrorKind::Interrupted,
-                    "upload abandoned",
-                ))
-            }
+            // Abandoned: dropping a temp file target deletes it.
+            None => return Err(io::Error::new(io::ErrorKind::Interrupted, "upload abandoned")),
         }
     }
-    file.as_file().sync_all()?;
-    Ok(Written {
-        file,
-        size,
-        blake3: blake3.finalize(),
-        sha256: sha256.map(|h| h.finalize().to_vec()),
-        sha512: sha512.map(|h| h.finalize().to_vec()),
-    })
-}
-
-impl Written {
-    fn verify(&self, expected: &Expected) -> Result<()> {
-        let mismatch = |alg: &str| {
-            Err(Error::DigestMismatch(format!(
-                "the body's {alg} does not match the digest sent"
-            )))
-        };
-        if expected
-            .sha256
-            .as_ref()
-            .is_some_and(|d| Some(d) != self.sha256.as_ref())
-        {
-            return mismatch("sha-256");
-        }
-        if expected
-            .sha512
-            .as_ref()
-            .is_some_and(|d| Some(d) != self.sha512.as_ref())
-        {
-            return mismatch("sha-512");
-        }
-        if expected.blake3.is_some_and(|d| d != self.blake3) {
-            return mismatch("blake3");
-        }
-        Ok(())
-    }
+    target.sync()?;
+    Ok(Written { target, size, hashing })
 }
 
 #[cfg(test)]
@@ -523,7 +578,8 @@ mod tests {
                 None,
             )
             .unwrap();
-        assert_eq!(e.sha256.unwrap().len(), 32);
+        assert_eq!(e.digests.len(), 1);
+        assert_eq!(e.digests[0].algorithm, Algorithm::Sha256);
         assert!(Expected::default()
             .with_digests(&["sha-256=abc"], None)
             .is_err());

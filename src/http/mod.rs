@@ -13,12 +13,16 @@ use crate::key::Key;
 
 mod catalog;
 mod data;
+mod tus;
 
 /// Mounts every route and the problem+json catchers.
 pub fn mount(rocket: Rocket<Build>) -> Rocket<Build> {
     rocket
         .mount("/", data::routes())
         .mount("/", catalog::routes())
+        .mount("/", tus::routes())
+        .attach(tus::fairing())
+        .attach(tus::sweeper())
         .register("/", rocket::catchers![crate::error::default_catcher])
 }
 

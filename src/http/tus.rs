@@ -1,0 +1,360 @@
+//! tus 1.0.0 over HTTP: `/uploads` and `/uploads/{id}`. The protocol's
+//! rules live in `crate::tus`; this file maps headers to them and back.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use rocket::data::{Data, ToByteUnit};
+use rocket::fairing::{AdHoc, Fairing, Info, Kind};
+use rocket::http::{Header, Method, Status};
+use rocket::request::{FromRequest, Outcome, Request};
+use rocket::response::{self, Responder, Response};
+use rocket::{Route, State};
+
+use super::header;
+use crate::error::{Error, Result};
+use crate::node::Node;
+use crate::tus::{Concat, Creation, Patch, UploadInfo, CHECKSUM_ALGORITHMS, EXTENSIONS, TUS_VERSION};
+use crate::upload::{Algorithm, Digest};
+
+pub fn routes() -> Vec<Route> {
+    rocket::routes![discover, discover_upload, create, head_upload, patch_upload, terminate]
+}
+
+const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
+
+/// Adds `Tus-Resumable` to every response under `/uploads` (errors
+/// included), and honours `X-HTTP-Method-Override` there.
+pub fn fairing() -> impl Fairing {
+    TusFairing
+}
+
+struct TusFairing;
+
+fn is_tus_path(req: &Request<'_>) -> bool {
+    let path = req.uri().path();
+    path == "/uploads" || path.starts_with("/uploads/")
+}
+
+#[rocket::async_trait]
+impl Fairing for TusFairing {
+    fn info(&self) -> Info {
+        Info { name: "tus", kind: Kind::Request | Kind::Response }
+    }
+
+    async fn on_request(&self, req: &mut Request<'_>, _: &mut Data<'_>) {
+        if !is_tus_path(req) || req.method() != Method::Post {
+            return;
+        }
+        let method = header(req, "X-HTTP-Method-Override").and_then(|m| m.trim().parse::<Method>().ok());
+        if let Some(method) = method {
+            req.set_method(method);
+        }
+    }
+
+    async fn on_response<'r>(&self, req: &'r Request<'_>, res: &mut Response<'r>) {
+        if is_tus_path(req) {
+            res.set_header(Header::new("Tus-Resumable", TUS_VERSION));
+        }
+    }
+}
+
+/// The expiry sweeper: removes expired incomplete uploads and their bytes.
+pub fn sweeper() -> AdHoc {
+    AdHoc::on_liftoff("tus expiry sweeper", |rocket| {
+        Box::pin(async move {
+            let Some(node) = rocket.state::<Arc<Node>>().cloned() else { return };
+            let every = std::time::Duration::from_secs((node.settings.upload_expiry / 4).clamp(1, 60));
+            let mut shutdown = rocket.shutdown();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(every) => {}
+                        _ = &mut shutdown => return,
+                    }
+                    match node.tus_sweep().await {
+                        Ok(0) => {}
+                        Ok(n) => log::info!("removed {n} expired resumable upload(s)"),
+                        Err(e) => log::error!("sweeping expired uploads: {e}"),
+                    }
+                }
+            });
+        })
+    })
+}
+
+/// `Tus-Resumable: 1.0.0` must be on every request but `OPTIONS`.
+pub struct TusResumable;
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for TusResumable {
+    type Error = Error;
+
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Error> {
+        match header(req, "Tus-Resumable") {
+            Some(v) if v.trim() == TUS_VERSION => Outcome::Success(TusResumable),
+            other => {
+                let e = Error::TusVersion(other.unwrap_or("none").to_string());
+                Outcome::Error((e.status(), e))
+            }
+        }
+    }
+}
+
+/// A tus answer: a status and the upload's headers.
+pub struct Reply {
+    status: Status,
+    info: Option<UploadInfo>,
+    head: bool,
+}
+
+impl<'r> Responder<'r, 'static> for Reply {
+    fn respond_to(self, _req: &'r Request<'_>) -> response::Result<'static> {
+        let mut response = Response::build();
+        response.status(self.status);
+        if let Some(info) = self.info {
+            if self.status == Status::Created {
+                response.header(Header::new("Location", format!("/uploads/{}", info.id)));
+            }
+            response.header(Header::new("Upload-Offset", info.offset.to_string()));
+            match info.length {
+                Some(length) => response.header(Header::new("Upload-Length", length.to_string())),
+                None => response.header(Header::new("Upload-Defer-Length", "1")),
+            };
+            response.header(Header::new("Upload-Expires", http_date(info.expires_at)));
+            if self.head {
+                response.header(Header::new("Cache-Control", "no-store"));
+                if let Some(metadata) = info.metadata {
+                    response.header(Header::new("Upload-Metadata", metadata));
+                }
+                if info.concat != "none" {
+                    response.header(Header::new("Upload-Concat", info.concat));
+                }
+            }
+            if let Some(record) = info.record {
+                // The committed dataset: where it is and what it hashes to.
+                response.header(Header::new("Content-Location", record.path));
+                response.header(Header::new("ETag", format!("\"{}\"", record.blake3)));
+            }
+        }
+        response.ok()
+    }
+}
+
+fn http_date(unix: i64) -> String {
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_default()
+}
+
+/// The answer to `OPTIONS`: what this server supports.
+pub struct Discovery {
+    max_size: u64,
+}
+
+impl<'r> Responder<'r, 'static> for Discovery {
+    fn respond_to(self, _req: &'r Request<'_>) -> response::Result<'static> {
+        Response::build()
+            .status(Status::NoContent)
+            .header(Header::new("Tus-Version", TUS_VERSION))
+            .header(Header::new("Tus-Extension", EXTENSIONS))
+            .header(Header::new("Tus-Max-Size", self.max_size.to_string()))
+            .header(Header::new("Tus-Checksum-Algorithm", CHECKSUM_ALGORITHMS))
+            .ok()
+    }
+}
+
+#[rocket::options("/uploads")]
+fn discover(node: &State<Arc<Node>>) -> Discovery {
+    Discovery { max_size: node.spooler.max_size }
+}
+
+#[rocket::options("/uploads/<_>")]
+fn discover_upload(node: &State<Arc<Node>>) -> Discovery {
+    Discovery { max_size: node.spooler.max_size }
+}
+
+fn number(req: &Request<'_>, name: &str) -> Result<Option<u64>> {
+    header(req, name)
+        .map(|v| v.trim().parse::<u64>())
+        .transpose()
+        .map_err(|_| Error::BadRequest(format!("{name} must be a whole number of bytes")))
+}
+
+/// The headers of a creation, read and checked.
+pub struct CreationRequest {
+    creation: Creation,
+    /// creation-with-upload: the body holds the first bytes.
+    with_body: bool,
+}
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for CreationRequest {
+    type Error = Error;
+
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Error> {
+        match creation_request(req) {
+            Ok(c) => Outcome::Success(c),
+            Err(e) => Outcome::Error((e.status(), e)),
+        }
+    }
+}
+
+fn creation_request(req: &Request<'_>) -> Result<CreationRequest> {
+    let length = number(req, "Upload-Length")?;
+    let deferred = match header(req, "Upload-Defer-Length") {
+        None => false,
+        Some("1") => true,
+        Some(_) => return Err(Error::BadRequest("Upload-Defer-Length must be 1".into())),
+    };
+    let concat = match header(req, "Upload-Concat").map(str::trim) {
+        None => Concat::None,
+        Some("partial") => Concat::Partial,
+        Some(v) if v.starts_with("final;") => Concat::Final(
+            v["final;".len()..]
+                .split_whitespace()
+                .map(|url| url.trim_end_matches('/').rsplit('/').next().unwrap_or("").to_string())
+                .collect(),
+        ),
+        Some(v) => return Err(Error::BadRequest(format!("Upload-Concat `{v}` is not partial or final;..."))),
+    };
+    match (&concat, length, deferred) {
+        (Concat::Final(parts), None, false) if !parts.is_empty() => {}
+        (Concat::Final(_), _, _) => {
+            return Err(Error::BadRequest("a final upload lists its parts and sends no length".into()))
+        }
+        (_, Some(_), true) => {
+            return Err(Error::BadRequest("send Upload-Length or Upload-Defer-Length, not both".into()))
+        }
+        (_, None, false) => return Err(Error::BadRequest("Upload-Length (or Upload-Defer-Length: 1) is required".into())),
+        _ => {}
+    }
+    let with_body = content_type_is(req, OFFSET_OCTET_STREAM)
+        && (number(req, "Content-Length")?.unwrap_or(0) > 0 || header(req, "Transfer-Encoding").is_some());
+    Ok(CreationRequest {
+        creation: Creation { length, metadata: header(req, "Upload-Metadata").map(str::to_owned), concat },
+        with_body,
+    })
+}
+
+fn content_type_is(req: &Request<'_>, expected: &str) -> bool {
+    header(req, "Content-Type").is_some_and(|ct| {
+        ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case(expected)
+    })
+}
+
+/// The headers of a PATCH, read and checked.
+pub struct PatchRequest {
+    offset: u64,
+    length: Option<u64>,
+    checksum: Option<Digest>,
+}
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for PatchRequest {
+    type Error = Error;
+
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Error> {
+        match patch_request(req) {
+            Ok(p) => Outcome::Success(p),
+            Err(e) => Outcome::Error((e.status(), e)),
+        }
+    }
+}
+
+fn patch_request(req: &Request<'_>) -> Result<PatchRequest> {
+    if !content_type_is(req, OFFSET_OCTET_STREAM) {
+        return Err(Error::UnsupportedMediaType(format!("a PATCH body must be {OFFSET_OCTET_STREAM}")));
+    }
+    let offset = number(req, "Upload-Offset")?.ok_or_else(|| Error::BadRequest("Upload-Offset is required".into()))?;
+    Ok(PatchRequest { offset, length: number(req, "Upload-Length")?, checksum: upload_checksum(req)? })
+}
+
+/// `Upload-Checksum: <algorithm> <base64>`.
+fn upload_checksum(req: &Request<'_>) -> Result<Option<Digest>> {
+    let Some(value) = header(req, "Upload-Checksum") else { return Ok(None) };
+    let (name, b64) = value
+        .trim()
+        .split_once(' ')
+        .ok_or_else(|| Error::BadRequest("Upload-Checksum is `<algorithm> <base64>`".into()))?;
+    let algorithm = Algorithm::from_tus(name)
+        .ok_or_else(|| Error::BadRequest(format!("checksum algorithm `{name}` is not one of {CHECKSUM_ALGORITHMS}")))?;
+    let value = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|_| Error::BadRequest("the Upload-Checksum value is not valid base64".into()))?;
+    Ok(Some(Digest { algorithm, value }))
+}
+
+fn body_limit(node: &Node) -> rocket::data::ByteUnit {
+    node.spooler.max_size.saturating_add(1).bytes()
+}
+
+#[rocket::post("/uploads", data = "<body>")]
+async fn create(
+    node: &State<Arc<Node>>,
+    tus: Result<TusResumable, Error>,
+    request: Result<CreationRequest, Error>,
+    headers: Result<PatchRequest, Error>,
+    body: Data<'_>,
+) -> Result<Reply> {
+    tus?;
+    let request = request?;
+    let info = node.tus_create(request.creation).await?;
+    if !request.with_body {
+        return Ok(Reply { status: Status::Created, info: Some(info), head: false });
+    }
+    let _permit = node.admit_upload()?;
+    let checksum = headers.ok().and_then(|h| h.checksum);
+    let patch = Patch { offset: 0, length: None, checksum, body: body.open(body_limit(node)) };
+    let info = node.tus_patch(&info.id, patch).await?;
+    Ok(Reply { status: Status::Created, info: Some(info), head: false })
+}
+
+#[rocket::head("/uploads/<id>")]
+async fn head_upload(node: &State<Arc<Node>>, tus: Result<TusResumable, Error>, id: &str) -> Result<Reply> {
+    tus?;
+    let info = node.tus_info(id).await?;
+    Ok(Reply { status: Status::Ok, info: Some(info), head: true })
+}
+
+#[rocket::patch("/uploads/<id>", data = "<body>")]
+async fn patch_upload(
+    node: &State<Arc<Node>>,
+    tus: Result<TusResumable, Error>,
+    id: &str,
+    request: Result<PatchRequest, Error>,
+    body: Data<'_>,
+) -> Result<Reply> {
+    tus?;
+    let request = request?;
+    let _permit = node.admit_upload()?;
+    let patch = Patch {
+        offset: request.offset,
+        length: request.length,
+        checksum: request.checksum,
+        body: body.open(body_limit(node)),
+    };
+    let info = node.tus_patch(id, patch).await?;
+    Ok(Reply { status: Status::NoContent, info: Some(info), head: false })
+}
+
+#[rocket::delete("/uploads/<id>")]
+async fn terminate(node: &State<Arc<Node>>, tus: Result<TusResumable, Error>, id: &str) -> Result<Status> {
+    tus?;
+    node.tus_terminate(id).await?;
+    Ok(Status::NoContent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_dates() {
+        assert_eq!(http_date(784111777), "Sun, 06 Nov 1994 08:49:37 GMT");
+    }
+}

@@ -1,0 +1,558 @@
+//! Resumable uploads: the tus 1.0.0 protocol's state and rules, as methods
+//! of the [`Node`]. HTTP framing lives in `http::tus`.
+//!
+//! An upload in progress is a row in the index (`uploads`) and a data file
+//! `uploads/<id>` on the data volume. Its offset is that file's length: a
+//! PATCH appends through the same writer thread as a PUT and fsyncs before it
+//! answers `204`, so an acknowledged offset survives a crash, and a PATCH
+//! that breaks off keeps (and fsyncs) what arrived. The blake3 state of each
+//! upload is kept in memory between PATCHes; after a restart the prefix is
+//! rehashed once from the file. When the last byte arrives the file becomes
+//! a [`Spooled`] upload and goes through [`Node::commit`], exactly like a PUT.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex as SyncMutex};
+use std::time::Duration;
+
+use base64::Engine;
+use tempfile::{NamedTempFile, TempPath};
+use tokio::io::AsyncRead;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::index::{Record, UploadRow};
+use crate::key::Key;
+use crate::node::{blocking, now, Node, UploadMeta};
+use crate::store::fsync_dir;
+use crate::upload::{ChunkReader, Digest, Hashing, OpenFile, Spooled, Writer};
+
+pub const TUS_VERSION: &str = "1.0.0";
+pub const EXTENSIONS: &str =
+    "creation,creation-with-upload,creation-defer-length,termination,checksum,expiration,concatenation";
+pub const CHECKSUM_ALGORITHMS: &str = "sha1,md5,sha256";
+/// How long a PATCH waits for an earlier one on the same upload to let go.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
+
+/// `Upload-Concat`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Concat {
+    None,
+    Partial,
+    /// The ids of the partial uploads, in order.
+    Final(Vec<String>),
+}
+
+impl Concat {
+    fn as_str(&self) -> &'static str {
+        match self {
+            Concat::None => "none",
+            Concat::Partial => "partial",
+            Concat::Final(_) => "final",
+        }
+    }
+}
+
+/// A `POST /uploads`.
+#[derive(Debug, Clone)]
+pub struct Creation {
+    /// `None` with `Upload-Defer-Length: 1`.
+    pub length: Option<u64>,
+    pub metadata: Option<String>,
+    pub concat: Concat,
+}
+
+/// One `PATCH` (or the body of a creation-with-upload).
+pub struct Patch<R> {
+    pub offset: u64,
+    /// `Upload-Length`, to settle a deferred length.
+    pub length: Option<u64>,
+    /// `Upload-Checksum` of this chunk.
+    pub checksum: Option<Digest>,
+    pub body: R,
+}
+
+/// What the responses and `HEAD` report.
+#[derive(Debug, Clone)]
+pub struct UploadInfo {
+    pub id: String,
+    pub length: Option<u64>,
+    pub offset: u64,
+    pub metadata: Option<String>,
+    /// Unix seconds.
+    pub expires_at: i64,
+    pub concat: String,
+    /// The dataset, once the upload was committed.
+    pub record: Option<Record>,
+}
+
+/// `Upload-Metadata`: comma-separated `key base64value` pairs.
+#[derive(Debug, Default)]
+pub struct Metadata(Vec<(String, Option<String>)>);
+
+impl Metadata {
+    pub fn parse(raw: Option<&str>) -> Result<Metadata> {
+        let mut pairs = Vec::new();
+        for pair in raw.unwrap_or("").split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let mut parts = pair.split_whitespace();
+            let name = parts.next().unwrap_or_default().to_string();
+            let value = match parts.next() {
+                None => None,
+                Some(b64) => {
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(b64)
+                        .map_err(|_| Error::BadRequest(format!("Upload-Metadata `{name}` is not valid base64")))?;
+                    Some(String::from_utf8(bytes).map_err(|_| {
+                        Error::BadRequest(format!("Upload-Metadata `{name}` is not valid UTF-8"))
+                    })?)
+                }
+            };
+            if parts.next().is_some() {
+                return Err(Error::BadRequest(format!("Upload-Metadata pair `{pair}` has extra parts")));
+            }
+            pairs.push((name, value));
+        }
+        Ok(Metadata(pairs))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.as_deref())
+    }
+
+    /// `key` wins over `filename`.
+    fn key(&self) -> Result<Option<Key>> {
+        match self.get("key").or_else(|| self.get("filename")) {
+            Some(k) => Ok(Some(Key::parse(k)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn upload_meta(&self) -> UploadMeta {
+        UploadMeta {
+            content_type: self.get("filetype").filter(|t| !t.is_empty()).map(str::to_owned),
+            name: self.get("name").map(str::to_owned),
+            description: self.get("description").map(str::to_owned),
+            ..UploadMeta::default()
+        }
+    }
+}
+
+/// The in-memory side of resumable uploads: one slot per upload being
+/// written, holding its lock and its running blake3.
+#[derive(Default)]
+pub struct Resumable {
+    slots: SyncMutex<HashMap<String, Arc<Slot>>>,
+}
+
+#[derive(Default)]
+struct Slot {
+    state: Mutex<Option<HashState>>,
+    /// Cancels the PATCH holding `state`, so a reconnecting client can take over.
+    holder: SyncMutex<CancellationToken>,
+}
+
+struct HashState {
+    hasher: blake3::Hasher,
+    offset: u64,
+}
+
+impl Resumable {
+    fn slot(&self, id: &str) -> Arc<Slot> {
+        self.slots.lock().expect("slots lock").entry(id.to_owned()).or_default().clone()
+    }
+
+    fn forget(&self, id: &str) {
+        self.slots.lock().expect("slots lock").remove(id);
+    }
+}
+
+/// Takes an upload's slot: at once if free, else by cancelling the PATCH
+/// that holds it (its client is most likely gone) and waiting briefly.
+async fn take(slot: &Slot) -> Result<(tokio::sync::MutexGuard<'_, Option<HashState>>, CancellationToken)> {
+    let guard = match slot.state.try_lock() {
+        Ok(guard) => guard,
+        Err(_) => {
+            slot.holder.lock().expect("holder lock").cancel();
+            tokio::time::timeout(TAKEOVER_WAIT, slot.state.lock()).await.map_err(|_| Error::Locked)?
+        }
+    };
+    let token = CancellationToken::new();
+    *slot.holder.lock().expect("holder lock") = token.clone();
+    Ok((guard, token))
+}
+
+pub fn is_upload_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+impl Node {
+    fn expires_at(&self) -> i64 {
+        unix_now() + self.settings.upload_expiry as i64
+    }
+
+    /// `POST /uploads`.
+    pub async fn tus_create(&self, creation: Creation) -> Result<UploadInfo> {
+        let metadata = Metadata::parse(creation.metadata.as_deref())?;
+        let key = match creation.concat {
+            Concat::Partial => None,
+            _ => Some(metadata.key()?.ok_or_else(|| {
+                Error::BadRequest("Upload-Metadata needs a `key` (or `filename`) for the dataset".into())
+            })?),
+        };
+        if let Some(key) = &key {
+            self.precheck_upload(key, &metadata.upload_meta()).await?;
+        }
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let mut row = UploadRow {
+            id: id.clone(),
+            length: creation.length,
+            metadata: creation.metadata.clone(),
+            key: key.as_ref().map(|k| k.to_string()),
+            concat: creation.concat.as_str().into(),
+            created_at: now(),
+            expires_at: self.expires_at(),
+            completed: false,
+        };
+        if let Concat::Final(parts) = &creation.concat {
+            let key = key.expect("final uploads have a key");
+            return self.tus_concatenate(row, parts, key, metadata).await;
+        }
+        if let Some(length) = creation.length {
+            if length > self.spooler.max_size {
+                return Err(Error::TooLarge { limit: self.spooler.max_size });
+            }
+            self.spooler.check_space(&self.layout.uploads, length)?;
+        }
+        let (layout, index) = (self.layout.clone(), self.index.clone());
+        let r = row.clone();
+        blocking(move || {
+            let path = layout.upload_path(&r.id);
+            File::create(&path)?.sync_all()?;
+            fsync_dir(&layout.uploads)?;
+            index.create_upload(&r)
+        })
+        .await?;
+        row.completed = false;
+        Ok(self.info_of(&row, 0, None))
+    }
+
+    fn info_of(&self, row: &UploadRow, offset: u64, record: Option<Record>) -> UploadInfo {
+        UploadInfo {
+            id: row.id.clone(),
+            length: row.length,
+            offset,
+            metadata: row.metadata.clone(),
+            expires_at: row.expires_at,
+            concat: row.concat.clone(),
+            record,
+        }
+    }
+
+    async fn upload_row(&self, id: &str) -> Result<UploadRow> {
+        let missing = || Error::NotFound(format!("no upload `{id}`"));
+        if !is_upload_id(id) {
+            return Err(missing());
+        }
+        let (index, i) = (self.index.clone(), id.to_owned());
+        let row = blocking(move || index.get_upload(&i)).await?.ok_or_else(missing)?;
+        if row.expires_at < unix_now() {
+            return Err(Error::Gone(format!("upload `{id}` expired")));
+        }
+        Ok(row)
+    }
+
+    /// The upload's offset: its data file's length, or its length once done.
+    async fn offset_of(&self, row: &UploadRow) -> Result<u64> {
+        if row.completed {
+            return Ok(row.length.unwrap_or(0));
+        }
+        let path = self.layout.upload_path(&row.id);
+        match tokio::fs::metadata(&path).await {
+            Ok(m) => Ok(m.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(Error::Gone(format!("the bytes of upload `{}` are gone", row.id)))
+            }
+            Err(e) => Err(Error::internal(e)),
+        }
+    }
+
+    /// `HEAD /uploads/{id}`.
+    pub async fn tus_info(&self, id: &str) -> Result<UploadInfo> {
+        let row = self.upload_row(id).await?;
+        let offset = self.offset_of(&row).await?;
+        let record = match (&row.key, row.completed) {
+            (Some(key), true) => self.get(&Key::parse(key)?).await.ok(),
+            _ => None,
+        };
+        Ok(self.info_of(&row, offset, record))
+    }
+
+    /// `PATCH /uploads/{id}`: appends a chunk; commits the dataset when the
+    /// last byte is in.
+    pub async fn tus_patch<R: AsyncRead + Unpin>(&self, id: &str, patch: Patch<R>) -> Result<UploadInfo> {
+        let mut row = self.upload_row(id).await?;
+        if row.concat == "final" {
+            return Err(Error::Forbidden("a final (concatenated) upload takes no PATCH".into()));
+        }
+        let slot = self.tus.slot(id);
+        let (mut state, cancel) = take(&slot).await?;
+        let offset = self.offset_of(&row).await?;
+        if patch.offset != offset {
+            return Err(Error::OffsetMismatch { current: offset, sent: patch.offset });
+        }
+        match (row.length, patch.length) {
+            (Some(known), Some(sent)) if known != sent => {
+                return Err(Error::BadRequest(format!("Upload-Length is {known}, not {sent}")));
+            }
+            (None, Some(sent)) => {
+                if sent < offset {
+                    return Err(Error::BadRequest(format!("Upload-Length {sent} is below the offset {offset}")));
+                }
+                if sent > self.spooler.max_size {
+                    return Err(Error::TooLarge { limit: self.spooler.max_size });
+                }
+                let (index, i) = (self.index.clone(), id.to_owned());
+                blocking(move || index.set_upload_length(&i, sent)).await?;
+                row.length = Some(sent);
+            }
+            _ => {}
+        }
+        if row.completed {
+            // Nothing more to take; a repeated final PATCH just learns so.
+            return self.tus_info(id).await;
+        }
+        let limit = row.length.unwrap_or(self.spooler.max_size) - offset;
+        self.spooler.check_space(&self.layout.uploads, row.length.map_or(0, |l| l - offset))?;
+
+        // The running blake3, rehashed from the file after a restart.
+        let hasher = match state.take() {
+            Some(s) if s.offset == offset => s.hasher,
+            _ => self.rehash(id, offset).await?,
+        };
+        let path = self.layout.upload_path(id);
+        let file = OpenOptions::new().append(true).open(&path).map_err(Error::internal)?;
+        let checksum: Vec<Digest> = patch.checksum.into_iter().collect();
+        let algorithms: Vec<_> = checksum.iter().map(|d| d.algorithm).collect();
+        let mut writer = Writer::start(
+            OpenFile { file, dir: self.layout.uploads.clone() },
+            Hashing::new(hasher.clone(), &algorithms),
+        );
+        let mut body = ChunkReader::new(patch.body, self.spooler.stall_timeout, limit);
+        let received: Result<()> = async {
+            loop {
+                let chunk = tokio::select! {
+                    chunk = body.next_chunk(writer.buffer()) => chunk?,
+                    _ = cancel.cancelled() => return Err(Error::Disconnected("another PATCH took over".into())),
+                };
+                match chunk {
+                    Some(chunk) => writer.send(chunk).await?,
+                    None => return Ok(()),
+                }
+            }
+        }
+        .await;
+        // Whatever arrived is made durable, even when the body broke off.
+        let mut written = writer.finish().await?;
+        let mut new_offset = offset + written.size;
+        let mut hasher_after = written.hashing.blake3.clone();
+        let verdict = match received {
+            Err(e) => Err(e),
+            Ok(()) => written.hashing.verify(&checksum).map_err(|_| {
+                Error::ChecksumMismatch(algorithms.first().map_or("", |a| a.name()).to_string())
+            }),
+        };
+        if verdict.is_err() && !checksum.is_empty() && written.size > 0 {
+            // A chunk that cannot be verified is not kept.
+            written.target.file.set_len(offset).map_err(Error::internal)?;
+            written.target.file.sync_data().map_err(Error::internal)?;
+            new_offset = offset;
+            hasher_after = hasher;
+        }
+        *state = Some(HashState { hasher: hasher_after.clone(), offset: new_offset });
+        verdict?;
+
+        let expires_at = self.expires_at();
+        let (index, i) = (self.index.clone(), id.to_owned());
+        blocking(move || index.touch_upload(&i, expires_at)).await?;
+        row.expires_at = expires_at;
+
+        if row.length != Some(new_offset) {
+            return Ok(self.info_of(&row, new_offset, None));
+        }
+        drop(written);
+        *state = None;
+        let record = if row.concat == "partial" {
+            None
+        } else {
+            let result = self.tus_commit(&row, path, new_offset, hasher_after).await;
+            drop(state);
+            self.tus.forget(id);
+            Some(result?)
+        };
+        Ok(self.info_of(&row, new_offset, record))
+    }
+
+    /// Rehashes the first `offset` bytes of an upload (once after a restart).
+    async fn rehash(&self, id: &str, offset: u64) -> Result<blake3::Hasher> {
+        let path = self.layout.upload_path(id);
+        if offset > 0 {
+            log::info!("upload {id}: rehashing the {offset} bytes received before a restart");
+        }
+        blocking(move || {
+            let mut hasher = blake3::Hasher::new();
+            let file = File::open(&path).map_err(Error::internal)?;
+            let mut reader = file.take(offset);
+            std::io::copy(&mut reader, &mut hasher).map_err(Error::internal)?;
+            Ok(hasher)
+        })
+        .await
+    }
+
+    /// Commits a complete upload's file as its dataset. On failure the
+    /// upload is gone (its file was consumed), so a later HEAD cannot
+    /// claim success.
+    async fn tus_commit(&self, row: &UploadRow, path: PathBuf, size: u64, hasher: blake3::Hasher) -> Result<Record> {
+        let metadata = Metadata::parse(row.metadata.as_deref())?;
+        let key = Key::parse(row.key.as_deref().unwrap_or_default())?;
+        let file = File::open(&path).map_err(Error::internal)?;
+        let path = TempPath::try_from_path(path).map_err(Error::internal)?;
+        let spooled = Spooled {
+            file: NamedTempFile::from_parts(file, path),
+            size,
+            blake3: hasher.finalize(),
+        };
+        let (index, id) = (self.index.clone(), row.id.clone());
+        match self.commit(key, spooled, metadata.upload_meta()).await {
+            Ok((record, _)) => {
+                blocking(move || index.complete_upload(&id)).await?;
+                Ok(record)
+            }
+            Err(e) => {
+                blocking(move || index.delete_upload(&id)).await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// `POST /uploads` with `Upload-Concat: final;...`: the partial uploads,
+    /// in order, become one dataset; the partials are removed.
+    async fn tus_concatenate(
+        &self,
+        mut row: UploadRow,
+        parts: &[String],
+        key: Key,
+        metadata: Metadata,
+    ) -> Result<UploadInfo> {
+        let mut total = 0u64;
+        for part in parts {
+            let part_row = self.upload_row(part).await?;
+            let offset = self.offset_of(&part_row).await?;
+            if part_row.concat != "partial" || part_row.length != Some(offset) {
+                return Err(Error::BadRequest(format!("upload `{part}` is not a complete partial upload")));
+            }
+            total += offset;
+        }
+        if total > self.spooler.max_size {
+            return Err(Error::TooLarge { limit: self.spooler.max_size });
+        }
+        self.spooler.check_space(&self.layout.staging, total)?;
+        let paths: Vec<PathBuf> = parts.iter().map(|p| self.layout.upload_path(p)).collect();
+        let staging = self.layout.new_staging_file()?;
+        let spooled = blocking(move || {
+            let mut target = staging;
+            let mut hasher = blake3::Hasher::new();
+            let mut buf = vec![0u8; crate::upload::CHUNK];
+            for path in &paths {
+                let mut part = File::open(path).map_err(Error::internal)?;
+                loop {
+                    let n = part.read(&mut buf).map_err(Error::internal)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                    std::io::Write::write_all(&mut target, &buf[..n])?;
+                }
+            }
+            target.as_file().sync_all()?;
+            Ok(Spooled { file: target, size: total, blake3: hasher.finalize() })
+        })
+        .await?;
+        row.length = Some(total);
+        row.completed = true;
+        let (record, _) = self.commit(key, spooled, metadata.upload_meta()).await?;
+        let (index, layout, r, parts) = (self.index.clone(), self.layout.clone(), row.clone(), parts.to_vec());
+        blocking(move || {
+            index.create_upload(&r)?;
+            for part in &parts {
+                index.delete_upload(part)?;
+                let _ = std::fs::remove_file(layout.upload_path(part));
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(self.info_of(&row, total, Some(record)))
+    }
+
+    /// `DELETE /uploads/{id}`: stops any PATCH in progress and removes the
+    /// upload's bytes and row.
+    pub async fn tus_terminate(&self, id: &str) -> Result<()> {
+        let row = self.upload_row(id).await?;
+        let slot = self.tus.slot(id);
+        let (_state, _) = take(&slot).await?;
+        self.remove_upload(&row.id).await?;
+        self.tus.forget(id);
+        Ok(())
+    }
+
+    async fn remove_upload(&self, id: &str) -> Result<()> {
+        let (index, layout, id) = (self.index.clone(), self.layout.clone(), id.to_owned());
+        blocking(move || {
+            match std::fs::remove_file(layout.upload_path(&id)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::internal(e)),
+            }
+            index.delete_upload(&id)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes expired uploads (and their bytes) that no PATCH is writing.
+    pub async fn tus_sweep(&self) -> Result<usize> {
+        let index = self.index.clone();
+        let expired = blocking(move || index.expired_uploads(unix_now())).await?;
+        let mut removed = 0;
+        for id in expired {
+            let slot = self.tus.slot(&id);
+            let Ok(_state) = slot.state.try_lock() else { continue };
+            self.remove_upload(&id).await?;
+            self.tus.forget(&id);
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// At start: data files of uploads whose row never got written (a crash
+    /// between the two steps of a creation) are removed.
+    pub fn sweep_orphan_upload_files(&self) -> Result<Vec<PathBuf>> {
+        let ids: std::collections::HashSet<String> = self.index.upload_ids()?.into_iter().collect();
+        let mut removed = Vec::new();
+        for entry in std::fs::read_dir(&self.layout.uploads).map_err(Error::internal)? {
+            let entry = entry.map_err(Error::internal)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !ids.contains(&name) {
+                std::fs::remove_file(entry.path()).map_err(Error::internal)?;
+                removed.push(entry.path());
+            }
+        }
+        Ok(removed)
+    }
+}
