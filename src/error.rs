@@ -36,7 +36,7 @@ pub enum Error {
     PreconditionFailed(String),
     #[error("{0}")]
     Conflict(String),
-    #[error("the dataset is larger than the limit of {limit} bytes")]
+    #[error("the body is larger than the limit of {limit} bytes")]
     TooLarge { limit: u64 },
     #[error("the range `{range}` cannot be served from {size} bytes")]
     RangeNotSatisfiable { range: String, size: u64 },
@@ -136,6 +136,14 @@ impl Error {
             Error::UnsupportedMediaType(_) => "unsupported-media-type",
             Error::TusVersion(_) => "unsupported-version",
             Error::Forbidden(_) => "forbidden",
+        }
+    }
+
+    /// The whole story, for logs and the command line (internal causes too).
+    pub fn cause(&self) -> String {
+        match self {
+            Error::Internal(cause) => cause.clone(),
+            other => other.to_string(),
         }
     }
 

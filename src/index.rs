@@ -43,6 +43,18 @@ pub struct NewVersion {
     pub description: Option<String>,
 }
 
+/// A change of the data directory about to happen, committed to the index
+/// before it, so that a crash in the middle can be finished or rolled back
+/// at the next start: the file system and the index cannot change in one
+/// step, and the intent makes the pair recoverable.
+#[derive(Debug, Clone)]
+pub enum Intent {
+    /// The file with this inode is being renamed to the key's path.
+    Install(NewVersion),
+    /// The key's file is being removed.
+    Remove(Key),
+}
+
 /// Metadata a client may change.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,7 +64,8 @@ pub struct MetadataPatch {
     pub tags: Option<Vec<String>>,
 }
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE datasets (
         key          TEXT PRIMARY KEY NOT NULL,
         name         TEXT NOT NULL,
@@ -65,7 +78,20 @@ const MIGRATIONS: &[&str] = &[r#"
         tags         TEXT NOT NULL DEFAULT '[]',
         inode        INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID;
-"#, r#"
+"#,
+    r#"
+    CREATE TABLE intents (
+        key          TEXT PRIMARY KEY NOT NULL,
+        action       TEXT NOT NULL,
+        inode        INTEGER NOT NULL DEFAULT 0,
+        size         INTEGER NOT NULL DEFAULT 0,
+        blake3       TEXT NOT NULL DEFAULT '',
+        content_type TEXT NOT NULL DEFAULT '',
+        name         TEXT,
+        description  TEXT
+    ) WITHOUT ROWID;
+"#,
+    r#"
     CREATE TABLE uploads (
         id          TEXT PRIMARY KEY NOT NULL,
         length      INTEGER,
@@ -76,7 +102,8 @@ const MIGRATIONS: &[&str] = &[r#"
         expires_at  INTEGER NOT NULL,
         completed   INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID;
-"#];
+"#,
+];
 
 const COLUMNS: &str =
     "key, name, size, blake3, content_type, created_at, updated_at, description, tags, inode";
@@ -147,40 +174,82 @@ impl Index {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
-    /// Inserts or replaces a dataset's row after its file was installed.
-    /// Metadata of a replaced dataset is kept unless the upload sets it.
+    /// Inserts or replaces a dataset's row (reindex, fsck repairs).
     pub fn upsert(&self, v: &NewVersion, now: &str) -> Result<Record> {
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
-        let name = v
-            .name
-            .clone()
-            .unwrap_or_else(|| v.key.file_name().to_owned());
-        tx.execute(
-            "INSERT INTO datasets (key, name, size, blake3, content_type, created_at, updated_at, description, inode)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8)
-             ON CONFLICT (key) DO UPDATE SET
-                name = CASE WHEN ?9 THEN excluded.name ELSE name END,
-                size = excluded.size, blake3 = excluded.blake3,
-                content_type = excluded.content_type, updated_at = excluded.updated_at,
-                description = coalesce(excluded.description, description),
-                inode = excluded.inode",
-            params![
-                v.key.as_str(),
-                name,
-                v.size as i64,
-                v.blake3,
-                v.content_type,
-                now,
-                v.description,
-                v.inode as i64,
-                v.name.is_some(),
-            ],
-        )?;
-        let record = get(&tx, v.key.as_str())?
-            .ok_or_else(|| Error::internal("row vanished after upsert"))?;
+        let record = upsert(&tx, v, now)?;
         tx.commit()?;
         Ok(record)
+    }
+
+    /// Records an intent durably (one commit) before the change it names.
+    pub fn begin(&self, intent: &Intent) -> Result<()> {
+        let conn = self.conn()?;
+        match intent {
+            Intent::Install(v) => conn.execute(
+                "INSERT OR REPLACE INTO intents (key, action, inode, size, blake3, content_type, name, description)
+                 VALUES (?1, 'install', ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![v.key.as_str(), v.inode as i64, v.size as i64, v.blake3, v.content_type, v.name, v.description],
+            )?,
+            Intent::Remove(key) => conn.execute(
+                "INSERT OR REPLACE INTO intents (key, action) VALUES (?1, 'remove')",
+                [key.as_str()],
+            )?,
+        };
+        Ok(())
+    }
+
+    /// Drops an intent whose change did not happen.
+    pub fn abandon(&self, key: &Key) -> Result<()> {
+        let conn = self.conn()?;
+        conn.execute("DELETE FROM intents WHERE key = ?1", [key.as_str()])?;
+        Ok(())
+    }
+
+    /// The change happened: the row follows and the intent goes, in one
+    /// transaction. Returns the new record (none for a removal).
+    pub fn complete(&self, intent: &Intent, now: &str) -> Result<Option<Record>> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let (key, record) = match intent {
+            Intent::Install(v) => (&v.key, Some(upsert(&tx, v, now)?)),
+            Intent::Remove(key) => {
+                tx.execute("DELETE FROM datasets WHERE key = ?1", [key.as_str()])?;
+                (key, None)
+            }
+        };
+        tx.execute("DELETE FROM intents WHERE key = ?1", [key.as_str()])?;
+        tx.commit()?;
+        Ok(record)
+    }
+
+    /// Intents a crash left behind.
+    pub fn pending_intents(&self) -> Result<Vec<Intent>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(
+            "SELECT key, action, inode, size, blake3, content_type, name, description FROM intents ORDER BY key",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let key: String = r.get(0)?;
+            let action: String = r.get(1)?;
+            let version = NewVersion {
+                key: Key::parse(&key)
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
+                inode: r.get::<_, i64>(2)? as u64,
+                size: r.get::<_, i64>(3)? as u64,
+                blake3: r.get(4)?,
+                content_type: r.get(5)?,
+                name: r.get(6)?,
+                description: r.get(7)?,
+            };
+            Ok(if action == "remove" {
+                Intent::Remove(version.key)
+            } else {
+                Intent::Install(version)
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
     pub fn patch(&self, key: &Key, patch: &MetadataPatch, now: &str) -> Result<Option<Record>> {
@@ -378,6 +447,39 @@ pub fn insert_found(
         params![key, name, size as i64, blake3, now, inode as i64],
     )?;
     Ok(())
+}
+
+/// Inserts or replaces a row. Metadata of a replaced dataset is kept unless
+/// the new version sets it; `created_at` is kept.
+fn upsert(tx: &Connection, v: &NewVersion, now: &str) -> Result<Record> {
+    let name = v
+        .name
+        .clone()
+        .unwrap_or_else(|| v.key.file_name().to_owned());
+    tx.execute(
+        "INSERT INTO datasets (key, name, size, blake3, content_type, created_at, updated_at, description, inode)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8)
+         ON CONFLICT (key) DO UPDATE SET
+            name = CASE WHEN ?9 THEN excluded.name ELSE name END,
+            size = excluded.size, blake3 = excluded.blake3,
+            content_type = excluded.content_type, updated_at = excluded.updated_at,
+            description = coalesce(excluded.description, description),
+            inode = excluded.inode",
+        params![
+            v.key.as_str(),
+            name,
+            v.size as i64,
+            v.blake3,
+            v.content_type,
+            now,
+            v.description,
+            v.inode as i64,
+            v.name.is_some(),
+        ],
+    )?;
+    let record =
+        get(tx, v.key.as_str())?.ok_or_else(|| Error::internal("row vanished after upsert"))?;
+    Ok(record)
 }
 
 fn get(conn: &Connection, key: &str) -> Result<Option<Record>> {

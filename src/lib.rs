@@ -28,17 +28,22 @@ use rocket::{Build, Rocket};
 use crate::config::Settings;
 use crate::node::Node;
 
-/// Builds the node from a figment: settings are extracted and checked, the
-/// data directory prepared, leftovers swept and the index opened before the
-/// server exists. `main` and the tests use this same function.
+/// Builds the node from a figment: settings are extracted and checked here;
+/// the data directory is prepared, leftovers swept, interrupted commits
+/// resolved and the index opened when Rocket ignites (after its logger is
+/// up, so all of that is logged). `main` and the tests use this function.
 pub fn build(figment: Figment) -> Result<Rocket<Build>, String> {
     let settings = Settings::from_figment(&figment)?;
-    let node = Node::open(settings).map_err(|e| match e {
-        error::Error::Internal(cause) => cause,
-        other => other.to_string(),
-    })?;
     let rocket = rocket::custom(figment)
-        .manage(Arc::new(node))
+        .attach(AdHoc::try_on_ignite("spillway node", |rocket| async move {
+            match Node::open(settings) {
+                Ok(node) => Ok(rocket.manage(Arc::new(node))),
+                Err(e) => {
+                    log::error!("cannot open the node: {}", e.cause());
+                    Err(rocket)
+                }
+            }
+        }))
         .attach(AdHoc::on_liftoff("announce", |rocket| {
             Box::pin(async move {
                 let config = rocket.config();

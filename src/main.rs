@@ -2,7 +2,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use spillway::config::Settings;
-use spillway::error::Error;
 
 /// A storage node for datasets far bigger than RAM, over plain HTTP.
 ///
@@ -68,14 +67,7 @@ fn main() -> ExitCode {
         }),
         Command::Serve => unreachable!(),
     };
-    result.unwrap_or_else(|e| fail(&message_of(e)))
-}
-
-fn message_of(e: Error) -> String {
-    match e {
-        Error::Internal(cause) => cause,
-        other => other.to_string(),
-    }
+    result.unwrap_or_else(|e| fail(&e.cause()))
 }
 
 fn fail(message: &str) -> ExitCode {

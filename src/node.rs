@@ -14,7 +14,7 @@ use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Settings;
 use crate::error::{Error, Result};
-use crate::index::{Index, MetadataPatch, NewVersion, Record};
+use crate::index::{Index, Intent, MetadataPatch, NewVersion, Record};
 use crate::key::Key;
 use crate::store::{conflict_with_folder, DataLock, Layout};
 use crate::upload::{Expected, MemoryBudget, Spooled, Spooler};
@@ -33,12 +33,12 @@ pub enum Precondition {
 #[derive(Debug, Clone)]
 pub enum EtagList {
     Any,
-    Tags(Vec<String>),
+    /// `(weak, blake3 hex)` pairs.
+    Tags(Vec<(bool, String)>),
 }
 
 impl EtagList {
-    /// Parses an `If-Match` / `If-None-Match` value into blake3 hex strings.
-    /// Weak tags never match a strong comparison and are kept as-is.
+    /// Parses an `If-Match` / `If-None-Match` value.
     pub fn parse(value: &str) -> EtagList {
         if value.trim() == "*" {
             return EtagList::Any;
@@ -46,22 +46,40 @@ impl EtagList {
         EtagList::Tags(
             value
                 .split(',')
-                .map(|t| t.trim())
-                .map(|t| {
-                    t.strip_prefix('"')
-                        .and_then(|t| t.strip_suffix('"'))
-                        .unwrap_or(t)
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(|t| match t.strip_prefix("W/") {
+                    Some(rest) => (true, rest),
+                    None => (false, t),
                 })
-                .map(|t| t.to_ascii_lowercase())
+                .map(|(weak, t)| {
+                    let tag = t
+                        .strip_prefix('"')
+                        .and_then(|t| t.strip_suffix('"'))
+                        .unwrap_or(t);
+                    (weak, tag.to_ascii_lowercase())
+                })
                 .collect(),
         )
     }
 
-    pub fn matches(&self, current: Option<&Record>) -> bool {
+    /// Strong comparison (RFC 9110 8.8.3.2): `If-Match`; a weak tag never matches.
+    pub fn matches_strong(&self, current: Option<&Record>) -> bool {
+        self.matches(current, false)
+    }
+
+    /// Weak comparison: `If-None-Match`; `W/` is ignored.
+    pub fn matches_weak(&self, current: Option<&Record>) -> bool {
+        self.matches(current, true)
+    }
+
+    fn matches(&self, current: Option<&Record>, weak_ok: bool) -> bool {
         match (self, current) {
             (_, None) => false,
             (EtagList::Any, Some(_)) => true,
-            (EtagList::Tags(tags), Some(r)) => tags.contains(&r.blake3),
+            (EtagList::Tags(tags), Some(r)) => tags
+                .iter()
+                .any(|(weak, tag)| (weak_ok || !weak) && *tag == r.blake3),
         }
     }
 }
@@ -70,12 +88,12 @@ impl Precondition {
     fn check(&self, current: Option<&Record>) -> Result<()> {
         match self {
             Precondition::None => Ok(()),
-            Precondition::IfNoneMatch(tags) if tags.matches(current) => {
+            Precondition::IfNoneMatch(tags) if tags.matches_weak(current) => {
                 Err(Error::PreconditionFailed(
                     "a dataset matching If-None-Match exists at this key".into(),
                 ))
             }
-            Precondition::IfMatch(tags) if !tags.matches(current) => Err(
+            Precondition::IfMatch(tags) if !tags.matches_strong(current) => Err(
                 Error::PreconditionFailed("the current dataset does not match If-Match".into()),
             ),
             _ => Ok(()),
@@ -156,12 +174,40 @@ impl Node {
             commit_lock: Mutex::new(()),
             _lock: lock,
         };
+        node.resolve_intents()?;
         node.reconcile_on_start()?;
         let orphans = node.sweep_orphan_upload_files()?;
         if !orphans.is_empty() {
             log::warn!("removed {} resumable-upload file(s) without a row", orphans.len());
         }
         Ok(node)
+    }
+
+    /// Finishes or rolls back what a crash interrupted: an install whose file
+    /// is in place (same inode) gets its row; one whose rename never
+    /// happened is dropped; a removal is finished if its file is gone.
+    fn resolve_intents(&self) -> Result<()> {
+        for intent in self.index.pending_intents()? {
+            match &intent {
+                Intent::Install(v) if self.layout.inode_of(&v.key) == Some(v.inode) => {
+                    log::warn!("finishing the interrupted commit of `{}`", v.key);
+                    self.index.complete(&intent, &now())?;
+                }
+                Intent::Install(v) => {
+                    log::warn!("rolling back the interrupted commit of `{}`", v.key);
+                    self.index.abandon(&v.key)?;
+                }
+                Intent::Remove(key) if self.layout.inode_of(key).is_none() => {
+                    log::warn!("finishing the interrupted delete of `{key}`");
+                    self.index.complete(&intent, &now())?;
+                }
+                Intent::Remove(key) => {
+                    log::warn!("rolling back the interrupted delete of `{key}`");
+                    self.index.abandon(key)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Existence and size of every indexed file; mismatches are logged
@@ -268,7 +314,7 @@ impl Node {
             let current = index.get(&key)?;
             meta.precondition.check(current.as_ref())?;
             check_conflicts(&index, &key)?;
-            let inode = layout.install(spooled.file, &key)?;
+            let file = layout.to_data_volume(spooled.file)?;
             let version = NewVersion {
                 key: key.clone(),
                 size: spooled.size,
@@ -276,20 +322,22 @@ impl Node {
                 content_type: meta
                     .content_type
                     .unwrap_or_else(|| "application/octet-stream".into()),
-                inode,
+                inode: file.as_file().metadata()?.ino(),
                 name: meta.name,
                 description: meta.description,
             };
-            match index.upsert(&version, &now()) {
-                Ok(record) => Ok((record, current.is_none())),
-                Err(e) => {
-                    // Keep file and index in step: a new key's file goes too.
-                    if current.is_none() {
-                        let _ = layout.remove(&key);
-                    }
-                    Err(e)
-                }
+            // Intent, rename, then row: a crash anywhere leaves a state the
+            // next start finishes or rolls back (see `resolve_intents`).
+            let intent = Intent::Install(version);
+            index.begin(&intent)?;
+            if let Err(e) = layout.place(file, &key) {
+                let _ = index.abandon(&key);
+                return Err(e);
             }
+            let record = index
+                .complete(&intent, &now())?
+                .expect("an install has a record");
+            Ok((record, current.is_none()))
         })
         .await
     }
@@ -356,8 +404,10 @@ impl Node {
             if index.get(&k)?.is_none() {
                 return Err(Error::no_dataset(&k));
             }
+            let intent = Intent::Remove(k.clone());
+            index.begin(&intent)?;
             layout.remove(&k)?;
-            index.delete(&k)?;
+            index.complete(&intent, &now())?;
             Ok(())
         })
         .await

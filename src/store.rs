@@ -152,36 +152,44 @@ impl Layout {
         Ok(files)
     }
 
-    /// Moves a complete, fsynced temp file to the key's path, atomically
-    /// replacing any previous version, and makes the directory entry durable.
-    /// A file spooled on another volume is first copied to a staging file on
-    /// the data volume, so the rename never crosses filesystems.
-    /// Returns the installed file's inode, which readers use to match a file
-    /// to its index row.
-    pub fn install(&self, staged: NamedTempFile, key: &Key) -> Result<u64, Error> {
-        let staged = if self.is_on_data_volume(staged.path())? {
-            staged
+    /// Returns a complete, fsynced temp file that lies on the data volume:
+    /// the file itself, or (spooled on another volume) a fsynced copy in
+    /// staging, so that [`Layout::place`] never renames across filesystems.
+    /// The inode of the result is the inode the dataset will have.
+    pub fn to_data_volume(&self, staged: NamedTempFile) -> Result<NamedTempFile, Error> {
+        if self.is_on_data_volume(staged.path())? {
+            Ok(staged)
         } else {
-            self.copy_to_staging(staged)?
-        };
+            self.copy_to_staging(staged)
+        }
+    }
+
+    /// Renames a file from [`Layout::to_data_volume`] to the key's path,
+    /// atomically replacing any previous version, and makes the directory
+    /// entry durable.
+    pub fn place(&self, staged: NamedTempFile, key: &Key) -> Result<(), Error> {
         let target = self.dataset_path(key);
         self.create_parents(key)?;
         if target.is_dir() {
             return Err(conflict_with_folder(key));
         }
-        let file = staged
+        staged
             .persist(&target)
             .map_err(|e| Error::from_io(e.error))?;
-        let ino = file.metadata()?.ino();
         fsync_dir(target.parent().unwrap_or(&self.datasets))?;
-        Ok(ino)
+        Ok(())
+    }
+
+    /// The inode of a dataset's file, if it exists.
+    pub fn inode_of(&self, key: &Key) -> Option<u64> {
+        fs::symlink_metadata(self.dataset_path(key))
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.ino())
     }
 
     fn is_on_data_volume(&self, path: &Path) -> io::Result<bool> {
-        if path.starts_with(&self.staging) {
-            return Ok(true);
-        }
-        Ok(self.spool_on_data_volume && path.starts_with(&self.spool))
+        Ok(fs::metadata(path)?.dev() == fs::metadata(&self.datasets)?.dev())
     }
 
     fn copy_to_staging(&self, spooled: NamedTempFile) -> Result<NamedTempFile, Error> {

@@ -47,14 +47,16 @@ async fn list(
 ) -> Result<Page> {
     let limit = match limit {
         None => DEFAULT_LIMIT,
-        Some(raw) => match raw.parse::<usize>() {
-            Ok(0) | Err(_) => {
+        Some(raw) => {
+            let digits = !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit());
+            if !digits || raw.bytes().all(|b| b == b'0') {
                 return Err(Error::BadRequest(format!(
                     "limit must be a positive whole number, not `{raw}`"
-                )))
+                )));
             }
-            Ok(n) => n.min(MAX_LIMIT),
-        },
+            // Above the maximum (however many digits) clamps to it.
+            raw.parse::<usize>().map_or(MAX_LIMIT, |n| n.min(MAX_LIMIT))
+        }
     };
     let prefix = prefix.unwrap_or_default();
     let records = node.list(prefix.clone(), after, limit).await?;

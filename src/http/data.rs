@@ -245,7 +245,7 @@ enum Plan {
 
 fn plan(record: &Record, cond: &ReadConditions<'_>) -> Result<Plan> {
     if let Some(tags) = cond.if_none_match {
-        if EtagList::parse(tags).matches(Some(record)) {
+        if EtagList::parse(tags).matches_weak(Some(record)) {
             return Ok(Plan::NotModified);
         }
     }

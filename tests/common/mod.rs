@@ -277,3 +277,229 @@ pub fn generated_stream(
 }
 
 use futures_util::StreamExt;
+
+// ---------------------------------------------------------------------------
+// Helpers for the fault-injection tests (faults.rs, crash.rs, fsck.rs).
+// ---------------------------------------------------------------------------
+
+impl TestNode {
+    /// Whether the node process is alive.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Runs an offline subcommand (`fsck`, `fsck --repair`, `reindex`) of the
+    /// real binary with this node's settings and directories. Bounded: a run
+    /// longer than `CLI_TIMEOUT` is killed and the test fails.
+    pub fn cli(&self, args: &[&str]) -> CliOutput {
+        const CLI_TIMEOUT: Duration = Duration::from_secs(120);
+        let n = CLI_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let out_path = self.root.path().join(format!("cli-{n}.out"));
+        let err_path = self.root.path().join(format!("cli-{n}.err"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_spillway"));
+        cmd.args(args)
+            .current_dir(self.root.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("ROCKET_CONFIG", self.root.path().join("none.toml"))
+            .env("ROCKET_CLI_COLORS", "false")
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&out_path).unwrap())
+            .stderr(fs::File::create(&err_path).unwrap());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn spillway cli");
+        let deadline = Instant::now() + CLI_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "`spillway {}` ran longer than {CLI_TIMEOUT:?}",
+                    args.join(" ")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        CliOutput {
+            code: status.code(),
+            stdout: fs::read_to_string(&out_path).unwrap_or_default(),
+            stderr: fs::read_to_string(&err_path).unwrap_or_default(),
+        }
+    }
+
+    /// Every record of the catalog (one page of up to 10,000).
+    pub async fn list_all(&self) -> Vec<serde_json::Value> {
+        let listed = self.json("/datasets?limit=10000").await;
+        listed.as_array().expect("a JSON array").clone()
+    }
+}
+
+static CLI_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// What an offline subcommand printed and how it exited.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// The blake3 of some bytes as lowercase hex.
+pub fn b3(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
+/// One HTTP/1.1 response read off a raw socket.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    /// Header names in lowercase.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn is_problem(&self) -> bool {
+        self.header("content-type")
+            .is_some_and(|ct| ct.starts_with("application/problem+json"))
+    }
+
+    /// The problem detail's `code`, if the body is problem+json with one.
+    pub fn code(&self) -> Option<String> {
+        if !self.is_problem() {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
+        v["code"].as_str().map(str::to_owned)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A parsed response head: where it ends, status, headers, body length.
+type Head = (usize, u16, Vec<(String, String)>, Option<usize>);
+
+/// Reads one response (status line, headers, and a body framed by
+/// `Content-Length` or by the end of the connection) within `within`.
+/// Interim 1xx responses are skipped. `Err` says what arrived instead.
+pub fn read_response(s: &mut TcpStream, within: Duration) -> Result<RawResponse, String> {
+    let deadline = Instant::now() + within;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut tmp = vec![0u8; 64 * 1024];
+    let mut head: Option<Head> = None;
+    let mut eof = false;
+    loop {
+        if head.is_none() {
+            if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let text = String::from_utf8_lossy(&buf[..pos]).into_owned();
+                let mut lines = text.split("\r\n");
+                let status: u16 = lines
+                    .next()
+                    .and_then(|l| l.split(' ').nth(1))
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| format!("not an HTTP response: {text:?}"))?;
+                let headers: Vec<(String, String)> = lines
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                    .collect();
+                if (100..200).contains(&status) {
+                    buf.drain(..pos + 4);
+                    continue;
+                }
+                let length = headers
+                    .iter()
+                    .find(|(k, _)| k == "content-length")
+                    .and_then(|(_, v)| v.parse().ok());
+                head = Some((pos + 4, status, headers, length));
+            }
+        }
+        if let Some((start, _, _, Some(len))) = &head {
+            if buf.len() >= start + len {
+                break;
+            }
+        }
+        if eof {
+            break;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            if head.is_some() {
+                break;
+            }
+            return Err(format!(
+                "no response within {within:?} ({} bytes arrived: {:?})",
+                buf.len(),
+                String::from_utf8_lossy(&buf[..buf.len().min(200)])
+            ));
+        }
+        let wait = (deadline - now).clamp(Duration::from_millis(1), Duration::from_millis(200));
+        s.set_read_timeout(Some(wait)).unwrap();
+        match s.read(&mut tmp) {
+            Ok(0) => eof = true,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => {
+                if head.is_none() && buf.windows(4).all(|w| w != b"\r\n\r\n") {
+                    return Err(format!(
+                        "connection failed before a response ({e}; {} bytes arrived)",
+                        buf.len()
+                    ));
+                }
+                eof = true;
+            }
+        }
+    }
+    let (start, status, headers, length) = head.ok_or_else(|| {
+        format!(
+            "connection closed before a response ({} bytes arrived: {:?})",
+            buf.len(),
+            String::from_utf8_lossy(&buf[..buf.len().min(200)])
+        )
+    })?;
+    let end = length.map_or(buf.len(), |l| (start + l).min(buf.len()));
+    Ok(RawResponse {
+        status,
+        headers,
+        body: buf[start..end].to_vec(),
+    })
+}
+
+/// Whether the peer has closed the connection (EOF or reset) within `within`;
+/// any bytes that still arrive are discarded.
+pub fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let mut tmp = vec![0u8; 64 * 1024];
+    while Instant::now() < deadline {
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        match s.read(&mut tmp) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
