@@ -163,7 +163,9 @@ impl Error {
                 Some(Header::new("Content-Range", format!("bytes */{size}")))
             }
             Error::Busy { .. } => Some(Header::new("Retry-After", "1")),
-            Error::OffsetMismatch { current, .. } => Some(Header::new("Upload-Offset", current.to_string())),
+            Error::OffsetMismatch { current, .. } => {
+                Some(Header::new("Upload-Offset", current.to_string()))
+            }
             Error::TusVersion(_) => Some(Header::new("Tus-Version", "1.0.0")),
             _ => None,
         }

@@ -379,27 +379,46 @@ impl Index {
     pub fn create_upload(&self, u: &UploadRow) -> Result<()> {
         let conn = self.conn()?;
         conn.execute(
-            &format!("INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
-            params![u.id, u.length.map(|l| l as i64), u.metadata, u.key, u.concat, u.created_at, u.expires_at, u.completed],
+            &format!(
+                "INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+            ),
+            params![
+                u.id,
+                u.length.map(|l| l as i64),
+                u.metadata,
+                u.key,
+                u.concat,
+                u.created_at,
+                u.expires_at,
+                u.completed
+            ],
         )?;
         Ok(())
     }
 
     pub fn get_upload(&self, id: &str) -> Result<Option<UploadRow>> {
         let conn = self.conn()?;
-        let mut stmt = conn.prepare_cached(&format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?1"))?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?1"
+        ))?;
         Ok(stmt.query_row([id], upload_from_row).optional()?)
     }
 
     pub fn set_upload_length(&self, id: &str, length: u64) -> Result<()> {
         let conn = self.conn()?;
-        conn.execute("UPDATE uploads SET length = ?2 WHERE id = ?1", params![id, length as i64])?;
+        conn.execute(
+            "UPDATE uploads SET length = ?2 WHERE id = ?1",
+            params![id, length as i64],
+        )?;
         Ok(())
     }
 
     pub fn touch_upload(&self, id: &str, expires_at: i64) -> Result<()> {
         let conn = self.conn()?;
-        conn.execute("UPDATE uploads SET expires_at = ?2 WHERE id = ?1", params![id, expires_at])?;
+        conn.execute(
+            "UPDATE uploads SET expires_at = ?2 WHERE id = ?1",
+            params![id, expires_at],
+        )?;
         Ok(())
     }
 

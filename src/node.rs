@@ -178,7 +178,10 @@ impl Node {
         node.reconcile_on_start()?;
         let orphans = node.sweep_orphan_upload_files()?;
         if !orphans.is_empty() {
-            log::warn!("removed {} resumable-upload file(s) without a row", orphans.len());
+            log::warn!(
+                "removed {} resumable-upload file(s) without a row",
+                orphans.len()
+            );
         }
         Ok(node)
     }

@@ -92,7 +92,10 @@ impl Layout {
     /// The data file of a resumable upload. Ids are validated by the caller
     /// (32 lowercase hex digits), so this stays inside `uploads/`.
     pub fn upload_path(&self, id: &str) -> PathBuf {
-        assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "bad upload id");
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "bad upload id"
+        );
         self.uploads.join(id)
     }
 

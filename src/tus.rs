@@ -96,7 +96,12 @@ pub struct Metadata(Vec<(String, Option<String>)>);
 impl Metadata {
     pub fn parse(raw: Option<&str>) -> Result<Metadata> {
         let mut pairs = Vec::new();
-        for pair in raw.unwrap_or("").split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        for pair in raw
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
             let mut parts = pair.split_whitespace();
             let name = parts.next().unwrap_or_default().to_string();
             let value = match parts.next() {
@@ -104,14 +109,20 @@ impl Metadata {
                 Some(b64) => {
                     let bytes = base64::engine::general_purpose::STANDARD
                         .decode(b64)
-                        .map_err(|_| Error::BadRequest(format!("Upload-Metadata `{name}` is not valid base64")))?;
+                        .map_err(|_| {
+                            Error::BadRequest(format!(
+                                "Upload-Metadata `{name}` is not valid base64"
+                            ))
+                        })?;
                     Some(String::from_utf8(bytes).map_err(|_| {
                         Error::BadRequest(format!("Upload-Metadata `{name}` is not valid UTF-8"))
                     })?)
                 }
             };
             if parts.next().is_some() {
-                return Err(Error::BadRequest(format!("Upload-Metadata pair `{pair}` has extra parts")));
+                return Err(Error::BadRequest(format!(
+                    "Upload-Metadata pair `{pair}` has extra parts"
+                )));
             }
             pairs.push((name, value));
         }
@@ -119,7 +130,10 @@ impl Metadata {
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.as_deref())
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.as_deref())
     }
 
     /// `key` wins over `filename`.
@@ -132,7 +146,10 @@ impl Metadata {
 
     fn upload_meta(&self) -> UploadMeta {
         UploadMeta {
-            content_type: self.get("filetype").filter(|t| !t.is_empty()).map(str::to_owned),
+            content_type: self
+                .get("filetype")
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned),
             name: self.get("name").map(str::to_owned),
             description: self.get("description").map(str::to_owned),
             ..UploadMeta::default()
@@ -161,7 +178,12 @@ struct HashState {
 
 impl Resumable {
     fn slot(&self, id: &str) -> Arc<Slot> {
-        self.slots.lock().expect("slots lock").entry(id.to_owned()).or_default().clone()
+        self.slots
+            .lock()
+            .expect("slots lock")
+            .entry(id.to_owned())
+            .or_default()
+            .clone()
     }
 
     fn forget(&self, id: &str) {
@@ -171,12 +193,19 @@ impl Resumable {
 
 /// Takes an upload's slot: at once if free, else by cancelling the PATCH
 /// that holds it (its client is most likely gone) and waiting briefly.
-async fn take(slot: &Slot) -> Result<(tokio::sync::MutexGuard<'_, Option<HashState>>, CancellationToken)> {
+async fn take(
+    slot: &Slot,
+) -> Result<(
+    tokio::sync::MutexGuard<'_, Option<HashState>>,
+    CancellationToken,
+)> {
     let guard = match slot.state.try_lock() {
         Ok(guard) => guard,
         Err(_) => {
             slot.holder.lock().expect("holder lock").cancel();
-            tokio::time::timeout(TAKEOVER_WAIT, slot.state.lock()).await.map_err(|_| Error::Locked)?
+            tokio::time::timeout(TAKEOVER_WAIT, slot.state.lock())
+                .await
+                .map_err(|_| Error::Locked)?
         }
     };
     let token = CancellationToken::new();
@@ -203,7 +232,9 @@ impl Node {
         let key = match creation.concat {
             Concat::Partial => None,
             _ => Some(metadata.key()?.ok_or_else(|| {
-                Error::BadRequest("Upload-Metadata needs a `key` (or `filename`) for the dataset".into())
+                Error::BadRequest(
+                    "Upload-Metadata needs a `key` (or `filename`) for the dataset".into(),
+                )
             })?),
         };
         if let Some(key) = &key {
@@ -226,7 +257,9 @@ impl Node {
         }
         if let Some(length) = creation.length {
             if length > self.spooler.max_size {
-                return Err(Error::TooLarge { limit: self.spooler.max_size });
+                return Err(Error::TooLarge {
+                    limit: self.spooler.max_size,
+                });
             }
             self.spooler.check_space(&self.layout.uploads, length)?;
         }
@@ -261,7 +294,9 @@ impl Node {
             return Err(missing());
         }
         let (index, i) = (self.index.clone(), id.to_owned());
-        let row = blocking(move || index.get_upload(&i)).await?.ok_or_else(missing)?;
+        let row = blocking(move || index.get_upload(&i))
+            .await?
+            .ok_or_else(missing)?;
         if row.expires_at < unix_now() {
             return Err(Error::Gone(format!("upload `{id}` expired")));
         }
@@ -276,9 +311,10 @@ impl Node {
         let path = self.layout.upload_path(&row.id);
         match tokio::fs::metadata(&path).await {
             Ok(m) => Ok(m.len()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Err(Error::Gone(format!("the bytes of upload `{}` are gone", row.id)))
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::Gone(format!(
+                "the bytes of upload `{}` are gone",
+                row.id
+            ))),
             Err(e) => Err(Error::internal(e)),
         }
     }
@@ -296,27 +332,42 @@ impl Node {
 
     /// `PATCH /uploads/{id}`: appends a chunk; commits the dataset when the
     /// last byte is in.
-    pub async fn tus_patch<R: AsyncRead + Unpin>(&self, id: &str, patch: Patch<R>) -> Result<UploadInfo> {
+    pub async fn tus_patch<R: AsyncRead + Unpin>(
+        &self,
+        id: &str,
+        patch: Patch<R>,
+    ) -> Result<UploadInfo> {
         let mut row = self.upload_row(id).await?;
         if row.concat == "final" {
-            return Err(Error::Forbidden("a final (concatenated) upload takes no PATCH".into()));
+            return Err(Error::Forbidden(
+                "a final (concatenated) upload takes no PATCH".into(),
+            ));
         }
         let slot = self.tus.slot(id);
         let (mut state, cancel) = take(&slot).await?;
         let offset = self.offset_of(&row).await?;
         if patch.offset != offset {
-            return Err(Error::OffsetMismatch { current: offset, sent: patch.offset });
+            return Err(Error::OffsetMismatch {
+                current: offset,
+                sent: patch.offset,
+            });
         }
         match (row.length, patch.length) {
             (Some(known), Some(sent)) if known != sent => {
-                return Err(Error::BadRequest(format!("Upload-Length is {known}, not {sent}")));
+                return Err(Error::BadRequest(format!(
+                    "Upload-Length is {known}, not {sent}"
+                )));
             }
             (None, Some(sent)) => {
                 if sent < offset {
-                    return Err(Error::BadRequest(format!("Upload-Length {sent} is below the offset {offset}")));
+                    return Err(Error::BadRequest(format!(
+                        "Upload-Length {sent} is below the offset {offset}"
+                    )));
                 }
                 if sent > self.spooler.max_size {
-                    return Err(Error::TooLarge { limit: self.spooler.max_size });
+                    return Err(Error::TooLarge {
+                        limit: self.spooler.max_size,
+                    });
                 }
                 let (index, i) = (self.index.clone(), id.to_owned());
                 blocking(move || index.set_upload_length(&i, sent)).await?;
@@ -329,7 +380,8 @@ impl Node {
             return self.tus_info(id).await;
         }
         let limit = row.length.unwrap_or(self.spooler.max_size) - offset;
-        self.spooler.check_space(&self.layout.uploads, row.length.map_or(0, |l| l - offset))?;
+        self.spooler
+            .check_space(&self.layout.uploads, row.length.map_or(0, |l| l - offset))?;
 
         // The running blake3, rehashed from the file after a restart.
         let hasher = match state.take() {
@@ -337,11 +389,17 @@ impl Node {
             _ => self.rehash(id, offset).await?,
         };
         let path = self.layout.upload_path(id);
-        let file = OpenOptions::new().append(true).open(&path).map_err(Error::internal)?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(Error::internal)?;
         let checksum: Vec<Digest> = patch.checksum.into_iter().collect();
         let algorithms: Vec<_> = checksum.iter().map(|d| d.algorithm).collect();
         let mut writer = Writer::start(
-            OpenFile { file, dir: self.layout.uploads.clone() },
+            OpenFile {
+                file,
+                dir: self.layout.uploads.clone(),
+            },
             Hashing::new(hasher.clone(), &algorithms),
         );
         let mut body = ChunkReader::new(patch.body, self.spooler.stall_timeout, limit);
@@ -370,12 +428,19 @@ impl Node {
         };
         if verdict.is_err() && !checksum.is_empty() && written.size > 0 {
             // A chunk that cannot be verified is not kept.
-            written.target.file.set_len(offset).map_err(Error::internal)?;
+            written
+                .target
+                .file
+                .set_len(offset)
+                .map_err(Error::internal)?;
             written.target.file.sync_data().map_err(Error::internal)?;
             new_offset = offset;
             hasher_after = hasher;
         }
-        *state = Some(HashState { hasher: hasher_after.clone(), offset: new_offset });
+        *state = Some(HashState {
+            hasher: hasher_after.clone(),
+            offset: new_offset,
+        });
         verdict?;
 
         let expires_at = self.expires_at();
@@ -418,7 +483,13 @@ impl Node {
     /// Commits a complete upload's file as its dataset. On failure the
     /// upload is gone (its file was consumed), so a later HEAD cannot
     /// claim success.
-    async fn tus_commit(&self, row: &UploadRow, path: PathBuf, size: u64, hasher: blake3::Hasher) -> Result<Record> {
+    async fn tus_commit(
+        &self,
+        row: &UploadRow,
+        path: PathBuf,
+        size: u64,
+        hasher: blake3::Hasher,
+    ) -> Result<Record> {
         let metadata = Metadata::parse(row.metadata.as_deref())?;
         let key = Key::parse(row.key.as_deref().unwrap_or_default())?;
         let file = File::open(&path).map_err(Error::internal)?;
@@ -455,12 +526,16 @@ impl Node {
             let part_row = self.upload_row(part).await?;
             let offset = self.offset_of(&part_row).await?;
             if part_row.concat != "partial" || part_row.length != Some(offset) {
-                return Err(Error::BadRequest(format!("upload `{part}` is not a complete partial upload")));
+                return Err(Error::BadRequest(format!(
+                    "upload `{part}` is not a complete partial upload"
+                )));
             }
             total += offset;
         }
         if total > self.spooler.max_size {
-            return Err(Error::TooLarge { limit: self.spooler.max_size });
+            return Err(Error::TooLarge {
+                limit: self.spooler.max_size,
+            });
         }
         self.spooler.check_space(&self.layout.staging, total)?;
         let paths: Vec<PathBuf> = parts.iter().map(|p| self.layout.upload_path(p)).collect();
@@ -481,13 +556,22 @@ impl Node {
                 }
             }
             target.as_file().sync_all()?;
-            Ok(Spooled { file: target, size: total, blake3: hasher.finalize() })
+            Ok(Spooled {
+                file: target,
+                size: total,
+                blake3: hasher.finalize(),
+            })
         })
         .await?;
         row.length = Some(total);
         row.completed = true;
         let (record, _) = self.commit(key, spooled, metadata.upload_meta()).await?;
-        let (index, layout, r, parts) = (self.index.clone(), self.layout.clone(), row.clone(), parts.to_vec());
+        let (index, layout, r, parts) = (
+            self.index.clone(),
+            self.layout.clone(),
+            row.clone(),
+            parts.to_vec(),
+        );
         blocking(move || {
             index.create_upload(&r)?;
             for part in &parts {
@@ -532,7 +616,9 @@ impl Node {
         let mut removed = 0;
         for id in expired {
             let slot = self.tus.slot(&id);
-            let Ok(_state) = slot.state.try_lock() else { continue };
+            let Ok(_state) = slot.state.try_lock() else {
+                continue;
+            };
             self.remove_upload(&id).await?;
             self.tus.forget(&id);
             removed += 1;

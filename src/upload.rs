@@ -155,11 +155,17 @@ pub struct Expected {
 impl Expected {
     /// Reads `Content-Digest` / `Repr-Digest` (RFC 9530) and `X-Blake3`.
     /// Algorithms we do not know are ignored, as the RFC allows.
-    pub fn with_digests(mut self, digest_fields: &[&str], x_blake3: Option<&str>) -> Result<Expected> {
+    pub fn with_digests(
+        mut self,
+        digest_fields: &[&str],
+        x_blake3: Option<&str>,
+    ) -> Result<Expected> {
         for field in digest_fields {
             for member in field.split(',') {
                 let Some((name, value)) = member.trim().split_once('=') else {
-                    return Err(Error::BadRequest(format!("malformed digest field member `{member}`")));
+                    return Err(Error::BadRequest(format!(
+                        "malformed digest field member `{member}`"
+                    )));
                 };
                 let Some(algorithm) = Algorithm::from_http(name.trim()) else {
                     continue;
@@ -168,12 +174,20 @@ impl Expected {
                     .trim()
                     .strip_prefix(':')
                     .and_then(|v| v.strip_suffix(':'))
-                    .ok_or_else(|| Error::BadRequest(format!("the {name} digest must be a byte sequence (:base64:)")))?;
+                    .ok_or_else(|| {
+                        Error::BadRequest(format!(
+                            "the {name} digest must be a byte sequence (:base64:)"
+                        ))
+                    })?;
                 let value = base64::engine::general_purpose::STANDARD
                     .decode(b64)
-                    .map_err(|_| Error::BadRequest(format!("the {name} digest is not valid base64")))?;
+                    .map_err(|_| {
+                        Error::BadRequest(format!("the {name} digest is not valid base64"))
+                    })?;
                 if value.len() != algorithm.hasher().output_size() {
-                    return Err(Error::BadRequest(format!("the {name} digest has the wrong length")));
+                    return Err(Error::BadRequest(format!(
+                        "the {name} digest has the wrong length"
+                    )));
                 }
                 self.digests.push(Digest { algorithm, value });
             }
@@ -202,7 +216,10 @@ impl Hashing {
     /// Continues `blake3` (a fresh hasher, or the state of a resumed upload)
     /// and starts the given extra digests.
     pub fn new(blake3: blake3::Hasher, algorithms: &[Algorithm]) -> Hashing {
-        Hashing { blake3, extra: algorithms.iter().map(|a| (*a, a.hasher())).collect() }
+        Hashing {
+            blake3,
+            extra: algorithms.iter().map(|a| (*a, a.hasher())).collect(),
+        }
     }
 
     fn update(&mut self, data: &[u8]) {
@@ -250,13 +267,20 @@ pub struct ChunkReader<R> {
 
 impl<R: AsyncRead + Unpin> ChunkReader<R> {
     pub fn new(body: R, stall_timeout: Duration, limit: u64) -> Self {
-        ChunkReader { body, stall_timeout, limit, received: 0 }
+        ChunkReader {
+            body,
+            stall_timeout,
+            limit,
+            received: 0,
+        }
     }
 
     /// Fills `buf` up to a chunk; `None` at the end of the body.
     pub async fn next_chunk(&mut self, mut buf: Vec<u8>) -> Result<Option<Vec<u8>>> {
         loop {
-            let n = match tokio::time::timeout(self.stall_timeout, self.body.read_buf(&mut buf)).await {
+            let n = match tokio::time::timeout(self.stall_timeout, self.body.read_buf(&mut buf))
+                .await
+            {
                 Err(_) => return Err(Error::Stalled(self.stall_timeout.as_secs())),
                 Ok(Err(e)) => return Err(Error::Disconnected(e.to_string())),
                 Ok(Ok(n)) => n,
@@ -287,16 +311,26 @@ pub struct Spooler {
 }
 
 enum Sink {
-    Memory { chunks: Vec<Vec<u8>>, len: usize, reservation: Reservation },
+    Memory {
+        chunks: Vec<Vec<u8>>,
+        len: usize,
+        reservation: Reservation,
+    },
     Disk(Writer<NamedTempFile>),
 }
 
 impl Spooler {
     /// Streams `body` to a verified temp file. On any error nothing is left.
-    pub async fn spool<R: AsyncRead + Unpin>(&self, body: R, expected: &Expected) -> Result<Spooled> {
+    pub async fn spool<R: AsyncRead + Unpin>(
+        &self,
+        body: R,
+        expected: &Expected,
+    ) -> Result<Spooled> {
         if let Some(length) = expected.length {
             if length > self.max_size {
-                return Err(Error::TooLarge { limit: self.max_size });
+                return Err(Error::TooLarge {
+                    limit: self.max_size,
+                });
             }
             self.check_space(&self.layout.staging, length)?;
             if length > self.spool_memory as u64 {
@@ -305,11 +339,16 @@ impl Spooler {
         }
         let algorithms = expected.algorithms();
         let mut sink = match expected.length {
-            Some(length) if length > self.spool_memory as u64 => Sink::Disk(self.spill_writer(&algorithms)?),
+            Some(length) if length > self.spool_memory as u64 => {
+                Sink::Disk(self.spill_writer(&algorithms)?)
+            }
             _ => Sink::Memory {
                 chunks: Vec::new(),
                 len: 0,
-                reservation: Reservation { budget: self.budget.clone(), bytes: 0 },
+                reservation: Reservation {
+                    budget: self.budget.clone(),
+                    bytes: 0,
+                },
             },
         };
 
@@ -327,15 +366,23 @@ impl Spooler {
         let received = body.received;
         if let Some(length) = expected.length {
             if received != length {
-                return Err(Error::Truncated { received, expected: length });
+                return Err(Error::Truncated {
+                    received,
+                    expected: length,
+                });
             }
         }
 
         let writer = match sink {
             Sink::Disk(writer) => writer,
-            Sink::Memory { chunks, reservation, .. } => {
+            Sink::Memory {
+                chunks,
+                reservation,
+                ..
+            } => {
                 let file = self.layout.new_staging_file()?;
-                let mut writer = Writer::start(file, Hashing::new(blake3::Hasher::new(), &algorithms));
+                let mut writer =
+                    Writer::start(file, Hashing::new(blake3::Hasher::new(), &algorithms));
                 for chunk in chunks {
                     writer.send(chunk).await?;
                 }
@@ -348,14 +395,23 @@ impl Spooler {
         written.hashing.verify(&expected.digests)?;
         let blake3 = written.hashing.blake3.finalize();
         if expected.blake3.is_some_and(|d| d != blake3) {
-            return Err(Error::DigestMismatch("the body's blake3 does not match X-Blake3".into()));
+            return Err(Error::DigestMismatch(
+                "the body's blake3 does not match X-Blake3".into(),
+            ));
         }
-        Ok(Spooled { file: written.target, size: written.size, blake3 })
+        Ok(Spooled {
+            file: written.target,
+            size: written.size,
+            blake3,
+        })
     }
 
     fn spill_writer(&self, algorithms: &[Algorithm]) -> Result<Writer<NamedTempFile>> {
         let file = self.layout.new_spool_file()?;
-        Ok(Writer::start(file, Hashing::new(blake3::Hasher::new(), algorithms)))
+        Ok(Writer::start(
+            file,
+            Hashing::new(blake3::Hasher::new(), algorithms),
+        ))
     }
 
     async fn push(&self, sink: Sink, chunk: Vec<u8>, algorithms: &[Algorithm]) -> Result<Sink> {
@@ -364,11 +420,19 @@ impl Spooler {
                 writer.send(chunk).await?;
                 Ok(Sink::Disk(writer))
             }
-            Sink::Memory { mut chunks, len, mut reservation } => {
+            Sink::Memory {
+                mut chunks,
+                len,
+                mut reservation,
+            } => {
                 let grown = len + chunk.len();
                 if grown <= self.spool_memory && reservation.grow(chunk.len()) {
                     chunks.push(chunk);
-                    return Ok(Sink::Memory { chunks, len: grown, reservation });
+                    return Ok(Sink::Memory {
+                        chunks,
+                        len: grown,
+                        reservation,
+                    });
                 }
                 // Spill: past the per-upload cap, or the global budget is spent.
                 self.check_space(&self.layout.spool, grown as u64)?;
@@ -478,7 +542,12 @@ impl<T: Target> Writer<T> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (spent_tx, spent) = mpsc::channel(QUEUE + 2);
         let handle = tokio::task::spawn_blocking(move || write_loop(target, hashing, rx, spent_tx));
-        Writer { tx, spent, handle, dir }
+        Writer {
+            tx,
+            spent,
+            handle,
+            dir,
+        }
     }
 
     /// An empty buffer for the next chunk, recycled when one is free.
@@ -538,11 +607,20 @@ fn write_loop<T: Target>(
             }
             Some(Msg::Done) => break,
             // Abandoned: dropping a temp file target deletes it.
-            None => return Err(io::Error::new(io::ErrorKind::Interrupted, "upload abandoned")),
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Interrupted,
+                    "upload abandoned",
+                ))
+            }
         }
     }
     target.sync()?;
-    Ok(Written { target, size, hashing })
+    Ok(Written {
+        target,
+        size,
+        hashing,
+    })
 }
 
 #[cfg(test)]
