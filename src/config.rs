@@ -60,12 +60,8 @@ impl Settings {
 
     /// Extracts and checks the settings; the message names the bad key.
     pub fn from_figment(figment: &Figment) -> Result<Settings, String> {
-        let settings: Settings = figment.extract().map_err(|e| {
-            e.into_iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; ")
-        })?;
+        let settings: Settings =
+            figment.extract().map_err(|e| e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))?;
         settings.validate()?;
         Ok(settings)
     }
@@ -80,9 +76,7 @@ impl Settings {
         ];
         for (key, value) in positive {
             if value == 0 {
-                return Err(format!(
-                    "invalid value for key `{key}`: it must be greater than 0"
-                ));
+                return Err(format!("invalid value for key `{key}`: it must be greater than 0"));
             }
         }
         if self.spool_memory_budget < self.spool_memory {
@@ -102,9 +96,7 @@ impl Settings {
     }
 
     pub fn spool_dir(&self) -> PathBuf {
-        self.spool_dir
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("spool"))
+        self.spool_dir.clone().unwrap_or_else(|| self.data_dir.join("spool"))
     }
 }
 
@@ -124,13 +116,11 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        let figment = Figment::from(Serialized::defaults(Settings::default()))
-            .merge(("spool_memory", "lots"));
+        let figment = Figment::from(Serialized::defaults(Settings::default())).merge(("spool_memory", "lots"));
         let err = Settings::from_figment(&figment).unwrap_err();
         assert!(err.contains("spool_memory"), "{err}");
 
-        let figment =
-            Figment::from(Serialized::defaults(Settings::default())).merge(("max_uploads", 0));
+        let figment = Figment::from(Serialized::defaults(Settings::default())).merge(("max_uploads", 0));
         let err = Settings::from_figment(&figment).unwrap_err();
         assert!(err.contains("max_uploads"), "{err}");
     }

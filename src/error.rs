@@ -60,6 +60,8 @@ pub enum Error {
     TusVersion(String),
     #[error("{0}")]
     Forbidden(String),
+    #[error("not ready: {0}")]
+    NotReady(String),
     /// Anything unexpected. The message goes to the log, never to the client.
     #[error("internal error: {0}")]
     Internal(String),
@@ -88,12 +90,8 @@ impl Error {
 
     pub fn status(&self) -> Status {
         match self {
-            Error::InvalidKey(_) | Error::BadRequest(_) | Error::InvalidBody(_) => {
-                Status::BadRequest
-            }
-            Error::Truncated { .. } | Error::Disconnected(_) | Error::DigestMismatch(_) => {
-                Status::BadRequest
-            }
+            Error::InvalidKey(_) | Error::BadRequest(_) | Error::InvalidBody(_) => Status::BadRequest,
+            Error::Truncated { .. } | Error::Disconnected(_) | Error::DigestMismatch(_) => Status::BadRequest,
             Error::NotFound(_) => Status::NotFound,
             Error::Stalled(_) => Status::RequestTimeout,
             Error::Conflict(_) | Error::StoredDigestMismatch(_) => Status::Conflict,
@@ -110,6 +108,7 @@ impl Error {
             Error::UnsupportedMediaType(_) => Status::UnsupportedMediaType,
             Error::TusVersion(_) => Status::PreconditionFailed,
             Error::Forbidden(_) => Status::Forbidden,
+            Error::NotReady(_) => Status::ServiceUnavailable,
         }
     }
 
@@ -136,6 +135,7 @@ impl Error {
             Error::UnsupportedMediaType(_) => "unsupported-media-type",
             Error::TusVersion(_) => "unsupported-version",
             Error::Forbidden(_) => "forbidden",
+            Error::NotReady(_) => "not-ready",
         }
     }
 
@@ -150,22 +150,16 @@ impl Error {
     /// The text a client may read. Internal errors say nothing specific.
     fn detail(&self) -> String {
         match self {
-            Error::Internal(_) => {
-                "the node failed to handle the request; the cause is in its log".into()
-            }
+            Error::Internal(_) => "the node failed to handle the request; the cause is in its log".into(),
             other => other.to_string(),
         }
     }
 
     fn extra_header(&self) -> Option<Header<'static>> {
         match self {
-            Error::RangeNotSatisfiable { size, .. } => {
-                Some(Header::new("Content-Range", format!("bytes */{size}")))
-            }
+            Error::RangeNotSatisfiable { size, .. } => Some(Header::new("Content-Range", format!("bytes */{size}"))),
             Error::Busy { .. } => Some(Header::new("Retry-After", "1")),
-            Error::OffsetMismatch { current, .. } => {
-                Some(Header::new("Upload-Offset", current.to_string()))
-            }
+            Error::OffsetMismatch { current, .. } => Some(Header::new("Upload-Offset", current.to_string())),
             Error::TusVersion(_) => Some(Header::new("Tus-Version", "1.0.0")),
             _ => None,
         }
@@ -174,10 +168,7 @@ impl Error {
 
 /// True for ENOSPC and EDQUOT, the errors of a full volume.
 pub fn is_disk_full(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
-    )
+    matches!(e.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
 }
 
 impl From<io::Error> for Error {
@@ -236,13 +227,7 @@ impl<'r> Responder<'r, 'static> for Error {
         if status.code >= 500 {
             log::error!("{} {}: {self}", req.method(), req.uri().path());
         } else {
-            log::info!(
-                "{} {}: {} ({})",
-                req.method(),
-                req.uri().path(),
-                status.code,
-                self.code()
-            );
+            log::info!("{} {}: {} ({})", req.method(), req.uri().path(), status.code, self.code());
         }
         let mut response = Problem::new(status, self.code(), self.detail()).into_response();
         if let Some(header) = self.extra_header() {
@@ -259,26 +244,11 @@ pub fn default_catcher(status: Status, _req: &Request<'_>) -> Problem {
     let (code, detail) = match status.code {
         400 => ("bad-request", "the request could not be understood"),
         404 => ("not-found", "no such resource"),
-        405 => (
-            "method-not-allowed",
-            "the method is not allowed on this resource",
-        ),
-        413 => (
-            "too-large",
-            "the request body is larger than this endpoint accepts",
-        ),
-        415 => (
-            "unsupported-media-type",
-            "the request body has an unsupported type",
-        ),
-        422 => (
-            "invalid-body",
-            "the request body does not have the expected shape",
-        ),
-        s if s >= 500 => (
-            "internal",
-            "the node failed to handle the request; the cause is in its log",
-        ),
+        405 => ("method-not-allowed", "the method is not allowed on this resource"),
+        413 => ("too-large", "the request body is larger than this endpoint accepts"),
+        415 => ("unsupported-media-type", "the request body has an unsupported type"),
+        422 => ("invalid-body", "the request body does not have the expected shape"),
+        s if s >= 500 => ("internal", "the node failed to handle the request; the cause is in its log"),
         _ => ("error", "the request failed"),
     };
     Problem::new(status, code, detail.to_string())

@@ -34,11 +34,7 @@ pub enum Finding {
     InvalidName { path: PathBuf },
     /// Size or content differs from the row (a crash between the rename and
     /// the row update of a replace). Repair: the row follows the file.
-    Mismatch {
-        key: String,
-        index: (u64, String),
-        disk: (u64, String),
-    },
+    Mismatch { key: String, index: (u64, String), disk: (u64, String) },
     /// A spool or staging file of an upload that never finished. Repair: delete.
     StraySpool { path: PathBuf },
 }
@@ -91,17 +87,13 @@ pub fn fsck(settings: &Settings, repair: bool) -> Result<Report> {
 
     for file in &files {
         let Some(key) = &file.key else {
-            report.findings.push(Finding::InvalidName {
-                path: file.path.clone(),
-            });
+            report.findings.push(Finding::InvalidName { path: file.path.clone() });
             continue;
         };
         report.checked += 1;
         let disk_hash = hash_file(&file.path, &progress)?;
         match rows.remove(key.as_str()) {
-            None => report.findings.push(Finding::UnindexedFile {
-                key: key.to_string(),
-            }),
+            None => report.findings.push(Finding::UnindexedFile { key: key.to_string() }),
             Some(row) if row.size != file.size || row.blake3 != disk_hash => {
                 report.findings.push(Finding::Mismatch {
                     key: key.to_string(),
@@ -111,25 +103,16 @@ pub fn fsck(settings: &Settings, repair: bool) -> Result<Report> {
             }
             Some(row) if row.inode != file.inode && repair => {
                 // Harmless (an index restored or rebuilt elsewhere): refresh.
-                index.upsert(
-                    &found_version(key, file, disk_hash, Some(&row)),
-                    &row.updated_at,
-                )?;
+                index.upsert(&found_version(key, file, disk_hash, Some(&row)), &row.updated_at)?;
             }
             Some(_) => {}
         }
     }
     progress.finish_and_clear();
+    report.findings.extend(rows.into_keys().map(|key| Finding::MissingFile { key }));
     report
         .findings
-        .extend(rows.into_keys().map(|key| Finding::MissingFile { key }));
-    report.findings.extend(
-        layout
-            .spool_files()
-            .map_err(Error::internal)?
-            .into_iter()
-            .map(|path| Finding::StraySpool { path }),
-    );
+        .extend(layout.spool_files().map_err(Error::internal)?.into_iter().map(|path| Finding::StraySpool { path }));
 
     if repair {
         for finding in &report.findings {
@@ -142,11 +125,7 @@ pub fn fsck(settings: &Settings, repair: bool) -> Result<Report> {
 }
 
 fn repair_one(index: &Index, files: &[FoundFile], finding: &Finding) -> Result<bool> {
-    let file_of = |key: &str| {
-        files
-            .iter()
-            .find(|f| f.key.as_ref().is_some_and(|k| k.as_str() == key))
-    };
+    let file_of = |key: &str| files.iter().find(|f| f.key.as_ref().is_some_and(|k| k.as_str() == key));
     match finding {
         Finding::MissingFile { key } => {
             index.delete(&Key::parse(key)?)?;
@@ -169,10 +148,7 @@ fn found_version(key: &Key, file: &FoundFile, blake3: String, row: Option<&Recor
         key: key.clone(),
         size: file.size,
         blake3,
-        content_type: row.map_or_else(
-            || "application/octet-stream".into(),
-            |r| r.content_type.clone(),
-        ),
+        content_type: row.map_or_else(|| "application/octet-stream".into(), |r| r.content_type.clone()),
         inode: file.inode,
         name: None,
         description: None,
@@ -189,9 +165,7 @@ pub fn reindex(settings: &Settings) -> Result<Report> {
     let _lock = DataLock::acquire(&layout)?;
     let mut old: BTreeMap<String, Record> = BTreeMap::new();
     if layout.index_file.exists() {
-        match Index::open(&layout.index_file)
-            .and_then(|i| i.for_each(|r| drop(old.insert(r.key.clone(), r))))
-        {
+        match Index::open(&layout.index_file).and_then(|i| i.for_each(|r| drop(old.insert(r.key.clone(), r)))) {
             Ok(()) => {}
             Err(e) => {
                 eprintln!("spillway: the old index cannot be read ({e}); metadata starts afresh")
@@ -262,10 +236,7 @@ struct FoundFile {
 
 fn dataset_files(layout: &Layout) -> Result<Vec<FoundFile>> {
     let mut files = Vec::new();
-    for entry in WalkDir::new(&layout.datasets)
-        .min_depth(1)
-        .sort_by_file_name()
-    {
+    for entry in WalkDir::new(&layout.datasets).min_depth(1).sort_by_file_name() {
         let entry = entry.map_err(Error::internal)?;
         if !entry.file_type().is_file() {
             continue;

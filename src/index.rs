@@ -105,8 +105,7 @@ const MIGRATIONS: &[&str] = &[
 "#,
 ];
 
-const COLUMNS: &str =
-    "key, name, size, blake3, content_type, created_at, updated_at, description, tags, inode";
+const COLUMNS: &str = "key, name, size, blake3, content_type, created_at, updated_at, description, tags, inode";
 
 #[derive(Clone)]
 pub struct Index {
@@ -132,9 +131,7 @@ impl Index {
     }
 
     fn conn(&self) -> Result<r2d2::PooledConnection<SqliteConnectionManager>> {
-        self.pool
-            .get()
-            .map_err(|e| Error::internal(format!("index pool: {e}")))
+        self.pool.get().map_err(|e| Error::internal(format!("index pool: {e}")))
     }
 
     fn migrate(&self) -> Result<()> {
@@ -192,10 +189,9 @@ impl Index {
                  VALUES (?1, 'install', ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![v.key.as_str(), v.inode as i64, v.size as i64, v.blake3, v.content_type, v.name, v.description],
             )?,
-            Intent::Remove(key) => conn.execute(
-                "INSERT OR REPLACE INTO intents (key, action) VALUES (?1, 'remove')",
-                [key.as_str()],
-            )?,
+            Intent::Remove(key) => {
+                conn.execute("INSERT OR REPLACE INTO intents (key, action) VALUES (?1, 'remove')", [key.as_str()])?
+            }
         };
         Ok(())
     }
@@ -234,8 +230,7 @@ impl Index {
             let key: String = r.get(0)?;
             let action: String = r.get(1)?;
             let version = NewVersion {
-                key: Key::parse(&key)
-                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
+                key: Key::parse(&key).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
                 inode: r.get::<_, i64>(2)? as u64,
                 size: r.get::<_, i64>(3)? as u64,
                 blake3: r.get(4)?,
@@ -243,11 +238,7 @@ impl Index {
                 name: r.get(6)?,
                 description: r.get(7)?,
             };
-            Ok(if action == "remove" {
-                Intent::Remove(version.key)
-            } else {
-                Intent::Install(version)
-            })
+            Ok(if action == "remove" { Intent::Remove(version.key) } else { Intent::Install(version) })
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
@@ -255,10 +246,7 @@ impl Index {
     pub fn patch(&self, key: &Key, patch: &MetadataPatch, now: &str) -> Result<Option<Record>> {
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
-        let tags = patch
-            .tags
-            .as_ref()
-            .map(|t| serde_json::to_string(t).expect("tags serialize"));
+        let tags = patch.tags.as_ref().map(|t| serde_json::to_string(t).expect("tags serialize"));
         let changed = tx.execute(
             "UPDATE datasets SET name = coalesce(?2, name), description = coalesce(?3, description),
                     tags = coalesce(?4, tags), updated_at = ?5
@@ -294,10 +282,7 @@ impl Index {
     }
 
     /// Any of the given keys that is a dataset.
-    pub fn first_existing<'k>(
-        &self,
-        keys: impl IntoIterator<Item = &'k str>,
-    ) -> Result<Option<String>> {
+    pub fn first_existing<'k>(&self, keys: impl IntoIterator<Item = &'k str>) -> Result<Option<String>> {
         let conn = self.conn()?;
         let mut stmt = conn.prepare_cached("SELECT key FROM datasets WHERE key = ?1")?;
         for key in keys {
@@ -308,13 +293,18 @@ impl Index {
         Ok(None)
     }
 
+    /// A trivial query: the database opens and answers.
+    pub fn ping(&self) -> Result<()> {
+        let conn = self.conn()?;
+        conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
+        Ok(())
+    }
+
     pub fn count(&self) -> Result<(u64, u64)> {
         let conn = self.conn()?;
-        Ok(conn.query_row(
-            "SELECT count(*), coalesce(sum(size), 0) FROM datasets",
-            [],
-            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
-        )?)
+        Ok(conn.query_row("SELECT count(*), coalesce(sum(size), 0) FROM datasets", [], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+        })?)
     }
 
     /// Every row in key order, streamed to `f` (fsck, start-up reconcile).
@@ -329,10 +319,7 @@ impl Index {
     }
 
     /// Runs `f` inside one transaction on one connection (bulk loads).
-    pub fn with_transaction<T>(
-        &self,
-        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
-    ) -> Result<T> {
+    pub fn with_transaction<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let out = f(&tx)?;
@@ -379,9 +366,7 @@ impl Index {
     pub fn create_upload(&self, u: &UploadRow) -> Result<()> {
         let conn = self.conn()?;
         conn.execute(
-            &format!(
-                "INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
-            ),
+            &format!("INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
             params![
                 u.id,
                 u.length.map(|l| l as i64),
@@ -398,27 +383,19 @@ impl Index {
 
     pub fn get_upload(&self, id: &str) -> Result<Option<UploadRow>> {
         let conn = self.conn()?;
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?1"
-        ))?;
+        let mut stmt = conn.prepare_cached(&format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?1"))?;
         Ok(stmt.query_row([id], upload_from_row).optional()?)
     }
 
     pub fn set_upload_length(&self, id: &str, length: u64) -> Result<()> {
         let conn = self.conn()?;
-        conn.execute(
-            "UPDATE uploads SET length = ?2 WHERE id = ?1",
-            params![id, length as i64],
-        )?;
+        conn.execute("UPDATE uploads SET length = ?2 WHERE id = ?1", params![id, length as i64])?;
         Ok(())
     }
 
     pub fn touch_upload(&self, id: &str, expires_at: i64) -> Result<()> {
         let conn = self.conn()?;
-        conn.execute(
-            "UPDATE uploads SET expires_at = ?2 WHERE id = ?1",
-            params![id, expires_at],
-        )?;
+        conn.execute("UPDATE uploads SET expires_at = ?2 WHERE id = ?1", params![id, expires_at])?;
         Ok(())
     }
 
@@ -451,14 +428,7 @@ impl Index {
 }
 
 /// Inserts a row as found on disk (reindex, bulk loads).
-pub fn insert_found(
-    tx: &Connection,
-    key: &str,
-    size: u64,
-    blake3: &str,
-    inode: u64,
-    now: &str,
-) -> Result<()> {
+pub fn insert_found(tx: &Connection, key: &str, size: u64, blake3: &str, inode: u64, now: &str) -> Result<()> {
     let name = key.rsplit('/').next().unwrap_or(key);
     tx.execute(
         "INSERT OR REPLACE INTO datasets (key, name, size, blake3, content_type, created_at, updated_at, inode)
@@ -471,10 +441,7 @@ pub fn insert_found(
 /// Inserts or replaces a row. Metadata of a replaced dataset is kept unless
 /// the new version sets it; `created_at` is kept.
 fn upsert(tx: &Connection, v: &NewVersion, now: &str) -> Result<Record> {
-    let name = v
-        .name
-        .clone()
-        .unwrap_or_else(|| v.key.file_name().to_owned());
+    let name = v.name.clone().unwrap_or_else(|| v.key.file_name().to_owned());
     tx.execute(
         "INSERT INTO datasets (key, name, size, blake3, content_type, created_at, updated_at, description, inode)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8)
@@ -496,14 +463,12 @@ fn upsert(tx: &Connection, v: &NewVersion, now: &str) -> Result<Record> {
             v.name.is_some(),
         ],
     )?;
-    let record =
-        get(tx, v.key.as_str())?.ok_or_else(|| Error::internal("row vanished after upsert"))?;
+    let record = get(tx, v.key.as_str())?.ok_or_else(|| Error::internal("row vanished after upsert"))?;
     Ok(record)
 }
 
 fn get(conn: &Connection, key: &str) -> Result<Option<Record>> {
-    let mut stmt =
-        conn.prepare_cached(&format!("SELECT {COLUMNS} FROM datasets WHERE key = ?1"))?;
+    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM datasets WHERE key = ?1"))?;
     Ok(stmt.query_row([key], record_from_row).optional()?)
 }
 

@@ -72,9 +72,7 @@ impl Key {
     /// path. Each segment is decoded exactly once; an encoded slash (`%2F`)
     /// means `/`, so it can never hide a separator inside a segment.
     pub fn from_raw_path(raw: &str) -> Result<Key, KeyError> {
-        let decoded = percent_decode_str(raw)
-            .decode_utf8()
-            .map_err(|_| KeyError::NotUtf8)?;
+        let decoded = percent_decode_str(raw).decode_utf8().map_err(|_| KeyError::NotUtf8)?;
         Key::parse(&decoded)
     }
 
@@ -151,15 +149,7 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_keys() {
-        for k in [
-            "a",
-            "employees.csv",
-            "sales/2024/q1.csv",
-            "..a",
-            "a..",
-            "naïve/日本.txt",
-            "%2e",
-        ] {
+        for k in ["a", "employees.csv", "sales/2024/q1.csv", "..a", "a..", "naïve/日本.txt", "%2e"] {
             assert_eq!(Key::parse(k).unwrap().as_str(), k);
         }
     }
@@ -191,14 +181,8 @@ mod tests {
     fn decodes_once() {
         assert_eq!(Key::from_raw_path("%252e").unwrap().as_str(), "%2e");
         assert_eq!(Key::from_raw_path("a%2Fb").unwrap().as_str(), "a/b");
-        assert_eq!(
-            Key::from_raw_path("%2e%2e").unwrap_err(),
-            KeyError::DotSegment
-        );
-        assert_eq!(
-            Key::from_raw_path("a%2F%2Fb").unwrap_err(),
-            KeyError::EmptySegment
-        );
+        assert_eq!(Key::from_raw_path("%2e%2e").unwrap_err(), KeyError::DotSegment);
+        assert_eq!(Key::from_raw_path("a%2F%2Fb").unwrap_err(), KeyError::EmptySegment);
         assert_eq!(Key::from_raw_path("%C0%AE").unwrap_err(), KeyError::NotUtf8);
     }
 

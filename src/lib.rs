@@ -14,6 +14,7 @@ pub mod fsck;
 pub mod http;
 pub mod index;
 pub mod key;
+pub mod metrics;
 pub mod node;
 pub mod store;
 pub mod tus;
@@ -48,10 +49,7 @@ pub fn build(figment: Figment) -> Result<Rocket<Build>, String> {
             Box::pin(async move {
                 let config = rocket.config();
                 // Tests and scripts read this line to find an ephemeral port.
-                println!(
-                    "spillway listening on http://{}:{}",
-                    config.address, config.port
-                );
+                println!("spillway listening on http://{}:{}", config.address, config.port);
             })
         }));
     Ok(http::mount(rocket))

@@ -31,6 +31,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Our logger, installed before Rocket's (which then stays out): one
+    // filter for everything, `SPILLWAY_LOG` (env_logger syntax).
+    env_logger::Builder::from_env(env_logger::Env::new().filter_or("SPILLWAY_LOG", DEFAULT_LOG)).init();
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve);
     if let Command::Serve = command {
@@ -69,6 +72,10 @@ fn main() -> ExitCode {
     };
     result.unwrap_or_else(|e| fail(&e.cause()))
 }
+
+/// Our own lines at `info`; Rocket and hyper only when something is wrong
+/// (the access log line replaces Rocket's per-request chatter).
+const DEFAULT_LOG: &str = "info,rocket=warn,_=warn,hyper=warn";
 
 fn fail(message: &str) -> ExitCode {
     eprintln!("spillway: {message}");

@@ -16,6 +16,7 @@ use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::index::{Index, Intent, MetadataPatch, NewVersion, Record};
 use crate::key::Key;
+use crate::metrics::{Metrics, Outcome};
 use crate::store::{conflict_with_folder, DataLock, Layout};
 use crate::upload::{Expected, MemoryBudget, Spooled, Spooler};
 
@@ -53,10 +54,7 @@ impl EtagList {
                     None => (false, t),
                 })
                 .map(|(weak, t)| {
-                    let tag = t
-                        .strip_prefix('"')
-                        .and_then(|t| t.strip_suffix('"'))
-                        .unwrap_or(t);
+                    let tag = t.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(t);
                     (weak, tag.to_ascii_lowercase())
                 })
                 .collect(),
@@ -77,9 +75,7 @@ impl EtagList {
         match (self, current) {
             (_, None) => false,
             (EtagList::Any, Some(_)) => true,
-            (EtagList::Tags(tags), Some(r)) => tags
-                .iter()
-                .any(|(weak, tag)| (weak_ok || !weak) && *tag == r.blake3),
+            (EtagList::Tags(tags), Some(r)) => tags.iter().any(|(weak, tag)| (weak_ok || !weak) && *tag == r.blake3),
         }
     }
 }
@@ -89,13 +85,11 @@ impl Precondition {
         match self {
             Precondition::None => Ok(()),
             Precondition::IfNoneMatch(tags) if tags.matches_weak(current) => {
-                Err(Error::PreconditionFailed(
-                    "a dataset matching If-None-Match exists at this key".into(),
-                ))
+                Err(Error::PreconditionFailed("a dataset matching If-None-Match exists at this key".into()))
             }
-            Precondition::IfMatch(tags) if !tags.matches_strong(current) => Err(
-                Error::PreconditionFailed("the current dataset does not match If-Match".into()),
-            ),
+            Precondition::IfMatch(tags) if !tags.matches_strong(current) => {
+                Err(Error::PreconditionFailed("the current dataset does not match If-Match".into()))
+            }
             _ => Ok(()),
         }
     }
@@ -121,13 +115,24 @@ pub struct Acknowledge {
 }
 
 /// Holding one of these is the right to run an upload.
-pub struct UploadPermit(#[allow(dead_code)] OwnedSemaphorePermit);
+/// It counts in `spillway_uploads_in_flight` while it lives.
+pub struct UploadPermit {
+    _permit: OwnedSemaphorePermit,
+    gauge: prometheus::IntGauge,
+}
+
+impl Drop for UploadPermit {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
 
 pub struct Node {
     pub settings: Settings,
     pub layout: Arc<Layout>,
     pub index: Index,
     pub spooler: Spooler,
+    pub metrics: Arc<Metrics>,
     pub tus: crate::tus::Resumable,
     commit_lock: Mutex<()>,
     uploads: Arc<Semaphore>,
@@ -138,24 +143,20 @@ impl Node {
     /// Prepares the data directory, sweeps what a previous run left in the
     /// spool, opens the index and runs the cheap start-up reconcile.
     pub fn open(settings: Settings) -> Result<Node> {
-        let layout = Arc::new(Layout::prepare(&settings).map_err(|e| {
-            Error::internal(format!(
-                "preparing data directory {}: {e}",
-                settings.data_dir.display()
-            ))
-        })?);
+        let layout =
+            Arc::new(Layout::prepare(&settings).map_err(|e| {
+                Error::internal(format!("preparing data directory {}: {e}", settings.data_dir.display()))
+            })?);
         let lock = DataLock::acquire(&layout)?;
         let swept = layout.sweep_leftovers().map_err(Error::internal)?;
         if !swept.is_empty() {
-            log::warn!(
-                "removed {} leftover spool file(s) of a previous run",
-                swept.len()
-            );
+            log::warn!("removed {} leftover spool file(s) of a previous run", swept.len());
             for path in &swept {
                 log::info!("  removed {}", path.display());
             }
         }
         let index = Index::open(&layout.index_file)?;
+        let metrics = Arc::new(Metrics::new());
         let spooler = Spooler {
             layout: layout.clone(),
             budget: MemoryBudget::new(settings.spool_memory_budget.as_u64() as usize),
@@ -163,6 +164,7 @@ impl Node {
             max_size: settings.max_dataset_size.as_u64(),
             stall_timeout: settings.stall_timeout(),
             disk_reserve: settings.disk_reserve.as_u64(),
+            received_bytes: metrics.upload_bytes.clone(),
         };
         let node = Node {
             uploads: Arc::new(Semaphore::new(settings.max_uploads)),
@@ -170,18 +172,18 @@ impl Node {
             layout,
             index,
             spooler,
+            metrics,
             tus: Default::default(),
             commit_lock: Mutex::new(()),
             _lock: lock,
         };
         node.resolve_intents()?;
         node.reconcile_on_start()?;
+        let (count, bytes) = node.index.count()?;
+        node.metrics.set_catalog(count, bytes);
         let orphans = node.sweep_orphan_upload_files()?;
         if !orphans.is_empty() {
-            log::warn!(
-                "removed {} resumable-upload file(s) without a row",
-                orphans.len()
-            );
+            log::warn!("removed {} resumable-upload file(s) without a row", orphans.len());
         }
         Ok(node)
     }
@@ -226,11 +228,7 @@ impl Node {
                 Ok(m) if m.is_file() && m.len() == record.size => {}
                 Ok(m) => {
                     problems += 1;
-                    log::warn!(
-                        "reconcile: `{key}` is {} bytes on disk, {} in the index",
-                        m.len(),
-                        record.size
-                    );
+                    log::warn!("reconcile: `{key}` is {} bytes on disk, {} in the index", m.len(), record.size);
                 }
                 Err(_) => {
                     problems += 1;
@@ -246,30 +244,58 @@ impl Node {
         Ok(())
     }
 
+    /// Readiness checks, each with its problem if it fails.
+    pub fn readiness(&self) -> Vec<(&'static str, Option<String>)> {
+        let writable = |dir: &std::path::Path| match tempfile::Builder::new()
+            .prefix(crate::store::SPOOL_PREFIX)
+            .tempfile_in(dir)
+        {
+            Ok(_) => None,
+            Err(e) => Some(format!("cannot write: {e}")),
+        };
+        let space = |dir: &std::path::Path| match Layout::free_space(dir) {
+            Ok(free) if free < self.spooler.disk_reserve => {
+                Some(format!("{free} bytes free, below the reserve of {}", self.spooler.disk_reserve))
+            }
+            Ok(_) => None,
+            Err(e) => Some(format!("cannot read free space: {e}")),
+        };
+        vec![
+            ("index", self.index.ping().err().map(|e| e.cause())),
+            ("data directory", writable(&self.layout.staging)),
+            ("spool directory", writable(&self.layout.spool)),
+            ("data volume", space(&self.layout.datasets)),
+            ("spool volume", space(&self.layout.spool)),
+        ]
+    }
+
     /// Admission control: at most `max_uploads` uploads at once.
     pub fn admit_upload(&self) -> Result<UploadPermit> {
-        self.uploads
-            .clone()
-            .try_acquire_owned()
-            .map(UploadPermit)
-            .map_err(|_| Error::Busy {
-                limit: self.settings.max_uploads,
-            })
+        let permit = self.uploads.clone().try_acquire_owned().map_err(|_| {
+            self.metrics.upload_ended(Outcome::Rejected, 0.0);
+            Error::Busy { limit: self.settings.max_uploads }
+        })?;
+        let gauge = self.metrics.uploads_in_flight.clone();
+        gauge.inc();
+        Ok(UploadPermit { _permit: permit, gauge })
+    }
+
+    /// Counts an upload's end in `spillway_uploads_total{outcome}`.
+    pub fn upload_ended<T>(&self, started: std::time::Instant, result: Result<T>) -> Result<T> {
+        let outcome = match &result {
+            Ok(_) => Outcome::Committed,
+            Err(e) => Outcome::of(e),
+        };
+        self.metrics.upload_ended(outcome, started.elapsed().as_secs_f64());
+        result
     }
 
     pub async fn get(&self, key: &Key) -> Result<Record> {
         let (index, k) = (self.index.clone(), key.clone());
-        blocking(move || index.get(&k))
-            .await?
-            .ok_or_else(|| Error::no_dataset(key))
+        blocking(move || index.get(&k)).await?.ok_or_else(|| Error::no_dataset(key))
     }
 
-    pub async fn list(
-        &self,
-        prefix: String,
-        after: Option<String>,
-        limit: usize,
-    ) -> Result<Vec<Record>> {
+    pub async fn list(&self, prefix: String, after: Option<String>, limit: usize) -> Result<Vec<Record>> {
         let index = self.index.clone();
         blocking(move || index.list(&prefix, after.as_deref(), limit)).await
     }
@@ -285,12 +311,7 @@ impl Node {
     }
 
     /// PUT: stream the body in, then commit it at `key`.
-    pub async fn put<R: AsyncRead + Unpin>(
-        &self,
-        key: Key,
-        body: R,
-        meta: UploadMeta,
-    ) -> Result<(Record, bool)> {
+    pub async fn put<R: AsyncRead + Unpin>(&self, key: Key, body: R, meta: UploadMeta) -> Result<(Record, bool)> {
         self.precheck_upload(&key, &meta).await?;
         let spooled = self.spooler.spool(body, &meta.expected).await?;
         self.commit(key, spooled, meta).await
@@ -299,20 +320,13 @@ impl Node {
     /// The commit: re-check the preconditions and conflicts under the lock,
     /// install the fsynced file (rename + directory fsync), write the row.
     /// Returns the record and whether the key is new.
-    pub async fn commit(
-        &self,
-        key: Key,
-        spooled: Spooled,
-        meta: UploadMeta,
-    ) -> Result<(Record, bool)> {
-        if !self.layout.spool_on_data_volume && spooled.file.path().starts_with(&self.layout.spool)
-        {
+    pub async fn commit(&self, key: Key, spooled: Spooled, meta: UploadMeta) -> Result<(Record, bool)> {
+        if !self.layout.spool_on_data_volume && spooled.file.path().starts_with(&self.layout.spool) {
             // It will be copied to the data volume first: that needs room too.
-            self.spooler
-                .check_space(&self.layout.datasets, spooled.size)?;
+            self.spooler.check_space(&self.layout.datasets, spooled.size)?;
         }
         let _guard = self.commit_lock.lock().await;
-        let (index, layout) = (self.index.clone(), self.layout.clone());
+        let (index, layout, metrics) = (self.index.clone(), self.layout.clone(), self.metrics.clone());
         blocking(move || {
             let current = index.get(&key)?;
             meta.precondition.check(current.as_ref())?;
@@ -322,9 +336,7 @@ impl Node {
                 key: key.clone(),
                 size: spooled.size,
                 blake3: spooled.blake3.to_hex().to_string(),
-                content_type: meta
-                    .content_type
-                    .unwrap_or_else(|| "application/octet-stream".into()),
+                content_type: meta.content_type.unwrap_or_else(|| "application/octet-stream".into()),
                 inode: file.as_file().metadata()?.ino(),
                 name: meta.name,
                 description: meta.description,
@@ -337,9 +349,9 @@ impl Node {
                 let _ = index.abandon(&key);
                 return Err(e);
             }
-            let record = index
-                .complete(&intent, &now())?
-                .expect("an install has a record");
+            let record = index.complete(&intent, &now())?.expect("an install has a record");
+            let old_size = current.as_ref().map_or(0, |r| r.size as i64);
+            metrics.catalog_changed(i64::from(current.is_none()), record.size as i64 - old_size);
             Ok((record, current.is_none()))
         })
         .await
@@ -374,16 +386,12 @@ impl Node {
             }
         }
         log::error!("`{key}`: the file on disk does not match its index row; run `spillway fsck`");
-        Err(Error::internal(format!(
-            "file and index row of `{key}` disagree"
-        )))
+        Err(Error::internal(format!("file and index row of `{key}` disagree")))
     }
 
     pub async fn patch(&self, key: &Key, patch: MetadataPatch) -> Result<Record> {
         let (index, k) = (self.index.clone(), key.clone());
-        blocking(move || index.patch(&k, &patch, &now()))
-            .await?
-            .ok_or_else(|| Error::no_dataset(key))
+        blocking(move || index.patch(&k, &patch, &now())).await?.ok_or_else(|| Error::no_dataset(key))
     }
 
     pub async fn acknowledge(&self, key: &Key, ack: Acknowledge) -> Result<Record> {
@@ -402,15 +410,16 @@ impl Node {
     /// Removes the file (atomically, then its row) under the commit lock.
     pub async fn delete(&self, key: &Key) -> Result<()> {
         let _guard = self.commit_lock.lock().await;
-        let (index, layout, k) = (self.index.clone(), self.layout.clone(), key.clone());
+        let (index, layout, metrics, k) = (self.index.clone(), self.layout.clone(), self.metrics.clone(), key.clone());
         blocking(move || {
-            if index.get(&k)?.is_none() {
+            let Some(current) = index.get(&k)? else {
                 return Err(Error::no_dataset(&k));
-            }
+            };
             let intent = Intent::Remove(k.clone());
             index.begin(&intent)?;
             layout.remove(&k)?;
             index.complete(&intent, &now())?;
+            metrics.catalog_changed(-1, -(current.size as i64));
             Ok(())
         })
         .await
@@ -421,9 +430,7 @@ impl Node {
 /// if datasets sit below it (see `store`).
 fn check_conflicts(index: &Index, key: &Key) -> Result<()> {
     if let Some(ancestor) = index.first_existing(key.ancestors())? {
-        return Err(Error::Conflict(format!(
-            "`{ancestor}` is a dataset, so it cannot also hold `{key}`"
-        )));
+        return Err(Error::Conflict(format!("`{ancestor}` is a dataset, so it cannot also hold `{key}`")));
     }
     if index.first_below(key)?.is_some() {
         return Err(conflict_with_folder(key));
@@ -432,19 +439,12 @@ fn check_conflicts(index: &Index, key: &Key) -> Result<()> {
 }
 
 /// Runs blocking work (SQLite, fsync, rename) off the async workers.
-pub async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::internal(format!("blocking task failed: {e}")))?
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::internal(format!("blocking task failed: {e}")))?
 }
 
 /// Now, as the RFC 3339 UTC timestamps of the records (second precision).
 pub fn now() -> String {
-    let format =
-        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
-    time::OffsetDateTime::now_utc()
-        .format(&format)
-        .expect("timestamp formats")
+    let format = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    time::OffsetDateTime::now_utc().format(&format).expect("timestamp formats")
 }

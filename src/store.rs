@@ -78,10 +78,7 @@ impl Layout {
         for segment in key.segments() {
             let mut components = Path::new(segment).components();
             assert!(
-                matches!(
-                    (components.next(), components.next()),
-                    (Some(Component::Normal(_)), None)
-                ),
+                matches!((components.next(), components.next()), (Some(Component::Normal(_)), None)),
                 "key segment {segment:?} is not a plain file name"
             );
             path.push(segment);
@@ -92,10 +89,7 @@ impl Layout {
     /// The data file of a resumable upload. Ids are validated by the caller
     /// (32 lowercase hex digits), so this stays inside `uploads/`.
     pub fn upload_path(&self, id: &str) -> PathBuf {
-        assert!(
-            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
-            "bad upload id"
-        );
+        assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "bad upload id");
         self.uploads.join(id)
     }
 
@@ -106,15 +100,11 @@ impl Layout {
     }
 
     pub fn new_spool_file(&self) -> io::Result<NamedTempFile> {
-        tempfile::Builder::new()
-            .prefix(SPOOL_PREFIX)
-            .tempfile_in(&self.spool)
+        tempfile::Builder::new().prefix(SPOOL_PREFIX).tempfile_in(&self.spool)
     }
 
     pub fn new_staging_file(&self) -> io::Result<NamedTempFile> {
-        tempfile::Builder::new()
-            .prefix(SPOOL_PREFIX)
-            .tempfile_in(&self.staging)
+        tempfile::Builder::new().prefix(SPOOL_PREFIX).tempfile_in(&self.staging)
     }
 
     /// Removes what a previous run left in the spool and staging directories
@@ -124,10 +114,7 @@ impl Layout {
         for dir in [&self.spool, &self.staging] {
             for entry in fs::read_dir(dir)? {
                 let entry = entry?;
-                let ours = entry
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with(SPOOL_PREFIX);
+                let ours = entry.file_name().to_string_lossy().starts_with(SPOOL_PREFIX);
                 if ours && entry.file_type()?.is_file() {
                     fs::remove_file(entry.path())?;
                     removed.push(entry.path());
@@ -143,11 +130,7 @@ impl Layout {
         for dir in [&self.spool, &self.staging] {
             for entry in fs::read_dir(dir)? {
                 let entry = entry?;
-                if entry
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with(SPOOL_PREFIX)
-                {
+                if entry.file_name().to_string_lossy().starts_with(SPOOL_PREFIX) {
                     files.push(entry.path());
                 }
             }
@@ -176,19 +159,14 @@ impl Layout {
         if target.is_dir() {
             return Err(conflict_with_folder(key));
         }
-        staged
-            .persist(&target)
-            .map_err(|e| Error::from_io(e.error))?;
+        staged.persist(&target).map_err(|e| Error::from_io(e.error))?;
         fsync_dir(target.parent().unwrap_or(&self.datasets))?;
         Ok(())
     }
 
     /// The inode of a dataset's file, if it exists.
     pub fn inode_of(&self, key: &Key) -> Option<u64> {
-        fs::symlink_metadata(self.dataset_path(key))
-            .ok()
-            .filter(|m| m.is_file())
-            .map(|m| m.ino())
+        fs::symlink_metadata(self.dataset_path(key)).ok().filter(|m| m.is_file()).map(|m| m.ino())
     }
 
     fn is_on_data_volume(&self, path: &Path) -> io::Result<bool> {
@@ -214,17 +192,10 @@ impl Layout {
             match fs::create_dir(&dir) {
                 Ok(()) => fsync_dir(&parent)?,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
-                Err(e)
-                    if e.kind() == io::ErrorKind::AlreadyExists
-                        || e.kind() == io::ErrorKind::NotADirectory =>
-                {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists || e.kind() == io::ErrorKind::NotADirectory => {
                     return Err(Error::Conflict(format!(
                         "`{}` is a dataset, so it cannot also hold `{key}`",
-                        parent
-                            .join(segment)
-                            .strip_prefix(&self.datasets)
-                            .unwrap_or(Path::new(segment))
-                            .display()
+                        parent.join(segment).strip_prefix(&self.datasets).unwrap_or(Path::new(segment)).display()
                     )));
                 }
                 Err(e) => return Err(Error::from_io(e)),
@@ -279,27 +250,20 @@ pub struct DataLock(#[allow(dead_code)] File);
 impl DataLock {
     pub fn acquire(layout: &Layout) -> Result<DataLock, Error> {
         let path = layout.root.join("spillway.lock");
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(Error::internal)?;
+        let file =
+            fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(Error::internal)?;
         match file.try_lock() {
             Ok(()) => Ok(DataLock(file)),
-            Err(fs::TryLockError::WouldBlock) => Err(Error::internal(format!(
-                "another spillway process is using {}",
-                layout.root.display()
-            ))),
+            Err(fs::TryLockError::WouldBlock) => {
+                Err(Error::internal(format!("another spillway process is using {}", layout.root.display())))
+            }
             Err(fs::TryLockError::Error(e)) => Err(Error::internal(e)),
         }
     }
 }
 
 pub fn conflict_with_folder(key: &Key) -> Error {
-    Error::Conflict(format!(
-        "`{key}` holds other datasets below it, so it cannot be a dataset itself"
-    ))
+    Error::Conflict(format!("`{key}` holds other datasets below it, so it cannot be a dataset itself"))
 }
 
 /// Makes a directory's entries durable.

@@ -96,12 +96,7 @@ pub struct Metadata(Vec<(String, Option<String>)>);
 impl Metadata {
     pub fn parse(raw: Option<&str>) -> Result<Metadata> {
         let mut pairs = Vec::new();
-        for pair in raw
-            .unwrap_or("")
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-        {
+        for pair in raw.unwrap_or("").split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let mut parts = pair.split_whitespace();
             let name = parts.next().unwrap_or_default().to_string();
             let value = match parts.next() {
@@ -109,20 +104,15 @@ impl Metadata {
                 Some(b64) => {
                     let bytes = base64::engine::general_purpose::STANDARD
                         .decode(b64)
-                        .map_err(|_| {
-                            Error::BadRequest(format!(
-                                "Upload-Metadata `{name}` is not valid base64"
-                            ))
-                        })?;
-                    Some(String::from_utf8(bytes).map_err(|_| {
-                        Error::BadRequest(format!("Upload-Metadata `{name}` is not valid UTF-8"))
-                    })?)
+                        .map_err(|_| Error::BadRequest(format!("Upload-Metadata `{name}` is not valid base64")))?;
+                    Some(
+                        String::from_utf8(bytes)
+                            .map_err(|_| Error::BadRequest(format!("Upload-Metadata `{name}` is not valid UTF-8")))?,
+                    )
                 }
             };
             if parts.next().is_some() {
-                return Err(Error::BadRequest(format!(
-                    "Upload-Metadata pair `{pair}` has extra parts"
-                )));
+                return Err(Error::BadRequest(format!("Upload-Metadata pair `{pair}` has extra parts")));
             }
             pairs.push((name, value));
         }
@@ -130,10 +120,7 @@ impl Metadata {
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, v)| v.as_deref())
+        self.0.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.as_deref())
     }
 
     /// `key` wins over `filename`.
@@ -146,10 +133,7 @@ impl Metadata {
 
     fn upload_meta(&self) -> UploadMeta {
         UploadMeta {
-            content_type: self
-                .get("filetype")
-                .filter(|t| !t.is_empty())
-                .map(str::to_owned),
+            content_type: self.get("filetype").filter(|t| !t.is_empty()).map(str::to_owned),
             name: self.get("name").map(str::to_owned),
             description: self.get("description").map(str::to_owned),
             ..UploadMeta::default()
@@ -178,12 +162,7 @@ struct HashState {
 
 impl Resumable {
     fn slot(&self, id: &str) -> Arc<Slot> {
-        self.slots
-            .lock()
-            .expect("slots lock")
-            .entry(id.to_owned())
-            .or_default()
-            .clone()
+        self.slots.lock().expect("slots lock").entry(id.to_owned()).or_default().clone()
     }
 
     fn forget(&self, id: &str) {
@@ -193,19 +172,12 @@ impl Resumable {
 
 /// Takes an upload's slot: at once if free, else by cancelling the PATCH
 /// that holds it (its client is most likely gone) and waiting briefly.
-async fn take(
-    slot: &Slot,
-) -> Result<(
-    tokio::sync::MutexGuard<'_, Option<HashState>>,
-    CancellationToken,
-)> {
+async fn take(slot: &Slot) -> Result<(tokio::sync::MutexGuard<'_, Option<HashState>>, CancellationToken)> {
     let guard = match slot.state.try_lock() {
         Ok(guard) => guard,
         Err(_) => {
             slot.holder.lock().expect("holder lock").cancel();
-            tokio::time::timeout(TAKEOVER_WAIT, slot.state.lock())
-                .await
-                .map_err(|_| Error::Locked)?
+            tokio::time::timeout(TAKEOVER_WAIT, slot.state.lock()).await.map_err(|_| Error::Locked)?
         }
     };
     let token = CancellationToken::new();
@@ -232,16 +204,14 @@ impl Node {
         let key = match creation.concat {
             Concat::Partial => None,
             _ => Some(metadata.key()?.ok_or_else(|| {
-                Error::BadRequest(
-                    "Upload-Metadata needs a `key` (or `filename`) for the dataset".into(),
-                )
+                Error::BadRequest("Upload-Metadata needs a `key` (or `filename`) for the dataset".into())
             })?),
         };
         if let Some(key) = &key {
             self.precheck_upload(key, &metadata.upload_meta()).await?;
         }
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let mut row = UploadRow {
+        let row = UploadRow {
             id: id.clone(),
             length: creation.length,
             metadata: creation.metadata.clone(),
@@ -257,9 +227,7 @@ impl Node {
         }
         if let Some(length) = creation.length {
             if length > self.spooler.max_size {
-                return Err(Error::TooLarge {
-                    limit: self.spooler.max_size,
-                });
+                return Err(Error::TooLarge { limit: self.spooler.max_size });
             }
             self.spooler.check_space(&self.layout.uploads, length)?;
         }
@@ -272,7 +240,7 @@ impl Node {
             index.create_upload(&r)
         })
         .await?;
-        row.completed = false;
+        self.metrics.tus_event("created");
         Ok(self.info_of(&row, 0, None))
     }
 
@@ -294,9 +262,7 @@ impl Node {
             return Err(missing());
         }
         let (index, i) = (self.index.clone(), id.to_owned());
-        let row = blocking(move || index.get_upload(&i))
-            .await?
-            .ok_or_else(missing)?;
+        let row = blocking(move || index.get_upload(&i)).await?.ok_or_else(missing)?;
         if row.expires_at < unix_now() {
             return Err(Error::Gone(format!("upload `{id}` expired")));
         }
@@ -311,10 +277,9 @@ impl Node {
         let path = self.layout.upload_path(&row.id);
         match tokio::fs::metadata(&path).await {
             Ok(m) => Ok(m.len()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::Gone(format!(
-                "the bytes of upload `{}` are gone",
-                row.id
-            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(Error::Gone(format!("the bytes of upload `{}` are gone", row.id)))
+            }
             Err(e) => Err(Error::internal(e)),
         }
     }
@@ -332,42 +297,27 @@ impl Node {
 
     /// `PATCH /uploads/{id}`: appends a chunk; commits the dataset when the
     /// last byte is in.
-    pub async fn tus_patch<R: AsyncRead + Unpin>(
-        &self,
-        id: &str,
-        patch: Patch<R>,
-    ) -> Result<UploadInfo> {
+    pub async fn tus_patch<R: AsyncRead + Unpin>(&self, id: &str, patch: Patch<R>) -> Result<UploadInfo> {
         let mut row = self.upload_row(id).await?;
         if row.concat == "final" {
-            return Err(Error::Forbidden(
-                "a final (concatenated) upload takes no PATCH".into(),
-            ));
+            return Err(Error::Forbidden("a final (concatenated) upload takes no PATCH".into()));
         }
         let slot = self.tus.slot(id);
         let (mut state, cancel) = take(&slot).await?;
         let offset = self.offset_of(&row).await?;
         if patch.offset != offset {
-            return Err(Error::OffsetMismatch {
-                current: offset,
-                sent: patch.offset,
-            });
+            return Err(Error::OffsetMismatch { current: offset, sent: patch.offset });
         }
         match (row.length, patch.length) {
             (Some(known), Some(sent)) if known != sent => {
-                return Err(Error::BadRequest(format!(
-                    "Upload-Length is {known}, not {sent}"
-                )));
+                return Err(Error::BadRequest(format!("Upload-Length is {known}, not {sent}")));
             }
             (None, Some(sent)) => {
                 if sent < offset {
-                    return Err(Error::BadRequest(format!(
-                        "Upload-Length {sent} is below the offset {offset}"
-                    )));
+                    return Err(Error::BadRequest(format!("Upload-Length {sent} is below the offset {offset}")));
                 }
                 if sent > self.spooler.max_size {
-                    return Err(Error::TooLarge {
-                        limit: self.spooler.max_size,
-                    });
+                    return Err(Error::TooLarge { limit: self.spooler.max_size });
                 }
                 let (index, i) = (self.index.clone(), id.to_owned());
                 blocking(move || index.set_upload_length(&i, sent)).await?;
@@ -380,8 +330,7 @@ impl Node {
             return self.tus_info(id).await;
         }
         let limit = row.length.unwrap_or(self.spooler.max_size) - offset;
-        self.spooler
-            .check_space(&self.layout.uploads, row.length.map_or(0, |l| l - offset))?;
+        self.spooler.check_space(&self.layout.uploads, row.length.map_or(0, |l| l - offset))?;
 
         // The running blake3, rehashed from the file after a restart.
         let hasher = match state.take() {
@@ -389,20 +338,14 @@ impl Node {
             _ => self.rehash(id, offset).await?,
         };
         let path = self.layout.upload_path(id);
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(Error::internal)?;
+        let file = OpenOptions::new().append(true).open(&path).map_err(Error::internal)?;
         let checksum: Vec<Digest> = patch.checksum.into_iter().collect();
         let algorithms: Vec<_> = checksum.iter().map(|d| d.algorithm).collect();
         let mut writer = Writer::start(
-            OpenFile {
-                file,
-                dir: self.layout.uploads.clone(),
-            },
+            OpenFile { file, dir: self.layout.uploads.clone() },
             Hashing::new(hasher.clone(), &algorithms),
         );
-        let mut body = ChunkReader::new(patch.body, self.spooler.stall_timeout, limit);
+        let mut body = ChunkReader::new(patch.body, self.spooler.stall_timeout, limit, self.metrics.tus_bytes.clone());
         let received: Result<()> = async {
             loop {
                 let chunk = tokio::select! {
@@ -422,25 +365,19 @@ impl Node {
         let mut hasher_after = written.hashing.blake3.clone();
         let verdict = match received {
             Err(e) => Err(e),
-            Ok(()) => written.hashing.verify(&checksum).map_err(|_| {
-                Error::ChecksumMismatch(algorithms.first().map_or("", |a| a.name()).to_string())
-            }),
+            Ok(()) => written
+                .hashing
+                .verify(&checksum)
+                .map_err(|_| Error::ChecksumMismatch(algorithms.first().map_or("", |a| a.name()).to_string())),
         };
         if verdict.is_err() && !checksum.is_empty() && written.size > 0 {
             // A chunk that cannot be verified is not kept.
-            written
-                .target
-                .file
-                .set_len(offset)
-                .map_err(Error::internal)?;
+            written.target.file.set_len(offset).map_err(Error::internal)?;
             written.target.file.sync_data().map_err(Error::internal)?;
             new_offset = offset;
             hasher_after = hasher;
         }
-        *state = Some(HashState {
-            hasher: hasher_after.clone(),
-            offset: new_offset,
-        });
+        *state = Some(HashState { hasher: hasher_after.clone(), offset: new_offset });
         verdict?;
 
         let expires_at = self.expires_at();
@@ -483,25 +420,18 @@ impl Node {
     /// Commits a complete upload's file as its dataset. On failure the
     /// upload is gone (its file was consumed), so a later HEAD cannot
     /// claim success.
-    async fn tus_commit(
-        &self,
-        row: &UploadRow,
-        path: PathBuf,
-        size: u64,
-        hasher: blake3::Hasher,
-    ) -> Result<Record> {
+    async fn tus_commit(&self, row: &UploadRow, path: PathBuf, size: u64, hasher: blake3::Hasher) -> Result<Record> {
         let metadata = Metadata::parse(row.metadata.as_deref())?;
         let key = Key::parse(row.key.as_deref().unwrap_or_default())?;
         let file = File::open(&path).map_err(Error::internal)?;
         let path = TempPath::try_from_path(path).map_err(Error::internal)?;
-        let spooled = Spooled {
-            file: NamedTempFile::from_parts(file, path),
-            size,
-            blake3: hasher.finalize(),
-        };
+        let spooled = Spooled { file: NamedTempFile::from_parts(file, path), size, blake3: hasher.finalize() };
         let (index, id) = (self.index.clone(), row.id.clone());
-        match self.commit(key, spooled, metadata.upload_meta()).await {
+        let started = std::time::Instant::now();
+        let committed = self.commit(key, spooled, metadata.upload_meta()).await;
+        match self.upload_ended(started, committed) {
             Ok((record, _)) => {
+                self.metrics.tus_event("finished");
                 blocking(move || index.complete_upload(&id)).await?;
                 Ok(record)
             }
@@ -526,16 +456,12 @@ impl Node {
             let part_row = self.upload_row(part).await?;
             let offset = self.offset_of(&part_row).await?;
             if part_row.concat != "partial" || part_row.length != Some(offset) {
-                return Err(Error::BadRequest(format!(
-                    "upload `{part}` is not a complete partial upload"
-                )));
+                return Err(Error::BadRequest(format!("upload `{part}` is not a complete partial upload")));
             }
             total += offset;
         }
         if total > self.spooler.max_size {
-            return Err(Error::TooLarge {
-                limit: self.spooler.max_size,
-            });
+            return Err(Error::TooLarge { limit: self.spooler.max_size });
         }
         self.spooler.check_space(&self.layout.staging, total)?;
         let paths: Vec<PathBuf> = parts.iter().map(|p| self.layout.upload_path(p)).collect();
@@ -556,22 +482,16 @@ impl Node {
                 }
             }
             target.as_file().sync_all()?;
-            Ok(Spooled {
-                file: target,
-                size: total,
-                blake3: hasher.finalize(),
-            })
+            Ok(Spooled { file: target, size: total, blake3: hasher.finalize() })
         })
         .await?;
         row.length = Some(total);
         row.completed = true;
-        let (record, _) = self.commit(key, spooled, metadata.upload_meta()).await?;
-        let (index, layout, r, parts) = (
-            self.index.clone(),
-            self.layout.clone(),
-            row.clone(),
-            parts.to_vec(),
-        );
+        let started = std::time::Instant::now();
+        let committed = self.commit(key, spooled, metadata.upload_meta()).await;
+        let (record, _) = self.upload_ended(started, committed)?;
+        self.metrics.tus_event("finished");
+        let (index, layout, r, parts) = (self.index.clone(), self.layout.clone(), row.clone(), parts.to_vec());
         blocking(move || {
             index.create_upload(&r)?;
             for part in &parts {
@@ -592,6 +512,7 @@ impl Node {
         let (_state, _) = take(&slot).await?;
         self.remove_upload(&row.id).await?;
         self.tus.forget(id);
+        self.metrics.tus_event("terminated");
         Ok(())
     }
 
@@ -621,6 +542,7 @@ impl Node {
             };
             self.remove_upload(&id).await?;
             self.tus.forget(&id);
+            self.metrics.tus_event("expired");
             removed += 1;
         }
         Ok(removed)

@@ -45,10 +45,7 @@ pub struct MemoryBudget {
 
 impl MemoryBudget {
     pub fn new(cap: usize) -> Arc<Self> {
-        Arc::new(MemoryBudget {
-            used: AtomicUsize::new(0),
-            cap,
-        })
+        Arc::new(MemoryBudget { used: AtomicUsize::new(0), cap })
     }
 
     /// Bytes currently held by in-memory spools.
@@ -155,39 +152,23 @@ pub struct Expected {
 impl Expected {
     /// Reads `Content-Digest` / `Repr-Digest` (RFC 9530) and `X-Blake3`.
     /// Algorithms we do not know are ignored, as the RFC allows.
-    pub fn with_digests(
-        mut self,
-        digest_fields: &[&str],
-        x_blake3: Option<&str>,
-    ) -> Result<Expected> {
+    pub fn with_digests(mut self, digest_fields: &[&str], x_blake3: Option<&str>) -> Result<Expected> {
         for field in digest_fields {
             for member in field.split(',') {
                 let Some((name, value)) = member.trim().split_once('=') else {
-                    return Err(Error::BadRequest(format!(
-                        "malformed digest field member `{member}`"
-                    )));
+                    return Err(Error::BadRequest(format!("malformed digest field member `{member}`")));
                 };
                 let Some(algorithm) = Algorithm::from_http(name.trim()) else {
                     continue;
                 };
-                let b64 = value
-                    .trim()
-                    .strip_prefix(':')
-                    .and_then(|v| v.strip_suffix(':'))
-                    .ok_or_else(|| {
-                        Error::BadRequest(format!(
-                            "the {name} digest must be a byte sequence (:base64:)"
-                        ))
-                    })?;
+                let b64 = value.trim().strip_prefix(':').and_then(|v| v.strip_suffix(':')).ok_or_else(|| {
+                    Error::BadRequest(format!("the {name} digest must be a byte sequence (:base64:)"))
+                })?;
                 let value = base64::engine::general_purpose::STANDARD
                     .decode(b64)
-                    .map_err(|_| {
-                        Error::BadRequest(format!("the {name} digest is not valid base64"))
-                    })?;
+                    .map_err(|_| Error::BadRequest(format!("the {name} digest is not valid base64")))?;
                 if value.len() != algorithm.hasher().output_size() {
-                    return Err(Error::BadRequest(format!(
-                        "the {name} digest has the wrong length"
-                    )));
+                    return Err(Error::BadRequest(format!("the {name} digest has the wrong length")));
                 }
                 self.digests.push(Digest { algorithm, value });
             }
@@ -216,10 +197,7 @@ impl Hashing {
     /// Continues `blake3` (a fresh hasher, or the state of a resumed upload)
     /// and starts the given extra digests.
     pub fn new(blake3: blake3::Hasher, algorithms: &[Algorithm]) -> Hashing {
-        Hashing {
-            blake3,
-            extra: algorithms.iter().map(|a| (*a, a.hasher())).collect(),
-        }
+        Hashing { blake3, extra: algorithms.iter().map(|a| (*a, a.hasher())).collect() }
     }
 
     fn update(&mut self, data: &[u8]) {
@@ -232,11 +210,7 @@ impl Hashing {
     /// Checks each expected digest against what arrived.
     pub fn verify(&mut self, expected: &[Digest]) -> Result<()> {
         for want in expected {
-            let got = self
-                .extra
-                .iter_mut()
-                .find(|(a, _)| *a == want.algorithm)
-                .map(|(_, h)| h.finalize_reset());
+            let got = self.extra.iter_mut().find(|(a, _)| *a == want.algorithm).map(|(_, h)| h.finalize_reset());
             if got.as_deref() != Some(&want.value[..]) {
                 return Err(Error::DigestMismatch(format!(
                     "the body's {} does not match the digest sent",
@@ -260,32 +234,28 @@ pub struct Spooled {
 /// on every read and a cap on the total.
 pub struct ChunkReader<R> {
     body: R,
+    /// Counts every byte received (`spillway_upload_bytes_total`).
+    counter: prometheus::IntCounter,
     stall_timeout: Duration,
     limit: u64,
     pub received: u64,
 }
 
 impl<R: AsyncRead + Unpin> ChunkReader<R> {
-    pub fn new(body: R, stall_timeout: Duration, limit: u64) -> Self {
-        ChunkReader {
-            body,
-            stall_timeout,
-            limit,
-            received: 0,
-        }
+    pub fn new(body: R, stall_timeout: Duration, limit: u64, counter: prometheus::IntCounter) -> Self {
+        ChunkReader { body, counter, stall_timeout, limit, received: 0 }
     }
 
     /// Fills `buf` up to a chunk; `None` at the end of the body.
     pub async fn next_chunk(&mut self, mut buf: Vec<u8>) -> Result<Option<Vec<u8>>> {
         loop {
-            let n = match tokio::time::timeout(self.stall_timeout, self.body.read_buf(&mut buf))
-                .await
-            {
+            let n = match tokio::time::timeout(self.stall_timeout, self.body.read_buf(&mut buf)).await {
                 Err(_) => return Err(Error::Stalled(self.stall_timeout.as_secs())),
                 Ok(Err(e)) => return Err(Error::Disconnected(e.to_string())),
                 Ok(Ok(n)) => n,
             };
             self.received += n as u64;
+            self.counter.inc_by(n as u64);
             if self.received > self.limit {
                 return Err(Error::TooLarge { limit: self.limit });
             }
@@ -308,29 +278,20 @@ pub struct Spooler {
     pub max_size: u64,
     pub stall_timeout: Duration,
     pub disk_reserve: u64,
+    pub received_bytes: prometheus::IntCounter,
 }
 
 enum Sink {
-    Memory {
-        chunks: Vec<Vec<u8>>,
-        len: usize,
-        reservation: Reservation,
-    },
+    Memory { chunks: Vec<Vec<u8>>, len: usize, reservation: Reservation },
     Disk(Writer<NamedTempFile>),
 }
 
 impl Spooler {
     /// Streams `body` to a verified temp file. On any error nothing is left.
-    pub async fn spool<R: AsyncRead + Unpin>(
-        &self,
-        body: R,
-        expected: &Expected,
-    ) -> Result<Spooled> {
+    pub async fn spool<R: AsyncRead + Unpin>(&self, body: R, expected: &Expected) -> Result<Spooled> {
         if let Some(length) = expected.length {
             if length > self.max_size {
-                return Err(Error::TooLarge {
-                    limit: self.max_size,
-                });
+                return Err(Error::TooLarge { limit: self.max_size });
             }
             self.check_space(&self.layout.staging, length)?;
             if length > self.spool_memory as u64 {
@@ -339,20 +300,15 @@ impl Spooler {
         }
         let algorithms = expected.algorithms();
         let mut sink = match expected.length {
-            Some(length) if length > self.spool_memory as u64 => {
-                Sink::Disk(self.spill_writer(&algorithms)?)
-            }
+            Some(length) if length > self.spool_memory as u64 => Sink::Disk(self.spill_writer(&algorithms)?),
             _ => Sink::Memory {
                 chunks: Vec::new(),
                 len: 0,
-                reservation: Reservation {
-                    budget: self.budget.clone(),
-                    bytes: 0,
-                },
+                reservation: Reservation { budget: self.budget.clone(), bytes: 0 },
             },
         };
 
-        let mut body = ChunkReader::new(body, self.stall_timeout, self.max_size);
+        let mut body = ChunkReader::new(body, self.stall_timeout, self.max_size, self.received_bytes.clone());
         let mut next_space_check = SPACE_CHECK_EVERY;
         while let Some(chunk) = body.next_chunk(sink.buffer()).await? {
             sink = self.push(sink, chunk, &algorithms).await?;
@@ -366,23 +322,15 @@ impl Spooler {
         let received = body.received;
         if let Some(length) = expected.length {
             if received != length {
-                return Err(Error::Truncated {
-                    received,
-                    expected: length,
-                });
+                return Err(Error::Truncated { received, expected: length });
             }
         }
 
         let writer = match sink {
             Sink::Disk(writer) => writer,
-            Sink::Memory {
-                chunks,
-                reservation,
-                ..
-            } => {
+            Sink::Memory { chunks, reservation, .. } => {
                 let file = self.layout.new_staging_file()?;
-                let mut writer =
-                    Writer::start(file, Hashing::new(blake3::Hasher::new(), &algorithms));
+                let mut writer = Writer::start(file, Hashing::new(blake3::Hasher::new(), &algorithms));
                 for chunk in chunks {
                     writer.send(chunk).await?;
                 }
@@ -395,23 +343,14 @@ impl Spooler {
         written.hashing.verify(&expected.digests)?;
         let blake3 = written.hashing.blake3.finalize();
         if expected.blake3.is_some_and(|d| d != blake3) {
-            return Err(Error::DigestMismatch(
-                "the body's blake3 does not match X-Blake3".into(),
-            ));
+            return Err(Error::DigestMismatch("the body's blake3 does not match X-Blake3".into()));
         }
-        Ok(Spooled {
-            file: written.target,
-            size: written.size,
-            blake3,
-        })
+        Ok(Spooled { file: written.target, size: written.size, blake3 })
     }
 
     fn spill_writer(&self, algorithms: &[Algorithm]) -> Result<Writer<NamedTempFile>> {
         let file = self.layout.new_spool_file()?;
-        Ok(Writer::start(
-            file,
-            Hashing::new(blake3::Hasher::new(), algorithms),
-        ))
+        Ok(Writer::start(file, Hashing::new(blake3::Hasher::new(), algorithms)))
     }
 
     async fn push(&self, sink: Sink, chunk: Vec<u8>, algorithms: &[Algorithm]) -> Result<Sink> {
@@ -420,19 +359,11 @@ impl Spooler {
                 writer.send(chunk).await?;
                 Ok(Sink::Disk(writer))
             }
-            Sink::Memory {
-                mut chunks,
-                len,
-                mut reservation,
-            } => {
+            Sink::Memory { mut chunks, len, mut reservation } => {
                 let grown = len + chunk.len();
                 if grown <= self.spool_memory && reservation.grow(chunk.len()) {
                     chunks.push(chunk);
-                    return Ok(Sink::Memory {
-                        chunks,
-                        len: grown,
-                        reservation,
-                    });
+                    return Ok(Sink::Memory { chunks, len: grown, reservation });
                 }
                 // Spill: past the per-upload cap, or the global budget is spent.
                 self.check_space(&self.layout.spool, grown as u64)?;
@@ -542,12 +473,7 @@ impl<T: Target> Writer<T> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (spent_tx, spent) = mpsc::channel(QUEUE + 2);
         let handle = tokio::task::spawn_blocking(move || write_loop(target, hashing, rx, spent_tx));
-        Writer {
-            tx,
-            spent,
-            handle,
-            dir,
-        }
+        Writer { tx, spent, handle, dir }
     }
 
     /// An empty buffer for the next chunk, recycled when one is free.
@@ -607,20 +533,11 @@ fn write_loop<T: Target>(
             }
             Some(Msg::Done) => break,
             // Abandoned: dropping a temp file target deletes it.
-            None => {
-                return Err(io::Error::new(
-                    io::ErrorKind::Interrupted,
-                    "upload abandoned",
-                ))
-            }
+            None => return Err(io::Error::new(io::ErrorKind::Interrupted, "upload abandoned")),
         }
     }
     target.sync()?;
-    Ok(Written {
-        target,
-        size,
-        hashing,
-    })
+    Ok(Written { target, size, hashing })
 }
 
 #[cfg(test)]
@@ -630,15 +547,9 @@ mod tests {
     #[test]
     fn budget_caps_and_releases() {
         let budget = MemoryBudget::new(100);
-        let mut a = Reservation {
-            budget: budget.clone(),
-            bytes: 0,
-        };
+        let mut a = Reservation { budget: budget.clone(), bytes: 0 };
         assert!(a.grow(60));
-        let mut b = Reservation {
-            budget: budget.clone(),
-            bytes: 0,
-        };
+        let mut b = Reservation { budget: budget.clone(), bytes: 0 };
         assert!(!b.grow(60));
         assert!(b.grow(40));
         assert_eq!(budget.used(), 100);
@@ -651,16 +562,11 @@ mod tests {
     #[test]
     fn digest_fields_parse() {
         let e = Expected::default()
-            .with_digests(
-                &["sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:, md5=:xx:"],
-                None,
-            )
+            .with_digests(&["sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:, md5=:xx:"], None)
             .unwrap();
         assert_eq!(e.digests.len(), 1);
         assert_eq!(e.digests[0].algorithm, Algorithm::Sha256);
-        assert!(Expected::default()
-            .with_digests(&["sha-256=abc"], None)
-            .is_err());
+        assert!(Expected::default().with_digests(&["sha-256=abc"], None).is_err());
         assert!(Expected::default().with_digests(&[], Some("zz")).is_err());
     }
 }

@@ -16,18 +16,11 @@ use serde_json::{json, Value};
 const MIB: usize = 1024 * 1024;
 
 /// Everything but unreserved characters, escaped in a path segment.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// A key as a URL path below `/data/` or `/datasets/`.
 fn key_path(key: &str) -> String {
-    key.split('/')
-        .map(|s| utf8_percent_encode(s, SEGMENT).to_string())
-        .collect::<Vec<_>>()
-        .join("/")
+    key.split('/').map(|s| utf8_percent_encode(s, SEGMENT).to_string()).collect::<Vec<_>>().join("/")
 }
 
 fn query_value(v: &str) -> String {
@@ -39,21 +32,12 @@ fn b3(bytes: &[u8]) -> String {
 }
 
 async fn put(node: &TestNode, key: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
-    node.client
-        .put(node.url(&format!("/data/{}", key_path(key))))
-        .body(body)
-        .send()
-        .await
-        .unwrap()
+    node.client.put(node.url(&format!("/data/{}", key_path(key)))).body(body).send().await.unwrap()
 }
 
 async fn put_ok(node: &TestNode, key: &str, body: &[u8]) -> Value {
     let resp = put(node, key, body.to_vec()).await;
-    assert!(
-        resp.status() == 201 || resp.status() == 200,
-        "PUT {key}: {}",
-        resp.status()
-    );
+    assert!(resp.status() == 201 || resp.status() == 200, "PUT {key}: {}", resp.status());
     resp.json().await.unwrap()
 }
 
@@ -70,17 +54,10 @@ async fn record_ok(node: &TestNode, key: &str) -> Value {
 /// Asserts an RFC 9457 problem with this status and code; returns it.
 async fn problem(resp: reqwest::Response, status: u16, code: &str, what: &str) -> Value {
     let got = resp.status().as_u16();
-    let ct = resp
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
+    let ct = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
     let text = resp.text().await.unwrap();
     assert_eq!(got, status, "{what}: {text}");
-    assert!(
-        ct.starts_with("application/problem+json"),
-        "{what}: content type {ct:?}: {text}"
-    );
+    assert!(ct.starts_with("application/problem+json"), "{what}: content type {ct:?}: {text}");
     let p: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(p["status"], status, "{what}: {p}");
     assert_eq!(p["code"], code, "{what}: {p}");
@@ -93,20 +70,13 @@ async fn problem(resp: reqwest::Response, status: u16, code: &str, what: &str) -
 /// A 400 problem of any (kebab-case) code.
 async fn bad_request(resp: reqwest::Response, what: &str) -> Value {
     let got = resp.status().as_u16();
-    let ct = resp
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
+    let ct = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
     let text = resp.text().await.unwrap();
     assert_eq!(got, 400, "{what}: {text}");
     assert!(ct.starts_with("application/problem+json"), "{what}: {ct:?}");
     let p: Value = serde_json::from_str(&text).unwrap();
     let code = p["code"].as_str().unwrap_or_default();
-    assert!(
-        !code.is_empty() && code.chars().all(|c| c.is_ascii_lowercase() || c == '-'),
-        "{what}: code {code:?}"
-    );
+    assert!(!code.is_empty() && code.chars().all(|c| c.is_ascii_lowercase() || c == '-'), "{what}: code {code:?}");
     p
 }
 
@@ -119,9 +89,7 @@ fn keys_of(list: &Value) -> Vec<String> {
 }
 
 fn assert_timestamp(v: &Value, what: &str) -> time::OffsetDateTime {
-    let s = v
-        .as_str()
-        .unwrap_or_else(|| panic!("{what}: {v} is not a string"));
+    let s = v.as_str().unwrap_or_else(|| panic!("{what}: {v} is not a string"));
     assert!(s.ends_with('Z'), "{what}: {s} is not UTC");
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|e| panic!("{what}: {s} is not RFC 3339: {e}"));
@@ -133,19 +101,9 @@ fn assert_timestamp(v: &Value, what: &str) -> time::OffsetDateTime {
 /// The record shape of API.md, field by field and nothing else.
 fn assert_record(r: &Value, key: &str, body: &[u8], content_type: &str) {
     let fields: BTreeSet<&str> = r.as_object().unwrap().keys().map(|k| k.as_str()).collect();
-    let expected: BTreeSet<&str> = [
-        "name",
-        "path",
-        "key",
-        "size",
-        "blake3",
-        "content_type",
-        "created_at",
-        "updated_at",
-        "description",
-        "tags",
-    ]
-    .into();
+    let expected: BTreeSet<&str> =
+        ["name", "path", "key", "size", "blake3", "content_type", "created_at", "updated_at", "description", "tags"]
+            .into();
     assert_eq!(fields, expected, "record fields: {r}");
     assert_eq!(r["key"], key);
     assert_eq!(r["path"], format!("/data/{key}"));
@@ -210,18 +168,9 @@ async fn name_defaults_to_the_last_segment_or_the_query() {
     assert_eq!(resp.status(), 201);
     let r: Value = resp.json().await.unwrap();
     assert_eq!(r["name"], "Q2 été & more");
-    assert_eq!(
-        record_ok(&node, "sales/2024/q2.csv").await["name"],
-        "Q2 été & more"
-    );
+    assert_eq!(record_ok(&node, "sales/2024/q2.csv").await["name"], "Q2 été & more");
 
-    let resp = node
-        .client
-        .put(node.url("/data/Employees?name=Employees"))
-        .body("e")
-        .send()
-        .await
-        .unwrap();
+    let resp = node.client.put(node.url("/data/Employees?name=Employees")).body("e").send().await.unwrap();
     assert_eq!(resp.status(), 201);
     assert_eq!(resp.json::<Value>().await.unwrap()["name"], "Employees");
 
@@ -240,17 +189,8 @@ async fn name_defaults_to_the_last_segment_or_the_query() {
 async fn get_record_200_and_404() {
     let node = TestNode::start();
     put_ok(&node, "dir/file.txt", b"x").await;
-    assert_eq!(
-        record_ok(&node, "dir/file.txt").await["key"],
-        "dir/file.txt"
-    );
-    for missing in [
-        "nope",
-        "dir",
-        "dir/file.tx",
-        "dir/file.txt/more",
-        "DIR/file.txt",
-    ] {
+    assert_eq!(record_ok(&node, "dir/file.txt").await["key"], "dir/file.txt");
+    for missing in ["nope", "dir", "dir/file.tx", "dir/file.txt/more", "DIR/file.txt"] {
         let resp = record(&node, missing).await;
         problem(resp, 404, "not-found", &format!("GET /datasets/{missing}")).await;
     }
@@ -265,24 +205,8 @@ async fn listing_is_ordered_bytewise() {
     let node = TestNode::start();
     // Tell bytewise order from path-component order (`x/1` vs `x-1`),
     // case-insensitive order (`Z` vs `a`) and UTF-16 order (U+FFFD vs U+1F600).
-    let keys = [
-        "é",
-        "x0",
-        "Z",
-        "x/1",
-        "a",
-        "\u{1F600}",
-        "x-1",
-        "B",
-        "~",
-        "\u{FFFD}",
-        "aa",
-        "x/1a",
-        "Zz",
-        "0",
-        "x/0",
-        "ñ",
-    ];
+    let keys =
+        ["é", "x0", "Z", "x/1", "a", "\u{1F600}", "x-1", "B", "~", "\u{FFFD}", "aa", "x/1a", "Zz", "0", "x/0", "ñ"];
     for k in keys {
         put_ok(&node, k, k.as_bytes()).await;
     }
@@ -300,14 +224,9 @@ async fn listing_is_ordered_bytewise() {
 /// The `rel="next"` target of a `Link` header, if any.
 fn next_link(resp: &reqwest::Response) -> Option<String> {
     let link = resp.headers().get("link")?.to_str().unwrap().to_string();
-    let (target, params) = link
-        .strip_prefix('<')
-        .and_then(|l| l.split_once('>'))
-        .unwrap_or_else(|| panic!("malformed Link: {link}"));
-    assert!(
-        params.contains("rel=\"next\""),
-        "Link without rel=next: {link}"
-    );
+    let (target, params) =
+        link.strip_prefix('<').and_then(|l| l.split_once('>')).unwrap_or_else(|| panic!("malformed Link: {link}"));
+    assert!(params.contains("rel=\"next\""), "Link without rel=next: {link}");
     assert!(target.starts_with("/datasets?"), "Link target: {target}");
     Some(target.to_string())
 }
@@ -384,21 +303,13 @@ async fn pagination_follows_link_until_done() {
 
     // Paging within a prefix keeps the prefix.
     let (keys, sizes) = walk_pages(&node, "/datasets?prefix=k%2F&limit=2", 2).await;
-    let expected: Vec<String> = all
-        .iter()
-        .filter(|k| k.starts_with("k/"))
-        .cloned()
-        .collect();
+    let expected: Vec<String> = all.iter().filter(|k| k.starts_with("k/")).cloned().collect();
     assert_eq!(keys, expected, "pages: {sizes:?}");
 
     // `after` on its own: strictly after, in order.
     let url = format!("/datasets?after={}", query_value("a+b"));
     let after = keys_of(&node.json(&url).await);
-    let expected: Vec<String> = all
-        .iter()
-        .filter(|k| k.as_bytes() > "a+b".as_bytes())
-        .cloned()
-        .collect();
+    let expected: Vec<String> = all.iter().filter(|k| k.as_bytes() > "a+b".as_bytes()).cloned().collect();
     assert_eq!(after, expected);
 }
 
@@ -425,28 +336,12 @@ async fn prefix_filters_by_bytes_not_segments() {
         async move { keys_of(&node.json(&url).await) }
     };
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-    assert_eq!(
-        list("sales/202").await,
-        s(&[
-            "sales/2023/q4.csv",
-            "sales/2024/q1.csv",
-            "sales/2024/q2.csv"
-        ])
-    );
-    assert_eq!(
-        list("sales/2024/").await,
-        s(&["sales/2024/q1.csv", "sales/2024/q2.csv"])
-    );
+    assert_eq!(list("sales/202").await, s(&["sales/2023/q4.csv", "sales/2024/q1.csv", "sales/2024/q2.csv"]));
+    assert_eq!(list("sales/2024/").await, s(&["sales/2024/q1.csv", "sales/2024/q2.csv"]));
     assert_eq!(list("sales/2024/q1").await, s(&["sales/2024/q1.csv"]));
     assert_eq!(
         list("sales").await,
-        s(&[
-            "sales-old.csv",
-            "sales/2023/q4.csv",
-            "sales/2024/q1.csv",
-            "sales/2024/q2.csv",
-            "salesman"
-        ])
+        s(&["sales-old.csv", "sales/2023/q4.csv", "sales/2024/q1.csv", "sales/2024/q2.csv", "salesman"])
     );
     assert_eq!(list("sales/").await.len(), 3);
     assert_eq!(list("sal").await.len(), 6);
@@ -455,18 +350,10 @@ async fn prefix_filters_by_bytes_not_segments() {
     assert_eq!(list("zzz").await, Vec::<String>::new());
     assert_eq!(list("").await.len(), keys.len());
     // A prefix and an `after` together.
-    let url = format!(
-        "/datasets?prefix=sal&after={}",
-        query_value("sales-old.csv")
-    );
+    let url = format!("/datasets?prefix=sal&after={}", query_value("sales-old.csv"));
     assert_eq!(
         keys_of(&node.json(&url).await),
-        s(&[
-            "sales/2023/q4.csv",
-            "sales/2024/q1.csv",
-            "sales/2024/q2.csv",
-            "salesman"
-        ])
+        s(&["sales/2023/q4.csv", "sales/2024/q1.csv", "sales/2024/q2.csv", "salesman"])
     );
 }
 
@@ -522,17 +409,9 @@ async fn patch_merges_metadata() {
     let resp = patch(&node, "m/data.csv", r#"{"name":"Data"}"#).await;
     assert_eq!(resp.status(), 200);
     let r: Value = resp.json().await.unwrap();
-    assert_eq!(
-        (&r["name"], &r["description"], &r["tags"]),
-        (&json!("Data"), &Value::Null, &json!([]))
-    );
+    assert_eq!((&r["name"], &r["description"], &r["tags"]), (&json!("Data"), &Value::Null, &json!([])));
 
-    let resp = patch(
-        &node,
-        "m/data.csv",
-        r#"{"description":"Quarterly — ünïcode"}"#,
-    )
-    .await;
+    let resp = patch(&node, "m/data.csv", r#"{"description":"Quarterly — ünïcode"}"#).await;
     assert_eq!(resp.status(), 200);
     let r: Value = resp.json().await.unwrap();
     assert_eq!(r["name"], "Data", "name kept");
@@ -546,38 +425,19 @@ async fn patch_merges_metadata() {
     assert_eq!(r["tags"], json!(["finance", "2024"]));
 
     // Everything at once, and an empty patch that changes nothing.
-    let resp = patch(
-        &node,
-        "m/data.csv",
-        r#"{"name":"D2","description":"d2","tags":["x"]}"#,
-    )
-    .await;
+    let resp = patch(&node, "m/data.csv", r#"{"name":"D2","description":"d2","tags":["x"]}"#).await;
     assert_eq!(resp.status(), 200);
     let resp = patch(&node, "m/data.csv", "{}").await;
     assert_eq!(resp.status(), 200);
     let r: Value = resp.json().await.unwrap();
-    assert_eq!(
-        (&r["name"], &r["description"], &r["tags"]),
-        (&json!("D2"), &json!("d2"), &json!(["x"]))
-    );
+    assert_eq!((&r["name"], &r["description"], &r["tags"]), (&json!("D2"), &json!("d2"), &json!(["x"])));
     // Tags can be emptied.
-    let r: Value = patch(&node, "m/data.csv", r#"{"tags":[]}"#)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let r: Value = patch(&node, "m/data.csv", r#"{"tags":[]}"#).await.json().await.unwrap();
     assert_eq!(r["tags"], json!([]));
     assert_eq!(r["name"], "D2");
 
     // The bytes' fields never change; the record is what GET and the list say.
-    for field in [
-        "key",
-        "path",
-        "size",
-        "blake3",
-        "content_type",
-        "created_at",
-    ] {
+    for field in ["key", "path", "size", "blake3", "content_type", "created_at"] {
         assert_eq!(r[field], original[field], "{field}");
     }
     assert_record(&r, "m/data.csv", b"a,b\n", "application/octet-stream");
@@ -592,10 +452,7 @@ async fn patch_rejects_bad_bodies() {
     let before = record_ok(&node, "p.csv").await;
 
     let cases = [
-        (
-            r#"{"name":"x","colour":"red"}"#.to_string(),
-            "unknown field",
-        ),
+        (r#"{"name":"x","colour":"red"}"#.to_string(), "unknown field"),
         (r#"{"name":"x""#.to_string(), "truncated JSON"),
         ("not json".to_string(), "not JSON"),
         (r#"{"tags":"not-a-list"}"#.to_string(), "wrong type"),
@@ -614,11 +471,7 @@ async fn patch_rejects_bad_bodies() {
     let resp = patch(&node, "p.csv", big).await;
     problem(resp, 413, "too-large", "70 KiB PATCH").await;
 
-    assert_eq!(
-        record_ok(&node, "p.csv").await,
-        before,
-        "a refused PATCH changed the record"
-    );
+    assert_eq!(record_ok(&node, "p.csv").await, before, "a refused PATCH changed the record");
 
     let resp = patch(&node, "missing.csv", r#"{"name":"x"}"#).await;
     problem(resp, 404, "not-found", "PATCH of a missing key").await;
@@ -654,12 +507,7 @@ async fn acknowledge_records_metadata_and_checks_the_digest() {
     assert_eq!(r["description"], "uploaded by a signed URL");
     assert_eq!(r["tags"], json!(["a"]));
 
-    let resp = acknowledge(
-        &node,
-        "ack/data.bin",
-        json!({"blake3": b3(&body), "tags": ["b"]}),
-    )
-    .await;
+    let resp = acknowledge(&node, "ack/data.bin", json!({"blake3": b3(&body), "tags": ["b"]})).await;
     assert_eq!(resp.status(), 200);
     let r: Value = resp.json().await.unwrap();
     assert_eq!(r["tags"], json!(["b"]));
@@ -668,12 +516,7 @@ async fn acknowledge_records_metadata_and_checks_the_digest() {
     assert_eq!(resp.status(), 200);
 
     // A wrong digest: 409, and the metadata of that request is not recorded.
-    let resp = acknowledge(
-        &node,
-        "ack/data.bin",
-        json!({"blake3": b3(b"other bytes"), "name": "Wrong"}),
-    )
-    .await;
+    let resp = acknowledge(&node, "ack/data.bin", json!({"blake3": b3(b"other bytes"), "name": "Wrong"})).await;
     problem(resp, 409, "digest-mismatch", "wrong blake3").await;
     assert_eq!(record_ok(&node, "ack/data.bin").await["name"], "Data");
 
@@ -694,47 +537,19 @@ async fn delete_removes_bytes_and_record() {
     let file = node.datasets_dir().join("del").join("me.csv");
     assert!(file.is_file());
 
-    let resp = node
-        .client
-        .delete(node.url("/datasets/del/me.csv"))
-        .send()
-        .await
-        .unwrap();
+    let resp = node.client.delete(node.url("/datasets/del/me.csv")).send().await.unwrap();
     assert_eq!(resp.status(), 204);
     assert!(resp.bytes().await.unwrap().is_empty(), "a 204 with a body");
 
-    problem(
-        record(&node, "del/me.csv").await,
-        404,
-        "not-found",
-        "GET record after DELETE",
-    )
-    .await;
-    problem(
-        node.get("/data/del/me.csv").await,
-        404,
-        "not-found",
-        "GET data after DELETE",
-    )
-    .await;
+    problem(record(&node, "del/me.csv").await, 404, "not-found", "GET record after DELETE").await;
+    problem(node.get("/data/del/me.csv").await, 404, "not-found", "GET data after DELETE").await;
     assert!(!file.exists(), "the file is still on disk");
-    assert!(
-        !node.datasets_dir().join("del").exists(),
-        "the empty folder is still on disk"
-    );
+    assert!(!node.datasets_dir().join("del").exists(), "the empty folder is still on disk");
     assert_eq!(keys_of(&node.json("/datasets").await), ["keep.csv"]);
 
-    let resp = node
-        .client
-        .delete(node.url("/datasets/del/me.csv"))
-        .send()
-        .await
-        .unwrap();
+    let resp = node.client.delete(node.url("/datasets/del/me.csv")).send().await.unwrap();
     problem(resp, 404, "not-found", "second DELETE").await;
-    assert_eq!(
-        node.get("/data/keep.csv").await.bytes().await.unwrap(),
-        &b"stay"[..]
-    );
+    assert_eq!(node.get("/data/keep.csv").await.bytes().await.unwrap(), &b"stay"[..]);
 }
 
 // ---------------------------------------------------------------------------
@@ -751,28 +566,15 @@ struct Part<'a> {
 }
 
 fn field<'a>(name: &'a str, value: &'a str) -> Part<'a> {
-    Part {
-        name,
-        filename: None,
-        content_type: None,
-        data: value.as_bytes(),
-    }
+    Part { name, filename: None, content_type: None, data: value.as_bytes() }
 }
 
 fn file_part<'a>(filename: &'a str, data: &'a [u8]) -> Part<'a> {
-    Part {
-        name: "file",
-        filename: Some(filename),
-        content_type: Some("text/csv"),
-        data,
-    }
+    Part { name: "file", filename: Some(filename), content_type: Some("text/csv"), data }
 }
 
 fn part_head(p: &Part<'_>) -> Vec<u8> {
-    let mut head = format!(
-        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{}\"",
-        p.name
-    );
+    let mut head = format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{}\"", p.name);
     if let Some(f) = p.filename {
         head.push_str(&format!("; filename=\"{f}\""));
     }
@@ -799,11 +601,7 @@ fn form_type() -> String {
     format!("multipart/form-data; boundary={BOUNDARY}")
 }
 
-async fn post_form(
-    node: &TestNode,
-    content_type: Option<&str>,
-    body: impl Into<reqwest::Body>,
-) -> reqwest::Response {
+async fn post_form(node: &TestNode, content_type: Option<&str>, body: impl Into<reqwest::Body>) -> reqwest::Response {
     let mut req = node.client.post(node.url("/datasets"));
     if let Some(ct) = content_type {
         req = req.header("Content-Type", ct);
@@ -837,48 +635,25 @@ async fn multipart_upload_with_all_fields() {
     assert_eq!(record_ok(&node, "reports/2024/report.csv").await, r);
 
     // Fields after the file part count as well; a second POST replaces (200).
-    let body = form(&[
-        file_part("report.csv", b"v2"),
-        field("key", "reports/2024/report.csv"),
-    ]);
+    let body = form(&[file_part("report.csv", b"v2"), field("key", "reports/2024/report.csv")]);
     let resp = post_form(&node, Some(&form_type()), body).await;
     assert_eq!(resp.status(), 200);
-    assert_eq!(
-        node.get("/data/reports/2024/report.csv")
-            .await
-            .bytes()
-            .await
-            .unwrap(),
-        &b"v2"[..]
-    );
+    assert_eq!(node.get("/data/reports/2024/report.csv").await.bytes().await.unwrap(), &b"v2"[..]);
 }
 
 #[tokio::test]
 async fn multipart_key_defaults_to_the_file_name() {
     let node = TestNode::start();
     let data = b"a,b\n1,2\n";
-    let resp = post_form(
-        &node,
-        Some(&form_type()),
-        form(&[file_part("report.csv", data)]),
-    )
-    .await;
+    let resp = post_form(&node, Some(&form_type()), form(&[file_part("report.csv", data)])).await;
     assert_eq!(resp.status(), 201);
     assert_eq!(resp.headers()["location"], "/data/report.csv");
     let r: Value = resp.json().await.unwrap();
     assert_record(&r, "report.csv", data, "text/csv");
     assert_eq!(r["name"], "report.csv");
-    assert_eq!(
-        node.get("/data/report.csv").await.bytes().await.unwrap(),
-        &data[..]
-    );
+    assert_eq!(node.get("/data/report.csv").await.bytes().await.unwrap(), &data[..]);
     // An empty key field also falls back to the file name.
-    let resp = post_form(
-        &node,
-        Some(&form_type()),
-        form(&[field("key", ""), file_part("second.csv", data)]),
-    )
-    .await;
+    let resp = post_form(&node, Some(&form_type()), form(&[field("key", ""), file_part("second.csv", data)])).await;
     assert_eq!(resp.status(), 201);
     assert_eq!(resp.json::<Value>().await.unwrap()["key"], "second.csv");
 }
@@ -944,49 +719,24 @@ async fn multipart_errors_are_400_never_500() {
     let mut truncated = part_head(&file_part("t.csv", b""));
     truncated.extend_from_slice(b"half of a file and then nothing");
     let other_boundary = form(&[file_part("o.csv", b"o")]);
-    let no_disposition =
-        format!("--{BOUNDARY}\r\nContent-Type: text/csv\r\n\r\nx\r\n--{BOUNDARY}--\r\n");
+    let no_disposition = format!("--{BOUNDARY}\r\nContent-Type: text/csv\r\n\r\nx\r\n--{BOUNDARY}--\r\n");
     let good = form(&[file_part("g.csv", b"g")]);
 
     let cases: Vec<(Option<String>, Vec<u8>, &str)> = vec![
         (Some(ft.clone()), no_file, "no file part"),
         (Some(ft.clone()), two_files, "two file parts"),
-        (
-            Some(ft.clone()),
-            truncated,
-            "truncated: no closing boundary",
-        ),
+        (Some(ft.clone()), truncated, "truncated: no closing boundary"),
         (
             Some("multipart/form-data; boundary=not-the-one-in-the-body".into()),
             other_boundary,
             "boundary differs from the body's",
         ),
-        (
-            Some(ft.clone()),
-            no_disposition.into_bytes(),
-            "part without Content-Disposition",
-        ),
-        (
-            Some(ft.clone()),
-            b"this is not multipart at all".to_vec(),
-            "garbage body",
-        ),
+        (Some(ft.clone()), no_disposition.into_bytes(), "part without Content-Disposition"),
+        (Some(ft.clone()), b"this is not multipart at all".to_vec(), "garbage body"),
         (Some(ft.clone()), Vec::new(), "empty body"),
-        (
-            Some("multipart/form-data".into()),
-            good.clone(),
-            "no boundary parameter",
-        ),
-        (
-            Some(format!("multipart/mixed; boundary={BOUNDARY}")),
-            good.clone(),
-            "multipart/mixed",
-        ),
-        (
-            Some("application/json".into()),
-            br#"{"key":"x"}"#.to_vec(),
-            "JSON",
-        ),
+        (Some("multipart/form-data".into()), good.clone(), "no boundary parameter"),
+        (Some(format!("multipart/mixed; boundary={BOUNDARY}")), good.clone(), "multipart/mixed"),
+        (Some("application/json".into()), br#"{"key":"x"}"#.to_vec(), "JSON"),
         (Some("text/csv".into()), b"a,b\n".to_vec(), "a bare CSV"),
         (None, good, "no Content-Type"),
     ];
@@ -995,11 +745,7 @@ async fn multipart_errors_are_400_never_500() {
         assert!(resp.status().as_u16() < 500, "{what}: {}", resp.status());
         bad_request(resp, what).await;
     }
-    assert_eq!(
-        node.json("/datasets").await,
-        json!([]),
-        "a refused form stored something"
-    );
+    assert_eq!(node.json("/datasets").await, json!([]), "a refused form stored something");
     assert!(node.dataset_files().is_empty());
     assert!(node.wait_spool_empty(Duration::from_secs(5)).is_empty());
 }
@@ -1008,13 +754,7 @@ async fn multipart_errors_are_400_never_500() {
 // Conditional PUT
 // ---------------------------------------------------------------------------
 
-async fn put_if(
-    node: &TestNode,
-    key: &str,
-    header: &str,
-    value: &str,
-    body: &[u8],
-) -> reqwest::Response {
+async fn put_if(node: &TestNode, key: &str, header: &str, value: &str, body: &[u8]) -> reqwest::Response {
     node.client
         .put(node.url(&format!("/data/{}", key_path(key))))
         .header(header, value)
@@ -1038,13 +778,7 @@ async fn if_none_match_star_creates_only() {
     let before = record_ok(&node, "c/new.csv").await;
 
     let resp = put_if(&node, "c/new.csv", "If-None-Match", "*", b"second").await;
-    problem(
-        resp,
-        412,
-        "precondition-failed",
-        "If-None-Match: * on an existing key",
-    )
-    .await;
+    problem(resp, 412, "precondition-failed", "If-None-Match: * on an existing key").await;
     assert_eq!(content(&node, "c/new.csv").await, b"first");
     assert_eq!(record_ok(&node, "c/new.csv").await, before);
     // The current ETag listed: the same.
@@ -1063,21 +797,12 @@ async fn if_match_replaces_only_the_current_version() {
 
     let resp = put_if(&node, "c/doc.csv", "If-Match", &v1, b"v2").await;
     assert_eq!(resp.status(), 200);
-    assert_eq!(
-        resp.headers()["etag"],
-        format!("\"{}\"", b3(b"v2")).as_str()
-    );
+    assert_eq!(resp.headers()["etag"], format!("\"{}\"", b3(b"v2")).as_str());
     assert_eq!(content(&node, "c/doc.csv").await, b"v2");
 
     // v1 is stale now.
     let resp = put_if(&node, "c/doc.csv", "If-Match", &v1, b"v3").await;
-    problem(
-        resp,
-        412,
-        "precondition-failed",
-        "If-Match with a stale tag",
-    )
-    .await;
+    problem(resp, 412, "precondition-failed", "If-Match with a stale tag").await;
     assert_eq!(content(&node, "c/doc.csv").await, b"v2");
 
     let resp = put_if(&node, "c/doc.csv", "If-Match", "*", b"v4").await;
@@ -1086,13 +811,7 @@ async fn if_match_replaces_only_the_current_version() {
 
     for tag in [v1.as_str(), "*"] {
         let resp = put_if(&node, "c/missing.csv", "If-Match", tag, b"x").await;
-        problem(
-            resp,
-            412,
-            "precondition-failed",
-            &format!("If-Match: {tag} on a missing key"),
-        )
-        .await;
+        problem(resp, 412, "precondition-failed", &format!("If-Match: {tag} on a missing key")).await;
         assert_eq!(record(&node, "c/missing.csv").await.status(), 404);
     }
     assert!(!node.datasets_dir().join("c/missing.csv").exists());
@@ -1126,21 +845,12 @@ async fn replace_is_atomic_for_readers() {
                 let etag = resp.headers()["etag"].to_str().unwrap().to_string();
                 let bytes = resp.bytes().await.unwrap();
                 let got = b3(&bytes);
-                assert_eq!(
-                    etag,
-                    format!("\"{got}\""),
-                    "ETag does not describe the bytes sent"
-                );
+                assert_eq!(etag, format!("\"{got}\""), "ETag does not describe the bytes sent");
                 if got == ha {
                     assert!(bytes == a[..]);
                     seen.0 += 1;
                 } else {
-                    assert_eq!(
-                        got,
-                        hb,
-                        "a read that is neither version ({} bytes)",
-                        bytes.len()
-                    );
+                    assert_eq!(got, hb, "a read that is neither version ({} bytes)", bytes.len());
                     assert!(bytes == b[..]);
                     seen.1 += 1;
                 }

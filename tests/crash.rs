@@ -62,30 +62,16 @@ type Possible = BTreeSet<Option<String>>;
 
 #[test]
 fn kill9_during_uploads_loses_nothing_acknowledged() {
-    let seed = std::env::var("SPILLWAY_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
+    let seed = std::env::var("SPILLWAY_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+    });
     eprintln!("crash schedule seed: {seed} (replay with SPILLWAY_CRASH_SEED={seed})");
     let mut rng = Rng(seed);
 
     let mut node = TestNode::start_with(&[("SPILLWAY_SPOOL_MEMORY", "1MiB")]);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let keys: Vec<String> = (0..KEYS).map(key_name).collect();
-    let mut state: BTreeMap<String, Possible> = keys
-        .iter()
-        .map(|k| (k.clone(), BTreeSet::from([None])))
-        .collect();
+    let mut state: BTreeMap<String, Possible> = keys.iter().map(|k| (k.clone(), BTreeSet::from([None]))).collect();
 
     let started = Instant::now();
     let mut failures: Vec<String> = Vec::new();
@@ -103,12 +89,7 @@ fn kill9_during_uploads_loses_nothing_acknowledged() {
             let key = keys[pool.swap_remove(rng.below(pool.len() as u64) as usize)].clone();
             let size = MIB / 2 + rng.below((16 * MIB - MIB / 2) as u64) as usize;
             let body = generated(size, rng.next());
-            uploads.push(Upload {
-                key,
-                size,
-                blake3: b3(&body),
-                chunked: rng.below(2) == 0,
-            });
+            uploads.push(Upload { key, size, blake3: b3(&body), chunked: rng.below(2) == 0 });
             bodies.push(body);
         }
         let tasks: Vec<_> = uploads
@@ -123,9 +104,7 @@ fn kill9_during_uploads_loses_nothing_acknowledged() {
                     let req = if chunked {
                         let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
                             body.chunks(MIB).map(|c| Ok(c.to_vec())).collect();
-                        req.body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-                            pieces,
-                        )))
+                        req.body(reqwest::Body::wrap_stream(futures_util::stream::iter(pieces)))
                     } else {
                         req.body(body)
                     };
@@ -177,10 +156,9 @@ fn kill9_during_uploads_loses_nothing_acknowledged() {
                     }
                     *possible = BTreeSet::from([Some(u.blake3.clone())]);
                 }
-                Some((status, _, record)) => failures.push(format!(
-                    "round {round}: `{}` answered {status} {record} before the kill",
-                    u.key
-                )),
+                Some((status, _, record)) => {
+                    failures.push(format!("round {round}: `{}` answered {status} {record} before the kill", u.key))
+                }
                 None => {
                     possible.insert(Some(u.blake3.clone()));
                 }
@@ -197,11 +175,8 @@ fn kill9_during_uploads_loses_nothing_acknowledged() {
             let log_start = node.log().len();
             node.launch();
             let reads = rt.block_on(probe_reads(&node));
-            let reconcile: Vec<String> = node.log()[log_start..]
-                .lines()
-                .filter(|l| l.contains("reconcile"))
-                .map(str::to_owned)
-                .collect();
+            let reconcile: Vec<String> =
+                node.log()[log_start..].lines().filter(|l| l.contains("reconcile")).map(str::to_owned).collect();
             node.kill9();
             let in_flight: Vec<String> = uploads
                 .iter()
@@ -218,38 +193,29 @@ fn kill9_during_uploads_loses_nothing_acknowledged() {
             ));
             // Repair, so that later rounds test crashes, not this finding.
             let repair = node.cli(&["fsck", "--repair"]);
-            eprintln!(
-                "round {round}: fsck --repair exited {:?}: {}",
-                repair.code, repair.stdout
-            );
+            eprintln!("round {round}: fsck --repair exited {:?}: {}", repair.code, repair.stdout);
         }
         node.launch();
 
         // Every key holds a version it may hold; every listed dataset's bytes
         // hash to its record.
-        let listed: BTreeMap<String, serde_json::Value> = rt
-            .block_on(node.list_all())
-            .into_iter()
-            .map(|r| (r["key"].as_str().unwrap().to_string(), r))
-            .collect();
+        let listed: BTreeMap<String, serde_json::Value> =
+            rt.block_on(node.list_all()).into_iter().map(|r| (r["key"].as_str().unwrap().to_string(), r)).collect();
         for key in listed.keys() {
             if !state.contains_key(key) {
                 failures.push(format!("round {round}: unexpected dataset `{key}` listed"));
             }
         }
         for (key, possible) in state.iter_mut() {
-            let actual = listed
-                .get(key)
-                .map(|r| r["blake3"].as_str().unwrap().to_string());
+            let actual = listed.get(key).map(|r| r["blake3"].as_str().unwrap().to_string());
             if !possible.contains(&actual) {
                 failures.push(format!(
                     "round {round} (kill after {delay:?}): `{key}` holds {actual:?}, expected one of {possible:?}"
                 ));
             }
             if possible.len() > 1 {
-                let was_in_flight = uploads
-                    .iter()
-                    .any(|u| u.key == *key && actual.as_deref() == Some(u.blake3.as_str()));
+                let was_in_flight =
+                    uploads.iter().any(|u| u.key == *key && actual.as_deref() == Some(u.blake3.as_str()));
                 if was_in_flight {
                     committed_unacked += 1;
                 } else {
@@ -279,20 +245,13 @@ fn kill9_during_uploads_loses_nothing_acknowledged() {
         // Nothing half-done: no spool/staging file, no file without a row.
         let left = node.spool_files();
         if !left.is_empty() {
-            failures.push(format!(
-                "round {round}: spool/staging files after restart: {left:?}"
-            ));
+            failures.push(format!("round {round}: spool/staging files after restart: {left:?}"));
         }
         let root = node.datasets_dir();
         let on_disk: BTreeSet<String> = node
             .dataset_files()
             .iter()
-            .map(|p| {
-                p.strip_prefix(&root)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned()
-            })
+            .map(|p| p.strip_prefix(&root).unwrap().to_string_lossy().into_owned())
             .collect();
         let rows: BTreeSet<String> = listed.keys().cloned().collect();
         if on_disk != rows {
@@ -313,20 +272,9 @@ fn kill9_during_uploads_loses_nothing_acknowledged() {
          ones, {committed_unacked} had committed and {lost_in_flight} had not",
         started.elapsed()
     );
-    assert!(
-        kills >= MIN_KILLS,
-        "only {kills} kills within {TIME_CAP:?} (need {MIN_KILLS})"
-    );
-    assert!(
-        acked_total > 0,
-        "no upload was ever acknowledged before a kill: the test proved nothing"
-    );
-    assert!(
-        failures.is_empty(),
-        "seed {seed}: {} problem(s):\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(kills >= MIN_KILLS, "only {kills} kills within {TIME_CAP:?} (need {MIN_KILLS})");
+    assert!(acked_total > 0, "no upload was ever acknowledged before a kill: the test proved nothing");
+    assert!(failures.is_empty(), "seed {seed}: {} problem(s):\n{}", failures.len(), failures.join("\n"));
 }
 
 /// Reads every listed dataset; returns what did not read back as listed.

@@ -52,15 +52,9 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(self.dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
+        let ok = Command::new("umount").arg(self.dir.path()).status().is_ok_and(|s| s.success());
         if !ok {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(self.dir.path())
-                .status();
+            let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
         }
     }
 }
@@ -83,15 +77,9 @@ fn full_disk_node(settings: &[(&str, &str)]) -> Option<FullDiskNode> {
     };
     let data_dir = fs.path().join("data");
     let spool_dir = fs.path().join("spool");
-    let (data, spool) = (
-        data_dir.display().to_string(),
-        spool_dir.display().to_string(),
-    );
-    let mut all: Vec<(&str, &str)> = vec![
-        ("SPILLWAY_DATA_DIR", &data),
-        ("SPILLWAY_SPOOL_DIR", &spool),
-        ("SPILLWAY_SPOOL_MEMORY", "1MiB"),
-    ];
+    let (data, spool) = (data_dir.display().to_string(), spool_dir.display().to_string());
+    let mut all: Vec<(&str, &str)> =
+        vec![("SPILLWAY_DATA_DIR", &data), ("SPILLWAY_SPOOL_DIR", &spool), ("SPILLWAY_SPOOL_MEMORY", "1MiB")];
     all.extend_from_slice(settings);
     let mut node = TestNode::start_with(&all);
     node.data_dir = data_dir;
@@ -100,11 +88,7 @@ fn full_disk_node(settings: &[(&str, &str)]) -> Option<FullDiskNode> {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
 /// How a raw upload frames its body.
@@ -193,64 +177,29 @@ impl BackgroundBody {
 
 /// Asserts an error response is problem+json with the given code.
 fn assert_problem(resp: &RawResponse, status: u16, code: &str, what: &str) {
-    assert_eq!(
-        resp.status,
-        status,
-        "{what}: expected {status} {code}, got {} {}",
-        resp.status,
-        resp.text()
-    );
-    assert!(
-        resp.is_problem(),
-        "{what}: not problem+json: {:?}",
-        resp.headers
-    );
-    assert_eq!(
-        resp.code().as_deref(),
-        Some(code),
-        "{what}: {}",
-        resp.text()
-    );
+    assert_eq!(resp.status, status, "{what}: expected {status} {code}, got {} {}", resp.status, resp.text());
+    assert!(resp.is_problem(), "{what}: not problem+json: {:?}", resp.headers);
+    assert_eq!(resp.code().as_deref(), Some(code), "{what}: {}", resp.text());
 }
 
 /// Keys of the catalog, in order.
 async fn listed_keys(node: &TestNode) -> Vec<String> {
-    node.list_all()
-        .await
-        .iter()
-        .map(|r| r["key"].as_str().unwrap().to_string())
-        .collect()
+    node.list_all().await.iter().map(|r| r["key"].as_str().unwrap().to_string()).collect()
 }
 
 /// Paths below `datasets/` as keys.
 fn dataset_keys(node: &TestNode) -> BTreeSet<String> {
     let root = node.datasets_dir();
-    node.dataset_files()
-        .iter()
-        .map(|p| {
-            p.strip_prefix(&root)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect()
+    node.dataset_files().iter().map(|p| p.strip_prefix(&root).unwrap().to_string_lossy().into_owned()).collect()
 }
 
 /// Nothing of a failed upload remains: no spool or staging file, no file
 /// and no row beyond `expected` keys.
 async fn assert_nothing_left(node: &TestNode, expected: &[&str], what: &str) {
     let left = node.wait_spool_empty(Duration::from_secs(10));
-    assert_eq!(
-        left,
-        Vec::<PathBuf>::new(),
-        "{what}: spool/staging files left"
-    );
+    assert_eq!(left, Vec::<PathBuf>::new(), "{what}: spool/staging files left");
     let expected: BTreeSet<String> = expected.iter().map(|s| s.to_string()).collect();
-    assert_eq!(
-        dataset_keys(node),
-        expected,
-        "{what}: files below datasets/"
-    );
+    assert_eq!(dataset_keys(node), expected, "{what}: files below datasets/");
     let listed: BTreeSet<String> = listed_keys(node).await.into_iter().collect();
     assert_eq!(listed, expected, "{what}: catalog rows");
 }
@@ -288,10 +237,7 @@ async fn assert_content(node: &TestNode, key: &str, expected: &[u8]) {
 
 /// Datasets stored before a fault, to be byte-compared after it.
 async fn store_before(node: &TestNode) -> Vec<(&'static str, Vec<u8>)> {
-    let before = vec![
-        ("before/spilled.bin", generated(3 * MIB, 11)),
-        ("before/small.txt", generated(100 * 1024, 12)),
-    ];
+    let before = vec![("before/spilled.bin", generated(3 * MIB, 11)), ("before/small.txt", generated(100 * 1024, 12))];
     for (key, body) in &before {
         put_ok(node, key, body.clone()).await;
     }
@@ -309,10 +255,7 @@ async fn after_disk_full(node: &TestNode, before: &[(&'static str, Vec<u8>)], wh
     put_ok(node, "after/small.bin", small.clone()).await;
     assert_content(node, "after/small.bin", &small).await;
     assert_eq!(node.get("/datasets").await.status(), 200, "{what}: reads");
-    assert!(
-        node.spool_files().is_empty(),
-        "{what}: spool after the small upload"
-    );
+    assert!(node.spool_files().is_empty(), "{what}: spool after the small upload");
 }
 
 /// (a) Content-Length 100 MiB on a 64 MiB volume: 507 before the body is read.
@@ -326,8 +269,7 @@ fn disk_full_known_size_is_refused_before_the_body() {
     let before = rt.block_on(store_before(node));
 
     let mut s = node.raw();
-    s.write_all(request_head("full/known.bin", Framing::Length(100 * MIB as u64)).as_bytes())
-        .unwrap();
+    s.write_all(request_head("full/known.bin", Framing::Length(100 * MIB as u64)).as_bytes()).unwrap();
     // A few body bytes get past Rocket's pre-routing peek; the other
     // 99.99 MiB are never sent, so the answer must come without them.
     s.write_all(&generated(1024, 1)).unwrap();
@@ -335,10 +277,7 @@ fn disk_full_known_size_is_refused_before_the_body() {
     let resp = read_response(&mut s, Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("no answer to a 100 MiB Content-Length: {e}"));
     assert_problem(&resp, 507, "insufficient-storage", "Content-Length 100 MiB");
-    eprintln!(
-        "507 after {:?} with 1 KiB of 100 MiB sent",
-        started.elapsed()
-    );
+    eprintln!("507 after {:?} with 1 KiB of 100 MiB sent", started.elapsed());
     drop(s);
 
     rt.block_on(after_disk_full(node, &before, "known size"));
@@ -355,29 +294,16 @@ fn disk_full_chunked_enospc_is_a_clean_507() {
     let before = rt.block_on(store_before(node));
 
     let mut s = node.raw();
-    s.write_all(request_head("full/chunked.bin", Framing::Chunked).as_bytes())
-        .unwrap();
+    s.write_all(request_head("full/chunked.bin", Framing::Chunked).as_bytes()).unwrap();
     let body = BackgroundBody::start(&s, Framing::Chunked, 100 * MIB as u64);
     let resp = read_response(&mut s, Duration::from_secs(60));
     let sent = body.finish(Duration::from_secs(10));
     let resp = resp.unwrap_or_else(|e| panic!("chunked 100 MiB on a full disk: {e}"));
-    eprintln!(
-        "chunked upload on a full disk: {} after {sent:?}",
-        resp.status
-    );
+    eprintln!("chunked upload on a full disk: {} after {sent:?}", resp.status);
     assert_ne!(resp.status, 500, "ENOSPC became a 500: {}", resp.text());
-    assert_problem(
-        &resp,
-        507,
-        "insufficient-storage",
-        "chunked 100 MiB, ENOSPC",
-    );
+    assert_problem(&resp, 507, "insufficient-storage", "chunked 100 MiB, ENOSPC");
     drop(s);
-    assert!(
-        !node.log().contains("panicked"),
-        "the node panicked:\n{}",
-        node.log()
-    );
+    assert!(!node.log().contains("panicked"), "the node panicked:\n{}", node.log());
 
     rt.block_on(after_disk_full(node, &before, "chunked ENOSPC"));
 }
@@ -393,19 +319,13 @@ fn disk_full_reserve_crossing_while_streaming() {
     let before = rt.block_on(store_before(node));
 
     let mut s = node.raw();
-    s.write_all(request_head("full/reserve.bin", Framing::Chunked).as_bytes())
-        .unwrap();
+    s.write_all(request_head("full/reserve.bin", Framing::Chunked).as_bytes()).unwrap();
     let body = BackgroundBody::start(&s, Framing::Chunked, 30 * MIB as u64);
     let resp = read_response(&mut s, Duration::from_secs(60));
     let sent = body.finish(Duration::from_secs(10));
     let resp = resp.unwrap_or_else(|e| panic!("chunked 30 MiB past the reserve: {e}"));
     eprintln!("reserve crossing: {} after {sent:?}", resp.status);
-    assert_problem(
-        &resp,
-        507,
-        "insufficient-storage",
-        "chunked 30 MiB, reserve",
-    );
+    assert_problem(&resp, 507, "insufficient-storage", "chunked 30 MiB, reserve");
     drop(s);
 
     rt.block_on(after_disk_full(node, &before, "reserve crossing"));
@@ -429,11 +349,8 @@ fn too_large_content_length_is_refused_from_the_headers() {
     let node = TestNode::start_with(&[("SPILLWAY_MAX_DATASET_SIZE", "10MiB")]);
     let rt = runtime();
     for expect_continue in [false, true] {
-        let what = if expect_continue {
-            "Content-Length 20 MiB with Expect: 100-continue"
-        } else {
-            "Content-Length 20 MiB"
-        };
+        let what =
+            if expect_continue { "Content-Length 20 MiB with Expect: 100-continue" } else { "Content-Length 20 MiB" };
         let mut s = node.raw();
         let mut head = request_head("big/known.bin", Framing::Length(20 * MIB as u64));
         if expect_continue {
@@ -445,16 +362,11 @@ fn too_large_content_length_is_refused_from_the_headers() {
         let resp = read_response(&mut s, Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("{what}: no answer after 1 KiB of a 20 MiB body: {e}"));
         assert_problem(&resp, 413, "too-large", what);
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "{what}: the 413 took {:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() < Duration::from_secs(2), "{what}: the 413 took {:?}", started.elapsed());
         assert!(
             closed_within(&mut s, Duration::from_secs(5)) || {
                 // Kept alive: it must then serve the next request at once.
-                s.write_all(b"GET /datasets HTTP/1.1\r\nHost: x\r\n\r\n")
-                    .is_ok()
+                s.write_all(b"GET /datasets HTTP/1.1\r\nHost: x\r\n\r\n").is_ok()
                     && read_response(&mut s, Duration::from_secs(5)).is_ok_and(|r| r.status == 200)
             },
             "{what}: the connection hangs after the 413"
@@ -470,8 +382,7 @@ fn too_large_chunked_is_refused_while_streaming() {
     let node = TestNode::start_with(&[("SPILLWAY_MAX_DATASET_SIZE", "10MiB")]);
     let rt = runtime();
     let mut s = node.raw();
-    s.write_all(request_head("big/chunked.bin", Framing::Chunked).as_bytes())
-        .unwrap();
+    s.write_all(request_head("big/chunked.bin", Framing::Chunked).as_bytes()).unwrap();
     let started = Instant::now();
     let body = BackgroundBody::start(&s, Framing::Chunked, 20 * MIB as u64);
     let resp = read_response(&mut s, Duration::from_secs(10));
@@ -481,14 +392,8 @@ fn too_large_chunked_is_refused_while_streaming() {
     let closed = closed_within(&mut s, Duration::from_secs(5));
     let sent = body.finish(Duration::from_secs(10));
     eprintln!("413 after {answered:?}; writer: {sent:?}; closed: {closed}");
-    assert!(
-        closed,
-        "the connection was left open after the 413 (writer: {sent:?})"
-    );
-    assert!(
-        sent.is_some(),
-        "the client's body writer is still blocked 10 s after the 413"
-    );
+    assert!(closed, "the connection was left open after the 413 (writer: {sent:?})");
+    assert!(sent.is_some(), "the client's body writer is still blocked 10 s after the 413");
     drop(s);
     rt.block_on(assert_nothing_left(&node, &[], "413 while streaming"));
 }
@@ -501,17 +406,10 @@ fn too_large_chunked_is_refused_while_streaming() {
 /// plus slack, and the spool is cleaned.
 #[test]
 fn stalled_body_is_aborted_with_408() {
-    let node = TestNode::start_with(&[
-        ("SPILLWAY_STALL_TIMEOUT", "2"),
-        ("SPILLWAY_SPOOL_MEMORY", "1MiB"),
-    ]);
+    let node = TestNode::start_with(&[("SPILLWAY_STALL_TIMEOUT", "2"), ("SPILLWAY_SPOOL_MEMORY", "1MiB")]);
     let rt = runtime();
-    for (i, (framing, sent)) in [
-        (Framing::Length(16 * MIB as u64), MIB),
-        (Framing::Chunked, 2 * MIB),
-    ]
-    .into_iter()
-    .enumerate()
+    for (i, (framing, sent)) in
+        [(Framing::Length(16 * MIB as u64), MIB), (Framing::Chunked, 2 * MIB)].into_iter().enumerate()
     {
         let what = format!("{framing:?} stalled after {sent} bytes");
         let started = Instant::now();
@@ -523,8 +421,7 @@ fn stalled_body_is_aborted_with_408() {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(spooling, "{what}: the upload never reached the spool");
-        let resp = read_response(&mut s, Duration::from_secs(10))
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let resp = read_response(&mut s, Duration::from_secs(10)).unwrap_or_else(|e| panic!("{what}: {e}"));
         let elapsed = started.elapsed();
         assert_problem(&resp, 408, "upload-stalled", &what);
         assert!(
@@ -542,33 +439,19 @@ fn stalled_body_is_aborted_with_408() {
 /// 100 stalled uploads open at once do not stop a healthy 64 MiB upload.
 #[test]
 fn slowloris_uploads_do_not_block_a_healthy_one() {
-    let node = TestNode::start_with(&[
-        ("SPILLWAY_STALL_TIMEOUT", "30"),
-        ("SPILLWAY_MAX_UPLOADS", "200"),
-    ]);
+    let node = TestNode::start_with(&[("SPILLWAY_STALL_TIMEOUT", "30"), ("SPILLWAY_MAX_UPLOADS", "200")]);
     let rt = runtime();
-    let mut stalled: Vec<TcpStream> = (0..100)
-        .map(|i| {
-            stalled_upload(
-                &node,
-                &format!("loris/{i}"),
-                Framing::Length(MIB as u64),
-                4096,
-            )
-        })
-        .collect();
+    let mut stalled: Vec<TcpStream> =
+        (0..100).map(|i| stalled_upload(&node, &format!("loris/{i}"), Framing::Length(MIB as u64), 4096)).collect();
     // Let the node route them all into their uploads.
     std::thread::sleep(Duration::from_millis(500));
 
     let body = generated(64 * MIB, 64);
     let started = Instant::now();
     let record = rt.block_on(async {
-        tokio::time::timeout(
-            Duration::from_secs(25),
-            put_ok(&node, "healthy.bin", body.clone()),
-        )
-        .await
-        .expect("the healthy 64 MiB upload did not finish in 25 s")
+        tokio::time::timeout(Duration::from_secs(25), put_ok(&node, "healthy.bin", body.clone()))
+            .await
+            .expect("the healthy 64 MiB upload did not finish in 25 s")
     });
     let took = started.elapsed();
     eprintln!("64 MiB upload beside 100 stalled ones: {took:?}");
@@ -580,15 +463,11 @@ fn slowloris_uploads_do_not_block_a_healthy_one() {
     for s in &mut stalled {
         s.set_nonblocking(true).unwrap();
         let mut b = [0u8; 1];
-        if matches!(std::io::Read::read(s, &mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-        {
+        if matches!(std::io::Read::read(s, &mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
             still_open += 1;
         }
     }
-    assert_eq!(
-        still_open, 100,
-        "stalled uploads were answered or closed during the healthy upload"
-    );
+    assert_eq!(still_open, 100, "stalled uploads were answered or closed during the healthy upload");
     drop(stalled);
     rt.block_on(assert_nothing_left(&node, &["healthy.bin"], "slowloris"));
 }
@@ -606,28 +485,18 @@ fn stalled_headers_do_not_stop_the_node() {
         if i < 200 {
             s.write_all(b"PUT /data/x HT").unwrap();
         } else {
-            s.write_all(request_head(&format!("peek/{i}"), Framing::Length(1000)).as_bytes())
-                .unwrap();
+            s.write_all(request_head(&format!("peek/{i}"), Framing::Length(1000)).as_bytes()).unwrap();
             s.write_all(b"abc").unwrap();
         }
         stuck.push(s);
     }
     std::thread::sleep(Duration::from_millis(300));
     rt.block_on(async {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap();
+        let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().unwrap();
         let r = client.get(node.url("/datasets")).send().await.unwrap();
         assert_eq!(r.status(), 200, "GET /datasets beside 250 stuck sockets");
         let body = generated(MIB, 5);
-        let r = client
-            .put(node.url("/data/served.bin"))
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap();
+        let r = client.put(node.url("/data/served.bin")).body(body.clone()).send().await.unwrap();
         assert_eq!(r.status(), 201, "PUT beside 250 stuck sockets");
         assert_content(&node, "served.bin", &body).await;
     });
@@ -650,55 +519,25 @@ fn admission_answers_503_with_retry_after() {
         ("SPILLWAY_SPOOL_MEMORY", "1MiB"),
     ]);
     let rt = runtime();
-    let held: Vec<TcpStream> = (0..2)
-        .map(|i| {
-            stalled_upload(
-                &node,
-                &format!("held/{i}"),
-                Framing::Length(16 * MIB as u64),
-                MIB,
-            )
-        })
-        .collect();
+    let held: Vec<TcpStream> =
+        (0..2).map(|i| stalled_upload(&node, &format!("held/{i}"), Framing::Length(16 * MIB as u64), MIB)).collect();
     // Both are in their uploads once both spool files exist.
     let deadline = Instant::now() + Duration::from_secs(5);
     while node.spool_files().len() < 2 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(
-        node.spool_files().len(),
-        2,
-        "the two held uploads are not in flight"
-    );
+    assert_eq!(node.spool_files().len(), 2, "the two held uploads are not in flight");
 
     rt.block_on(async {
         let resp = node.put("third.bin", generated(1000, 3)).await;
         assert_eq!(resp.status(), 503, "a third upload beside max_uploads = 2");
-        let retry = resp
-            .headers()
-            .get("retry-after")
-            .map(|v| v.to_str().unwrap().to_string());
-        let ct = resp
-            .headers()
-            .get("content-type")
-            .map(|v| v.to_str().unwrap().to_string());
+        let retry = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+        let ct = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
         let problem: serde_json::Value = resp.json().await.unwrap();
-        assert!(
-            retry
-                .as_deref()
-                .is_some_and(|r| r.trim().parse::<u64>().is_ok()),
-            "Retry-After: {retry:?}"
-        );
-        assert!(
-            ct.as_deref()
-                .is_some_and(|c| c.starts_with("application/problem+json")),
-            "content-type {ct:?}"
-        );
+        assert!(retry.as_deref().is_some_and(|r| r.trim().parse::<u64>().is_ok()), "Retry-After: {retry:?}");
+        assert!(ct.as_deref().is_some_and(|c| c.starts_with("application/problem+json")), "content-type {ct:?}");
         let code = problem["code"].as_str().unwrap_or_default();
-        assert!(
-            !code.is_empty() && code.chars().all(|c| c.is_ascii_lowercase() || c == '-'),
-            "problem code {problem}"
-        );
+        assert!(!code.is_empty() && code.chars().all(|c| c.is_ascii_lowercase() || c == '-'), "problem code {problem}");
         assert_eq!(problem["status"], 503);
     });
 
@@ -736,9 +575,7 @@ fn concurrent_writers_to_one_key_leave_one_whole_version() {
     let key = "contended/one.bin";
     rt.block_on(async {
         for round in 0..20u64 {
-            let bodies: Vec<Arc<Vec<u8>>> = (0..8)
-                .map(|i| Arc::new(generated(4 * MIB, round * 8 + i + 1)))
-                .collect();
+            let bodies: Vec<Arc<Vec<u8>>> = (0..8).map(|i| Arc::new(generated(4 * MIB, round * 8 + i + 1))).collect();
             let hashes: Vec<String> = bodies.iter().map(|b| b3(b)).collect();
             let tasks: Vec<_> = bodies
                 .iter()
@@ -755,34 +592,20 @@ fn concurrent_writers_to_one_key_leave_one_whole_version() {
                         } else {
                             let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
                                 body.chunks(MIB / 2).map(|c| Ok(c.to_vec())).collect();
-                            req.body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-                                pieces,
-                            )))
+                            req.body(reqwest::Body::wrap_stream(futures_util::stream::iter(pieces)))
                         };
                         let resp = req.send().await.unwrap();
                         let status = resp.status().as_u16();
-                        let etag = resp
-                            .headers()
-                            .get("etag")
-                            .map(|v| v.to_str().unwrap().to_string());
+                        let etag = resp.headers().get("etag").map(|v| v.to_str().unwrap().to_string());
                         (status, etag)
                     })
                 })
                 .collect();
             for (i, task) in tasks.into_iter().enumerate() {
-                let (status, etag) = tokio::time::timeout(Duration::from_secs(30), task)
-                    .await
-                    .expect("a writer hung")
-                    .unwrap();
-                assert!(
-                    status == 200 || status == 201,
-                    "round {round} writer {i}: {status}"
-                );
-                assert_eq!(
-                    etag,
-                    Some(format!("\"{}\"", hashes[i])),
-                    "round {round} writer {i}: ETag"
-                );
+                let (status, etag) =
+                    tokio::time::timeout(Duration::from_secs(30), task).await.expect("a writer hung").unwrap();
+                assert!(status == 200 || status == 201, "round {round} writer {i}: {status}");
+                assert_eq!(etag, Some(format!("\"{}\"", hashes[i])), "round {round} writer {i}: ETag");
             }
             let resp = node.get(&format!("/data/{key}")).await;
             assert_eq!(resp.status(), 200);
@@ -820,19 +643,8 @@ struct Case {
     codes: &'static [&'static str],
 }
 
-fn case(
-    name: &'static str,
-    request: Vec<u8>,
-    statuses: &'static [u16],
-    codes: &'static [&'static str],
-) -> Case {
-    Case {
-        name,
-        request,
-        half_close: false,
-        statuses,
-        codes,
-    }
+fn case(name: &'static str, request: Vec<u8>, statuses: &'static [u16], codes: &'static [&'static str]) -> Case {
+    Case { name, request, half_close: false, statuses, codes }
 }
 
 fn with_body(head: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
@@ -862,11 +674,8 @@ fn hostile_requests_get_clear_4xx_problems() {
     rt.block_on(put_ok(&node, "target.txt", target.clone()));
 
     let huge = |n: usize| {
-        format!(
-            "GET /datasets HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Huge: {}\r\nConnection: close\r\n\r\n",
-            "h".repeat(n)
-        )
-        .into_bytes()
+        format!("GET /datasets HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Huge: {}\r\nConnection: close\r\n\r\n", "h".repeat(n))
+            .into_bytes()
     };
     let mut big_json = b"{\"name\": \"".to_vec();
     big_json.extend(std::iter::repeat_n(b'n', 70 * 1024));
@@ -1001,10 +810,7 @@ fn hostile_requests_get_clear_4xx_problems() {
                 before_our_code.push(format!("{}: {} with an empty body", c.name, resp.status));
             } else if !resp.is_problem() {
                 failures.push(format!("{summary} (a body that is not problem+json)"));
-            } else if !resp
-                .code()
-                .is_some_and(|code| c.codes.contains(&code.as_str()))
-            {
+            } else if !resp.code().is_some_and(|code| c.codes.contains(&code.as_str())) {
                 failures.push(format!("{summary} (expected a code in {:?})", c.codes));
             }
         }
@@ -1014,15 +820,7 @@ fn hostile_requests_get_clear_4xx_problems() {
         assert_nothing_left(&node, &["target.txt"], "hostile input").await;
         assert_content(&node, "target.txt", &target).await;
         let record = node.json("/datasets/target.txt").await;
-        assert_eq!(
-            record["name"], "target.txt",
-            "a hostile PATCH changed the record"
-        );
+        assert_eq!(record["name"], "target.txt", "a hostile PATCH changed the record");
     });
-    assert!(
-        failures.is_empty(),
-        "{} hostile case(s) failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} hostile case(s) failed:\n{}", failures.len(), failures.join("\n"));
 }

@@ -13,23 +13,12 @@ use futures_util::StreamExt;
 
 /// The finding lines of an fsck run (its summary line excluded).
 fn finding_lines(stdout: &str) -> Vec<&str> {
-    stdout
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with("checked "))
-        .collect()
+    stdout.lines().filter(|l| !l.trim().is_empty() && !l.starts_with("checked ")).collect()
 }
 
 fn one_line_with<'a>(lines: &[&'a str], needles: &[&str], what: &str) -> &'a str {
-    let found: Vec<&&str> = lines
-        .iter()
-        .filter(|l| needles.iter().all(|n| l.contains(n)))
-        .collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "{what}: expected one finding containing {needles:?} in:\n{}",
-        lines.join("\n")
-    );
+    let found: Vec<&&str> = lines.iter().filter(|l| needles.iter().all(|n| l.contains(n))).collect();
+    assert_eq!(found.len(), 1, "{what}: expected one finding containing {needles:?} in:\n{}", lines.join("\n"));
     found[0]
 }
 
@@ -50,18 +39,11 @@ async fn assert_serves(node: &TestNode, key: &str, expected: &[u8]) {
     let etag = resp.headers()["etag"].to_str().unwrap().to_string();
     let got = resp.bytes().await.unwrap();
     assert!(got[..] == expected[..], "GET /data/{key}: other bytes");
-    assert_eq!(
-        etag,
-        format!("\"{}\"", b3(expected)),
-        "GET /data/{key}: ETag"
-    );
+    assert_eq!(etag, format!("\"{}\"", b3(expected)), "GET /data/{key}: ETag");
 }
 
 fn by_key(records: Vec<serde_json::Value>) -> BTreeMap<String, serde_json::Value> {
-    records
-        .into_iter()
-        .map(|r| (r["key"].as_str().unwrap().to_string(), r))
-        .collect()
+    records.into_iter().map(|r| (r["key"].as_str().unwrap().to_string(), r)).collect()
 }
 
 /// Every kind of inconsistency, planted by hand in a stopped node's data
@@ -85,17 +67,8 @@ fn fsck_reports_planted_inconsistencies_and_repairs_the_safe_ones() {
     // fsck and reindex refuse to run beside the node.
     for args in [&["fsck"][..], &["fsck", "--repair"], &["reindex"]] {
         let out = node.cli(args);
-        assert_eq!(
-            out.code,
-            Some(2),
-            "`spillway {}` beside a running node: {out:?}",
-            args.join(" ")
-        );
-        assert!(
-            out.stderr.contains("another spillway process"),
-            "`spillway {}`: {out:?}",
-            args.join(" ")
-        );
+        assert_eq!(out.code, Some(2), "`spillway {}` beside a running node: {out:?}", args.join(" "));
+        assert!(out.stderr.contains("another spillway process"), "`spillway {}`: {out:?}", args.join(" "));
     }
     node.kill9();
     let clean = node.cli(&["fsck"]);
@@ -121,37 +94,17 @@ fn fsck_reports_planted_inconsistencies_and_repairs_the_safe_ones() {
     let lines = finding_lines(&report.stdout);
     one_line_with(&lines, &["gone.bin", "without file"], "row without file");
     one_line_with(&lines, &["some/key", "without row"], "file without row");
-    one_line_with(
-        &lines,
-        &["changed/same-size.bin", "200000"],
-        "content mismatch",
-    );
-    one_line_with(
-        &lines,
-        &["changed/other-size.bin", "500000", "123457"],
-        "size mismatch",
-    );
-    one_line_with(
-        &lines,
-        &[&spool_leftover.display().to_string()],
-        "stray spool file",
-    );
-    one_line_with(
-        &lines,
-        &[&staging_leftover.display().to_string()],
-        "stray staging file",
-    );
+    one_line_with(&lines, &["changed/same-size.bin", "200000"], "content mismatch");
+    one_line_with(&lines, &["changed/other-size.bin", "500000", "123457"], "size mismatch");
+    one_line_with(&lines, &[&spool_leftover.display().to_string()], "stray spool file");
+    one_line_with(&lines, &[&staging_leftover.display().to_string()], "stray staging file");
     one_line_with(&lines, &["bad\\name"], "invalid name");
     assert_eq!(lines.len(), 7, "findings:\n{}", report.stdout);
 
     // Plain fsck changed nothing: the same report again, the files still there.
     let again = node.cli(&["fsck"]);
     assert_eq!(again.code, Some(1));
-    assert_eq!(
-        finding_lines(&again.stdout),
-        lines,
-        "a second plain fsck saw something else"
-    );
+    assert_eq!(finding_lines(&again.stdout), lines, "a second plain fsck saw something else");
     assert!(spool_leftover.exists() && staging_leftover.exists() && invalid.exists());
 
     // Repair: everything but the invalid name.
@@ -161,18 +114,9 @@ fn fsck_reports_planted_inconsistencies_and_repairs_the_safe_ones() {
         Some(1),
         "fsck --repair leaves the invalid name, so it still reports a finding: {repair:?}"
     );
-    assert!(
-        !spool_leftover.exists(),
-        "the stray spool file survived --repair"
-    );
-    assert!(
-        !staging_leftover.exists(),
-        "the stray staging file survived --repair"
-    );
-    assert!(
-        invalid.exists(),
-        "--repair must not touch a file it cannot name"
-    );
+    assert!(!spool_leftover.exists(), "the stray spool file survived --repair");
+    assert!(!staging_leftover.exists(), "the stray staging file survived --repair");
+    assert!(invalid.exists(), "--repair must not touch a file it cannot name");
     assert_eq!(fs::read(datasets.join("some/key")).unwrap(), planted);
 
     let after = node.cli(&["fsck"]);
@@ -183,11 +127,7 @@ fn fsck_reports_planted_inconsistencies_and_repairs_the_safe_ones() {
 
     fs::remove_file(&invalid).unwrap();
     let clean = node.cli(&["fsck"]);
-    assert_eq!(
-        clean.code,
-        Some(0),
-        "fsck after removing the invalid name: {clean:?}"
-    );
+    assert_eq!(clean.code, Some(0), "fsck after removing the invalid name: {clean:?}");
 
     // The node serves the repaired state.
     node.launch();
@@ -195,12 +135,7 @@ fn fsck_reports_planted_inconsistencies_and_repairs_the_safe_ones() {
         let listed = by_key(node.list_all().await);
         assert_eq!(
             listed.keys().map(String::as_str).collect::<Vec<_>>(),
-            [
-                "changed/other-size.bin",
-                "changed/same-size.bin",
-                "kept.txt",
-                "some/key"
-            ],
+            ["changed/other-size.bin", "changed/same-size.bin", "kept.txt", "some/key"],
             "keys after repair"
         );
         for (key, bytes) in [
@@ -237,8 +172,7 @@ fn start_up_reconcile_logs_what_it_finds() {
     let log = node.log()[start..].to_string();
     let reconcile: Vec<&str> = log.lines().filter(|l| l.contains("reconcile")).collect();
     assert!(
-        reconcile.iter().any(|l| l.contains("vanished.bin"))
-            && reconcile.iter().any(|l| l.contains("resized.bin")),
+        reconcile.iter().any(|l| l.contains("vanished.bin")) && reconcile.iter().any(|l| l.contains("resized.bin")),
         "the start-up reconcile did not log the missing and the resized file; \
          its lines: {reconcile:?} (of {} start-up log lines)",
         log.lines().count()
@@ -252,11 +186,7 @@ fn start_up_reconcile_logs_what_it_finds() {
 fn reindex_rebuilds_the_index_of_1000_datasets() {
     const N: usize = 1000;
     let mut node = TestNode::start();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let key_of = |i: usize| format!("set/{:02}/item-{i:04}.bin", i % 37);
     let size_of = |i: usize| 1 + (i * 7919) % 5000;
 
@@ -269,13 +199,7 @@ fn reindex_rebuilds_the_index_of_1000_datasets() {
                 let body = generated(size_of(i), i as u64 + 1000);
                 let record = put_ok(node, &key, body.clone()).await;
                 assert_eq!(record["size"], body.len() as u64, "{key}");
-                (
-                    key,
-                    (
-                        record["size"].as_u64().unwrap(),
-                        record["blake3"].as_str().unwrap().to_string(),
-                    ),
-                )
+                (key, (record["size"].as_u64().unwrap(), record["blake3"].as_str().unwrap().to_string()))
             })
             .buffer_unordered(16)
             .collect::<Vec<_>>()
@@ -288,13 +212,7 @@ fn reindex_rebuilds_the_index_of_1000_datasets() {
     // Metadata on a few.
     let patched: Vec<(String, String, String)> = [3usize, 141, 592, 653, 999]
         .iter()
-        .map(|&i| {
-            (
-                key_of(i),
-                format!("Dataset number {i}"),
-                format!("described by hand, #{i}"),
-            )
-        })
+        .map(|&i| (key_of(i), format!("Dataset number {i}"), format!("described by hand, #{i}")))
         .collect();
     rt.block_on(async {
         for (key, name, description) in &patched {
@@ -315,20 +233,14 @@ fn reindex_rebuilds_the_index_of_1000_datasets() {
             let listed = by_key(node.list_all().await);
             assert_eq!(listed.len(), N, "{what}: datasets listed");
             for (key, (size, blake3)) in &stored {
-                let r = listed
-                    .get(key)
-                    .unwrap_or_else(|| panic!("{what}: `{key}` is not listed"));
+                let r = listed.get(key).unwrap_or_else(|| panic!("{what}: `{key}` is not listed"));
                 assert_eq!(r["size"], *size, "{what}: `{key}` size");
                 assert_eq!(r["blake3"], blake3.as_str(), "{what}: `{key}` blake3");
             }
             for (key, name, description) in &patched {
                 if keep_metadata {
                     assert_eq!(listed[key]["name"], name.as_str(), "{what}: `{key}` name");
-                    assert_eq!(
-                        listed[key]["description"],
-                        description.as_str(),
-                        "{what}: `{key}` description"
-                    );
+                    assert_eq!(listed[key]["description"], description.as_str(), "{what}: `{key}` description");
                 } else {
                     let last = key.rsplit('/').next().unwrap();
                     assert_eq!(listed[key]["name"], last, "{what}: `{key}` default name");
@@ -366,10 +278,7 @@ fn reindex_rebuilds_the_index_of_1000_datasets() {
     let out = node.cli(&["reindex"]);
     eprintln!("reindex of {N} files: {:?}", started.elapsed());
     assert_eq!(out.code, Some(0), "reindex without an index: {out:?}");
-    assert!(
-        out.stdout.contains(&N.to_string()),
-        "reindex does not say how many it indexed: {out:?}"
-    );
+    assert!(out.stdout.contains(&N.to_string()), "reindex does not say how many it indexed: {out:?}");
     let fsck = node.cli(&["fsck"]);
     assert_eq!(fsck.code, Some(0), "fsck after reindex: {fsck:?}");
     node.launch();

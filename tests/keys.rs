@@ -29,19 +29,12 @@ struct Raw {
 
 impl Raw {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "body is not JSON ({e}): {:?}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
     }
 
     fn text(&self) -> String {
@@ -51,13 +44,7 @@ impl Raw {
 
 /// Sends one request with the exact bytes of `target` as its request
 /// target and reads the whole response (the node closes the connection).
-fn send(
-    node: &TestNode,
-    method: &str,
-    target: &[u8],
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Raw {
+fn send(node: &TestNode, method: &str, target: &[u8], headers: &[(&str, &str)], body: &[u8]) -> Raw {
     let mut request = Vec::new();
     request.extend_from_slice(method.as_bytes());
     request.push(b' ');
@@ -89,22 +76,16 @@ fn parse_response(out: &[u8], head: bool) -> Option<Raw> {
     let head_text = std::str::from_utf8(&out[..end]).ok()?;
     let mut lines = head_text.split("\r\n");
     let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
     let mut body = out[end + 4..].to_vec();
-    let chunked = headers.iter().any(|(k, v)| {
-        k.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked")
-    });
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked"));
     if chunked && !head {
         body = dechunk(&body)?;
     }
-    Some(Raw {
-        status,
-        headers,
-        body,
-    })
+    Some(Raw { status, headers, body })
 }
 
 fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
@@ -146,13 +127,7 @@ impl Rule {
         match self {
             Rule::Empty => &["empty"],
             Rule::Dot => &["`..`", "`.`", "dot"],
-            Rule::Edge => &[
-                "start or end",
-                "leading",
-                "trailing",
-                "starts with",
-                "ends with",
-            ],
+            Rule::Edge => &["start or end", "leading", "trailing", "starts with", "ends with"],
             Rule::EmptySegment => &["empty segment", "empty path segment", "`//`"],
             Rule::Backslash => &["`\\`", "backslash"],
             Rule::Control => &["control"],
@@ -182,24 +157,15 @@ struct Case {
 }
 
 fn reject(raw: impl Into<Vec<u8>>, rules: &'static [Rule]) -> Case {
-    Case {
-        raw: raw.into(),
-        expect: Expect::Reject(rules),
-    }
+    Case { raw: raw.into(), expect: Expect::Reject(rules) }
 }
 
 fn accept(raw: impl Into<Vec<u8>>, key: impl Into<String>) -> Case {
-    Case {
-        raw: raw.into(),
-        expect: Expect::Accept(key.into()),
-    }
+    Case { raw: raw.into(), expect: Expect::Accept(key.into()) }
 }
 
 fn literal_or_reject(raw: impl Into<Vec<u8>>, key: impl Into<String>) -> Case {
-    Case {
-        raw: raw.into(),
-        expect: Expect::LiteralOrReject(key.into()),
-    }
+    Case { raw: raw.into(), expect: Expect::LiteralOrReject(key.into()) }
 }
 
 /// Percent-encodes every byte.
@@ -225,32 +191,11 @@ fn corpus() -> Vec<Case> {
     let seg255 = "s".repeat(255);
     let cjk85 = "日".repeat(85); // 255 bytes, 85 characters
     let cjk86 = "月".repeat(86); // 258 bytes, 86 characters
-    let key1024 = [
-        "k".repeat(255),
-        "l".repeat(255),
-        "m".repeat(255),
-        "n".repeat(254),
-        "o".into(),
-    ]
-    .join("/");
-    let key1025 = [
-        "u".repeat(255),
-        "v".repeat(255),
-        "w".repeat(255),
-        "x".repeat(255),
-        "y".into(),
-    ]
-    .join("/");
+    let key1024 = ["k".repeat(255), "l".repeat(255), "m".repeat(255), "n".repeat(254), "o".into()].join("/");
+    let key1025 = ["u".repeat(255), "v".repeat(255), "w".repeat(255), "x".repeat(255), "y".into()].join("/");
     // 1024 bytes once decoded, ~3 KiB as sent.
     let e127 = "é".repeat(127);
-    let key1024_encoded = [
-        e127.as_str(),
-        e127.as_str(),
-        e127.as_str(),
-        e127.as_str(),
-        "abcd",
-    ]
-    .join("/");
+    let key1024_encoded = [e127.as_str(), e127.as_str(), e127.as_str(), e127.as_str(), "abcd"].join("/");
     assert_eq!(key1024.len(), 1024);
     assert_eq!(key1025.len(), 1025);
     assert_eq!(key1024_encoded.len(), 1024);
@@ -364,10 +309,7 @@ fn corpus() -> Vec<Case> {
         accept(seg255.clone(), seg255),
         accept(encode_all(&cjk85), cjk85),
         accept(key1024.clone(), key1024),
-        accept(
-            encode_all(&key1024_encoded).replace("%2F", "/"),
-            key1024_encoded,
-        ),
+        accept(encode_all(&key1024_encoded).replace("%2F", "/"), key1024_encoded),
         // --- malformed escapes: open in the contract, never a traversal ---
         literal_or_reject("%zz", "%zz"),
         literal_or_reject("%2", "%2"),
@@ -388,10 +330,7 @@ fn check_corpus(cases: &[Case]) {
     }
     for k in &keys {
         for other in &keys {
-            assert!(
-                !other.starts_with(&format!("{k}/")),
-                "corpus key {k:?} is a folder of {other:?}"
-            );
+            assert!(!other.starts_with(&format!("{k}/")), "corpus key {k:?} is a folder of {other:?}");
         }
     }
     let raws: BTreeSet<&Vec<u8>> = cases.iter().map(|c| &c.raw).collect();
@@ -445,23 +384,15 @@ fn assert_nothing_outside_data_dir(node: &TestNode, baseline: &BTreeSet<PathBuf>
     let allowed = |p: &Path| {
         p.starts_with(&datasets)
             || (p.parent() == Some(node.data_dir.as_path())
-                && p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("index.sqlite")))
+                && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("index.sqlite")))
             || p.starts_with(&node.spool_dir)
             || p.starts_with(node.data_dir.join("staging"))
             || p.starts_with(node.data_dir.join("spool"))
             || p == root.join("node.log")
             || baseline.contains(p)
     };
-    let stray: Vec<PathBuf> = entries_below(root)
-        .into_iter()
-        .filter(|p| !allowed(p))
-        .collect();
-    assert!(
-        stray.is_empty(),
-        "files outside the data directory: {stray:?}"
-    );
+    let stray: Vec<PathBuf> = entries_below(root).into_iter().filter(|p| !allowed(p)).collect();
+    assert!(stray.is_empty(), "files outside the data directory: {stray:?}");
     // Nothing below datasets/ may be a symlink or anything but a file.
     for p in entries_below(&datasets) {
         let meta = fs::symlink_metadata(&p).unwrap();
@@ -470,11 +401,7 @@ fn assert_nothing_outside_data_dir(node: &TestNode, baseline: &BTreeSet<PathBuf>
     // Traversals aimed past the temp root.
     let marker = escape_marker();
     for dir in [root.parent().unwrap(), root, node.data_dir.as_path()] {
-        assert!(
-            !dir.join(&marker).exists(),
-            "a traversal wrote {}",
-            dir.join(&marker).display()
-        );
+        assert!(!dir.join(&marker).exists(), "a traversal wrote {}", dir.join(&marker).display());
     }
 }
 
@@ -519,27 +446,15 @@ fn assert_invalid_key(resp: &Raw, rules: &[Rule], what: &str) {
         return;
     }
     let ct = resp.header("content-type").unwrap_or_default();
-    assert!(
-        ct.starts_with("application/problem+json"),
-        "{what}: content type {ct:?}"
-    );
+    assert!(ct.starts_with("application/problem+json"), "{what}: content type {ct:?}");
     let problem = resp.json();
     assert_eq!(problem["code"], "invalid-key", "{what}: {problem}");
     assert_eq!(problem["status"], 400, "{what}: {problem}");
-    assert!(
-        problem["type"].is_string() && problem["title"].is_string(),
-        "{what}: {problem}"
-    );
-    let detail = problem["detail"]
-        .as_str()
-        .unwrap_or_default()
-        .to_lowercase();
+    assert!(problem["type"].is_string() && problem["title"].is_string(), "{what}: {problem}");
+    let detail = problem["detail"].as_str().unwrap_or_default().to_lowercase();
     if !rules.is_empty() {
         assert!(
-            rules
-                .iter()
-                .flat_map(|r| r.words())
-                .any(|w| detail.contains(w)),
+            rules.iter().flat_map(|r| r.words()).any(|w| detail.contains(w)),
             "{what}: detail {detail:?} does not name the rule {rules:?}"
         );
     }
@@ -560,26 +475,10 @@ fn assert_rejected_everywhere(node: &TestNode, raw: &[u8], rules: &[Rule], body:
     let delete = send(node, "DELETE", &target("/datasets/", raw, ""), &[], b"");
     assert_invalid_key(&delete, rules, &format!("DELETE /datasets/{what}"));
     let json = [("Content-Type", "application/json")];
-    let patch = send(
-        node,
-        "PATCH",
-        &target("/datasets/", raw, ""),
-        &json,
-        br#"{"name":"x"}"#,
-    );
+    let patch = send(node, "PATCH", &target("/datasets/", raw, ""), &json, br#"{"name":"x"}"#);
     assert_invalid_key(&patch, rules, &format!("PATCH /datasets/{what}"));
-    let ack = send(
-        node,
-        "POST",
-        &target("/datasets/", raw, "/action/acknowledge"),
-        &json,
-        b"{}",
-    );
-    assert_invalid_key(
-        &ack,
-        rules,
-        &format!("POST /datasets/{what}/action/acknowledge"),
-    );
+    let ack = send(node, "POST", &target("/datasets/", raw, "/action/acknowledge"), &json, b"{}");
+    assert_invalid_key(&ack, rules, &format!("POST /datasets/{what}/action/acknowledge"));
 }
 
 /// The path of a key's file; every key segment is one path component.
@@ -598,36 +497,22 @@ fn assert_stored(node: &TestNode, raw: &[u8], key: &str, body: &[u8], put: &Raw)
     assert_eq!(put.status, 201, "PUT {what}: {}", put.text());
     let record = put.json();
     assert_eq!(record["key"], key, "PUT {what}");
-    assert_eq!(
-        record["name"],
-        key.rsplit('/').next().unwrap(),
-        "PUT {what}"
-    );
+    assert_eq!(record["name"], key.rsplit('/').next().unwrap(), "PUT {what}");
     assert_eq!(record["size"], body.len(), "PUT {what}");
 
     let file = file_of(node, key);
-    let meta = fs::symlink_metadata(&file)
-        .unwrap_or_else(|e| panic!("{what}: no file at {}: {e}", file.display()));
+    let meta = fs::symlink_metadata(&file).unwrap_or_else(|e| panic!("{what}: no file at {}: {e}", file.display()));
     assert!(meta.is_file(), "{what}: {} is not a file", file.display());
     let canonical = fs::canonicalize(&file).unwrap();
     let datasets = fs::canonicalize(node.datasets_dir()).unwrap();
-    assert!(
-        canonical.starts_with(&datasets) && canonical != datasets,
-        "{what}: stored at {}",
-        canonical.display()
-    );
+    assert!(canonical.starts_with(&datasets) && canonical != datasets, "{what}: stored at {}", canonical.display());
     assert_eq!(fs::read(&file).unwrap(), body, "{what}: file content");
 
     let get = send(node, "GET", &target("/data/", raw, ""), &[], b"");
     assert_eq!(get.status, 200, "GET /data/{what}: {}", get.text());
     assert_eq!(get.body, body, "GET /data/{what}");
     let by_record = send(node, "GET", &target("/datasets/", raw, ""), &[], b"");
-    assert_eq!(
-        by_record.status,
-        200,
-        "GET /datasets/{what}: {}",
-        by_record.text()
-    );
+    assert_eq!(by_record.status, 200, "GET /datasets/{what}: {}", by_record.text());
     assert_eq!(by_record.json()["key"], key, "GET /datasets/{what}");
     // The record's `path` is a URL that serves the same bytes.
     let path = record["path"].as_str().unwrap();
@@ -639,12 +524,7 @@ fn assert_stored(node: &TestNode, raw: &[u8], key: &str, body: &[u8], put: &Raw)
 
 async fn listed_keys(node: &TestNode) -> BTreeSet<String> {
     let listed = node.json("/datasets?limit=10000").await;
-    listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["key"].as_str().unwrap().to_string())
-        .collect()
+    listed.as_array().unwrap().iter().map(|r| r["key"].as_str().unwrap().to_string()).collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -709,26 +589,14 @@ async fn hostile_key_corpus() {
     for (raw, key) in &stored {
         let what = show(raw);
         let delete = send(&node, "DELETE", &target("/datasets/", raw, ""), &[], b"");
-        assert_eq!(
-            delete.status,
-            204,
-            "DELETE /datasets/{what}: {}",
-            delete.text()
-        );
+        assert_eq!(delete.status, 204, "DELETE /datasets/{what}: {}", delete.text());
         let get = send(&node, "GET", &target("/data/", raw, ""), &[], b"");
         assert_eq!(get.status, 404, "GET /data/{what} after DELETE");
         assert_eq!(get.json()["code"], "not-found");
-        assert!(
-            !file_of(&node, key).exists(),
-            "{what}: file left after DELETE"
-        );
+        assert!(!file_of(&node, key).exists(), "{what}: file left after DELETE");
     }
     assert_eq!(entries_below(&node.datasets_dir()), Vec::<PathBuf>::new());
-    assert_eq!(
-        dirs_below(&node.datasets_dir()),
-        Vec::<PathBuf>::new(),
-        "folders not pruned"
-    );
+    assert_eq!(dirs_below(&node.datasets_dir()), Vec::<PathBuf>::new(), "folders not pruned");
     assert!(listed_keys(&node).await.is_empty());
     assert_nothing_outside_data_dir(&node, &before);
     assert_eq!(passwd_stamp(), passwd, "/etc/passwd changed");
@@ -745,11 +613,7 @@ async fn empty_key_is_invalid() {
     let delete = send(&node, "DELETE", b"/datasets/", &[], b"");
     assert_invalid_key(&delete, &[Rule::Empty], "DELETE /datasets/");
     let ack = send(&node, "POST", b"/datasets//action/acknowledge", &[], b"{}");
-    assert_invalid_key(
-        &ack,
-        &[Rule::Empty, Rule::Edge],
-        "acknowledge of an empty key",
-    );
+    assert_invalid_key(&ack, &[Rule::Empty, Rule::Edge], "acknowledge of an empty key");
     assert!(node.dataset_files().is_empty());
 }
 
@@ -777,11 +641,7 @@ async fn raw_bytes_refused_before_routing() {
     ];
     for raw in cases {
         let what = show(raw);
-        for (method, prefix) in [
-            ("PUT", "/data/"),
-            ("GET", "/data/"),
-            ("DELETE", "/datasets/"),
-        ] {
+        for (method, prefix) in [("PUT", "/data/"), ("GET", "/data/"), ("DELETE", "/datasets/")] {
             let resp = send(&node, method, &target(prefix, raw, ""), &[], b"payload");
             assert_eq!(resp.status, 400, "{method} {prefix}{what}: {resp:?}");
             if !resp.body.is_empty() {
@@ -794,11 +654,7 @@ async fn raw_bytes_refused_before_routing() {
             }
         }
     }
-    assert!(
-        node.dataset_files().is_empty(),
-        "{:?}",
-        node.dataset_files()
-    );
+    assert!(node.dataset_files().is_empty(), "{:?}", node.dataset_files());
     assert!(listed_keys(&node).await.is_empty());
     assert_nothing_outside_data_dir(&node, &before);
 }
@@ -811,19 +667,9 @@ async fn raw_fragment_never_reaches_the_key() {
     let node = TestNode::start();
     let before = baseline(&node);
     let m = escape_marker();
-    let cases = [
-        (format!("frag#/../../../{m}"), "frag"),
-        ("x#y".to_string(), "x"),
-        (format!("#/../../{m}"), ""),
-    ];
+    let cases = [(format!("frag#/../../../{m}"), "frag"), ("x#y".to_string(), "x"), (format!("#/../../{m}"), "")];
     for (raw, before_hash) in &cases {
-        let put = send(
-            &node,
-            "PUT",
-            &target("/data/", raw.as_bytes(), ""),
-            &[],
-            b"f",
-        );
+        let put = send(&node, "PUT", &target("/data/", raw.as_bytes(), ""), &[], b"f");
         match put.status {
             400 => assert_eq!(put.json()["code"], "invalid-key", "{raw}"),
             200 | 201 => assert_eq!(put.json()["key"], *before_hash, "{raw}"),
@@ -831,10 +677,7 @@ async fn raw_fragment_never_reaches_the_key() {
         }
     }
     let keys = listed_keys(&node).await;
-    assert!(
-        keys.iter().all(|k| !k.contains('#') && !k.contains(&m)),
-        "{keys:?}"
-    );
+    assert!(keys.iter().all(|k| !k.contains('#') && !k.contains(&m)), "{keys:?}");
     assert_nothing_outside_data_dir(&node, &before);
 }
 
@@ -848,10 +691,7 @@ async fn encoded_slash_is_a_separator() {
     assert_eq!(record["key"], "a/b");
     assert_eq!(record["name"], "b");
     assert_eq!(record["path"], "/data/a/b");
-    assert_eq!(
-        fs::read(node.datasets_dir().join("a").join("b")).unwrap(),
-        b"first"
-    );
+    assert_eq!(fs::read(node.datasets_dir().join("a").join("b")).unwrap(), b"first");
 
     let get = send(&node, "GET", b"/data/a/b", &[], b"");
     assert_eq!((get.status, get.body.as_slice()), (200, &b"first"[..]));
@@ -872,24 +712,12 @@ async fn encoded_slash_is_a_separator() {
     );
     assert_eq!(patch.status, 200, "{}", patch.text());
     assert_eq!(patch.json()["key"], "a/b");
-    let ack = send(
-        &node,
-        "POST",
-        b"/datasets/a%2Fb/action/acknowledge",
-        &[],
-        b"{}",
-    );
+    let ack = send(&node, "POST", b"/datasets/a%2Fb/action/acknowledge", &[], b"{}");
     assert_eq!(ack.status, 200, "{}", ack.text());
     assert_eq!(ack.json()["description"], "via %2F");
 
-    assert_eq!(
-        listed_keys(&node).await,
-        BTreeSet::from(["a/b".to_string()])
-    );
-    assert_eq!(
-        node.dataset_files(),
-        vec![node.datasets_dir().join("a").join("b")]
-    );
+    assert_eq!(listed_keys(&node).await, BTreeSet::from(["a/b".to_string()]));
+    assert_eq!(node.dataset_files(), vec![node.datasets_dir().join("a").join("b")]);
 
     let delete = send(&node, "DELETE", b"/datasets/a%2Fb", &[], b"");
     assert_eq!(delete.status, 204);
@@ -902,30 +730,17 @@ async fn encoded_slash_is_a_separator() {
 #[tokio::test]
 async fn keys_are_case_sensitive_and_not_normalised() {
     let node = TestNode::start();
-    let cases: [(&[u8], &str); 4] = [
-        (b"Case", "Case"),
-        (b"case", "case"),
-        (b"caf%C3%A9", "caf\u{e9}"),
-        (b"cafe%CC%81", "cafe\u{301}"),
-    ];
+    let cases: [(&[u8], &str); 4] =
+        [(b"Case", "Case"), (b"case", "case"), (b"caf%C3%A9", "caf\u{e9}"), (b"cafe%CC%81", "cafe\u{301}")];
     for (i, (raw, key)) in cases.iter().enumerate() {
-        let put = send(
-            &node,
-            "PUT",
-            &target("/data/", raw, ""),
-            &[],
-            format!("v{i}").as_bytes(),
-        );
+        let put = send(&node, "PUT", &target("/data/", raw, ""), &[], format!("v{i}").as_bytes());
         assert_eq!(put.status, 201, "{key:?}: {}", put.text());
         assert_eq!(put.json()["key"], *key);
     }
     for (i, (raw, key)) in cases.iter().enumerate() {
         let get = send(&node, "GET", &target("/data/", raw, ""), &[], b"");
         assert_eq!(get.body, format!("v{i}").as_bytes(), "{key:?}");
-        assert_eq!(
-            fs::read(file_of(&node, key)).unwrap(),
-            format!("v{i}").as_bytes()
-        );
+        assert_eq!(fs::read(file_of(&node, key)).unwrap(), format!("v{i}").as_bytes());
     }
     assert_eq!(node.dataset_files().len(), 4);
     assert_eq!(listed_keys(&node).await.len(), 4);
@@ -933,10 +748,7 @@ async fn keys_are_case_sensitive_and_not_normalised() {
 
 fn assert_conflict(resp: &Raw, what: &str) {
     assert_eq!(resp.status, 409, "{what}: {}", resp.text());
-    assert!(resp
-        .header("content-type")
-        .unwrap_or_default()
-        .starts_with("application/problem+json"));
+    assert!(resp.header("content-type").unwrap_or_default().starts_with("application/problem+json"));
     assert_eq!(resp.json()["code"], "key-conflict", "{what}");
 }
 
@@ -949,81 +761,39 @@ async fn prefix_conflicts_both_ways() {
 
     // File first, then something below it.
     assert_eq!(send(&node, "PUT", b"/data/a", &[], b"file a").status, 201);
-    assert_conflict(
-        &send(&node, "PUT", b"/data/a/b", &[], b"below a"),
-        "PUT a/b over a",
-    );
-    assert_conflict(
-        &send(&node, "PUT", b"/data/a/b/c", &[], b"deep"),
-        "PUT a/b/c over a",
-    );
-    assert_conflict(
-        &send(&node, "PUT", b"/data/a%2Fb", &[], b"enc"),
-        "PUT a%2Fb over a",
-    );
+    assert_conflict(&send(&node, "PUT", b"/data/a/b", &[], b"below a"), "PUT a/b over a");
+    assert_conflict(&send(&node, "PUT", b"/data/a/b/c", &[], b"deep"), "PUT a/b/c over a");
+    assert_conflict(&send(&node, "PUT", b"/data/a%2Fb", &[], b"enc"), "PUT a%2Fb over a");
     assert_eq!(send(&node, "GET", b"/datasets/a/b", &[], b"").status, 404);
     assert_eq!(fs::read(node.datasets_dir().join("a")).unwrap(), b"file a");
 
     // Folder first, then a file at the folder's name (and at a middle level).
     assert_eq!(send(&node, "PUT", b"/data/p/q/r", &[], b"deep").status, 201);
-    assert_conflict(
-        &send(&node, "PUT", b"/data/p", &[], b"over folder"),
-        "PUT p over p/q/r",
-    );
-    assert_conflict(
-        &send(&node, "PUT", b"/data/p/q", &[], b"over folder"),
-        "PUT p/q over p/q/r",
-    );
+    assert_conflict(&send(&node, "PUT", b"/data/p", &[], b"over folder"), "PUT p over p/q/r");
+    assert_conflict(&send(&node, "PUT", b"/data/p/q", &[], b"over folder"), "PUT p/q over p/q/r");
     assert_eq!(send(&node, "GET", b"/datasets/p", &[], b"").status, 404);
     assert_eq!(send(&node, "GET", b"/datasets/p/q", &[], b"").status, 404);
-    assert_eq!(
-        fs::read(node.datasets_dir().join("p/q/r")).unwrap(),
-        b"deep"
-    );
+    assert_eq!(fs::read(node.datasets_dir().join("p/q/r")).unwrap(), b"deep");
     // A sibling that only shares a prefix of characters is no conflict.
-    assert_eq!(
-        send(&node, "PUT", b"/data/p-q", &[], b"sibling").status,
-        201
-    );
+    assert_eq!(send(&node, "PUT", b"/data/p-q", &[], b"sibling").status, 201);
     assert_eq!(send(&node, "PUT", b"/data/ab", &[], b"sibling").status, 201);
 
     // Nothing of the refused uploads is left.
     assert!(node.wait_spool_empty(Duration::from_secs(5)).is_empty());
-    assert_eq!(
-        listed_keys(&node).await,
-        ["a", "ab", "p-q", "p/q/r"]
-            .map(String::from)
-            .into_iter()
-            .collect()
-    );
+    assert_eq!(listed_keys(&node).await, ["a", "ab", "p-q", "p/q/r"].map(String::from).into_iter().collect());
 
     // Deleting the only dataset below a folder frees the folder's name.
-    assert_eq!(
-        send(&node, "DELETE", b"/datasets/p/q/r", &[], b"").status,
-        204
-    );
-    assert!(
-        !node.datasets_dir().join("p").exists(),
-        "empty folders not pruned"
-    );
+    assert_eq!(send(&node, "DELETE", b"/datasets/p/q/r", &[], b"").status, 204);
+    assert!(!node.datasets_dir().join("p").exists(), "empty folders not pruned");
     let put = send(&node, "PUT", b"/data/p", &[], b"now a file");
     assert_eq!(put.status, 201, "{}", put.text());
-    assert_eq!(
-        fs::read(node.datasets_dir().join("p")).unwrap(),
-        b"now a file"
-    );
+    assert_eq!(fs::read(node.datasets_dir().join("p")).unwrap(), b"now a file");
 
     // And the first case the other way round.
     assert_eq!(send(&node, "DELETE", b"/datasets/a", &[], b"").status, 204);
-    assert_eq!(
-        send(&node, "PUT", b"/data/a/b", &[], b"now below").status,
-        201
-    );
+    assert_eq!(send(&node, "PUT", b"/data/a/b", &[], b"now below").status, 201);
     assert_conflict(&send(&node, "PUT", b"/data/a", &[], b"x"), "PUT a over a/b");
-    assert_eq!(
-        send(&node, "DELETE", b"/datasets/a/b", &[], b"").status,
-        204
-    );
+    assert_eq!(send(&node, "DELETE", b"/datasets/a/b", &[], b"").status, 204);
     let put = send(&node, "PUT", b"/data/a", &[], b"a again");
     assert_eq!(put.status, 201, "{}", put.text());
     assert!(node.datasets_dir().join("a").is_file());
@@ -1035,11 +805,7 @@ fn form(key: Option<&str>, filename: &str) -> (String, Vec<u8>) {
     let boundary = "keys-test-boundary-7MA4YWxkTrZu0gW";
     let mut body = Vec::new();
     if let Some(key) = key {
-        write!(
-            body,
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"key\"\r\n\r\n{key}\r\n"
-        )
-        .unwrap();
+        write!(body, "--{boundary}\r\nContent-Disposition: form-data; name=\"key\"\r\n\r\n{key}\r\n").unwrap();
     }
     write!(
         body,
@@ -1070,22 +836,12 @@ async fn multipart_keys_follow_the_same_rules() {
     ];
     for (key, rules) in &bad_keys {
         let (ct, body) = form(Some(key), "fine.txt");
-        let resp = node
-            .client
-            .post(node.url("/datasets"))
-            .header("Content-Type", ct)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let resp = node.client.post(node.url("/datasets")).header("Content-Type", ct).body(body).send().await.unwrap();
         let raw = Raw {
             status: resp.status().as_u16(),
             headers: vec![(
                 "content-type".into(),
-                resp.headers()
-                    .get("content-type")
-                    .map(|v| v.to_str().unwrap().to_string())
-                    .unwrap_or_default(),
+                resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default(),
             )],
             body: resp.bytes().await.unwrap().to_vec(),
         };
@@ -1094,33 +850,16 @@ async fn multipart_keys_follow_the_same_rules() {
     // No key field: the file name is the key, and it is checked too.
     for filename in [format!("../../{m}"), "..".into(), format!(r"..\{m}")] {
         let (ct, body) = form(None, &filename);
-        let resp = node
-            .client
-            .post(node.url("/datasets"))
-            .header("Content-Type", ct)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let resp = node.client.post(node.url("/datasets")).header("Content-Type", ct).body(body).send().await.unwrap();
         assert_eq!(resp.status(), 400, "file name {filename:?}");
         let problem: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(problem["code"], "invalid-key", "file name {filename:?}");
     }
     // A look-alike is a literal name.
     let (ct, body) = form(Some("．．/．．/etc"), "fine.txt");
-    let resp = node
-        .client
-        .post(node.url("/datasets"))
-        .header("Content-Type", ct)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let resp = node.client.post(node.url("/datasets")).header("Content-Type", ct).body(body).send().await.unwrap();
     assert_eq!(resp.status(), 201);
-    assert_eq!(
-        fs::read(file_of(&node, "．．/．．/etc")).unwrap(),
-        b"hostile"
-    );
+    assert_eq!(fs::read(file_of(&node, "．．/．．/etc")).unwrap(), b"hostile");
 
     assert!(node.wait_spool_empty(Duration::from_secs(5)).is_empty());
     assert_eq!(node.dataset_files().len(), 1);

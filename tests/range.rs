@@ -49,78 +49,37 @@ async fn assert_full(resp: reqwest::Response, body: &[u8], etag: &str, what: &st
     assert_eq!(resp.status(), 200, "{what}");
     let h = resp.headers().clone();
     assert!(h.get("content-range").is_none(), "{what}: {h:?}");
-    assert_eq!(
-        header(&h, "content-length"),
-        body.len().to_string(),
-        "{what}"
-    );
+    assert_eq!(header(&h, "content-length"), body.len().to_string(), "{what}");
     assert_eq!(header(&h, "etag"), etag, "{what}");
     assert_eq!(header(&h, "accept-ranges"), "bytes", "{what}");
     let got = resp.bytes().await.unwrap();
-    assert!(
-        got == body,
-        "{what}: full body differs ({} bytes)",
-        got.len()
-    );
+    assert!(got == body, "{what}: full body differs ({} bytes)", got.len());
 }
 
 /// A `206` for bytes `start..=end`.
-async fn assert_part(
-    resp: reqwest::Response,
-    body: &[u8],
-    etag: &str,
-    start: usize,
-    end: usize,
-    what: &str,
-) {
+async fn assert_part(resp: reqwest::Response, body: &[u8], etag: &str, start: usize, end: usize, what: &str) {
     assert_eq!(resp.status(), 206, "{what}");
     let h = resp.headers().clone();
-    assert_eq!(
-        header(&h, "content-range"),
-        format!("bytes {start}-{end}/{}", body.len()),
-        "{what}"
-    );
-    assert_eq!(
-        header(&h, "content-length"),
-        (end - start + 1).to_string(),
-        "{what}"
-    );
+    assert_eq!(header(&h, "content-range"), format!("bytes {start}-{end}/{}", body.len()), "{what}");
+    assert_eq!(header(&h, "content-length"), (end - start + 1).to_string(), "{what}");
     assert_eq!(header(&h, "etag"), etag, "{what}");
     assert_eq!(header(&h, "content-type"), CONTENT_TYPE, "{what}");
     assert_eq!(header(&h, "accept-ranges"), "bytes", "{what}");
     let got = resp.bytes().await.unwrap();
-    assert!(
-        got == body[start..=end],
-        "{what}: {} bytes, not bytes {start}-{end}",
-        got.len()
-    );
+    assert!(got == body[start..=end], "{what}: {} bytes, not bytes {start}-{end}", got.len());
 }
 
 /// A `416` problem with `Content-Range: bytes */size`.
 async fn assert_unsatisfiable(resp: reqwest::Response, size: usize, what: &str) {
     assert_eq!(resp.status(), 416, "{what}");
     let h = resp.headers().clone();
-    assert_eq!(
-        header(&h, "content-range"),
-        format!("bytes */{size}"),
-        "{what}"
-    );
-    assert!(
-        header(&h, "content-type").starts_with("application/problem+json"),
-        "{what}"
-    );
+    assert_eq!(header(&h, "content-range"), format!("bytes */{size}"), "{what}");
+    assert!(header(&h, "content-type").starts_with("application/problem+json"), "{what}");
     let problem: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(problem["status"], 416, "{what}: {problem}");
     let code = problem["code"].as_str().unwrap_or_default();
-    assert!(
-        !code.is_empty() && code.chars().all(|c| c.is_ascii_lowercase() || c == '-'),
-        "{what}: code {code:?}"
-    );
-    assert!(
-        problem["detail"].is_string()
-            && problem["title"].is_string()
-            && problem["type"].is_string()
-    );
+    assert!(!code.is_empty() && code.chars().all(|c| c.is_ascii_lowercase() || c == '-'), "{what}: code {code:?}");
+    assert!(problem["detail"].is_string() && problem["title"].is_string() && problem["type"].is_string());
 }
 
 #[tokio::test]
@@ -136,26 +95,11 @@ async fn single_ranges_are_exact_slices() {
         ("bytes=-500".into(), LEN - 500, last, "suffix"),
         ("bytes=-1".into(), last, last, "one-byte suffix"),
         ("bytes=1000-".into(), 1000, last, "open-ended"),
-        (
-            format!("bytes=-{}", LEN + 1000),
-            0,
-            last,
-            "suffix longer than the file",
-        ),
+        (format!("bytes=-{}", LEN + 1000), 0, last, "suffix longer than the file"),
         ("bytes=0-".into(), 0, last, "everything"),
-        (
-            format!("bytes={}-{}", LEN - 10, LEN + 100),
-            LEN - 10,
-            last,
-            "end past the end",
-        ),
+        (format!("bytes={}-{}", LEN - 10, LEN + 100), LEN - 10, last, "end past the end"),
         // Straddles the 256 KiB chunks the node reads in.
-        (
-            "bytes=262140-262150".into(),
-            262_140,
-            262_150,
-            "across a chunk edge",
-        ),
+        ("bytes=262140-262150".into(), 262_140, 262_150, "across a chunk edge"),
     ];
     for (range, start, end, what) in cases {
         let resp = get_with(&node, "big.bin", &[("Range", &range)]).await;
@@ -212,29 +156,14 @@ async fn if_none_match_answers_304() {
     for tags in [etag.as_str(), listed.as_str(), "*"] {
         let resp = get_with(&node, "big.bin", &[("If-None-Match", tags)]).await;
         assert_eq!(resp.status(), 304, "If-None-Match: {tags}");
-        assert_eq!(
-            header(resp.headers(), "etag"),
-            etag,
-            "If-None-Match: {tags}"
-        );
+        assert_eq!(header(resp.headers(), "etag"), etag, "If-None-Match: {tags}");
         assert!(resp.bytes().await.unwrap().is_empty(), "a 304 with a body");
         // HEAD too.
-        let resp = node
-            .client
-            .head(node.url("/data/big.bin"))
-            .header("If-None-Match", tags)
-            .send()
-            .await
-            .unwrap();
+        let resp = node.client.head(node.url("/data/big.bin")).header("If-None-Match", tags).send().await.unwrap();
         assert_eq!(resp.status(), 304, "HEAD If-None-Match: {tags}");
     }
     // Ranges do not matter when the client already has the representation.
-    let resp = get_with(
-        &node,
-        "big.bin",
-        &[("If-None-Match", &etag), ("Range", "bytes=0-9")],
-    )
-    .await;
+    let resp = get_with(&node, "big.bin", &[("If-None-Match", &etag), ("Range", "bytes=0-9")]).await;
     assert_eq!(resp.status(), 304);
 
     let other = format!("\"{}\"", blake3::hash(b"something else").to_hex());
@@ -257,29 +186,15 @@ async fn if_none_match_uses_weak_comparison() {
 #[tokio::test]
 async fn if_range_guards_the_range() {
     let (node, body, etag) = node_with_body().await;
-    let resp = get_with(
-        &node,
-        "big.bin",
-        &[("Range", "bytes=10-19"), ("If-Range", &etag)],
-    )
-    .await;
+    let resp = get_with(&node, "big.bin", &[("Range", "bytes=10-19"), ("If-Range", &etag)]).await;
     assert_part(resp, &body, &etag, 10, 19, "If-Range matching").await;
 
     let other = format!("\"{}\"", blake3::hash(b"older version").to_hex());
     let weak = format!("W/{etag}");
     // A different tag, a weak tag (If-Range needs a strong match) and a date
     // (there is no Last-Modified to compare it with): the whole body.
-    for validator in [
-        other.as_str(),
-        weak.as_str(),
-        "Sat, 28 Nov 2026 08:00:00 GMT",
-    ] {
-        let resp = get_with(
-            &node,
-            "big.bin",
-            &[("Range", "bytes=10-19"), ("If-Range", validator)],
-        )
-        .await;
+    for validator in [other.as_str(), weak.as_str(), "Sat, 28 Nov 2026 08:00:00 GMT"] {
+        let resp = get_with(&node, "big.bin", &[("Range", "bytes=10-19"), ("If-Range", validator)]).await;
         assert_full(resp, &body, &etag, &format!("If-Range: {validator}")).await;
     }
 }
@@ -287,34 +202,17 @@ async fn if_range_guards_the_range() {
 /// HEAD over a raw socket, to see that no body bytes follow the headers.
 fn raw_head(node: &TestNode, path: &str, extra: &str) -> (String, Vec<u8>) {
     let mut s = node.raw();
-    write!(
-        s,
-        "HEAD {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{extra}\r\n"
-    )
-    .unwrap();
+    write!(s, "HEAD {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{extra}\r\n").unwrap();
     let mut out = Vec::new();
     s.read_to_end(&mut out).unwrap();
-    let end = out
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a complete response head");
-    (
-        String::from_utf8(out[..end].to_vec())
-            .unwrap()
-            .to_ascii_lowercase(),
-        out[end + 4..].to_vec(),
-    )
+    let end = out.windows(4).position(|w| w == b"\r\n\r\n").expect("a complete response head");
+    (String::from_utf8(out[..end].to_vec()).unwrap().to_ascii_lowercase(), out[end + 4..].to_vec())
 }
 
 #[tokio::test]
 async fn head_has_the_headers_and_no_body() {
     let (node, _body, etag) = node_with_body().await;
-    let resp = node
-        .client
-        .head(node.url("/data/big.bin"))
-        .send()
-        .await
-        .unwrap();
+    let resp = node.client.head(node.url("/data/big.bin")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let h = resp.headers();
     assert_eq!(header(h, "content-length"), LEN.to_string());
@@ -330,10 +228,7 @@ async fn head_has_the_headers_and_no_body() {
     // A ranged HEAD describes the part, still without a body.
     let (head, rest) = raw_head(&node, "/data/big.bin", "Range: bytes=0-99\r\n");
     assert!(head.starts_with("http/1.1 206"), "{head}");
-    assert!(
-        head.contains(&format!("content-range: bytes 0-99/{LEN}")),
-        "{head}"
-    );
+    assert!(head.contains(&format!("content-range: bytes 0-99/{LEN}")), "{head}");
     assert!(head.contains("content-length: 100"), "{head}");
     assert!(rest.is_empty(), "HEAD sent {} body bytes", rest.len());
 }
@@ -361,19 +256,10 @@ async fn content_type_is_kept_as_sent() {
         assert_eq!(header(resp.headers(), "content-type"), ct, "{key} ranged");
     }
     // No Content-Type on the PUT: served as bytes.
-    let resp = node
-        .client
-        .put(node.url("/data/plain"))
-        .body("x")
-        .send()
-        .await
-        .unwrap();
+    let resp = node.client.put(node.url("/data/plain")).body("x").send().await.unwrap();
     assert_eq!(resp.status(), 201);
     let resp = get_with(&node, "plain", &[]).await;
-    assert_eq!(
-        header(resp.headers(), "content-type"),
-        "application/octet-stream"
-    );
+    assert_eq!(header(resp.headers(), "content-type"), "application/octet-stream");
 }
 
 #[tokio::test]
@@ -413,11 +299,7 @@ async fn zero_byte_dataset() {
 #[tokio::test]
 async fn missing_key_is_a_404_problem() {
     let node = TestNode::start();
-    for headers in [
-        &[][..],
-        &[("Range", "bytes=0-9")][..],
-        &[("If-None-Match", "*")][..],
-    ] {
+    for headers in [&[][..], &[("Range", "bytes=0-9")][..], &[("If-None-Match", "*")][..]] {
         let resp = get_with(&node, "no/such.bin", headers).await;
         assert_eq!(resp.status(), 404, "{headers:?}");
         assert!(header(resp.headers(), "content-type").starts_with("application/problem+json"));
@@ -425,12 +307,7 @@ async fn missing_key_is_a_404_problem() {
         assert_eq!(problem["code"], "not-found");
         assert_eq!(problem["status"], 404);
     }
-    let resp = node
-        .client
-        .head(node.url("/data/no/such.bin"))
-        .send()
-        .await
-        .unwrap();
+    let resp = node.client.head(node.url("/data/no/such.bin")).send().await.unwrap();
     assert_eq!(resp.status(), 404);
 }
 
@@ -454,11 +331,6 @@ async fn ranges_follow_a_replace() {
     // The old ETag no longer matches either validator.
     let resp = get_with(&node, "big.bin", &[("If-None-Match", &old_etag)]).await;
     assert_full(resp, &new, &new_etag, "If-None-Match: old").await;
-    let resp = get_with(
-        &node,
-        "big.bin",
-        &[("Range", "bytes=0-9"), ("If-Range", &old_etag)],
-    )
-    .await;
+    let resp = get_with(&node, "big.bin", &[("Range", "bytes=0-9"), ("If-Range", &old_etag)]).await;
     assert_full(resp, &new, &new_etag, "If-Range: old").await;
 }

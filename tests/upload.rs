@@ -21,11 +21,7 @@ async fn download_hashes(node: &TestNode, key: &str) -> (u64, String, String) {
         sha.update(&chunk);
         len += chunk.len() as u64;
     }
-    (
-        len,
-        b3.finalize().to_hex().to_string(),
-        hex(&sha.finalize()),
-    )
+    (len, b3.finalize().to_hex().to_string(), hex(&sha.finalize()))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -43,10 +39,7 @@ async fn big_chunked_upload_round_trips() {
     let record: serde_json::Value = resp.json().await.unwrap();
     let (b3, sha) = {
         let h = hashes.lock().unwrap();
-        (
-            h.0.finalize().to_hex().to_string(),
-            hex(&h.1.clone().finalize()),
-        )
+        (h.0.finalize().to_hex().to_string(), hex(&h.1.clone().finalize()))
     };
     assert_eq!(record["size"], len);
     assert_eq!(record["blake3"], b3);
@@ -56,10 +49,7 @@ async fn big_chunked_upload_round_trips() {
     assert_eq!(listed[0]["key"], "big/chunked.bin");
     assert_eq!(listed[0]["blake3"], b3);
 
-    assert_eq!(
-        download_hashes(&node, "big/chunked.bin").await,
-        (len, b3, sha)
-    );
+    assert_eq!(download_hashes(&node, "big/chunked.bin").await, (len, b3, sha));
     assert!(node.spool_files().is_empty());
 }
 
@@ -72,10 +62,7 @@ async fn big_sized_upload_round_trips() {
     // A Vec body is sent with Content-Length.
     let resp = node.put("big/sized.bin", body).await;
     assert_eq!(resp.status(), 201);
-    assert_eq!(
-        download_hashes(&node, "big/sized.bin").await,
-        (256 * MIB, b3, sha)
-    );
+    assert_eq!(download_hashes(&node, "big/sized.bin").await, (256 * MIB, b3, sha));
 }
 
 #[tokio::test]
@@ -127,21 +114,12 @@ async fn digests_are_verified_before_commit() {
         }
     }
     // A mismatch never harms the dataset already stored at the key.
-    let resp = node
-        .client
-        .put(node.url("/data/digest/0"))
-        .header("X-Blake3", b3)
-        .body("different")
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        node.client.put(node.url("/data/digest/0")).header("X-Blake3", b3).body("different").send().await.unwrap();
     assert_eq!(resp.status(), 400);
     let problem: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(problem["code"], "digest-mismatch");
-    assert_eq!(
-        node.get("/data/digest/0").await.bytes().await.unwrap(),
-        body
-    );
+    assert_eq!(node.get("/data/digest/0").await.bytes().await.unwrap(), body);
     assert!(node.wait_spool_empty(Duration::from_secs(5)).is_empty());
     assert_eq!(node.dataset_files().len(), 3);
 }
@@ -150,16 +128,9 @@ async fn digests_are_verified_before_commit() {
 #[test]
 fn disconnect_midway_leaves_nothing() {
     let node = TestNode::start();
-    for (i, framing) in ["Content-Length: 33554432", "Transfer-Encoding: chunked"]
-        .iter()
-        .enumerate()
-    {
+    for (i, framing) in ["Content-Length: 33554432", "Transfer-Encoding: chunked"].iter().enumerate() {
         let mut s = node.raw();
-        write!(
-            s,
-            "PUT /data/cut/{i} HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n"
-        )
-        .unwrap();
+        write!(s, "PUT /data/cut/{i} HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n").unwrap();
         let half = generated(16 * MIB as usize, 4);
         if framing.starts_with("Transfer") {
             write!(s, "{:x}\r\n", half.len()).unwrap();
@@ -173,10 +144,7 @@ fn disconnect_midway_leaves_nothing() {
         std::thread::sleep(Duration::from_millis(300));
         drop(s);
     }
-    assert_eq!(
-        node.wait_spool_empty(Duration::from_secs(10)),
-        Vec::<std::path::PathBuf>::new()
-    );
+    assert_eq!(node.wait_spool_empty(Duration::from_secs(10)), Vec::<std::path::PathBuf>::new());
     assert!(node.dataset_files().is_empty());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let listed = rt.block_on(node.json("/datasets"));
@@ -189,7 +157,10 @@ fn disconnect_midway_leaves_nothing() {
 fn short_body_is_not_committed() {
     let node = TestNode::start();
     let mut s = node.raw();
-    s.write_all(b"PUT /data/short HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly forty bytes of the hundred promised").unwrap();
+    s.write_all(
+        b"PUT /data/short HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly forty bytes of the hundred promised",
+    )
+    .unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
     let mut out = String::new();
     let _ = std::io::Read::read_to_string(&mut s, &mut out);
@@ -224,11 +195,7 @@ async fn small_uploads_stay_in_memory_big_ones_spill() {
     });
     let resp = node.put("small", reqwest::Body::wrap_stream(pieces)).await;
     assert_eq!(resp.status(), 201);
-    assert_eq!(
-        watcher.join().unwrap(),
-        0,
-        "a 2 MiB upload touched the spool"
-    );
+    assert_eq!(watcher.join().unwrap(), 0, "a 2 MiB upload touched the spool");
 
     let spool = node.spool_dir.clone();
     let watcher = std::thread::spawn(move || {

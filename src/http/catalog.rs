@@ -50,9 +50,7 @@ async fn list(
         Some(raw) => {
             let digits = !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit());
             if !digits || raw.bytes().all(|b| b == b'0') {
-                return Err(Error::BadRequest(format!(
-                    "limit must be a positive whole number, not `{raw}`"
-                )));
+                return Err(Error::BadRequest(format!("limit must be a positive whole number, not `{raw}`")));
             }
             // Above the maximum (however many digits) clamps to it.
             raw.parse::<usize>().map_or(MAX_LIMIT, |n| n.min(MAX_LIMIT))
@@ -103,10 +101,7 @@ async fn post_action(
     body: Result<JsonBody<Acknowledge>, Error>,
 ) -> Result<Json<Record>> {
     let Some(raw_key) = tail.0.strip_suffix(ACKNOWLEDGE) else {
-        return Err(Error::NotFound(format!(
-            "no action at /datasets/{}",
-            tail.0
-        )));
+        return Err(Error::NotFound(format!("no action at /datasets/{}", tail.0)));
     };
     let key = Key::from_raw_path(raw_key)?;
     Ok(Json(node.acknowledge(&key, body?.0).await?))

@@ -5,6 +5,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use futures_util::TryStreamExt;
 use http_range_header::{parse_range_header, RangeUnsatisfiableError};
@@ -49,22 +50,10 @@ fn upload_meta(req: &Request<'_>) -> Result<UploadMeta> {
         .map(|v| v.trim().parse::<u64>())
         .transpose()
         .map_err(|_| Error::BadRequest("Content-Length is not a number".into()))?;
-    let digests: Vec<&str> = req
-        .headers()
-        .get("Content-Digest")
-        .chain(req.headers().get("Repr-Digest"))
-        .collect();
-    let expected = Expected {
-        length,
-        ..Expected::default()
-    }
-    .with_digests(&digests, header(req, "X-Blake3"))?;
+    let digests: Vec<&str> = req.headers().get("Content-Digest").chain(req.headers().get("Repr-Digest")).collect();
+    let expected = Expected { length, ..Expected::default() }.with_digests(&digests, header(req, "X-Blake3"))?;
     let precondition = match (header(req, "If-Match"), header(req, "If-None-Match")) {
-        (Some(_), Some(_)) => {
-            return Err(Error::BadRequest(
-                "send either If-Match or If-None-Match, not both".into(),
-            ))
-        }
+        (Some(_), Some(_)) => return Err(Error::BadRequest("send either If-Match or If-None-Match, not both".into())),
         (Some(tags), None) => Precondition::IfMatch(EtagList::parse(tags)),
         (None, Some(tags)) => Precondition::IfNoneMatch(EtagList::parse(tags)),
         (None, None) => Precondition::None,
@@ -85,11 +74,7 @@ pub struct Stored {
 
 impl<'r> Responder<'r, 'static> for Stored {
     fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
-        let status = if self.created {
-            Status::Created
-        } else {
-            Status::Ok
-        };
+        let status = if self.created { Status::Created } else { Status::Ok };
         Response::build_from(rocket::serde::json::Json(&self.record).respond_to(req)?)
             .status(status)
             .header(Header::new("Location", self.record.path.clone()))
@@ -111,7 +96,9 @@ async fn put_data(
     let mut meta = meta?;
     meta.name = name;
     let limit = node.spooler.max_size.saturating_add(1);
-    let (record, created) = node.put(key, body.open(limit.bytes()), meta).await?;
+    let started = Instant::now();
+    let stored = node.put(key, body.open(limit.bytes()), meta).await;
+    let (record, created) = node.upload_ended(started, stored)?;
     Ok(Stored { record, created })
 }
 
@@ -126,19 +113,26 @@ async fn post_multipart(
     body: Data<'_>,
 ) -> Result<Stored> {
     let _permit = node.admit_upload()?;
-    let mut meta = meta?;
+    let started = Instant::now();
+    let stored = receive_form(node, content_type, meta?, body).await;
+    let (record, created) = node.upload_ended(started, stored)?;
+    Ok(Stored { record, created })
+}
+
+async fn receive_form(
+    node: &Node,
+    content_type: Option<&ContentType>,
+    mut meta: UploadMeta,
+    body: Data<'_>,
+) -> Result<(Record, bool)> {
     let boundary = content_type
         .filter(|ct| ct.is_form_data())
         .and_then(|ct| ct.params().find(|(k, _)| *k == "boundary"))
         .map(|(_, v)| v.to_string())
-        .ok_or_else(|| {
-            Error::BadRequest("POST /datasets takes multipart/form-data with a boundary".into())
-        })?;
+        .ok_or_else(|| Error::BadRequest("POST /datasets takes multipart/form-data with a boundary".into()))?;
     let limit = node.spooler.max_size.saturating_add(FORM_OVERHEAD);
     if meta.expected.length.is_some_and(|l| l > limit) {
-        return Err(Error::TooLarge {
-            limit: node.spooler.max_size,
-        });
+        return Err(Error::TooLarge { limit: node.spooler.max_size });
     }
     // The form's own length and digests are not the file's.
     let form_expected = std::mem::take(&mut meta.expected);
@@ -150,58 +144,38 @@ async fn post_multipart(
         match field.name().unwrap_or_default() {
             "file" => {
                 if spooled.is_some() {
-                    return Err(Error::BadRequest(
-                        "the form has more than one `file` part".into(),
-                    ));
+                    return Err(Error::BadRequest("the form has more than one `file` part".into()));
                 }
                 file_name = field.file_name().map(str::to_owned);
                 if let Some(ct) = field.content_type() {
                     meta.content_type = Some(ct.to_string());
                 }
                 let reader = StreamReader::new(field.map_err(io::Error::other));
-                let expected = Expected {
-                    length: None,
-                    ..form_expected.clone()
-                };
+                let expected = Expected { length: None, ..form_expected.clone() };
                 spooled = Some(node.spooler.spool(reader, &expected).await?);
             }
             "key" => key = Some(text_field(field).await?),
             "name" => meta.name = Some(text_field(field).await?),
             "description" => meta.description = Some(text_field(field).await?),
-            other => {
-                return Err(Error::BadRequest(format!(
-                    "unexpected form field `{other}`"
-                )))
-            }
+            other => return Err(Error::BadRequest(format!("unexpected form field `{other}`"))),
         }
     }
     let spooled = spooled.ok_or_else(|| Error::BadRequest("the form has no `file` part".into()))?;
     let key = match key.filter(|k| !k.is_empty()).or(file_name) {
         Some(k) => Key::parse(&k)?,
-        None => {
-            return Err(Error::BadRequest(
-                "give a `key` field or a file name".into(),
-            ))
-        }
+        None => return Err(Error::BadRequest("give a `key` field or a file name".into())),
     };
-    if meta
-        .content_type
-        .as_deref()
-        .is_none_or(|ct| ct.starts_with("multipart/"))
-    {
+    if meta.content_type.as_deref().is_none_or(|ct| ct.starts_with("multipart/")) {
         meta.content_type = None;
     }
-    let (record, created) = node.commit(key, spooled, meta).await?;
-    Ok(Stored { record, created })
+    node.commit(key, spooled, meta).await
 }
 
 async fn text_field(mut field: multer::Field<'_>) -> Result<String> {
     let mut text = Vec::new();
     while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
         if text.len() + chunk.len() > FORM_FIELD_LIMIT {
-            return Err(Error::BadRequest(format!(
-                "a form field is longer than {FORM_FIELD_LIMIT} bytes"
-            )));
+            return Err(Error::BadRequest(format!("a form field is longer than {FORM_FIELD_LIMIT} bytes")));
         }
         text.extend_from_slice(&chunk);
     }
@@ -257,26 +231,16 @@ fn plan(record: &Record, cond: &ReadConditions<'_>) -> Result<Plan> {
             return Ok(Plan::Full);
         }
     }
-    if !range
-        .trim_start()
-        .to_ascii_lowercase()
-        .starts_with("bytes=")
-    {
+    if !range.trim_start().to_ascii_lowercase().starts_with("bytes=") {
         // A range unit we do not know: ignored, as RFC 9110 says.
         return Ok(Plan::Full);
     }
-    let unsatisfiable = || Error::RangeNotSatisfiable {
-        range: range.to_string(),
-        size: record.size,
-    };
+    let unsatisfiable = || Error::RangeNotSatisfiable { range: range.to_string(), size: record.size };
     let ranges = parse_range_header(range)
         .and_then(|parsed| parsed.validate(record.size))
         .map_err(|_: RangeUnsatisfiableError| unsatisfiable())?;
     match ranges.as_slice() {
-        [only] => Ok(Plan::Part {
-            start: *only.start(),
-            end: *only.end(),
-        }),
+        [only] => Ok(Plan::Part { start: *only.start(), end: *only.end() }),
         // Several ranges: the whole representation (RFC 9110 allows it).
         _ => Ok(Plan::Full),
     }
@@ -290,11 +254,7 @@ pub struct Download {
 }
 
 #[rocket::get("/data/<_..>")]
-async fn get_data(
-    node: &State<Arc<Node>>,
-    tail: KeyTail<'_>,
-    cond: ReadConditions<'_>,
-) -> Result<Download> {
+async fn get_data(node: &State<Arc<Node>>, tail: KeyTail<'_>, cond: ReadConditions<'_>) -> Result<Download> {
     let key = tail.key()?;
     let (file, record) = node.open_dataset(&key).await?;
     let plan = plan(&record, &cond)?;
@@ -308,16 +268,14 @@ impl<'r> Responder<'r, 'static> for Download {
         response
             .header(Header::new("ETag", format!("\"{}\"", record.blake3)))
             .header(Header::new("Accept-Ranges", "bytes"));
-        let content_type =
-            ContentType::parse_flexible(&record.content_type).unwrap_or(ContentType::Binary);
+        let content_type = ContentType::parse_flexible(&record.content_type).unwrap_or(ContentType::Binary);
         let (start, len) = match plan {
             Plan::NotModified => return response.status(Status::NotModified).ok(),
             Plan::Full => (0, record.size),
             Plan::Part { start, end } => {
-                response.status(Status::PartialContent).header(Header::new(
-                    "Content-Range",
-                    format!("bytes {start}-{end}/{}", record.size),
-                ));
+                response
+                    .status(Status::PartialContent)
+                    .header(Header::new("Content-Range", format!("bytes {start}-{end}/{}", record.size)));
                 (start, end - start + 1)
             }
         };
@@ -325,11 +283,7 @@ impl<'r> Responder<'r, 'static> for Download {
             log::error!("seeking in `{}`: {e}", record.key);
             Status::InternalServerError
         })?;
-        response
-            .header(content_type)
-            .sized_body(len as usize, body)
-            .max_chunk_size(CHUNK)
-            .ok()
+        response.header(content_type).sized_body(len as usize, body).max_chunk_size(CHUNK).ok()
     }
 }
 
@@ -347,21 +301,14 @@ impl Slice {
 }
 
 impl AsyncRead for Slice {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
 impl AsyncSeek for Slice {
     fn start_seek(self: Pin<&mut Self>, _: io::SeekFrom) -> io::Result<()> {
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "a download slice is not seekable",
-        ))
+        Err(io::Error::new(io::ErrorKind::Unsupported, "a download slice is not seekable"))
     }
 
     fn poll_complete(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<u64>> {

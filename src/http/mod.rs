@@ -13,6 +13,7 @@ use crate::key::Key;
 
 mod catalog;
 mod data;
+mod ops;
 mod tus;
 
 /// Mounts every route and the problem+json catchers.
@@ -21,6 +22,8 @@ pub fn mount(rocket: Rocket<Build>) -> Rocket<Build> {
         .mount("/", data::routes())
         .mount("/", catalog::routes())
         .mount("/", tus::routes())
+        .mount("/", ops::routes())
+        .attach(ops::Telemetry)
         .attach(tus::fairing())
         .attach(tus::sweeper())
         .register("/", rocket::catchers![crate::error::default_catcher])
@@ -65,19 +68,11 @@ impl<'r, T: DeserializeOwned> FromData<'r> for JsonBody<T> {
                 .open(JSON_LIMIT.bytes())
                 .into_string()
                 .await
-                .map_err(|e| {
-                    Error::InvalidBody(format!(
-                        "the JSON body is not valid UTF-8 or broke off: {e}"
-                    ))
-                })?;
+                .map_err(|e| Error::InvalidBody(format!("the JSON body is not valid UTF-8 or broke off: {e}")))?;
             if !text.is_complete() {
                 return Err(Error::TooLarge { limit: JSON_LIMIT });
             }
-            let body = if text.trim().is_empty() {
-                "{}"
-            } else {
-                text.as_str()
-            };
+            let body = if text.trim().is_empty() { "{}" } else { text.as_str() };
             serde_json::from_str(body)
                 .map(JsonBody)
                 .map_err(|e| Error::InvalidBody(format!("the JSON body does not fit: {e}")))

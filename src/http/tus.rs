@@ -14,20 +14,11 @@ use rocket::{Route, State};
 use super::header;
 use crate::error::{Error, Result};
 use crate::node::Node;
-use crate::tus::{
-    Concat, Creation, Patch, UploadInfo, CHECKSUM_ALGORITHMS, EXTENSIONS, TUS_VERSION,
-};
+use crate::tus::{Concat, Creation, Patch, UploadInfo, CHECKSUM_ALGORITHMS, EXTENSIONS, TUS_VERSION};
 use crate::upload::{Algorithm, Digest};
 
 pub fn routes() -> Vec<Route> {
-    rocket::routes![
-        discover,
-        discover_upload,
-        create,
-        head_upload,
-        patch_upload,
-        terminate
-    ]
+    rocket::routes![discover, discover_upload, create, head_upload, patch_upload, terminate]
 }
 
 const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
@@ -48,18 +39,14 @@ fn is_tus_path(req: &Request<'_>) -> bool {
 #[rocket::async_trait]
 impl Fairing for TusFairing {
     fn info(&self) -> Info {
-        Info {
-            name: "tus",
-            kind: Kind::Request | Kind::Response,
-        }
+        Info { name: "tus", kind: Kind::Request | Kind::Response }
     }
 
     async fn on_request(&self, req: &mut Request<'_>, _: &mut Data<'_>) {
         if !is_tus_path(req) || req.method() != Method::Post {
             return;
         }
-        let method =
-            header(req, "X-HTTP-Method-Override").and_then(|m| m.trim().parse::<Method>().ok());
+        let method = header(req, "X-HTTP-Method-Override").and_then(|m| m.trim().parse::<Method>().ok());
         if let Some(method) = method {
             req.set_method(method);
         }
@@ -79,8 +66,7 @@ pub fn sweeper() -> AdHoc {
             let Some(node) = rocket.state::<Arc<Node>>().cloned() else {
                 return;
             };
-            let every =
-                std::time::Duration::from_secs((node.settings.upload_expiry / 4).clamp(1, 60));
+            let every = std::time::Duration::from_secs((node.settings.upload_expiry / 4).clamp(1, 60));
             let mut shutdown = rocket.shutdown();
             tokio::spawn(async move {
                 loop {
@@ -161,10 +147,7 @@ fn http_date(unix: i64) -> String {
     let format = time::macros::format_description!(
         "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
     );
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| t.format(&format).ok())
-        .unwrap_or_default()
+    time::OffsetDateTime::from_unix_timestamp(unix).ok().and_then(|t| t.format(&format).ok()).unwrap_or_default()
 }
 
 /// The answer to `OPTIONS`: what this server supports.
@@ -186,16 +169,12 @@ impl<'r> Responder<'r, 'static> for Discovery {
 
 #[rocket::options("/uploads")]
 fn discover(node: &State<Arc<Node>>) -> Discovery {
-    Discovery {
-        max_size: node.spooler.max_size,
-    }
+    Discovery { max_size: node.spooler.max_size }
 }
 
 #[rocket::options("/uploads/<_>")]
 fn discover_upload(node: &State<Arc<Node>>) -> Discovery {
-    Discovery {
-        max_size: node.spooler.max_size,
-    }
+    Discovery { max_size: node.spooler.max_size }
 }
 
 fn number(req: &Request<'_>, name: &str) -> Result<Option<u64>> {
@@ -237,61 +216,35 @@ fn creation_request(req: &Request<'_>) -> Result<CreationRequest> {
         Some(v) if v.starts_with("final;") => Concat::Final(
             v["final;".len()..]
                 .split_whitespace()
-                .map(|url| {
-                    url.trim_end_matches('/')
-                        .rsplit('/')
-                        .next()
-                        .unwrap_or("")
-                        .to_string()
-                })
+                .map(|url| url.trim_end_matches('/').rsplit('/').next().unwrap_or("").to_string())
                 .collect(),
         ),
-        Some(v) => {
-            return Err(Error::BadRequest(format!(
-                "Upload-Concat `{v}` is not partial or final;..."
-            )))
-        }
+        Some(v) => return Err(Error::BadRequest(format!("Upload-Concat `{v}` is not partial or final;..."))),
     };
     match (&concat, length, deferred) {
         (Concat::Final(parts), None, false) if !parts.is_empty() => {}
         (Concat::Final(_), _, _) => {
-            return Err(Error::BadRequest(
-                "a final upload lists its parts and sends no length".into(),
-            ))
+            return Err(Error::BadRequest("a final upload lists its parts and sends no length".into()))
         }
         (_, Some(_), true) => {
-            return Err(Error::BadRequest(
-                "send Upload-Length or Upload-Defer-Length, not both".into(),
-            ))
+            return Err(Error::BadRequest("send Upload-Length or Upload-Defer-Length, not both".into()))
         }
         (_, None, false) => {
-            return Err(Error::BadRequest(
-                "Upload-Length (or Upload-Defer-Length: 1) is required".into(),
-            ))
+            return Err(Error::BadRequest("Upload-Length (or Upload-Defer-Length: 1) is required".into()))
         }
         _ => {}
     }
     let with_body = content_type_is(req, OFFSET_OCTET_STREAM)
-        && (number(req, "Content-Length")?.unwrap_or(0) > 0
-            || header(req, "Transfer-Encoding").is_some());
+        && (number(req, "Content-Length")?.unwrap_or(0) > 0 || header(req, "Transfer-Encoding").is_some());
     Ok(CreationRequest {
-        creation: Creation {
-            length,
-            metadata: header(req, "Upload-Metadata").map(str::to_owned),
-            concat,
-        },
+        creation: Creation { length, metadata: header(req, "Upload-Metadata").map(str::to_owned), concat },
         with_body,
     })
 }
 
 fn content_type_is(req: &Request<'_>, expected: &str) -> bool {
-    header(req, "Content-Type").is_some_and(|ct| {
-        ct.split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .eq_ignore_ascii_case(expected)
-    })
+    header(req, "Content-Type")
+        .is_some_and(|ct| ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case(expected))
 }
 
 /// The headers of a PATCH, read and checked.
@@ -315,17 +268,10 @@ impl<'r> FromRequest<'r> for PatchRequest {
 
 fn patch_request(req: &Request<'_>) -> Result<PatchRequest> {
     if !content_type_is(req, OFFSET_OCTET_STREAM) {
-        return Err(Error::UnsupportedMediaType(format!(
-            "a PATCH body must be {OFFSET_OCTET_STREAM}"
-        )));
+        return Err(Error::UnsupportedMediaType(format!("a PATCH body must be {OFFSET_OCTET_STREAM}")));
     }
-    let offset = number(req, "Upload-Offset")?
-        .ok_or_else(|| Error::BadRequest("Upload-Offset is required".into()))?;
-    Ok(PatchRequest {
-        offset,
-        length: number(req, "Upload-Length")?,
-        checksum: upload_checksum(req)?,
-    })
+    let offset = number(req, "Upload-Offset")?.ok_or_else(|| Error::BadRequest("Upload-Offset is required".into()))?;
+    Ok(PatchRequest { offset, length: number(req, "Upload-Length")?, checksum: upload_checksum(req)? })
 }
 
 /// `Upload-Checksum: <algorithm> <base64>`.
@@ -337,11 +283,8 @@ fn upload_checksum(req: &Request<'_>) -> Result<Option<Digest>> {
         .trim()
         .split_once(' ')
         .ok_or_else(|| Error::BadRequest("Upload-Checksum is `<algorithm> <base64>`".into()))?;
-    let algorithm = Algorithm::from_tus(name).ok_or_else(|| {
-        Error::BadRequest(format!(
-            "checksum algorithm `{name}` is not one of {CHECKSUM_ALGORITHMS}"
-        ))
-    })?;
+    let algorithm = Algorithm::from_tus(name)
+        .ok_or_else(|| Error::BadRequest(format!("checksum algorithm `{name}` is not one of {CHECKSUM_ALGORITHMS}")))?;
     let value = base64::engine::general_purpose::STANDARD
         .decode(b64.trim())
         .map_err(|_| Error::BadRequest("the Upload-Checksum value is not valid base64".into()))?;
@@ -364,41 +307,20 @@ async fn create(
     let request = request?;
     let info = node.tus_create(request.creation).await?;
     if !request.with_body {
-        return Ok(Reply {
-            status: Status::Created,
-            info: Some(info),
-            head: false,
-        });
+        return Ok(Reply { status: Status::Created, info: Some(info), head: false });
     }
     let _permit = node.admit_upload()?;
     let checksum = headers.ok().and_then(|h| h.checksum);
-    let patch = Patch {
-        offset: 0,
-        length: None,
-        checksum,
-        body: body.open(body_limit(node)),
-    };
+    let patch = Patch { offset: 0, length: None, checksum, body: body.open(body_limit(node)) };
     let info = node.tus_patch(&info.id, patch).await?;
-    Ok(Reply {
-        status: Status::Created,
-        info: Some(info),
-        head: false,
-    })
+    Ok(Reply { status: Status::Created, info: Some(info), head: false })
 }
 
 #[rocket::head("/uploads/<id>")]
-async fn head_upload(
-    node: &State<Arc<Node>>,
-    tus: Result<TusResumable, Error>,
-    id: &str,
-) -> Result<Reply> {
+async fn head_upload(node: &State<Arc<Node>>, tus: Result<TusResumable, Error>, id: &str) -> Result<Reply> {
     tus?;
     let info = node.tus_info(id).await?;
-    Ok(Reply {
-        status: Status::Ok,
-        info: Some(info),
-        head: true,
-    })
+    Ok(Reply { status: Status::Ok, info: Some(info), head: true })
 }
 
 #[rocket::patch("/uploads/<id>", data = "<body>")]
@@ -419,19 +341,11 @@ async fn patch_upload(
         body: body.open(body_limit(node)),
     };
     let info = node.tus_patch(id, patch).await?;
-    Ok(Reply {
-        status: Status::NoContent,
-        info: Some(info),
-        head: false,
-    })
+    Ok(Reply { status: Status::NoContent, info: Some(info), head: false })
 }
 
 #[rocket::delete("/uploads/<id>")]
-async fn terminate(
-    node: &State<Arc<Node>>,
-    tus: Result<TusResumable, Error>,
-    id: &str,
-) -> Result<Status> {
+async fn terminate(node: &State<Arc<Node>>, tus: Result<TusResumable, Error>, id: &str) -> Result<Status> {
     tus?;
     node.tus_terminate(id).await?;
     Ok(Status::NoContent)

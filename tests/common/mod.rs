@@ -66,11 +66,7 @@ impl TestNode {
     /// Starts (or restarts) the binary and waits for its port.
     pub fn launch(&mut self) {
         let log_path = self.log_path();
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .unwrap();
+        let log = fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
         let start_len = log.metadata().unwrap().len();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_spillway"));
         cmd.current_dir(self.root.path())
@@ -93,10 +89,7 @@ impl TestNode {
         loop {
             let text = fs::read_to_string(&log_path).unwrap_or_default();
             let fresh = &text[(start_len as usize).min(text.len())..];
-            if let Some(line) = fresh
-                .lines()
-                .find(|l| l.starts_with("spillway listening on "))
-            {
+            if let Some(line) = fresh.lines().find(|l| l.starts_with("spillway listening on ")) {
                 let port: u16 = line.rsplit(':').next().unwrap().trim().parse().unwrap();
                 self.port = port;
                 self.base = format!("http://127.0.0.1:{port}");
@@ -105,10 +98,7 @@ impl TestNode {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("spillway exited with {status} before listening:\n{fresh}");
             }
-            assert!(
-                Instant::now() < deadline,
-                "spillway did not start in time:\n{fresh}"
-            );
+            assert!(Instant::now() < deadline, "spillway did not start in time:\n{fresh}");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -170,12 +160,7 @@ impl TestNode {
     }
 
     pub async fn put(&self, key: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
-        self.client
-            .put(self.url(&format!("/data/{key}")))
-            .body(body)
-            .send()
-            .await
-            .unwrap()
+        self.client.put(self.url(&format!("/data/{key}"))).body(body).send().await.unwrap()
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
@@ -223,11 +208,7 @@ pub fn raw_request(node: &TestNode, request: &[u8]) -> String {
 
 /// The status code of a raw HTTP response.
 pub fn status_of(response: &str) -> u16 {
-    response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+    response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so big bodies are generated,
@@ -251,15 +232,9 @@ pub fn generated_stream(
     len: u64,
     seed: u64,
     chunk: usize,
-) -> (
-    reqwest::Body,
-    std::sync::Arc<std::sync::Mutex<(blake3::Hasher, sha2::Sha256)>>,
-) {
+) -> (reqwest::Body, std::sync::Arc<std::sync::Mutex<(blake3::Hasher, sha2::Sha256)>>) {
     use sha2::Digest;
-    let hashes = std::sync::Arc::new(std::sync::Mutex::new((
-        blake3::Hasher::new(),
-        sha2::Sha256::new(),
-    )));
+    let hashes = std::sync::Arc::new(std::sync::Mutex::new((blake3::Hasher::new(), sha2::Sha256::new())));
     let h = hashes.clone();
     let block = std::sync::Arc::new(generated(chunk, seed));
     let pieces = len.div_ceil(chunk as u64);
@@ -321,10 +296,7 @@ impl TestNode {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!(
-                    "`spillway {}` ran longer than {CLI_TIMEOUT:?}",
-                    args.join(" ")
-                );
+                panic!("`spillway {}` ran longer than {CLI_TIMEOUT:?}", args.join(" "));
             }
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -369,15 +341,11 @@ pub struct RawResponse {
 impl RawResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
     }
 
     pub fn is_problem(&self) -> bool {
-        self.header("content-type")
-            .is_some_and(|ct| ct.starts_with("application/problem+json"))
+        self.header("content-type").is_some_and(|ct| ct.starts_with("application/problem+json"))
     }
 
     /// The problem detail's `code`, if the body is problem+json with one.
@@ -424,10 +392,7 @@ pub fn read_response(s: &mut TcpStream, within: Duration) -> Result<RawResponse,
                     buf.drain(..pos + 4);
                     continue;
                 }
-                let length = headers
-                    .iter()
-                    .find(|(k, _)| k == "content-length")
-                    .and_then(|(_, v)| v.parse().ok());
+                let length = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok());
                 head = Some((pos + 4, status, headers, length));
             }
         }
@@ -455,15 +420,10 @@ pub fn read_response(s: &mut TcpStream, within: Duration) -> Result<RawResponse,
         match s.read(&mut tmp) {
             Ok(0) => eof = true,
             Ok(n) => buf.extend_from_slice(&tmp[..n]),
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
             Err(e) => {
                 if head.is_none() && buf.windows(4).all(|w| w != b"\r\n\r\n") {
-                    return Err(format!(
-                        "connection failed before a response ({e}; {} bytes arrived)",
-                        buf.len()
-                    ));
+                    return Err(format!("connection failed before a response ({e}; {} bytes arrived)", buf.len()));
                 }
                 eof = true;
             }
@@ -477,11 +437,7 @@ pub fn read_response(s: &mut TcpStream, within: Duration) -> Result<RawResponse,
         )
     })?;
     let end = length.map_or(buf.len(), |l| (start + l).min(buf.len()));
-    Ok(RawResponse {
-        status,
-        headers,
-        body: buf[start..end].to_vec(),
-    })
+    Ok(RawResponse { status, headers, body: buf[start..end].to_vec() })
 }
 
 /// Whether the peer has closed the connection (EOF or reset) within `within`;
@@ -490,14 +446,11 @@ pub fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     let mut tmp = vec![0u8; 64 * 1024];
     while Instant::now() < deadline {
-        s.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         match s.read(&mut tmp) {
             Ok(0) => return true,
             Ok(_) => {}
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
             Err(_) => return true,
         }
     }

@@ -1,0 +1,121 @@
+//! Operations: `/health`, `/ready`, `/metrics`, and the telemetry fairing
+//! that logs one line per request, counts it in the metrics and echoes
+//! (or assigns) its `X-Request-Id`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rocket::data::Data;
+use rocket::fairing::{Fairing, Info, Kind};
+use rocket::http::{ContentType, Header, Status};
+use rocket::request::Request;
+use rocket::response::{self, Responder, Response};
+use rocket::serde::json::{json, Json, Value};
+use rocket::{Route, State};
+
+use super::header;
+use crate::error::{Error, Result};
+use crate::node::Node;
+use crate::store::Layout;
+
+pub fn routes() -> Vec<Route> {
+    rocket::routes![health, ready, metrics]
+}
+
+/// Liveness: the process serves.
+#[rocket::get("/health")]
+fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Readiness: the index answers, the data and spool directories take a
+/// write, and each volume has more free space than the reserve.
+#[rocket::get("/ready")]
+async fn ready(node: &State<Arc<Node>>) -> Result<Json<Value>> {
+    let node = node.inner().clone();
+    let checks = crate::node::blocking(move || Ok(node.readiness())).await?;
+    match checks.iter().find(|(_, problem)| problem.is_some()) {
+        None => Ok(Json(json!({"status": "ready"}))),
+        Some((what, Some(problem))) => Err(Error::NotReady(format!("{what}: {problem}"))),
+        Some(_) => unreachable!(),
+    }
+}
+
+/// Prometheus text exposition.
+pub struct Exposition(String);
+
+impl<'r> Responder<'r, 'static> for Exposition {
+    fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
+        Response::build_from(self.0.respond_to(req)?)
+            .header(ContentType::new("text", "plain").with_params([("version", "0.0.4"), ("charset", "utf-8")]))
+            .ok()
+    }
+}
+
+#[rocket::get("/metrics")]
+fn metrics(node: &State<Arc<Node>>) -> Exposition {
+    let free = |dir: &std::path::Path| Layout::free_space(dir).ok();
+    let volumes = [("data", free(&node.layout.datasets)), ("spool", free(&node.layout.spool))];
+    Exposition(node.metrics.render(node.spooler.budget.used(), &volumes))
+}
+
+/// Logs, counts and tags every request.
+pub struct Telemetry;
+
+/// What the fairing remembers between request and response.
+struct Started {
+    at: Instant,
+    id: String,
+}
+
+/// A client's `X-Request-Id` is kept if it is short and plain; otherwise
+/// (or when absent) the node makes one.
+fn request_id(req: &Request<'_>) -> String {
+    match header(req, "X-Request-Id") {
+        Some(id)
+            if !id.is_empty()
+                && id.len() <= 128
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) =>
+        {
+            id.to_string()
+        }
+        _ => uuid::Uuid::new_v4().simple().to_string(),
+    }
+}
+
+#[rocket::async_trait]
+impl Fairing for Telemetry {
+    fn info(&self) -> Info {
+        Info { name: "telemetry", kind: Kind::Request | Kind::Response }
+    }
+
+    async fn on_request(&self, req: &mut Request<'_>, _: &mut Data<'_>) {
+        req.local_cache(|| Started { at: Instant::now(), id: request_id(req) });
+    }
+
+    async fn on_response<'r>(&self, req: &'r Request<'_>, res: &mut Response<'r>) {
+        let started = req.local_cache(|| Started { at: Instant::now(), id: request_id(req) });
+        let elapsed = started.at.elapsed();
+        // Route templates only: never a raw key, query string or token.
+        let route = req.route().map_or_else(|| "unmatched".to_string(), |r| r.uri.origin.path().to_string());
+        let method = req.method().as_str();
+        let status = res.status().code;
+        if let Some(node) = req.rocket().state::<Arc<Node>>() {
+            let m = &node.metrics;
+            m.http_requests.with_label_values(&[&route, method, &status.to_string()]).inc();
+            m.http_duration.with_label_values(&[&route, method]).observe(elapsed.as_secs_f64());
+        }
+        res.set_header(Header::new("X-Request-Id", started.id.clone()));
+        let bytes_in = header(req, "Content-Length").unwrap_or("-");
+        let bytes_out = res.body().preset_size().map_or_else(|| "-".to_string(), |n| n.to_string());
+        log::info!(
+            target: "spillway::access",
+            "request_id={} method={method} route={route} status={status} bytes_in={bytes_in} bytes_out={bytes_out} duration_ms={:.1}",
+            started.id,
+            elapsed.as_secs_f64() * 1000.0,
+        );
+        if status == Status::InternalServerError.code {
+            log::warn!(target: "spillway::access", "request_id={} answered 500; see the error above", started.id);
+        }
+    }
+}
