@@ -30,6 +30,16 @@ pub struct Settings {
     pub max_uploads: usize,
     /// Seconds a resumable upload lives after its creation or last PATCH.
     pub upload_expiry: u64,
+    /// Bearer tokens; none means the node is open (and loopback only).
+    pub tokens: Vec<crate::access::TokenConfig>,
+    /// Secret for signed URLs; generated and kept in `data_dir` when unset.
+    pub signing_key: Option<String>,
+    /// Browser origins allowed by CORS (the node's own page needs none).
+    pub cors_origins: Vec<String>,
+    /// Serve without tokens on a non-loopback address (not recommended).
+    pub allow_open_on_network: bool,
+    /// `/metrics` needs a `read` token.
+    pub metrics_token: bool,
 }
 
 impl Default for Settings {
@@ -44,6 +54,11 @@ impl Default for Settings {
             stall_timeout: 60,
             max_uploads: 64,
             upload_expiry: 24 * 60 * 60,
+            tokens: Vec::new(),
+            signing_key: None,
+            cors_origins: Vec::new(),
+            allow_open_on_network: false,
+            metrics_token: false,
         }
     }
 }

@@ -62,6 +62,10 @@ pub enum Error {
     Forbidden(String),
     #[error("not ready: {0}")]
     NotReady(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Expired(String),
     /// Anything unexpected. The message goes to the log, never to the client.
     #[error("internal error: {0}")]
     Internal(String),
@@ -109,6 +113,8 @@ impl Error {
             Error::TusVersion(_) => Status::PreconditionFailed,
             Error::Forbidden(_) => Status::Forbidden,
             Error::NotReady(_) => Status::ServiceUnavailable,
+            Error::Unauthorized(_) => Status::Unauthorized,
+            Error::Expired(_) => Status::Forbidden,
         }
     }
 
@@ -136,6 +142,8 @@ impl Error {
             Error::TusVersion(_) => "unsupported-version",
             Error::Forbidden(_) => "forbidden",
             Error::NotReady(_) => "not-ready",
+            Error::Unauthorized(_) => "unauthorized",
+            Error::Expired(_) => "expired",
         }
     }
 
@@ -161,6 +169,7 @@ impl Error {
             Error::Busy { .. } => Some(Header::new("Retry-After", "1")),
             Error::OffsetMismatch { current, .. } => Some(Header::new("Upload-Offset", current.to_string())),
             Error::TusVersion(_) => Some(Header::new("Tus-Version", "1.0.0")),
+            Error::Unauthorized(_) => Some(Header::new("WWW-Authenticate", "Bearer realm=\"spillway\"")),
             _ => None,
         }
     }

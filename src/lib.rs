@@ -8,6 +8,7 @@
 //! - [`node`]: the service that ties them together (the commit protocol);
 //! - [`http`]: routes, guards and responders; [`error`]: the one error enum.
 
+pub mod access;
 pub mod config;
 pub mod error;
 pub mod fsck;
@@ -35,6 +36,20 @@ use crate::node::Node;
 /// up, so all of that is logged). `main` and the tests use this function.
 pub fn build(figment: Figment) -> Result<Rocket<Build>, String> {
     let settings = Settings::from_figment(&figment)?;
+    let address: std::net::IpAddr = figment.extract_inner("address").map_err(|e| e.to_string())?;
+    if settings.tokens.is_empty() {
+        if address.is_loopback() {
+            log::warn!("no tokens are configured: the node is open to anyone on this machine");
+        } else if settings.allow_open_on_network {
+            log::warn!("no tokens are configured and allow_open_on_network is set: anyone who reaches {address} may read, write and delete");
+        } else {
+            return Err(format!(
+                "no tokens are configured, so the node serves only on a loopback address, not {address}; \
+                 configure `tokens` or set `allow_open_on_network = true`"
+            ));
+        }
+    }
+    let cors = http::cors(&settings.cors_origins)?;
     let rocket = rocket::custom(figment)
         .attach(AdHoc::try_on_ignite("spillway node", |rocket| async move {
             match Node::open(settings) {
@@ -52,5 +67,14 @@ pub fn build(figment: Figment) -> Result<Rocket<Build>, String> {
                 println!("spillway listening on http://{}:{}", config.address, config.port);
             })
         }));
+    let rocket = match cors {
+        Some(cors) => rocket.attach(cors).attach(AdHoc::on_response("Vary: Origin", |_, res| {
+            Box::pin(async move {
+                // Answers differ by Origin: caches must not mix them.
+                res.adjoin_raw_header("Vary", "Origin");
+            })
+        })),
+        None => rocket,
+    };
     Ok(http::mount(rocket))
 }

@@ -75,7 +75,7 @@ fn main() -> ExitCode {
 
 /// Our own lines at `info`; Rocket and hyper only when something is wrong
 /// (the access log line replaces Rocket's per-request chatter).
-const DEFAULT_LOG: &str = "info,rocket=warn,_=warn,hyper=warn";
+const DEFAULT_LOG: &str = "info,rocket=error,_=error,hyper=warn";
 
 fn fail(message: &str) -> ExitCode {
     eprintln!("spillway: {message}");

@@ -133,6 +133,7 @@ pub struct Node {
     pub index: Index,
     pub spooler: Spooler,
     pub metrics: Arc<Metrics>,
+    pub access: crate::access::Access,
     pub tus: crate::tus::Resumable,
     commit_lock: Mutex<()>,
     uploads: Arc<Semaphore>,
@@ -157,6 +158,7 @@ impl Node {
         }
         let index = Index::open(&layout.index_file)?;
         let metrics = Arc::new(Metrics::new());
+        let access = crate::access::Access::new(&settings.tokens, settings.signing_key.as_deref(), &layout.root)?;
         let spooler = Spooler {
             layout: layout.clone(),
             budget: MemoryBudget::new(settings.spool_memory_budget.as_u64() as usize),
@@ -173,6 +175,7 @@ impl Node {
             index,
             spooler,
             metrics,
+            access,
             tus: Default::default(),
             commit_lock: Mutex::new(()),
             _lock: lock,

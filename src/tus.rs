@@ -360,6 +360,11 @@ impl Node {
         }
         .await;
         // Whatever arrived is made durable, even when the body broke off.
+        let rest = body.take_pending();
+        let keep_partial = checksum.is_empty() && !matches!(received, Err(Error::TooLarge { .. }));
+        if received.is_err() && !rest.is_empty() && keep_partial {
+            writer.send(rest).await?;
+        }
         let mut written = writer.finish().await?;
         let mut new_offset = offset + written.size;
         let mut hasher_after = written.hashing.blake3.clone();
@@ -370,8 +375,10 @@ impl Node {
                 .verify(&checksum)
                 .map_err(|_| Error::ChecksumMismatch(algorithms.first().map_or("", |a| a.name()).to_string())),
         };
-        if verdict.is_err() && !checksum.is_empty() && written.size > 0 {
-            // A chunk that cannot be verified is not kept.
+        // A chunk that cannot be verified, or that was refused as too large,
+        // is not kept at all; otherwise every byte that arrived stays.
+        let refused = matches!(verdict, Err(Error::TooLarge { .. })) || !checksum.is_empty();
+        if verdict.is_err() && refused && written.size > 0 {
             written.target.file.set_len(offset).map_err(Error::internal)?;
             written.target.file.sync_data().map_err(Error::internal)?;
             new_offset = offset;

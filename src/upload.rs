@@ -145,6 +145,8 @@ pub struct Digest {
 pub struct Expected {
     /// `Content-Length`: a shorter body is a truncated upload.
     pub length: Option<u64>,
+    /// A tighter size limit than `max_dataset_size` (a signed URL's).
+    pub limit: Option<u64>,
     pub digests: Vec<Digest>,
     pub blake3: Option<blake3::Hash>,
 }
@@ -231,9 +233,12 @@ pub struct Spooled {
 }
 
 /// Reads a request body in [`CHUNK`]-sized buffers, with the stall timeout
-/// on every read and a cap on the total.
+/// on every read and a cap on the total. The chunk being filled lives in the
+/// reader, so that when the body breaks off (or the read is cancelled) the
+/// bytes that did arrive can still be taken with [`ChunkReader::take_pending`].
 pub struct ChunkReader<R> {
     body: R,
+    pending: Vec<u8>,
     /// Counts every byte received (`spillway_upload_bytes_total`).
     counter: prometheus::IntCounter,
     stall_timeout: Duration,
@@ -243,13 +248,15 @@ pub struct ChunkReader<R> {
 
 impl<R: AsyncRead + Unpin> ChunkReader<R> {
     pub fn new(body: R, stall_timeout: Duration, limit: u64, counter: prometheus::IntCounter) -> Self {
-        ChunkReader { body, counter, stall_timeout, limit, received: 0 }
+        ChunkReader { body, pending: Vec::with_capacity(CHUNK), counter, stall_timeout, limit, received: 0 }
     }
 
-    /// Fills `buf` up to a chunk; `None` at the end of the body.
-    pub async fn next_chunk(&mut self, mut buf: Vec<u8>) -> Result<Option<Vec<u8>>> {
+    /// The next full chunk (the last may be shorter); `None` at the end of
+    /// the body. `spare`, an empty buffer, takes the place of the chunk
+    /// returned. Cancel-safe: a cancelled call loses no received byte.
+    pub async fn next_chunk(&mut self, spare: Vec<u8>) -> Result<Option<Vec<u8>>> {
         loop {
-            let n = match tokio::time::timeout(self.stall_timeout, self.body.read_buf(&mut buf)).await {
+            let n = match tokio::time::timeout(self.stall_timeout, self.body.read_buf(&mut self.pending)).await {
                 Err(_) => return Err(Error::Stalled(self.stall_timeout.as_secs())),
                 Ok(Err(e)) => return Err(Error::Disconnected(e.to_string())),
                 Ok(Ok(n)) => n,
@@ -259,13 +266,18 @@ impl<R: AsyncRead + Unpin> ChunkReader<R> {
             if self.received > self.limit {
                 return Err(Error::TooLarge { limit: self.limit });
             }
-            if n == 0 {
-                return Ok((!buf.is_empty()).then_some(buf));
+            if (n == 0 && !self.pending.is_empty()) || self.pending.len() >= CHUNK {
+                return Ok(Some(std::mem::replace(&mut self.pending, spare)));
             }
-            if buf.len() >= CHUNK {
-                return Ok(Some(buf));
+            if n == 0 {
+                return Ok(None);
             }
         }
+    }
+
+    /// The bytes received since the last full chunk (after an error).
+    pub fn take_pending(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.pending)
     }
 }
 
@@ -289,9 +301,10 @@ enum Sink {
 impl Spooler {
     /// Streams `body` to a verified temp file. On any error nothing is left.
     pub async fn spool<R: AsyncRead + Unpin>(&self, body: R, expected: &Expected) -> Result<Spooled> {
+        let max_size = expected.limit.map_or(self.max_size, |l| l.min(self.max_size));
         if let Some(length) = expected.length {
-            if length > self.max_size {
-                return Err(Error::TooLarge { limit: self.max_size });
+            if length > max_size {
+                return Err(Error::TooLarge { limit: max_size });
             }
             self.check_space(&self.layout.staging, length)?;
             if length > self.spool_memory as u64 {
@@ -308,7 +321,7 @@ impl Spooler {
             },
         };
 
-        let mut body = ChunkReader::new(body, self.stall_timeout, self.max_size, self.received_bytes.clone());
+        let mut body = ChunkReader::new(body, self.stall_timeout, max_size, self.received_bytes.clone());
         let mut next_space_check = SPACE_CHECK_EVERY;
         while let Some(chunk) = body.next_chunk(sink.buffer()).await? {
             sink = self.push(sink, chunk, &algorithms).await?;

@@ -9,7 +9,9 @@ use rocket::response::{self, Responder, Response};
 use rocket::serde::json::Json;
 use rocket::{Route, State};
 
+use super::access::mint;
 use super::{JsonBody, KeyTail};
+use crate::access::{Caller, Scope};
 use crate::error::{Error, Result};
 use crate::index::{MetadataPatch, Record};
 use crate::key::{encode_query_value, Key};
@@ -41,10 +43,12 @@ impl<'r> Responder<'r, 'static> for Page {
 #[rocket::get("/datasets?<prefix>&<limit>&<after>")]
 async fn list(
     node: &State<Arc<Node>>,
+    caller: Caller,
     prefix: Option<String>,
     limit: Option<&str>,
     after: Option<String>,
 ) -> Result<Page> {
+    caller.require(Scope::Read)?;
     let limit = match limit {
         None => DEFAULT_LIMIT,
         Some(raw) => {
@@ -70,39 +74,63 @@ async fn list(
 }
 
 #[rocket::get("/datasets/<_..>", rank = 2)]
-async fn get_record(node: &State<Arc<Node>>, tail: KeyTail<'_>) -> Result<Json<Record>> {
+async fn get_record(node: &State<Arc<Node>>, caller: Caller, tail: KeyTail<'_>) -> Result<Json<Record>> {
+    caller.require(Scope::Read)?;
     Ok(Json(node.get(&tail.key()?).await?))
 }
 
 #[rocket::patch("/datasets/<_..>", data = "<patch>")]
 async fn patch_record(
     node: &State<Arc<Node>>,
+    caller: Caller,
     tail: KeyTail<'_>,
     patch: Result<JsonBody<MetadataPatch>, Error>,
 ) -> Result<Json<Record>> {
+    caller.require(Scope::Write)?;
     let key = tail.key()?;
     Ok(Json(node.patch(&key, patch?.0).await?))
 }
 
 #[rocket::delete("/datasets/<_..>")]
-async fn delete_record(node: &State<Arc<Node>>, tail: KeyTail<'_>) -> Result<Status> {
+async fn delete_record(node: &State<Arc<Node>>, caller: Caller, tail: KeyTail<'_>) -> Result<Status> {
+    caller.require(Scope::Admin)?;
     node.delete(&tail.key()?).await?;
     Ok(Status::NoContent)
 }
 
-const ACKNOWLEDGE: &str = "/action/acknowledge";
+/// The `POST /datasets/{key}/...` actions, by path suffix.
+const ACTIONS: [(&str, Scope); 3] =
+    [("/action/acknowledge", Scope::Write), ("/upload-url", Scope::Write), ("/download-url", Scope::Read)];
 
-/// `POST /datasets/{key}/action/...`: the action is the path's suffix, so a
-/// key may itself contain any segment.
+/// `POST /datasets/{key}/action/acknowledge`, `.../upload-url` and
+/// `.../download-url`: the action is the path's suffix, so a key may itself
+/// contain any segment.
 #[rocket::post("/datasets/<_..>", data = "<body>", rank = 2)]
 async fn post_action(
     node: &State<Arc<Node>>,
+    caller: Caller,
     tail: KeyTail<'_>,
-    body: Result<JsonBody<Acknowledge>, Error>,
-) -> Result<Json<Record>> {
-    let Some(raw_key) = tail.0.strip_suffix(ACKNOWLEDGE) else {
+    body: Result<JsonBody<serde_json::Value>, Error>,
+) -> Result<Json<serde_json::Value>> {
+    let Some((action, raw_key, scope)) =
+        ACTIONS.iter().find_map(|(suffix, scope)| tail.0.strip_suffix(suffix).map(|k| (*suffix, k, *scope)))
+    else {
         return Err(Error::NotFound(format!("no action at /datasets/{}", tail.0)));
     };
+    caller.require(scope)?;
     let key = Key::from_raw_path(raw_key)?;
-    Ok(Json(node.acknowledge(&key, body?.0).await?))
+    let body = body?.0;
+    let value = match action {
+        "/action/acknowledge" => {
+            let ack: Acknowledge = from_json(body)?;
+            serde_json::to_value(node.acknowledge(&key, ack).await?)
+        }
+        "/upload-url" => serde_json::to_value(mint(node, &key, "PUT", from_json(body)?)?.0),
+        _ => serde_json::to_value(mint(node, &key, "GET", from_json(body)?)?.0),
+    };
+    value.map(Json).map_err(Error::internal)
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T> {
+    serde_json::from_value(value).map_err(|e| Error::InvalidBody(format!("the JSON body does not fit: {e}")))
 }

@@ -17,7 +17,9 @@ use rocket::{Route, State};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek, ReadBuf, Take};
 use tokio_util::io::{ReaderStream, StreamReader};
 
+use super::access::authorize_data;
 use super::{header, KeyTail};
+use crate::access::{Caller, Scope, SignedParams};
 use crate::error::{Error, Result};
 use crate::index::Record;
 use crate::key::Key;
@@ -84,17 +86,21 @@ impl<'r> Responder<'r, 'static> for Stored {
 }
 
 #[rocket::put("/data/<_..>?<name>", data = "<body>")]
+#[allow(clippy::too_many_arguments)]
 async fn put_data(
     node: &State<Arc<Node>>,
+    caller: Caller,
+    signed: SignedParams,
     tail: KeyTail<'_>,
     name: Option<String>,
     meta: Result<UploadMeta, Error>,
     body: Data<'_>,
 ) -> Result<Stored> {
-    let key = tail.key()?;
+    let (key, limit) = authorize_data(node, &caller, &signed, "PUT", &tail, Scope::Write)?;
     let _permit = node.admit_upload()?;
     let mut meta = meta?;
     meta.name = name;
+    meta.expected.limit = limit;
     let limit = node.spooler.max_size.saturating_add(1);
     let started = Instant::now();
     let stored = node.put(key, body.open(limit.bytes()), meta).await;
@@ -108,10 +114,12 @@ async fn put_data(
 #[rocket::post("/datasets", data = "<body>")]
 async fn post_multipart(
     node: &State<Arc<Node>>,
+    caller: Caller,
     content_type: Option<&ContentType>,
     meta: Result<UploadMeta, Error>,
     body: Data<'_>,
 ) -> Result<Stored> {
+    caller.require(Scope::Write)?;
     let _permit = node.admit_upload()?;
     let started = Instant::now();
     let stored = receive_form(node, content_type, meta?, body).await;
@@ -254,8 +262,15 @@ pub struct Download {
 }
 
 #[rocket::get("/data/<_..>")]
-async fn get_data(node: &State<Arc<Node>>, tail: KeyTail<'_>, cond: ReadConditions<'_>) -> Result<Download> {
-    let key = tail.key()?;
+async fn get_data(
+    node: &State<Arc<Node>>,
+    caller: Caller,
+    signed: SignedParams,
+    tail: KeyTail<'_>,
+    cond: ReadConditions<'_>,
+) -> Result<Download> {
+    // HEAD runs this route too; a signed GET URL covers both.
+    let (key, _) = authorize_data(node, &caller, &signed, "GET", &tail, Scope::Read)?;
     let (file, record) = node.open_dataset(&key).await?;
     let plan = plan(&record, &cond)?;
     Ok(Download { file, record, plan })

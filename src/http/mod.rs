@@ -3,7 +3,7 @@
 //! one call into [`Node`](crate::node::Node), a response.
 
 use rocket::data::{Data, FromData, Outcome as DataOutcome, ToByteUnit};
-use rocket::http::Status;
+use rocket::http::{Method, Status};
 use rocket::request::{FromRequest, Outcome, Request};
 use rocket::{Build, Rocket};
 use serde::de::DeserializeOwned;
@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use crate::error::Error;
 use crate::key::Key;
 
+mod access;
 mod catalog;
 mod data;
 mod ops;
@@ -27,6 +28,53 @@ pub fn mount(rocket: Rocket<Build>) -> Rocket<Build> {
         .attach(tus::fairing())
         .attach(tus::sweeper())
         .register("/", rocket::catchers![crate::error::default_catcher])
+}
+
+/// CORS for the configured browser origins (none: no CORS headers; the
+/// node's own page is same-origin). Preflights cover the tus headers, and
+/// the headers a browser client must read are exposed.
+pub fn cors(origins: &[String]) -> Result<Option<rocket_cors::Cors>, String> {
+    use rocket_cors::{AllowedHeaders, AllowedOrigins, CorsOptions};
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allowed_origins =
+        if origins.iter().any(|o| o == "*") { AllowedOrigins::all() } else { AllowedOrigins::some_exact(origins) };
+    let methods =
+        [Method::Get, Method::Head, Method::Put, Method::Post, Method::Patch, Method::Delete, Method::Options];
+    let expose = [
+        "Location",
+        "ETag",
+        "Content-Location",
+        "Content-Range",
+        "Content-Length",
+        "Link",
+        "X-Request-Id",
+        "Upload-Offset",
+        "Upload-Length",
+        "Upload-Defer-Length",
+        "Upload-Metadata",
+        "Upload-Expires",
+        "Upload-Concat",
+        "Tus-Resumable",
+        "Tus-Version",
+        "Tus-Extension",
+        "Tus-Max-Size",
+        "Tus-Checksum-Algorithm",
+        "Retry-After",
+    ];
+    CorsOptions {
+        allowed_origins,
+        allowed_methods: methods.into_iter().map(From::from).collect(),
+        allowed_headers: AllowedHeaders::all(),
+        allow_credentials: false,
+        expose_headers: expose.iter().map(|h| h.to_string()).collect(),
+        max_age: Some(3600),
+        ..CorsOptions::default()
+    }
+    .to_cors()
+    .map(Some)
+    .map_err(|e| format!("invalid value for key `cors_origins`: {e}"))
 }
 
 /// The raw, still percent-encoded rest of the path after its first segment:

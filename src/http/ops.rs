@@ -14,6 +14,7 @@ use rocket::serde::json::{json, Json, Value};
 use rocket::{Route, State};
 
 use super::header;
+use crate::access::{Caller, Scope};
 use crate::error::{Error, Result};
 use crate::node::Node;
 use crate::store::Layout;
@@ -53,10 +54,13 @@ impl<'r> Responder<'r, 'static> for Exposition {
 }
 
 #[rocket::get("/metrics")]
-fn metrics(node: &State<Arc<Node>>) -> Exposition {
+fn metrics(node: &State<Arc<Node>>, caller: Caller) -> Result<Exposition> {
+    if node.settings.metrics_token {
+        caller.require(Scope::Read)?;
+    }
     let free = |dir: &std::path::Path| Layout::free_space(dir).ok();
     let volumes = [("data", free(&node.layout.datasets)), ("spool", free(&node.layout.spool))];
-    Exposition(node.metrics.render(node.spooler.budget.used(), &volumes))
+    Ok(Exposition(node.metrics.render(node.spooler.budget.used(), &volumes)))
 }
 
 /// Logs, counts and tags every request.

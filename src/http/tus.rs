@@ -12,6 +12,7 @@ use rocket::response::{self, Responder, Response};
 use rocket::{Route, State};
 
 use super::header;
+use crate::access::{Caller, Scope};
 use crate::error::{Error, Result};
 use crate::node::Node;
 use crate::tus::{Concat, Creation, Patch, UploadInfo, CHECKSUM_ALGORITHMS, EXTENSIONS, TUS_VERSION};
@@ -298,12 +299,14 @@ fn body_limit(node: &Node) -> rocket::data::ByteUnit {
 #[rocket::post("/uploads", data = "<body>")]
 async fn create(
     node: &State<Arc<Node>>,
+    caller: Caller,
     tus: Result<TusResumable, Error>,
     request: Result<CreationRequest, Error>,
     headers: Result<PatchRequest, Error>,
     body: Data<'_>,
 ) -> Result<Reply> {
     tus?;
+    caller.require(Scope::Write)?;
     let request = request?;
     let info = node.tus_create(request.creation).await?;
     if !request.with_body {
@@ -317,8 +320,14 @@ async fn create(
 }
 
 #[rocket::head("/uploads/<id>")]
-async fn head_upload(node: &State<Arc<Node>>, tus: Result<TusResumable, Error>, id: &str) -> Result<Reply> {
+async fn head_upload(
+    node: &State<Arc<Node>>,
+    caller: Caller,
+    tus: Result<TusResumable, Error>,
+    id: &str,
+) -> Result<Reply> {
     tus?;
+    caller.require(Scope::Write)?;
     let info = node.tus_info(id).await?;
     Ok(Reply { status: Status::Ok, info: Some(info), head: true })
 }
@@ -326,12 +335,14 @@ async fn head_upload(node: &State<Arc<Node>>, tus: Result<TusResumable, Error>, 
 #[rocket::patch("/uploads/<id>", data = "<body>")]
 async fn patch_upload(
     node: &State<Arc<Node>>,
+    caller: Caller,
     tus: Result<TusResumable, Error>,
     id: &str,
     request: Result<PatchRequest, Error>,
     body: Data<'_>,
 ) -> Result<Reply> {
     tus?;
+    caller.require(Scope::Write)?;
     let request = request?;
     let _permit = node.admit_upload()?;
     let patch = Patch {
@@ -345,8 +356,14 @@ async fn patch_upload(
 }
 
 #[rocket::delete("/uploads/<id>")]
-async fn terminate(node: &State<Arc<Node>>, tus: Result<TusResumable, Error>, id: &str) -> Result<Status> {
+async fn terminate(
+    node: &State<Arc<Node>>,
+    caller: Caller,
+    tus: Result<TusResumable, Error>,
+    id: &str,
+) -> Result<Status> {
     tus?;
+    caller.require(Scope::Write)?;
     node.tus_terminate(id).await?;
     Ok(Status::NoContent)
 }

@@ -1,0 +1,280 @@
+//! Who may do what: bearer tokens with scopes, and signed URLs.
+//!
+//! Tokens come from configuration (`tokens`), each `{name, token, scopes}`;
+//! `token` may be stored as `sha256:<hex>` of the secret. A presented token
+//! is hashed and compared with every configured hash in constant time.
+//! Scopes nest: `admin` includes `write`, which includes `read`.
+//!
+//! A signed URL carries `expires` (Unix seconds), optional `max_size` and
+//! `sig`: base64url(HMAC-SHA256(signing_key, "METHOD\nkey\nexpires\nmax_size")).
+//! It grants exactly its method on exactly its key until it expires.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::{Error, Result};
+use crate::key::{encode_query_value, Key};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Read,
+    Write,
+    Admin,
+}
+
+/// One entry of the `tokens` setting.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub name: String,
+    /// The secret, or `sha256:<64 hex>` of it.
+    pub token: String,
+    pub scopes: Vec<Scope>,
+}
+
+struct Token {
+    name: String,
+    hash: [u8; 32],
+    scope: Scope,
+}
+
+/// Who is asking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// No tokens are configured: the node is open (loopback only).
+    Open,
+    Token {
+        name: String,
+        scope: Scope,
+    },
+    /// No `Authorization` header.
+    Anonymous,
+    /// A token that matches none configured.
+    Unknown,
+}
+
+impl Caller {
+    /// Allows the call if the caller holds `scope` (or the node is open).
+    pub fn require(&self, scope: Scope) -> Result<()> {
+        match self {
+            Caller::Open => Ok(()),
+            Caller::Token { scope: held, .. } if *held >= scope => Ok(()),
+            Caller::Token { name, scope: held } => {
+                Err(Error::Forbidden(format!("token `{name}` has scope {held:?}; this needs {scope:?}")))
+            }
+            Caller::Anonymous => Err(Error::Unauthorized("this needs a bearer token".into())),
+            Caller::Unknown => Err(Error::Unauthorized("the bearer token is not known".into())),
+        }
+    }
+}
+
+/// The parameters of a signed URL, as they arrived.
+#[derive(Debug, Clone, Default)]
+pub struct SignedParams {
+    pub expires: Option<String>,
+    pub max_size: Option<String>,
+    pub sig: Option<String>,
+}
+
+impl SignedParams {
+    pub fn present(&self) -> bool {
+        self.expires.is_some() || self.sig.is_some() || self.max_size.is_some()
+    }
+}
+
+/// What a valid signed URL allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignedGrant {
+    pub max_size: Option<u64>,
+}
+
+pub struct Access {
+    tokens: Vec<Token>,
+    signing_key: Vec<u8>,
+}
+
+/// The file holding the generated signing key, inside `data_dir`.
+pub const SIGNING_KEY_FILE: &str = "signing.key";
+
+impl Access {
+    /// `signing_key` from configuration, else the one kept in the data
+    /// directory (generated, mode 0600, on first start).
+    pub fn new(tokens: &[TokenConfig], signing_key: Option<&str>, data_dir: &Path) -> Result<Access> {
+        let tokens = tokens.iter().map(parse_token).collect::<Result<Vec<_>>>()?;
+        let signing_key = match signing_key {
+            Some(k) if !k.is_empty() => k.as_bytes().to_vec(),
+            _ => load_or_create_key(&data_dir.join(SIGNING_KEY_FILE))?,
+        };
+        Ok(Access { tokens, signing_key })
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// Resolves an `Authorization` header value.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Caller {
+        if self.is_open() {
+            return Caller::Open;
+        }
+        let Some(value) = authorization else { return Caller::Anonymous };
+        let presented = value.trim().strip_prefix("Bearer ").or_else(|| value.trim().strip_prefix("bearer "));
+        let Some(presented) = presented else { return Caller::Unknown };
+        let hash: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
+        // Compare with every token, so timing says nothing about which.
+        let mut found = None;
+        for token in &self.tokens {
+            if bool::from(token.hash.ct_eq(&hash)) {
+                found = Some(token);
+            }
+        }
+        match found {
+            Some(t) => Caller::Token { name: t.name.clone(), scope: t.scope },
+            None => Caller::Unknown,
+        }
+    }
+
+    fn mac(&self, method: &str, key: &Key, expires: i64, max_size: Option<u64>) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.signing_key).expect("HMAC takes any key length");
+        let max = max_size.map(|m| m.to_string()).unwrap_or_default();
+        mac.update(format!("{method}\n{key}\n{expires}\n{max}").as_bytes());
+        mac
+    }
+
+    /// The query string of a signed URL for `method` on `key`.
+    pub fn sign(&self, method: &str, key: &Key, expires: i64, max_size: Option<u64>) -> String {
+        let sig = URL_SAFE_NO_PAD.encode(self.mac(method, key, expires, max_size).finalize().into_bytes());
+        let mut query = format!("expires={expires}");
+        if let Some(max) = max_size {
+            query.push_str(&format!("&max_size={max}"));
+        }
+        query.push_str(&format!("&sig={}", encode_query_value(&sig)));
+        query
+    }
+
+    /// Checks a signed URL for `method` on `key` at time `now`.
+    pub fn verify(&self, method: &str, key: &Key, params: &SignedParams, now: i64) -> Result<SignedGrant> {
+        let forbidden = || Error::Forbidden("the signed URL is not valid for this request".into());
+        let expires: i64 = params.expires.as_deref().and_then(|e| e.parse().ok()).ok_or_else(forbidden)?;
+        let max_size = match params.max_size.as_deref() {
+            None => None,
+            Some(m) => Some(m.parse::<u64>().map_err(|_| forbidden())?),
+        };
+        let sig = params.sig.as_deref().and_then(|s| URL_SAFE_NO_PAD.decode(s).ok()).ok_or_else(forbidden)?;
+        self.mac(method, key, expires, max_size).verify_slice(&sig).map_err(|_| forbidden())?;
+        if expires < now {
+            return Err(Error::Expired("the signed URL has expired".into()));
+        }
+        Ok(SignedGrant { max_size })
+    }
+}
+
+fn parse_token(t: &TokenConfig) -> Result<Token> {
+    let bad = |why: &str| Error::internal(format!("invalid value for key `tokens`: token `{}` {why}", t.name));
+    let scope = t.scopes.iter().copied().max().ok_or_else(|| bad("has no scopes"))?;
+    let hash = match t.token.strip_prefix("sha256:") {
+        Some(hex) => {
+            let bytes = (0..hex.len())
+                .step_by(2)
+                .map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+                .collect::<Option<Vec<u8>>>()
+                .filter(|b| b.len() == 32 && hex.len() == 64)
+                .ok_or_else(|| bad("is `sha256:` but not 64 hex digits"))?;
+            bytes.try_into().expect("32 bytes")
+        }
+        None if t.token.len() < 8 => return Err(bad("is shorter than 8 characters")),
+        None => Sha256::digest(t.token.as_bytes()).into(),
+    };
+    Ok(Token { name: t.name.clone(), hash, scope })
+}
+
+fn load_or_create_key(path: &Path) -> Result<Vec<u8>> {
+    match fs::read(path) {
+        Ok(key) if key.len() >= 32 => return Ok(key),
+        Ok(_) => return Err(Error::internal(format!("{} is too short to be a signing key", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::internal(format!("reading {}: {e}", path.display()))),
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| Error::internal(format!("no randomness for a signing key: {e}")))?;
+    let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::internal(format!("creating {}: {e}", path.display())))?;
+    file.write_all(key.as_bytes()).and_then(|_| file.sync_all()).map_err(Error::internal)?;
+    log::info!("generated a signing key for signed URLs in {}", path.display());
+    Ok(key.into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access() -> Access {
+        let tokens = vec![
+            TokenConfig { name: "r".into(), token: "reader-secret".into(), scopes: vec![Scope::Read] },
+            TokenConfig {
+                name: "a".into(),
+                token: format!("sha256:{}", {
+                    let h: [u8; 32] = Sha256::digest(b"admin-secret").into();
+                    h.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                }),
+                scopes: vec![Scope::Admin],
+            },
+        ];
+        Access::new(&tokens, Some("k".repeat(32).as_str()), Path::new("/nonexistent")).unwrap()
+    }
+
+    #[test]
+    fn tokens_and_scopes() {
+        let a = access();
+        assert_eq!(a.authenticate(None), Caller::Anonymous);
+        assert_eq!(a.authenticate(Some("Bearer nope")), Caller::Unknown);
+        assert_eq!(
+            a.authenticate(Some("Bearer reader-secret")),
+            Caller::Token { name: "r".into(), scope: Scope::Read }
+        );
+        let admin = a.authenticate(Some("Bearer admin-secret"));
+        assert!(admin.require(Scope::Write).is_ok());
+        assert!(a.authenticate(Some("Bearer reader-secret")).require(Scope::Write).is_err());
+    }
+
+    #[test]
+    fn signatures_bind_every_field() {
+        let a = access();
+        let key = Key::parse("a/b").unwrap();
+        let query = a.sign("PUT", &key, 2000, Some(10));
+        let params = |q: &str| {
+            let mut p = SignedParams::default();
+            for (k, v) in q.split('&').filter_map(|kv| kv.split_once('=')) {
+                let v = percent_encoding::percent_decode_str(v).decode_utf8().unwrap().to_string();
+                match k {
+                    "expires" => p.expires = Some(v),
+                    "max_size" => p.max_size = Some(v),
+                    "sig" => p.sig = Some(v),
+                    _ => {}
+                }
+            }
+            p
+        };
+        assert!(a.verify("PUT", &key, &params(&query), 1000).is_ok());
+        assert!(matches!(a.verify("PUT", &key, &params(&query), 3000), Err(Error::Expired(_))));
+        assert!(a.verify("GET", &key, &params(&query), 1000).is_err());
+        assert!(a.verify("PUT", &Key::parse("a/c").unwrap(), &params(&query), 1000).is_err());
+        assert!(a.verify("PUT", &key, &params(&query.replace("max_size=10", "max_size=11")), 1000).is_err());
+        assert!(a.verify("PUT", &key, &params(&query.replace("expires=2000", "expires=2001")), 1000).is_err());
+    }
+}

@@ -1,0 +1,104 @@
+//! Access on the HTTP side: the `Caller` guard (bearer tokens), the signed
+//! URL parameters, and the endpoints that mint signed URLs.
+
+use std::sync::Arc;
+
+use rocket::request::{FromRequest, Outcome, Request};
+use rocket::serde::json::Json;
+use serde::{Deserialize, Serialize};
+
+use super::{header, KeyTail};
+use crate::access::{Caller, Scope, SignedParams};
+use crate::error::{Error, Result};
+use crate::key::Key;
+use crate::node::Node;
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for Caller {
+    type Error = std::convert::Infallible;
+
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
+        let caller = match req.rocket().state::<Arc<Node>>() {
+            Some(node) => node.access.authenticate(header(req, "Authorization")),
+            None => Caller::Anonymous,
+        };
+        Outcome::Success(caller)
+    }
+}
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for SignedParams {
+    type Error = std::convert::Infallible;
+
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
+        let mut params = SignedParams::default();
+        for field in req.uri().query().into_iter().flat_map(|q| q.segments()) {
+            let value = Some(field.1.to_string());
+            match field.0 {
+                "expires" => params.expires = value,
+                "max_size" => params.max_size = value,
+                "sig" => params.sig = value,
+                _ => {}
+            }
+        }
+        Outcome::Success(params)
+    }
+}
+
+/// The right to `method` on `/data/{key}`: a signed URL for exactly that
+/// (whatever the token), else a token holding `scope` (checked before the
+/// key is even parsed). Returns the key and the signed URL's size limit.
+pub fn authorize_data(
+    node: &Node,
+    caller: &Caller,
+    signed: &SignedParams,
+    method: &str,
+    tail: &KeyTail<'_>,
+    scope: Scope,
+) -> Result<(Key, Option<u64>)> {
+    if signed.present() {
+        let key = tail.key()?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let grant = node.access.verify(method, &key, signed, now)?;
+        return Ok((key, grant.max_size));
+    }
+    caller.require(scope)?;
+    Ok((tail.key()?, None))
+}
+
+/// The body of `POST /datasets/{key}/upload-url` and `/download-url`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UrlRequest {
+    pub expires_in: Option<u64>,
+    pub max_size: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SignedUrl {
+    pub url: String,
+    pub method: &'static str,
+    pub expires_at: String,
+}
+
+const DEFAULT_EXPIRY: u64 = 60 * 60;
+const MAX_EXPIRY: u64 = 7 * 24 * 60 * 60;
+
+/// Mints a signed URL for `method` on `key`.
+pub fn mint(node: &Node, key: &Key, method: &'static str, request: UrlRequest) -> Result<Json<SignedUrl>> {
+    let expires_in = request.expires_in.unwrap_or(DEFAULT_EXPIRY);
+    if expires_in == 0 || expires_in > MAX_EXPIRY {
+        return Err(Error::BadRequest(format!("expires_in must be between 1 and {MAX_EXPIRY} seconds")));
+    }
+    if method == "GET" && request.max_size.is_some() {
+        return Err(Error::BadRequest("max_size applies to upload URLs only".into()));
+    }
+    let expires = time::OffsetDateTime::now_utc() + time::Duration::seconds(expires_in as i64);
+    let query = node.access.sign(method, key, expires.unix_timestamp(), request.max_size);
+    let format = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    Ok(Json(SignedUrl {
+        url: format!("{}?{query}", key.url_path()),
+        method,
+        expires_at: expires.format(&format).expect("timestamp formats"),
+    }))
+}
