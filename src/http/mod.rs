@@ -15,6 +15,7 @@ mod access;
 mod catalog;
 mod data;
 mod ops;
+mod page;
 mod tus;
 
 /// Mounts every route and the problem+json catchers.
@@ -24,6 +25,7 @@ pub fn mount(rocket: Rocket<Build>) -> Rocket<Build> {
         .mount("/", catalog::routes())
         .mount("/", tus::routes())
         .mount("/", ops::routes())
+        .mount("/", page::routes())
         .attach(ops::Telemetry)
         .attach(tus::fairing())
         .attach(tus::sweeper())
