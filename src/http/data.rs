@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek, ReadBuf, Take};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::access::authorize_data;
-use super::{header, KeyTail};
+use super::{guard, header, KeyTail};
 use crate::access::{Caller, Scope, SignedParams};
 use crate::error::{Error, Result};
 use crate::index::Record;
@@ -40,10 +40,7 @@ impl<'r> FromRequest<'r> for UploadMeta {
     type Error = Error;
 
     async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Error> {
-        match upload_meta(req) {
-            Ok(meta) => Outcome::Success(meta),
-            Err(e) => Outcome::Error((e.status(), e)),
-        }
+        guard(upload_meta(req))
     }
 }
 

@@ -135,6 +135,15 @@ impl<'r, T: DeserializeOwned> FromData<'r> for JsonBody<T> {
     }
 }
 
+/// A checked guard's result in the shape Rocket wants: the error keeps its
+/// status, and the handler (taking `Result<T, Error>`) answers with it.
+pub fn guard<T>(result: Result<T, Error>) -> Outcome<T, Error> {
+    match result {
+        Ok(value) => Outcome::Success(value),
+        Err(e) => Outcome::Error((e.status(), e)),
+    }
+}
+
 /// One header's value, if present.
 pub fn header<'r>(req: &'r Request<'_>, name: &str) -> Option<&'r str> {
     req.headers().get_one(name)

@@ -11,7 +11,7 @@ use rocket::request::{FromRequest, Outcome, Request};
 use rocket::response::{self, Responder, Response};
 use rocket::{Route, State};
 
-use super::header;
+use super::{guard, header};
 use crate::access::{Caller, Scope};
 use crate::error::{Error, Result};
 use crate::node::Node;
@@ -197,10 +197,7 @@ impl<'r> FromRequest<'r> for CreationRequest {
     type Error = Error;
 
     async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Error> {
-        match creation_request(req) {
-            Ok(c) => Outcome::Success(c),
-            Err(e) => Outcome::Error((e.status(), e)),
-        }
+        guard(creation_request(req))
     }
 }
 
@@ -260,10 +257,7 @@ impl<'r> FromRequest<'r> for PatchRequest {
     type Error = Error;
 
     async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Error> {
-        match patch_request(req) {
-            Ok(p) => Outcome::Success(p),
-            Err(e) => Outcome::Error((e.status(), e)),
-        }
+        guard(patch_request(req))
     }
 }
 
