@@ -252,6 +252,8 @@ impl<'r> Responder<'r, 'static> for Error {
 pub fn default_catcher(status: Status, _req: &Request<'_>) -> Problem {
     let (code, detail) = match status.code {
         400 => ("bad-request", "the request could not be understood"),
+        401 => ("unauthorized", "this needs a bearer token"),
+        403 => ("forbidden", "the request is not allowed (for a browser: its origin is not in cors_origins)"),
         404 => ("not-found", "no such resource"),
         405 => ("method-not-allowed", "the method is not allowed on this resource"),
         413 => ("too-large", "the request body is larger than this endpoint accepts"),

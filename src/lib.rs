@@ -9,6 +9,7 @@
 //! - [`http`]: routes, guards and responders; [`error`]: the one error enum.
 
 pub mod access;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod fsck;

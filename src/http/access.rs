@@ -57,7 +57,8 @@ pub fn authorize_data(
     scope: Scope,
 ) -> Result<(Key, Option<u64>)> {
     if signed.present() {
-        let key = tail.key()?;
+        // Only valid keys are ever signed: any other is a tampered URL.
+        let key = tail.key().map_err(|_| Error::Forbidden("the signed URL is not valid for this request".into()))?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let grant = node.access.verify(method, &key, signed, now)?;
         return Ok((key, grant.max_size));

@@ -3,6 +3,7 @@
 //! one call into [`Node`](crate::node::Node), a response.
 
 use rocket::data::{Data, FromData, Outcome as DataOutcome, ToByteUnit};
+use rocket::fairing::{Fairing, Info};
 use rocket::http::{Method, Status};
 use rocket::request::{FromRequest, Outcome, Request};
 use rocket::{Build, Rocket};
@@ -26,6 +27,7 @@ pub fn mount(rocket: Rocket<Build>) -> Rocket<Build> {
         .mount("/", tus::routes())
         .mount("/", ops::routes())
         .mount("/", page::routes())
+        .mount("/", rocket::routes![preflight])
         .attach(ops::Telemetry)
         .attach(tus::fairing())
         .attach(tus::sweeper())
@@ -35,7 +37,7 @@ pub fn mount(rocket: Rocket<Build>) -> Rocket<Build> {
 /// CORS for the configured browser origins (none: no CORS headers; the
 /// node's own page is same-origin). Preflights cover the tus headers, and
 /// the headers a browser client must read are exposed.
-pub fn cors(origins: &[String]) -> Result<Option<rocket_cors::Cors>, String> {
+pub fn cors(origins: &[String]) -> Result<Option<CorsUnlessSameOrigin>, String> {
     use rocket_cors::{AllowedHeaders, AllowedOrigins, CorsOptions};
     if origins.is_empty() {
         return Ok(None);
@@ -65,7 +67,7 @@ pub fn cors(origins: &[String]) -> Result<Option<rocket_cors::Cors>, String> {
         "Tus-Checksum-Algorithm",
         "Retry-After",
     ];
-    CorsOptions {
+    let cors = CorsOptions {
         allowed_origins,
         allowed_methods: methods.into_iter().map(From::from).collect(),
         allowed_headers: AllowedHeaders::all(),
@@ -75,8 +77,51 @@ pub fn cors(origins: &[String]) -> Result<Option<rocket_cors::Cors>, String> {
         ..CorsOptions::default()
     }
     .to_cors()
-    .map(Some)
-    .map_err(|e| format!("invalid value for key `cors_origins`: {e}"))
+    .map_err(|e| format!("invalid value for key `cors_origins`: {e}"))?;
+    Ok(Some(CorsUnlessSameOrigin(cors)))
+}
+
+/// rocket_cors, except for requests from the node's own page: browsers send
+/// `Origin` on same-origin PUT, POST and DELETE too, and those must work
+/// whatever `cors_origins` says.
+pub struct CorsUnlessSameOrigin(rocket_cors::Cors);
+
+#[rocket::async_trait]
+impl Fairing for CorsUnlessSameOrigin {
+    fn info(&self) -> Info {
+        Info { name: "CORS (not for the node's own origin)", kind: self.0.info().kind }
+    }
+
+    async fn on_ignite(&self, rocket: Rocket<Build>) -> rocket::fairing::Result {
+        self.0.on_ignite(rocket).await
+    }
+
+    async fn on_request(&self, req: &mut Request<'_>, data: &mut Data<'_>) {
+        if !is_same_origin(req) {
+            self.0.on_request(req, data).await
+        }
+    }
+
+    async fn on_response<'r>(&self, req: &'r Request<'_>, res: &mut rocket::Response<'r>) {
+        if !is_same_origin(req) {
+            self.0.on_response(req, res).await
+        }
+    }
+}
+
+/// A request whose `Origin` is the node itself (scheme-less compare of the
+/// origin's authority with `Host`).
+pub fn is_same_origin(req: &Request<'_>) -> bool {
+    let (Some(origin), Some(host)) = (header(req, "Origin"), header(req, "Host")) else { return false };
+    let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    authority.eq_ignore_ascii_case(host)
+}
+
+/// Answers any `OPTIONS` not otherwise routed (CORS preflights; the CORS
+/// fairing adds its headers) with an empty 204.
+#[rocket::options("/<_..>", rank = 20)]
+fn preflight() -> Status {
+    Status::NoContent
 }
 
 /// The raw, still percent-encoded rest of the path after its first segment:

@@ -456,3 +456,18 @@ pub fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
     }
     false
 }
+
+// ---------------------------------------------------------------------------
+// Helpers for the access tests (access.rs).
+// ---------------------------------------------------------------------------
+
+impl TestNode {
+    /// Sets (`Some`) or removes (`None`) a `SPILLWAY_*` setting for the next
+    /// `launch()`; the running process is not touched.
+    pub fn set_setting(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(value) = value {
+            self.env.push((key.to_string(), value.to_string()));
+        }
+    }
+}
