@@ -27,4 +27,7 @@ cargo clippy --all-targets --locked -- -D warnings
 log "cargo test"
 cargo test --all-targets --locked -- --test-threads="${TEST_THREADS:-2}"
 
+log "end-to-end: tus with tuspy and tus-js-client"
+scripts/e2e.sh
+
 log "all tests passed"

@@ -285,7 +285,14 @@ impl Node {
     }
 
     /// `HEAD /uploads/{id}`.
+    /// Like tusd, a HEAD takes the upload over from a PATCH still holding it
+    /// (a client asking for the offset is about to resume; the holder is
+    /// most likely a dead connection), so the offset it reports is final.
     pub async fn tus_info(&self, id: &str) -> Result<UploadInfo> {
+        let row = self.upload_row(id).await?;
+        let slot = self.tus.slot(id);
+        let _held = if row.completed { None } else { Some(take(&slot).await?) };
+        // Read again under the lock: a PATCH may have finished meanwhile.
         let row = self.upload_row(id).await?;
         let offset = self.offset_of(&row).await?;
         let record = match (&row.key, row.completed) {
@@ -304,6 +311,9 @@ impl Node {
         }
         let slot = self.tus.slot(id);
         let (mut state, cancel) = take(&slot).await?;
+        // Read again under the lock: the PATCH we waited for may have
+        // completed (and committed) the upload.
+        row = self.upload_row(id).await?;
         let offset = self.offset_of(&row).await?;
         if patch.offset != offset {
             return Err(Error::OffsetMismatch { current: offset, sent: patch.offset });

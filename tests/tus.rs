@@ -1343,9 +1343,14 @@ async fn max_uploads_answers_503_with_retry_after() {
     let node = TestNode::start_with(&[("SPILLWAY_MAX_UPLOADS", "1"), ("SPILLWAY_STALL_TIMEOUT", "30")]);
     let held_loc = create(&node, MIB as u64, &meta(&[("key", "tus/held.bin")])).await;
     let held = raw_patch(&node, &held_loc, 0, MIB as u64, &generated(300 * KIB, 55));
-    // The held PATCH is inside its upload once its first chunk is on disk.
-    let h = poll_head(&node, &held_loc, Duration::from_secs(5), |_, o| o.is_some_and(|o| o > 0)).await;
-    assert!(h.offset().is_some_and(|o| o > 0), "the held PATCH never started: {}", h.describe());
+    // The held PATCH is inside its upload once its first chunk is on disk
+    // (watched on disk: a HEAD would take the upload over from it).
+    let file = upload_file(&node, &held_loc);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::metadata(&file).map_or(0, |m| m.len()) == 0 {
+        assert!(Instant::now() < deadline, "the held PATCH never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let loc = create(&node, 10, &meta(&[("key", "tus/second.bin")])).await;
     let r = patch(&node, &loc, 0, BODY10, &[]).await;

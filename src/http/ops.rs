@@ -110,11 +110,11 @@ impl Fairing for Telemetry {
             m.http_duration.with_label_values(&[&route, method]).observe(elapsed.as_secs_f64());
         }
         res.set_header(Header::new("X-Request-Id", started.id.clone()));
-        let bytes_in = header(req, "Content-Length").unwrap_or("-");
+        let content_length = header(req, "Content-Length").unwrap_or("-");
         let bytes_out = res.body().preset_size().map_or_else(|| "-".to_string(), |n| n.to_string());
         log::info!(
             target: "spillway::access",
-            "request_id={} method={method} route={route} status={status} bytes_in={bytes_in} bytes_out={bytes_out} duration_ms={:.1}",
+            "request_id={} method={method} route={route} status={status} content_length={content_length} bytes_out={bytes_out} duration_ms={:.1}",
             started.id,
             elapsed.as_secs_f64() * 1000.0,
         );

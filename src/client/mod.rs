@@ -1,0 +1,428 @@
+//! The command-line client: `spillway upload`, `get`, `ls`, `rm` and `url`,
+//! subcommands of the same binary that talk HTTP to a running node.
+//!
+//! - [`upload`]: resumable uploads over tus 1.0.0 (chunked, retried, resumed
+//!   after a crash of the client from a small [`state`] file, verified with
+//!   blake3);
+//! - [`download`]: streamed downloads, resumed with `Range` + `If-Range`,
+//!   verified with blake3;
+//! - [`catalog`]: `ls` (following `Link` pagination), `rm` and `url`;
+//! - [`progress`]: an indicatif bar on a terminal, quiet lines otherwise.
+//!
+//! Errors are `anyhow` chains; [`run`] prints one line, `spillway: ...`, and
+//! exits non-zero. Answers of the node that are errors become [`ApiError`],
+//! which carries the status and the problem detail's `code` and `detail`.
+
+pub mod catalog;
+pub mod download;
+pub mod progress;
+pub mod state;
+pub mod upload;
+
+use std::fmt;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
+
+use crate::key::{encode_path, Key};
+
+/// The client's subcommands (flattened into the binary's own).
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Upload a file as a dataset (resumable, verified with blake3).
+    Upload(upload::UploadArgs),
+    /// Download a dataset to a file (resumable, verified with blake3).
+    Get(download::GetArgs),
+    /// List datasets, as a table or as JSON.
+    Ls(catalog::LsArgs),
+    /// Delete a dataset (needs an `admin` token).
+    Rm(catalog::RmArgs),
+    /// Print a signed URL that works without a token.
+    Url(catalog::UrlArgs),
+}
+
+/// Where the node is and how to prove who we are.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Connection {
+    /// The node's base URL.
+    #[arg(long = "url", env = "SPILLWAY_URL", default_value = "http://127.0.0.1:8000", value_name = "URL")]
+    pub url: String,
+    /// Bearer token (scopes `read`, `write` or `admin`).
+    #[arg(long, env = "SPILLWAY_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+}
+
+/// Runs one client subcommand and turns its outcome into an exit code: 0 on
+/// success, 1 with a one-line reason on stderr otherwise.
+pub fn run(command: Command) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&anyhow::Error::new(e).context("cannot start the async runtime")),
+    };
+    let result = runtime.block_on(async move {
+        match command {
+            Command::Upload(args) => upload::run(args).await,
+            Command::Get(args) => download::run(args).await,
+            Command::Ls(args) => catalog::ls(args).await,
+            Command::Rm(args) => catalog::rm(args).await,
+            Command::Url(args) => catalog::url(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // `spillway ls | head`: the reader left; that is no failure of ours.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("spillway: {}", one_line(&format!("{e:#}")));
+    ExitCode::FAILURE
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Collapses whitespace runs (newlines included) so a reason stays on one line.
+pub fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// An answer of the node that is an error: the status and, when the body is
+/// an RFC 9457 problem detail, its `code` and `detail`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: Option<String>,
+    pub detail: Option<String>,
+    /// Whether the request carried a token (for the 401 message).
+    pub had_token: bool,
+    /// `Retry-After`, in seconds, when the node sent one.
+    pub retry_after: Option<u64>,
+    /// `Upload-Offset` (tus: the offset the node is really at).
+    pub upload_offset: Option<u64>,
+}
+
+impl ApiError {
+    /// Reads an error answer, body included (bounded).
+    pub async fn from_response(response: Response, had_token: bool) -> ApiError {
+        let status = response.status();
+        let header_number =
+            |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
+        let retry_after = header_number("retry-after");
+        let upload_offset = header_number("upload-offset");
+        let body = read_bounded(response, 64 * 1024).await.unwrap_or_default();
+        let problem: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+        let field = |name: &str| problem.as_ref().and_then(|p| p[name].as_str()).map(one_line);
+        let detail = field("detail").or_else(|| field("title")).or_else(|| {
+            // Not problem+json (a proxy's page, say): a short plain body.
+            let text = one_line(&String::from_utf8_lossy(&body));
+            (!text.is_empty() && text.len() <= 200 && !text.starts_with('<')).then_some(text)
+        });
+        ApiError { status, code: field("code"), detail, had_token, retry_after, upload_offset }
+    }
+
+    pub fn is(&self, status: u16) -> bool {
+        self.status.as_u16() == status
+    }
+
+    pub fn code_is(&self, code: &str) -> bool {
+        self.code.as_deref() == Some(code)
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = self.status.as_u16();
+        let detail = self.detail.as_deref().unwrap_or_else(|| self.status.canonical_reason().unwrap_or("error"));
+        match status {
+            401 if self.had_token => write!(f, "the node refused the token (401): {detail}"),
+            401 => write!(f, "the node wants a token (401): {detail}; pass --token or set SPILLWAY_TOKEN"),
+            403 => write!(f, "the token is not allowed to do this (403): {detail}"),
+            _ => match &self.code {
+                Some(code) => write!(f, "{detail} ({status} {code})"),
+                None => write!(f, "{detail} ({status})"),
+            },
+        }
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// Reads at most `limit` bytes of a body (error bodies are small; a
+/// misbehaving server's are not read whole).
+async fn read_bounded(mut response: Response, limit: usize) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = limit - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= limit {
+            break;
+        }
+    }
+    Ok(body)
+}
+
+/// A request that failed on the way (connect, timeout, broken connection):
+/// worth retrying. Its message already names the innermost cause.
+#[derive(Debug)]
+pub struct NetworkError {
+    message: String,
+    source: reqwest::Error,
+}
+
+impl NetworkError {
+    /// The underlying HTTP client error.
+    pub fn reqwest(&self) -> &reqwest::Error {
+        &self.source
+    }
+}
+
+impl fmt::Display for NetworkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+// No `source()`: the message says it all, on one line.
+impl std::error::Error for NetworkError {}
+
+/// Whether an error is a failure to connect at all (the node is down, or
+/// the URL is wrong).
+pub fn is_connect_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| cause.downcast_ref::<NetworkError>().is_some_and(|n| n.source.is_connect()))
+}
+
+/// Whether an error is (or was caused by) a network failure.
+pub fn is_network_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| cause.is::<NetworkError>() || cause.is::<reqwest::Error>())
+}
+
+/// A node to talk to: its base URL, the token, and one HTTP client.
+pub struct Node {
+    /// The base URL without a trailing slash.
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+/// How long to wait for a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long one read may wait. Generous: the node answers a tus PATCH only
+/// after the bytes are fsynced (and the last one after the commit).
+const READ_TIMEOUT: Duration = Duration::from_secs(300);
+
+impl Node {
+    pub fn new(connection: &Connection) -> Result<Node> {
+        let base = connection.url.trim().trim_end_matches('/').to_string();
+        let parsed = Url::parse(&base).with_context(|| format!("`{base}` is not a URL (--url / SPILLWAY_URL)"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            anyhow::bail!("`{base}` is not an http:// URL (--url / SPILLWAY_URL)");
+        }
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("spillway/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .build()
+            .context("cannot set up the HTTP client")?;
+        let token = connection.token.clone().filter(|t| !t.trim().is_empty());
+        Ok(Node { base, token, http })
+    }
+
+    /// The node's base URL, as given (no trailing slash).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// An absolute URL for a path (`/datasets`, `/uploads`) below the base.
+    pub fn url(&self, path_and_query: &str) -> Result<Url> {
+        let text = format!("{}{path_and_query}", self.base);
+        Url::parse(&text).with_context(|| format!("`{text}` is not a URL"))
+    }
+
+    /// A URL the node sent (a `Location`, a `Link`, a signed URL's path),
+    /// resolved against the URL of the request it answered.
+    pub fn resolve(against: &Url, reference: &str) -> Result<Url> {
+        against.join(reference).with_context(|| format!("the node sent a bad URL reference `{reference}`"))
+    }
+
+    /// A request with the token (when there is one).
+    pub fn request(&self, method: Method, url: Url) -> RequestBuilder {
+        let request = self.http.request(method, url);
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// Sends a request; an error answer becomes an [`ApiError`], a network
+    /// failure an error that names the node.
+    pub async fn send(&self, request: RequestBuilder) -> Result<Response> {
+        let response = request.send().await.map_err(|e| self.network_error(e))?;
+        if response.status().is_success() || response.status().is_redirection() {
+            return Ok(response);
+        }
+        Err(ApiError::from_response(response, self.has_token()).await.into())
+    }
+
+    /// A network failure, described by what failed and its innermost cause.
+    pub fn network_error(&self, e: reqwest::Error) -> anyhow::Error {
+        let what = if e.is_connect() {
+            "cannot connect to the node"
+        } else if e.is_timeout() {
+            "the node did not answer in time"
+        } else {
+            "the connection to the node failed"
+        };
+        let mut causes = Vec::new();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !causes.contains(&text) {
+                causes.push(text);
+            }
+            source = cause.source();
+        }
+        let cause = causes.last().cloned().unwrap_or_else(|| e.to_string());
+        NetworkError { message: format!("{what} at {} ({cause})", self.base), source: e }.into()
+    }
+
+    /// `GET /datasets/{key}`: the record.
+    pub async fn record(&self, key: &Key) -> Result<Record> {
+        let response = self.send(self.request(Method::GET, self.url(&dataset_path(key))?)).await?;
+        let value: serde_json::Value = response.json().await.map_err(|e| self.network_error(e))?;
+        Record::from_json(&value)
+    }
+}
+
+/// `/datasets/{key}`, percent-encoded.
+pub fn dataset_path(key: &Key) -> String {
+    format!("/datasets/{}", encode_path(key.as_str()))
+}
+
+/// What the client needs of a catalog record.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub key: String,
+    pub size: u64,
+    pub blake3: String,
+    pub updated_at: String,
+}
+
+impl Record {
+    pub fn from_json(value: &serde_json::Value) -> Result<Record> {
+        let text = |name: &str| value[name].as_str().map(str::to_owned);
+        let parsed = (|| {
+            Some(Record {
+                key: text("key")?,
+                size: value["size"].as_u64()?,
+                blake3: text("blake3")?,
+                updated_at: text("updated_at").unwrap_or_default(),
+            })
+        })();
+        parsed.ok_or_else(|| anyhow::anyhow!("the node sent a record without key, size or blake3: {value}"))
+    }
+}
+
+/// Parses a key given on the command line, with the node's own rules.
+pub fn parse_key(raw: &str) -> Result<Key> {
+    Key::parse(raw).map_err(|e| anyhow::anyhow!("`{raw}` is not a valid key: {e}"))
+}
+
+/// The hex of an `ETag` header (`"<blake3>"`, quotes and `W/` dropped).
+pub fn etag_of(response: &Response) -> Option<String> {
+    let value = response.headers().get(reqwest::header::ETAG)?.to_str().ok()?;
+    Some(value.trim().trim_start_matches("W/").trim_matches('"').to_ascii_lowercase())
+}
+
+/// Sizes for people: bytes below 1 KiB, then KiB, MiB, GiB, TiB with one
+/// decimal.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// Parses a size flag: plain bytes or with a unit (`8 MiB`, `512KiB`, `1GB`).
+pub fn parse_size(raw: &str) -> Result<u64, String> {
+    let raw = raw.trim();
+    if let Ok(n) = raw.parse::<u64>() {
+        return Ok(n);
+    }
+    raw.parse::<rocket::data::ByteUnit>()
+        .map(|b| b.as_u64())
+        .map_err(|_| format!("`{raw}` is not a size (plain bytes, or e.g. `8 MiB`)"))
+}
+
+/// Exponential backoff for the `attempt`-th retry (1-based): 0.5 s, 1 s, 2 s,
+/// ... capped at 15 s (eight retries span about a minute), with a little
+/// jitter so clients do not march in step.
+pub fn backoff(attempt: u32) -> Duration {
+    let base = 500u64.saturating_mul(1u64 << attempt.saturating_sub(1).min(10)).min(15_000);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let jitter = u64::from(nanos) % (base / 4 + 1);
+    Duration::from_millis(base + jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(1023), "1023 B");
+        assert_eq!(human_size(1024), "1.0 KiB");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(300 * 1024 * 1024), "300.0 MiB");
+        assert_eq!(human_size(5 * 1024 * 1024 * 1024), "5.0 GiB");
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("8388608"), Ok(8 << 20));
+        assert_eq!(parse_size("8 MiB"), Ok(8 << 20));
+        assert_eq!(parse_size("8MiB"), Ok(8 << 20));
+        assert_eq!(parse_size("64 KiB"), Ok(64 << 10));
+        assert!(parse_size("eight").is_err());
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert!(backoff(1) >= Duration::from_millis(500) && backoff(1) < Duration::from_millis(700));
+        assert!(backoff(3) >= Duration::from_secs(2));
+        assert!(backoff(30) <= Duration::from_millis(18_750));
+    }
+
+    #[test]
+    fn error_lines() {
+        let e = ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            code: Some("unauthorized".into()),
+            detail: Some("unknown token".into()),
+            had_token: true,
+            retry_after: None,
+            upload_offset: None,
+        };
+        assert_eq!(e.to_string(), "the node refused the token (401): unknown token");
+        assert_eq!(one_line("a\n b\t c"), "a b c");
+    }
+}

@@ -1,0 +1,546 @@
+//! `spillway upload FILE [KEY]`: a resumable upload over tus 1.0.0.
+//!
+//! 1. The upload URL of an unfinished upload of the same file (canonical
+//!    path, size, mtime), node and key is looked up in the [state
+//!    file](super::state); the node's `HEAD` tells how far it got. Otherwise
+//!    `POST /uploads` creates one (`Upload-Length`, `Upload-Metadata` with
+//!    `key`, `name`, `description`, `filetype`) and its URL is remembered.
+//! 2. The prefix the node already has is hashed from the local file, then
+//!    the rest is sent in chunks (`PATCH`, `Upload-Offset`,
+//!    `Upload-Checksum: sha256`), each hashed with blake3 as it goes.
+//! 3. Network errors and `5xx`/`408`/`409`/`423`/`460` answers are retried
+//!    with exponential backoff (bounded by `--retries` consecutive
+//!    failures); after each, a `HEAD` learns the node's offset, since a
+//!    broken-off `PATCH` keeps what arrived. An upload the node no longer
+//!    knows (`404`/`410`) starts again.
+//! 4. The last `PATCH` answers with `ETag: "<blake3>"` of the committed
+//!    dataset; it must equal the local blake3, or the command fails.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use base64::Engine;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use reqwest::{Method, Response, Url};
+use sha2::Digest;
+
+use super::progress::Progress;
+use super::state::{mtime_ns, unix_now, StateFile, UploadEntry};
+use super::{
+    backoff, etag_of, human_size, is_connect_error, is_network_error, parse_key, parse_size, ApiError, Connection, Node,
+};
+
+const TUS_VERSION: &str = "1.0.0";
+const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
+/// The body of a PATCH goes out in pieces this big (progress granularity).
+const PIECE: usize = 256 * 1024;
+/// Chunk sizes outside this range are refused (a chunk is held in memory).
+const MIN_CHUNK: u64 = 1024;
+const MAX_CHUNK: u64 = 1024 * 1024 * 1024;
+
+#[derive(Debug, clap::Args)]
+pub struct UploadArgs {
+    /// The file to upload.
+    pub file: PathBuf,
+    /// The dataset's key, e.g. `sales/2024/q1.csv` (default: the file's name).
+    pub key: Option<String>,
+    /// Display name of the dataset.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Description of the dataset.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Content type to store with the dataset (tus `filetype`).
+    #[arg(long, value_name = "TYPE")]
+    pub content_type: Option<String>,
+    /// Bytes per PATCH request (plain bytes or e.g. `8 MiB`); held in memory.
+    #[arg(long, default_value = "8 MiB", value_parser = parse_chunk_size, value_name = "SIZE")]
+    pub chunk_size: u64,
+    /// Consecutive failed attempts before giving up.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub retries: u32,
+    /// Print no progress and no summary.
+    #[arg(short, long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+fn parse_chunk_size(raw: &str) -> Result<u64, String> {
+    let size = parse_size(raw)?;
+    if !(MIN_CHUNK..=MAX_CHUNK).contains(&size) {
+        return Err(format!("the chunk size must be between {} and {}", human_size(MIN_CHUNK), human_size(MAX_CHUNK)));
+    }
+    Ok(size)
+}
+
+/// What a tus answer says about the upload.
+#[derive(Debug, Clone, Default)]
+struct TusInfo {
+    offset: u64,
+    length: Option<u64>,
+    /// The committed dataset's blake3 (`ETag`), once the upload is complete.
+    etag: Option<String>,
+}
+
+impl TusInfo {
+    fn of(response: &Response) -> Result<TusInfo> {
+        let number = |name: &str| -> Result<Option<u64>> {
+            response
+                .headers()
+                .get(name)
+                .map(|v| {
+                    v.to_str()
+                        .ok()
+                        .and_then(|v| v.trim().parse().ok())
+                        .with_context(|| format!("the node sent a bad {name}"))
+                })
+                .transpose()
+        };
+        let completed = response.headers().contains_key(reqwest::header::CONTENT_LOCATION);
+        Ok(TusInfo {
+            offset: number("upload-offset")?.context("the node's tus answer has no Upload-Offset")?,
+            length: number("upload-length")?,
+            etag: if completed { etag_of(response) } else { None },
+        })
+    }
+}
+
+/// What to do after a failed request.
+enum Recovery {
+    /// Wait, ask the node for the offset, go on.
+    Retry { after: Option<u64> },
+    /// The node no longer knows the upload: create a new one.
+    Restart,
+    /// Give up with this error.
+    Fatal,
+}
+
+/// A PATCH that was answered but moved the offset not at all.
+#[derive(Debug, thiserror::Error)]
+#[error("the node took none of the chunk at offset {0}")]
+struct NoProgress(u64);
+
+fn recovery(e: &anyhow::Error) -> Recovery {
+    if e.is::<NoProgress>() {
+        return Recovery::Retry { after: None };
+    }
+    if let Some(api) = e.downcast_ref::<ApiError>() {
+        return match api.status.as_u16() {
+            404 | 410 => Recovery::Restart,
+            // An offset mismatch is retried (after a HEAD); a key conflict
+            // or a digest mismatch at the commit is final.
+            409 if api.code.is_none() || api.code_is("offset-mismatch") => Recovery::Retry { after: None },
+            408 | 423 | 429 | 460 | 500 | 502 | 503 | 504 => Recovery::Retry { after: api.retry_after },
+            _ => Recovery::Fatal,
+        };
+    }
+    if is_network_error(e) {
+        return Recovery::Retry { after: None };
+    }
+    Recovery::Fatal
+}
+
+/// A blake3 of the file's first `at` bytes that can be moved forward.
+struct PrefixHasher {
+    hasher: blake3::Hasher,
+    at: u64,
+}
+
+impl PrefixHasher {
+    fn new() -> PrefixHasher {
+        PrefixHasher { hasher: blake3::Hasher::new(), at: 0 }
+    }
+
+    /// Hashes up to byte `to`, taking bytes from `chunk` (which starts at
+    /// `chunk_start`) where it covers them and reading the file elsewhere.
+    /// Moving backwards (the node lost bytes) starts over.
+    fn advance(&mut self, file: &mut File, to: u64, chunk_start: u64, chunk: &[u8]) -> Result<()> {
+        if to < self.at {
+            self.hasher.reset();
+            self.at = 0;
+        }
+        let chunk_end = chunk_start + chunk.len() as u64;
+        while self.at < to {
+            if (chunk_start..chunk_end).contains(&self.at) {
+                let end = to.min(chunk_end);
+                self.hasher.update(&chunk[(self.at - chunk_start) as usize..(end - chunk_start) as usize]);
+                self.at = end;
+                continue;
+            }
+            let end = if self.at < chunk_start { to.min(chunk_start) } else { to };
+            file.seek(SeekFrom::Start(self.at))?;
+            let mut reader = (&mut *file).take(end - self.at);
+            let copied = std::io::copy(&mut reader, &mut self.hasher)?;
+            if copied != end - self.at {
+                anyhow::bail!("the file got shorter while it was being uploaded");
+            }
+            self.at = end;
+        }
+        Ok(())
+    }
+}
+
+/// One upload in progress.
+struct Upload<'a> {
+    node: &'a Node,
+    args: &'a UploadArgs,
+    key: String,
+    size: u64,
+    state: Option<StateFile>,
+    entry: UploadEntry,
+    progress: Progress,
+}
+
+pub async fn run(args: UploadArgs) -> Result<()> {
+    let node = Node::new(&args.connection)?;
+    let path = std::fs::canonicalize(&args.file).with_context(|| format!("cannot open {}", args.file.display()))?;
+    let mut file = File::open(&path).with_context(|| format!("cannot open {}", args.file.display()))?;
+    let metadata = file.metadata().with_context(|| format!("cannot read {}", args.file.display()))?;
+    if !metadata.is_file() {
+        anyhow::bail!("{} is not a regular file", args.file.display());
+    }
+    let key = match &args.key {
+        Some(key) => key.clone(),
+        None => path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("{} has no UTF-8 file name; give a KEY", args.file.display()))?
+            .to_string(),
+    };
+    let key = parse_key(&key)?.to_string();
+    let size = metadata.len();
+    let mtime = mtime_ns(metadata.modified().context("the file has no modification time")?);
+    let state = match StateFile::locate() {
+        Ok(state) => Some(state),
+        Err(e) => {
+            eprintln!("spillway: warning: {e:#}; this upload cannot resume after a crash");
+            None
+        }
+    };
+    let entry = UploadEntry {
+        path: path.to_string_lossy().into_owned(),
+        size,
+        mtime_ns: mtime,
+        server: node.base().to_string(),
+        key: key.clone(),
+        upload_url: String::new(),
+        created_at: unix_now(),
+    };
+    let progress = Progress::new(&format!("upload {key}"), size, 0, args.quiet);
+    let mut upload = Upload { node: &node, args: &args, key, size, state, entry, progress };
+    let result = upload.run(&mut file).await;
+    if result.is_err() {
+        upload.progress.abandon();
+    }
+    let (blake3, local) = result?;
+
+    // The file must not have changed under us (the hash covers what was
+    // read, but a resumed prefix came from an earlier run).
+    let now = std::fs::metadata(&path).context("the file went away during the upload")?;
+    if now.len() != size || mtime_ns(now.modified()?) != mtime {
+        anyhow::bail!(
+            "{} changed while it was being uploaded; the node stored what was read (blake3 {blake3})",
+            args.file.display()
+        );
+    }
+    if blake3 != local {
+        anyhow::bail!("blake3 mismatch: the node stored {blake3} at `{}`, the file hashes to {local}", upload.key);
+    }
+    upload.progress.finish();
+    if !args.quiet {
+        println!("uploaded {} as {} ({}, blake3 {})", args.file.display(), upload.key, human_size(size), blake3);
+    }
+    Ok(())
+}
+
+/// The next step of the upload's state machine.
+enum Step {
+    /// Create a new upload on the node.
+    Create,
+    /// Ask the node where the upload is (`HEAD`).
+    Sync,
+    /// Send the next chunk.
+    Send,
+}
+
+impl Upload<'_> {
+    /// Runs the upload to its end; returns the node's blake3 and the local one.
+    async fn run(&mut self, file: &mut File) -> Result<(String, String)> {
+        let mut hasher = PrefixHasher::new();
+        let mut upload_url: Option<Url> = self.remembered();
+        let mut step = if upload_url.is_some() { Step::Sync } else { Step::Create };
+        let mut offset = 0u64;
+        let mut etag: Option<String> = None;
+        let mut failures = 0u32;
+        // Whether an empty PATCH at the end was answered (see `Step::Send`).
+        let mut probed_end = false;
+        let mut chunk = Bytes::new();
+        let mut chunk_start = 0u64;
+        let mut resumed_noted = false;
+        // Whether a request of this run has succeeded.
+        let mut contacted = false;
+
+        while etag.is_none() {
+            let attempt: Result<()> = match step {
+                Step::Create => self.create().await.map(|(url, info)| {
+                    upload_url = Some(url);
+                    offset = info.offset;
+                    etag = info.etag;
+                    step = Step::Send;
+                }),
+                Step::Sync => {
+                    let url = upload_url.as_ref().expect("an upload to sync");
+                    match self.head(url).await {
+                        Ok(info) if info.length.is_some_and(|l| l != self.size) => {
+                            // Not an upload of this file (any more).
+                            self.forget();
+                            step = Step::Create;
+                            continue;
+                        }
+                        Ok(info) => {
+                            if !resumed_noted && info.offset > 0 && info.offset < self.size {
+                                resumed_noted = true;
+                                self.progress.note(&format!(
+                                    "upload {}: resuming at {} of {} ({url})",
+                                    self.key,
+                                    human_size(info.offset),
+                                    human_size(self.size)
+                                ));
+                                self.progress.resume_at(info.offset);
+                            }
+                            offset = info.offset;
+                            etag = info.etag;
+                            step = Step::Send;
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                Step::Send if offset >= self.size && probed_end => {
+                    // Every byte is in but the node names no dataset (it
+                    // was replaced or removed since): ask the catalog.
+                    break;
+                }
+                Step::Send => {
+                    let url = upload_url.as_ref().expect("an upload to send to");
+                    // At the end, an empty PATCH learns the outcome: it
+                    // commits an empty (or fully received, uncommitted)
+                    // upload, and a completed one answers with its ETag.
+                    let end = self.size.min(offset + self.args.chunk_size);
+                    if chunk_start != offset || chunk.len() as u64 != end - offset {
+                        chunk = read_chunk(file, offset, end)?;
+                        chunk_start = offset;
+                    }
+                    match self.patch(url, offset, chunk.clone()).await {
+                        Ok(info) if info.offset <= offset && info.etag.is_none() && !chunk.is_empty() => {
+                            Err(NoProgress(offset).into())
+                        }
+                        Ok(info) => {
+                            failures = 0;
+                            probed_end |= chunk.is_empty();
+                            offset = info.offset;
+                            etag = info.etag;
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            hasher.advance(file, offset.min(self.size), chunk_start, &chunk)?;
+            self.progress.set(offset);
+            let Err(e) = attempt else {
+                contacted = true;
+                continue;
+            };
+            let wait = match (recovery(&e), &step) {
+                // The node was never reached in this run: say so at once
+                // rather than after a minute of retries.
+                _ if !contacted && is_connect_error(&e) => return Err(e),
+                (Recovery::Fatal, _) | (Recovery::Restart, Step::Create) => {
+                    return Err(e.context(format!("upload of {} failed", self.args.file.display())));
+                }
+                (Recovery::Restart, Step::Sync) => {
+                    self.forget();
+                    self.progress
+                        .note(&format!("upload {}: the node no longer knows the upload; starting over", self.key));
+                    step = Step::Create;
+                    offset = 0;
+                    None
+                }
+                // A PATCH that found no upload: a HEAD confirms (a PATCH
+                // that raced a committing one may see it gone).
+                (Recovery::Restart, Step::Send) => {
+                    step = Step::Sync;
+                    None
+                }
+                (Recovery::Retry { after }, Step::Create) => after,
+                (Recovery::Retry { after }, _) => {
+                    step = Step::Sync;
+                    after
+                }
+            };
+            failures += 1;
+            if failures > self.args.retries {
+                return Err(e.context(format!("giving up after {failures} failed attempts")));
+            }
+            let wait = wait.map_or_else(|| backoff(failures), |s| std::time::Duration::from_secs(s.min(60)));
+            self.progress.note(&format!(
+                "upload {}: {}; retrying in {:.1} s ({failures} of {})",
+                self.key,
+                super::one_line(&format!("{e:#}")),
+                wait.as_secs_f64(),
+                self.args.retries
+            ));
+            tokio::time::sleep(wait).await;
+        }
+
+        hasher.advance(file, self.size, chunk_start, &chunk)?;
+        let local = hasher.hasher.finalize().to_hex().to_string();
+        // The upload is over on the node's side, whatever we find now.
+        self.forget();
+        let blake3 = match etag {
+            Some(etag) => etag,
+            None => self.node.record(&parse_key(&self.key)?).await?.blake3,
+        };
+        Ok((blake3, local))
+    }
+
+    /// The remembered upload URL for this file, node and key.
+    fn remembered(&self) -> Option<Url> {
+        let state = self.state.as_ref()?;
+        match state.find_upload(&self.entry) {
+            Ok(found) => found.and_then(|e| Url::parse(&e.upload_url).ok()),
+            Err(e) => {
+                eprintln!("spillway: warning: {e:#}");
+                None
+            }
+        }
+    }
+
+    fn remember(&self, url: &Url) {
+        if let Some(state) = &self.state {
+            let entry = UploadEntry { upload_url: url.to_string(), created_at: unix_now(), ..self.entry.clone() };
+            if let Err(e) = state.remember_upload(&entry) {
+                self.progress.note(&format!("spillway: warning: {e:#}; this upload cannot resume after a crash"));
+            }
+        }
+    }
+
+    fn forget(&self) {
+        if let Some(state) = &self.state {
+            if let Err(e) = state.forget_upload(&self.entry) {
+                self.progress.note(&format!("spillway: warning: {e:#}"));
+            }
+        }
+    }
+
+    /// `POST /uploads`: a new upload; its URL is remembered at once.
+    async fn create(&self) -> Result<(Url, TusInfo)> {
+        let url = self.node.url("/uploads")?;
+        let mut metadata = vec![("key", self.key.as_str())];
+        let optional =
+            [("name", &self.args.name), ("description", &self.args.description), ("filetype", &self.args.content_type)];
+        metadata.extend(optional.iter().filter_map(|(k, v)| v.as_deref().map(|v| (*k, v))));
+        let request = self
+            .node
+            .request(Method::POST, url.clone())
+            .header("Tus-Resumable", TUS_VERSION)
+            .header("Upload-Length", self.size)
+            .header("Upload-Metadata", upload_metadata(&metadata))
+            .header(CONTENT_LENGTH, 0);
+        let response = self.node.send(request).await?;
+        let location = response
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .context("the node created an upload but sent no Location")?;
+        let upload_url = Node::resolve(&url, location)?;
+        self.remember(&upload_url);
+        let info = TusInfo::of(&response).unwrap_or_default();
+        Ok((upload_url, info))
+    }
+
+    /// `HEAD /uploads/{id}`.
+    async fn head(&self, url: &Url) -> Result<TusInfo> {
+        let request = self.node.request(Method::HEAD, url.clone()).header("Tus-Resumable", TUS_VERSION);
+        TusInfo::of(&self.node.send(request).await?)
+    }
+
+    /// `PATCH /uploads/{id}` with one chunk.
+    async fn patch(&self, url: &Url, offset: u64, chunk: Bytes) -> Result<TusInfo> {
+        let checksum = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&chunk));
+        let length = chunk.len();
+        let pieces: Vec<Bytes> = (0..length).step_by(PIECE).map(|i| chunk.slice(i..(i + PIECE).min(length))).collect();
+        let progress = self.progress.clone();
+        let mut sent = offset;
+        let body = futures_util::stream::iter(pieces).map(move |piece| {
+            progress.set(sent);
+            sent += piece.len() as u64;
+            Ok::<_, std::io::Error>(piece)
+        });
+        let request = self
+            .node
+            .request(Method::PATCH, url.clone())
+            .header("Tus-Resumable", TUS_VERSION)
+            .header("Upload-Offset", offset)
+            .header("Upload-Checksum", format!("sha256 {checksum}"))
+            .header(CONTENT_TYPE, OFFSET_OCTET_STREAM)
+            .header(CONTENT_LENGTH, length)
+            .body(reqwest::Body::wrap_stream(body));
+        TusInfo::of(&self.node.send(request).await?)
+    }
+}
+
+/// Reads bytes `start..end` of the file.
+fn read_chunk(file: &mut File, start: u64, end: u64) -> Result<Bytes> {
+    let mut buffer = vec![0u8; (end - start) as usize];
+    file.seek(SeekFrom::Start(start))?;
+    file.read_exact(&mut buffer).context("the file got shorter while it was being uploaded")?;
+    Ok(Bytes::from(buffer))
+}
+
+/// `Upload-Metadata`: `key base64(value)` pairs, comma-separated.
+fn upload_metadata(pairs: &[(&str, &str)]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    pairs.iter().map(|(k, v)| format!("{k} {}", b64.encode(v.as_bytes()))).collect::<Vec<_>>().join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn metadata_is_base64() {
+        assert_eq!(upload_metadata(&[("key", "a/b.csv"), ("name", "B")]), "key YS9iLmNzdg==,name Qg==");
+    }
+
+    #[test]
+    fn prefix_hasher_mixes_file_and_chunk() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut temp = tempfile::NamedTempFile::new().unwrap();
+        temp.write_all(&data).unwrap();
+        let mut file = temp.reopen().unwrap();
+        let mut h = PrefixHasher::new();
+        h.advance(&mut file, 10_000, 0, &[]).unwrap();
+        let chunk = &data[20_000..50_000];
+        // 10,000..20,000 from the file, 20,000..45,000 from the chunk.
+        h.advance(&mut file, 45_000, 20_000, chunk).unwrap();
+        h.advance(&mut file, 100_000, 20_000, chunk).unwrap();
+        assert_eq!(h.hasher.finalize(), blake3::hash(&data));
+        // Backwards starts over.
+        h.advance(&mut file, 5, 0, &[]).unwrap();
+        assert_eq!(h.hasher.finalize(), blake3::hash(&data[..5]));
+    }
+
+    #[test]
+    fn chunk_sizes() {
+        assert_eq!(parse_chunk_size("8 MiB"), Ok(8 << 20));
+        assert!(parse_chunk_size("10").is_err());
+    }
+}
