@@ -30,4 +30,7 @@ cargo test --all-targets --locked -- --test-threads="${TEST_THREADS:-2}"
 log "end-to-end: tus with tuspy and tus-js-client"
 scripts/e2e.sh
 
+log "operations e2e: nginx in front, metrics, /ready, deploy files"
+scripts/e2e-ops.sh
+
 log "all tests passed"

@@ -254,17 +254,30 @@ impl Node {
             .tempfile_in(dir)
         {
             Ok(_) => None,
-            Err(e) => Some(format!("cannot write: {e}")),
+            Err(e) => {
+                // The client sees the kind of failure; the path goes to the log.
+                log::warn!("readiness: cannot write in {}: {e}", dir.display());
+                Some(format!("cannot write: {}", std::io::Error::from(e.kind())))
+            }
         };
         let space = |dir: &std::path::Path| match Layout::free_space(dir) {
             Ok(free) if free < self.spooler.disk_reserve => {
                 Some(format!("{free} bytes free, below the reserve of {}", self.spooler.disk_reserve))
             }
             Ok(_) => None,
-            Err(e) => Some(format!("cannot read free space: {e}")),
+            Err(e) => {
+                log::warn!("readiness: cannot read free space of {}: {e}", dir.display());
+                Some(format!("cannot read free space: {}", std::io::Error::from(e.kind())))
+            }
         };
         vec![
-            ("index", self.index.ping().err().map(|e| e.cause())),
+            (
+                "index",
+                self.index.ping().err().map(|e| {
+                    log::warn!("readiness: the index does not answer: {}", e.cause());
+                    "it does not answer; the cause is in the log".to_string()
+                }),
+            ),
             ("data directory", writable(&self.layout.staging)),
             ("spool directory", writable(&self.layout.spool)),
             ("data volume", space(&self.layout.datasets)),
