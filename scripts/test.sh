@@ -33,4 +33,7 @@ scripts/e2e.sh
 log "operations e2e: nginx in front, metrics, /ready, deploy files"
 scripts/e2e-ops.sh
 
+log "browser tests: the upload page in headless Chromium"
+scripts/e2e-browser.sh
+
 log "all tests passed"

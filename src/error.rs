@@ -52,6 +52,8 @@ pub enum Error {
     ChecksumMismatch(String),
     #[error("another request is writing to this upload")]
     Locked,
+    #[error("another request (a HEAD or PATCH of a resuming client) took this upload over; HEAD it for the offset")]
+    TakenOver,
     #[error("{0}")]
     Gone(String),
     #[error("{0}")]
@@ -108,6 +110,7 @@ impl Error {
             Error::OffsetMismatch { .. } => Status::Conflict,
             Error::ChecksumMismatch(_) => Status::new(460),
             Error::Locked => Status::Locked,
+            Error::TakenOver => Status::Conflict,
             Error::Gone(_) => Status::Gone,
             Error::UnsupportedMediaType(_) => Status::UnsupportedMediaType,
             Error::TusVersion(_) => Status::PreconditionFailed,
@@ -137,6 +140,7 @@ impl Error {
             Error::OffsetMismatch { .. } => "offset-mismatch",
             Error::ChecksumMismatch(_) => "checksum-mismatch",
             Error::Locked => "upload-locked",
+            Error::TakenOver => "upload-taken-over",
             Error::Gone(_) => "upload-expired",
             Error::UnsupportedMediaType(_) => "unsupported-media-type",
             Error::TusVersion(_) => "unsupported-version",

@@ -47,7 +47,7 @@ pub enum Outcome {
 impl Outcome {
     pub fn of(error: &Error) -> Outcome {
         match error {
-            Error::Disconnected(_) | Error::Truncated { .. } | Error::Stalled(_) => Outcome::Aborted,
+            Error::Disconnected(_) | Error::Truncated { .. } | Error::Stalled(_) | Error::TakenOver => Outcome::Aborted,
             Error::Internal(_) => Outcome::Failed,
             _ => Outcome::Rejected,
         }

@@ -241,6 +241,13 @@ impl Node {
         })
         .await?;
         self.metrics.tus_event("created");
+        if row.length == Some(0) && row.concat == "none" {
+            // Nothing to send: clients (tus-js-client, Uppy) send no PATCH
+            // for an empty file, so it is complete now.
+            let path = self.layout.upload_path(&row.id);
+            let record = self.tus_commit(&row, path, 0, blake3::Hasher::new()).await?;
+            return Ok(self.info_of(&row, 0, Some(record)));
+        }
         Ok(self.info_of(&row, 0, None))
     }
 
@@ -360,7 +367,7 @@ impl Node {
             loop {
                 let chunk = tokio::select! {
                     chunk = body.next_chunk(writer.buffer()) => chunk?,
-                    _ = cancel.cancelled() => return Err(Error::Disconnected("another PATCH took over".into())),
+                    _ = cancel.cancelled() => return Err(Error::TakenOver),
                 };
                 match chunk {
                     Some(chunk) => writer.send(chunk).await?,

@@ -1,1 +1,1166 @@
+// Spillway's web page: the catalog (list, search, pages, download, copy,
+// delete) and uploads through the node's tus 1.0.0 endpoint, in pieces,
+// resumable across reloads. Plain JavaScript, no libraries.
 "use strict";
+
+(() => {
+  const CHUNK_SIZE = 8 * 1024 * 1024; // bytes per PATCH
+  const PAGE_SIZE = 50; // datasets per page
+  const PARALLEL = 2; // uploads sent at once; the rest wait
+  const RETRIES = 8; // attempts after a dropped connection before giving up
+  const STALL_MS = 60000; // no upload progress for this long: reconnect
+  const RESUME_PREFIX = "spillway.upload:"; // localStorage: fingerprint -> upload URL
+  const TOKEN_KEY = "spillway.token"; // sessionStorage
+  const TAB_KEY = "spillway.tab"; // sessionStorage: this tab's id, kept across reloads
+  const BEAT_MS = 2000; // an uploading tab marks its resume state this often...
+  const BEAT_STALE_MS = 10000; // ...and another tab leaves an upload alone while the mark is this fresh
+  const TUS = { "Tus-Resumable": "1.0.0" };
+
+  const $ = (id) => document.getElementById(id);
+
+  // ------------------------------------------------------------ formatting
+
+  const UNITS = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+
+  function humanBytes(n) {
+    if (!Number.isFinite(n) || n < 0) return "?";
+    let i = 0;
+    let v = n;
+    while (v >= 1024 && i < UNITS.length - 1) {
+      v /= 1024;
+      i += 1;
+    }
+    if (i === 0) return `${n} B`;
+    return `${v < 10 ? v.toFixed(2) : v < 100 ? v.toFixed(1) : v.toFixed(0)} ${UNITS[i]}`;
+  }
+
+  function humanDuration(seconds) {
+    if (!Number.isFinite(seconds) || seconds < 0) return "";
+    const s = Math.ceil(seconds);
+    if (s < 60) return `${s} s`;
+    if (s < 3600) return `${Math.floor(s / 60)} min ${String(s % 60).padStart(2, "0")} s`;
+    return `${Math.floor(s / 3600)} h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")} min`;
+  }
+
+  /** Local time as `2026-11-28 09:00`: short, sortable, unambiguous. */
+  function humanDate(iso) {
+    const d = new Date(iso);
+    if (Number.isNaN(d.getTime())) return String(iso || "");
+    const p = (n) => String(n).padStart(2, "0");
+    return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}`;
+  }
+
+  // Each segment of a key encoded once, slashes kept: the node decodes once.
+  function keyPath(key) {
+    return key.split("/").map(encodeURIComponent).join("/");
+  }
+
+  function base64Utf8(text) {
+    const bytes = new TextEncoder().encode(text);
+    let binary = "";
+    for (const b of bytes) binary += String.fromCharCode(b);
+    return btoa(binary);
+  }
+
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  // ----------------------------------------------------- storage, token
+
+  function store(kind) {
+    try {
+      const s = kind === "session" ? window.sessionStorage : window.localStorage;
+      const probe = "spillway.probe";
+      s.setItem(probe, "1");
+      s.removeItem(probe);
+      return s;
+    } catch {
+      return null; // storage disabled: uploads still work, without resume
+    }
+  }
+  const local = store("local");
+  const session = store("session");
+
+  const TAB_ID = (() => {
+    let id = session && session.getItem(TAB_KEY);
+    if (!id) {
+      id = Math.random().toString(36).slice(2) + Date.now().toString(36);
+      if (session) session.setItem(TAB_KEY, id);
+    }
+    return id;
+  })();
+
+  /** Whether another tab is sending this upload now (a HEAD from here would cut its PATCH off). */
+  function busyElsewhere(saved) {
+    return Boolean(saved && saved.tab && saved.tab !== TAB_ID && Date.now() - (saved.beat || 0) < BEAT_STALE_MS);
+  }
+
+  function token() {
+    return (session && session.getItem(TOKEN_KEY)) || "";
+  }
+
+  function withAuth(headers = {}) {
+    const t = token();
+    if (t) headers.Authorization = `Bearer ${t}`;
+    return headers;
+  }
+
+  // ------------------------------------------------------------ messages
+
+  let toastTimer = 0;
+  function toast(text, kind = "info") {
+    const el = $("toast");
+    el.textContent = text;
+    el.dataset.kind = kind;
+    el.hidden = false;
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => {
+      el.hidden = true;
+    }, 4000);
+  }
+
+  function announce(text) {
+    const el = $("announce");
+    el.textContent = "";
+    // A fresh text node so that screen readers read a repeated message again.
+    setTimeout(() => {
+      el.textContent = text;
+    }, 30);
+  }
+
+  /** An HTTP failure, with what an RFC 9457 problem body said. */
+  class HttpError extends Error {
+    constructor(status, problem, retryAfter) {
+      const detail = (problem && (problem.detail || problem.title)) || "";
+      super(describeStatus(status, detail));
+      this.status = status;
+      this.code = (problem && problem.code) || "";
+      this.detail = detail;
+      this.retryAfter = retryAfter;
+    }
+  }
+
+  class NetworkError extends Error {}
+  class Stopped extends Error {}
+
+  function describeStatus(status, detail) {
+    const what = {
+      0: "The node cannot be reached",
+      401: "This node needs an access token",
+      403: "The access token does not allow this",
+      404: "Not found",
+      413: "Too large for this node",
+      507: "The node is out of space",
+    }[status];
+    if (detail) return detail.charAt(0).toUpperCase() + detail.slice(1);
+    return what || `The node answered ${status}`;
+  }
+
+  function parseProblem(contentType, text) {
+    if (!text) return null;
+    if (!/json/i.test(contentType || "")) return { detail: text.trim().slice(0, 300) };
+    try {
+      const body = JSON.parse(text);
+      return body && typeof body === "object" ? body : null;
+    } catch {
+      return null;
+    }
+  }
+
+  async function errorFromResponse(res) {
+    let text = "";
+    try {
+      text = await res.text();
+    } catch {
+      // the body broke off: the status says enough
+    }
+    if (res.status === 401 || res.status === 403) showAuth(res.status);
+    return new HttpError(res.status, parseProblem(res.headers.get("Content-Type"), text), res.headers.get("Retry-After"));
+  }
+
+  async function request(url, options = {}) {
+    let res;
+    try {
+      res = await fetch(url, { ...options, headers: withAuth({ ...(options.headers || {}) }) });
+    } catch (e) {
+      if (e && e.name === "AbortError") throw new Stopped("stopped");
+      throw new NetworkError("The node cannot be reached");
+    }
+    return res;
+  }
+
+  // ------------------------------------------------------------------ access
+
+  function showAuth(status) {
+    const box = $("auth");
+    box.hidden = false;
+    const hint = $("token-hint");
+    if (status === 401) {
+      hint.textContent = token()
+        ? "The node did not accept this token. Enter another one."
+        : "This node needs a bearer token. It is kept for this tab only (sessionStorage).";
+      box.classList.add("attention");
+    } else if (status === 403) {
+      hint.textContent = "This token is valid but its scope does not allow that (deleting needs admin).";
+    }
+  }
+
+  function initAuth() {
+    if (token()) {
+      $("auth").hidden = false;
+      $("token").value = token();
+    }
+    $("token-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      const value = $("token").value.trim();
+      if (session) {
+        if (value) session.setItem(TOKEN_KEY, value);
+        else session.removeItem(TOKEN_KEY);
+      }
+      $("auth").classList.remove("attention");
+      toast(value ? "Token saved for this tab" : "Token cleared");
+      list.load(list.pages[list.index]);
+      refreshPending();
+    });
+    $("token-clear").addEventListener("click", () => {
+      if (session) session.removeItem(TOKEN_KEY);
+      $("token").value = "";
+      toast("Token forgotten");
+      list.load(list.pages[list.index]);
+    });
+  }
+
+  // ---------------------------------------------------------------- catalog
+
+  const list = {
+    prefix: "",
+    pages: [], // the URL of each page visited so far (page 1 first)
+    index: 0,
+    next: null,
+    generation: 0,
+    records: [],
+
+    firstUrl() {
+      let url = `/datasets?limit=${PAGE_SIZE}`;
+      if (this.prefix) url += `&prefix=${encodeURIComponent(this.prefix)}`;
+      return url;
+    },
+
+    reset() {
+      this.pages = [this.firstUrl()];
+      this.index = 0;
+      return this.load(this.pages[0]);
+    },
+
+    async load(url, lastPage = false) {
+      const generation = ++this.generation;
+      const table = $("datasets");
+      table.setAttribute("aria-busy", "true");
+      try {
+        const res = await request(url, { headers: { Accept: "application/json" }, cache: "no-store" });
+        if (!res.ok) throw await errorFromResponse(res);
+        const records = await res.json();
+        if (generation !== this.generation) return;
+        this.next = lastPage ? null : nextLink(res.headers.get("Link"));
+        // An empty page after a full one (the node cannot know a page is the
+        // last until it asks), or a page whose rows were all deleted: step back.
+        if (records.length === 0 && this.index > 0) {
+          this.index -= 1;
+          this.pages.length = this.index + 1;
+          await this.load(this.pages[this.index], true);
+          return;
+        }
+        this.records = records;
+        $("list-error").hidden = true;
+        render(records);
+      } catch (e) {
+        if (generation !== this.generation) return;
+        const box = $("list-error");
+        box.textContent = `Could not load the datasets: ${e.message}`;
+        box.hidden = false;
+        render([]);
+        $("empty").hidden = true;
+        this.next = null;
+      } finally {
+        if (generation === this.generation) {
+          table.removeAttribute("aria-busy");
+          this.updatePager();
+        }
+      }
+    },
+
+    updatePager() {
+      $("first-page").disabled = this.index === 0;
+      $("prev-page").disabled = this.index === 0;
+      $("next-page").disabled = !this.next;
+      const n = this.records.length;
+      const from = this.index * PAGE_SIZE + 1;
+      let info;
+      if (n === 0) info = this.prefix ? `Nothing under “${this.prefix}”` : "";
+      else if (this.index === 0 && !this.next) info = `${n} dataset${n === 1 ? "" : "s"}`;
+      else info = `${from}–${from + n - 1}${this.next ? "" : " (last page)"}`;
+      $("page-info").textContent = info;
+      document.querySelector(".pager").hidden = this.index === 0 && !this.next;
+    },
+
+    nextPage() {
+      if (!this.next) return;
+      this.pages.length = this.index + 1;
+      this.pages.push(this.next);
+      this.index += 1;
+      return this.load(this.next);
+    },
+
+    prevPage() {
+      if (this.index === 0) return;
+      this.index -= 1;
+      return this.load(this.pages[this.index]);
+    },
+
+    refresh() {
+      return this.load(this.pages[this.index] || this.firstUrl());
+    },
+  };
+
+  /** The target of `rel="next"` in a Link header, or null. */
+  function nextLink(header) {
+    if (!header) return null;
+    for (const part of header.split(/,(?=\s*<)/)) {
+      const m = /^\s*<([^>]*)>(.*)$/.exec(part);
+      if (m && /;\s*rel\s*=\s*"?([^";]*\s)?next(\s[^";]*)?"?/i.test(m[2])) return m[1];
+    }
+    return null;
+  }
+
+  /** Shows a key with line-break chances after each `/` (text nodes only: keys are untrusted). */
+  function setBreakable(el, key) {
+    const parts = key.split("/");
+    el.replaceChildren();
+    parts.forEach((part, i) => {
+      el.append(i < parts.length - 1 ? `${part}/` : part);
+      if (i < parts.length - 1) el.append(document.createElement("wbr"));
+    });
+  }
+
+  function render(records) {
+    const body = $("rows");
+    const template = $("row-template");
+    const frag = document.createDocumentFragment();
+    for (const r of records) {
+      const row = template.content.firstElementChild.cloneNode(true);
+      row.dataset.key = r.key;
+      row.querySelector(".c-name").textContent = r.name || r.key.split("/").pop();
+      setBreakable(row.querySelector(".c-key code"), r.key);
+      const size = row.querySelector(".c-size");
+      size.textContent = humanBytes(r.size);
+      size.title = `${Number(r.size).toLocaleString()} bytes`;
+      const hash = row.querySelector(".c-hash code");
+      hash.textContent = (r.blake3 || "").slice(0, 12);
+      hash.title = r.blake3 || "";
+      const time = row.querySelector(".c-created time");
+      time.dateTime = r.created_at || "";
+      const [day, clock] = humanDate(r.created_at).split(" ");
+      time.replaceChildren(day || "");
+      if (clock) {
+        const c = document.createElement("span");
+        c.className = "clock";
+        c.textContent = clock;
+        time.append(" ", c);
+      }
+      time.title = r.created_at || "";
+      const path = r.path || `/data/${keyPath(r.key)}`;
+      const download = row.querySelector(".act-download");
+      download.href = path;
+      download.setAttribute("download", r.key.split("/").pop());
+      download.setAttribute("aria-label", `Download ${r.key}`);
+      download.addEventListener("click", (e) => onDownload(e, r));
+      const copy = row.querySelector(".act-copy");
+      copy.setAttribute("aria-label", `Copy path of ${r.key}`);
+      copy.addEventListener("click", () => copyPath(path));
+      const del = row.querySelector(".act-delete");
+      del.setAttribute("aria-label", `Delete ${r.key}`);
+      del.addEventListener("click", () => removeDataset(r.key, del));
+      frag.appendChild(row);
+    }
+    body.replaceChildren(frag);
+    $("empty").hidden = records.length > 0;
+    $("datasets").classList.toggle("is-empty", records.length === 0);
+  }
+
+  // A plain link cannot carry a bearer token: with one, ask the node for a
+  // signed download URL and follow that instead.
+  async function onDownload(event, record) {
+    if (!token()) return;
+    event.preventDefault();
+    try {
+      const res = await request(`/datasets/${keyPath(record.key)}/download-url`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ expires_in: 300 }),
+      });
+      if (!res.ok) throw await errorFromResponse(res);
+      const { url } = await res.json();
+      const a = document.createElement("a");
+      a.href = url;
+      a.download = record.key.split("/").pop();
+      document.body.appendChild(a);
+      a.click();
+      a.remove();
+    } catch (e) {
+      toast(`Download failed: ${e.message}`, "error");
+    }
+  }
+
+  async function copyPath(path) {
+    const url = new URL(path, window.location.href).href;
+    let copied = false;
+    try {
+      if (navigator.clipboard && window.isSecureContext) {
+        await navigator.clipboard.writeText(url);
+        copied = true;
+      }
+    } catch {
+      copied = false;
+    }
+    if (!copied) {
+      const area = document.createElement("textarea");
+      area.value = url;
+      area.setAttribute("readonly", "");
+      area.className = "visually-hidden";
+      const focused = document.activeElement;
+      document.body.appendChild(area);
+      area.select();
+      try {
+        copied = document.execCommand("copy");
+      } catch {
+        copied = false;
+      }
+      area.remove();
+      if (focused && focused.focus) focused.focus();
+    }
+    toast(copied ? `Copied ${url}` : `Copy this URL: ${url}`, copied ? "info" : "warn");
+  }
+
+  async function removeDataset(key, button) {
+    if (!window.confirm(`Delete “${key}”?\n\nIts bytes and its record are removed for good.`)) return;
+    button.disabled = true;
+    try {
+      const res = await request(`/datasets/${keyPath(key)}`, { method: "DELETE" });
+      if (!res.ok && res.status !== 404) throw await errorFromResponse(res);
+      const row = button.closest("tr");
+      if (row) row.remove();
+      announce(`Deleted ${key}`);
+      toast(`Deleted ${key}`);
+      await list.refresh();
+      $("datasets-heading").focus();
+    } catch (e) {
+      button.disabled = false;
+      toast(`Could not delete ${key}: ${e.message}`, "error");
+    }
+  }
+
+  function initCatalog() {
+    let timer = 0;
+    $("search").addEventListener("input", () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        list.prefix = $("search").value;
+        list.reset();
+      }, 200);
+    });
+    $("search-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      clearTimeout(timer);
+      list.prefix = $("search").value;
+      list.reset();
+    });
+    $("refresh").addEventListener("click", () => list.refresh());
+    $("next-page").addEventListener("click", () => list.nextPage());
+    $("prev-page").addEventListener("click", () => list.prevPage());
+    $("first-page").addEventListener("click", () => {
+      list.index = 0;
+      list.load(list.pages[0]);
+    });
+    list.reset();
+  }
+
+  let refreshTimer = 0;
+  function refreshSoon() {
+    clearTimeout(refreshTimer);
+    refreshTimer = setTimeout(() => list.refresh(), 150);
+  }
+
+  // ------------------------------------------------------------ resume state
+
+  /** Uploads are remembered by file name, size and modification time. */
+  function fingerprint(file) {
+    return RESUME_PREFIX + JSON.stringify([file.name, file.size, file.lastModified]);
+  }
+
+  function readSaved(fp) {
+    if (!local) return null;
+    try {
+      const saved = JSON.parse(local.getItem(fp) || "null");
+      return saved && typeof saved.url === "string" ? saved : null;
+    } catch {
+      return null;
+    }
+  }
+
+  function writeSaved(fp, value) {
+    if (!local) return;
+    try {
+      local.setItem(fp, JSON.stringify(value));
+    } catch {
+      // storage full: this upload just won't survive a reload
+    }
+  }
+
+  function forget(fp) {
+    if (local) local.removeItem(fp);
+  }
+
+  function savedUploads() {
+    if (!local) return [];
+    const out = [];
+    for (let i = 0; i < local.length; i += 1) {
+      const fp = local.key(i);
+      if (!fp || !fp.startsWith(RESUME_PREFIX)) continue;
+      const saved = readSaved(fp);
+      if (saved) out.push({ fp, ...saved });
+    }
+    return out.sort((a, b) => (a.started || 0) - (b.started || 0));
+  }
+
+  async function headUpload(url) {
+    const res = await request(url, { method: "HEAD", headers: { ...TUS }, cache: "no-store" });
+    if (!res.ok) throw await errorFromResponse(res);
+    return {
+      offset: Number(res.headers.get("Upload-Offset")),
+      length: res.headers.has("Upload-Length") ? Number(res.headers.get("Upload-Length")) : null,
+      location: res.headers.get("Content-Location"),
+      etag: (res.headers.get("ETag") || "").replace(/"/g, ""),
+    };
+  }
+
+  // ----------------------------------------------------------------- uploads
+
+  const uploads = []; // every Upload shown on the page
+  let counter = 0;
+
+  class Upload {
+    constructor(file, key, name) {
+      this.id = `u${++counter}`;
+      this.file = file;
+      this.key = key;
+      this.name = name;
+      this.fp = fingerprint(file);
+      this.url = null;
+      this.offset = 0; // what the node has, as far as we know
+      this.sent = 0; // what the browser has sent (for the bar)
+      this.state = "queued";
+      this.xhr = null;
+      this.samples = [];
+      this.resumedFrom = null;
+      this.startedAt = 0;
+      this.etag = "";
+      this.location = "";
+      this.el = this.build();
+    }
+
+    build() {
+      const li = $("upload-template").content.firstElementChild.cloneNode(true);
+      li.id = this.id;
+      li.dataset.file = this.file.name;
+      li.querySelector(".up-name").textContent = this.file.name;
+      li.querySelector(".up-key").textContent = `→ ${this.key}`;
+      const bar = li.querySelector(".up-bar");
+      bar.setAttribute("aria-label", `Upload of ${this.file.name}`);
+      const status = li.querySelector(".up-status");
+      status.id = `${this.id}-status`;
+      bar.setAttribute("aria-describedby", status.id);
+      li.querySelector(".up-pause").addEventListener("click", () => this.pause());
+      li.querySelector(".up-resume").addEventListener("click", () => this.resume());
+      li.querySelector(".up-cancel").addEventListener("click", () => this.cancel());
+      li.querySelector(".up-dismiss").addEventListener("click", () => this.dismiss());
+      for (const b of li.querySelectorAll("button")) {
+        b.setAttribute("aria-label", `${b.textContent} ${this.file.name}`);
+      }
+      return li;
+    }
+
+    // --- the view
+
+    setState(state, message) {
+      this.state = state;
+      this.el.dataset.state = state;
+      const q = (sel) => this.el.querySelector(sel);
+      const active = state === "queued" || state === "uploading";
+      q(".up-pause").hidden = !active;
+      q(".up-resume").hidden = !(state === "paused" || (state === "error" && this.retryable));
+      q(".up-resume").textContent = state === "error" ? "Retry" : "Resume";
+      q(".up-resume").setAttribute("aria-label", `${q(".up-resume").textContent} ${this.file.name}`);
+      q(".up-cancel").hidden = !(active || state === "paused" || (state === "error" && this.url));
+      q(".up-dismiss").hidden = !(state === "done" || state === "cancelled" || state === "error");
+      if (state !== "error") q(".up-error").hidden = true;
+      if (message !== undefined) this.say([message], true);
+      else this.paint();
+    }
+
+    showError(message) {
+      const box = this.el.querySelector(".up-error");
+      box.textContent = message;
+      box.hidden = false;
+    }
+
+    progress(sent) {
+      this.heartbeat();
+      this.sent = Math.min(sent, this.file.size);
+      const now = performance.now();
+      this.samples.push([now, this.sent]);
+      while (this.samples.length > 2 && now - this.samples[0][0] > 5000) this.samples.shift();
+      this.paint();
+    }
+
+    rate() {
+      if (this.samples.length < 2) return 0;
+      const [t0, b0] = this.samples[0];
+      const [t1, b1] = this.samples[this.samples.length - 1];
+      return t1 - t0 >= 250 ? ((b1 - b0) * 1000) / (t1 - t0) : 0;
+    }
+
+    paint() {
+      const size = this.file.size;
+      const pct = size === 0 ? (this.state === "done" ? 100 : 0) : (this.sent / size) * 100;
+      const bar = this.el.querySelector(".up-bar");
+      bar.value = Math.min(100, Math.floor(pct * 10) / 10);
+      const bytes = `${humanBytes(this.sent)} of ${humanBytes(size)}`;
+      let parts;
+      switch (this.state) {
+        case "queued":
+          parts = ["Waiting", humanBytes(size)];
+          break;
+        case "uploading": {
+          const rate = this.rate();
+          parts = [bytes, rate > 0 ? `${humanBytes(rate)}/s` : "starting…"];
+          if (rate > 0) parts.push(`${humanDuration((size - this.sent) / rate)} left`);
+          if (this.resumedFrom) parts.push(`resumed at ${humanBytes(this.resumedFrom)}`);
+          break;
+        }
+        case "paused":
+          parts = ["Paused", bytes];
+          break;
+        case "done": {
+          const secs = (performance.now() - this.startedAt) / 1000;
+          parts = ["Done", `${humanBytes(size)}${secs > 0.05 ? ` in ${humanDuration(secs)}` : ""}`];
+          if (this.etag) parts.push(`blake3 ${this.etag.slice(0, 12)}`);
+          break;
+        }
+        case "cancelled":
+          parts = ["Cancelled"];
+          break;
+        case "error":
+          parts = ["Stopped", bytes];
+          break;
+        default:
+          parts = [];
+      }
+      this.say(parts);
+    }
+
+    /** The status line: parts joined by " · ", each kept on one line. */
+    say(parts, wrap = false) {
+      const status = this.el.querySelector(".up-status");
+      status.replaceChildren();
+      parts.forEach((part, i) => {
+        if (i > 0) status.append(" · ");
+        const span = document.createElement("span");
+        if (!wrap) span.className = "part";
+        span.textContent = part;
+        status.append(span);
+      });
+    }
+
+    /** Marks the resume state as being sent by this tab (or, with `stop`, no longer). */
+    heartbeat(stop = false) {
+      const now = Date.now();
+      if (!this.url || (!stop && now - (this.lastBeat || 0) < BEAT_MS)) return;
+      this.lastBeat = stop ? 0 : now;
+      const saved = readSaved(this.fp);
+      if (saved && saved.url === this.url) writeSaved(this.fp, { ...saved, tab: TAB_ID, beat: stop ? 0 : now });
+    }
+
+    // --- the controls
+
+    pause() {
+      if (this.state !== "queued" && this.state !== "uploading") return;
+      this.setState("paused");
+      this.abortRequest();
+      this.heartbeat(true);
+      pump();
+      this.el.querySelector(".up-resume").focus();
+    }
+
+    resume() {
+      if (this.state !== "paused" && this.state !== "error") return;
+      this.samples = [];
+      this.setState("queued");
+      pump();
+      this.el.querySelector(".up-pause").focus();
+    }
+
+    async cancel() {
+      const was = this.state;
+      if (was === "done" || was === "cancelled") return;
+      this.setState("cancelled", "Cancelling…");
+      this.abortRequest();
+      forget(this.fp);
+      const url = this.url || (readSaved(this.fp) || {}).url;
+      if (url) await terminate(url);
+      this.setState("cancelled");
+      announce(`Cancelled ${this.file.name}`);
+      pump();
+      this.el.querySelector(".up-dismiss").focus();
+    }
+
+    dismiss() {
+      const i = uploads.indexOf(this);
+      if (i >= 0) uploads.splice(i, 1);
+      const next = this.el.nextElementSibling || this.el.previousElementSibling;
+      this.el.remove();
+      const target = next && next.querySelector("button:not([hidden])");
+      (target || $("choose")).focus();
+    }
+
+    abortRequest() {
+      const xhr = this.xhr;
+      if (!xhr) return;
+      xhr.stoppedByUser = true;
+      xhr.abort();
+    }
+
+    // --- the protocol
+
+    /** Drives the upload until it is done, paused, cancelled or failed. */
+    async run() {
+      this.generation = (this.generation || 0) + 1;
+      this.setState("uploading");
+      if (!this.startedAt) this.startedAt = performance.now();
+      const me = this.generation;
+      // This run ends once the upload is paused, cancelled or failed, or a newer run took over.
+      const stopped = () => this.state !== "uploading" || this.generation !== me;
+      let attempt = 0;
+      let sync = true;
+      while (!stopped()) {
+        try {
+          if (!this.url) await this.locate();
+          else if (sync) await this.sync();
+          sync = false;
+          if (stopped()) break;
+          if (this.location) {
+            this.finish();
+            break;
+          }
+          await this.sendChunk();
+          attempt = 0;
+        } catch (e) {
+          if (stopped() || e instanceof Stopped) break;
+          const wait = this.retryDelay(e, attempt);
+          if (wait === null) {
+            this.fail(e);
+            break;
+          }
+          attempt += 1;
+          sync = true;
+          this.setState("uploading", `${e.message} · trying again in ${humanDuration(wait / 1000)} (${attempt}/${RETRIES})`);
+          await sleep(wait);
+          if (!stopped()) this.samples = [];
+        }
+      }
+    }
+
+    retryDelay(e, attempt) {
+      if (attempt >= RETRIES) return null;
+      const backoff = Math.min(30000, 500 * 2 ** attempt);
+      if (e instanceof NetworkError) return backoff;
+      if (!(e instanceof HttpError)) return null;
+      if (e.status === 409 || e.status === 460) return 0; // offset or checksum: resync at once
+      // The node saw the body break off (e.g. a HEAD from elsewhere took the upload over): resync.
+      if (e.status === 400 && e.code === "truncated-body") return Math.min(backoff, 2000);
+      if (e.status === 423 || e.status === 408) return Math.min(backoff, 2000);
+      if (e.status === 503 || e.status === 502 || e.status === 504 || e.status === 500) {
+        const after = Number(e.retryAfter);
+        return Number.isFinite(after) && after > 0 ? Math.min(after * 1000, 60000) : backoff;
+      }
+      return null; // 400, 401, 403, 404, 410, 413, 415, 507, ...: say so and stop
+    }
+
+    /** Finds the upload this file started before (HEAD), or creates one (POST). */
+    async locate() {
+      const saved = readSaved(this.fp);
+      if (busyElsewhere(saved)) {
+        throw new HttpError(423, { detail: "this file is being uploaded in another tab; close it or pause it there first" });
+      }
+      if (saved) {
+        try {
+          const info = await headUpload(saved.url);
+          if (info.length === this.file.size && Number.isFinite(info.offset)) {
+            this.url = saved.url;
+            this.key = saved.key || this.key;
+            this.el.querySelector(".up-key").textContent = `→ ${this.key}`;
+            this.adopt(info);
+            if (info.offset > 0) this.resumedFrom = info.offset;
+            removePending(this.fp);
+            return;
+          }
+          forget(this.fp); // another file with the same fingerprint: start over
+        } catch (e) {
+          if (e instanceof HttpError && (e.status === 404 || e.status === 410)) forget(this.fp); // expired
+          else throw e;
+        }
+      }
+      removePending(this.fp);
+      await this.create();
+    }
+
+    async create() {
+      const meta = [["key", this.key]];
+      if (this.name) meta.push(["name", this.name]);
+      if (this.file.type) meta.push(["filetype", this.file.type]);
+      const res = await request("/uploads", {
+        method: "POST",
+        headers: {
+          ...TUS,
+          "Upload-Length": String(this.file.size),
+          "Upload-Metadata": meta.map(([k, v]) => `${k} ${base64Utf8(v)}`).join(","),
+        },
+      });
+      if (res.status !== 201) throw await errorFromResponse(res);
+      const location = res.headers.get("Location");
+      if (!location) throw new HttpError(res.status, { detail: "the node did not say where the upload is" });
+      this.url = new URL(location, window.location.href).href;
+      writeSaved(this.fp, {
+        url: this.url,
+        key: this.key,
+        name: this.file.name,
+        size: this.file.size,
+        lastModified: this.file.lastModified,
+        started: Date.now(),
+      });
+      if (this.state === "cancelled") {
+        // Cancelled while the node was creating it.
+        forget(this.fp);
+        terminate(this.url);
+        throw new Stopped("cancelled");
+      }
+      this.adopt({ offset: Number(res.headers.get("Upload-Offset")) || 0 });
+    }
+
+    async sync() {
+      try {
+        this.adopt(await headUpload(this.url));
+      } catch (e) {
+        if (e instanceof HttpError && (e.status === 404 || e.status === 410)) {
+          // The node no longer has it (expired or removed): start over.
+          forget(this.fp);
+          this.url = null;
+          this.offset = 0;
+          this.sent = 0;
+          throw new HttpError(e.status, { detail: "the node no longer has this upload; press Retry to start over" });
+        }
+        throw e;
+      }
+    }
+
+    adopt(info) {
+      if (Number.isFinite(info.offset)) {
+        // After a reconnect the node may have fewer bytes than were sent: the rate starts afresh.
+        if (info.offset !== this.sent) this.samples = [];
+        this.offset = info.offset;
+        this.sent = info.offset;
+      }
+      if (info.location) {
+        this.location = info.location;
+        this.etag = info.etag || "";
+      }
+      this.paint();
+    }
+
+    /** One PATCH of at most CHUNK_SIZE bytes from the node's offset. */
+    sendChunk() {
+      const start = this.offset;
+      const end = Math.min(start + CHUNK_SIZE, this.file.size);
+      const body = this.file.slice(start, end);
+      return new Promise((resolve, reject) => {
+        const xhr = new XMLHttpRequest();
+        this.xhr = xhr;
+        let stallTimer = 0;
+        let sending = true;
+        const watch = () => {
+          clearTimeout(stallTimer);
+          if (sending) stallTimer = setTimeout(() => xhr.abort(), STALL_MS);
+        };
+        const done = (fn, value) => {
+          clearTimeout(stallTimer);
+          if (this.xhr === xhr) this.xhr = null;
+          fn(value);
+        };
+        xhr.open("PATCH", this.url);
+        const headers = withAuth({
+          ...TUS,
+          "Upload-Offset": String(start),
+          "Content-Type": "application/offset+octet-stream",
+        });
+        for (const [k, v] of Object.entries(headers)) xhr.setRequestHeader(k, v);
+        xhr.upload.onprogress = (e) => {
+          watch();
+          this.progress(start + e.loaded);
+        };
+        xhr.upload.onload = () => {
+          sending = false;
+          clearTimeout(stallTimer);
+        };
+        xhr.onload = () => {
+          if (xhr.status === 204 || xhr.status === 200) {
+            const offset = Number(xhr.getResponseHeader("Upload-Offset"));
+            if (!Number.isFinite(offset) || xhr.getResponseHeader("Upload-Offset") === null) {
+              done(reject, new HttpError(xhr.status, { detail: "the node sent no Upload-Offset" }));
+              return;
+            }
+            this.progress(offset);
+            this.adopt({
+              offset,
+              location: xhr.getResponseHeader("Content-Location"),
+              etag: (xhr.getResponseHeader("ETag") || "").replace(/"/g, ""),
+            });
+            done(resolve);
+            return;
+          }
+          if (xhr.status === 401 || xhr.status === 403) showAuth(xhr.status);
+          const problem = parseProblem(xhr.getResponseHeader("Content-Type"), xhr.responseText);
+          done(reject, new HttpError(xhr.status, problem, xhr.getResponseHeader("Retry-After")));
+        };
+        xhr.onerror = () => done(reject, new NetworkError("The connection broke off"));
+        xhr.onabort = () =>
+          done(reject, xhr.stoppedByUser ? new Stopped("stopped") : new NetworkError("The upload stalled"));
+        watch();
+        xhr.send(body);
+      });
+    }
+
+    finish() {
+      forget(this.fp);
+      this.sent = this.file.size;
+      this.setState("done");
+      this.el.querySelector(".up-bar").value = 100;
+      announce(`Uploaded ${this.file.name} as ${this.key}`);
+      refreshSoon();
+    }
+
+    fail(e) {
+      let message = e.message;
+      if (e instanceof HttpError && e.code === "too-large") {
+        message = `Too large: ${e.detail || e.message}`;
+        const limit = /(\d+) bytes/.exec(e.detail || "");
+        if (limit) message += ` (${humanBytes(Number(limit[1]))}; this file is ${humanBytes(this.file.size)})`;
+      }
+      else if (e instanceof HttpError && e.status === 507) message = `No space: ${e.detail || e.message}`;
+      if (e instanceof HttpError && [400, 413, 415, 507].includes(e.status) && this.offset === 0) {
+        // Refused outright: nothing to resume.
+        forget(this.fp);
+      }
+      // Retrying helps after a lost connection, a new token or freed space; not when refused outright.
+      this.retryable = !(e instanceof HttpError && [400, 413, 415].includes(e.status));
+      this.heartbeat(true);
+      this.setState("error");
+      this.showError(message);
+      announce(`${this.file.name}: ${message}`);
+    }
+  }
+
+  async function terminate(url) {
+    for (let i = 0; i < 5; i += 1) {
+      try {
+        const res = await request(url, { method: "DELETE", headers: { ...TUS } });
+        if (res.ok || res.status === 404 || res.status === 410) return true;
+        if (res.status !== 423 && res.status !== 409 && res.status !== 503) return false;
+      } catch {
+        // unreachable: try again shortly
+      }
+      await sleep(300 * (i + 1));
+    }
+    return false;
+  }
+
+  /** Starts waiting uploads while fewer than PARALLEL are running. */
+  function pump() {
+    let running = uploads.filter((u) => u.state === "uploading").length;
+    for (const u of uploads) {
+      if (running >= PARALLEL) break;
+      if (u.state === "queued") {
+        running += 1;
+        u.run().finally(pump);
+      }
+    }
+  }
+
+  function normalisePrefix(raw) {
+    return raw
+      .trim()
+      .split("/")
+      .filter((s) => s !== "")
+      .join("/");
+  }
+
+  function addFiles(fileList) {
+    const files = Array.from(fileList || []);
+    if (files.length === 0) return;
+    const prefix = normalisePrefix($("key-prefix").value);
+    const name = files.length === 1 ? $("display-name").value.trim() : "";
+    if (name) $("display-name").value = ""; // it named this file; the next one keeps its own
+    const batch = document.createDocumentFragment();
+    for (const file of files) {
+      const fp = fingerprint(file);
+      const same = uploads.find((u) => u.fp === fp && !["done", "cancelled", "error"].includes(u.state));
+      if (same) {
+        if (same.state === "paused") same.resume();
+        else toast(`${file.name} is already being uploaded`);
+        continue;
+      }
+      const key = prefix ? `${prefix}/${file.name}` : file.name;
+      const upload = new Upload(file, key, name);
+      uploads.push(upload);
+      batch.append(upload.el);
+      upload.setState("queued");
+    }
+    $("uploads").prepend(batch); // the latest files on top, each batch in the order chosen
+    pump();
+  }
+
+  function initUploads() {
+    const input = $("file-input");
+    $("choose").addEventListener("click", () => input.click());
+    input.addEventListener("change", () => {
+      addFiles(input.files);
+      input.value = "";
+    });
+
+    const zone = $("dropzone");
+    const hasFiles = (e) => e.dataTransfer && Array.from(e.dataTransfer.types || []).includes("Files");
+    let depth = 0;
+    zone.addEventListener("dragenter", (e) => {
+      if (!hasFiles(e)) return;
+      e.preventDefault();
+      depth += 1;
+      zone.classList.add("over");
+    });
+    zone.addEventListener("dragover", (e) => {
+      if (!hasFiles(e)) return;
+      e.preventDefault();
+      e.dataTransfer.dropEffect = "copy";
+    });
+    zone.addEventListener("dragleave", () => {
+      depth = Math.max(0, depth - 1);
+      if (depth === 0) zone.classList.remove("over");
+    });
+    zone.addEventListener("drop", (e) => {
+      e.preventDefault();
+      depth = 0;
+      zone.classList.remove("over");
+      addFiles(e.dataTransfer.files);
+    });
+    // A file dropped next to the zone must not replace the page.
+    window.addEventListener("dragover", (e) => {
+      if (hasFiles(e)) e.preventDefault();
+    });
+    window.addEventListener("drop", (e) => {
+      if (hasFiles(e)) e.preventDefault();
+    });
+
+    const example = () => {
+      const prefix = normalisePrefix($("key-prefix").value);
+      $("key-example").textContent = prefix ? `${prefix}/‹file name›` : "‹file name›";
+    };
+    $("key-prefix").addEventListener("input", example);
+    example();
+    refreshPending();
+  }
+
+  // ------------------------------------------------ unfinished, from before
+
+  function removePending(fp) {
+    for (const li of $("pending-list").children) {
+      if (li.dataset.fp === fp) li.remove();
+    }
+    $("pending").hidden = $("pending-list").children.length === 0;
+  }
+
+  /** Lists uploads a previous visit left unfinished, with how far they got. */
+  async function refreshPending() {
+    const active = new Set(uploads.map((u) => u.fp));
+    const entries = savedUploads().filter((s) => !active.has(s.fp));
+    const ul = $("pending-list");
+    ul.replaceChildren();
+    for (const saved of entries) {
+      const li = document.createElement("li");
+      li.dataset.fp = saved.fp;
+      const text = document.createElement("span");
+      text.className = "pending-text";
+      const name = document.createElement("strong");
+      name.textContent = saved.name || saved.key;
+      const detail = document.createElement("span");
+      detail.className = "pending-detail";
+      detail.textContent = `→ ${saved.key} · ${humanBytes(saved.size)}`;
+      text.append(name, detail);
+      const discard = document.createElement("button");
+      discard.type = "button";
+      discard.className = "btn btn-small btn-quiet";
+      discard.textContent = "Discard";
+      discard.setAttribute("aria-label", `Discard the unfinished upload of ${saved.name || saved.key}`);
+      discard.addEventListener("click", async () => {
+        discard.disabled = true;
+        forget(saved.fp);
+        await terminate(saved.url);
+        removePending(saved.fp);
+        toast(`Discarded ${saved.name || saved.key}`);
+      });
+      li.append(text, discard);
+      ul.appendChild(li);
+      if (busyElsewhere(saved)) {
+        detail.textContent = `→ ${saved.key} · being uploaded in another tab`;
+        discard.hidden = true;
+        continue;
+      }
+      headUpload(saved.url).then(
+        (info) => {
+          if (info.location) {
+            // It finished after all: nothing to resume.
+            forget(saved.fp);
+            removePending(saved.fp);
+            return;
+          }
+          const pct = saved.size > 0 ? Math.floor((info.offset / saved.size) * 100) : 0;
+          detail.textContent = `→ ${saved.key} · ${humanBytes(info.offset)} of ${humanBytes(saved.size)} (${pct}%) sent`;
+        },
+        (e) => {
+          if (e instanceof HttpError && (e.status === 404 || e.status === 410)) {
+            forget(saved.fp);
+            removePending(saved.fp);
+          }
+        }
+      );
+    }
+    $("pending").hidden = ul.children.length === 0;
+  }
+
+  // Leaving or reloading the page: the uploads stop here, so another tab
+  // (or this one, reloaded) may pick them up at once.
+  window.addEventListener("pagehide", () => {
+    for (const u of uploads) if (u.state === "uploading") u.heartbeat(true);
+  });
+
+  // ------------------------------------------------------------------ start
+
+  initAuth();
+  initCatalog();
+  initUploads();
+})();

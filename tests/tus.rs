@@ -1512,3 +1512,16 @@ async fn a_conflict_at_completion_is_409_and_never_claims_success() {
     assert_eq!(served.status(), 200);
     assert_eq!(served.bytes().await.unwrap().as_ref(), b"a plain file");
 }
+
+/// tus-js-client and Uppy send no PATCH for an empty file: the creation
+/// itself must store it.
+#[tokio::test]
+async fn an_empty_upload_is_stored_at_creation() {
+    let node = TestNode::start();
+    let loc = create(&node, 0, &meta(&[("key", "tus/empty.bin")])).await;
+    let h = head(&node, &loc).await;
+    assert_eq!(h.status, 200, "{}", h.describe());
+    assert_eq!(h.offset(), Some(0));
+    assert_eq!(h.header("etag").unwrap_or_default(), format!("\"{}\"", blake3::hash(b"").to_hex()));
+    assert_dataset(&node, "tus/empty.bin", b"").await;
+}
