@@ -36,4 +36,7 @@ scripts/e2e-ops.sh
 log "browser tests: the upload page in headless Chromium"
 scripts/e2e-browser.sh
 
+log "OpenAPI: the document against the live node (schemathesis)"
+scripts/e2e-openapi.sh
+
 log "all tests passed"

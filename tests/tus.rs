@@ -1525,3 +1525,42 @@ async fn an_empty_upload_is_stored_at_creation() {
     assert_eq!(h.header("etag").unwrap_or_default(), format!("\"{}\"", blake3::hash(b"").to_hex()));
     assert_dataset(&node, "tus/empty.bin", b"").await;
 }
+
+/// creation-with-upload honours `Upload-Checksum` like a PATCH does.
+#[tokio::test]
+async fn creation_with_upload_checks_the_checksum() {
+    let node = TestNode::start();
+    let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+    let metadata = meta(&[("key", "tus/ck.txt")]);
+    let wrong = format!("sha1 {}", b64(&sha1::Sha1::digest(b"WRONG")));
+    let r = node
+        .client
+        .post(node.url("/uploads"))
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", "11")
+        .header("Upload-Metadata", metadata.as_str())
+        .header("Content-Type", "application/offset+octet-stream")
+        .header("Upload-Checksum", wrong)
+        .body("hello world")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 460);
+    assert_eq!(node.get("/datasets/tus/ck.txt").await.status(), 404);
+
+    let right = format!("sha1 {}", b64(&sha1::Sha1::digest(b"hello world")));
+    let r = node
+        .client
+        .post(node.url("/uploads"))
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", "11")
+        .header("Upload-Metadata", metadata.as_str())
+        .header("Content-Type", "application/offset+octet-stream")
+        .header("Upload-Checksum", right)
+        .body("hello world")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    assert_dataset(&node, "tus/ck.txt", b"hello world").await;
+}

@@ -190,6 +190,8 @@ pub struct CreationRequest {
     creation: Creation,
     /// creation-with-upload: the body holds the first bytes.
     with_body: bool,
+    /// `Upload-Checksum` of that first body.
+    checksum: Option<Digest>,
 }
 
 #[rocket::async_trait]
@@ -237,6 +239,7 @@ fn creation_request(req: &Request<'_>) -> Result<CreationRequest> {
     Ok(CreationRequest {
         creation: Creation { length, metadata: header(req, "Upload-Metadata").map(str::to_owned), concat },
         with_body,
+        checksum: upload_checksum(req)?,
     })
 }
 
@@ -296,7 +299,6 @@ async fn create(
     caller: Caller,
     tus: Result<TusResumable, Error>,
     request: Result<CreationRequest, Error>,
-    headers: Result<PatchRequest, Error>,
     body: Data<'_>,
 ) -> Result<Reply> {
     tus?;
@@ -307,7 +309,7 @@ async fn create(
         return Ok(Reply { status: Status::Created, info: Some(info), head: false });
     }
     let _permit = node.admit_upload()?;
-    let checksum = headers.ok().and_then(|h| h.checksum);
+    let checksum = request.checksum;
     let patch = Patch { offset: 0, length: None, checksum, body: body.open(body_limit(node)) };
     let info = node.tus_patch(&info.id, patch).await?;
     Ok(Reply { status: Status::Created, info: Some(info), head: false })
