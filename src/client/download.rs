@@ -20,7 +20,9 @@ use reqwest::{Method, Response, StatusCode};
 
 use super::progress::Progress;
 use super::state::{unix_now, DownloadEntry, StateFile};
-use super::{backoff, etag_of, human_size, is_network_error, one_line, parse_key, ApiError, Connection, Node};
+use super::{
+    backoff, etag_of, human_size, is_network_error, one_line, parse_key, ApiError, Connection, Node, Transfer,
+};
 use crate::key::Key;
 
 #[derive(Debug, clap::Args)]
@@ -33,12 +35,8 @@ pub struct GetArgs {
     /// Replace OUT if it exists.
     #[arg(short, long)]
     pub force: bool,
-    /// Consecutive failed attempts before giving up.
-    #[arg(long, default_value_t = 8, value_name = "N")]
-    pub retries: u32,
-    /// Print no progress and no summary.
-    #[arg(short, long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub transfer: Transfer,
     #[command(flatten)]
     pub connection: Connection,
 }
@@ -54,8 +52,9 @@ pub async fn run(args: GetArgs) -> Result<()> {
         Some(out) => Some(out.clone()),
         None => Some(PathBuf::from(&last_segment)),
     };
-    let quiet = args.quiet || out.is_none();
-    let mut fetch = Fetch { node: &node, key: &key, record: &record, retries: args.retries, quiet, progress: None };
+    let quiet = args.transfer.quiet || out.is_none();
+    let mut fetch =
+        Fetch { node: &node, key: &key, record: &record, retries: args.transfer.retries, quiet, progress: None };
     let Some(out) = out else {
         // Stdout: no `.part` file and no resume across runs; the fetch
         // verifies what it wrote.

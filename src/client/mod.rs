@@ -54,6 +54,17 @@ pub struct Connection {
     pub token: Option<String>,
 }
 
+/// How a transfer (upload or download) behaves.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Transfer {
+    /// Consecutive failed attempts before giving up.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub retries: u32,
+    /// Print no progress and no summary.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
 /// Runs one client subcommand and turns its outcome into an exit code: 0 on
 /// success, 1 with a one-line reason on stderr otherwise.
 pub fn run(command: Command) -> ExitCode {

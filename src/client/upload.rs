@@ -31,7 +31,8 @@ use sha2::Digest;
 use super::progress::Progress;
 use super::state::{mtime_ns, unix_now, StateFile, UploadEntry};
 use super::{
-    backoff, etag_of, human_size, is_connect_error, is_network_error, parse_key, parse_size, ApiError, Connection, Node,
+    backoff, etag_of, human_size, is_connect_error, is_network_error, parse_key, parse_size, ApiError, Connection,
+    Node, Transfer,
 };
 
 const TUS_VERSION: &str = "1.0.0";
@@ -60,12 +61,8 @@ pub struct UploadArgs {
     /// Bytes per PATCH request (plain bytes or e.g. `8 MiB`); held in memory.
     #[arg(long, default_value = "8 MiB", value_parser = parse_chunk_size, value_name = "SIZE")]
     pub chunk_size: u64,
-    /// Consecutive failed attempts before giving up.
-    #[arg(long, default_value_t = 8, value_name = "N")]
-    pub retries: u32,
-    /// Print no progress and no summary.
-    #[arg(short, long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub transfer: Transfer,
     #[command(flatten)]
     pub connection: Connection,
 }
@@ -231,7 +228,7 @@ pub async fn run(args: UploadArgs) -> Result<()> {
         upload_url: String::new(),
         created_at: unix_now(),
     };
-    let progress = Progress::new(&format!("upload {key}"), size, 0, args.quiet);
+    let progress = Progress::new(&format!("upload {key}"), size, 0, args.transfer.quiet);
     let mut upload = Upload { node: &node, args: &args, key, size, state, entry, progress };
     let result = upload.run(&mut file).await;
     if result.is_err() {
@@ -252,7 +249,7 @@ pub async fn run(args: UploadArgs) -> Result<()> {
         anyhow::bail!("blake3 mismatch: the node stored {blake3} at `{}`, the file hashes to {local}", upload.key);
     }
     upload.progress.finish();
-    if !args.quiet {
+    if !args.transfer.quiet {
         println!("uploaded {} as {} ({}, blake3 {})", args.file.display(), upload.key, human_size(size), blake3);
     }
     Ok(())
@@ -385,7 +382,7 @@ impl Upload<'_> {
                 }
             };
             failures += 1;
-            if failures > self.args.retries {
+            if failures > self.args.transfer.retries {
                 return Err(e.context(format!("giving up after {failures} failed attempts")));
             }
             let wait = wait.map_or_else(|| backoff(failures), |s| std::time::Duration::from_secs(s.min(60)));
@@ -394,7 +391,7 @@ impl Upload<'_> {
                 self.key,
                 super::one_line(&format!("{e:#}")),
                 wait.as_secs_f64(),
-                self.args.retries
+                self.args.transfer.retries
             ));
             tokio::time::sleep(wait).await;
         }
