@@ -824,3 +824,41 @@ fn hostile_requests_get_clear_4xx_problems() {
     });
     assert!(failures.is_empty(), "{} hostile case(s) failed:\n{}", failures.len(), failures.join("\n"));
 }
+
+/// A spool on its own volume: a spilled upload is copied to a staging file
+/// on the data volume and renamed from there (never a cross-device rename),
+/// and a small one never touches the spool at all.
+#[test]
+fn a_spool_on_another_volume_is_copied_before_the_rename() {
+    let spool = match Tmpfs::mount("64m") {
+        Ok(fs) => fs,
+        Err(reason) => {
+            eprintln!("SKIPPED: this test needs a tmpfs mount (run as root): {reason}");
+            return;
+        }
+    };
+    let spool_dir = spool.path().join("spool");
+    let node =
+        TestNode::start_with(&[("SPILLWAY_SPOOL_DIR", spool_dir.to_str().unwrap()), ("SPILLWAY_SPOOL_MEMORY", "1MiB")]);
+    let rt = runtime();
+    let big = generated(20 * MIB, 71);
+    let small = generated(100 * 1024, 72);
+    for (key, body) in [("xvol/big.bin", &big), ("xvol/small.bin", &small)] {
+        let resp = rt.block_on(node.put(key, body.clone()));
+        assert_eq!(resp.status(), 201, "{key}");
+        let record: serde_json::Value = rt.block_on(resp.json()).unwrap();
+        assert_eq!(record["blake3"], blake3::hash(body).to_hex().to_string(), "{key}");
+        let got = rt.block_on(async { node.get(&format!("/data/{key}")).await.bytes().await.unwrap() });
+        assert_eq!(&got[..], &body[..], "{key}");
+    }
+    assert!(files_below(&spool_dir).is_empty(), "spool left: {:?}", files_below(&spool_dir));
+    assert!(node.spool_files().is_empty(), "staging left: {:?}", node.spool_files());
+    // The datasets live on the data volume, not the spool's.
+    use std::os::unix::fs::MetadataExt;
+    let data_dev = std::fs::metadata(node.datasets_dir()).unwrap().dev();
+    assert_ne!(data_dev, std::fs::metadata(&spool_dir).unwrap().dev(), "the spool was meant to be another volume");
+    for file in node.dataset_files() {
+        assert_eq!(std::fs::metadata(&file).unwrap().dev(), data_dev, "{}", file.display());
+    }
+    drop(node);
+}
