@@ -341,13 +341,16 @@ impl Node {
             // It will be copied to the data volume first: that needs room too.
             self.spooler.check_space(&self.layout.datasets, spooled.size)?;
         }
+        // A copy across volumes (a spool of its own) happens before the lock,
+        // so it never holds up other commits.
+        let layout = self.layout.clone();
+        let file = blocking(move || layout.to_data_volume(spooled.file)).await?;
         let _guard = self.commit_lock.lock().await;
         let (index, layout, metrics) = (self.index.clone(), self.layout.clone(), self.metrics.clone());
         blocking(move || {
             let current = index.get(&key)?;
             meta.precondition.check(current.as_ref())?;
             check_conflicts(&index, &key)?;
-            let file = layout.to_data_volume(spooled.file)?;
             let version = NewVersion {
                 key: key.clone(),
                 size: spooled.size,
