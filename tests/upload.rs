@@ -98,11 +98,15 @@ async fn digests_are_verified_before_commit() {
     ];
     for (i, (header, value, status)) in cases.into_iter().enumerate() {
         let key = format!("digest/{i}");
+        // A malformed header is refused before the body is read, and the
+        // node then closes the connection: a big body could meet a broken
+        // pipe before the client reads the answer. A small one cannot.
+        let sent = if value.contains("not base64") { b"tiny".to_vec() } else { body.clone() };
         let resp = node
             .client
             .put(node.url(&format!("/data/{key}")))
             .header(header, value.clone())
-            .body(body.clone())
+            .body(sent)
             .send()
             .await
             .unwrap();
