@@ -96,30 +96,10 @@ declare -A LIVE=()   # pid -> what, for every process started and not yet reaped
 TMPD=""
 POLICY_RC_CREATED=0
 
-alive() { # pid: running (not a zombie)
-    local state
-    [[ -r /proc/$1/stat ]] || return 1
-    state=$(awk '{ sub(/^.*\) /, ""); print $1 }' "/proc/$1/stat" 2>/dev/null) || return 1
-    [[ -n $state && $state != Z ]]
-}
-
-stop_pid() { # pid [signal]: stop a process started here and reap it (bounded)
-    local pid=$1 sig=${2:-TERM} i
-    [[ -n ${LIVE[$pid]:-} ]] || return 0
-    if alive "$pid"; then
-        kill "-$sig" "$pid" 2>/dev/null || true
-        for ((i = 0; i < 150; i++)); do
-            alive "$pid" || break
-            sleep 0.1
-        done
-        if alive "$pid"; then
-            log "${LIVE[$pid]} (pid $pid) ignored SIG$sig for 15 s; killing it"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    fi
-    wait "$pid" 2>/dev/null || true
-    unset "LIVE[$pid]"
-}
+# shellcheck disable=SC2034 # read by lib/procs.sh
+STOP_WAIT_TENTHS=150 # nginx and a node with 1M rows may take a while to stop
+# shellcheck source=lib/procs.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/procs.sh"
 
 cleanup() {
     local rc=$? pid

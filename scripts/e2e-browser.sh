@@ -59,30 +59,8 @@ die() {
 declare -A LIVE=() # pid -> what: started here and not yet reaped
 TMPD=""
 
-alive() { # pid: running (not a zombie)
-    local state
-    [[ -r /proc/$1/stat ]] || return 1
-    state=$(awk '{ sub(/^.*\) /, ""); print $1 }' "/proc/$1/stat" 2>/dev/null) || return 1
-    [[ -n $state && $state != Z ]]
-}
-
-stop_pid() { # pid [signal]: stop a process started here and reap it (bounded)
-    local pid=$1 sig=${2:-TERM} i
-    [[ -n ${LIVE[$pid]:-} ]] || return 0
-    if alive "$pid"; then
-        kill "-$sig" "$pid" 2>/dev/null || true
-        for ((i = 0; i < 100; i++)); do
-            alive "$pid" || break
-            sleep 0.1
-        done
-        if alive "$pid"; then
-            log "${LIVE[$pid]} (pid $pid) ignored SIG$sig for 10 s; killing it"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    fi
-    wait "$pid" 2>/dev/null || true
-    unset "LIVE[$pid]"
-}
+# shellcheck source=lib/procs.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/procs.sh"
 
 cleanup() {
     local rc=$? pid

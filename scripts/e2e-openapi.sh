@@ -72,12 +72,8 @@ done
 NODE_PID=""
 TMPD=""
 
-alive() { # pid: running (not a zombie)
-    local state
-    [[ -r /proc/$1/stat ]] || return 1
-    state=$(awk '{ sub(/^.*\) /, ""); print $1 }' "/proc/$1/stat" 2>/dev/null) || return 1
-    [[ -n $state && $state != Z ]]
-}
+# shellcheck source=lib/procs.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/procs.sh"
 
 stop_node() {
     local i
