@@ -94,12 +94,11 @@ T_LIST_MS=10
 
 declare -A LIVE=()   # pid -> what, for every process started and not yet reaped
 TMPD=""
-POLICY_RC_CREATED=0
 
-# shellcheck disable=SC2034 # read by lib/procs.sh
+# shellcheck disable=SC2034 # read by lib/common.sh
 STOP_WAIT_TENTHS=150 # nginx and a node with 1M rows may take a while to stop
-# shellcheck source=lib/procs.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib/procs.sh"
+# shellcheck source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 cleanup() {
     local rc=$? pid
@@ -142,28 +141,7 @@ free_port() {
 
 NGINX=""
 NGINX_PKG=""
-APT_UPDATED=0
 
-apt_install() {
-    [[ $EUID -eq 0 ]] || die "need root to apt-get install $*; install it and rerun"
-    if ((!APT_UPDATED)); then
-        log "apt-get update"
-        apt-get update -qq >&2 || die "apt-get update failed"
-        APT_UPDATED=1
-    fi
-    # Debian's nginx postinst would start a system nginx on port 80: forbid
-    # service starts while installing, unless a policy already exists.
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod 755 /usr/sbin/policy-rc.d
-        POLICY_RC_CREATED=1
-    fi
-    log "apt-get install -y $*"
-    local rc=0
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2 || rc=$?
-    if ((POLICY_RC_CREATED)); then rm -f /usr/sbin/policy-rc.d; POLICY_RC_CREATED=0; fi
-    return "$rc"
-}
 
 find_nginx() {
     NGINX=$(command -v nginx 2>/dev/null || true)

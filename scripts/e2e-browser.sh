@@ -59,8 +59,8 @@ die() {
 declare -A LIVE=() # pid -> what: started here and not yet reaped
 TMPD=""
 
-# shellcheck source=lib/procs.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib/procs.sh"
+# shellcheck source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 cleanup() {
     local rc=$? pid
@@ -77,27 +77,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Runs a command in the background, output to a log file, and waits for it
-# at most `timeout` seconds. Returns its exit status (124 on timeout).
-run_bounded() { # timeout logfile what cmd...
-    local timeout=$1 logf=$2 what=$3 pid rc=0 deadline
-    shift 3
-    "$@" >"$logf" 2>&1 &
-    pid=$!
-    LIVE[$pid]=$what
-    deadline=$((SECONDS + timeout))
-    while alive "$pid"; do
-        if ((SECONDS >= deadline)); then
-            log "$what (pid $pid) still running after ${timeout}s; stopping it"
-            stop_pid "$pid" TERM
-            return 124
-        fi
-        sleep 0.1
-    done
-    wait "$pid" || rc=$?
-    unset "LIVE[$pid]"
-    return "$rc"
-}
 
 TMPD=$(mktemp -d "${TMPDIR:-/tmp}/spillway-browser.XXXXXX")
 

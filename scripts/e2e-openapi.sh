@@ -72,24 +72,12 @@ done
 NODE_PID=""
 TMPD=""
 
-# shellcheck source=lib/procs.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib/procs.sh"
+# shellcheck source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 stop_node() {
-    local i
     [[ -n $NODE_PID ]] || return 0
-    if alive "$NODE_PID"; then
-        kill -TERM "$NODE_PID" 2>/dev/null || true
-        for ((i = 0; i < 100; i++)); do
-            alive "$NODE_PID" || break
-            sleep 0.1
-        done
-        if alive "$NODE_PID"; then
-            log "the node (pid $NODE_PID) ignored SIGTERM for 10 s; killing it"
-            kill -KILL "$NODE_PID" 2>/dev/null || true
-        fi
-    fi
-    wait "$NODE_PID" 2>/dev/null || true
+    terminate "$NODE_PID" "the node"
     NODE_PID=""
 }
 

@@ -108,11 +108,10 @@ declare -A LIVE=() # pid -> what, for every process started and not yet reaped
 MOUNTS=()          # tmpfs mount points, unmounted in the trap
 IMMUTABLE=()       # paths made immutable, made mutable again in the trap
 TMPD=""
-POLICY_RC_CREATED=0
 WATCHDOG=""
 
-# shellcheck source=lib/procs.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib/procs.sh"
+# shellcheck source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 cleanup() {
     local rc=$? pid p n left=0
@@ -163,27 +162,6 @@ mount_tmpfs() { # dir size
 
 # ---------------------------------------------------------- dependencies ---
 
-APT_UPDATED=0
-apt_install() {
-    [[ $EUID -eq 0 ]] || die "need root to apt-get install $*; install it and rerun"
-    if ((!APT_UPDATED)); then
-        log "apt-get update"
-        apt-get update -qq >&2 || die "apt-get update failed"
-        APT_UPDATED=1
-    fi
-    # Debian's postinst scripts would start a system nginx/prometheus: forbid
-    # service starts while installing, unless a policy already exists.
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod 755 /usr/sbin/policy-rc.d
-        POLICY_RC_CREATED=1
-    fi
-    log "apt-get install -y $*"
-    local rc=0
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2 || rc=$?
-    if ((POLICY_RC_CREATED)); then rm -f /usr/sbin/policy-rc.d; POLICY_RC_CREATED=0; fi
-    return "$rc"
-}
 
 NGINX="" PROMETHEUS="" HELM_ENGINE=0
 

@@ -70,8 +70,8 @@ declare -A LIVE=() # pid -> what: started here (in this shell) and not yet reape
 TMPD=""
 SUB="" # the running scenario's subshell
 
-# shellcheck source=lib/procs.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib/procs.sh"
+# shellcheck source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 stop_all() {
     local pid
@@ -91,28 +91,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Runs a command in the background (so that signals are handled at once),
-# output to a log file, and waits for it at most `timeout` seconds.
-# Returns its exit status (124 on timeout, after stopping it).
-run_bounded() { # timeout logfile what cmd...
-    local timeout=$1 logf=$2 what=$3 pid rc=0 deadline
-    shift 3
-    "$@" >"$logf" 2>&1 &
-    pid=$!
-    LIVE[$pid]=$what
-    deadline=$((SECONDS + timeout))
-    while alive "$pid"; do
-        if ((SECONDS >= deadline)); then
-            log "$what (pid $pid) still running after ${timeout}s; stopping it"
-            stop_pid "$pid" TERM
-            return 124
-        fi
-        sleep 0.1
-    done
-    wait "$pid" || rc=$?
-    unset "LIVE[$pid]"
-    return "$rc"
-}
 
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'

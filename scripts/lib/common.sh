@@ -1,0 +1,86 @@
+# shellcheck shell=bash
+# Helpers shared by the test and benchmark scripts. The caller defines `log`
+# and `die`, declares `declare -A LIVE=()` (pid -> what, for every process it
+# started and has not reaped) if it uses stop_pid or run_bounded, and then
+# sources this file.
+# STOP_WAIT_TENTHS: how long a stopped process gets after SIGTERM (10 s).
+
+alive() { # pid: running (not a zombie)
+    local state
+    [[ -r /proc/$1/stat ]] || return 1
+    state=$(awk '{ sub(/^.*\) /, ""); print $1 }' "/proc/$1/stat" 2>/dev/null) || return 1
+    [[ -n $state && $state != Z ]]
+}
+
+terminate() { # pid what [signal]: signal a child, wait (bounded), then kill and reap it
+    local pid=$1 what=$2 sig=${3:-TERM} i
+    if alive "$pid"; then
+        kill "-$sig" "$pid" 2>/dev/null || true
+        for ((i = 0; i < ${STOP_WAIT_TENTHS:-100}; i++)); do
+            alive "$pid" || break
+            sleep 0.1
+        done
+        if alive "$pid"; then
+            log "$what (pid $pid) ignored SIG$sig for $((${STOP_WAIT_TENTHS:-100} / 10)) s; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+stop_pid() { # pid [signal]: stop a process started here (listed in LIVE) and reap it
+    local pid=$1
+    [[ -n ${LIVE[$pid]:-} ]] || return 0
+    terminate "$pid" "${LIVE[$pid]}" "${2:-TERM}"
+    unset "LIVE[$pid]"
+}
+
+# Runs a command in the background (so that signals are handled at once),
+# output to a log file, and waits for it at most `timeout` seconds.
+# Returns its exit status (124 on timeout, after stopping it).
+run_bounded() { # timeout logfile what cmd...
+    local timeout=$1 logf=$2 what=$3 pid rc=0 deadline
+    shift 3
+    "$@" >"$logf" 2>&1 &
+    pid=$!
+    LIVE["$pid"]=$what
+    deadline=$((SECONDS + timeout))
+    while alive "$pid"; do
+        if ((SECONDS >= deadline)); then
+            log "$what (pid $pid) still running after ${timeout}s; stopping it"
+            stop_pid "$pid" TERM
+            return 124
+        fi
+        sleep 0.1
+    done
+    wait "$pid" || rc=$?
+    unset "LIVE[$pid]"
+    return "$rc"
+}
+
+APT_UPDATED=0
+POLICY_RC_CREATED=0 # the caller's cleanup removes /usr/sbin/policy-rc.d when set
+
+apt_install() { # package...: install Debian packages (root; apt-get update once)
+    [[ $EUID -eq 0 ]] || die "need root to apt-get install $*; install it and rerun"
+    if ((!APT_UPDATED)); then
+        log "apt-get update"
+        apt-get update -qq >&2 || die "apt-get update failed"
+        APT_UPDATED=1
+    fi
+    # Debian's postinst scripts would start a system nginx or prometheus:
+    # forbid service starts while installing, unless a policy already exists.
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        POLICY_RC_CREATED=1
+    fi
+    log "apt-get install -y $*"
+    local rc=0
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2 || rc=$?
+    if ((POLICY_RC_CREATED)); then
+        rm -f /usr/sbin/policy-rc.d
+        POLICY_RC_CREATED=0
+    fi
+    return "$rc"
+}
