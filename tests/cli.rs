@@ -100,19 +100,8 @@ impl Client {
     }
 
     /// Waits (bounded) for a spawned client.
-    fn wait(&self, name: &str, mut child: Child) -> Outcome {
-        let deadline = Instant::now() + RUN_TIMEOUT;
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("`spillway` ({name}) ran longer than {RUN_TIMEOUT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
+    fn wait(&self, name: &str, child: Child) -> Outcome {
+        let status = wait_bounded(child, RUN_TIMEOUT, &format!("`spillway` ({name})"));
         Outcome {
             code: status.code(),
             stdout: fs::read_to_string(self.dir.path().join(format!("{name}.out"))).unwrap_or_default(),

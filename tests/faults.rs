@@ -217,20 +217,6 @@ async fn put_ok(node: &TestNode, key: &str, body: Vec<u8>) -> serde_json::Value 
     record
 }
 
-async fn assert_content(node: &TestNode, key: &str, expected: &[u8]) {
-    let resp = node.get(&format!("/data/{key}")).await;
-    assert_eq!(resp.status(), 200, "GET /data/{key}");
-    let got = resp.bytes().await.unwrap();
-    assert!(
-        got.len() == expected.len() && got[..] == expected[..],
-        "GET /data/{key}: {} bytes, blake3 {}; expected {} bytes, blake3 {}",
-        got.len(),
-        b3(&got),
-        expected.len(),
-        b3(expected)
-    );
-}
-
 // ---------------------------------------------------------------------------
 // Disk full (a real 64 MiB tmpfs as data and spool volume)
 // ---------------------------------------------------------------------------
@@ -249,11 +235,11 @@ async fn after_disk_full(node: &TestNode, before: &[(&'static str, Vec<u8>)], wh
     let keys: Vec<&str> = before.iter().map(|(k, _)| *k).collect();
     assert_nothing_left(node, &keys, what).await;
     for (key, body) in before {
-        assert_content(node, key, body).await;
+        assert_serves(node, key, body).await;
     }
     let small = generated(MIB, 13);
     put_ok(node, "after/small.bin", small.clone()).await;
-    assert_content(node, "after/small.bin", &small).await;
+    assert_serves(node, "after/small.bin", &small).await;
     assert_eq!(node.get("/datasets").await.status(), 200, "{what}: reads");
     assert!(node.spool_files().is_empty(), "{what}: spool after the small upload");
 }
@@ -456,7 +442,7 @@ fn slowloris_uploads_do_not_block_a_healthy_one() {
     let took = started.elapsed();
     eprintln!("64 MiB upload beside 100 stalled ones: {took:?}");
     assert_eq!(record["size"], 64 * MIB as u64);
-    rt.block_on(assert_content(&node, "healthy.bin", &body));
+    rt.block_on(assert_serves(&node, "healthy.bin", &body));
 
     // The stalled uploads were still open (no answer yet) the whole time.
     let mut still_open = 0;
@@ -498,7 +484,7 @@ fn stalled_headers_do_not_stop_the_node() {
         let body = generated(MIB, 5);
         let r = client.put(node.url("/data/served.bin")).body(body.clone()).send().await.unwrap();
         assert_eq!(r.status(), 201, "PUT beside 250 stuck sockets");
-        assert_content(&node, "served.bin", &body).await;
+        assert_serves(&node, "served.bin", &body).await;
     });
     for s in &stuck {
         let _ = s.shutdown(Shutdown::Both);
@@ -818,7 +804,7 @@ fn hostile_requests_get_clear_4xx_problems() {
     eprintln!("answered before Spillway's code (no problem+json): {before_our_code:#?}");
     rt.block_on(async {
         assert_nothing_left(&node, &["target.txt"], "hostile input").await;
-        assert_content(&node, "target.txt", &target).await;
+        assert_serves(&node, "target.txt", &target).await;
         let record = node.json("/datasets/target.txt").await;
         assert_eq!(record["name"], "target.txt", "a hostile PATCH changed the record");
     });

@@ -203,17 +203,7 @@ async fn patch_all(node: &TestNode, loc: &str, data: &[u8], from: usize, chunk: 
 
 /// The dataset at `key` holds exactly `expected`; returns its record.
 async fn assert_dataset(node: &TestNode, key: &str, expected: &[u8]) -> serde_json::Value {
-    let resp = node.get(&format!("/data/{key}")).await;
-    assert_eq!(resp.status(), 200, "GET /data/{key}");
-    let got = resp.bytes().await.unwrap();
-    assert!(
-        got.len() == expected.len() && got[..] == expected[..],
-        "GET /data/{key}: {} bytes, blake3 {}; expected {} bytes, blake3 {}",
-        got.len(),
-        b3(&got),
-        expected.len(),
-        b3(expected)
-    );
+    assert_serves(node, key, expected).await;
     let record = node.json(&format!("/datasets/{key}")).await;
     assert_eq!(record["size"], expected.len() as u64, "record of {key}");
     assert_eq!(record["blake3"], b3(expected).as_str(), "record of {key}");

@@ -287,19 +287,8 @@ impl TestNode {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn spillway cli");
-        let deadline = Instant::now() + CLI_TIMEOUT;
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("`spillway {}` ran longer than {CLI_TIMEOUT:?}", args.join(" "));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let child = cmd.spawn().expect("spawn spillway cli");
+        let status = wait_bounded(child, CLI_TIMEOUT, &format!("`spillway {}`", args.join(" ")));
         CliOutput {
             code: status.code(),
             stdout: fs::read_to_string(&out_path).unwrap_or_default(),
@@ -469,5 +458,38 @@ impl TestNode {
         if let Some(value) = value {
             self.env.push((key.to_string(), value.to_string()));
         }
+    }
+}
+
+/// `GET /data/{key}` answers 200 with exactly `expected` (the message names
+/// sizes and blake3s, not megabytes of bytes).
+pub async fn assert_serves(node: &TestNode, key: &str, expected: &[u8]) {
+    let resp = node.get(&format!("/data/{key}")).await;
+    assert_eq!(resp.status(), 200, "GET /data/{key}");
+    let got = resp.bytes().await.unwrap();
+    assert!(
+        got.len() == expected.len() && got[..] == expected[..],
+        "GET /data/{key}: {} bytes, blake3 {}; expected {} bytes, blake3 {}",
+        got.len(),
+        b3(&got),
+        expected.len(),
+        b3(expected)
+    );
+}
+
+/// Waits for a child process at most `within`; past that it is killed and
+/// the test fails, naming `what`.
+pub fn wait_bounded(mut child: std::process::Child, within: Duration, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} ran longer than {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
