@@ -6,6 +6,24 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 log() { printf '[test %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+declare -A LIVE=() # pid -> what, for every process started here and not yet reaped
+# shellcheck source=lib/common.sh
+source scripts/lib/common.sh
+
+cleanup() {
+    local rc=$? pid
+    trap - EXIT INT TERM
+    for pid in "${!LIVE[@]}"; do
+        stop_pid "$pid" TERM
+    done
+    if ((POLICY_RC_CREATED)); then rm -f /usr/sbin/policy-rc.d; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # --- what the tests need -----------------------------------------------------
 # The Rust toolchain comes with the machine; rustfmt and clippy may not.
@@ -13,6 +31,10 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
     log "installing rustfmt and clippy"
     rustup component add rustfmt clippy
 fi
+# The S3 and PostgreSQL suites run against a real Garage and a real
+# PostgreSQL that tests/common/cluster.rs starts per test on loopback.
+ensure_garage
+ensure_postgres
 
 # --- lint ------------------------------------------------------------------------
 log "cargo fmt --check"
@@ -23,9 +45,11 @@ cargo clippy --all-targets --locked -- -D warnings
 # --- tests -----------------------------------------------------------------------
 # Integration tests start the real binary on 127.0.0.1:0 with their own temp
 # directories; tests/faults.rs mounts small tmpfs volumes (needs root; it
-# says so and skips only that case otherwise).
+# says so and skips only that case otherwise). SPILLWAY_REQUIRE_CLUSTER=1:
+# a suite that needs Garage or PostgreSQL fails instead of skipping when
+# either is missing.
 log "cargo test"
-cargo test --all-targets --locked -- --test-threads="${TEST_THREADS:-2}"
+SPILLWAY_REQUIRE_CLUSTER=1 cargo test --all-targets --locked -- --test-threads="${TEST_THREADS:-2}"
 
 log "end-to-end: tus with tuspy and tus-js-client"
 scripts/e2e.sh

@@ -198,6 +198,13 @@ fn parse_token(t: &TokenConfig) -> Result<Token> {
     Ok(Token { name: t.name.clone(), hash, scope })
 }
 
+/// A fresh signing key: 32 random bytes, as hex.
+pub fn random_key() -> Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| Error::internal(format!("no randomness for a signing key: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 fn load_or_create_key(path: &Path) -> Result<Vec<u8>> {
     match fs::read(path) {
         Ok(key) if key.len() >= 32 => return Ok(key),
@@ -205,9 +212,7 @@ fn load_or_create_key(path: &Path) -> Result<Vec<u8>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::internal(format!("reading {}: {e}", path.display()))),
     }
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| Error::internal(format!("no randomness for a signing key: {e}")))?;
-    let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let key = random_key()?;
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -40,6 +40,87 @@ pub struct Settings {
     pub allow_open_on_network: bool,
     /// `/metrics` needs a `read` token.
     pub metrics_token: bool,
+    /// Where datasets' bytes live: `fs` (below `data_dir`) or `s3`.
+    pub storage: StorageKind,
+    /// The S3-compatible store (`storage = "s3"`).
+    pub s3: S3Settings,
+    /// The catalog: `sqlite` (in `data_dir`) or `postgres` (shared by nodes).
+    pub index: IndexKind,
+    /// `postgres://user:password@host:port/database` (`index = "postgres"`).
+    pub postgres_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    Fs,
+    S3,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IndexKind {
+    Sqlite,
+    Postgres,
+}
+
+/// How downloads of an S3-stored dataset are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Downloads {
+    /// Streamed through the node (Range, ETag and conditional requests as usual).
+    Proxy,
+    /// `307` to a presigned GET on the store.
+    Redirect,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct S3Settings {
+    /// `http(s)://host:port` of the S3 API; unset means AWS.
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub bucket: String,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// Path-style URLs (`endpoint/bucket/key`), as Garage and MinIO want.
+    pub path_style: bool,
+    /// Objects live below this prefix of the bucket (`""`: the whole bucket).
+    pub prefix: String,
+    pub downloads: Downloads,
+    /// Seconds a presigned upload or download URL stays valid by default.
+    pub presign_expiry: u64,
+    /// Multipart parts being uploaded at once, per upload.
+    pub parts_in_flight: usize,
+    /// Memory for part buffers across all uploads; uploads wait for it.
+    pub part_memory_budget: ByteUnit,
+}
+
+impl Default for S3Settings {
+    fn default() -> Self {
+        S3Settings {
+            endpoint: None,
+            region: "us-east-1".into(),
+            bucket: String::new(),
+            access_key_id: None,
+            secret_access_key: None,
+            path_style: true,
+            prefix: String::new(),
+            downloads: Downloads::Proxy,
+            presign_expiry: 3600,
+            parts_in_flight: 2,
+            part_memory_budget: ByteUnit::Mebibyte(512),
+        }
+    }
+}
+
+impl S3Settings {
+    /// The multipart part size: `max_dataset_size` fits in 10,000 parts,
+    /// and a part is at least 8 MiB (rounded up to whole MiB).
+    pub fn part_size(&self, max_dataset_size: u64) -> usize {
+        const MIB: u64 = 1 << 20;
+        let needed = max_dataset_size.div_ceil(10_000).div_ceil(MIB) * MIB;
+        needed.max(8 * MIB) as usize
+    }
 }
 
 impl Default for Settings {
@@ -59,6 +140,10 @@ impl Default for Settings {
             cors_origins: Vec::new(),
             allow_open_on_network: false,
             metrics_token: false,
+            storage: StorageKind::Fs,
+            s3: S3Settings::default(),
+            index: IndexKind::Sqlite,
+            postgres_url: None,
         }
     }
 }
@@ -70,7 +155,7 @@ impl Settings {
     pub fn figment() -> Figment {
         rocket::Config::figment()
             .join(Serialized::defaults(Settings::default()))
-            .merge(Env::prefixed("SPILLWAY_").ignore(&["PROFILE"]).global())
+            .merge(Env::prefixed("SPILLWAY_").ignore(&["PROFILE"]).split("__").global())
     }
 
     /// Extracts and checks the settings; the message names the bad key.
@@ -100,6 +185,23 @@ impl Settings {
                 self.spool_memory_budget, self.spool_memory
             ));
         }
+        if self.storage == StorageKind::S3 {
+            if self.s3.bucket.is_empty() {
+                return Err("invalid value for key `s3.bucket`: storage = \"s3\" needs a bucket".into());
+            }
+            if self.s3.parts_in_flight == 0 {
+                return Err("invalid value for key `s3.parts_in_flight`: it must be greater than 0".into());
+            }
+            let part = self.s3.part_size(self.max_dataset_size.as_u64()) as u64;
+            if self.s3.part_memory_budget.as_u64() < part {
+                return Err(format!(
+                    "invalid value for key `s3.part_memory_budget`: it must hold at least one part ({part} bytes)"
+                ));
+            }
+        }
+        if self.index == IndexKind::Postgres && self.postgres_url.as_deref().is_none_or(str::is_empty) {
+            return Err("invalid value for key `postgres_url`: index = \"postgres\" needs a URL".into());
+        }
         if self.data_dir.as_os_str().is_empty() {
             return Err("invalid value for key `data_dir`: it is empty".into());
         }
@@ -127,6 +229,15 @@ mod tests {
         let s = Settings::from_figment(&figment).unwrap();
         assert_eq!(s.spool_memory.as_u64(), 4 << 20);
         assert_eq!(s.max_dataset_size.as_u64(), 1024);
+    }
+
+    #[test]
+    fn part_size_fits_ten_thousand_parts() {
+        let s3 = S3Settings::default();
+        assert_eq!(s3.part_size(1 << 30), 8 << 20);
+        let p = s3.part_size(100 << 30);
+        assert!(p as u64 * 10_000 >= 100 << 30 && p % (1 << 20) == 0, "{p}");
+        assert!(s3.part_size(5 << 40) as u64 * 10_000 >= 5 << 40);
     }
 
     #[test]

@@ -68,6 +68,10 @@ pub enum Error {
     Unauthorized(String),
     #[error("{0}")]
     Expired(String),
+    /// A service the node depends on (the object store, a shared index)
+    /// does not answer; the cause goes to the log.
+    #[error("{0} is unavailable; retry shortly")]
+    Unavailable(&'static str, String),
     /// Anything unexpected. The message goes to the log, never to the client.
     #[error("internal error: {0}")]
     Internal(String),
@@ -87,6 +91,12 @@ impl Error {
     /// Maps an I/O error of the write path: a full disk is the client's 507,
     /// anything else is internal.
     pub fn from_io(e: io::Error) -> Self {
+        // An error of ours carried through an `io::Error` (an object store's
+        // failure, met by the writer thread) comes out as itself.
+        if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+            let inner = e.into_inner().expect("checked above");
+            return *inner.downcast::<Error>().expect("checked above");
+        }
         if is_disk_full(&e) {
             Error::InsufficientStorage("the disk is full".into())
         } else {
@@ -115,7 +125,7 @@ impl Error {
             Error::UnsupportedMediaType(_) => Status::UnsupportedMediaType,
             Error::TusVersion(_) => Status::PreconditionFailed,
             Error::Forbidden(_) => Status::Forbidden,
-            Error::NotReady(_) => Status::ServiceUnavailable,
+            Error::NotReady(_) | Error::Unavailable(..) => Status::ServiceUnavailable,
             Error::Unauthorized(_) => Status::Unauthorized,
             Error::Expired(_) => Status::Forbidden,
         }
@@ -146,6 +156,7 @@ impl Error {
             Error::TusVersion(_) => "unsupported-version",
             Error::Forbidden(_) => "forbidden",
             Error::NotReady(_) => "not-ready",
+            Error::Unavailable(..) => "unavailable",
             Error::Unauthorized(_) => "unauthorized",
             Error::Expired(_) => "expired",
         }
@@ -155,6 +166,7 @@ impl Error {
     pub fn cause(&self) -> String {
         match self {
             Error::Internal(cause) => cause.clone(),
+            Error::Unavailable(what, cause) => format!("{what} is unavailable: {cause}"),
             other => other.to_string(),
         }
     }
@@ -171,6 +183,7 @@ impl Error {
         match self {
             Error::RangeNotSatisfiable { size, .. } => Some(Header::new("Content-Range", format!("bytes */{size}"))),
             Error::Busy { .. } => Some(Header::new("Retry-After", "1")),
+            Error::Unavailable(..) => Some(Header::new("Retry-After", "5")),
             Error::OffsetMismatch { current, .. } => Some(Header::new("Upload-Offset", current.to_string())),
             Error::TusVersion(_) => Some(Header::new("Tus-Version", "1.0.0")),
             Error::Unauthorized(_) => Some(Header::new("WWW-Authenticate", "Bearer realm=\"spillway\"")),
@@ -272,5 +285,22 @@ pub fn default_catcher(status: Status, _req: &Request<'_>) -> Problem {
 impl<'r> Responder<'r, 'static> for Problem {
     fn respond_to(self, _req: &'r Request<'_>) -> response::Result<'static> {
         Ok(self.into_response())
+    }
+}
+
+impl From<postgres::Error> for Error {
+    fn from(e: postgres::Error) -> Self {
+        // A lost or refused connection is the shared index being down (503);
+        // a database error (constraint, syntax) is ours (500).
+        match e.as_db_error() {
+            Some(db) if db.code() == &postgres::error::SqlState::DISK_FULL => {
+                Error::InsufficientStorage("the index volume is full".into())
+            }
+            Some(db) => Error::internal(format!("index: {db}")),
+            None if e.is_closed() || std::error::Error::source(&e).is_some() => {
+                Error::Unavailable("the index", e.to_string())
+            }
+            None => Error::internal(format!("index: {e}")),
+        }
     }
 }

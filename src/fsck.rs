@@ -1,8 +1,12 @@
 //! Offline checks of a data directory: `spillway fsck` compares the index
 //! with the files (and the spool), `--repair` fixes what is safe, and
-//! `spillway reindex` rebuilds the index from the files alone.
+//! `spillway reindex` rebuilds the index from the files alone, or, with
+//! `storage = "s3"`, from the bucket (list + object metadata; an object
+//! whose metadata carries no blake3 is read through and hashed).
 //!
-//! Both take the data directory's lock, so they never run beside a node.
+//! Both take the data directory's lock, so they never run beside the node
+//! of that directory. With a shared (PostgreSQL) index, stop every node
+//! before a reindex.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,9 +18,9 @@ use std::path::{Path, PathBuf};
 use indicatif::{ProgressBar, ProgressStyle};
 use walkdir::WalkDir;
 
-use crate::config::Settings;
+use crate::config::{IndexKind, Settings, StorageKind};
 use crate::error::{Error, Result};
-use crate::index::{insert_found, Index, NewVersion, Record};
+use crate::index::{Index, NewVersion, Record};
 use crate::key::Key;
 use crate::node::now;
 use crate::store::{DataLock, Layout};
@@ -73,9 +77,15 @@ pub struct Report {
 
 /// Compares index, files and spool; with `repair`, fixes what is safe.
 pub fn fsck(settings: &Settings, repair: bool) -> Result<Report> {
+    if settings.storage == StorageKind::S3 {
+        return Err(Error::BadRequest(
+            "fsck checks the filesystem store; with storage = \"s3\", `spillway reindex` rebuilds the index from the bucket"
+                .into(),
+        ));
+    }
     let layout = Layout::prepare(settings).map_err(Error::internal)?;
     let _lock = DataLock::acquire(&layout)?;
-    let index = Index::open(&layout.index_file)?;
+    let index = Index::open_configured(settings, &layout.index_file)?;
     let mut report = Report::default();
 
     let mut rows: BTreeMap<String, Record> = BTreeMap::new();
@@ -101,7 +111,7 @@ pub fn fsck(settings: &Settings, repair: bool) -> Result<Report> {
                     disk: (file.size, disk_hash),
                 });
             }
-            Some(row) if row.inode != file.inode && repair => {
+            Some(row) if row.version != file.inode.to_string() && repair => {
                 // Harmless (an index restored or rebuilt elsewhere): refresh.
                 index.upsert(&found_version(key, file, disk_hash, Some(&row)), &row.updated_at)?;
             }
@@ -149,68 +159,121 @@ fn found_version(key: &Key, file: &FoundFile, blake3: String, row: Option<&Recor
         size: file.size,
         blake3,
         content_type: row.map_or_else(|| "application/octet-stream".into(), |r| r.content_type.clone()),
-        inode: file.inode,
+        version: file.inode.to_string(),
         name: None,
         description: None,
     }
 }
 
-/// Rebuilds the index from the files below `datasets/`, hashing each one.
-/// Metadata (name, description, tags, content type, created_at) of keys the
-/// old index still knows is kept; the rest gets defaults. The new index is
-/// built beside the old one and renamed over it, so a failed rebuild leaves
-/// the old index in place.
+/// Rebuilds the index from the store: the files below `datasets/`, hashing
+/// each one, or the bucket's objects. Metadata (name, description, tags,
+/// content type, created_at) of keys the old index still knows is kept; the
+/// rest gets defaults. An SQLite index is built beside the old one and
+/// renamed over it, a PostgreSQL one is replaced in one transaction, so a
+/// failed rebuild leaves the old index in place.
 pub fn reindex(settings: &Settings) -> Result<Report> {
     let layout = Layout::prepare(settings).map_err(Error::internal)?;
     let _lock = DataLock::acquire(&layout)?;
     let mut old: BTreeMap<String, Record> = BTreeMap::new();
-    if layout.index_file.exists() {
-        match Index::open(&layout.index_file).and_then(|i| i.for_each(|r| drop(old.insert(r.key.clone(), r)))) {
-            Ok(()) => {}
-            Err(e) => {
-                eprintln!("spillway: the old index cannot be read ({e}); metadata starts afresh")
-            }
+    let old_index = match settings.index {
+        IndexKind::Postgres => Some(Index::open_configured(settings, &layout.index_file)?),
+        IndexKind::Sqlite if layout.index_file.exists() => Index::open(&layout.index_file)
+            .inspect_err(|e| eprintln!("spillway: the old index cannot be read ({e}); metadata starts afresh"))
+            .ok(),
+        IndexKind::Sqlite => None,
+    };
+    if let Some(index) = &old_index {
+        if let Err(e) = index.for_each(|r| drop(old.insert(r.key.clone(), r))) {
+            eprintln!("spillway: the old index cannot be read ({e}); metadata starts afresh");
         }
     }
-    let files = dataset_files(&layout)?;
-    let progress = progress_bar(files.iter().map(|f| f.size).sum(), "hashing");
-    let fresh_path = layout.root.join("index.sqlite.rebuild");
-    remove_database(&fresh_path)?;
-    let fresh = Index::open(&fresh_path)?;
     let mut report = Report::default();
+    let found = match settings.storage {
+        StorageKind::Fs => found_files(&layout, &mut report)?,
+        StorageKind::S3 => found_objects(settings)?,
+    };
+    report.checked = found.len() as u64;
     let stamp = now();
-    fresh.with_transaction(|tx| {
-        for file in &files {
-            let Some(key) = &file.key else {
-                report.findings.push(Finding::InvalidName { path: file.path.clone() });
-                continue;
-            };
-            let hash = hash_file(&file.path, &progress)?;
-            insert_found(tx, key.as_str(), file.size, &hash, file.inode, &stamp)?;
-            if let Some(row) = old.get(key.as_str()) {
-                tx.execute(
-                    "UPDATE datasets SET name = ?2, content_type = ?3, created_at = ?4, description = ?5, tags = ?6
-                     WHERE key = ?1",
-                    rusqlite::params![
-                        key.as_str(),
-                        row.name,
-                        row.content_type,
-                        row.created_at,
-                        row.description,
-                        serde_json::to_string(&row.tags).unwrap_or_else(|_| "[]".into()),
-                    ],
-                )?;
+    let versions: Vec<NewVersion> = found
+        .into_iter()
+        .map(|(key, size, version, blake3, content_type)| {
+            let row = old.get(key.as_str());
+            NewVersion {
+                content_type: row
+                    .map(|r| r.content_type.clone())
+                    .or(content_type)
+                    .unwrap_or_else(|| "application/octet-stream".into()),
+                name: row.map(|r| r.name.clone()),
+                description: row.and_then(|r| r.description.clone()),
+                key,
+                size,
+                blake3,
+                version,
             }
-            report.checked += 1;
+        })
+        .collect();
+    match old_index {
+        Some(index) if index.is_shared() => index.replace_all(&versions, &old, &stamp)?,
+        _ => {
+            drop(old_index);
+            let fresh_path = layout.root.join("index.sqlite.rebuild");
+            remove_database(&fresh_path)?;
+            let fresh = Index::open(&fresh_path)?;
+            fresh.replace_all(&versions, &old, &stamp)?;
+            drop(fresh);
+            remove_database(&layout.index_file)?;
+            std::fs::rename(&fresh_path, &layout.index_file).map_err(Error::internal)?;
+            crate::store::fsync_dir(&layout.root).map_err(Error::internal)?;
         }
-        Ok(())
-    })?;
-    progress.finish_and_clear();
-    drop(fresh);
-    remove_database(&layout.index_file)?;
-    std::fs::rename(&fresh_path, &layout.index_file).map_err(Error::internal)?;
-    crate::store::fsync_dir(&layout.root).map_err(Error::internal)?;
+    }
     Ok(report)
+}
+
+/// A dataset found in the store: key, size, version, blake3, content type.
+type FoundRow = (Key, u64, String, String, Option<String>);
+
+fn found_files(layout: &Layout, report: &mut Report) -> Result<Vec<FoundRow>> {
+    let files = dataset_files(layout)?;
+    let progress = progress_bar(files.iter().map(|f| f.size).sum(), "hashing");
+    let mut found = Vec::with_capacity(files.len());
+    for file in files {
+        let Some(key) = file.key else {
+            report.findings.push(Finding::InvalidName { path: file.path.clone() });
+            continue;
+        };
+        let hash = hash_file(&file.path, &progress)?;
+        found.push((key, file.size, file.inode.to_string(), hash, None));
+    }
+    progress.finish_and_clear();
+    Ok(found)
+}
+
+/// The bucket's objects, with the blake3 their metadata holds, or (for an
+/// object written without it: streamed or directly uploaded) read through.
+fn found_objects(settings: &Settings) -> Result<Vec<FoundRow>> {
+    use crate::storage::Store;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(Error::internal)?;
+    let s3 = crate::storage::s3::S3Store::new(settings)?;
+    runtime.block_on(async {
+        let objects = s3.list().await?;
+        let unhashed: u64 = objects.iter().filter(|o| o.blake3.is_none()).map(|o| o.size).sum();
+        let progress = progress_bar(unhashed, "hashing");
+        let mut found = Vec::with_capacity(objects.len());
+        for object in objects {
+            let blake3 = match object.blake3 {
+                Some(hash) => hash,
+                None => {
+                    let (hash, _) = s3.hash_object(&s3.object(&object.key)).await?;
+                    progress.inc(object.size);
+                    hash.to_hex().to_string()
+                }
+            };
+            found.push((object.key, object.size, object.version, blake3, object.content_type));
+        }
+        progress.finish_and_clear();
+        Ok(found)
+    })
 }
 
 /// Removes an SQLite database and its WAL and shared-memory files.
@@ -227,14 +290,14 @@ fn remove_database(path: &Path) -> Result<()> {
     Ok(())
 }
 
-struct FoundFile {
-    path: PathBuf,
-    key: Option<Key>,
-    size: u64,
-    inode: u64,
+pub(crate) struct FoundFile {
+    pub path: PathBuf,
+    pub key: Option<Key>,
+    pub size: u64,
+    pub inode: u64,
 }
 
-fn dataset_files(layout: &Layout) -> Result<Vec<FoundFile>> {
+pub(crate) fn dataset_files(layout: &Layout) -> Result<Vec<FoundFile>> {
     let mut files = Vec::new();
     for entry in WalkDir::new(&layout.datasets).min_depth(1).sort_by_file_name() {
         let entry = entry.map_err(Error::internal)?;

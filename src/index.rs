@@ -1,20 +1,24 @@
-//! The catalog: one SQLite database (WAL, synchronous=FULL) holding a row per
-//! dataset. Rows are keyed by the dataset key; the default BINARY collation
-//! orders keys bytewise, which is the order of the API. Every call blocks:
-//! callers run them on blocking threads.
+//! The catalog: a row per dataset, in SQLite (WAL, synchronous=FULL; the
+//! default, in the data directory) or in PostgreSQL (shared by several
+//! nodes). Rows are keyed by the dataset key, ordered bytewise (SQLite's
+//! BINARY collation, PostgreSQL's "C"), which is the order of the API. The
+//! SQL is written once for both. Every call blocks: callers run them on
+//! blocking threads.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use r2d2::Pool;
+use r2d2_postgres::PostgresConnectionManager;
 use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::key::Key;
 
-/// What the catalog knows about a dataset (the API's record, plus the inode
-/// that ties the row to the file it describes).
+/// What the catalog knows about a dataset (the API's record, plus the
+/// store's version that ties the row to the bytes it describes).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Record {
     pub name: String,
@@ -27,8 +31,9 @@ pub struct Record {
     pub updated_at: String,
     pub description: Option<String>,
     pub tags: Vec<String>,
+    /// The file's inode (filesystem store) or the object's ETag (S3).
     #[serde(skip)]
-    pub inode: u64,
+    pub version: String,
 }
 
 /// The columns a commit writes.
@@ -38,7 +43,8 @@ pub struct NewVersion {
     pub size: u64,
     pub blake3: String,
     pub content_type: String,
-    pub inode: u64,
+    /// The store's version of the bytes (empty until the store knows it).
+    pub version: String,
     pub name: Option<String>,
     pub description: Option<String>,
 }
@@ -49,7 +55,7 @@ pub struct NewVersion {
 /// step, and the intent makes the pair recoverable.
 #[derive(Debug, Clone)]
 pub enum Intent {
-    /// The file with this inode is being renamed to the key's path.
+    /// These bytes are being installed at the key.
     Install(NewVersion),
     /// The key's file is being removed.
     Remove(Key),
@@ -64,7 +70,213 @@ pub struct MetadataPatch {
     pub tags: Option<Vec<String>>,
 }
 
-const MIGRATIONS: &[&str] = &[
+/// A value bound to, or read from, a statement: the few types the catalog
+/// uses, so that one piece of SQL serves both backends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Val {
+    Null,
+    Int(i64),
+    Text(String),
+    Bool(bool),
+}
+
+impl From<&str> for Val {
+    fn from(v: &str) -> Val {
+        Val::Text(v.to_owned())
+    }
+}
+impl From<String> for Val {
+    fn from(v: String) -> Val {
+        Val::Text(v)
+    }
+}
+impl From<&String> for Val {
+    fn from(v: &String) -> Val {
+        Val::Text(v.clone())
+    }
+}
+impl From<i64> for Val {
+    fn from(v: i64) -> Val {
+        Val::Int(v)
+    }
+}
+impl From<u64> for Val {
+    fn from(v: u64) -> Val {
+        Val::Int(v as i64)
+    }
+}
+impl From<bool> for Val {
+    fn from(v: bool) -> Val {
+        Val::Bool(v)
+    }
+}
+impl<T: Into<Val>> From<Option<T>> for Val {
+    fn from(v: Option<T>) -> Val {
+        v.map_or(Val::Null, Into::into)
+    }
+}
+impl From<&Option<String>> for Val {
+    fn from(v: &Option<String>) -> Val {
+        v.clone().into()
+    }
+}
+
+macro_rules! vals {
+    ($($v:expr),* $(,)?) => { &[$(Val::from($v)),*] as &[Val] };
+}
+
+/// One result row.
+#[derive(Debug)]
+pub struct DbRow(Vec<Val>);
+
+impl DbRow {
+    fn text(&self, i: usize) -> String {
+        self.opt_text(i).unwrap_or_default()
+    }
+    fn opt_text(&self, i: usize) -> Option<String> {
+        match &self.0[i] {
+            Val::Text(s) => Some(s.clone()),
+            Val::Int(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+    fn int(&self, i: usize) -> i64 {
+        self.opt_int(i).unwrap_or_default()
+    }
+    fn opt_int(&self, i: usize) -> Option<i64> {
+        match &self.0[i] {
+            Val::Int(n) => Some(*n),
+            Val::Bool(b) => Some(i64::from(*b)),
+            _ => None,
+        }
+    }
+    fn bool(&self, i: usize) -> bool {
+        self.opt_int(i).is_some_and(|n| n != 0)
+    }
+}
+
+/// A connection or transaction of either backend. SQL is written once, with
+/// SQLite's `?N` placeholders (rewritten to `$N` for PostgreSQL).
+pub trait Db {
+    fn execute(&mut self, sql: &str, params: &[Val]) -> Result<u64>;
+    fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<DbRow>>;
+    fn query_opt(&mut self, sql: &str, params: &[Val]) -> Result<Option<DbRow>> {
+        Ok(self.query(sql, params)?.into_iter().next())
+    }
+}
+
+struct Lite<'c>(&'c Connection);
+
+impl rusqlite::ToSql for Val {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, Value};
+        Ok(ToSqlOutput::Owned(match self {
+            Val::Null => Value::Null,
+            Val::Int(n) => Value::Integer(*n),
+            Val::Text(s) => Value::Text(s.clone()),
+            Val::Bool(b) => Value::Integer(i64::from(*b)),
+        }))
+    }
+}
+
+impl Db for Lite<'_> {
+    fn execute(&mut self, sql: &str, params: &[Val]) -> Result<u64> {
+        let mut stmt = self.0.prepare_cached(sql)?;
+        Ok(stmt.execute(rusqlite::params_from_iter(params))? as u64)
+    }
+
+    fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<DbRow>> {
+        let mut stmt = self.0.prepare_cached(sql)?;
+        let width = stmt.column_count();
+        let rows = stmt.query_map(rusqlite::params_from_iter(params), |row| {
+            (0..width)
+                .map(|i| {
+                    use rusqlite::types::ValueRef;
+                    Ok(match row.get_ref(i)? {
+                        ValueRef::Null => Val::Null,
+                        ValueRef::Integer(n) => Val::Int(n),
+                        ValueRef::Real(f) => Val::Int(f as i64),
+                        ValueRef::Text(t) | ValueRef::Blob(t) => Val::Text(String::from_utf8_lossy(t).into_owned()),
+                    })
+                })
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map(DbRow)
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+}
+
+impl postgres::types::ToSql for Val {
+    fn to_sql(
+        &self,
+        ty: &postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> std::result::Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use postgres::types::{IsNull, Type};
+        match self {
+            Val::Null => Ok(IsNull::Yes),
+            Val::Int(n) if *ty == Type::INT4 => i32::try_from(*n)?.to_sql(ty, out),
+            Val::Int(n) => n.to_sql(ty, out),
+            Val::Text(s) => s.to_sql(ty, out),
+            Val::Bool(b) => b.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_: &postgres::types::Type) -> bool {
+        true
+    }
+
+    postgres::types::to_sql_checked!();
+}
+
+/// `?N` placeholders to PostgreSQL's `$N`.
+fn pg_sql(sql: &str) -> String {
+    sql.replace('?', "$")
+}
+
+fn pg_params(params: &[Val]) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
+    params.iter().map(|p| p as &(dyn postgres::types::ToSql + Sync)).collect()
+}
+
+fn pg_row(row: &postgres::Row) -> Result<DbRow> {
+    use postgres::types::Type;
+    let mut values = Vec::with_capacity(row.len());
+    for (i, column) in row.columns().iter().enumerate() {
+        let ty = column.type_();
+        let value = if *ty == Type::INT8 {
+            row.try_get::<_, Option<i64>>(i)?.map(Val::Int)
+        } else if *ty == Type::INT4 {
+            row.try_get::<_, Option<i32>>(i)?.map(|n| Val::Int(n.into()))
+        } else if *ty == Type::BOOL {
+            row.try_get::<_, Option<bool>>(i)?.map(Val::Bool)
+        } else {
+            row.try_get::<_, Option<String>>(i)?.map(Val::Text)
+        };
+        values.push(value.unwrap_or(Val::Null));
+    }
+    Ok(DbRow(values))
+}
+
+macro_rules! pg_db {
+    ($t:ty) => {
+        impl Db for $t {
+            fn execute(&mut self, sql: &str, params: &[Val]) -> Result<u64> {
+                Ok(postgres::GenericClient::execute(self, pg_sql(sql).as_str(), &pg_params(params))?)
+            }
+
+            fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<DbRow>> {
+                postgres::GenericClient::query(self, pg_sql(sql).as_str(), &pg_params(params))?
+                    .iter()
+                    .map(pg_row)
+                    .collect()
+            }
+        }
+    };
+}
+pg_db!(postgres::Client);
+pg_db!(postgres::Transaction<'_>);
+
+const SQLITE_MIGRATIONS: &[&str] = &[
     r#"
     CREATE TABLE datasets (
         key          TEXT PRIMARY KEY NOT NULL,
@@ -103,16 +315,94 @@ const MIGRATIONS: &[&str] = &[
         completed   INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID;
 "#,
+    // The store's version of a dataset's bytes: a file's inode, or an
+    // object's ETag, instead of an inode only.
+    r#"
+    ALTER TABLE datasets ADD COLUMN version TEXT NOT NULL DEFAULT '';
+    UPDATE datasets SET version = CAST(inode AS TEXT);
+    ALTER TABLE datasets DROP COLUMN inode;
+    ALTER TABLE intents ADD COLUMN version TEXT NOT NULL DEFAULT '';
+    UPDATE intents SET version = CAST(inode AS TEXT);
+    ALTER TABLE intents DROP COLUMN inode;
+    ALTER TABLE uploads ADD COLUMN node TEXT NOT NULL DEFAULT '';
+    CREATE TABLE settings (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID;
+"#,
 ];
 
-const COLUMNS: &str = "key, name, size, blake3, content_type, created_at, updated_at, description, tags, inode";
+/// The same schema for PostgreSQL. Keys collate as "C" (bytewise), the
+/// order of the API and of SQLite's BINARY collation.
+const POSTGRES_MIGRATIONS: &[&str] = &[r#"
+    CREATE TABLE datasets (
+        key          TEXT COLLATE "C" PRIMARY KEY,
+        name         TEXT NOT NULL,
+        size         BIGINT NOT NULL,
+        blake3       TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        created_at   TEXT NOT NULL,
+        updated_at   TEXT NOT NULL,
+        description  TEXT,
+        tags         TEXT NOT NULL DEFAULT '[]',
+        version      TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE intents (
+        key          TEXT COLLATE "C" PRIMARY KEY,
+        action       TEXT NOT NULL,
+        version      TEXT NOT NULL DEFAULT '',
+        size         BIGINT NOT NULL DEFAULT 0,
+        blake3       TEXT NOT NULL DEFAULT '',
+        content_type TEXT NOT NULL DEFAULT '',
+        name         TEXT,
+        description  TEXT
+    );
+    CREATE TABLE uploads (
+        id          TEXT PRIMARY KEY,
+        length      BIGINT,
+        metadata    TEXT,
+        key         TEXT,
+        concat      TEXT NOT NULL DEFAULT 'none',
+        created_at  TEXT NOT NULL,
+        expires_at  BIGINT NOT NULL,
+        completed   BOOLEAN NOT NULL DEFAULT FALSE,
+        node        TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"#];
+
+/// Advisory lock ids (PostgreSQL): migrations, and the commit section that
+/// several nodes must take in turn.
+const PG_MIGRATION_LOCK: i64 = 0x5350_494c_0001;
+const PG_COMMIT_LOCK: i64 = 0x5350_494c_0002;
+
+const COLUMNS: &str = "key, name, size, blake3, content_type, created_at, updated_at, description, tags, version";
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(Pool<SqliteConnectionManager>),
+    Postgres(Pool<PostgresConnectionManager<postgres::NoTls>>),
+}
 
 #[derive(Clone)]
 pub struct Index {
-    pool: Pool<SqliteConnectionManager>,
+    backend: Backend,
+}
+
+/// Held while a node commits: other nodes on the same PostgreSQL index wait
+/// for it (with SQLite there is one node, and its own lock suffices).
+pub struct CommitLock(Option<r2d2::PooledConnection<PostgresConnectionManager<postgres::NoTls>>>);
+
+impl Drop for CommitLock {
+    fn drop(&mut self) {
+        if let Some(conn) = &mut self.0 {
+            if let Err(e) = conn.execute("SELECT pg_advisory_unlock($1)", &[&PG_COMMIT_LOCK]) {
+                // The lock dies with the session; a broken session is closed.
+                log::error!("releasing the commit lock: {e}");
+            }
+        }
+    }
 }
 
 impl Index {
+    /// The SQLite catalog in the data directory.
     pub fn open(path: &Path) -> Result<Index> {
         let manager = SqliteConnectionManager::file(path).with_init(|c| {
             c.execute_batch(
@@ -125,37 +415,123 @@ impl Index {
             .max_size(8)
             .build(manager)
             .map_err(|e| Error::internal(format!("index {}: {e}", path.display())))?;
-        let index = Index { pool };
+        let index = Index { backend: Backend::Sqlite(pool) };
         index.migrate()?;
         Ok(index)
     }
 
-    fn conn(&self) -> Result<r2d2::PooledConnection<SqliteConnectionManager>> {
-        self.pool.get().map_err(|e| Error::internal(format!("index pool: {e}")))
+    /// A catalog in PostgreSQL, shared by every node configured with it.
+    pub fn open_postgres(url: &str) -> Result<Index> {
+        let config: postgres::Config =
+            url.parse().map_err(|e| Error::internal(format!("postgres_url does not parse: {e}")))?;
+        let manager = PostgresConnectionManager::new(config, postgres::NoTls);
+        let pool = Pool::builder()
+            .max_size(16)
+            .connection_timeout(std::time::Duration::from_secs(10))
+            .build(manager)
+            .map_err(|e| Error::Unavailable("the index", format!("connecting to PostgreSQL: {e}")))?;
+        let index = Index { backend: Backend::Postgres(pool) };
+        index.migrate()?;
+        Ok(index)
+    }
+
+    pub fn open_configured(settings: &crate::config::Settings, sqlite_file: &Path) -> Result<Index> {
+        match settings.index {
+            crate::config::IndexKind::Sqlite => Index::open(sqlite_file),
+            crate::config::IndexKind::Postgres => Index::open_postgres(settings.postgres_url.as_deref().unwrap_or("")),
+        }
+    }
+
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// Runs `f` on a connection, each statement committing on its own.
+    fn with<T>(&self, f: impl FnOnce(&mut dyn Db) -> Result<T>) -> Result<T> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let conn = pool.get().map_err(|e| Error::internal(format!("index pool: {e}")))?;
+                f(&mut Lite(&conn))
+            }
+            Backend::Postgres(pool) => f(&mut *pg_conn(pool)?),
+        }
+    }
+
+    /// Runs `f` in one transaction, committed if it returns `Ok`.
+    fn tx<T>(&self, f: impl FnOnce(&mut dyn Db) -> Result<T>) -> Result<T> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let mut conn = pool.get().map_err(|e| Error::internal(format!("index pool: {e}")))?;
+                let tx = conn.transaction()?;
+                let out = f(&mut Lite(&tx))?;
+                tx.commit()?;
+                Ok(out)
+            }
+            Backend::Postgres(pool) => {
+                let mut conn = pg_conn(pool)?;
+                let mut tx = conn.transaction()?;
+                let out = f(&mut tx)?;
+                tx.commit()?;
+                Ok(out)
+            }
+        }
     }
 
     fn migrate(&self) -> Result<()> {
-        let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
-        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let mut conn = pool.get().map_err(|e| Error::internal(format!("index pool: {e}")))?;
+                let tx = conn.transaction()?;
+                let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+                for (i, sql) in SQLITE_MIGRATIONS.iter().enumerate().skip(version as usize) {
+                    tx.execute_batch(sql)?;
+                    tx.pragma_update(None, "user_version", i as i64 + 1)?;
+                }
+                tx.commit()?;
+            }
+            Backend::Postgres(pool) => {
+                let mut conn = pg_conn(pool)?;
+                let mut tx = conn.transaction()?;
+                // Nodes starting together migrate one at a time.
+                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PG_MIGRATION_LOCK])?;
+                tx.batch_execute("CREATE TABLE IF NOT EXISTS spillway_schema (version INTEGER NOT NULL)")?;
+                let version: i64 = match tx.query_opt("SELECT version FROM spillway_schema", &[])? {
+                    Some(row) => row.get::<_, i32>(0).into(),
+                    None => {
+                        tx.execute("INSERT INTO spillway_schema (version) VALUES (0)", &[])?;
+                        0
+                    }
+                };
+                for (i, sql) in POSTGRES_MIGRATIONS.iter().enumerate().skip(version as usize) {
+                    tx.batch_execute(sql)?;
+                    tx.execute("UPDATE spillway_schema SET version = $1", &[&(i as i32 + 1)])?;
+                }
+                tx.commit()?;
+            }
         }
-        tx.commit()?;
         Ok(())
     }
 
+    /// Takes the cluster-wide commit lock (a no-op with SQLite).
+    pub fn commit_lock(&self) -> Result<CommitLock> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(CommitLock(None)),
+            Backend::Postgres(pool) => {
+                let mut conn = pg_conn(pool)?;
+                conn.execute("SELECT pg_advisory_lock($1)", &[&PG_COMMIT_LOCK])?;
+                Ok(CommitLock(Some(conn)))
+            }
+        }
+    }
+
     pub fn get(&self, key: &Key) -> Result<Option<Record>> {
-        let conn = self.conn()?;
-        get(&conn, key.as_str())
+        self.with(|db| get(db, key.as_str()))
     }
 
     /// One page in key order: keys starting with `prefix`, strictly after
     /// `after`. Keyset pagination on the primary key: each page is one
     /// index range scan, however deep.
     pub fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Record>> {
-        let conn = self.conn()?;
         let lower = match after {
             Some(after) if after >= prefix => after,
             _ => prefix,
@@ -166,166 +542,217 @@ impl Index {
             "SELECT {COLUMNS} FROM datasets WHERE key {} ?1 AND (?2 IS NULL OR key < ?2) ORDER BY key LIMIT ?3",
             if lower_inclusive { ">=" } else { ">" }
         );
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(params![lower, upper, limit as i64], record_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        let sql = match self.backend {
+            // PostgreSQL cannot infer the type of a parameter seen only in `IS NULL`.
+            Backend::Postgres(_) => sql.replace("?2 IS NULL", "CAST(?2 AS TEXT) IS NULL"),
+            Backend::Sqlite(_) => sql,
+        };
+        self.with(|db| db.query(&sql, vals![lower, upper, limit as i64])?.iter().map(record_from_row).collect())
     }
 
     /// Inserts or replaces a dataset's row (reindex, fsck repairs).
     pub fn upsert(&self, v: &NewVersion, now: &str) -> Result<Record> {
-        let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
-        let record = upsert(&tx, v, now)?;
-        tx.commit()?;
-        Ok(record)
+        self.tx(|db| upsert(db, v, now))
     }
 
     /// Records an intent durably (one commit) before the change it names.
     pub fn begin(&self, intent: &Intent) -> Result<()> {
-        let conn = self.conn()?;
-        match intent {
-            Intent::Install(v) => conn.execute(
-                "INSERT OR REPLACE INTO intents (key, action, inode, size, blake3, content_type, name, description)
-                 VALUES (?1, 'install', ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![v.key.as_str(), v.inode as i64, v.size as i64, v.blake3, v.content_type, v.name, v.description],
-            )?,
-            Intent::Remove(key) => {
-                conn.execute("INSERT OR REPLACE INTO intents (key, action) VALUES (?1, 'remove')", [key.as_str()])?
-            }
-        };
-        Ok(())
+        self.with(|db| {
+            match intent {
+                Intent::Install(v) => db.execute(
+                    "INSERT INTO intents (key, action, version, size, blake3, content_type, name, description)
+                     VALUES (?1, 'install', ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (key) DO UPDATE SET action = excluded.action, version = excluded.version,
+                        size = excluded.size, blake3 = excluded.blake3, content_type = excluded.content_type,
+                        name = excluded.name, description = excluded.description",
+                    vals![v.key.as_str(), &v.version, v.size, &v.blake3, &v.content_type, &v.name, &v.description],
+                )?,
+                Intent::Remove(key) => db.execute(
+                    "INSERT INTO intents (key, action) VALUES (?1, 'remove')
+                     ON CONFLICT (key) DO UPDATE SET action = excluded.action",
+                    vals![key.as_str()],
+                )?,
+            };
+            Ok(())
+        })
     }
 
     /// Drops an intent whose change did not happen.
     pub fn abandon(&self, key: &Key) -> Result<()> {
-        let conn = self.conn()?;
-        conn.execute("DELETE FROM intents WHERE key = ?1", [key.as_str()])?;
-        Ok(())
+        self.with(|db| db.execute("DELETE FROM intents WHERE key = ?1", vals![key.as_str()]).map(drop))
     }
 
     /// The change happened: the row follows and the intent goes, in one
     /// transaction. Returns the new record (none for a removal).
     pub fn complete(&self, intent: &Intent, now: &str) -> Result<Option<Record>> {
-        let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
-        let (key, record) = match intent {
-            Intent::Install(v) => (&v.key, Some(upsert(&tx, v, now)?)),
-            Intent::Remove(key) => {
-                tx.execute("DELETE FROM datasets WHERE key = ?1", [key.as_str()])?;
-                (key, None)
-            }
-        };
-        tx.execute("DELETE FROM intents WHERE key = ?1", [key.as_str()])?;
-        tx.commit()?;
-        Ok(record)
+        self.tx(|db| {
+            let (key, record) = match intent {
+                Intent::Install(v) => (&v.key, Some(upsert(db, v, now)?)),
+                Intent::Remove(key) => {
+                    db.execute("DELETE FROM datasets WHERE key = ?1", vals![key.as_str()])?;
+                    (key, None)
+                }
+            };
+            db.execute("DELETE FROM intents WHERE key = ?1", vals![key.as_str()])?;
+            Ok(record)
+        })
     }
 
     /// Intents a crash left behind.
     pub fn pending_intents(&self) -> Result<Vec<Intent>> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare(
-            "SELECT key, action, inode, size, blake3, content_type, name, description FROM intents ORDER BY key",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            let key: String = r.get(0)?;
-            let action: String = r.get(1)?;
-            let version = NewVersion {
-                key: Key::parse(&key).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
-                inode: r.get::<_, i64>(2)? as u64,
-                size: r.get::<_, i64>(3)? as u64,
-                blake3: r.get(4)?,
-                content_type: r.get(5)?,
-                name: r.get(6)?,
-                description: r.get(7)?,
-            };
-            Ok(if action == "remove" { Intent::Remove(version.key) } else { Intent::Install(version) })
+        let rows = self.with(|db| {
+            db.query(
+                "SELECT key, action, version, size, blake3, content_type, name, description FROM intents ORDER BY key",
+                &[],
+            )
         })?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        rows.iter()
+            .map(|r| {
+                let version = NewVersion {
+                    key: Key::parse(&r.text(0)).map_err(|e| Error::internal(format!("intent key: {e}")))?,
+                    version: r.text(2),
+                    size: r.int(3) as u64,
+                    blake3: r.text(4),
+                    content_type: r.text(5),
+                    name: r.opt_text(6),
+                    description: r.opt_text(7),
+                };
+                Ok(if r.text(1) == "remove" { Intent::Remove(version.key) } else { Intent::Install(version) })
+            })
+            .collect()
     }
 
     pub fn patch(&self, key: &Key, patch: &MetadataPatch, now: &str) -> Result<Option<Record>> {
-        let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
         let tags = patch.tags.as_ref().map(|t| serde_json::to_string(t).expect("tags serialize"));
-        let changed = tx.execute(
-            "UPDATE datasets SET name = coalesce(?2, name), description = coalesce(?3, description),
-                    tags = coalesce(?4, tags), updated_at = ?5
-             WHERE key = ?1",
-            params![key.as_str(), patch.name, patch.description, tags, now],
-        )?;
-        if changed == 0 {
-            return Ok(None);
-        }
-        let record = get(&tx, key.as_str())?;
-        tx.commit()?;
-        Ok(record)
+        self.tx(|db| {
+            let changed = db.execute(
+                "UPDATE datasets SET name = coalesce(?2, name), description = coalesce(?3, description),
+                        tags = coalesce(?4, tags), updated_at = ?5
+                 WHERE key = ?1",
+                vals![key.as_str(), &patch.name, &patch.description, tags, now],
+            )?;
+            if changed == 0 {
+                return Ok(None);
+            }
+            get(db, key.as_str())
+        })
     }
 
     pub fn delete(&self, key: &Key) -> Result<bool> {
-        let conn = self.conn()?;
-        Ok(conn.execute("DELETE FROM datasets WHERE key = ?1", [key.as_str()])? > 0)
+        self.with(|db| Ok(db.execute("DELETE FROM datasets WHERE key = ?1", vals![key.as_str()])? > 0))
     }
 
     /// The first dataset strictly below `key/`, if any (a key that is a
     /// folder of others cannot become a dataset).
     pub fn first_below(&self, key: &Key) -> Result<Option<String>> {
-        let conn = self.conn()?;
         let prefix = format!("{key}/");
         let upper = prefix_successor(&prefix);
-        Ok(conn
-            .query_row(
-                "SELECT key FROM datasets WHERE key >= ?1 AND key < ?2 ORDER BY key LIMIT 1",
-                params![prefix, upper],
-                |r| r.get(0),
-            )
-            .optional()?)
+        self.with(|db| {
+            Ok(db
+                .query_opt(
+                    "SELECT key FROM datasets WHERE key >= ?1 AND key < ?2 ORDER BY key LIMIT 1",
+                    vals![prefix, upper],
+                )?
+                .map(|r| r.text(0)))
+        })
     }
 
     /// Any of the given keys that is a dataset.
     pub fn first_existing<'k>(&self, keys: impl IntoIterator<Item = &'k str>) -> Result<Option<String>> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare_cached("SELECT key FROM datasets WHERE key = ?1")?;
-        for key in keys {
-            if let Some(found) = stmt.query_row([key], |r| r.get(0)).optional()? {
-                return Ok(Some(found));
+        self.with(|db| {
+            for key in keys {
+                if let Some(found) = db.query_opt("SELECT key FROM datasets WHERE key = ?1", vals![key])? {
+                    return Ok(Some(found.text(0)));
+                }
             }
-        }
-        Ok(None)
+            Ok(None)
+        })
     }
 
     /// A trivial query: the database opens and answers.
     pub fn ping(&self) -> Result<()> {
-        let conn = self.conn()?;
-        conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
-        Ok(())
+        self.with(|db| db.query("SELECT count(*) FROM datasets WHERE key = ''", &[]).map(drop))
     }
 
     pub fn count(&self) -> Result<(u64, u64)> {
-        let conn = self.conn()?;
-        Ok(conn.query_row("SELECT count(*), coalesce(sum(size), 0) FROM datasets", [], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-        })?)
+        self.with(|db| {
+            let row = db
+                .query_opt("SELECT count(*), CAST(coalesce(sum(size), 0) AS BIGINT) FROM datasets", &[])?
+                .ok_or_else(|| Error::internal("count returned no row"))?;
+            Ok((row.int(0) as u64, row.int(1) as u64))
+        })
     }
 
-    /// Every row in key order, streamed to `f` (fsck, start-up reconcile).
+    /// Every row in key order, streamed to `f` in pages (fsck, start-up
+    /// reconcile, reindex).
     pub fn for_each(&self, mut f: impl FnMut(Record)) -> Result<()> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM datasets ORDER BY key"))?;
-        let rows = stmt.query_map([], record_from_row)?;
-        for row in rows {
-            f(row?);
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.list("", after.as_deref(), 1000)?;
+            let Some(last) = page.last() else {
+                return Ok(());
+            };
+            after = Some(last.key.clone());
+            page.into_iter().for_each(&mut f);
         }
-        Ok(())
     }
 
-    /// Runs `f` inside one transaction on one connection (bulk loads).
-    pub fn with_transaction<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
-        let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
+    /// Replaces every dataset row with rows found in the store, in one
+    /// transaction (reindex); `old` rows lend their metadata.
+    pub fn replace_all(&self, found: &[NewVersion], old: &BTreeMap<String, Record>, now: &str) -> Result<()> {
+        self.tx(|db| {
+            db.execute("DELETE FROM datasets", &[])?;
+            for v in found {
+                upsert(db, v, now)?;
+                if let Some(row) = old.get(v.key.as_str()) {
+                    db.execute(
+                        "UPDATE datasets SET created_at = ?2, tags = ?3 WHERE key = ?1",
+                        vals![
+                            v.key.as_str(),
+                            &row.created_at,
+                            serde_json::to_string(&row.tags).unwrap_or_else(|_| "[]".into())
+                        ],
+                    )?;
+                }
+            }
+            Ok(())
+        })
     }
+
+    pub fn setting(&self, name: &str) -> Result<Option<String>> {
+        self.with(|db| Ok(db.query_opt("SELECT value FROM settings WHERE name = ?1", vals![name])?.map(|r| r.text(0))))
+    }
+
+    pub fn set_setting(&self, name: &str, value: &str) -> Result<()> {
+        self.with(|db| {
+            db.execute(
+                "INSERT INTO settings (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                vals![name, value],
+            )
+            .map(drop)
+        })
+    }
+
+    /// A shared setting: the value stored under `name`, or `value` stored
+    /// now if there is none yet (the first node to ask decides).
+    pub fn setting_or_insert(&self, name: &str, value: &str) -> Result<String> {
+        self.tx(|db| {
+            db.execute(
+                "INSERT INTO settings (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+                vals![name, value],
+            )?;
+            let row = db
+                .query_opt("SELECT value FROM settings WHERE name = ?1", vals![name])?
+                .ok_or_else(|| Error::internal("setting vanished"))?;
+            Ok(row.text(0))
+        })
+    }
+}
+
+fn pg_conn(
+    pool: &Pool<PostgresConnectionManager<postgres::NoTls>>,
+) -> Result<r2d2::PooledConnection<PostgresConnectionManager<postgres::NoTls>>> {
+    pool.get().map_err(|e| Error::Unavailable("the index", format!("PostgreSQL pool: {e}")))
 }
 
 /// A resumable upload's row. Its offset is not stored: it is the length of
@@ -344,148 +771,139 @@ pub struct UploadRow {
     /// Unix seconds.
     pub expires_at: i64,
     pub completed: bool,
+    /// The node whose disk holds the upload's bytes (several nodes share a
+    /// PostgreSQL index; each keeps its uploads in progress locally).
+    pub node: String,
 }
 
-const UPLOAD_COLUMNS: &str = "id, length, metadata, key, concat, created_at, expires_at, completed";
+const UPLOAD_COLUMNS: &str = "id, length, metadata, key, concat, created_at, expires_at, completed, node";
 
-fn upload_from_row(row: &Row<'_>) -> rusqlite::Result<UploadRow> {
-    Ok(UploadRow {
-        id: row.get(0)?,
-        length: row.get::<_, Option<i64>>(1)?.map(|l| l as u64),
-        metadata: row.get(2)?,
-        key: row.get(3)?,
-        concat: row.get(4)?,
-        created_at: row.get(5)?,
-        expires_at: row.get(6)?,
-        completed: row.get(7)?,
-    })
+fn upload_from_row(row: &DbRow) -> UploadRow {
+    UploadRow {
+        id: row.text(0),
+        length: row.opt_int(1).map(|l| l as u64),
+        metadata: row.opt_text(2),
+        key: row.opt_text(3),
+        concat: row.text(4),
+        created_at: row.text(5),
+        expires_at: row.int(6),
+        completed: row.bool(7),
+        node: row.text(8),
+    }
 }
 
 /// Resumable uploads (tus).
 impl Index {
     pub fn create_upload(&self, u: &UploadRow) -> Result<()> {
-        let conn = self.conn()?;
-        conn.execute(
-            &format!("INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
-            params![
-                u.id,
-                u.length.map(|l| l as i64),
-                u.metadata,
-                u.key,
-                u.concat,
-                u.created_at,
-                u.expires_at,
-                u.completed
-            ],
-        )?;
-        Ok(())
+        self.with(|db| {
+            db.execute(
+                &format!("INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+                vals![
+                    &u.id,
+                    u.length,
+                    &u.metadata,
+                    &u.key,
+                    &u.concat,
+                    &u.created_at,
+                    u.expires_at,
+                    u.completed,
+                    &u.node
+                ],
+            )
+            .map(drop)
+        })
     }
 
     pub fn get_upload(&self, id: &str) -> Result<Option<UploadRow>> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare_cached(&format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?1"))?;
-        Ok(stmt.query_row([id], upload_from_row).optional()?)
+        self.with(|db| {
+            Ok(db
+                .query_opt(&format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?1"), vals![id])?
+                .as_ref()
+                .map(upload_from_row))
+        })
     }
 
     pub fn set_upload_length(&self, id: &str, length: u64) -> Result<()> {
-        let conn = self.conn()?;
-        conn.execute("UPDATE uploads SET length = ?2 WHERE id = ?1", params![id, length as i64])?;
-        Ok(())
+        self.with(|db| db.execute("UPDATE uploads SET length = ?2 WHERE id = ?1", vals![id, length]).map(drop))
     }
 
     pub fn touch_upload(&self, id: &str, expires_at: i64) -> Result<()> {
-        let conn = self.conn()?;
-        conn.execute("UPDATE uploads SET expires_at = ?2 WHERE id = ?1", params![id, expires_at])?;
-        Ok(())
+        self.with(|db| db.execute("UPDATE uploads SET expires_at = ?2 WHERE id = ?1", vals![id, expires_at]).map(drop))
     }
 
     pub fn complete_upload(&self, id: &str) -> Result<()> {
-        let conn = self.conn()?;
-        conn.execute("UPDATE uploads SET completed = 1 WHERE id = ?1", [id])?;
-        Ok(())
+        self.with(|db| db.execute("UPDATE uploads SET completed = ?2 WHERE id = ?1", vals![id, true]).map(drop))
     }
 
     pub fn delete_upload(&self, id: &str) -> Result<bool> {
-        let conn = self.conn()?;
-        Ok(conn.execute("DELETE FROM uploads WHERE id = ?1", [id])? > 0)
+        self.with(|db| Ok(db.execute("DELETE FROM uploads WHERE id = ?1", vals![id])? > 0))
     }
 
-    /// Uploads whose expiry passed before `now` (Unix seconds).
-    pub fn expired_uploads(&self, now: i64) -> Result<Vec<String>> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare_cached("SELECT id FROM uploads WHERE expires_at < ?1")?;
-        let ids = stmt.query_map([now], |r| r.get(0))?;
-        Ok(ids.collect::<rusqlite::Result<Vec<String>>>()?)
+    /// This node's uploads whose expiry passed before `now` (Unix seconds).
+    pub fn expired_uploads(&self, node: &str, now: i64) -> Result<Vec<String>> {
+        self.with(|db| {
+            let rows = db.query("SELECT id FROM uploads WHERE node = ?1 AND expires_at < ?2", vals![node, now])?;
+            Ok(rows.iter().map(|r| r.text(0)).collect())
+        })
     }
 
-    /// Every upload id (fsck: data files without a row are strays).
-    pub fn upload_ids(&self) -> Result<Vec<String>> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare("SELECT id FROM uploads")?;
-        let ids = stmt.query_map([], |r| r.get(0))?;
-        Ok(ids.collect::<rusqlite::Result<Vec<String>>>()?)
+    /// Every upload id of this node (fsck: data files without a row are strays).
+    pub fn upload_ids(&self, node: &str) -> Result<Vec<String>> {
+        self.with(|db| {
+            let rows = db.query("SELECT id FROM uploads WHERE node = ?1", vals![node])?;
+            Ok(rows.iter().map(|r| r.text(0)).collect())
+        })
     }
-}
-
-/// Inserts a row as found on disk (reindex, bulk loads).
-pub fn insert_found(tx: &Connection, key: &str, size: u64, blake3: &str, inode: u64, now: &str) -> Result<()> {
-    let name = key.rsplit('/').next().unwrap_or(key);
-    tx.execute(
-        "INSERT OR REPLACE INTO datasets (key, name, size, blake3, content_type, created_at, updated_at, inode)
-         VALUES (?1, ?2, ?3, ?4, 'application/octet-stream', ?5, ?5, ?6)",
-        params![key, name, size as i64, blake3, now, inode as i64],
-    )?;
-    Ok(())
 }
 
 /// Inserts or replaces a row. Metadata of a replaced dataset is kept unless
 /// the new version sets it; `created_at` is kept.
-fn upsert(tx: &Connection, v: &NewVersion, now: &str) -> Result<Record> {
+fn upsert(db: &mut dyn Db, v: &NewVersion, now: &str) -> Result<Record> {
     let name = v.name.clone().unwrap_or_else(|| v.key.file_name().to_owned());
-    tx.execute(
-        "INSERT INTO datasets (key, name, size, blake3, content_type, created_at, updated_at, description, inode)
+    db.execute(
+        "INSERT INTO datasets (key, name, size, blake3, content_type, created_at, updated_at, description, version)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8)
          ON CONFLICT (key) DO UPDATE SET
-            name = CASE WHEN ?9 THEN excluded.name ELSE name END,
+            name = CASE WHEN ?9 THEN excluded.name ELSE datasets.name END,
             size = excluded.size, blake3 = excluded.blake3,
             content_type = excluded.content_type, updated_at = excluded.updated_at,
-            description = coalesce(excluded.description, description),
-            inode = excluded.inode",
-        params![
+            description = coalesce(excluded.description, datasets.description),
+            version = excluded.version",
+        vals![
             v.key.as_str(),
             name,
-            v.size as i64,
-            v.blake3,
-            v.content_type,
+            v.size,
+            &v.blake3,
+            &v.content_type,
             now,
-            v.description,
-            v.inode as i64,
-            v.name.is_some(),
+            &v.description,
+            &v.version,
+            v.name.is_some()
         ],
     )?;
-    let record = get(tx, v.key.as_str())?.ok_or_else(|| Error::internal("row vanished after upsert"))?;
-    Ok(record)
+    get(db, v.key.as_str())?.ok_or_else(|| Error::internal("row vanished after upsert"))
 }
 
-fn get(conn: &Connection, key: &str) -> Result<Option<Record>> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM datasets WHERE key = ?1"))?;
-    Ok(stmt.query_row([key], record_from_row).optional()?)
+fn get(db: &mut dyn Db, key: &str) -> Result<Option<Record>> {
+    db.query_opt(&format!("SELECT {COLUMNS} FROM datasets WHERE key = ?1"), vals![key])?
+        .as_ref()
+        .map(record_from_row)
+        .transpose()
 }
 
-fn record_from_row(row: &Row<'_>) -> rusqlite::Result<Record> {
-    let key: String = row.get(0)?;
-    let tags: String = row.get(8)?;
+fn record_from_row(row: &DbRow) -> Result<Record> {
+    let key = row.text(0);
     Ok(Record {
         path: Key::parse(&key).map(|k| k.url_path()).unwrap_or_default(),
-        name: row.get(1)?,
-        size: row.get::<_, i64>(2)? as u64,
-        blake3: row.get(3)?,
-        content_type: row.get(4)?,
-        created_at: row.get(5)?,
-        updated_at: row.get(6)?,
-        description: row.get(7)?,
-        tags: serde_json::from_str(&tags).unwrap_or_default(),
-        inode: row.get::<_, i64>(9)? as u64,
+        name: row.text(1),
+        size: row.int(2) as u64,
+        blake3: row.text(3),
+        content_type: row.text(4),
+        created_at: row.text(5),
+        updated_at: row.text(6),
+        description: row.opt_text(7),
+        tags: serde_json::from_str(&row.text(8)).unwrap_or_default(),
+        version: row.text(9),
         key,
     })
 }

@@ -18,6 +18,7 @@ pub mod index;
 pub mod key;
 pub mod metrics;
 pub mod node;
+pub mod storage;
 pub mod store;
 pub mod tus;
 pub mod upload;
@@ -53,7 +54,7 @@ pub fn build(figment: Figment) -> Result<Rocket<Build>, String> {
     let cors = http::cors(&settings.cors_origins)?;
     let rocket = rocket::custom(figment)
         .attach(AdHoc::try_on_ignite("spillway node", |rocket| async move {
-            match Node::open(settings) {
+            match Node::open(settings).await {
                 Ok(node) => Ok(rocket.manage(Arc::new(node))),
                 Err(e) => {
                     log::error!("cannot open the node: {}", e.cause());

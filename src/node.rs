@@ -1,22 +1,26 @@
-//! The node: coordinates the byte store (`store`), the catalog (`index`) and
-//! the upload pipeline (`upload`). HTTP handlers call these methods and
-//! nothing below them. Mutations of the catalog and the data directory
-//! (install, delete) are serialised by one commit lock; uploads stream in
-//! parallel and only take the lock for the short install + index step.
+//! The node: coordinates the byte store (`storage`: the filesystem or an
+//! object store), the catalog (`index`) and the upload pipeline (`upload`).
+//! HTTP handlers call these methods and nothing below them. Mutations of the
+//! catalog and the store (install, delete) are serialised by one commit
+//! lock (and, with a shared PostgreSQL index, by a cluster-wide one); uploads
+//! stream in parallel and only take the lock for the short install + index
+//! step.
 
-use std::fs::File;
-use std::os::unix::fs::MetadataExt;
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use serde::Deserialize;
 use tokio::io::AsyncRead;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
-use crate::config::Settings;
+use crate::config::{Settings, StorageKind};
 use crate::error::{Error, Result};
 use crate::index::{Index, Intent, MetadataPatch, NewVersion, Record};
 use crate::key::Key;
 use crate::metrics::{Metrics, Outcome};
+use crate::storage::fs::{writable, FsStore};
+use crate::storage::s3::S3Store;
+use crate::storage::{Check, ObjectInfo, Reader, Staged, Store};
 use crate::store::{conflict_with_folder, DataLock, Layout};
 use crate::upload::{Expected, MemoryBudget, Spooled, Spooler};
 
@@ -131,6 +135,11 @@ pub struct Node {
     pub settings: Settings,
     pub layout: Arc<Layout>,
     pub index: Index,
+    pub store: Arc<dyn Store>,
+    /// The object store, when datasets live in one.
+    pub s3: Option<Arc<S3Store>>,
+    /// Names this node among nodes sharing an index.
+    pub node_id: String,
     pub spooler: Spooler,
     pub metrics: Arc<Metrics>,
     pub access: crate::access::Access,
@@ -143,7 +152,13 @@ pub struct Node {
 impl Node {
     /// Prepares the data directory, sweeps what a previous run left in the
     /// spool, opens the index and runs the cheap start-up reconcile.
-    pub fn open(settings: Settings) -> Result<Node> {
+    pub async fn open(settings: Settings) -> Result<Node> {
+        // Opening blocks (SQLite, PostgreSQL's client, the file system): a
+        // blocking thread does it, driving the store's calls to completion.
+        blocking(move || Node::open_blocking(settings)).await
+    }
+
+    fn open_blocking(settings: Settings) -> Result<Node> {
         let layout =
             Arc::new(Layout::prepare(&settings).map_err(|e| {
                 Error::internal(format!("preparing data directory {}: {e}", settings.data_dir.display()))
@@ -156,9 +171,22 @@ impl Node {
                 log::info!("  removed {}", path.display());
             }
         }
-        let index = Index::open(&layout.index_file)?;
+        let index = Index::open_configured(&settings, &layout.index_file)?;
+        let s3 = match settings.storage {
+            StorageKind::S3 => Some(Arc::new(S3Store::new(&settings)?)),
+            StorageKind::Fs => None,
+        };
+        let store: Arc<dyn Store> = match &s3 {
+            Some(s3) => s3.clone(),
+            None => Arc::new(FsStore { layout: layout.clone() }),
+        };
         let metrics = Arc::new(Metrics::new());
-        let access = crate::access::Access::new(&settings.tokens, settings.signing_key.as_deref(), &layout.root)?;
+        let mut signing_key = settings.signing_key.clone().filter(|k| !k.is_empty());
+        if signing_key.is_none() && index.is_shared() {
+            // Nodes sharing an index share the key their signed URLs use.
+            signing_key = Some(index.setting_or_insert("signing_key", &crate::access::random_key()?)?);
+        }
+        let access = crate::access::Access::new(&settings.tokens, signing_key.as_deref(), &layout.root)?;
         let spooler = Spooler {
             layout: layout.clone(),
             budget: MemoryBudget::new(settings.spool_memory_budget.as_u64() as usize),
@@ -167,8 +195,20 @@ impl Node {
             stall_timeout: settings.stall_timeout(),
             disk_reserve: settings.disk_reserve.as_u64(),
             received_bytes: metrics.upload_bytes.clone(),
+            objects: s3.clone(),
         };
+        log::info!(
+            "store: {}; index: {}",
+            match &s3 {
+                Some(s3) => format!("S3 bucket `{}` (parts of {} MiB)", s3.bucket(), s3.part_size() >> 20),
+                None => format!("files below {}", layout.datasets.display()),
+            },
+            if index.is_shared() { "PostgreSQL (shared)" } else { "SQLite" }
+        );
         let node = Node {
+            node_id: node_id(&layout),
+            store,
+            s3,
             uploads: Arc::new(Semaphore::new(settings.max_uploads)),
             settings,
             layout,
@@ -194,18 +234,29 @@ impl Node {
     /// Finishes or rolls back what a crash interrupted: an install whose file
     /// is in place (same inode) gets its row; one whose rename never
     /// happened is dropped; a removal is finished if its file is gone.
+    /// Runs on a blocking thread. With a shared index it holds the
+    /// cluster-wide commit lock, so no other node's commit is in flight and
+    /// every intent left is one a crash interrupted.
     fn resolve_intents(&self) -> Result<()> {
+        let _cluster = self.index.commit_lock()?;
+        let handle = tokio::runtime::Handle::current();
         for intent in self.index.pending_intents()? {
             match &intent {
-                Intent::Install(v) if self.layout.inode_of(&v.key) == Some(v.inode) => {
-                    log::warn!("finishing the interrupted commit of `{}`", v.key);
-                    self.index.complete(&intent, &now())?;
-                }
                 Intent::Install(v) => {
-                    log::warn!("rolling back the interrupted commit of `{}`", v.key);
-                    self.index.abandon(&v.key)?;
+                    let current = self.index.get(&v.key)?;
+                    match handle.block_on(self.store.landed(v, current.as_ref()))? {
+                        Some(version) => {
+                            log::warn!("finishing the interrupted commit of `{}`", v.key);
+                            let landed = Intent::Install(NewVersion { version, ..v.clone() });
+                            self.index.complete(&landed, &now())?;
+                        }
+                        None => {
+                            log::warn!("rolling back the interrupted commit of `{}`", v.key);
+                            self.index.abandon(&v.key)?;
+                        }
+                    }
                 }
-                Intent::Remove(key) if self.layout.inode_of(key).is_none() => {
+                Intent::Remove(key) if handle.block_on(self.store.version_of(key))?.is_none() => {
                     log::warn!("finishing the interrupted delete of `{key}`");
                     self.index.complete(&intent, &now())?;
                 }
@@ -219,8 +270,12 @@ impl Node {
     }
 
     /// Existence and size of every indexed file; mismatches are logged
-    /// (`spillway fsck` explains and repairs them).
+    /// (`spillway fsck` explains and repairs them). Filesystem store only:
+    /// an object store is checked by `spillway reindex`.
     fn reconcile_on_start(&self) -> Result<()> {
+        if self.s3.is_some() {
+            return Ok(());
+        }
         let (mut checked, mut problems) = (0u64, 0u64);
         self.index.for_each(|record| {
             checked += 1;
@@ -248,18 +303,8 @@ impl Node {
     }
 
     /// Readiness checks, each with its problem if it fails.
-    pub fn readiness(&self) -> Vec<(&'static str, Option<String>)> {
-        let writable = |dir: &std::path::Path| match tempfile::Builder::new()
-            .prefix(crate::store::SPOOL_PREFIX)
-            .tempfile_in(dir)
-        {
-            Ok(_) => None,
-            Err(e) => {
-                // The client sees the kind of failure; the path goes to the log.
-                log::warn!("readiness: cannot write in {}: {e}", dir.display());
-                Some(format!("cannot write: {}", std::io::Error::from(e.kind())))
-            }
-        };
+    /// Runs on a blocking thread (it drives the store's checks).
+    pub fn readiness(&self) -> Vec<Check> {
         let space = |dir: &std::path::Path| match Layout::free_space(dir) {
             Ok(free) if free < self.spooler.disk_reserve => {
                 Some(format!("{free} bytes free, below the reserve of {}", self.spooler.disk_reserve))
@@ -270,19 +315,20 @@ impl Node {
                 Some(format!("cannot read free space: {}", std::io::Error::from(e.kind())))
             }
         };
-        vec![
-            (
-                "index",
-                self.index.ping().err().map(|e| {
-                    log::warn!("readiness: the index does not answer: {}", e.cause());
-                    "it does not answer; the cause is in the log".to_string()
-                }),
-            ),
-            ("data directory", writable(&self.layout.staging)),
+        let mut checks = vec![(
+            "index",
+            self.index.ping().err().map(|e| {
+                log::warn!("readiness: the index does not answer: {}", e.cause());
+                "it does not answer; the cause is in the log".to_string()
+            }),
+        )];
+        checks.extend(tokio::runtime::Handle::current().block_on(self.store.checks()));
+        checks.extend([
             ("spool directory", writable(&self.layout.spool)),
             ("data volume", space(&self.layout.datasets)),
             ("spool volume", space(&self.layout.spool)),
-        ]
+        ]);
+        checks
     }
 
     /// Admission control: at most `max_uploads` uploads at once.
@@ -329,46 +375,56 @@ impl Node {
     /// PUT: stream the body in, then commit it at `key`.
     pub async fn put<R: AsyncRead + Unpin>(&self, key: Key, body: R, meta: UploadMeta) -> Result<(Record, bool)> {
         self.precheck_upload(&key, &meta).await?;
-        let spooled = self.spooler.spool(body, &meta.expected).await?;
+        let spooled = self.spooler.spool_to(body, &meta.expected, Some(&key)).await?;
         self.commit(key, spooled, meta).await
     }
 
     /// The commit: re-check the preconditions and conflicts under the lock,
-    /// install the fsynced file (rename + directory fsync), write the row.
-    /// Returns the record and whether the key is new.
+    /// record the intent, install the bytes (a rename + directory fsync; a
+    /// CompleteMultipartUpload), write the row. Returns the record and
+    /// whether the key is new.
     pub async fn commit(&self, key: Key, spooled: Spooled, meta: UploadMeta) -> Result<(Record, bool)> {
-        if !self.layout.spool_on_data_volume && spooled.file.path().starts_with(&self.layout.spool) {
-            // It will be copied to the data volume first: that needs room too.
-            self.spooler.check_space(&self.layout.datasets, spooled.size)?;
+        if let Staged::File(file) = &spooled.staged {
+            if self.s3.is_none() && !self.layout.spool_on_data_volume && file.path().starts_with(&self.layout.spool) {
+                // It will be copied to the data volume first: that needs room too.
+                self.spooler.check_space(&self.layout.datasets, spooled.size)?;
+            }
         }
-        // A copy across volumes (a spool of its own) happens before the lock,
-        // so it never holds up other commits.
-        let layout = self.layout.clone();
-        let file = blocking(move || layout.to_data_volume(spooled.file)).await?;
+        let info = ObjectInfo {
+            size: spooled.size,
+            blake3: spooled.blake3.to_hex().to_string(),
+            content_type: meta.content_type.clone().unwrap_or_else(|| "application/octet-stream".into()),
+        };
+        // A copy across volumes, or the parts of a spooled file, go before
+        // the lock, so they never hold up other commits.
+        let prepared = self.store.prepare(&key, spooled.staged, &info).await?;
         let _guard = self.commit_lock.lock().await;
-        let (index, layout, metrics) = (self.index.clone(), self.layout.clone(), self.metrics.clone());
+        let (index, store, metrics) = (self.index.clone(), self.store.clone(), self.metrics.clone());
         blocking(move || {
+            let _cluster = index.commit_lock()?;
             let current = index.get(&key)?;
             meta.precondition.check(current.as_ref())?;
             check_conflicts(&index, &key)?;
-            let version = NewVersion {
+            let mut version = NewVersion {
                 key: key.clone(),
-                size: spooled.size,
-                blake3: spooled.blake3.to_hex().to_string(),
-                content_type: meta.content_type.unwrap_or_else(|| "application/octet-stream".into()),
-                inode: file.as_file().metadata()?.ino(),
+                size: info.size,
+                blake3: info.blake3.clone(),
+                content_type: info.content_type.clone(),
+                version: prepared.version.clone().unwrap_or_default(),
                 name: meta.name,
                 description: meta.description,
             };
-            // Intent, rename, then row: a crash anywhere leaves a state the
+            // Intent, install, then row: a crash anywhere leaves a state the
             // next start finishes or rolls back (see `resolve_intents`).
-            let intent = Intent::Install(version);
-            index.begin(&intent)?;
-            if let Err(e) = layout.place(file, &key) {
-                let _ = index.abandon(&key);
-                return Err(e);
+            index.begin(&Intent::Install(version.clone()))?;
+            match tokio::runtime::Handle::current().block_on(store.install(&key, prepared, &info)) {
+                Ok(installed) => version.version = installed,
+                Err(e) => {
+                    let _ = index.abandon(&key);
+                    return Err(e);
+                }
             }
-            let record = index.complete(&intent, &now())?.expect("an install has a record");
+            let record = index.complete(&Intent::Install(version), &now())?.expect("an install has a record");
             let old_size = current.as_ref().map_or(0, |r| r.size as i64);
             metrics.catalog_changed(i64::from(current.is_none()), record.size as i64 - old_size);
             Ok((record, current.is_none()))
@@ -376,36 +432,33 @@ impl Node {
         .await
     }
 
-    /// Opens a dataset for reading, with the record that describes exactly
-    /// the opened file (matched by inode, so a concurrent replace never pairs
-    /// new bytes with an old ETag).
-    pub async fn open_dataset(&self, key: &Key) -> Result<(File, Record)> {
-        for attempt in 0..2 {
-            let (index, layout, k) = (self.index.clone(), self.layout.clone(), key.clone());
-            let found = blocking(move || -> Result<Option<(File, Record)>> {
-                let Some(record) = index.get(&k)? else {
-                    return Err(Error::no_dataset(&k));
-                };
-                let file = match File::open(layout.dataset_path(&k)) {
-                    Ok(f) => f,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                    Err(e) => return Err(Error::internal(e)),
-                };
-                let meta = file.metadata()?;
-                let matches = meta.ino() == record.inode && meta.len() == record.size;
-                Ok(matches.then_some((file, record)))
-            })
-            .await?;
-            if let Some(found) = found {
-                return Ok(found);
+    /// Opens a dataset for reading: `want` looks at the record and says
+    /// which bytes to read (none, for a 304). The bytes returned are exactly
+    /// those the record describes (matched by inode or ETag), so a
+    /// concurrent replace never pairs new bytes with an old ETag.
+    pub async fn open_dataset(
+        &self,
+        key: &Key,
+        want: impl Fn(&Record) -> Result<Want>,
+    ) -> Result<(Record, Want, Option<Reader>)> {
+        for attempt in 0..4u64 {
+            let record = self.get(key).await?;
+            let wanted = want(&record)?;
+            let range = match &wanted {
+                Want::Nothing => return Ok((record, wanted, None)),
+                Want::All => None,
+                Want::Range(range) => Some(range.clone()),
+            };
+            if let Some(reader) = self.store.open(&record, key, range).await? {
+                return Ok((record, wanted, Some(reader)));
             }
-            if attempt == 0 {
-                // A commit or delete is between its file and its row: wait for it.
-                drop(self.commit_lock.lock().await);
-            }
+            // A commit or delete is between its bytes and its row: wait for
+            // it (here, or on another node sharing the index).
+            drop(self.commit_lock.lock().await);
+            tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
         }
-        log::error!("`{key}`: the file on disk does not match its index row; run `spillway fsck`");
-        Err(Error::internal(format!("file and index row of `{key}` disagree")))
+        log::error!("`{key}`: the stored bytes do not match the index row; run `spillway fsck`");
+        Err(Error::internal(format!("stored bytes and index row of `{key}` disagree")))
     }
 
     pub async fn patch(&self, key: &Key, patch: MetadataPatch) -> Result<Record> {
@@ -414,6 +467,9 @@ impl Node {
     }
 
     pub async fn acknowledge(&self, key: &Key, ack: Acknowledge) -> Result<Record> {
+        if let Some(s3) = &self.s3 {
+            self.acknowledge_direct(s3, key, &ack).await?;
+        }
         let record = self.get(key).await?;
         if let Some(expected) = &ack.blake3 {
             if !expected.eq_ignore_ascii_case(&record.blake3) {
@@ -426,17 +482,86 @@ impl Node {
         self.patch(key, ack.metadata).await
     }
 
-    /// Removes the file (atomically, then its row) under the commit lock.
+    /// A direct upload waiting at the key's incoming object is verified
+    /// (size, blake3: the node reads it through) and committed like any
+    /// upload. Nothing waiting: nothing to do.
+    async fn acknowledge_direct(&self, s3: &S3Store, key: &Key, ack: &Acknowledge) -> Result<()> {
+        let incoming = s3.incoming(key);
+        let Some((size, _, content_type)) = s3.head(&incoming).await? else {
+            return Ok(());
+        };
+        let limit = self.direct_upload_limit(key).await?;
+        if size > limit {
+            s3.delete(&incoming).await?;
+            return Err(Error::TooLarge { limit });
+        }
+        let (blake3, read) = s3.hash_object(&incoming).await?;
+        if read != size {
+            return Err(Error::Unavailable("the object store", format!("read {read} of {size} bytes")));
+        }
+        if let Some(expected) = &ack.blake3 {
+            if !expected.eq_ignore_ascii_case(&blake3.to_hex()) {
+                s3.delete(&incoming).await?;
+                return Err(Error::DigestMismatch(format!(
+                    "the uploaded object's blake3 is {}, not {expected}",
+                    blake3.to_hex()
+                )));
+            }
+        }
+        let meta = UploadMeta {
+            content_type: content_type.filter(|t| !t.is_empty()),
+            name: ack.metadata.name.clone(),
+            description: ack.metadata.description.clone(),
+            ..Default::default()
+        };
+        let started = std::time::Instant::now();
+        let committed = self.commit(key.clone(), Spooled { staged: Staged::Incoming, size, blake3 }, meta).await;
+        self.upload_ended(started, committed).map(drop)
+    }
+
+    /// The size limit of a direct upload to `key`: the upload URL's
+    /// `max_size` (kept in the index when it was minted), or the node's.
+    async fn direct_upload_limit(&self, key: &Key) -> Result<u64> {
+        let (index, name) = (self.index.clone(), direct_upload_setting(key));
+        let granted = blocking(move || index.setting(&name)).await?;
+        let max = self.settings.max_dataset_size.as_u64();
+        Ok(granted.and_then(|g| g.parse::<u64>().ok()).map_or(max, |g| g.min(max)))
+    }
+
+    /// A presigned PUT straight to the object store (the key's incoming
+    /// object), for `POST /datasets/{key}/upload-url` with an S3 store.
+    pub async fn direct_upload_url(&self, key: &Key, expires_in: u64, max_size: Option<u64>) -> Result<String> {
+        let s3 = self.s3.as_ref().ok_or_else(|| Error::internal("direct uploads need an object store"))?;
+        let (index, name) = (self.index.clone(), direct_upload_setting(key));
+        let value = max_size.map_or_else(String::new, |m| m.to_string());
+        blocking(move || index.set_setting(&name, &value)).await?;
+        s3.presign("PUT", &s3.incoming(key), std::time::Duration::from_secs(expires_in)).await
+    }
+
+    /// A presigned GET of the dataset's object (downloads = "redirect").
+    pub async fn direct_download_url(&self, key: &Key, expires_in: u64) -> Result<Option<String>> {
+        let Some(s3) = &self.s3 else {
+            return Ok(None);
+        };
+        self.get(key).await?;
+        s3.presign("GET", &s3.object(key), std::time::Duration::from_secs(expires_in)).await.map(Some)
+    }
+
+    /// Removes the bytes, then the row, under the commit lock.
     pub async fn delete(&self, key: &Key) -> Result<()> {
         let _guard = self.commit_lock.lock().await;
-        let (index, layout, metrics, k) = (self.index.clone(), self.layout.clone(), self.metrics.clone(), key.clone());
+        let (index, store, metrics, k) = (self.index.clone(), self.store.clone(), self.metrics.clone(), key.clone());
         blocking(move || {
+            let _cluster = index.commit_lock()?;
             let Some(current) = index.get(&k)? else {
                 return Err(Error::no_dataset(&k));
             };
             let intent = Intent::Remove(k.clone());
             index.begin(&intent)?;
-            layout.remove(&k)?;
+            if let Err(e) = tokio::runtime::Handle::current().block_on(store.remove(&k)) {
+                let _ = index.abandon(&k);
+                return Err(e);
+            }
             index.complete(&intent, &now())?;
             metrics.catalog_changed(-1, -(current.size as i64));
             Ok(())
@@ -455,6 +580,25 @@ fn check_conflicts(index: &Index, key: &Key) -> Result<()> {
         return Err(conflict_with_folder(key));
     }
     Ok(())
+}
+
+/// What a reader wants of a dataset's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Want {
+    Nothing,
+    All,
+    Range(RangeInclusive<u64>),
+}
+
+fn direct_upload_setting(key: &Key) -> String {
+    format!("direct-upload:{key}")
+}
+
+/// This node's name among nodes sharing an index: its resumable uploads'
+/// bytes are on its own disk. The data directory's path identifies it.
+fn node_id(layout: &Layout) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}:{}", host.trim(), layout.root.display())
 }
 
 /// Runs blocking work (SQLite, fsync, rename) off the async workers.

@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::index::{Record, UploadRow};
 use crate::key::Key;
 use crate::node::{blocking, now, Node, UploadMeta};
+use crate::storage::Staged;
 use crate::store::fsync_dir;
 use crate::upload::{ChunkReader, Digest, Hashing, OpenFile, Spooled, Writer};
 
@@ -220,6 +221,7 @@ impl Node {
             created_at: now(),
             expires_at: self.expires_at(),
             completed: false,
+            node: self.node_id.clone(),
         };
         if let Concat::Final(parts) = &creation.concat {
             let key = key.expect("final uploads have a key");
@@ -272,6 +274,13 @@ impl Node {
         let row = blocking(move || index.get_upload(&i)).await?.ok_or_else(missing)?;
         if row.expires_at < unix_now() {
             return Err(Error::Gone(format!("upload `{id}` expired")));
+        }
+        if !row.completed && !row.node.is_empty() && row.node != self.node_id {
+            // Nodes sharing an index keep uploads in progress on their own
+            // disks: a balancer should route `/uploads/{id}` by id. A retry
+            // may reach the right node.
+            log::warn!("upload `{id}` is in progress on node {}, not this one", row.node);
+            return Err(Error::Unavailable("the node holding this upload", format!("upload `{id}` is elsewhere")));
         }
         Ok(row)
     }
@@ -449,7 +458,8 @@ impl Node {
         let key = Key::parse(row.key.as_deref().unwrap_or_default())?;
         let file = File::open(&path).map_err(Error::internal)?;
         let path = TempPath::try_from_path(path).map_err(Error::internal)?;
-        let spooled = Spooled { file: NamedTempFile::from_parts(file, path), size, blake3: hasher.finalize() };
+        let spooled =
+            Spooled { staged: Staged::File(NamedTempFile::from_parts(file, path)), size, blake3: hasher.finalize() };
         let (index, id) = (self.index.clone(), row.id.clone());
         let started = std::time::Instant::now();
         let committed = self.commit(key, spooled, metadata.upload_meta()).await;
@@ -506,7 +516,7 @@ impl Node {
                 }
             }
             target.as_file().sync_all()?;
-            Ok(Spooled { file: target, size: total, blake3: hasher.finalize() })
+            Ok(Spooled { staged: Staged::File(target), size: total, blake3: hasher.finalize() })
         })
         .await?;
         row.length = Some(total);
@@ -556,8 +566,8 @@ impl Node {
 
     /// Removes expired uploads (and their bytes) that no PATCH is writing.
     pub async fn tus_sweep(&self) -> Result<usize> {
-        let index = self.index.clone();
-        let expired = blocking(move || index.expired_uploads(unix_now())).await?;
+        let (index, node) = (self.index.clone(), self.node_id.clone());
+        let expired = blocking(move || index.expired_uploads(&node, unix_now())).await?;
         let mut removed = 0;
         for id in expired {
             let slot = self.tus.slot(&id);
@@ -575,7 +585,7 @@ impl Node {
     /// At start: data files of uploads whose row never got written (a crash
     /// between the two steps of a creation) are removed.
     pub fn sweep_orphan_upload_files(&self) -> Result<Vec<PathBuf>> {
-        let ids: std::collections::HashSet<String> = self.index.upload_ids()?.into_iter().collect();
+        let ids: std::collections::HashSet<String> = self.index.upload_ids(&self.node_id)?.into_iter().collect();
         let mut removed = Vec::new();
         for entry in std::fs::read_dir(&self.layout.uploads).map_err(Error::internal)? {
             let entry = entry.map_err(Error::internal)?;

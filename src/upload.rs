@@ -27,6 +27,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
+use crate::key::Key;
+use crate::storage::s3::{PartSink, S3Store};
+use crate::storage::Staged;
 use crate::store::Layout;
 
 /// Bytes handed to the writer at once.
@@ -224,10 +227,12 @@ impl Hashing {
     }
 }
 
-/// A complete upload on disk, fsynced and verified; deleted if dropped.
+/// A complete upload, verified: a fsynced file (deleted if dropped), or
+/// with an object store, the body in memory or in an uncompleted multipart
+/// upload (aborted if dropped).
 #[derive(Debug)]
 pub struct Spooled {
-    pub file: NamedTempFile,
+    pub staged: Staged,
     pub size: u64,
     pub blake3: blake3::Hash,
 }
@@ -291,29 +296,50 @@ pub struct Spooler {
     pub stall_timeout: Duration,
     pub disk_reserve: u64,
     pub received_bytes: prometheus::IntCounter,
+    /// With an object store, uploads whose key is known stream to it.
+    pub objects: Option<Arc<S3Store>>,
 }
 
 enum Sink {
     Memory { chunks: Vec<Vec<u8>>, len: usize, reservation: Reservation },
     Disk(Writer<NamedTempFile>),
+    Object(Writer<PartSink>),
 }
 
 impl Spooler {
     /// Streams `body` to a verified temp file. On any error nothing is left.
     pub async fn spool<R: AsyncRead + Unpin>(&self, body: R, expected: &Expected) -> Result<Spooled> {
+        self.spool_to(body, expected, None).await
+    }
+
+    /// Like [`Spooler::spool`]; with an object store and the key known, a
+    /// body past the memory cap streams into a multipart upload at the key
+    /// instead of a spool file.
+    pub async fn spool_to<R: AsyncRead + Unpin>(
+        &self,
+        body: R,
+        expected: &Expected,
+        key: Option<&Key>,
+    ) -> Result<Spooled> {
+        let target = match (&self.objects, key) {
+            (Some(objects), Some(key)) => Some((objects.clone(), key.clone())),
+            _ => None,
+        };
         let max_size = expected.limit.map_or(self.max_size, |l| l.min(self.max_size));
         if let Some(length) = expected.length {
             if length > max_size {
                 return Err(Error::TooLarge { limit: max_size });
             }
-            self.check_space(&self.layout.staging, length)?;
-            if length > self.spool_memory as u64 {
-                self.check_space(&self.layout.spool, length)?;
+            if target.is_none() {
+                self.check_space(&self.layout.staging, length)?;
+                if length > self.spool_memory as u64 {
+                    self.check_space(&self.layout.spool, length)?;
+                }
             }
         }
         let algorithms = expected.algorithms();
         let mut sink = match expected.length {
-            Some(length) if length > self.spool_memory as u64 => Sink::Disk(self.spill_writer(&algorithms)?),
+            Some(length) if length > self.spool_memory as u64 => self.spill_writer(&algorithms, &target).await?,
             _ => Sink::Memory {
                 chunks: Vec::new(),
                 len: 0,
@@ -324,11 +350,11 @@ impl Spooler {
         let mut body = ChunkReader::new(body, self.stall_timeout, max_size, self.received_bytes.clone());
         let mut next_space_check = SPACE_CHECK_EVERY;
         while let Some(chunk) = body.next_chunk(sink.buffer()).await? {
-            sink = self.push(sink, chunk, &algorithms).await?;
+            sink = self.push(sink, chunk, &algorithms, &target).await?;
             if body.received >= next_space_check {
                 next_space_check = body.received + SPACE_CHECK_EVERY;
-                if let Sink::Disk(w) = &sink {
-                    self.check_space(&w.dir, 0)?;
+                if let Sink::Disk(Writer { dir: Some(dir), .. }) = &sink {
+                    self.check_space(dir, 0)?;
                 }
             }
         }
@@ -341,6 +367,21 @@ impl Spooler {
 
         let writer = match sink {
             Sink::Disk(writer) => writer,
+            Sink::Object(writer) => {
+                let mut written = writer.finish().await?;
+                written.hashing.verify(&expected.digests)?;
+                let blake3 = check_blake3(&mut written.hashing, expected)?;
+                let staged = Staged::Multipart(written.target.into_pending()?);
+                return Ok(Spooled { staged, size: written.size, blake3 });
+            }
+            Sink::Memory { chunks, .. } if target.is_some() => {
+                // An object store takes a small body in one PUT, from memory.
+                let mut hashing = Hashing::new(blake3::Hasher::new(), &algorithms);
+                chunks.iter().for_each(|c| hashing.update(c));
+                hashing.verify(&expected.digests)?;
+                let blake3 = check_blake3(&mut hashing, expected)?;
+                return Ok(Spooled { staged: Staged::Memory(chunks), size: received, blake3 });
+            }
             Sink::Memory { chunks, reservation, .. } => {
                 let file = self.layout.new_staging_file()?;
                 let mut writer = Writer::start(file, Hashing::new(blake3::Hasher::new(), &algorithms));
@@ -354,23 +395,33 @@ impl Spooler {
         let mut written = writer.finish().await?;
         debug_assert_eq!(written.size, received);
         written.hashing.verify(&expected.digests)?;
-        let blake3 = written.hashing.blake3.finalize();
-        if expected.blake3.is_some_and(|d| d != blake3) {
-            return Err(Error::DigestMismatch("the body's blake3 does not match X-Blake3".into()));
-        }
-        Ok(Spooled { file: written.target, size: written.size, blake3 })
+        let blake3 = check_blake3(&mut written.hashing, expected)?;
+        Ok(Spooled { staged: Staged::File(written.target), size: written.size, blake3 })
     }
 
-    fn spill_writer(&self, algorithms: &[Algorithm]) -> Result<Writer<NamedTempFile>> {
-        let file = self.layout.new_spool_file()?;
-        Ok(Writer::start(file, Hashing::new(blake3::Hasher::new(), algorithms)))
+    async fn spill_writer(&self, algorithms: &[Algorithm], target: &Option<(Arc<S3Store>, Key)>) -> Result<Sink> {
+        let hashing = Hashing::new(blake3::Hasher::new(), algorithms);
+        Ok(match target {
+            Some((objects, key)) => Sink::Object(Writer::start(objects.stream_to(key).await?, hashing)),
+            None => Sink::Disk(Writer::start(self.layout.new_spool_file()?, hashing)),
+        })
     }
 
-    async fn push(&self, sink: Sink, chunk: Vec<u8>, algorithms: &[Algorithm]) -> Result<Sink> {
+    async fn push(
+        &self,
+        sink: Sink,
+        chunk: Vec<u8>,
+        algorithms: &[Algorithm],
+        target: &Option<(Arc<S3Store>, Key)>,
+    ) -> Result<Sink> {
         match sink {
             Sink::Disk(mut writer) => {
                 writer.send(chunk).await?;
                 Ok(Sink::Disk(writer))
+            }
+            Sink::Object(mut writer) => {
+                writer.send(chunk).await?;
+                Ok(Sink::Object(writer))
             }
             Sink::Memory { mut chunks, len, mut reservation } => {
                 let grown = len + chunk.len();
@@ -379,14 +430,19 @@ impl Spooler {
                     return Ok(Sink::Memory { chunks, len: grown, reservation });
                 }
                 // Spill: past the per-upload cap, or the global budget is spent.
-                self.check_space(&self.layout.spool, grown as u64)?;
-                let mut writer = self.spill_writer(algorithms)?;
-                for c in chunks {
-                    writer.send(c).await?;
+                if target.is_none() {
+                    self.check_space(&self.layout.spool, grown as u64)?;
+                }
+                let mut sink = self.spill_writer(algorithms, target).await?;
+                for c in chunks.into_iter().chain([chunk]) {
+                    match &mut sink {
+                        Sink::Disk(writer) => writer.send(c).await?,
+                        Sink::Object(writer) => writer.send(c).await?,
+                        Sink::Memory { .. } => unreachable!("spill_writer spills"),
+                    }
                 }
                 drop(reservation);
-                writer.send(chunk).await?;
-                Ok(Sink::Disk(writer))
+                Ok(sink)
             }
         }
     }
@@ -411,24 +467,37 @@ impl Sink {
     fn buffer(&mut self) -> Vec<u8> {
         match self {
             Sink::Disk(writer) => writer.buffer(),
+            Sink::Object(writer) => writer.buffer(),
             Sink::Memory { .. } => Vec::with_capacity(CHUNK),
         }
     }
 }
 
-/// A file the writer thread can append to and make durable.
+/// Checks X-Blake3 against what arrived; returns the blake3.
+fn check_blake3(hashing: &mut Hashing, expected: &Expected) -> Result<blake3::Hash> {
+    let blake3 = hashing.blake3.finalize();
+    if expected.blake3.is_some_and(|d| d != blake3) {
+        return Err(Error::DigestMismatch("the body's blake3 does not match X-Blake3".into()));
+    }
+    Ok(blake3)
+}
+
+/// Where the writer thread puts an upload's bytes: a file it appends to and
+/// makes durable, or an object store's multipart upload.
 pub trait Target: Write + Send + 'static {
-    fn sync(&self) -> io::Result<()>;
-    fn dir(&self) -> PathBuf;
+    /// Makes everything written durable (fsync; every part uploaded).
+    fn sync(&mut self) -> io::Result<()>;
+    /// The directory whose volume fills up as bytes arrive, if any.
+    fn dir(&self) -> Option<PathBuf>;
 }
 
 impl Target for NamedTempFile {
-    fn sync(&self) -> io::Result<()> {
+    fn sync(&mut self) -> io::Result<()> {
         self.as_file().sync_all()
     }
 
-    fn dir(&self) -> PathBuf {
-        self.path().parent().map(PathBuf::from).unwrap_or_default()
+    fn dir(&self) -> Option<PathBuf> {
+        self.path().parent().map(PathBuf::from)
     }
 }
 
@@ -449,12 +518,12 @@ impl Write for OpenFile {
 }
 
 impl Target for OpenFile {
-    fn sync(&self) -> io::Result<()> {
+    fn sync(&mut self) -> io::Result<()> {
         self.file.sync_data()
     }
 
-    fn dir(&self) -> PathBuf {
-        self.dir.clone()
+    fn dir(&self) -> Option<PathBuf> {
+        Some(self.dir.clone())
     }
 }
 
@@ -471,7 +540,7 @@ pub struct Writer<T: Target> {
     /// Buffers the writer is done with, for reuse.
     spent: mpsc::Receiver<Vec<u8>>,
     handle: JoinHandle<io::Result<Written<T>>>,
-    dir: PathBuf,
+    dir: Option<PathBuf>,
 }
 
 pub struct Written<T> {

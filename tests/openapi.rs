@@ -301,6 +301,7 @@ fn every_error() -> Vec<Error> {
         Error::NotReady(String::new()),
         Error::Unauthorized(String::new()),
         Error::Expired(String::new()),
+        Error::Unavailable("the object store", String::new()),
         Error::Internal(String::new()),
     ];
     for e in &all {
@@ -331,6 +332,7 @@ fn every_error() -> Vec<Error> {
             | Error::NotReady(_)
             | Error::Unauthorized(_)
             | Error::Expired(_)
+            | Error::Unavailable(..)
             | Error::Internal(_) => {}
         }
     }

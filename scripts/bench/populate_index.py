@@ -28,7 +28,7 @@ def main() -> int:
     conn = sqlite3.connect(path, isolation_level=None)
     cols = [r[1] for r in conn.execute("PRAGMA table_info(datasets)")]
     expected = ["key", "name", "size", "blake3", "content_type", "created_at",
-                "updated_at", "description", "tags", "inode"]
+                "updated_at", "description", "tags", "version"]
     missing = [c for c in expected if c not in cols]
     if missing:
         print(f"populate: table `datasets` lacks columns {missing} (has {cols})",
@@ -52,13 +52,13 @@ def main() -> int:
                 ts,
                 None if i % 3 else f"benchmark row {i}",
                 '["bench"]' if i % 2 else "[]",
-                1_000_000 + i,
+                str(1_000_000 + i),
             )
 
     conn.execute("BEGIN")
     conn.executemany(
         "INSERT INTO datasets (key, name, size, blake3, content_type, created_at,"
-        " updated_at, description, tags, inode) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        " updated_at, description, tags, version) VALUES (?,?,?,?,?,?,?,?,?,?)",
         gen(),
     )
     conn.execute("COMMIT")

@@ -84,3 +84,66 @@ apt_install() { # package...: install Debian packages (root; apt-get update once
     fi
     return "$rc"
 }
+
+# --- backing services for the S3 and PostgreSQL suites ----------------------
+# tests/common/cluster.rs starts them per test; these make sure the binaries
+# exist and tell the tests where (GARAGE_BIN, PG_BIN_DIR).
+# GARAGE_INSTALL_TIMEOUT: how long `cargo install garage` may take (3600 s).
+
+garage_major() { # binary: major version of a garage binary (empty if unknown)
+    local version
+    version=$(timeout 10 "$1" --version 2>/dev/null | head -n 1) || return 0
+    if [[ $version =~ ([0-9]+)\.[0-9]+\.[0-9]+ ]]; then printf '%s\n' "${BASH_REMATCH[1]}"; fi
+}
+
+ensure_garage() { # the Garage object store, v2 or later; exports GARAGE_BIN
+    local cargo_bin=${CARGO_HOME:-$HOME/.cargo}/bin/garage candidate major logf
+    for candidate in "${GARAGE_BIN:-}" "$(command -v garage 2>/dev/null || true)" "$cargo_bin"; do
+        [[ -n $candidate && -x $candidate ]] || continue
+        major=$(garage_major "$candidate")
+        if [[ -n $major ]] && ((major >= 2)); then
+            export GARAGE_BIN=$candidate
+            log "garage: $GARAGE_BIN (v$major)"
+            return 0
+        fi
+        log "ignoring $candidate: not garage v2 or later"
+    done
+    command -v cargo >/dev/null || die "cargo is needed to install garage"
+    logf=${TMPDIR:-/tmp}/spillway-install-garage.log
+    log "cargo install garage --locked --version '^2' (compiles Garage: takes ~10 minutes; log in $logf)"
+    run_bounded "${GARAGE_INSTALL_TIMEOUT:-3600}" "$logf" "cargo install garage" \
+        cargo install garage --locked --version '^2' ||
+        die "cargo install garage failed; see $logf: $(tail -n 5 "$logf" 2>/dev/null)"
+    [[ -x $cargo_bin ]] || die "cargo install garage did not produce $cargo_bin"
+    export GARAGE_BIN=$cargo_bin
+    log "garage: $GARAGE_BIN (v$(garage_major "$GARAGE_BIN"))"
+}
+
+pg_server_bin_dir() { # prints the newest /usr/lib/postgresql/<major>/bin with a server
+    local dir best="" best_major=-1 major
+    for dir in /usr/lib/postgresql/*/bin; do
+        [[ -x $dir/initdb && -x $dir/postgres ]] || continue
+        major=${dir#/usr/lib/postgresql/}
+        major=${major%%/*}
+        [[ $major =~ ^[0-9]+$ ]] || continue
+        if ((major > best_major)); then best=$dir best_major=$major; fi
+    done
+    [[ -n $best ]] && printf '%s\n' "$best"
+}
+
+ensure_postgres() { # the PostgreSQL server binaries (initdb, postgres, pg_ctl); exports PG_BIN_DIR
+    local dir
+    if [[ -n ${PG_BIN_DIR:-} && -x $PG_BIN_DIR/initdb && -x $PG_BIN_DIR/postgres ]]; then
+        export PG_BIN_DIR
+        log "postgres: $PG_BIN_DIR"
+        return 0
+    fi
+    if ! dir=$(pg_server_bin_dir); then
+        # Debian's package creates (but, under apt_install's policy-rc.d,
+        # does not start) a system cluster; the tests run their own servers.
+        apt_install postgresql || die "apt-get install postgresql failed"
+        dir=$(pg_server_bin_dir) || die "postgresql installed, but no /usr/lib/postgresql/*/bin/initdb"
+    fi
+    export PG_BIN_DIR=$dir
+    log "postgres: $PG_BIN_DIR"
+}

@@ -125,8 +125,8 @@ async fn post_action(
             let ack: Acknowledge = from_json(body)?;
             serde_json::to_value(node.acknowledge(&key, ack).await?)
         }
-        "/upload-url" => serde_json::to_value(mint(node, &key, "PUT", from_json(body)?)?.0),
-        _ => serde_json::to_value(mint(node, &key, "GET", from_json(body)?)?.0),
+        "/upload-url" => serde_json::to_value(mint(node, &key, "PUT", from_json(body)?).await?.0),
+        _ => serde_json::to_value(mint(node, &key, "GET", from_json(body)?).await?.0),
     };
     value.map(Json).map_err(Error::internal)
 }

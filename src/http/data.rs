@@ -2,9 +2,7 @@
 //! `GET`/`HEAD /data/{key}` with ranges and conditional requests.
 
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use futures_util::TryStreamExt;
@@ -12,18 +10,19 @@ use http_range_header::{parse_range_header, RangeUnsatisfiableError};
 use rocket::data::{Data, ToByteUnit};
 use rocket::http::{ContentType, Header, Status};
 use rocket::request::{FromRequest, Outcome, Request};
-use rocket::response::{self, Responder, Response};
+use rocket::response::{self, Redirect, Responder, Response};
 use rocket::{Route, State};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek, ReadBuf, Take};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::access::authorize_data;
 use super::{guard, header, KeyTail};
 use crate::access::{Caller, Scope, SignedParams};
+use crate::config::Downloads;
 use crate::error::{Error, Result};
 use crate::index::Record;
 use crate::key::Key;
-use crate::node::{EtagList, Node, Precondition, UploadMeta};
+use crate::node::{EtagList, Node, Precondition, UploadMeta, Want};
+use crate::storage::Reader;
 use crate::upload::{Expected, CHUNK};
 
 pub fn routes() -> Vec<Route> {
@@ -251,11 +250,29 @@ fn plan(record: &Record, cond: &ReadConditions<'_>) -> Result<Plan> {
     }
 }
 
+impl Plan {
+    fn want(&self) -> Want {
+        match self {
+            Plan::NotModified => Want::Nothing,
+            Plan::Full => Want::All,
+            Plan::Part { start, end } => Want::Range(*start..=*end),
+        }
+    }
+}
+
 /// A dataset's bytes (or a slice of them) with its headers.
 pub struct Download {
-    file: std::fs::File,
+    body: Option<Reader>,
     record: Record,
-    plan: Plan,
+    want: Want,
+}
+
+/// A download: streamed through the node, or (an object store with
+/// `downloads = "redirect"`) a `307` to a presigned GET.
+#[derive(Responder)]
+pub enum Served {
+    Bytes(Download),
+    Redirect(Redirect),
 }
 
 #[rocket::get("/data/<_..>")]
@@ -265,65 +282,38 @@ async fn get_data(
     signed: SignedParams,
     tail: KeyTail<'_>,
     cond: ReadConditions<'_>,
-) -> Result<Download> {
+) -> Result<Served> {
     // HEAD runs this route too; a signed GET URL covers both.
     let (key, _) = authorize_data(node, &caller, &signed, "GET", &tail, Scope::Read)?;
-    let (file, record) = node.open_dataset(&key).await?;
-    let plan = plan(&record, &cond)?;
-    Ok(Download { file, record, plan })
+    if node.settings.s3.downloads == Downloads::Redirect {
+        if let Some(url) = node.direct_download_url(&key, node.settings.s3.presign_expiry).await? {
+            return Ok(Served::Redirect(Redirect::temporary(url)));
+        }
+    }
+    let (record, want, body) = node.open_dataset(&key, |record| plan(record, &cond).map(|p| p.want())).await?;
+    Ok(Served::Bytes(Download { body, record, want }))
 }
 
 impl<'r> Responder<'r, 'static> for Download {
     fn respond_to(self, _req: &'r Request<'_>) -> response::Result<'static> {
-        let Download { file, record, plan } = self;
+        let Download { body, record, want } = self;
         let mut response = Response::build();
         response
             .header(Header::new("ETag", format!("\"{}\"", record.blake3)))
             .header(Header::new("Accept-Ranges", "bytes"));
         let content_type = ContentType::parse_flexible(&record.content_type).unwrap_or(ContentType::Binary);
-        let (start, len) = match plan {
-            Plan::NotModified => return response.status(Status::NotModified).ok(),
-            Plan::Full => (0, record.size),
-            Plan::Part { start, end } => {
-                response
-                    .status(Status::PartialContent)
-                    .header(Header::new("Content-Range", format!("bytes {start}-{end}/{}", record.size)));
-                (start, end - start + 1)
+        let len = match want {
+            Want::Nothing => return response.status(Status::NotModified).ok(),
+            Want::All => record.size,
+            Want::Range(range) => {
+                response.status(Status::PartialContent).header(Header::new(
+                    "Content-Range",
+                    format!("bytes {}-{}/{}", range.start(), range.end(), record.size),
+                ));
+                range.end() - range.start() + 1
             }
         };
-        let body = Slice::new(file, start, len).map_err(|e| {
-            log::error!("seeking in `{}`: {e}", record.key);
-            Status::InternalServerError
-        })?;
+        let body = body.ok_or(Status::InternalServerError)?;
         response.header(content_type).sized_body(len as usize, body).max_chunk_size(CHUNK).ok()
-    }
-}
-
-/// `len` bytes of a file from `start`. Its size is always preset on the
-/// response, so Rocket never needs to seek it.
-struct Slice(Take<tokio::fs::File>);
-
-impl Slice {
-    fn new(mut file: std::fs::File, start: u64, len: u64) -> io::Result<Slice> {
-        io::Seek::seek(&mut file, io::SeekFrom::Start(start))?;
-        let mut file = tokio::fs::File::from_std(file);
-        file.set_max_buf_size(CHUNK);
-        Ok(Slice(file.take(len)))
-    }
-}
-
-impl AsyncRead for Slice {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncSeek for Slice {
-    fn start_seek(self: Pin<&mut Self>, _: io::SeekFrom) -> io::Result<()> {
-        Err(io::Error::new(io::ErrorKind::Unsupported, "a download slice is not seekable"))
-    }
-
-    fn poll_complete(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<u64>> {
-        Poll::Ready(Ok(0))
     }
 }

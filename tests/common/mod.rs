@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;

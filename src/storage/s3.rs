@@ -1,0 +1,554 @@
+//! The S3-compatible store (Garage, MinIO, Ceph RGW, AWS S3), through the
+//! `object_store` crate: it signs, retries and speaks multipart for us.
+//!
+//! Objects live at `{prefix}/datasets/{key}`; direct uploads (presigned
+//! PUTs) land at `{prefix}/incoming/{key}` until they are acknowledged. An
+//! object's version is its ETag. Uploads through the node stream into a
+//! multipart upload (parts of [`crate::config::S3Settings::part_size`],
+//! at most `parts_in_flight` per upload, part buffers drawn from a global
+//! `part_memory_budget`) that is completed only at the commit, under the
+//! commit lock, and aborted on any failure. Create-only and
+//! compare-and-swap rules are enforced by the index, not the store: Garage,
+//! for one, ignores conditional PUTs.
+
+use std::io::{self, Write};
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path;
+use object_store::signer::Signer;
+use object_store::{
+    Attribute, Attributes, ClientOptions, GetOptions, GetRange, MultipartUpload, ObjectStore, ObjectStoreExt,
+    PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
+};
+use tempfile::NamedTempFile;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+
+use super::{Check, Found, ObjectInfo, Prepared, Reader, Staged, Store};
+use crate::config::Settings;
+use crate::error::{Error, Result};
+use crate::index::{NewVersion, Record};
+use crate::key::Key;
+
+/// The user metadata key (`x-amz-meta-blake3`) holding the blake3 of the
+/// object's bytes, when it was known as the object was written.
+const BLAKE3_META: &str = "blake3";
+const MIB: usize = 1 << 20;
+
+#[derive(Debug)]
+pub struct S3Store {
+    store: Arc<AmazonS3>,
+    prefix: Path,
+    bucket: String,
+    part_size: usize,
+    parts_in_flight: usize,
+    /// Part buffers, in MiB, across all uploads.
+    part_memory: Arc<Semaphore>,
+}
+
+impl S3Store {
+    pub fn new(settings: &Settings) -> Result<S3Store> {
+        let s3 = &settings.s3;
+        let mut builder = AmazonS3Builder::new()
+            .with_region(&s3.region)
+            .with_bucket_name(&s3.bucket)
+            .with_virtual_hosted_style_request(!s3.path_style)
+            .with_client_options(
+                ClientOptions::new()
+                    .with_allow_http(true)
+                    .with_connect_timeout(Duration::from_secs(5))
+                    .with_timeout(Duration::from_secs(300)),
+            )
+            // A store that is down answers 503 soon, rather than after the
+            // crate's default three minutes of retries.
+            .with_retry(RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(15), ..Default::default() });
+        if let Some(endpoint) = &s3.endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        if let Some(id) = &s3.access_key_id {
+            builder = builder.with_access_key_id(id);
+        }
+        if let Some(secret) = &s3.secret_access_key {
+            builder = builder.with_secret_access_key(secret);
+        }
+        let store = builder.build().map_err(|e| Error::internal(format!("the S3 settings do not work: {e}")))?;
+        let part_size = s3.part_size(settings.max_dataset_size.as_u64());
+        let budget_mib = (s3.part_memory_budget.as_u64() as usize / MIB).max(part_size / MIB);
+        Ok(S3Store {
+            store: Arc::new(store),
+            prefix: Path::from(s3.prefix.trim_matches('/')),
+            bucket: s3.bucket.clone(),
+            part_size,
+            parts_in_flight: s3.parts_in_flight,
+            part_memory: Arc::new(Semaphore::new(budget_mib)),
+        })
+    }
+
+    pub fn part_size(&self) -> usize {
+        self.part_size
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    fn under(&self, area: &str, key: &Key) -> Path {
+        let mut path = self.prefix.clone().join(area);
+        for segment in key.segments() {
+            path = path.join(segment);
+        }
+        path
+    }
+
+    /// Where a dataset's object lives.
+    pub fn object(&self, key: &Key) -> Path {
+        self.under("datasets", key)
+    }
+
+    /// Where a direct (presigned) upload lands before it is acknowledged.
+    pub fn incoming(&self, key: &Key) -> Path {
+        self.under("incoming", key)
+    }
+
+    fn key_of(&self, path: &Path) -> Option<Key> {
+        let datasets = self.prefix.clone().join("datasets");
+        let parts: Vec<String> = path
+            .prefix_match(&datasets)?
+            .map(|part| percent_encoding::percent_decode_str(part.as_ref()).decode_utf8_lossy().into_owned())
+            .collect();
+        Key::parse(&parts.join("/")).ok()
+    }
+
+    async fn part_permit(&self) -> OwnedSemaphorePermit {
+        self.part_memory
+            .clone()
+            .acquire_many_owned((self.part_size / MIB) as u32)
+            .await
+            .expect("the part semaphore is never closed")
+    }
+
+    /// Starts a multipart upload at the key's object, to be fed while the
+    /// body streams. Nothing appears at the key until the commit completes it.
+    pub async fn stream_to(&self, key: &Key) -> Result<PartSink> {
+        let location = self.object(key);
+        let upload =
+            self.store.put_multipart_opts(&location, PutMultipartOptions::default()).await.map_err(s3_error)?;
+        let (tx, rx) = mpsc::channel(1);
+        let (done_tx, done) = oneshot::channel();
+        let in_flight = self.parts_in_flight;
+        tokio::spawn(async move {
+            let _ = done_tx.send(upload_parts(upload, rx, in_flight).await);
+        });
+        Ok(PartSink {
+            buf: Vec::new(),
+            permit: None,
+            part_size: self.part_size,
+            tx: Some(tx),
+            done: Some(done),
+            pending: None,
+            memory: self.part_memory.clone(),
+            handle: tokio::runtime::Handle::current(),
+        })
+    }
+
+    /// Uploads a complete local file as a multipart upload (not completed).
+    async fn upload_file(&self, key: &Key, file: NamedTempFile, info: &ObjectInfo) -> Result<PendingUpload> {
+        let location = self.object(key);
+        let options = PutMultipartOptions { attributes: attributes(info), ..Default::default() };
+        let upload = self.store.put_multipart_opts(&location, options).await.map_err(s3_error)?;
+        let (tx, rx) = mpsc::channel(1);
+        let uploader = tokio::spawn(upload_parts(upload, rx, self.parts_in_flight));
+        let mut reader = tokio::fs::File::from_std(file.reopen().map_err(Error::internal)?);
+        loop {
+            let permit = self.part_permit().await;
+            let mut part = Vec::with_capacity(self.part_size);
+            (&mut reader).take(self.part_size as u64).read_to_end(&mut part).await.map_err(Error::internal)?;
+            if part.is_empty() {
+                break;
+            }
+            if tx.send(Part::Data(part.into(), permit)).await.is_err() {
+                break;
+            }
+        }
+        let _ = tx.send(Part::Finish).await;
+        drop(tx);
+        uploader.await.map_err(|e| Error::internal(format!("part uploader failed: {e}")))?
+    }
+
+    /// A presigned URL for `method` on `path`.
+    pub async fn presign(&self, method: &str, path: &Path, expires_in: Duration) -> Result<String> {
+        let method = method.parse().map_err(Error::internal)?;
+        let url = self.store.signed_url(method, path, expires_in).await.map_err(s3_error)?;
+        Ok(url.to_string())
+    }
+
+    /// Size and content type of an object, if it exists.
+    pub async fn head(&self, path: &Path) -> Result<Option<(u64, String, Option<String>)>> {
+        let options = GetOptions { head: true, ..Default::default() };
+        match self.store.get_opts(path, options).await {
+            Ok(result) => {
+                let version = etag(result.meta.e_tag.as_deref());
+                let content_type = result.attributes.get(&Attribute::ContentType).map(|v| v.to_string());
+                Ok(Some((result.meta.size, version, content_type)))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(s3_error(e)),
+        }
+    }
+
+    /// Reads an object through, hashing it with blake3 (on a blocking
+    /// thread, chunk by chunk). Returns the hash and the size read.
+    pub async fn hash_object(&self, path: &Path) -> Result<(blake3::Hash, u64)> {
+        let result = self.store.get(path).await.map_err(s3_error)?;
+        let mut stream = result.into_stream();
+        let mut hasher = blake3::Hasher::new();
+        let mut size = 0u64;
+        while let Some(chunk) = stream.try_next().await.map_err(s3_error)? {
+            size += chunk.len() as u64;
+            hasher = tokio::task::spawn_blocking(move || {
+                hasher.update(&chunk);
+                hasher
+            })
+            .await
+            .map_err(Error::internal)?;
+        }
+        Ok((hasher.finalize(), size))
+    }
+
+    pub async fn delete(&self, path: &Path) -> Result<()> {
+        match self.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(s3_error(e)),
+        }
+    }
+}
+
+/// Content type and blake3 as object attributes.
+fn attributes(info: &ObjectInfo) -> Attributes {
+    let mut attributes = Attributes::new();
+    attributes.insert(Attribute::ContentType, info.content_type.clone().into());
+    attributes.insert(Attribute::Metadata(BLAKE3_META.into()), info.blake3.clone().into());
+    attributes
+}
+
+/// An ETag without quotes or weakness marker: the version we keep.
+fn etag(raw: Option<&str>) -> String {
+    let raw = raw.unwrap_or_default().trim();
+    raw.strip_prefix("W/").unwrap_or(raw).trim_matches('"').to_owned()
+}
+
+/// S3 failures for the client: a missing object is 404, anything else means
+/// the store cannot serve us now (503 with Retry-After); the cause, which
+/// may hold the store's internals, goes to the log only.
+pub fn s3_error(e: object_store::Error) -> Error {
+    match e {
+        object_store::Error::NotFound { .. } => Error::NotFound("the dataset's object is missing in the store".into()),
+        other => {
+            log::warn!("object store: {other}");
+            Error::Unavailable("the object store", other.to_string())
+        }
+    }
+}
+
+enum Part {
+    Data(Bytes, OwnedSemaphorePermit),
+    Finish,
+}
+
+/// Uploads parts as they come, at most `in_flight` at once. The upload is
+/// aborted unless every part was sent and uploaded.
+async fn upload_parts(
+    upload: Box<dyn MultipartUpload>,
+    mut rx: mpsc::Receiver<Part>,
+    in_flight: usize,
+) -> Result<PendingUpload> {
+    let mut pending = PendingUpload { upload: Some(upload) };
+    let mut running = FuturesUnordered::new();
+    let mut finished = false;
+    while let Some(part) = rx.recv().await {
+        let (data, permit) = match part {
+            Part::Data(data, permit) => (data, permit),
+            Part::Finish => {
+                finished = true;
+                break;
+            }
+        };
+        while running.len() >= in_flight {
+            if let Some(result) = running.next().await {
+                result?;
+            }
+        }
+        let upload = pending.upload.as_mut().expect("the upload is live");
+        let fut = upload.put_part(PutPayload::from(data));
+        running.push(async move {
+            let result = fut.await.map_err(s3_error);
+            drop(permit);
+            result
+        });
+    }
+    while let Some(result) = running.next().await {
+        result?;
+    }
+    if !finished {
+        // The writer went away: the upload was abandoned; `pending` aborts.
+        return Err(Error::internal("upload abandoned"));
+    }
+    Ok(pending)
+}
+
+/// A multipart upload whose parts are all uploaded. Dropped without
+/// [`PendingUpload::complete`], it is aborted, so no parts are orphaned.
+pub struct PendingUpload {
+    upload: Option<Box<dyn MultipartUpload>>,
+}
+
+impl PendingUpload {
+    async fn complete(mut self) -> Result<String> {
+        let mut upload = self.upload.take().expect("the upload is live");
+        match upload.complete().await {
+            Ok(result) => Ok(etag(result.e_tag.as_deref())),
+            Err(e) => {
+                let _ = upload.abort().await;
+                Err(s3_error(e))
+            }
+        }
+    }
+}
+
+impl Drop for PendingUpload {
+    fn drop(&mut self) {
+        if let Some(mut upload) = self.upload.take() {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    if let Err(e) = upload.abort().await {
+                        log::warn!("aborting a multipart upload: {e}");
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// The writer thread's end of a streaming upload: fills part buffers and
+/// hands them to the uploader task (blocking while the parts in flight and
+/// the global part memory are spent, so a slow store slows the client).
+pub struct PartSink {
+    buf: Vec<u8>,
+    permit: Option<OwnedSemaphorePermit>,
+    part_size: usize,
+    tx: Option<mpsc::Sender<Part>>,
+    done: Option<oneshot::Receiver<Result<PendingUpload>>>,
+    pending: Option<PendingUpload>,
+    memory: Arc<Semaphore>,
+    handle: tokio::runtime::Handle,
+}
+
+impl PartSink {
+    fn send_part(&mut self) -> io::Result<()> {
+        let data = std::mem::take(&mut self.buf);
+        let permit = self.permit.take().expect("a filled buffer holds a permit");
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.blocking_send(Part::Data(data.into(), permit)).is_ok());
+        if !sent {
+            return Err(self.failure());
+        }
+        Ok(())
+    }
+
+    /// The uploader stopped: its error, carried through `io::Error`.
+    fn failure(&mut self) -> io::Error {
+        self.tx = None;
+        let error = match self.done.take().map(|done| done.blocking_recv()) {
+            Some(Ok(Err(e))) => e,
+            _ => Error::internal("the part uploader stopped"),
+        };
+        io::Error::other(error)
+    }
+
+    /// Every part uploaded, the upload ready to complete (after `sync`).
+    pub fn into_pending(mut self) -> Result<PendingUpload> {
+        self.pending.take().ok_or_else(|| Error::internal("the multipart upload was not finished"))
+    }
+}
+
+impl Write for PartSink {
+    fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
+        let total = data.len();
+        while !data.is_empty() {
+            if self.permit.is_none() {
+                let memory = self.memory.clone();
+                let mib = (self.part_size / MIB) as u32;
+                let permit = self.handle.block_on(memory.acquire_many_owned(mib)).map_err(io::Error::other)?;
+                self.permit = Some(permit);
+                self.buf.reserve_exact(self.part_size);
+            }
+            let n = (self.part_size - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.buf.len() == self.part_size {
+                self.send_part()?;
+            }
+        }
+        Ok(total)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl crate::upload::Target for PartSink {
+    /// Sends the last part and waits until every part is uploaded.
+    fn sync(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.send_part()?;
+        }
+        let finished = self.tx.take().is_some_and(|tx| tx.blocking_send(Part::Finish).is_ok());
+        let done = self.done.take().map(|done| done.blocking_recv());
+        match done {
+            Some(Ok(Ok(pending))) if finished => {
+                self.pending = Some(pending);
+                Ok(())
+            }
+            Some(Ok(Err(e))) => Err(io::Error::other(e)),
+            _ => Err(io::Error::other(Error::internal("the part uploader stopped"))),
+        }
+    }
+
+    fn dir(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for S3Store {
+    fn kind(&self) -> &'static str {
+        "s3"
+    }
+
+    async fn prepare(&self, key: &Key, staged: Staged, info: &ObjectInfo) -> Result<Prepared> {
+        let staged = match staged {
+            // Small enough for one PUT: read it into memory.
+            Staged::File(file) if info.size <= self.part_size as u64 => {
+                let mut bytes = Vec::with_capacity(info.size as usize);
+                tokio::fs::File::from_std(file.reopen().map_err(Error::internal)?)
+                    .read_to_end(&mut bytes)
+                    .await
+                    .map_err(Error::internal)?;
+                Staged::Memory(vec![bytes])
+            }
+            Staged::File(file) => Staged::Multipart(self.upload_file(key, file, info).await?),
+            other => other,
+        };
+        Ok(Prepared { staged, version: None })
+    }
+
+    async fn install(&self, key: &Key, prepared: Prepared, info: &ObjectInfo) -> Result<String> {
+        let location = self.object(key);
+        match prepared.staged {
+            Staged::Memory(chunks) => {
+                let payload: PutPayload = chunks.into_iter().map(Bytes::from).collect();
+                let options = PutOptions { attributes: attributes(info), ..Default::default() };
+                let result = self.store.put_opts(&location, payload, options).await.map_err(s3_error)?;
+                Ok(etag(result.e_tag.as_deref()))
+            }
+            Staged::Multipart(pending) => pending.complete().await,
+            Staged::Incoming => self.install_incoming(key).await,
+            Staged::File(_) => Err(Error::internal("a file must be prepared before it is installed")),
+        }
+    }
+
+    async fn landed(&self, intent: &NewVersion, current: Option<&Record>) -> Result<Option<String>> {
+        let Some((size, version, _)) = self.head(&self.object(&intent.key)).await? else {
+            return Ok(None);
+        };
+        // Same bytes as the row's: the install never happened (or put back
+        // the same bytes, which the row already describes).
+        if current.is_some_and(|r| r.version == version) || size != intent.size {
+            return Ok(None);
+        }
+        Ok(Some(version))
+    }
+
+    async fn version_of(&self, key: &Key) -> Result<Option<String>> {
+        Ok(self.head(&self.object(key)).await?.map(|(_, version, _)| version))
+    }
+
+    async fn open(&self, record: &Record, key: &Key, range: Option<RangeInclusive<u64>>) -> Result<Option<Reader>> {
+        let options = GetOptions {
+            range: range.filter(|_| record.size > 0).map(|r| GetRange::Bounded(*r.start()..*r.end() + 1)),
+            ..Default::default()
+        };
+        let result = match self.store.get_opts(&self.object(key), options).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(s3_error(e)),
+        };
+        if etag(result.meta.e_tag.as_deref()) != record.version || result.meta.size != record.size {
+            return Ok(None);
+        }
+        let stream = result.into_stream().map_err(io::Error::other);
+        Ok(Some(Reader(Box::new(tokio_util::io::StreamReader::new(stream)))))
+    }
+
+    async fn remove(&self, key: &Key) -> Result<()> {
+        self.delete(&self.object(key)).await
+    }
+
+    async fn list(&self) -> Result<Vec<Found>> {
+        let datasets = self.prefix.clone().join("datasets");
+        let objects: Vec<_> = self.store.list(Some(&datasets)).try_collect().await.map_err(s3_error)?;
+        let mut found = Vec::with_capacity(objects.len());
+        for object in objects {
+            let Some(key) = self.key_of(&object.location) else {
+                log::warn!("reindex: skipping object `{}`: not a valid key", object.location);
+                continue;
+            };
+            let options = GetOptions { head: true, ..Default::default() };
+            let head = self.store.get_opts(&object.location, options).await.map_err(s3_error)?;
+            found.push(Found {
+                key,
+                size: head.meta.size,
+                version: etag(head.meta.e_tag.as_deref()),
+                blake3: head.attributes.get(&Attribute::Metadata(BLAKE3_META.into())).map(|v| v.to_string()),
+                content_type: head.attributes.get(&Attribute::ContentType).map(|v| v.to_string()),
+            });
+        }
+        Ok(found)
+    }
+
+    async fn checks(&self) -> Vec<Check> {
+        // A HEAD of an object that never exists: "not found" is an answer.
+        let probe = self.prefix.clone().join(".spillway-ready");
+        let problem = match self.head(&probe).await {
+            Ok(_) => None,
+            Err(_) => Some("it does not answer; the cause is in the log".to_string()),
+        };
+        vec![("object store", problem)]
+    }
+
+    fn as_s3(&self) -> Option<&S3Store> {
+        Some(self)
+    }
+}
+
+/// Direct uploads: the object at `incoming/{key}` moves to the key.
+impl S3Store {
+    /// Copies the acknowledged object into place (server-side) and removes
+    /// the incoming one. Returns the new version.
+    pub async fn install_incoming(&self, key: &Key) -> Result<String> {
+        let (from, to) = (self.incoming(key), self.object(key));
+        self.store.copy(&from, &to).await.map_err(s3_error)?;
+        let version = self
+            .head(&to)
+            .await?
+            .map(|(_, v, _)| v)
+            .ok_or_else(|| Error::Unavailable("the object store", "the copied object is not there".into()))?;
+        self.delete(&from).await?;
+        Ok(version)
+    }
+}
