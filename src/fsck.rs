@@ -254,7 +254,7 @@ fn found_objects(settings: &Settings) -> Result<Vec<FoundRow>> {
     use crate::storage::Store;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(Error::internal)?;
-    let s3 = crate::storage::s3::S3Store::new(settings)?;
+    let s3 = crate::storage::s3::S3Store::new(settings, None)?;
     runtime.block_on(async {
         let objects = s3.list().await?;
         let unhashed: u64 = objects.iter().filter(|o| o.blake3.is_none()).map(|o| o.size).sum();

@@ -326,6 +326,7 @@ const SQLITE_MIGRATIONS: &[&str] = &[
     ALTER TABLE intents DROP COLUMN inode;
     ALTER TABLE uploads ADD COLUMN node TEXT NOT NULL DEFAULT '';
     CREATE TABLE settings (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID;
+    CREATE TABLE multiparts (id TEXT PRIMARY KEY NOT NULL, path TEXT NOT NULL, node TEXT NOT NULL) WITHOUT ROWID;
 "#,
 ];
 
@@ -366,6 +367,7 @@ const POSTGRES_MIGRATIONS: &[&str] = &[r#"
         node        TEXT NOT NULL DEFAULT ''
     );
     CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE multiparts (id TEXT PRIMARY KEY, path TEXT NOT NULL, node TEXT NOT NULL);
 "#];
 
 /// Advisory lock ids (PostgreSQL): migrations, and the commit section that
@@ -716,6 +718,25 @@ impl Index {
                 }
             }
             Ok(())
+        })
+    }
+
+    /// Notes an object store's multipart upload this node opened.
+    pub fn note_multipart(&self, id: &str, path: &str, node: &str) -> Result<()> {
+        self.with(|db| {
+            db.execute("INSERT INTO multiparts (id, path, node) VALUES (?1, ?2, ?3)", vals![id, path, node]).map(drop)
+        })
+    }
+
+    pub fn forget_multipart(&self, id: &str) -> Result<()> {
+        self.with(|db| db.execute("DELETE FROM multiparts WHERE id = ?1", vals![id]).map(drop))
+    }
+
+    /// The multipart uploads `node` noted and never completed or aborted.
+    pub fn open_multiparts(&self, node: &str) -> Result<Vec<(String, String)>> {
+        self.with(|db| {
+            let rows = db.query("SELECT id, path FROM multiparts WHERE node = ?1", vals![node])?;
+            Ok(rows.iter().map(|r| (r.text(0), r.text(1))).collect())
         })
     }
 

@@ -19,7 +19,7 @@ use crate::index::{Index, Intent, MetadataPatch, NewVersion, Record};
 use crate::key::Key;
 use crate::metrics::{Metrics, Outcome};
 use crate::storage::fs::{writable, FsStore};
-use crate::storage::s3::S3Store;
+use crate::storage::s3::{S3Store, Tracker};
 use crate::storage::{Check, ObjectInfo, Reader, Staged, Store};
 use crate::store::{conflict_with_folder, DataLock, Layout};
 use crate::upload::{Expected, MemoryBudget, Spooled, Spooler};
@@ -172,8 +172,17 @@ impl Node {
             }
         }
         let index = Index::open_configured(&settings, &layout.index_file)?;
+        let node_id = node_id(&layout);
         let s3 = match settings.storage {
-            StorageKind::S3 => Some(Arc::new(S3Store::new(&settings)?)),
+            StorageKind::S3 => {
+                let tracker = Tracker { index: index.clone(), node: node_id.clone() };
+                let s3 = S3Store::new(&settings, Some(tracker))?;
+                let aborted = s3.abort_left_open(&index, &node_id)?;
+                if aborted > 0 {
+                    log::warn!("aborted {aborted} multipart upload(s) a previous run left open");
+                }
+                Some(Arc::new(s3))
+            }
             StorageKind::Fs => None,
         };
         let store: Arc<dyn Store> = match &s3 {
@@ -206,7 +215,7 @@ impl Node {
             if index.is_shared() { "PostgreSQL (shared)" } else { "SQLite" }
         );
         let node = Node {
-            node_id: node_id(&layout),
+            node_id,
             store,
             s3,
             uploads: Arc::new(Semaphore::new(settings.max_uploads)),

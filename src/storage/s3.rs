@@ -19,11 +19,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::signer::Signer;
 use object_store::{
-    Attribute, Attributes, ClientOptions, GetOptions, GetRange, MultipartUpload, ObjectStore, ObjectStoreExt,
-    PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
+    Attribute, Attributes, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMultipartOptions,
+    PutOptions, PutPayload, RetryConfig,
 };
 use tempfile::NamedTempFile;
 use tokio::io::AsyncReadExt;
@@ -32,7 +33,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use super::{Check, Found, ObjectInfo, Prepared, Reader, Staged, Store};
 use crate::config::Settings;
 use crate::error::{Error, Result};
-use crate::index::{NewVersion, Record};
+use crate::index::{Index, NewVersion, Record};
 use crate::key::Key;
 
 /// The user metadata key (`x-amz-meta-blake3`) holding the blake3 of the
@@ -49,10 +50,39 @@ pub struct S3Store {
     parts_in_flight: usize,
     /// Part buffers, in MiB, across all uploads.
     part_memory: Arc<Semaphore>,
+    /// Where this node notes its multipart uploads while they are open.
+    tracker: Option<Tracker>,
+}
+
+/// Multipart uploads in flight are noted in the index (with the node's
+/// name), so that those a crash left open are aborted at the next start:
+/// their parts would otherwise sit in the bucket, unseen and paid for.
+#[derive(Clone)]
+pub struct Tracker {
+    pub index: Index,
+    pub node: String,
+}
+
+impl std::fmt::Debug for Tracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tracker({})", self.node)
+    }
+}
+
+impl Tracker {
+    async fn note(&self, id: &str, path: &Path) -> Result<()> {
+        let (index, node, id, path) = (self.index.clone(), self.node.clone(), id.to_owned(), path.to_string());
+        crate::node::blocking(move || index.note_multipart(&id, &path, &node)).await
+    }
+
+    async fn forget(&self, id: &str) -> Result<()> {
+        let (index, id) = (self.index.clone(), id.to_owned());
+        crate::node::blocking(move || index.forget_multipart(&id)).await
+    }
 }
 
 impl S3Store {
-    pub fn new(settings: &Settings) -> Result<S3Store> {
+    pub fn new(settings: &Settings, tracker: Option<Tracker>) -> Result<S3Store> {
         let s3 = &settings.s3;
         let mut builder = AmazonS3Builder::new()
             .with_region(&s3.region)
@@ -86,7 +116,37 @@ impl S3Store {
             part_size,
             parts_in_flight: s3.parts_in_flight,
             part_memory: Arc::new(Semaphore::new(budget_mib)),
+            tracker,
         })
+    }
+
+    /// Aborts the multipart uploads this node left open (a crash), before
+    /// it serves. Runs on a blocking thread.
+    pub fn abort_left_open(&self, index: &Index, node: &str) -> Result<usize> {
+        let handle = tokio::runtime::Handle::current();
+        let open = index.open_multiparts(node)?;
+        for (id, path) in &open {
+            match handle.block_on(self.store.abort_multipart(&Path::from(path.as_str()), id)) {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(s3_error(e)),
+            }
+            index.forget_multipart(id)?;
+        }
+        Ok(open.len())
+    }
+
+    /// Opens a multipart upload at `location`, noted by the tracker.
+    async fn open_multipart(&self, location: Path, attributes: Attributes) -> Result<Multipart> {
+        let options = PutMultipartOptions { attributes, ..Default::default() };
+        let id = self.store.create_multipart_opts(&location, options).await.map_err(s3_error)?;
+        let upload = Multipart { store: self.store.clone(), location, id, tracker: self.tracker.clone() };
+        if let Some(tracker) = &self.tracker {
+            if let Err(e) = tracker.note(&upload.id, &upload.location).await {
+                abort(upload).await;
+                return Err(e);
+            }
+        }
+        Ok(upload)
     }
 
     pub fn part_size(&self) -> usize {
@@ -135,9 +195,7 @@ impl S3Store {
     /// Starts a multipart upload at the key's object, to be fed while the
     /// body streams. Nothing appears at the key until the commit completes it.
     pub async fn stream_to(&self, key: &Key) -> Result<PartSink> {
-        let location = self.object(key);
-        let upload =
-            self.store.put_multipart_opts(&location, PutMultipartOptions::default()).await.map_err(s3_error)?;
+        let upload = self.open_multipart(self.object(key), Attributes::new()).await?;
         let (tx, rx) = mpsc::channel(1);
         let (done_tx, done) = oneshot::channel();
         let in_flight = self.parts_in_flight;
@@ -158,9 +216,7 @@ impl S3Store {
 
     /// Uploads a complete local file as a multipart upload (not completed).
     async fn upload_file(&self, key: &Key, file: NamedTempFile, info: &ObjectInfo) -> Result<PendingUpload> {
-        let location = self.object(key);
-        let options = PutMultipartOptions { attributes: attributes(info), ..Default::default() };
-        let upload = self.store.put_multipart_opts(&location, options).await.map_err(s3_error)?;
+        let upload = self.open_multipart(self.object(key), attributes(info)).await?;
         let (tx, rx) = mpsc::channel(1);
         let uploader = tokio::spawn(upload_parts(upload, rx, self.parts_in_flight));
         let mut reader = tokio::fs::File::from_std(file.reopen().map_err(Error::internal)?);
@@ -260,16 +316,21 @@ enum Part {
     Finish,
 }
 
+/// An open multipart upload: where, its id, and who noted it.
+struct Multipart {
+    store: Arc<AmazonS3>,
+    location: Path,
+    id: String,
+    tracker: Option<Tracker>,
+}
+
 /// Uploads parts as they come, at most `in_flight` at once. The upload is
 /// aborted unless every part was sent and uploaded.
-async fn upload_parts(
-    upload: Box<dyn MultipartUpload>,
-    mut rx: mpsc::Receiver<Part>,
-    in_flight: usize,
-) -> Result<PendingUpload> {
-    let mut pending = PendingUpload { upload: Some(upload) };
+async fn upload_parts(upload: Multipart, mut rx: mpsc::Receiver<Part>, in_flight: usize) -> Result<PendingUpload> {
+    let mut pending = PendingUpload { upload: Some(upload), parts: Vec::new() };
     let mut running = FuturesUnordered::new();
     let mut finished = false;
+    let mut next = 0usize;
     while let Some(part) = rx.recv().await {
         let (data, permit) = match part {
             Part::Data(data, permit) => (data, permit),
@@ -280,19 +341,22 @@ async fn upload_parts(
         };
         while running.len() >= in_flight {
             if let Some(result) = running.next().await {
-                result?;
+                let (idx, part): (usize, PartId) = result?;
+                pending.set_part(idx, part);
             }
         }
-        let upload = pending.upload.as_mut().expect("the upload is live");
-        let fut = upload.put_part(PutPayload::from(data));
+        let upload = pending.upload.as_ref().expect("the upload is live");
+        let (store, location, id, idx) = (upload.store.clone(), upload.location.clone(), upload.id.clone(), next);
+        next += 1;
         running.push(async move {
-            let result = fut.await.map_err(s3_error);
+            let result = store.put_part(&location, &id, idx, PutPayload::from(data)).await.map_err(s3_error);
             drop(permit);
-            result
+            result.map(|part| (idx, part))
         });
     }
     while let Some(result) = running.next().await {
-        result?;
+        let (idx, part) = result?;
+        pending.set_part(idx, part);
     }
     if !finished {
         // The writer went away: the upload was abandoned; `pending` aborts.
@@ -304,31 +368,59 @@ async fn upload_parts(
 /// A multipart upload whose parts are all uploaded. Dropped without
 /// [`PendingUpload::complete`], it is aborted, so no parts are orphaned.
 pub struct PendingUpload {
-    upload: Option<Box<dyn MultipartUpload>>,
+    upload: Option<Multipart>,
+    parts: Vec<Option<PartId>>,
 }
 
 impl PendingUpload {
+    fn set_part(&mut self, idx: usize, part: PartId) {
+        if self.parts.len() <= idx {
+            self.parts.resize(idx + 1, None);
+        }
+        self.parts[idx] = Some(part);
+    }
+
     async fn complete(mut self) -> Result<String> {
-        let mut upload = self.upload.take().expect("the upload is live");
-        match upload.complete().await {
-            Ok(result) => Ok(etag(result.e_tag.as_deref())),
+        let upload = self.upload.take().expect("the upload is live");
+        let parts: Option<Vec<PartId>> = std::mem::take(&mut self.parts).into_iter().collect();
+        let Some(parts) = parts else {
+            abort(upload).await;
+            return Err(Error::internal("a part of the multipart upload is missing"));
+        };
+        match upload.store.complete_multipart(&upload.location, &upload.id, parts).await {
+            Ok(result) => {
+                if let Some(tracker) = &upload.tracker {
+                    if let Err(e) = tracker.forget(&upload.id).await {
+                        log::warn!("forgetting a completed multipart upload: {}", e.cause());
+                    }
+                }
+                Ok(etag(result.e_tag.as_deref()))
+            }
             Err(e) => {
-                let _ = upload.abort().await;
+                abort(upload).await;
                 Err(s3_error(e))
             }
         }
     }
 }
 
+async fn abort(upload: Multipart) {
+    match upload.store.abort_multipart(&upload.location, &upload.id).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+            if let Some(tracker) = &upload.tracker {
+                let _ = tracker.forget(&upload.id).await;
+            }
+        }
+        // Still noted: the next start tries again.
+        Err(e) => log::warn!("aborting a multipart upload: {e}"),
+    }
+}
+
 impl Drop for PendingUpload {
     fn drop(&mut self) {
-        if let Some(mut upload) = self.upload.take() {
+        if let Some(upload) = self.upload.take() {
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move {
-                    if let Err(e) = upload.abort().await {
-                        log::warn!("aborting a multipart upload: {e}");
-                    }
-                });
+                handle.spawn(abort(upload));
             }
         }
     }
