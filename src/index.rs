@@ -861,9 +861,11 @@ impl Index {
     }
 
     /// This node's uploads whose expiry passed before `now` (Unix seconds).
+    /// Rows from before nodes had names (`''`) are this node's.
     pub fn expired_uploads(&self, node: &str, now: i64) -> Result<Vec<String>> {
         self.with(|db| {
-            let rows = db.query("SELECT id FROM uploads WHERE node = ?1 AND expires_at < ?2", vals![node, now])?;
+            let rows = db
+                .query("SELECT id FROM uploads WHERE (node = ?1 OR node = '') AND expires_at < ?2", vals![node, now])?;
             Ok(rows.iter().map(|r| r.text(0)).collect())
         })
     }
@@ -871,7 +873,7 @@ impl Index {
     /// Every upload id of this node (fsck: data files without a row are strays).
     pub fn upload_ids(&self, node: &str) -> Result<Vec<String>> {
         self.with(|db| {
-            let rows = db.query("SELECT id FROM uploads WHERE node = ?1", vals![node])?;
+            let rows = db.query("SELECT id FROM uploads WHERE node = ?1 OR node = ''", vals![node])?;
             Ok(rows.iter().map(|r| r.text(0)).collect())
         })
     }

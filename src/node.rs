@@ -172,7 +172,7 @@ impl Node {
             }
         }
         let index = Index::open_configured(&settings, &layout.index_file)?;
-        let node_id = node_id(&layout);
+        let node_id = node_id(&layout)?;
         let s3 = match settings.storage {
             StorageKind::S3 => {
                 let tracker = Tracker { index: index.clone(), node: node_id.clone() };
@@ -511,7 +511,7 @@ impl Node {
         if let Some(expected) = &ack.blake3 {
             if !expected.eq_ignore_ascii_case(&blake3.to_hex()) {
                 s3.delete(&incoming).await?;
-                return Err(Error::DigestMismatch(format!(
+                return Err(Error::StoredDigestMismatch(format!(
                     "the uploaded object's blake3 is {}, not {expected}",
                     blake3.to_hex()
                 )));
@@ -603,11 +603,25 @@ fn direct_upload_setting(key: &Key) -> String {
     format!("direct-upload:{key}")
 }
 
-/// This node's name among nodes sharing an index: its resumable uploads'
-/// bytes are on its own disk. The data directory's path identifies it.
-fn node_id(layout: &Layout) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    format!("{}:{}", host.trim(), layout.root.display())
+/// This node's name among nodes sharing an index (its resumable uploads'
+/// bytes and its open multipart uploads are its own): a random id kept in
+/// `data_dir/node.id`, made at the first start, so it outlives restarts and
+/// container re-creations as long as the data directory does.
+fn node_id(layout: &Layout) -> Result<String> {
+    let path = layout.root.join("node.id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::internal(format!("reading {}: {e}", path.display()))),
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let mut staged = layout.new_staging_file()?;
+    std::io::Write::write_all(&mut staged, id.as_bytes())?;
+    staged.as_file().sync_all()?;
+    staged.persist(&path).map_err(|e| Error::internal(e.error))?;
+    crate::store::fsync_dir(&layout.root)?;
+    Ok(id)
 }
 
 /// Runs blocking work (SQLite, fsync, rename) off the async workers.
