@@ -429,7 +429,7 @@ impl Index {
         let manager = PostgresConnectionManager::new(config, postgres::NoTls);
         let pool = Pool::builder()
             .max_size(16)
-            .connection_timeout(std::time::Duration::from_secs(10))
+            .connection_timeout(std::time::Duration::from_secs(3))
             .build(manager)
             .map_err(|e| Error::Unavailable("the index", format!("connecting to PostgreSQL: {e}")))?;
         let index = Index { backend: Backend::Postgres(pool) };

@@ -524,7 +524,9 @@ impl Node {
             ..Default::default()
         };
         let started = std::time::Instant::now();
-        let committed = self.commit(key.clone(), Spooled { staged: Staged::Incoming, size, blake3 }, meta).await;
+        let committed = self
+            .commit(key.clone(), Spooled { staged: Staged::Object(s3.incoming_object(key)), size, blake3 }, meta)
+            .await;
         self.upload_ended(started, committed).map(drop)
     }
 

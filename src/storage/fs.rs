@@ -41,7 +41,7 @@ impl Store for FsStore {
                     file.as_file().sync_all()?;
                     file
                 }
-                Staged::Multipart(_) | Staged::Incoming => {
+                Staged::Multipart(_) | Staged::Object(_) => {
                     return Err(Error::internal("only an object store takes multipart and direct uploads"))
                 }
             };

@@ -40,8 +40,9 @@ pub enum Staged {
     Memory(Vec<Vec<u8>>),
     /// An object store's multipart upload with every part uploaded.
     Multipart(s3::PendingUpload),
-    /// A direct upload's object, waiting in the store's incoming area.
-    Incoming,
+    /// A complete object in the store, to be copied to the key: a finished
+    /// multipart upload, or a direct upload's incoming object.
+    Object(s3::StagedObject),
 }
 
 impl std::fmt::Debug for Staged {
@@ -50,7 +51,7 @@ impl std::fmt::Debug for Staged {
             Staged::File(file) => write!(f, "Staged::File({})", file.path().display()),
             Staged::Memory(chunks) => write!(f, "Staged::Memory({} chunks)", chunks.len()),
             Staged::Multipart(_) => write!(f, "Staged::Multipart"),
-            Staged::Incoming => write!(f, "Staged::Incoming"),
+            Staged::Object(_) => write!(f, "Staged::Object"),
         }
     }
 }

@@ -6,10 +6,13 @@
 //! object's version is its ETag. Uploads through the node stream into a
 //! multipart upload (parts of [`crate::config::S3Settings::part_size`],
 //! at most `parts_in_flight` per upload, part buffers drawn from a global
-//! `part_memory_budget`) that is completed only at the commit, under the
-//! commit lock, and aborted on any failure. Create-only and
-//! compare-and-swap rules are enforced by the index, not the store: Garage,
-//! for one, ignores conditional PUTs.
+//! `part_memory_budget`) at a private `{prefix}/staging/{uuid}` object,
+//! aborted on any failure; at the commit, under the commit lock, it is
+//! copied into place server-side. A multipart upload is never opened at the
+//! key itself: Garage drops an upload still in progress when another
+//! version of its key lands, so two writers of one key would break each
+//! other. Create-only and compare-and-swap rules are enforced by the index,
+//! not the store: Garage, for one, ignores conditional PUTs.
 
 use std::io::{self, Write};
 use std::ops::RangeInclusive;
@@ -79,7 +82,20 @@ impl Tracker {
         let (index, id) = (self.index.clone(), id.to_owned());
         crate::node::blocking(move || index.forget_multipart(&id)).await
     }
+
+    /// The upload became a staged object: noted as `object:{path}` now.
+    async fn completed(&self, id: &str, path: &Path) -> Result<()> {
+        let (index, node, id, path) = (self.index.clone(), self.node.clone(), id.to_owned(), path.to_string());
+        crate::node::blocking(move || {
+            index.forget_multipart(&id)?;
+            index.note_multipart(&format!("{STAGED_OBJECT}{path}"), &path, &node)
+        })
+        .await
+    }
 }
+
+/// How the tracker notes a staged object (not a multipart upload).
+const STAGED_OBJECT: &str = "object:";
 
 impl S3Store {
     pub fn new(settings: &Settings, tracker: Option<Tracker>) -> Result<S3Store> {
@@ -126,7 +142,13 @@ impl S3Store {
         let handle = tokio::runtime::Handle::current();
         let open = index.open_multiparts(node)?;
         for (id, path) in &open {
-            match handle.block_on(self.store.abort_multipart(&Path::from(path.as_str()), id)) {
+            let path = Path::from(path.as_str());
+            let done = if id.starts_with(STAGED_OBJECT) {
+                handle.block_on(self.store.delete(&path))
+            } else {
+                handle.block_on(self.store.abort_multipart(&path, id))
+            };
+            match done {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(s3_error(e)),
             }
@@ -170,6 +192,11 @@ impl S3Store {
         self.under("datasets", key)
     }
 
+    /// A fresh private object name for an upload in progress.
+    fn staging(&self) -> Path {
+        self.prefix.clone().join("staging").join(uuid::Uuid::new_v4().simple().to_string())
+    }
+
     /// Where a direct (presigned) upload lands before it is acknowledged.
     pub fn incoming(&self, key: &Key) -> Path {
         self.under("incoming", key)
@@ -194,8 +221,8 @@ impl S3Store {
 
     /// Starts a multipart upload at the key's object, to be fed while the
     /// body streams. Nothing appears at the key until the commit completes it.
-    pub async fn stream_to(&self, key: &Key) -> Result<PartSink> {
-        let upload = self.open_multipart(self.object(key), Attributes::new()).await?;
+    pub async fn stream_to(&self) -> Result<PartSink> {
+        let upload = self.open_multipart(self.staging(), Attributes::new()).await?;
         let (tx, rx) = mpsc::channel(1);
         let (done_tx, done) = oneshot::channel();
         let in_flight = self.parts_in_flight;
@@ -215,8 +242,8 @@ impl S3Store {
     }
 
     /// Uploads a complete local file as a multipart upload (not completed).
-    async fn upload_file(&self, key: &Key, file: NamedTempFile, info: &ObjectInfo) -> Result<PendingUpload> {
-        let upload = self.open_multipart(self.object(key), attributes(info)).await?;
+    async fn upload_file(&self, file: NamedTempFile, info: &ObjectInfo) -> Result<PendingUpload> {
+        let upload = self.open_multipart(self.staging(), attributes(info)).await?;
         let (tx, rx) = mpsc::channel(1);
         let uploader = tokio::spawn(upload_parts(upload, rx, self.parts_in_flight));
         let mut reader = tokio::fs::File::from_std(file.reopen().map_err(Error::internal)?);
@@ -302,11 +329,14 @@ fn etag(raw: Option<&str>) -> String {
 /// the store cannot serve us now (503 with Retry-After); the cause, which
 /// may hold the store's internals, goes to the log only.
 pub fn s3_error(e: object_store::Error) -> Error {
-    match e {
-        object_store::Error::NotFound { .. } => Error::NotFound("the dataset's object is missing in the store".into()),
-        other => {
-            log::warn!("object store: {other}");
-            Error::Unavailable("the object store", other.to_string())
+    match &e {
+        object_store::Error::NotFound { .. } => {
+            log::warn!("object store: {e}");
+            Error::NotFound("the dataset's object is missing in the store".into())
+        }
+        _ => {
+            log::warn!("object store: {e}");
+            Error::Unavailable("the object store", e.to_string())
         }
     }
 }
@@ -380,7 +410,8 @@ impl PendingUpload {
         self.parts[idx] = Some(part);
     }
 
-    async fn complete(mut self) -> Result<String> {
+    /// Completes the upload as its (private) staging object.
+    async fn complete(mut self) -> Result<StagedObject> {
         let upload = self.upload.take().expect("the upload is live");
         let parts: Option<Vec<PartId>> = std::mem::take(&mut self.parts).into_iter().collect();
         let Some(parts) = parts else {
@@ -388,17 +419,72 @@ impl PendingUpload {
             return Err(Error::internal("a part of the multipart upload is missing"));
         };
         match upload.store.complete_multipart(&upload.location, &upload.id, parts).await {
-            Ok(result) => {
+            Ok(_) => {
+                let object = StagedObject {
+                    path: Some(upload.location.clone()),
+                    store: upload.store.clone(),
+                    tracker: upload.tracker.clone(),
+                    owned: true,
+                };
                 if let Some(tracker) = &upload.tracker {
-                    if let Err(e) = tracker.forget(&upload.id).await {
-                        log::warn!("forgetting a completed multipart upload: {}", e.cause());
-                    }
+                    tracker.completed(&upload.id, &upload.location).await?;
                 }
-                Ok(etag(result.e_tag.as_deref()))
+                Ok(object)
             }
             Err(e) => {
                 abort(upload).await;
                 Err(s3_error(e))
+            }
+        }
+    }
+}
+
+/// A complete object waiting to be copied to its key: a staging object
+/// (deleted if dropped) or a direct upload's incoming object (kept if
+/// dropped, so that the client may acknowledge again).
+pub struct StagedObject {
+    path: Option<Path>,
+    store: Arc<AmazonS3>,
+    tracker: Option<Tracker>,
+    owned: bool,
+}
+
+impl StagedObject {
+    /// Copies it to `to` (server-side) and removes it; the copy's version.
+    async fn install(mut self, to: &Path) -> Result<String> {
+        let from = self.path.take().expect("the object is live");
+        let copied = self.store.copy(&from, to).await.map_err(s3_error);
+        let result = match copied {
+            Ok(()) => match self.store.head(to).await {
+                Ok(meta) => Ok(etag(meta.e_tag.as_deref())),
+                Err(e) => Err(s3_error(e)),
+            },
+            Err(e) => Err(e),
+        };
+        if result.is_ok() || self.owned {
+            discard(self.store.clone(), from, self.tracker.clone()).await;
+        }
+        result
+    }
+}
+
+async fn discard(store: Arc<AmazonS3>, path: Path, tracker: Option<Tracker>) {
+    match store.delete(&path).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+            if let Some(tracker) = &tracker {
+                let _ = tracker.forget(&format!("{STAGED_OBJECT}{path}")).await;
+            }
+        }
+        // Still noted: the next start tries again.
+        Err(e) => log::warn!("removing a staged object: {e}"),
+    }
+}
+
+impl Drop for StagedObject {
+    fn drop(&mut self) {
+        if let (Some(path), true) = (self.path.take(), self.owned) {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(discard(self.store.clone(), path, self.tracker.clone()));
             }
         }
     }
@@ -522,7 +608,7 @@ impl Store for S3Store {
         "s3"
     }
 
-    async fn prepare(&self, key: &Key, staged: Staged, info: &ObjectInfo) -> Result<Prepared> {
+    async fn prepare(&self, _key: &Key, staged: Staged, info: &ObjectInfo) -> Result<Prepared> {
         let staged = match staged {
             // Small enough for one PUT: read it into memory.
             Staged::File(file) if info.size <= self.part_size as u64 => {
@@ -533,7 +619,9 @@ impl Store for S3Store {
                     .map_err(Error::internal)?;
                 Staged::Memory(vec![bytes])
             }
-            Staged::File(file) => Staged::Multipart(self.upload_file(key, file, info).await?),
+            Staged::File(file) => Staged::Object(self.upload_file(file, info).await?.complete().await?),
+            // Completed outside the lock: a staging object is private.
+            Staged::Multipart(pending) => Staged::Object(pending.complete().await?),
             other => other,
         };
         Ok(Prepared { staged, version: None })
@@ -548,9 +636,8 @@ impl Store for S3Store {
                 let result = self.store.put_opts(&location, payload, options).await.map_err(s3_error)?;
                 Ok(etag(result.e_tag.as_deref()))
             }
-            Staged::Multipart(pending) => pending.complete().await,
-            Staged::Incoming => self.install_incoming(key).await,
-            Staged::File(_) => Err(Error::internal("a file must be prepared before it is installed")),
+            Staged::Object(object) => object.install(&location).await,
+            Staged::File(_) | Staged::Multipart(_) => Err(Error::internal("staged bytes must be prepared first")),
         }
     }
 
@@ -630,17 +717,8 @@ impl Store for S3Store {
 
 /// Direct uploads: the object at `incoming/{key}` moves to the key.
 impl S3Store {
-    /// Copies the acknowledged object into place (server-side) and removes
-    /// the incoming one. Returns the new version.
-    pub async fn install_incoming(&self, key: &Key) -> Result<String> {
-        let (from, to) = (self.incoming(key), self.object(key));
-        self.store.copy(&from, &to).await.map_err(s3_error)?;
-        let version = self
-            .head(&to)
-            .await?
-            .map(|(_, v, _)| v)
-            .ok_or_else(|| Error::Unavailable("the object store", "the copied object is not there".into()))?;
-        self.delete(&from).await?;
-        Ok(version)
+    /// The incoming object of a direct upload, ready to install.
+    pub fn incoming_object(&self, key: &Key) -> StagedObject {
+        StagedObject { path: Some(self.incoming(key)), store: self.store.clone(), tracker: None, owned: false }
     }
 }
