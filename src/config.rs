@@ -91,6 +91,12 @@ pub struct S3Settings {
     pub presign_expiry: u64,
     /// Multipart parts being uploaded at once, per upload.
     pub parts_in_flight: usize,
+    /// Upload into a private staging object and copy it to the key at the
+    /// commit. Garage needs it (it drops an upload still in progress when
+    /// its key is written); `false` uploads at the key and completes the
+    /// upload at the commit, with no copy (AWS S3, MinIO; CopyObject on AWS
+    /// stops at 5 GiB).
+    pub stage_uploads: bool,
     /// Memory for part buffers across all uploads; uploads wait for it.
     pub part_memory_budget: ByteUnit,
 }
@@ -108,6 +114,7 @@ impl Default for S3Settings {
             downloads: Downloads::Proxy,
             presign_expiry: 3600,
             parts_in_flight: 2,
+            stage_uploads: true,
             part_memory_budget: ByteUnit::Mebibyte(512),
         }
     }

@@ -402,7 +402,7 @@ impl Spooler {
     async fn spill_writer(&self, algorithms: &[Algorithm], target: &Option<(Arc<S3Store>, Key)>) -> Result<Sink> {
         let hashing = Hashing::new(blake3::Hasher::new(), algorithms);
         Ok(match target {
-            Some((objects, _)) => Sink::Object(Writer::start(objects.stream_to().await?, hashing)),
+            Some((objects, key)) => Sink::Object(Writer::start(objects.stream_to(key).await?, hashing)),
             None => Sink::Disk(Writer::start(self.layout.new_spool_file()?, hashing)),
         })
     }

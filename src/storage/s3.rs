@@ -55,6 +55,7 @@ pub struct S3Store {
     part_memory: Arc<Semaphore>,
     /// Where this node notes its multipart uploads while they are open.
     tracker: Option<Tracker>,
+    stage_uploads: bool,
 }
 
 /// Multipart uploads in flight are noted in the index (with the node's
@@ -133,6 +134,7 @@ impl S3Store {
             parts_in_flight: s3.parts_in_flight,
             part_memory: Arc::new(Semaphore::new(budget_mib)),
             tracker,
+            stage_uploads: s3.stage_uploads,
         })
     }
 
@@ -192,9 +194,14 @@ impl S3Store {
         self.under("datasets", key)
     }
 
-    /// A fresh private object name for an upload in progress.
-    fn staging(&self) -> Path {
-        self.prefix.clone().join("staging").join(uuid::Uuid::new_v4().simple().to_string())
+    /// Where an upload's multipart upload is opened: a fresh private
+    /// staging object, or (`stage_uploads = false`) the key's object.
+    fn upload_location(&self, key: &Key) -> Path {
+        if self.stage_uploads {
+            self.prefix.clone().join("staging").join(uuid::Uuid::new_v4().simple().to_string())
+        } else {
+            self.object(key)
+        }
     }
 
     /// Where a direct (presigned) upload lands before it is acknowledged.
@@ -221,8 +228,8 @@ impl S3Store {
 
     /// Starts a multipart upload at the key's object, to be fed while the
     /// body streams. Nothing appears at the key until the commit completes it.
-    pub async fn stream_to(&self) -> Result<PartSink> {
-        let upload = self.open_multipart(self.staging(), Attributes::new()).await?;
+    pub async fn stream_to(&self, key: &Key) -> Result<PartSink> {
+        let upload = self.open_multipart(self.upload_location(key), Attributes::new()).await?;
         let (tx, rx) = mpsc::channel(1);
         let (done_tx, done) = oneshot::channel();
         let in_flight = self.parts_in_flight;
@@ -242,8 +249,8 @@ impl S3Store {
     }
 
     /// Uploads a complete local file as a multipart upload (not completed).
-    async fn upload_file(&self, file: NamedTempFile, info: &ObjectInfo) -> Result<PendingUpload> {
-        let upload = self.open_multipart(self.staging(), attributes(info)).await?;
+    async fn upload_file(&self, key: &Key, file: NamedTempFile, info: &ObjectInfo) -> Result<PendingUpload> {
+        let upload = self.open_multipart(self.upload_location(key), attributes(info)).await?;
         let (tx, rx) = mpsc::channel(1);
         let uploader = tokio::spawn(upload_parts(upload, rx, self.parts_in_flight));
         let mut reader = tokio::fs::File::from_std(file.reopen().map_err(Error::internal)?);
@@ -410,8 +417,8 @@ impl PendingUpload {
         self.parts[idx] = Some(part);
     }
 
-    /// Completes the upload as its (private) staging object.
-    async fn complete(mut self) -> Result<StagedObject> {
+    /// Completes the upload; it is aborted if that fails.
+    async fn complete_parts(mut self) -> Result<(Multipart, String)> {
         let upload = self.upload.take().expect("the upload is live");
         let parts: Option<Vec<PartId>> = std::mem::take(&mut self.parts).into_iter().collect();
         let Some(parts) = parts else {
@@ -419,23 +426,39 @@ impl PendingUpload {
             return Err(Error::internal("a part of the multipart upload is missing"));
         };
         match upload.store.complete_multipart(&upload.location, &upload.id, parts).await {
-            Ok(_) => {
-                let object = StagedObject {
-                    path: Some(upload.location.clone()),
-                    store: upload.store.clone(),
-                    tracker: upload.tracker.clone(),
-                    owned: true,
-                };
-                if let Some(tracker) = &upload.tracker {
-                    tracker.completed(&upload.id, &upload.location).await?;
-                }
-                Ok(object)
-            }
+            Ok(result) => Ok((upload, etag(result.e_tag.as_deref()))),
             Err(e) => {
                 abort(upload).await;
                 Err(s3_error(e))
             }
         }
+    }
+
+    /// Completes an upload opened at its key (under the commit lock): the
+    /// object appears; returns its version.
+    async fn complete_at_key(self) -> Result<String> {
+        let (upload, version) = self.complete_parts().await?;
+        if let Some(tracker) = &upload.tracker {
+            if let Err(e) = tracker.forget(&upload.id).await {
+                log::warn!("forgetting a completed multipart upload: {}", e.cause());
+            }
+        }
+        Ok(version)
+    }
+
+    /// Completes an upload opened at a staging object.
+    async fn complete(self) -> Result<StagedObject> {
+        let (upload, _) = self.complete_parts().await?;
+        let object = StagedObject {
+            path: Some(upload.location.clone()),
+            store: upload.store.clone(),
+            tracker: upload.tracker.clone(),
+            owned: true,
+        };
+        if let Some(tracker) = &upload.tracker {
+            tracker.completed(&upload.id, &upload.location).await?;
+        }
+        Ok(object)
     }
 }
 
@@ -608,7 +631,7 @@ impl Store for S3Store {
         "s3"
     }
 
-    async fn prepare(&self, _key: &Key, staged: Staged, info: &ObjectInfo) -> Result<Prepared> {
+    async fn prepare(&self, key: &Key, staged: Staged, info: &ObjectInfo) -> Result<Prepared> {
         let staged = match staged {
             // Small enough for one PUT: read it into memory.
             Staged::File(file) if info.size <= self.part_size as u64 => {
@@ -619,9 +642,12 @@ impl Store for S3Store {
                     .map_err(Error::internal)?;
                 Staged::Memory(vec![bytes])
             }
-            Staged::File(file) => Staged::Object(self.upload_file(file, info).await?.complete().await?),
+            Staged::File(file) => Staged::Multipart(self.upload_file(key, file, info).await?),
+            other => other,
+        };
+        let staged = match staged {
             // Completed outside the lock: a staging object is private.
-            Staged::Multipart(pending) => Staged::Object(pending.complete().await?),
+            Staged::Multipart(pending) if self.stage_uploads => Staged::Object(pending.complete().await?),
             other => other,
         };
         Ok(Prepared { staged, version: None })
@@ -637,7 +663,8 @@ impl Store for S3Store {
                 Ok(etag(result.e_tag.as_deref()))
             }
             Staged::Object(object) => object.install(&location).await,
-            Staged::File(_) | Staged::Multipart(_) => Err(Error::internal("staged bytes must be prepared first")),
+            Staged::Multipart(pending) => pending.complete_at_key().await,
+            Staged::File(_) => Err(Error::internal("a file must be prepared before it is installed")),
         }
     }
 
