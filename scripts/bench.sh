@@ -1,38 +1,61 @@
 #!/usr/bin/env bash
-# Spillway upload and listing benchmark, against nginx + WebDAV as reference.
+# Spillway upload and listing benchmark, against nginx + WebDAV as reference,
+# and of uploads into an S3 store (Garage), against boto3 straight to it.
 #
-#   scripts/bench.sh                 # full run (4 GiB single, 16 x 256 MiB, 1M rows)
-#   BENCH_QUICK=1 scripts/bench.sh   # quick check (256 MiB, 8 x 32 MiB, 20k rows, 1 run)
+#   scripts/bench.sh                 # full run (4 GiB single, 16 x 256 MiB, 1M rows, 1 GiB S3)
+#   BENCH_QUICK=1 scripts/bench.sh   # quick check (256 MiB, 8 x 32 MiB, 20k rows, 256 MiB S3, 1 run)
+#   scripts/bench.sh s3              # some sections only (same as BENCH_ONLY=s3)
+#   BENCH_ONLY="single list" scripts/bench.sh
 #
 # Knobs (environment; sizes take K/M/G/T, binary, e.g. 4G, 256MiB, or bytes):
+#   BENCH_ONLY       sections to run: single conc list s3 (default: all; the
+#                    script's arguments, if any, take its place)
 #   BENCH_SIZE       single-stream upload size          (4G;    quick 256M)
 #   BENCH_CONC       concurrent uploads                 (16;    quick 8)
 #   BENCH_CONC_SIZE  size of each concurrent upload     (256M;  quick 32M)
 #   BENCH_RUNS       runs per upload measurement        (3;     quick 1)
 #   BENCH_ROWS       catalog rows for the listing test  (1000000; quick 20000)
 #   BENCH_LIST_RUNS  requests per listing measurement   (11)
+#   BENCH_S3_SIZE    object size for the S3 section     (1G;    quick 256M)
+#   BENCH_S3_PARTS_IN_FLIGHT  multipart parts in flight per upload, for the
+#                    node (SPILLWAY_S3__PARTS_IN_FLIGHT) and boto3's
+#                    max_concurrency alike (2, the node's default)
+#   BENCH_VENV       the Python venv with boto3         (target/bench-venv)
 #   BENCH_TMPDIR     where the temp dir goes            ($TMPDIR or /tmp)
 #   BENCH_START_TIMEOUT  seconds to wait for the node to listen with all rows (900)
-#   BENCH_WARMUP     1: one uncounted single upload to each server first (1)
+#   BENCH_WARMUP     1: one uncounted upload of each kind first (1)
 #
 # What it does: builds the node (cargo build --release), installs nginx (with
-# ngx_http_dav_module) and anything else missing from Debian's packages,
+# ngx_http_dav_module) and anything else missing from Debian's packages
+# (Garage with `cargo install` and boto3 in a venv, for the S3 section),
 # generates the upload bodies once in a temp dir, then measures, node and
-# nginx interleaved, each on 127.0.0.1 only:
-#   1. one upload of BENCH_SIZE with curl -T (Content-Length): MB/s, and the
-#      peak RSS (VmHWM) of a fresh server process per run;
-#   2. BENCH_CONC curl uploads of BENCH_CONC_SIZE at once: aggregate MB/s
-#      (total bytes / wall time) and peak RSS;
-#   3. GET /datasets?limit=1000, first page and a deep page (after= the key of
-#      row 90%), on a node whose index holds BENCH_ROWS rows (inserted with
-#      python3's sqlite3 while the node is stopped).
-# Medians are printed in a table with the targets. Everything lives in a temp
-# dir removed on exit; only processes started here are stopped, by PID.
+# reference interleaved, each on 127.0.0.1 only:
+#   single  one upload of BENCH_SIZE with curl -T (Content-Length): MB/s, and
+#           the peak RSS (VmHWM) of a fresh server process per run;
+#   conc    BENCH_CONC curl uploads of BENCH_CONC_SIZE at once: aggregate MB/s
+#           (total bytes / wall time) and peak RSS;
+#   list    GET /datasets?limit=1000, first page and a deep page (after= the
+#           key of row 90%), on a node whose index holds BENCH_ROWS rows
+#           (inserted with python3's sqlite3 while the node is stopped);
+#   s3      a fresh single-node Garage per measurement (`garage server
+#           --single-node --default-bucket`, metadata_fsync and data_fsync at
+#           their defaults, false), and in turn (the order rotates per run):
+#           a node with SPILLWAY_STORAGE=s3 on it, one curl -T upload of
+#           BENCH_S3_SIZE through it (MB/s, node VmHWM), then the same object
+#           downloaded through the node (curl) and straight from Garage (one
+#           boto3 get_object stream); boto3 upload_file of the same file with
+#           the node's part size and parts in flight (scripts/bench/s3_client.py);
+#           and boto3 upload_file with boto3's defaults. Ratios are node/direct.
+# Medians are printed in a table with the targets (S3: with min..max). Everything
+# lives in a temp dir removed on exit; only processes started here are stopped,
+# by PID.
 #
 # Not controlled: the page cache cannot be dropped (not allowed here), so the
 # bodies are read from the page cache and writes land in it; the machine may
 # be shared. Spillway fsyncs every upload before answering (its contract);
 # nginx does not, so an extra informative row adds an fsync of nginx's file.
+# With S3 storage the node leaves durability to the store: neither side
+# fsyncs Garage's files.
 set -euo pipefail
 export LC_ALL=C # decimal points in $EPOCHREALTIME, awk, sort and printf
 
@@ -65,10 +88,23 @@ positive_int() { # name value
     echo "$2"
 }
 
+SECTIONS_ALL="single conc list s3"
+declare -A SECTION=()
+sections=${BENCH_ONLY:-$SECTIONS_ALL}
+if (($#)); then sections="$*"; fi
+for s in $sections; do
+    case $s in
+        single | conc | list | s3) SECTION[$s]=1 ;;
+        *) die "unknown section '$s' (BENCH_ONLY or arguments: some of $SECTIONS_ALL)" ;;
+    esac
+done
+((${#SECTION[@]})) || die "no section to run (BENCH_ONLY or arguments: some of $SECTIONS_ALL)"
+selected() { [[ -n ${SECTION[$1]:-} ]]; } # section name
+
 if [[ ${BENCH_QUICK:-0} == 1 ]]; then
-    d_size=256M d_conc=8 d_conc_size=32M d_runs=1 d_rows=20000
+    d_size=256M d_conc=8 d_conc_size=32M d_runs=1 d_rows=20000 d_s3_size=256M
 else
-    d_size=4G d_conc=16 d_conc_size=256M d_runs=3 d_rows=1000000
+    d_size=4G d_conc=16 d_conc_size=256M d_runs=3 d_rows=1000000 d_s3_size=1G
 fi
 SIZE=$(to_bytes "${BENCH_SIZE:-$d_size}")
 CONC=$(positive_int BENCH_CONC "${BENCH_CONC:-$d_conc}")
@@ -77,10 +113,13 @@ RUNS=$(positive_int BENCH_RUNS "${BENCH_RUNS:-$d_runs}")
 ROWS=$(positive_int BENCH_ROWS "${BENCH_ROWS:-$d_rows}")
 LIST_RUNS=$(positive_int BENCH_LIST_RUNS "${BENCH_LIST_RUNS:-11}")
 START_TIMEOUT=$(positive_int BENCH_START_TIMEOUT "${BENCH_START_TIMEOUT:-900}")
+S3_SIZE=$(to_bytes "${BENCH_S3_SIZE:-$d_s3_size}")
+S3_CONC=$(positive_int BENCH_S3_PARTS_IN_FLIGHT "${BENCH_S3_PARTS_IN_FLIGHT:-2}")
+VENV=${BENCH_VENV:-$ROOT/target/bench-venv}
 WARMUP=${BENCH_WARMUP:-1}
 [[ $WARMUP == 0 || $WARMUP == 1 ]] || die "BENCH_WARMUP must be 0 or 1, not '$WARMUP'"
 TMP_PARENT=${BENCH_TMPDIR:-${TMPDIR:-/tmp}}
-((SIZE > 0 && CONC_SIZE > 0)) || die "BENCH_SIZE and BENCH_CONC_SIZE must be > 0"
+((SIZE > 0 && CONC_SIZE > 0 && S3_SIZE > 0)) || die "BENCH_SIZE, BENCH_CONC_SIZE and BENCH_S3_SIZE must be > 0"
 
 SPOOL_MEMORY_MIB=8 # the node's default spool_memory, kept as is
 LIST_LIMIT=1000
@@ -89,6 +128,17 @@ T_RATIO=0.9
 T_RSS_SINGLE=64
 T_RSS_CONC=$((CONC * SPOOL_MEMORY_MIB + 64))
 T_LIST_MS=10
+
+# S3: the node's max_dataset_size, and the multipart part size that follows
+# from it (S3Settings::part_size: max_dataset_size in 10,000 parts, whole
+# MiB, at least 8 MiB); 64 GiB keeps the default 8 MiB (as any size up to
+# ~78 GiB would). boto3's matched variant uses the same part size.
+S3_MAX_DATASET=$((64 << 30))
+if ((S3_SIZE > S3_MAX_DATASET)); then S3_MAX_DATASET=$S3_SIZE; fi
+S3_PART=$(((((S3_MAX_DATASET + 9999) / 10000 + (1 << 20) - 1) >> 20) << 20))
+if ((S3_PART < 8 << 20)); then S3_PART=$((8 << 20)); fi
+S3_BUCKET=spillway-bench
+S3_REGION=garage
 
 # ------------------------------------------------------------- processes ---
 
@@ -155,7 +205,14 @@ ensure_deps() {
     command -v python3 >/dev/null || need+=(python3)
     command -v awk >/dev/null || need+=(gawk)
     if ((${#need[@]})); then apt_install "${need[@]}" || die "cannot install ${need[*]}"; fi
-    python3 -c 'import sqlite3' 2>/dev/null || die "python3 lacks the sqlite3 module"
+    if selected list; then
+        python3 -c 'import sqlite3' 2>/dev/null || die "python3 lacks the sqlite3 module"
+    fi
+    if selected s3; then
+        ensure_garage
+        setup_python
+    fi
+    selected single || selected conc || return 0
     if ! find_nginx; then
         # On Debian 12 the `nginx` package is the binary (with the dav module
         # compiled in); nginx-light/-core/-full/-extras are metapackages on it.
@@ -170,15 +227,33 @@ ensure_deps() {
     NGINX_PKG=${NGINX_PKG:-unknown}
 }
 
+setup_python() { # the venv with boto3 (as scripts/e2e.sh sets up its own)
+    local stamp="$VENV/.bench-requirements.txt"
+    if [[ -x $VENV/bin/python && -f $stamp ]] && cmp -s "$stamp" "$HELPERS/requirements.txt" &&
+        "$VENV/bin/python" -c 'import boto3' 2>/dev/null; then
+        return 0
+    fi
+    if ! python3 -c 'import ensurepip' 2>/dev/null; then
+        apt_install python3-venv || die "cannot install python3-venv"
+    fi
+    log "creating the venv $VENV (boto3)"
+    rm -rf -- "$VENV"
+    python3 -m venv "$VENV" >&2 || die "python3 -m venv failed"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$HELPERS/requirements.txt" >&2 ||
+        die "pip install -r scripts/bench/requirements.txt failed"
+    cp "$HELPERS/requirements.txt" "$stamp"
+}
+
 # ----------------------------------------------------------------- node ----
 
 BIN=""
 NODE_PID=""
 NODE_PORT=""
 
-start_node() { # data_dir log_prefix timeout_s
+start_node() { # data_dir log_prefix timeout_s [NAME=value...]: extra settings win
     local dir=$1 logp=$2 timeout=$3 deadline line var
     local -a unset_env=()
+    shift 3
     # Only this script's settings: no inherited SPILLWAY_* (tokens, spool...).
     for var in $(compgen -e); do
         if [[ $var == SPILLWAY_* ]]; then unset_env+=(-u "$var"); fi
@@ -190,7 +265,7 @@ start_node() { # data_dir log_prefix timeout_s
             SPILLWAY_ADDRESS=127.0.0.1 SPILLWAY_PORT=0 \
             SPILLWAY_DATA_DIR="$dir" SPILLWAY_DISK_RESERVE=0 \
             SPILLWAY_MAX_DATASET_SIZE=$((1 << 40)) \
-            ROCKET_CLI_COLORS=false \
+            ROCKET_CLI_COLORS=false "$@" \
             "$BIN" serve
     ) >"$logp.out" 2>"$logp.err" &
     NODE_PID=$!
@@ -494,6 +569,219 @@ listing() {
     rm -rf -- "$dir"
 }
 
+# ------------------------------------------------------------------- s3 ----
+
+GARAGE_PID=""
+GARAGE_DIR=""
+
+rand_hex() { od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'; } # bytes -> 2x hex digits
+
+# A fresh single-node Garage in `dir` with bucket $S3_BUCKET and a new key
+# (exported as BENCH_S3_* for s3_client.py); ready once admin /health says
+# 200 and boto3's head_bucket answers. Same settings as tests/common/cluster.rs,
+# fsyncs at Garage's defaults (off) for the node and boto3 alike.
+start_garage() { # dir
+    local dir=$1 attempt i code rpc s3 admin token var
+    local -a unset_env=()
+    for var in $(compgen -e); do
+        if [[ $var == GARAGE_* ]]; then unset_env+=(-u "$var"); fi
+    done
+    export BENCH_S3_ACCESS_KEY BENCH_S3_SECRET_KEY BENCH_S3_ENDPOINT
+    export BENCH_S3_BUCKET=$S3_BUCKET BENCH_S3_REGION=$S3_REGION
+    BENCH_S3_ACCESS_KEY="GK$(rand_hex 12)" BENCH_S3_SECRET_KEY=$(rand_hex 32)
+    token=$(rand_hex 16)
+    GARAGE_DIR=$dir
+    for ((attempt = 1; attempt <= 5; attempt++)); do
+        rm -rf -- "$dir"
+        mkdir -p "$dir"
+        rpc=$(free_port) s3=$(free_port) admin=$(free_port)
+        if [[ $rpc == "$s3" || $s3 == "$admin" || $rpc == "$admin" ]]; then continue; fi
+        cat >"$dir/garage.toml" <<CONF
+metadata_dir = "$dir/meta"
+data_dir = "$dir/data"
+db_engine = "sqlite"
+replication_factor = 1
+metadata_fsync = false
+data_fsync = false
+rpc_bind_addr = "127.0.0.1:$rpc"
+rpc_public_addr = "127.0.0.1:$rpc"
+rpc_secret = "$(rand_hex 32)"
+
+[s3_api]
+api_bind_addr = "127.0.0.1:$s3"
+s3_region = "$S3_REGION"
+root_domain = ".s3.garage.localhost"
+
+[admin]
+api_bind_addr = "127.0.0.1:$admin"
+admin_token = "$token"
+metrics_token = "$token"
+CONF
+        # shellcheck disable=SC2153 # GARAGE_BIN: exported by ensure_garage
+        (
+            cd "$dir"
+            exec env "${unset_env[@]}" RUST_LOG=garage=info,garage_api=warn \
+                GARAGE_DEFAULT_ACCESS_KEY="$BENCH_S3_ACCESS_KEY" \
+                GARAGE_DEFAULT_SECRET_KEY="$BENCH_S3_SECRET_KEY" \
+                GARAGE_DEFAULT_BUCKET="$S3_BUCKET" \
+                "$GARAGE_BIN" -c "$dir/garage.toml" server --single-node --default-bucket
+        ) >"$dir/garage.log" 2>&1 </dev/null &
+        GARAGE_PID=$!
+        LIVE[$GARAGE_PID]="garage"
+        code=""
+        for ((i = 0; i < 300; i++)); do
+            alive "$GARAGE_PID" || break
+            code=$(curl -s -o /dev/null --max-time 1 -w '%{http_code}' \
+                "http://127.0.0.1:$admin/health" 2>/dev/null || true)
+            if [[ $code == 200 ]]; then break; fi
+            sleep 0.1
+        done
+        if [[ $code == 200 ]] && alive "$GARAGE_PID"; then
+            BENCH_S3_ENDPOINT="http://127.0.0.1:$s3"
+            run_bounded 60 "$dir/ready.log" "s3_client.py ready" \
+                "$VENV/bin/python" "$HELPERS/s3_client.py" ready 30 ||
+                die "garage: bucket $S3_BUCKET does not answer: $(tail -n 3 "$dir/ready.log")"
+            return 0
+        fi
+        log "garage did not come up (attempt $attempt, health '$code'):"
+        tail -n 5 "$dir/garage.log" >&2 || true
+        stop_pid "$GARAGE_PID"
+    done
+    die "cannot start garage"
+}
+
+stop_garage() { stop_pid "$GARAGE_PID" TERM; GARAGE_PID=""; rm -rf -- "$GARAGE_DIR"; }
+
+S3_OUT=""
+s3_client() { # what args... -> S3_OUT "seconds bytes client_cpu_s"; bounded
+    local what=$1 rc=0 logf="$TMPD/logs/s3_client.log"
+    shift
+    run_bounded "$(max_time_for "$S3_SIZE")" "$logf" "$what" \
+        "$VENV/bin/python" "$HELPERS/s3_client.py" "$@" || rc=$?
+    ((rc == 0)) || die "$what: s3_client.py exit $rc: $(tail -n 5 "$logf")"
+    S3_OUT=$(awk '$1 == "RESULT" { r = $2 " " $3 " " $4 } END { print r }' "$logf")
+    [[ -n $S3_OUT ]] || die "$what: no RESULT line: $(tail -n 5 "$logf")"
+}
+
+get_file() { # url max_time result_file: one download to /dev/null, waited
+    # for in the background; prints "code speed_download time_total size"
+    local pid rc=0
+    curl -sS --max-time "$2" -o /dev/null \
+        -w '%{http_code} %{speed_download} %{time_total} %{size_download}\n' "$1" >"$3" 2>"$3.err" &
+    pid=$!
+    LIVE[$pid]="curl"
+    wait "$pid" || rc=$?
+    unset "LIVE[$pid]"
+    ((rc == 0)) || die "GET $1: curl exit $rc: $(cat "$3.err")"
+}
+
+mbs() { awk -v n="$1" -v t="$2" 'BEGIN { printf "%.1f", n / t / 1e6 }'; } # bytes seconds
+
+S3_NODE_MBS=() S3_NODE_T=() S3_NODE_RSS=() S3_NODE_CPU=() S3_NODE_RSS_GET=()
+S3_DIR_MBS=() S3_DIR_T=() S3_DEF_MBS=() S3_DEF_T=()
+S3_GET_NODE_MBS=() S3_GET_DIR_MBS=() S3_UP_RATIO=() S3_DEF_RATIO=() S3_GET_RATIO=()
+S3_PART_SEEN="" # the part size the node logged at start, MiB
+
+s3_node() { # run: upload through the node, then download the object both ways
+    local dir="$TMPD/node-s3-$1" key="bench/s$1.bin" code speed t size rss cpu gcpu line
+    local get_node get_dir
+    start_garage "$TMPD/garage-node-$1"
+    start_node "$dir" "$TMPD/logs/node-s3-$1" 60 \
+        SPILLWAY_STORAGE=s3 SPILLWAY_S3__ENDPOINT="$BENCH_S3_ENDPOINT" \
+        SPILLWAY_S3__REGION="$S3_REGION" SPILLWAY_S3__BUCKET="$S3_BUCKET" \
+        SPILLWAY_S3__ACCESS_KEY_ID="$BENCH_S3_ACCESS_KEY" \
+        SPILLWAY_S3__SECRET_ACCESS_KEY="$BENCH_S3_SECRET_KEY" \
+        SPILLWAY_S3__PATH_STYLE=true SPILLWAY_S3__PARTS_IN_FLIGHT="$S3_CONC" \
+        SPILLWAY_MAX_DATASET_SIZE="$S3_MAX_DATASET"
+    line=$(grep -ho 'parts of [0-9]* MiB' "$TMPD/logs/node-s3-$1".{out,err} 2>/dev/null | head -n 1 || true)
+    S3_PART_SEEN=${line//[!0-9]/}
+    if [[ -n $S3_PART_SEEN && $S3_PART_SEEN != $((S3_PART >> 20)) ]]; then
+        die "the node uses parts of $S3_PART_SEEN MiB, this script assumed $((S3_PART >> 20)) MiB"
+    fi
+    put_file "http://127.0.0.1:$NODE_PORT/data/$key" "$S3SRC" "$(max_time_for "$S3_SIZE")" "$TMPD/logs/put"
+    read -r code speed t <"$TMPD/logs/put"
+    check_code "spillway S3 upload" "$code"
+    rss=$(vmhwm_mib "$NODE_PID") cpu=$(cpu_s "$NODE_PID") gcpu=$(cpu_s "$GARAGE_PID")
+    S3_NODE_MBS+=("$(awk -v s="$speed" 'BEGIN { printf "%.1f", s / 1e6 }')")
+    S3_NODE_T+=("$t") S3_NODE_RSS+=("$rss") S3_NODE_CPU+=("$cpu")
+    log "s3 run $1 spillway upload:        $code, ${S3_NODE_MBS[-1]} MB/s, ${t}s, node VmHWM ${rss} MiB, node CPU ${cpu}s, garage CPU ${gcpu}s"
+
+    # The same object, through the node and straight from Garage (the node
+    # keeps datasets at datasets/<key>); the order alternates per run.
+    local i
+    for i in 0 1; do
+        if (((i + $1) % 2)); then
+            get_file "http://127.0.0.1:$NODE_PORT/data/$key" "$(max_time_for "$S3_SIZE")" "$TMPD/logs/get"
+            read -r code speed t size <"$TMPD/logs/get"
+            check_code "spillway S3 download" "$code"
+            [[ $size == "$S3_SIZE" ]] || die "spillway S3 download: $size bytes, expected $S3_SIZE"
+            get_node=$(awk -v s="$speed" 'BEGIN { printf "%.1f", s / 1e6 }')
+            log "s3 run $1 spillway download:      $code, $get_node MB/s, ${t}s"
+        else
+            s3_client "boto3 get" get "datasets/$key" "$S3_SIZE"
+            read -r t size cpu <<<"$S3_OUT"
+            get_dir=$(mbs "$size" "$t")
+            log "s3 run $1 direct download:        $get_dir MB/s, ${t}s, client CPU ${cpu}s"
+        fi
+    done
+    S3_NODE_RSS_GET+=("$(vmhwm_mib "$NODE_PID")")
+    S3_GET_NODE_MBS+=("$get_node") S3_GET_DIR_MBS+=("$get_dir")
+    stop_node
+    stop_garage
+    rm -rf -- "$dir"
+}
+
+s3_direct() { # run variant (matched: the node's part size and parts in
+    # flight; defaults: boto3's defaults throughout): upload_file to Garage
+    local key="direct/$2-$1.bin" t size cpu gcpu
+    start_garage "$TMPD/garage-$2-$1"
+    if [[ $2 == matched ]]; then
+        s3_client "boto3 upload_file" put "$S3SRC" "$key" "$S3_PART" "$S3_CONC"
+    else
+        s3_client "boto3 upload_file (defaults)" put-defaults "$S3SRC" "$key"
+    fi
+    read -r t size cpu <<<"$S3_OUT"
+    [[ $size == "$S3_SIZE" ]] || die "boto3 upload_file: $size bytes, expected $S3_SIZE"
+    gcpu=$(cpu_s "$GARAGE_PID")
+    stop_garage
+    if [[ $2 == matched ]]; then
+        S3_DIR_MBS+=("$(mbs "$size" "$t")") S3_DIR_T+=("$t")
+        log "s3 run $1 direct upload (matched):  ${S3_DIR_MBS[-1]} MB/s, ${t}s, client CPU ${cpu}s, garage CPU ${gcpu}s"
+    else
+        S3_DEF_MBS+=("$(mbs "$size" "$t")") S3_DEF_T+=("$t")
+        log "s3 run $1 direct upload (defaults): ${S3_DEF_MBS[-1]} MB/s, ${t}s, client CPU ${cpu}s, garage CPU ${gcpu}s"
+    fi
+}
+
+s3_section() {
+    local i j
+    local -a order=(node matched defaults)
+    log "s3: garage $(garage_version), boto3 $(boto3_version); $(numfmt --to=iec-i --suffix=B "$S3_SIZE") object, parts of $((S3_PART >> 20)) MiB, $S3_CONC in flight"
+    if ((WARMUP)); then
+        log "warm-up: one uncounted S3 upload each way"
+        s3_node 0
+        s3_direct 0 matched
+        S3_NODE_MBS=() S3_NODE_T=() S3_NODE_RSS=() S3_NODE_CPU=() S3_NODE_RSS_GET=()
+        S3_DIR_MBS=() S3_DIR_T=() S3_GET_NODE_MBS=() S3_GET_DIR_MBS=()
+    fi
+    for ((i = 1; i <= RUNS; i++)); do
+        # Rotate the order, so that each kind takes each place in turn.
+        for ((j = 0; j < 3; j++)); do
+            case ${order[(i - 1 + j) % 3]} in
+                node) s3_node "$i" ;;
+                matched) s3_direct "$i" matched ;;
+                defaults) s3_direct "$i" defaults ;;
+            esac
+        done
+        S3_UP_RATIO+=("$(ratio "${S3_NODE_MBS[-1]}" "${S3_DIR_MBS[-1]}")")
+        S3_DEF_RATIO+=("$(ratio "${S3_NODE_MBS[-1]}" "${S3_DEF_MBS[-1]}")")
+        S3_GET_RATIO+=("$(ratio "${S3_GET_NODE_MBS[-1]}" "${S3_GET_DIR_MBS[-1]}")")
+    done
+}
+
+garage_version() { timeout 10 "$GARAGE_BIN" --version 2>/dev/null | head -n 1 | sed 's/^garage //; s/^cargo://; s/ *\[.*//' || true; }
+boto3_version() { "$VENV/bin/python" -c 'import boto3; print(boto3.__version__)' 2>/dev/null || echo '?'; }
+
 # ---------------------------------------------------------------- report ---
 
 fmt3() { awk -v a="$1" 'BEGIN { printf "%.3f", a }'; }
@@ -503,49 +791,107 @@ ok_lt() { awk -v a="$1" -v b="$2" 'BEGIN { print (a < b ? "PASS" : "FAIL") }'; }
 
 row() { printf '%-44s %12s %12s %7s  %-20s %s\n' "$@"; }
 
+spread() { # format values... -> "min..max", each printed with the printf format
+    local f=$1
+    shift
+    printf '%s\n' "$@" | sort -g | awk -v f="$f" 'NR == 1 { lo = $1 } { hi = $1 }
+        END { if (NR) printf f ".." f "\n", lo, hi; else print "-" }'
+}
+
+s3row() { printf '%-46s %10s %10s %7s  %-15s %-15s %s\n' "$@"; }
+
+report_s3() {
+    local up dir def gn gd
+    up=$(median "${S3_NODE_MBS[@]}") dir=$(median "${S3_DIR_MBS[@]}") def=$(median "${S3_DEF_MBS[@]}")
+    gn=$(median "${S3_GET_NODE_MBS[@]}") gd=$(median "${S3_GET_DIR_MBS[@]}")
+    echo
+    echo "S3: node with SPILLWAY_STORAGE=s3 vs boto3 $(boto3_version) straight to the store; Garage $(garage_version),"
+    echo "  one node on loopback (--single-node --default-bucket, db sqlite, metadata_fsync = data_fsync = false,"
+    echo "  Garage's defaults), a fresh one per measurement; object $(numfmt --to=iec-i --suffix=B "$S3_SIZE") from one file;"
+    echo "  node: parts of $((S3_PART >> 20)) MiB${S3_PART_SEEN:+ (as it logged)}, $S3_CONC in flight; medians of $RUNS run(s), order rotating per run;"
+    echo "  ratio = spillway / direct (per-run ratios in the ranges column)"
+    echo
+    s3row "metric" "spillway" "direct" "ratio" "spillway range" "direct range" "ratio range"
+    s3row "----------------------------------------------" "----------" "----------" "-------" "---------------" "---------------" "-----------"
+    s3row "upload MB/s (boto3 $((S3_PART >> 20)) MiB x $S3_CONC, as the node)" "$up" "$dir" "$(ratio "$up" "$dir")" \
+        "$(spread %s "${S3_NODE_MBS[@]}")" "$(spread %s "${S3_DIR_MBS[@]}")" "$(spread %s "${S3_UP_RATIO[@]}")"
+    s3row "upload MB/s (boto3 defaults: 8 MiB x 10)" "$up" "$def" "$(ratio "$up" "$def")" \
+        "$(spread %s "${S3_NODE_MBS[@]}")" "$(spread %s "${S3_DEF_MBS[@]}")" "$(spread %s "${S3_DEF_RATIO[@]}")"
+    s3row "upload time s (matched)" "$(fmt3 "$(median "${S3_NODE_T[@]}")")" "$(fmt3 "$(median "${S3_DIR_T[@]}")")" "" \
+        "$(spread %.3f "${S3_NODE_T[@]}")" "$(spread %.3f "${S3_DIR_T[@]}")" ""
+    s3row "download MB/s (one GET stream, same object)" "$gn" "$gd" "$(ratio "$gn" "$gd")" \
+        "$(spread %s "${S3_GET_NODE_MBS[@]}")" "$(spread %s "${S3_GET_DIR_MBS[@]}")" "$(spread %s "${S3_GET_RATIO[@]}")"
+    s3row "node peak RSS during upload, MiB" "$(median "${S3_NODE_RSS[@]}")" "-" "" "$(spread %s "${S3_NODE_RSS[@]}")" "" ""
+    s3row "node peak RSS after download, MiB (info)" "$(median "${S3_NODE_RSS_GET[@]}")" "-" "" "$(spread %s "${S3_NODE_RSS_GET[@]}")" "" ""
+    s3row "node CPU s during upload (info)" "$(median "${S3_NODE_CPU[@]}")" "-" "" "$(spread %s "${S3_NODE_CPU[@]}")" "" ""
+    echo
+    echo "Notes (S3): uploads through the node use curl -T (Content-Length, no Expect: 100-continue);"
+    echo "its time includes the node's commit (multipart completion). boto3's time is upload_file's"
+    echo "own (interpreter start and imports excluded), matched: optional request checksums off (the"
+    echo "node sends none); defaults: boto3's TransferConfig() and checksum settings. Both sign payloads"
+    echo "(SigV4 over plain HTTP). Downloads: curl -o /dev/null through the node (proxied), boto3"
+    echo "get_object read in 1 MiB chunks and dropped. Client, node and Garage share the 2 cores."
+}
+
 report() {
     local s_node s_ngx s_ngx_sync s_rss s_ngx_rss c_node c_ngx c_ngx_sync c_rss c_ngx_rss r
-    s_node=$(median "${S_NODE_MBS[@]}") s_ngx=$(median "${S_NGX_MBS[@]}")
-    s_ngx_sync=$(median "${S_NGX_SYNC_MBS[@]}")
-    s_rss=$(median "${S_NODE_RSS[@]}") s_ngx_rss=$(median "${S_NGX_RSS[@]}")
-    c_node=$(median "${C_NODE_MBS[@]}") c_ngx=$(median "${C_NGX_MBS[@]}")
-    c_ngx_sync=$(median "${C_NGX_SYNC_MBS[@]}")
-    c_rss=$(median "${C_NODE_RSS[@]}") c_ngx_rss=$(median "${C_NGX_RSS[@]}")
-
     echo
     echo "Spillway benchmark ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(
-        git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo '+changes')), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    local warm=""
-    if ((WARMUP)); then warm=", after 1 uncounted warm-up upload per server"; fi
-    echo "  medians of $RUNS run(s)$warm (listing: of $LIST_RUNS requests)"
-    echo "  MB = 10^6 bytes; RSS = VmHWM of a fresh server process per run; node and nginx alternate"
-    echo "  single: $(numfmt --to=iec-i --suffix=B "$SIZE"); concurrent: $CONC x $(numfmt --to=iec-i --suffix=B "$CONC_SIZE"); rows: $ROWS"
-    echo "  nginx: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //') from Debian package '$NGINX_PKG' (dav module compiled in), single process"
-    echo
-    row "metric" "spillway" "nginx" "ratio" "target" "result"
-    row "--------------------------------------------" "------------" "------------" "-------" "--------------------" "------"
-    r=$(ratio "$s_node" "$s_ngx")
-    row "single upload, MB/s" "$s_node" "$s_ngx" "$r" ">= ${T_RATIO}x nginx" "$(ok_ge "$r" "$T_RATIO")"
-    row "single upload, time s" "$(fmt3 "$(median "${S_NODE_T[@]}")")" "$(fmt3 "$(median "${S_NGX_T[@]}")")" "" "" ""
-    row "single upload, peak RSS MiB" "$s_rss" "$s_ngx_rss" "" "< $T_RSS_SINGLE MiB" "$(ok_lt "$s_rss" "$T_RSS_SINGLE")"
-    row "single, nginx incl. fsync, MB/s (info)" "$s_node" "$s_ngx_sync" "$(ratio "$s_node" "$s_ngx_sync")" "" ""
-    row "single upload, server CPU s (info)" "$(median "${S_NODE_CPU[@]}")" "$(median "${S_NGX_CPU[@]}")" \
-        "$(ratio "$(median "${S_NODE_CPU[@]}")" "$(median "${S_NGX_CPU[@]}")")" "" ""
-    r=$(ratio "$c_node" "$c_ngx")
-    row "${CONC} concurrent uploads, aggregate MB/s" "$c_node" "$c_ngx" "$r" ">= ${T_RATIO}x nginx" "$(ok_ge "$r" "$T_RATIO")"
-    row "${CONC} concurrent uploads, peak RSS MiB" "$c_rss" "$c_ngx_rss" "" "< $T_RSS_CONC MiB" "$(ok_lt "$c_rss" "$T_RSS_CONC")"
-    row "concurrent, nginx incl. fsync, MB/s (info)" "$c_node" "$c_ngx_sync" "$(ratio "$c_node" "$c_ngx_sync")" "" ""
-    row "concurrent, server CPU s (info)" "$(median "${C_NODE_CPU[@]}")" "$(median "${C_NGX_CPU[@]}")" \
-        "$(ratio "$(median "${C_NODE_CPU[@]}")" "$(median "${C_NGX_CPU[@]}")")" "" ""
-    row "list first page (limit=$LIST_LIMIT), ms" "$L_FIRST_MS" "-" "" "< $T_LIST_MS ms" "$(ok_lt "$L_FIRST_MS" "$T_LIST_MS")"
-    row "list deep page (after row 90%), ms" "$L_DEEP_MS" "-" "" "< $T_LIST_MS ms" "$(ok_lt "$L_DEEP_MS" "$T_LIST_MS")"
-    row "node start-up with $ROWS rows, s (info)" "$(fmt3 "$L_START_S")" "-" "" "" ""
-    row "node peak RSS after listing, MiB (info)" "$L_RSS" "-" "" "" ""
-    echo
-    echo "Notes: the page cache was not dropped (not allowed here): bodies are read from it and"
-    echo "writes land in it. Spillway fsyncs each upload before answering; nginx does not (see the"
-    echo "'incl. fsync' rows: nginx time + fsync of its files). Uploads use curl -T (Content-Length)"
-    echo "without Expect: 100-continue. The machine may be shared: compare within one invocation."
+        git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo '+changes')), $(date -u +%Y-%m-%dT%H:%M:%SZ), sections:$(
+        for s in $SECTIONS_ALL; do if selected "$s"; then printf ' %s' "$s"; fi; done)"
+    local warm="" list=""
+    if ((WARMUP)); then warm=", after 1 uncounted warm-up upload of each kind"; fi
+    if selected list; then list=" (listing: of $LIST_RUNS requests)"; fi
+    echo "  medians of $RUNS run(s)$warm$list"
+    echo "  MB = 10^6 bytes; RSS = VmHWM of a fresh server process per run; node and reference alternate"
+    if selected single || selected conc || selected list; then
+        echo "  single: $(numfmt --to=iec-i --suffix=B "$SIZE"); concurrent: $CONC x $(numfmt --to=iec-i --suffix=B "$CONC_SIZE"); rows: $ROWS"
+    fi
+    if selected single || selected conc; then
+        echo "  nginx: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //') from Debian package '$NGINX_PKG' (dav module compiled in), single process"
+    fi
+    if selected single || selected conc || selected list; then
+        echo
+        row "metric" "spillway" "nginx" "ratio" "target" "result"
+        row "--------------------------------------------" "------------" "------------" "-------" "--------------------" "------"
+    fi
+    if selected single; then
+        s_node=$(median "${S_NODE_MBS[@]}") s_ngx=$(median "${S_NGX_MBS[@]}")
+        s_ngx_sync=$(median "${S_NGX_SYNC_MBS[@]}")
+        s_rss=$(median "${S_NODE_RSS[@]}") s_ngx_rss=$(median "${S_NGX_RSS[@]}")
+        r=$(ratio "$s_node" "$s_ngx")
+        row "single upload, MB/s" "$s_node" "$s_ngx" "$r" ">= ${T_RATIO}x nginx" "$(ok_ge "$r" "$T_RATIO")"
+        row "single upload, time s" "$(fmt3 "$(median "${S_NODE_T[@]}")")" "$(fmt3 "$(median "${S_NGX_T[@]}")")" "" "" ""
+        row "single upload, peak RSS MiB" "$s_rss" "$s_ngx_rss" "" "< $T_RSS_SINGLE MiB" "$(ok_lt "$s_rss" "$T_RSS_SINGLE")"
+        row "single, nginx incl. fsync, MB/s (info)" "$s_node" "$s_ngx_sync" "$(ratio "$s_node" "$s_ngx_sync")" "" ""
+        row "single upload, server CPU s (info)" "$(median "${S_NODE_CPU[@]}")" "$(median "${S_NGX_CPU[@]}")" \
+            "$(ratio "$(median "${S_NODE_CPU[@]}")" "$(median "${S_NGX_CPU[@]}")")" "" ""
+    fi
+    if selected conc; then
+        c_node=$(median "${C_NODE_MBS[@]}") c_ngx=$(median "${C_NGX_MBS[@]}")
+        c_ngx_sync=$(median "${C_NGX_SYNC_MBS[@]}")
+        c_rss=$(median "${C_NODE_RSS[@]}") c_ngx_rss=$(median "${C_NGX_RSS[@]}")
+        r=$(ratio "$c_node" "$c_ngx")
+        row "${CONC} concurrent uploads, aggregate MB/s" "$c_node" "$c_ngx" "$r" ">= ${T_RATIO}x nginx" "$(ok_ge "$r" "$T_RATIO")"
+        row "${CONC} concurrent uploads, peak RSS MiB" "$c_rss" "$c_ngx_rss" "" "< $T_RSS_CONC MiB" "$(ok_lt "$c_rss" "$T_RSS_CONC")"
+        row "concurrent, nginx incl. fsync, MB/s (info)" "$c_node" "$c_ngx_sync" "$(ratio "$c_node" "$c_ngx_sync")" "" ""
+        row "concurrent, server CPU s (info)" "$(median "${C_NODE_CPU[@]}")" "$(median "${C_NGX_CPU[@]}")" \
+            "$(ratio "$(median "${C_NODE_CPU[@]}")" "$(median "${C_NGX_CPU[@]}")")" "" ""
+    fi
+    if selected list; then
+        row "list first page (limit=$LIST_LIMIT), ms" "$L_FIRST_MS" "-" "" "< $T_LIST_MS ms" "$(ok_lt "$L_FIRST_MS" "$T_LIST_MS")"
+        row "list deep page (after row 90%), ms" "$L_DEEP_MS" "-" "" "< $T_LIST_MS ms" "$(ok_lt "$L_DEEP_MS" "$T_LIST_MS")"
+        row "node start-up with $ROWS rows, s (info)" "$(fmt3 "$L_START_S")" "-" "" "" ""
+        row "node peak RSS after listing, MiB (info)" "$L_RSS" "-" "" "" ""
+    fi
+    if selected single || selected conc || selected list; then
+        echo
+        echo "Notes: the page cache was not dropped (not allowed here): bodies are read from it and"
+        echo "writes land in it. Spillway fsyncs each upload before answering; nginx does not (see the"
+        echo "'incl. fsync' rows: nginx time + fsync of its files). Uploads use curl -T (Content-Length)"
+        echo "without Expect: 100-continue. The machine may be shared: compare within one invocation."
+    fi
+    if selected s3; then report_s3; fi
 }
 
 # ------------------------------------------------------------------ main ---
@@ -561,12 +907,21 @@ main() {
     [[ -x $BIN ]] || die "no binary at $BIN"
 
     mkdir -p "$TMP_PARENT"
-    # Room: both bodies, the larger of (one single upload, all concurrent
-    # uploads) stored by one server at a time, the index (~1 KiB a row with
-    # its WAL), plus 512 MiB of slack.
-    local stored=$SIZE
-    if ((CONC * CONC_SIZE > stored)); then stored=$((CONC * CONC_SIZE)); fi
-    need=$((SIZE + CONC_SIZE + stored + ROWS * 1024 + (512 << 20)))
+    # Room: the bodies, the largest of (one single upload, all concurrent
+    # uploads, one S3 object in Garage) stored at a time, the index (~1 KiB
+    # a row with its WAL), plus 512 MiB of slack.
+    local bodies=0 stored=0
+    if selected single; then bodies=$((bodies + SIZE)) stored=$SIZE; fi
+    if selected conc; then
+        bodies=$((bodies + CONC_SIZE))
+        if ((CONC * CONC_SIZE > stored)); then stored=$((CONC * CONC_SIZE)); fi
+    fi
+    if selected s3; then
+        bodies=$((bodies + S3_SIZE))
+        if ((S3_SIZE > stored)); then stored=$S3_SIZE; fi
+    fi
+    need=$((bodies + stored + (512 << 20)))
+    if selected list; then need=$((need + ROWS * 1024)); fi
     avail=$(df -P -B1 "$TMP_PARENT" | awk 'NR == 2 { print $4 }')
     if ((avail < need)); then
         die "not enough free space in $TMP_PARENT: need $(numfmt --to=iec-i --suffix=B "$need"), have $(numfmt --to=iec-i --suffix=B "$avail") (set BENCH_TMPDIR or smaller BENCH_* sizes)"
@@ -578,29 +933,50 @@ main() {
 
     SRC="$TMPD/single.bin"
     CSRC="$TMPD/conc.bin"
-    log "generating $(numfmt --to=iec-i --suffix=B "$SIZE") and $(numfmt --to=iec-i --suffix=B "$CONC_SIZE") of random bodies"
-    head -c "$SIZE" /dev/urandom >"$SRC"
-    head -c "$CONC_SIZE" /dev/urandom >"$CSRC"
-    sync "$SRC" "$CSRC"
+    S3SRC="$TMPD/s3.bin"
+    local -a bodies_made=()
+    if selected single; then bodies_made+=("$SRC:$SIZE"); fi
+    if selected conc; then bodies_made+=("$CSRC:$CONC_SIZE"); fi
+    if selected s3; then bodies_made+=("$S3SRC:$S3_SIZE"); fi
+    for i in "${bodies_made[@]}"; do
+        log "generating $(numfmt --to=iec-i --suffix=B "${i##*:}") of random body (${i%:*})"
+        head -c "${i##*:}" /dev/urandom >"${i%:*}"
+        sync "${i%:*}"
+    done
 
-    if ((WARMUP)); then
-        # The first writes of a fresh (virtual) machine's page cache can be
-        # much slower than later ones: give both servers one uncounted run.
-        log "warm-up: one uncounted single upload to each server"
-        single_node 0
-        single_nginx 0
-        S_NODE_MBS=() S_NODE_T=() S_NODE_RSS=() S_NODE_CPU=()
-        S_NGX_MBS=() S_NGX_T=() S_NGX_RSS=() S_NGX_SYNC_MBS=() S_NGX_CPU=()
+    if selected single; then
+        if ((WARMUP)); then
+            # The first writes of a fresh (virtual) machine's page cache can be
+            # much slower than later ones: give both servers one uncounted run.
+            log "warm-up: one uncounted single upload to each server"
+            single_node 0
+            single_nginx 0
+            S_NODE_MBS=() S_NODE_T=() S_NODE_RSS=() S_NODE_CPU=()
+            S_NGX_MBS=() S_NGX_T=() S_NGX_RSS=() S_NGX_SYNC_MBS=() S_NGX_CPU=()
+        fi
+        for ((i = 1; i <= RUNS; i++)); do
+            if ((i % 2)); then single_node "$i"; single_nginx "$i"; else single_nginx "$i"; single_node "$i"; fi
+        done
+        rm -f -- "$SRC"
     fi
-    for ((i = 1; i <= RUNS; i++)); do
-        if ((i % 2)); then single_node "$i"; single_nginx "$i"; else single_nginx "$i"; single_node "$i"; fi
-    done
-    rm -f -- "$SRC"
-    for ((i = 1; i <= RUNS; i++)); do
-        if ((i % 2)); then conc_node "$i"; conc_nginx "$i"; else conc_nginx "$i"; conc_node "$i"; fi
-    done
-    rm -f -- "$CSRC"
-    listing
+    if selected conc; then
+        if ((WARMUP)) && ! selected single; then
+            log "warm-up: one uncounted round of concurrent uploads to each server"
+            conc_node 0
+            conc_nginx 0
+            C_NODE_MBS=() C_NODE_RSS=() C_NODE_CPU=()
+            C_NGX_MBS=() C_NGX_RSS=() C_NGX_SYNC_MBS=() C_NGX_CPU=()
+        fi
+        for ((i = 1; i <= RUNS; i++)); do
+            if ((i % 2)); then conc_node "$i"; conc_nginx "$i"; else conc_nginx "$i"; conc_node "$i"; fi
+        done
+        rm -f -- "$CSRC"
+    fi
+    if selected list; then listing; fi
+    if selected s3; then
+        s3_section
+        rm -f -- "$S3SRC"
+    fi
     report
 }
 
