@@ -55,11 +55,16 @@
 #      when free space on either volume falls below SPILLWAY_DISK_RESERVE;
 #      200 again after each fix; /health stays 200 throughout
 #   6. Helm chart: yamllint; lint --strict and template with Helm's engine
-#      (three value sets, and two bad ones that must fail), every manifest
-#      valid against Kubernetes' schemas, probes, volumes and
-#      securityContext as documented, and a real node started with the
-#      rendered ConfigMap + Secret environment (tokens, CORS list).
-#      systemd unit: systemd-analyze verify and security (exposure <= 2.0);
+#      (five value sets: defaults; storage=s3, index=postgres, replicaCount=3;
+#      existing Secrets for both; and bad ones that must fail with their
+#      message, replicaCount=3 on the filesystem store among them), every
+#      manifest valid against Kubernetes' schemas, probes, volumes,
+#      securityContext, the s3/postgres SPILLWAY_* environment (ConfigMap and
+#      Secret references) and the Service's affinity as documented, and a
+#      real node started with the rendered ConfigMap + Secret environment
+#      (tokens, CORS list).
+#      systemd unit: systemd-analyze verify, alone and with the drop-in
+#      spillway-cluster.conf, and security (exposure <= 2.0);
 #      a real node with its Environment= lines, as an unprivileged user under
 #      strace: every syscall it made passes the unit's SystemCallFilter
 #   7. Dockerfile: hadolint; stages, USER, EXPOSE, VOLUME, ENV; its ignore
@@ -70,6 +75,15 @@
 #   8. Grafana dashboard: uses exactly the node's metric families; a real
 #      Prometheus (Debian package) scrapes the node; every panel query, its
 #      variables filled in as Grafana would, evaluates and returns series
+#   9. nginx for several nodes (deploy/nginx/spillway-cluster.conf): the
+#      shipped file passes `nginx -t`; rendered for three local nodes (their
+#      addresses, nothing else), resumable uploads created from 12 client
+#      addresses get a Location naming their node, and PATCH/HEAD from
+#      another address reach it (the dataset is on that node); a bare id and
+#      an unknown node name go by client address; two partial uploads and
+#      their concatenation (with the rewritten URLs) work; other requests
+#      are spread round-robin over the three nodes. (Independent nodes on
+#      the filesystem store: a request at the wrong node would be a 404.)
 # Every wait is bounded; every process started here is stopped by PID and
 # every tmpfs unmounted in the exit trap. The last line on stdout is
 # `ops: N passed, M failed`; the exit status is 0 only when all passed.
@@ -87,7 +101,7 @@ PY="$VENV/bin/python"
 TMP_PARENT=${OPS_TMPDIR:-${TMPDIR:-/tmp}}
 BIG_MIB=${OPS_BIG_MIB:-1024}
 RUN_TIMEOUT=${OPS_TIMEOUT:-900}
-ONLY=${OPS_ONLY:-1 2 3 4 5 6 7 8}
+ONLY=${OPS_ONLY:-1 2 3 4 5 6 7 8 9}
 
 # Test timeouts (nginx's in the rendered copy, the node's stall timeout).
 NGX_HEADER_TIMEOUT=3
@@ -979,6 +993,16 @@ sets = {
     "emptydir-existing-secret": {"persistence": {"spool": {"enabled": True, "type": "emptyDir", "size": "8Gi"}},
                                  "auth": {"existingSecret": "my-spillway-secret"},
                                  "metrics": {"podAnnotations": False}},
+    "s3-postgres-3": {"storage": "s3", "index": "postgres", "replicaCount": 3, "ingress": {"enabled": True},
+                      "s3": {"endpoint": "http://garage.storage.svc:3900", "region": "garage", "bucket": "datasets",
+                             "prefix": "spillway", "downloads": "redirect", "accessKeyId": "GKtest",
+                             "secretAccessKey": "s3-secret"},
+                      "postgres": {"url": "postgres://spillway:pw@db.data.svc:5432/spillway"}},
+    "s3-postgres-existing-secrets": {"storage": "s3", "index": "postgres", "replicaCount": 2,
+                                     "s3": {"bucket": "datasets", "existingSecret": "garage-key",
+                                            "existingSecretKeys": {"accessKeyId": "id", "secretAccessKey": "secret"}},
+                                     "postgres": {"existingSecret": "pg", "existingSecretKey": "url"},
+                                     "auth": {"existingSecret": "my-spillway-secret"}},
 }
 rendered = {}
 for name, values in sets.items():
@@ -1007,9 +1031,23 @@ for name, values in sets.items():
     ok(f"values '{name}': helm lint --strict clean; template -> "
        f"{', '.join(sorted(k for k, _ in rendered[name]))}; valid against Kubernetes {K8S}'s schemas (strict)")
 
-for what, values, msg in [("address in config", {"config": {"address": "0.0.0.0"}}, "set by the chart"),
-                          ("an unknown spool type", {"persistence": {"spool": {"enabled": True, "type": "hostPath"}}},
-                           "pvc or emptyDir")]:
+S3PG = {"storage": "s3", "index": "postgres", "s3": {"bucket": "b"}, "postgres": {"url": "postgres://x@db/s"}}
+bad_sets = [("address in config", {"config": {"address": "0.0.0.0"}}, "set by the chart"),
+            ("an unknown spool type", {"persistence": {"spool": {"enabled": True, "type": "hostPath"}}},
+             "pvc or emptyDir"),
+            ("replicaCount=3 on the filesystem store", {"replicaCount": 3},
+             "replicaCount: 3 needs storage: s3 and index: postgres"),
+            ("replicaCount=3 with s3 and sqlite", {**S3PG, "index": "sqlite", "replicaCount": 3},
+             "needs storage: s3 and index: postgres"),
+            ("replicaCount=2 with fs and postgres", {**S3PG, "storage": "fs", "replicaCount": 2},
+             "needs storage: s3 and index: postgres"),
+            ("storage=s3 without a bucket", {"storage": "s3"}, "needs s3.bucket"),
+            ("index=postgres without a URL", {"index": "postgres"}, "postgres.url or postgres.existingSecret"),
+            ("an unknown storage", {"storage": "gcs"}, "storage must be fs or s3"),
+            ("an unknown s3.downloads", {**S3PG, "s3": {"bucket": "b", "downloads": "stream"}}, "proxy or redirect"),
+            ("half the S3 credentials", {**S3PG, "s3": {"bucket": "b", "accessKeyId": "GK"}}, "go together"),
+            ("s3__bucket in config", {"config": {"s3__bucket": "b"}}, "set by the chart")]
+for what, values, msg in bad_sets:
     try:
         with helm.Chart.load(chart) as c:
             c.render(values, name="demo", namespace="data")
@@ -1018,7 +1056,7 @@ for what, values, msg in [("address in config", {"config": {"address": "0.0.0.0"
             fail(f"values with {what}: the error {e} does not say {msg!r}")
     else:
         fail(f"values with {what} rendered; expected an error")
-ok("bad values (address in config, an unknown spool type) fail to render, with a message")
+ok(f"{len(bad_sets)} bad value sets fail to render, each with its message: " + "; ".join(w for w, _, _ in bad_sets))
 
 def sts(r):
     return next(d for (k, _), d in r.items() if k == "StatefulSet")
@@ -1071,6 +1109,64 @@ if "emptyDir" not in vols.get("spool", {}) or any(k == "Secret" for k, _ in e) \
     fail("emptydir-existing-secret: want a spool emptyDir, no Secret, the existing Secret, no scrape annotations")
 ok("StatefulSet: 1 replica, data PVC (+ spool PVC or emptyDir), probes /health (startup, liveness) and /ready, "
    "non-root, read-only root, scrape annotations; Secret or existingSecret; the Ingress streams")
+
+# storage=s3, index=postgres, 3 replicas: the environment and what goes with several pods.
+def secret_refs(r):
+    c = sts(r)["spec"]["template"]["spec"]["containers"][0]
+    return {x["name"]: (x["valueFrom"]["secretKeyRef"]["name"], x["valueFrom"]["secretKeyRef"]["key"])
+            for x in c["env"] if "valueFrom" in x}
+def config_map(r):
+    return next(d for (k, _), d in r.items() if k == "ConfigMap")["data"]
+def service(r):
+    return next(d for (k, n), d in r.items() if k == "Service" and not n.endswith("-headless"))
+problems = []
+r = rendered["s3-postgres-3"]
+s, cm, refs = sts(r), config_map(r), secret_refs(r)
+want_cm = {"SPILLWAY_STORAGE": "s3", "SPILLWAY_INDEX": "postgres", "SPILLWAY_S3__ENDPOINT": "http://garage.storage.svc:3900",
+           "SPILLWAY_S3__REGION": "garage", "SPILLWAY_S3__BUCKET": "datasets", "SPILLWAY_S3__PREFIX": "spillway",
+           "SPILLWAY_S3__PATH_STYLE": "true", "SPILLWAY_S3__DOWNLOADS": "redirect"}
+if {k: cm.get(k) for k in want_cm} != want_cm:
+    problems.append(f"ConfigMap {cm}")
+backends = next((d for (k, n), d in r.items() if k == "Secret" and n.endswith("-backends")), None)
+name = backends["metadata"]["name"] if backends else None
+if not backends or backends["stringData"] != {"SPILLWAY_S3__ACCESS_KEY_ID": "GKtest",
+                                              "SPILLWAY_S3__SECRET_ACCESS_KEY": "s3-secret",
+                                              "SPILLWAY_POSTGRES_URL": "postgres://spillway:pw@db.data.svc:5432/spillway"}:
+    problems.append("the backends Secret")
+if {k: refs.get(k) for k in ("SPILLWAY_S3__ACCESS_KEY_ID", "SPILLWAY_S3__SECRET_ACCESS_KEY", "SPILLWAY_POSTGRES_URL")} != {
+        "SPILLWAY_S3__ACCESS_KEY_ID": (name, "SPILLWAY_S3__ACCESS_KEY_ID"),
+        "SPILLWAY_S3__SECRET_ACCESS_KEY": (name, "SPILLWAY_S3__SECRET_ACCESS_KEY"),
+        "SPILLWAY_POSTGRES_URL": (name, "SPILLWAY_POSTGRES_URL")}:
+    problems.append(f"secret references {refs}")
+if refs.get("SPILLWAY_SIGNING_KEY", ("", ""))[1] != "SPILLWAY_SIGNING_KEY":
+    problems.append("every pod: SPILLWAY_SIGNING_KEY from the Secret")
+if s["spec"]["replicas"] != 3 or s["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] != "20Gi":
+    problems.append("3 replicas, a 20Gi data PVC")
+if service(r)["spec"].get("sessionAffinity") != "ClientIP":
+    problems.append("Service sessionAffinity ClientIP")
+ing = next(d for (k, _), d in r.items() if k == "Ingress")
+if ing["metadata"]["annotations"].get("nginx.ingress.kubernetes.io/upstream-hash-by") != "$remote_addr":
+    problems.append("Ingress upstream-hash-by $remote_addr")
+r = rendered["s3-postgres-existing-secrets"]
+refs = secret_refs(r)
+if any(n.endswith("-backends") for k, n in r if k == "Secret") or {
+        k: refs.get(k) for k in ("SPILLWAY_S3__ACCESS_KEY_ID", "SPILLWAY_S3__SECRET_ACCESS_KEY", "SPILLWAY_POSTGRES_URL")} != {
+        "SPILLWAY_S3__ACCESS_KEY_ID": ("garage-key", "id"), "SPILLWAY_S3__SECRET_ACCESS_KEY": ("garage-key", "secret"),
+        "SPILLWAY_POSTGRES_URL": ("pg", "url")}:
+    problems.append(f"existing Secrets: {refs}")
+d = rendered["defaults"]
+if {k: config_map(d).get(k) for k in ("SPILLWAY_STORAGE", "SPILLWAY_INDEX")} != {"SPILLWAY_STORAGE": "fs",
+                                                                                 "SPILLWAY_INDEX": "sqlite"} \
+        or any(k.startswith("SPILLWAY_S3__") for k in config_map(d)) or set(secret_refs(d)) != {
+            "SPILLWAY_TOKENS", "SPILLWAY_SIGNING_KEY"} \
+        or sts(d)["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] != "100Gi" \
+        or service(d)["spec"].get("sessionAffinity") != "None":
+    problems.append("defaults: fs + sqlite, no s3/postgres env, a 100Gi data PVC, no session affinity")
+if problems:
+    fail(f"storage/index values: {problems}")
+ok("storage=s3, index=postgres, replicaCount=3: SPILLWAY_STORAGE/INDEX/S3__* in the ConfigMap, S3 credentials and "
+   "the PostgreSQL URL from the chart's Secret (or existing Secrets, with their key names), one signing key for "
+   "every pod, a 20Gi data PVC, ClientIP affinity on the Service and the Ingress; the defaults stay fs + sqlite")
 
 # The environment the pod would get (ConfigMap + Secret + literal env), for
 # a real node below: 'full' (tokens, CORS list) and 'defaults' (the
@@ -1156,6 +1252,17 @@ PY
         return 1
     fi
     echo "  ok: systemd-analyze verify: no findings (ExecStart pointed at the built binary)"
+    # The drop-in for an S3 store with a shared PostgreSQL catalog, installed
+    # next to the unit (systemd-analyze reads <unit>.d/ beside it).
+    mkdir -p "$u/spillway.service.d"
+    cp "$DEPLOY/systemd/spillway-cluster.conf" "$u/spillway.service.d/cluster.conf"
+    if ! out=$(systemd-analyze verify "$u/spillway.service" 2>&1) || [[ -n $out ]]; then
+        echo "  FAIL: systemd-analyze verify with the drop-in spillway-cluster.conf:"
+        printf '%s\n' "$out" | sed 's/^/    /'
+        return 1
+    fi
+    rm -r "$u/spillway.service.d"
+    echo "  ok: systemd-analyze verify with the drop-in spillway-cluster.conf: no findings"
     out=$(systemd-analyze security --offline=yes "$u/spillway.service" 2>&1) || true
     score=$(sed -n 's/.*Overall exposure level for spillway.service: \([0-9.]*\).*/\1/p' <<<"$out")
     if [[ -z $score ]] || ! awk -v s="$score" 'BEGIN { exit !(s <= 2.0) }'; then
@@ -1467,6 +1574,130 @@ PY
     return "$rc"
 }
 
+check_9() {
+    local conf="$DEPLOY/nginx/spillway-cluster.conf" t="$TMPD/nginx-cluster" n i rc=0 code
+    local -a ports=()
+    mkdir -p "$t/logs"
+    sed "s#/var/log/nginx/#$t/logs/#g" "$conf" >"$t/site.conf"
+    write_nginx_main "$t" "$t/site.conf"
+    if ! "$NGINX" -t -q -p "$t" -e "$t/logs/error.log" -c "$t/nginx.conf" >"$t/out" 2>&1; then
+        echo "  FAIL: nginx -t rejects the shipped spillway-cluster.conf:"
+        sed 's/^/    /' "$t/out"
+        return 1
+    fi
+    echo "  ok: nginx -t accepts the shipped spillway-cluster.conf"
+    # Three independent nodes (filesystem store, SQLite): an upload routed to
+    # a node that did not create it is a 404 there.
+    local -a started=()
+    for n in c1 c2 c3; do
+        mkdir -p "$TMPD/$n"
+        if ! start_node "$n" 60 SPILLWAY_DATA_DIR="$TMPD/$n" SPILLWAY_DISK_RESERVE=0; then
+            echo "  FAIL: node $n did not start"
+            rc=1
+            break
+        fi
+        started+=("$n")
+        ports+=("${NODE_PORT[$n]}")
+    done
+    local port pid=""
+    port=$(free_port)
+    rm -rf -- "$t" && mkdir -p "$t/logs" "$t/client_body" "$t/proxy"
+    # The shipped file with only the nodes' addresses, the listen line and
+    # the log paths changed; each must match exactly.
+    ((rc != 0)) || "$PY" - "$conf" "$t/site.conf" "$port" "$t/logs" "${ports[@]}" <<'PY' || rc=1
+import sys
+src, out, port, logs, *nodes = sys.argv[1:]
+conf = open(src).read()
+subs = [("listen 80;", f"listen 127.0.0.1:{port};", 1), ("listen [::]:80;\n", "", 1),
+        ("/var/log/nginx/", logs.rstrip("/") + "/", 2)]
+for i, p in enumerate(nodes):
+    subs += [(f"10.0.0.1{i + 1}:8000", f"127.0.0.1:{p}", 3), (f"10\\.0\\.0\\.1{i + 1}:8000", f"127\\.0\\.0\\.1:{p}", 1)]
+for old, new, count in subs:
+    if conf.count(old) != count:
+        sys.exit(f"render: {old!r} is in {src} {conf.count(old)} times, expected {count}")
+    conf = conf.replace(old, new)
+open(out, "w").write(conf)
+PY
+    if ((rc == 0)); then
+        write_nginx_main "$t" "$t/site.conf"
+        "$NGINX" -p "$t" -e "$t/logs/error.log" -c "$t/nginx.conf" >"$t/logs/stdout" 2>&1 &
+        pid=$!
+        LIVE[$pid]="nginx (cluster site)"
+        for ((i = 0; i < 100; i++)); do
+            code=$(curl -s -o /dev/null --max-time 2 -w '%{http_code}' "http://127.0.0.1:$port/health" 2>/dev/null || true)
+            [[ $code == 200 ]] && break
+            alive "$pid" || break
+            sleep 0.1
+        done
+        [[ $code == 200 ]] || { echo "  FAIL: nginx with the rendered cluster site did not come up"; rc=1; }
+    fi
+    if ((rc == 0)); then
+        pyrun "$port" "$t/logs/spillway.access.log" "${ports[@]}" <<'PY' || rc=1
+import base64, collections, http.client
+from opslib import *
+port, access_log, *nodes = sys.argv[1:]
+port, node_of = int(port), dict(zip("abc", (int(p) for p in nodes)))
+
+def call(method, path, headers=None, body=None, src="127.0.0.1", to=None):
+    c = http.client.HTTPConnection("127.0.0.1", to or port, timeout=30, source_address=(src, 0))
+    try:
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse()
+        data = r.read()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+    finally:
+        c.close()
+
+TUS = {"Tus-Resumable": "1.0.0"}
+PATCH = {**TUS, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
+meta = lambda key: "key " + base64.b64encode(key.encode()).decode()
+bad, tags = [], collections.Counter()
+def expect(what, got, want):
+    if got != want:
+        bad.append(f"{what}: {got!r} (expected {want!r})")
+for i in range(12):
+    src, moved, key = f"127.0.0.{i + 2}", f"127.0.0.{i + 40}", f"cluster/u{i}.bin"
+    s, h, _ = call("POST", "/uploads", {**TUS, "Upload-Length": "5", "Upload-Metadata": meta(key)}, src=src)
+    loc = h.get("location", "")
+    m = re.fullmatch(r"/uploads/([abc])/([0-9a-f]{32})", loc)
+    expect(f"POST /uploads from {src}: status, Location /uploads/{{node}}/{{id}}", (s, loc if m else None), (201, loc))
+    if not m:
+        continue
+    node, uid = m.groups()
+    tags[node] += 1
+    s, h, _ = call("PATCH", loc, PATCH, b"hello", src=moved)
+    expect(f"PATCH {loc} from another address", (s, h.get("upload-offset")), (204, "5"))
+    expect(f"HEAD {loc} from another address", call("HEAD", loc, TUS, src=moved)[0], 200)
+    expect(f"{key} on node {node} itself", call("GET", f"/data/{key}", to=node_of[node])[::2], (200, b"hello"))
+    expect(f"HEAD /uploads/{uid} (bare) from {src}", call("HEAD", f"/uploads/{uid}", TUS, src=src)[0], 200)
+    expect(f"HEAD /uploads/zz/{uid} (unknown node) from {src}", call("HEAD", f"/uploads/zz/{uid}", TUS, src=src)[0], 200)
+parts = []
+for body in (b"abc", b"defg"):
+    s, h, _ = call("POST", "/uploads", {**TUS, "Upload-Length": str(len(body)), "Upload-Concat": "partial"}, src="127.0.0.99")
+    parts.append(h.get("location", ""))
+    expect("a partial upload", (s, call("PATCH", parts[-1], PATCH, body, src="127.0.0.98")[0]), (201, 204))
+s, h, _ = call("POST", "/uploads", {**TUS, "Upload-Concat": "final;" + " ".join(parts),
+                                    "Upload-Metadata": meta("cluster/concat.bin")}, src="127.0.0.99")
+expect(f"final upload of {parts}", s, 201)
+expect("the concatenation", call("GET", "/data/cluster/concat.bin", src="127.0.0.99")[::2], (200, b"abcdefg"))
+for _ in range(6):
+    call("GET", "/health")
+spread = collections.Counter(re.findall(r'"GET /health HTTP/1\.1" 200 .* node=(\S+)', open(access_log).read()))
+expect("GET /health: nodes that answered", len(spread), 3)
+if len(tags) < 2:
+    bad.append(f"12 client addresses created uploads on {dict(tags)} only: the hash does not spread")
+if bad:
+    fail("through spillway-cluster.conf:\n    " + "\n    ".join(bad))
+ok(f"uploads created from 12 addresses went to nodes {dict(sorted(tags.items()))}; each Location named its node, "
+   "and PATCH/HEAD from another address reached it; bare ids and unknown node names went by client address; "
+   "two partials and their concatenation worked; GET /health went round-robin to all 3 nodes")
+PY
+    fi
+    if [[ -n $pid ]]; then stop_pid "$pid"; fi
+    for n in "${started[@]}"; do stop_node "$n"; done
+    return "$rc"
+}
+
 # ------------------------------------------------------------------ main ---
 
 run_check() { # number title
@@ -1544,6 +1775,7 @@ main() {
     run_check 6 "Helm chart (lint, template, schemas, a node with its env) and systemd unit (verify, security, syscalls)"
     run_check 7 "Dockerfile: hadolint, its HEALTHCHECK against a live node, its ENV, its runtime libraries"
     run_check 8 "Grafana dashboard: every query evaluates on a real Prometheus scraping the node"
+    run_check 9 "nginx for several nodes: nginx -t; resumable uploads reach the node that created them"
 
     stop_pid "$NGINX_PID"
     stop_node a

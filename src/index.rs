@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use r2d2::Pool;
 use r2d2_postgres::PostgresConnectionManager;
@@ -380,7 +381,28 @@ const COLUMNS: &str = "key, name, size, blake3, content_type, created_at, update
 #[derive(Clone)]
 enum Backend {
     Sqlite(Pool<SqliteConnectionManager>),
-    Postgres(Pool<PostgresConnectionManager<postgres::NoTls>>),
+    Postgres(Arc<PgPool>),
+}
+
+/// The PostgreSQL pool. The synchronous client runs a runtime of its own,
+/// and closing a connection inside tokio's would panic; the last owner may
+/// be dropped there (at shutdown), so the pool is closed on a plain thread.
+struct PgPool(Option<Pool<PostgresConnectionManager<postgres::NoTls>>>);
+
+impl std::ops::Deref for PgPool {
+    type Target = Pool<PostgresConnectionManager<postgres::NoTls>>;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("the pool lives until dropped")
+    }
+}
+
+impl Drop for PgPool {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0.take() {
+            let _ = std::thread::spawn(move || drop(pool)).join();
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -432,7 +454,7 @@ impl Index {
             .connection_timeout(std::time::Duration::from_secs(3))
             .build(manager)
             .map_err(|e| Error::Unavailable("the index", format!("connecting to PostgreSQL: {e}")))?;
-        let index = Index { backend: Backend::Postgres(pool) };
+        let index = Index { backend: Backend::Postgres(Arc::new(PgPool(Some(pool)))) };
         index.migrate()?;
         Ok(index)
     }

@@ -1040,3 +1040,19 @@ async fn postgres_down_means_503_never_500() {
     );
     assert_no_panic(&node, "node");
 }
+
+/// A node on PostgreSQL stops cleanly on SIGTERM (as `systemctl stop` does):
+/// its synchronous PostgreSQL client must not be closed inside tokio.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_postgres_stops_cleanly() {
+    if cluster::skip_without_postgres() {
+        return;
+    }
+    let pg = Postgres::start();
+    let mut node = start(&settings(None, Some(&pg), &[]));
+    put_ok(&node, "stop/a.bin", b"bytes", &[]).await;
+    assert_downloads(&node, "stop/a.bin", b"bytes", &[]).await;
+    let status = node.terminate();
+    assert!(status.success(), "the node exited with {status} on SIGTERM:\n{}", node.log());
+    assert_no_panic(&node, "a_node_on_postgres_stops_cleanly");
+}

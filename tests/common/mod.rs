@@ -121,6 +121,14 @@ impl TestNode {
         self.launch();
     }
 
+    /// SIGTERM, as a service manager stops it; waits (bounded) for the exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let child = self.child.take().expect("the node is running");
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+        wait_bounded(child, Duration::from_secs(30), "spillway after SIGTERM")
+    }
+
     pub fn log(&self) -> String {
         fs::read_to_string(self.log_path()).unwrap_or_default()
     }
