@@ -496,21 +496,26 @@ impl Node {
     /// upload. Nothing waiting: nothing to do.
     async fn acknowledge_direct(&self, s3: &S3Store, key: &Key, ack: &Acknowledge) -> Result<()> {
         let incoming = s3.incoming(key);
-        let Some((size, _, content_type)) = s3.head(&incoming).await? else {
+        let Some((_, uploaded, content_type)) = s3.head(&incoming).await? else {
+            return Ok(());
+        };
+        // Check, hash and install one private copy, never the incoming
+        // object itself, which the client may still overwrite.
+        let Some((object, size)) = s3.stage_copy(&incoming).await? else {
             return Ok(());
         };
         let limit = self.direct_upload_limit(key).await?;
         if size > limit {
-            s3.delete(&incoming).await?;
+            s3.delete_if_unchanged(&incoming, &uploaded).await?;
             return Err(Error::TooLarge { limit });
         }
-        let (blake3, read) = s3.hash_object(&incoming).await?;
+        let (blake3, read) = s3.hash_object(object.path()).await?;
         if read != size {
             return Err(Error::Unavailable("the object store", format!("read {read} of {size} bytes")));
         }
         if let Some(expected) = &ack.blake3 {
             if !expected.eq_ignore_ascii_case(&blake3.to_hex()) {
-                s3.delete(&incoming).await?;
+                s3.delete_if_unchanged(&incoming, &uploaded).await?;
                 return Err(Error::StoredDigestMismatch(format!(
                     "the uploaded object's blake3 is {}, not {expected}",
                     blake3.to_hex()
@@ -524,10 +529,9 @@ impl Node {
             ..Default::default()
         };
         let started = std::time::Instant::now();
-        let committed = self
-            .commit(key.clone(), Spooled { staged: Staged::Object(s3.incoming_object(key)), size, blake3 }, meta)
-            .await;
-        self.upload_ended(started, committed).map(drop)
+        let committed = self.commit(key.clone(), Spooled { staged: Staged::Object(object), size, blake3 }, meta).await;
+        self.upload_ended(started, committed)?;
+        s3.delete_if_unchanged(&incoming, &uploaded).await
     }
 
     /// The size limit of a direct upload to `key`: the upload URL's
@@ -537,6 +541,17 @@ impl Node {
         let granted = blocking(move || index.setting(&name)).await?;
         let max = self.settings.max_dataset_size.as_u64();
         Ok(granted.and_then(|g| g.parse::<u64>().ok()).map_or(max, |g| g.min(max)))
+    }
+
+    /// Aborts multipart uploads and removes staged objects that failed
+    /// uploads left in the object store because it was away when they
+    /// failed (the next start would, too).
+    pub async fn sweep_store(&self) -> Result<usize> {
+        let Some(s3) = self.s3.clone() else {
+            return Ok(0);
+        };
+        let (index, node) = (self.index.clone(), self.node_id.clone());
+        blocking(move || s3.abort_left_open(&index, &node)).await
     }
 
     /// A presigned PUT straight to the object store (the key's incoming

@@ -60,14 +60,17 @@ impl Fairing for TusFairing {
     }
 }
 
-/// The expiry sweeper: removes expired incomplete uploads and their bytes.
+/// The sweeper: removes expired incomplete uploads and their bytes, and
+/// what the object store kept of failed uploads (see `Node::sweep_store`).
 pub fn sweeper() -> AdHoc {
     AdHoc::on_liftoff("tus expiry sweeper", |rocket| {
         Box::pin(async move {
             let Some(node) = rocket.state::<Arc<Node>>().cloned() else {
                 return;
             };
-            let every = std::time::Duration::from_secs((node.settings.upload_expiry / 4).clamp(1, 60));
+            // Often enough for both: expired uploads, and the object store's
+            // leftovers whose removal failed while it was away.
+            let every = std::time::Duration::from_secs((node.settings.upload_expiry / 4).clamp(1, 10));
             let mut shutdown = rocket.shutdown();
             tokio::spawn(async move {
                 loop {
@@ -79,6 +82,11 @@ pub fn sweeper() -> AdHoc {
                         Ok(0) => {}
                         Ok(n) => log::info!("removed {n} expired resumable upload(s)"),
                         Err(e) => log::error!("sweeping expired uploads: {e}"),
+                    }
+                    match node.sweep_store().await {
+                        Ok(0) => {}
+                        Ok(n) => log::info!("removed {n} multipart upload(s) or staged object(s) left in the store"),
+                        Err(e) => log::warn!("sweeping the object store: {}", e.cause()),
                     }
                 }
             });

@@ -56,6 +56,36 @@ pub struct S3Store {
     /// Where this node notes its multipart uploads while they are open.
     tracker: Option<Tracker>,
     stage_uploads: bool,
+    /// Noted uploads and staged objects in use right now: the sweeper
+    /// leaves these alone and retries the rest (an abort that failed).
+    live: Live,
+}
+
+/// The tracker ids in use in this process.
+#[derive(Debug, Clone, Default)]
+struct Live(Arc<std::sync::Mutex<std::collections::HashSet<String>>>);
+
+impl Live {
+    fn hold(&self, id: String) -> LiveGuard {
+        self.0.lock().expect("live set").insert(id.clone());
+        LiveGuard { live: self.clone(), id }
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.0.lock().expect("live set").contains(id)
+    }
+}
+
+/// Removes its id from the live set when dropped.
+struct LiveGuard {
+    live: Live,
+    id: String,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.live.0.lock().expect("live set").remove(&self.id);
+    }
 }
 
 /// Multipart uploads in flight are noted in the index (with the node's
@@ -65,6 +95,12 @@ pub struct S3Store {
 pub struct Tracker {
     pub index: Index,
     pub node: String,
+}
+
+impl std::fmt::Debug for LiveGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LiveGuard({})", self.id)
+    }
 }
 
 impl std::fmt::Debug for Tracker {
@@ -135,35 +171,83 @@ impl S3Store {
             part_memory: Arc::new(Semaphore::new(budget_mib)),
             tracker,
             stage_uploads: s3.stage_uploads,
+            live: Live::default(),
         })
     }
 
-    /// Aborts the multipart uploads this node left open (a crash), before
-    /// it serves. Runs on a blocking thread.
+    /// Aborts the multipart uploads and removes the staged objects this
+    /// node noted and no longer uses: at start, what a crash left; later,
+    /// what an abort could not remove while the store was away. Runs on a
+    /// blocking thread. Returns how many went.
     pub fn abort_left_open(&self, index: &Index, node: &str) -> Result<usize> {
         let handle = tokio::runtime::Handle::current();
-        let open = index.open_multiparts(node)?;
-        for (id, path) in &open {
+        let mut removed = 0;
+        for (id, path) in index.open_multiparts(node)? {
+            if self.live.contains(&id) {
+                continue;
+            }
             let path = Path::from(path.as_str());
             let done = if id.starts_with(STAGED_OBJECT) {
                 handle.block_on(self.store.delete(&path))
             } else {
-                handle.block_on(self.store.abort_multipart(&path, id))
+                handle.block_on(self.store.abort_multipart(&path, &id))
             };
             match done {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(s3_error(e)),
             }
-            index.forget_multipart(id)?;
+            index.forget_multipart(&id)?;
+            removed += 1;
         }
-        Ok(open.len())
+        Ok(removed)
+    }
+
+    /// A private copy of `from` (a direct upload's incoming object), made
+    /// server-side: what the node then checks and hashes is exactly what it
+    /// installs, whatever the client does to `from` meanwhile. `None` when
+    /// `from` is gone (another acknowledge took it).
+    pub async fn stage_copy(&self, from: &Path) -> Result<Option<(StagedObject, u64)>> {
+        let path = self.prefix.clone().join("staging").join(uuid::Uuid::new_v4().simple().to_string());
+        let noted = format!("{STAGED_OBJECT}{path}");
+        if let Some(tracker) = &self.tracker {
+            tracker.note(&noted, &path).await?;
+        }
+        let object = StagedObject {
+            path: Some(path.clone()),
+            store: self.store.clone(),
+            tracker: self.tracker.clone(),
+            owned: true,
+            _live: Some(self.live.hold(noted)),
+        };
+        match self.store.copy(from, &path).await {
+            Ok(()) => {}
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(s3_error(e)),
+        }
+        let size = self.store.head(&path).await.map_err(s3_error)?.size;
+        Ok(Some((object, size)))
+    }
+
+    /// Deletes `path` if its version is still `version` (a direct upload
+    /// the client has not replaced since).
+    pub async fn delete_if_unchanged(&self, path: &Path, version: &str) -> Result<()> {
+        match self.head(path).await? {
+            Some((_, current, _)) if current == version => self.delete(path).await,
+            _ => Ok(()),
+        }
     }
 
     /// Opens a multipart upload at `location`, noted by the tracker.
     async fn open_multipart(&self, location: Path, attributes: Attributes) -> Result<Multipart> {
         let options = PutMultipartOptions { attributes, ..Default::default() };
         let id = self.store.create_multipart_opts(&location, options).await.map_err(s3_error)?;
-        let upload = Multipart { store: self.store.clone(), location, id, tracker: self.tracker.clone() };
+        let upload = Multipart {
+            store: self.store.clone(),
+            location,
+            _live: self.live.hold(id.clone()),
+            id,
+            tracker: self.tracker.clone(),
+        };
         if let Some(tracker) = &self.tracker {
             if let Err(e) = tracker.note(&upload.id, &upload.location).await {
                 abort(upload).await;
@@ -359,6 +443,7 @@ struct Multipart {
     location: Path,
     id: String,
     tracker: Option<Tracker>,
+    _live: LiveGuard,
 }
 
 /// Uploads parts as they come, at most `in_flight` at once. The upload is
@@ -449,11 +534,13 @@ impl PendingUpload {
     /// Completes an upload opened at a staging object.
     async fn complete(self) -> Result<StagedObject> {
         let (upload, _) = self.complete_parts().await?;
+        let live = upload._live.live.clone();
         let object = StagedObject {
             path: Some(upload.location.clone()),
             store: upload.store.clone(),
             tracker: upload.tracker.clone(),
             owned: true,
+            _live: Some(live.hold(format!("{STAGED_OBJECT}{}", upload.location))),
         };
         if let Some(tracker) = &upload.tracker {
             tracker.completed(&upload.id, &upload.location).await?;
@@ -470,9 +557,14 @@ pub struct StagedObject {
     store: Arc<AmazonS3>,
     tracker: Option<Tracker>,
     owned: bool,
+    _live: Option<LiveGuard>,
 }
 
 impl StagedObject {
+    pub fn path(&self) -> &Path {
+        self.path.as_ref().expect("the object is live")
+    }
+
     /// Copies it to `to` (server-side) and removes it; the copy's version.
     async fn install(mut self, to: &Path) -> Result<String> {
         let from = self.path.take().expect("the object is live");
@@ -739,13 +831,5 @@ impl Store for S3Store {
 
     fn as_s3(&self) -> Option<&S3Store> {
         Some(self)
-    }
-}
-
-/// Direct uploads: the object at `incoming/{key}` moves to the key.
-impl S3Store {
-    /// The incoming object of a direct upload, ready to install.
-    pub fn incoming_object(&self, key: &Key) -> StagedObject {
-        StagedObject { path: Some(self.incoming(key)), store: self.store.clone(), tracker: None, owned: false }
     }
 }
