@@ -1689,3 +1689,48 @@ async fn s3_node_crash_midway_leaves_no_multipart_upload() {
     assert!(fx.record("crash/data").await.is_none());
     fx.assert_no_500();
 }
+
+/// Every way into the bucket leaves the object carrying its blake3 and
+/// size as metadata, and its content type, so that `reindex` reads them
+/// instead of hashing: a small PUT (one PutObject), a streamed multi-part
+/// PUT and a direct upload (both copied into place with the metadata
+/// replaced), and a resumable upload's file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_objects_carry_blake3_size_and_type() {
+    if cluster::skip_without_garage() {
+        return;
+    }
+    let fx = Fx::start(Kind::S3, &[]);
+    let small = generated(1000, 301);
+    let big = generated(20 * MIB + 7, 302);
+    let direct = generated(3 * MIB, 303);
+    fx.put_ok("meta/small.bin", &small, Framing::Sized, &[("Content-Type", "text/x-small")]).await;
+    fx.put_ok("meta/big.bin", &big, Framing::Chunked, &[("Content-Type", "application/x-big")]).await;
+    let url = mint_upload_url(&fx, "meta/direct.bin", json!({})).await;
+    direct_put(&url, &direct, "application/x-direct").await;
+    let r = fx.post_json("/datasets/meta/direct.bin/action/acknowledge", &json!({})).await;
+    assert_eq!(r.status, 200, "acknowledge: {}", r.describe());
+
+    let client = bucket_client(fx.garage());
+    for (key, body, content_type) in [
+        ("meta/small.bin", &small, "text/x-small"),
+        ("meta/big.bin", &big, "application/x-big"),
+        ("meta/direct.bin", &direct, "application/x-direct"),
+    ] {
+        let path = object_store::path::Path::from(format!("datasets/{key}"));
+        let options = object_store::GetOptions { head: true, ..Default::default() };
+        let head = tokio::time::timeout(CALL, client.get_opts(&path, options))
+            .await
+            .expect("HEAD timed out")
+            .unwrap_or_else(|e| panic!("HEAD {path}: {e}"));
+        let attribute = |a: object_store::Attribute| head.attributes.get(&a).map(|v| v.to_string());
+        assert_eq!(attribute(object_store::Attribute::Metadata("blake3".into())), Some(b3(body)), "{key}: blake3");
+        assert_eq!(attribute(object_store::Attribute::Metadata("size".into())), Some(body.len().to_string()), "{key}");
+        assert_eq!(attribute(object_store::Attribute::ContentType).as_deref(), Some(content_type), "{key}: type");
+        assert_eq!(head.meta.size, body.len() as u64, "{key}: object size");
+    }
+    let staged: Vec<String> =
+        bucket_objects(fx.garage()).await.into_keys().filter(|k| !k.starts_with("datasets/")).collect();
+    assert!(staged.is_empty(), "nothing but datasets is left in the bucket: {staged:?}");
+    fx.assert_no_500();
+}

@@ -42,6 +42,8 @@ use crate::key::Key;
 /// The user metadata key (`x-amz-meta-blake3`) holding the blake3 of the
 /// object's bytes, when it was known as the object was written.
 const BLAKE3_META: &str = "blake3";
+/// The user metadata key (`x-amz-meta-size`) holding the size in bytes.
+const SIZE_META: &str = "size";
 const MIB: usize = 1 << 20;
 
 #[derive(Debug)]
@@ -407,6 +409,7 @@ fn attributes(info: &ObjectInfo) -> Attributes {
     let mut attributes = Attributes::new();
     attributes.insert(Attribute::ContentType, info.content_type.clone().into());
     attributes.insert(Attribute::Metadata(BLAKE3_META.into()), info.blake3.clone().into());
+    attributes.insert(Attribute::Metadata(SIZE_META.into()), info.size.to_string().into());
     attributes
 }
 
@@ -565,10 +568,11 @@ impl StagedObject {
         self.path.as_ref().expect("the object is live")
     }
 
-    /// Copies it to `to` (server-side) and removes it; the copy's version.
-    async fn install(mut self, to: &Path) -> Result<String> {
+    /// Copies it to `to` (server-side, with `info` as the copy's content
+    /// type and metadata) and removes it; the copy's version.
+    async fn install(mut self, to: &Path, bucket: &str, info: &ObjectInfo) -> Result<String> {
         let from = self.path.take().expect("the object is live");
-        let copied = self.store.copy(&from, to).await.map_err(s3_error);
+        let copied = copy_with_metadata(&self.store, bucket, &from, to, info).await;
         let result = match copied {
             Ok(()) => match self.store.head(to).await {
                 Ok(meta) => Ok(etag(meta.e_tag.as_deref())),
@@ -581,6 +585,57 @@ impl StagedObject {
         }
         result
     }
+}
+
+/// Characters of a key escaped in `x-amz-copy-source` (as object_store
+/// escapes paths).
+const COPY_SOURCE: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b'/');
+
+/// CopyObject with the metadata replaced (`x-amz-metadata-directive:
+/// REPLACE`), so that the copy carries its blake3 and content type:
+/// object_store's copy keeps the source's. The request is presigned by
+/// object_store's signer, with those headers signed, and sent as it is.
+async fn copy_with_metadata(store: &AmazonS3, bucket: &str, from: &Path, to: &Path, info: &ObjectInfo) -> Result<()> {
+    use object_store::signer::SignedUrlOptions;
+    use reqwest::header::{HeaderName, HeaderValue};
+    let source = format!("{bucket}/{}", percent_encoding::utf8_percent_encode(from.as_ref(), COPY_SOURCE));
+    let mut headers = vec![
+        ("x-amz-copy-source", source),
+        ("x-amz-metadata-directive", "REPLACE".to_owned()),
+        ("x-amz-meta-blake3", info.blake3.clone()),
+        ("x-amz-meta-size", info.size.to_string()),
+    ];
+    if HeaderValue::from_str(&info.content_type).is_ok() {
+        headers.push(("content-type", info.content_type.clone()));
+    }
+    let mut options = SignedUrlOptions::new();
+    for (name, value) in &headers {
+        let value = HeaderValue::from_str(value).map_err(Error::internal)?;
+        options = options.with_signed_header(HeaderName::from_static(name), value);
+    }
+    let url =
+        store.signed_url_opts(reqwest::Method::PUT, to, Duration::from_secs(300), &options).await.map_err(s3_error)?;
+    let mut request = reqwest::Client::new().put(url.as_str()).timeout(Duration::from_secs(300));
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    let unavailable = |cause: String| {
+        log::warn!("object store: copying {from} to {to}: {cause}");
+        Error::Unavailable("the object store", cause)
+    };
+    let response = request.send().await.map_err(|e| unavailable(e.to_string()))?;
+    let status = response.status();
+    let body = response.text().await.map_err(|e| unavailable(e.to_string()))?;
+    // S3 may answer 200 and put the error in the body of a CopyObject.
+    if status == reqwest::StatusCode::NOT_FOUND {
+        log::warn!("object store: copying {from} to {to}: 404 {body}");
+        return Err(Error::NotFound("the object to copy is missing in the store".into()));
+    }
+    if !status.is_success() || body.contains("<Error>") {
+        return Err(unavailable(format!("{status}: {body}")));
+    }
+    Ok(())
 }
 
 async fn discard(store: Arc<AmazonS3>, path: Path, tracker: Option<Tracker>) {
@@ -754,7 +809,7 @@ impl Store for S3Store {
                 let result = self.store.put_opts(&location, payload, options).await.map_err(s3_error)?;
                 Ok(etag(result.e_tag.as_deref()))
             }
-            Staged::Object(object) => object.install(&location).await,
+            Staged::Object(object) => object.install(&location, &self.bucket, info).await,
             Staged::Multipart(pending) => pending.complete_at_key().await,
             Staged::File(_) => Err(Error::internal("a file must be prepared before it is installed")),
         }
