@@ -151,12 +151,9 @@ STOP_WAIT_TENTHS=150 # nginx and a node with 1M rows may take a while to stop
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 cleanup() {
-    local rc=$? pid
+    local rc=$?
     trap - EXIT INT TERM
-    for pid in "${!LIVE[@]}"; do
-        stop_pid "$pid" TERM
-    done
-    if ((POLICY_RC_CREATED)); then rm -f /usr/sbin/policy-rc.d; fi
+    stop_all_live
     if [[ -n $TMPD && -d $TMPD ]]; then rm -rf -- "$TMPD"; fi
     exit "$rc"
 }

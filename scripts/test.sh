@@ -13,12 +13,9 @@ declare -A LIVE=() # pid -> what, for every process started here and not yet rea
 source scripts/lib/common.sh
 
 cleanup() {
-    local rc=$? pid
+    local rc=$?
     trap - EXIT INT TERM
-    for pid in "${!LIVE[@]}"; do
-        stop_pid "$pid" TERM
-    done
-    if ((POLICY_RC_CREATED)); then rm -f /usr/sbin/policy-rc.d; fi
+    stop_all_live
     exit "$rc"
 }
 trap cleanup EXIT

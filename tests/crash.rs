@@ -20,24 +20,6 @@ const TIME_CAP: Duration = Duration::from_secs(80);
 /// The keys uploads go to; a small pool, so that uploads replace each other.
 const KEYS: usize = 10;
 
-/// xorshift64*, enough for a reproducible schedule.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 fn key_name(i: usize) -> String {
     // Some keys nested, so that parent directories are created and fsynced.
     if i.is_multiple_of(3) {

@@ -147,3 +147,11 @@ ensure_postgres() { # the PostgreSQL server binaries (initdb, postgres, pg_ctl);
     export PG_BIN_DIR=$dir
     log "postgres: $PG_BIN_DIR"
 }
+
+stop_all_live() { # stop every process still listed in LIVE, and lift the apt policy this run set
+    local pid
+    for pid in "${!LIVE[@]}"; do
+        stop_pid "$pid" TERM
+    done
+    if ((POLICY_RC_CREATED)); then rm -f /usr/sbin/policy-rc.d; fi
+}

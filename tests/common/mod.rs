@@ -502,3 +502,21 @@ pub fn wait_bounded(mut child: std::process::Child, within: Duration, what: &str
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// xorshift64*, enough for a reproducible schedule (crash loops).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
