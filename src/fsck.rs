@@ -251,12 +251,11 @@ fn found_files(layout: &Layout, report: &mut Report) -> Result<Vec<FoundRow>> {
 /// The bucket's objects, with the blake3 their metadata holds, or (for an
 /// object written without it: streamed or directly uploaded) read through.
 fn found_objects(settings: &Settings) -> Result<Vec<FoundRow>> {
-    use crate::storage::Store;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(Error::internal)?;
     let s3 = crate::storage::s3::S3Store::new(settings, None)?;
     runtime.block_on(async {
-        let objects = s3.list().await?;
+        let objects = s3.list_datasets().await?;
         let unhashed: u64 = objects.iter().filter(|o| o.blake3.is_none()).map(|o| o.size).sum();
         let progress = progress_bar(unhashed, "hashing");
         let mut found = Vec::with_capacity(objects.len());
@@ -290,14 +289,14 @@ fn remove_database(path: &Path) -> Result<()> {
     Ok(())
 }
 
-pub(crate) struct FoundFile {
-    pub path: PathBuf,
-    pub key: Option<Key>,
-    pub size: u64,
-    pub inode: u64,
+struct FoundFile {
+    path: PathBuf,
+    key: Option<Key>,
+    size: u64,
+    inode: u64,
 }
 
-pub(crate) fn dataset_files(layout: &Layout) -> Result<Vec<FoundFile>> {
+fn dataset_files(layout: &Layout) -> Result<Vec<FoundFile>> {
     let mut files = Vec::new();
     for entry in WalkDir::new(&layout.datasets).min_depth(1).sort_by_file_name() {
         let entry = entry.map_err(Error::internal)?;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tokio::io::AsyncReadExt;
 
-use super::{Check, Found, ObjectInfo, Prepared, Reader, Staged, Store};
+use super::{Check, ObjectInfo, Prepared, Reader, Staged, Store};
 use crate::error::{Error, Result};
 use crate::index::{NewVersion, Record};
 use crate::key::Key;
@@ -95,25 +95,6 @@ impl Store for FsStore {
     async fn remove(&self, key: &Key) -> Result<()> {
         let (layout, key) = (self.layout.clone(), key.clone());
         blocking(move || layout.remove(&key).map_err(Error::from_io)).await
-    }
-
-    async fn list(&self) -> Result<Vec<Found>> {
-        let layout = self.layout.clone();
-        blocking(move || {
-            Ok(crate::fsck::dataset_files(&layout)?
-                .into_iter()
-                .filter_map(|f| {
-                    Some(Found {
-                        key: f.key?,
-                        size: f.size,
-                        version: f.inode.to_string(),
-                        blake3: None,
-                        content_type: None,
-                    })
-                })
-                .collect())
-        })
-        .await
     }
 
     async fn checks(&self) -> Vec<Check> {

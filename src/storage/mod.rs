@@ -92,17 +92,6 @@ impl AsyncSeek for Reader {
     }
 }
 
-/// A dataset found in the store (reindex, fsck).
-#[derive(Debug, Clone)]
-pub struct Found {
-    pub key: Key,
-    pub size: u64,
-    pub version: String,
-    /// The blake3 the store recorded with the bytes, when it did.
-    pub blake3: Option<String>,
-    pub content_type: Option<String>,
-}
-
 /// A readiness check's name and its problem, if it fails.
 pub type Check = (&'static str, Option<String>);
 
@@ -132,15 +121,6 @@ pub trait Store: Send + Sync + 'static {
     /// Removes the dataset's bytes (nothing there is not an error).
     async fn remove(&self, key: &Key) -> Result<()>;
 
-    /// Every dataset in the store, in no particular order.
-    async fn list(&self) -> Result<Vec<Found>>;
-
     /// Readiness checks of the store.
     async fn checks(&self) -> Vec<Check>;
-
-    /// The object store behind it, for what only an object store can do
-    /// (presigned URLs, direct uploads).
-    fn as_s3(&self) -> Option<&s3::S3Store> {
-        None
-    }
 }

@@ -33,7 +33,7 @@ use tempfile::NamedTempFile;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-use super::{Check, Found, ObjectInfo, Prepared, Reader, Staged, Store};
+use super::{Check, ObjectInfo, Prepared, Reader, Staged, Store};
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::index::{Index, NewVersion, Record};
@@ -218,7 +218,6 @@ impl S3Store {
             path: Some(path.clone()),
             store: self.store.clone(),
             tracker: self.tracker.clone(),
-            owned: true,
             _live: Some(self.live.hold(noted)),
         };
         match self.store.copy(from, &path).await {
@@ -384,16 +383,58 @@ impl S3Store {
         let mut stream = result.into_stream();
         let mut hasher = blake3::Hasher::new();
         let mut size = 0u64;
-        while let Some(chunk) = stream.try_next().await.map_err(s3_error)? {
-            size += chunk.len() as u64;
-            hasher = tokio::task::spawn_blocking(move || {
-                hasher.update(&chunk);
-                hasher
-            })
-            .await
-            .map_err(Error::internal)?;
+        // Hashed a MiB or more at a time on a blocking thread, not per
+        // network frame.
+        let mut batch: Vec<Bytes> = Vec::new();
+        let mut batched = 0usize;
+        loop {
+            let chunk = stream.try_next().await.map_err(s3_error)?;
+            let end = chunk.is_none();
+            if let Some(chunk) = chunk {
+                size += chunk.len() as u64;
+                batched += chunk.len();
+                batch.push(chunk);
+            }
+            if batched >= MIB || (end && !batch.is_empty()) {
+                let chunks = std::mem::take(&mut batch);
+                batched = 0;
+                hasher = tokio::task::spawn_blocking(move || {
+                    for chunk in &chunks {
+                        hasher.update(chunk);
+                    }
+                    hasher
+                })
+                .await
+                .map_err(Error::internal)?;
+            }
+            if end {
+                return Ok((hasher.finalize(), size));
+            }
         }
-        Ok((hasher.finalize(), size))
+    }
+
+    /// Every dataset object in the bucket, with what its metadata says
+    /// (reindex).
+    pub async fn list_datasets(&self) -> Result<Vec<Found>> {
+        let datasets = self.prefix.clone().join("datasets");
+        let objects: Vec<_> = self.store.list(Some(&datasets)).try_collect().await.map_err(s3_error)?;
+        let mut found = Vec::with_capacity(objects.len());
+        for object in objects {
+            let Some(key) = self.key_of(&object.location) else {
+                log::warn!("reindex: skipping object `{}`: not a valid key", object.location);
+                continue;
+            };
+            let options = GetOptions { head: true, ..Default::default() };
+            let head = self.store.get_opts(&object.location, options).await.map_err(s3_error)?;
+            found.push(Found {
+                key,
+                size: head.meta.size,
+                version: etag(head.meta.e_tag.as_deref()),
+                blake3: head.attributes.get(&Attribute::Metadata(BLAKE3_META.into())).map(|v| v.to_string()),
+                content_type: head.attributes.get(&Attribute::ContentType).map(|v| v.to_string()),
+            });
+        }
+        Ok(found)
     }
 
     pub async fn delete(&self, path: &Path) -> Result<()> {
@@ -542,7 +583,6 @@ impl PendingUpload {
             path: Some(upload.location.clone()),
             store: upload.store.clone(),
             tracker: upload.tracker.clone(),
-            owned: true,
             _live: Some(live.hold(format!("{STAGED_OBJECT}{}", upload.location))),
         };
         if let Some(tracker) = &upload.tracker {
@@ -552,14 +592,12 @@ impl PendingUpload {
     }
 }
 
-/// A complete object waiting to be copied to its key: a staging object
-/// (deleted if dropped) or a direct upload's incoming object (kept if
-/// dropped, so that the client may acknowledge again).
+/// A complete private object (a finished staged upload, or the copy of a
+/// direct upload) waiting to be copied to its key; deleted if dropped.
 pub struct StagedObject {
     path: Option<Path>,
     store: Arc<AmazonS3>,
     tracker: Option<Tracker>,
-    owned: bool,
     _live: Option<LiveGuard>,
 }
 
@@ -580,11 +618,21 @@ impl StagedObject {
             },
             Err(e) => Err(e),
         };
-        if result.is_ok() || self.owned {
-            discard(self.store.clone(), from, self.tracker.clone()).await;
-        }
+        // Installed or not, the private copy has served.
+        discard(self.store.clone(), from, self.tracker.clone()).await;
         result
     }
+}
+
+/// A dataset found in the store (reindex).
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub key: Key,
+    pub size: u64,
+    pub version: String,
+    /// The blake3 the store recorded with the bytes, when it did.
+    pub blake3: Option<String>,
+    pub content_type: Option<String>,
 }
 
 /// Characters of a key escaped in `x-amz-copy-source` (as object_store
@@ -652,7 +700,7 @@ async fn discard(store: Arc<AmazonS3>, path: Path, tracker: Option<Tracker>) {
 
 impl Drop for StagedObject {
     fn drop(&mut self) {
-        if let (Some(path), true) = (self.path.take(), self.owned) {
+        if let Some(path) = self.path.take() {
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 handle.spawn(discard(self.store.clone(), path, self.tracker.clone()));
             }
@@ -852,28 +900,6 @@ impl Store for S3Store {
         self.delete(&self.object(key)).await
     }
 
-    async fn list(&self) -> Result<Vec<Found>> {
-        let datasets = self.prefix.clone().join("datasets");
-        let objects: Vec<_> = self.store.list(Some(&datasets)).try_collect().await.map_err(s3_error)?;
-        let mut found = Vec::with_capacity(objects.len());
-        for object in objects {
-            let Some(key) = self.key_of(&object.location) else {
-                log::warn!("reindex: skipping object `{}`: not a valid key", object.location);
-                continue;
-            };
-            let options = GetOptions { head: true, ..Default::default() };
-            let head = self.store.get_opts(&object.location, options).await.map_err(s3_error)?;
-            found.push(Found {
-                key,
-                size: head.meta.size,
-                version: etag(head.meta.e_tag.as_deref()),
-                blake3: head.attributes.get(&Attribute::Metadata(BLAKE3_META.into())).map(|v| v.to_string()),
-                content_type: head.attributes.get(&Attribute::ContentType).map(|v| v.to_string()),
-            });
-        }
-        Ok(found)
-    }
-
     async fn checks(&self) -> Vec<Check> {
         // A HEAD of an object that never exists: "not found" is an answer.
         let probe = self.prefix.clone().join(".spillway-ready");
@@ -882,9 +908,5 @@ impl Store for S3Store {
             Err(_) => Some("it does not answer; the cause is in the log".to_string()),
         };
         vec![("object store", problem)]
-    }
-
-    fn as_s3(&self) -> Option<&S3Store> {
-        Some(self)
     }
 }
