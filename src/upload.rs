@@ -376,8 +376,14 @@ impl Spooler {
             }
             Sink::Memory { chunks, .. } if target.is_some() => {
                 // An object store takes a small body in one PUT, from memory.
-                let mut hashing = Hashing::new(blake3::Hasher::new(), &algorithms);
-                chunks.iter().for_each(|c| hashing.update(c));
+                // Hashed (up to `spool_memory`) off the async workers.
+                let (chunks, mut hashing) = tokio::task::spawn_blocking(move || {
+                    let mut hashing = Hashing::new(blake3::Hasher::new(), &algorithms);
+                    chunks.iter().for_each(|c| hashing.update(c));
+                    (chunks, hashing)
+                })
+                .await
+                .map_err(|e| Error::internal(format!("hashing failed: {e}")))?;
                 hashing.verify(&expected.digests)?;
                 let blake3 = check_blake3(&mut hashing, expected)?;
                 return Ok(Spooled { staged: Staged::Memory(chunks), size: received, blake3 });

@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::cluster::{self, Garage, Postgres};
+use common::reply::{send, Reply};
 use common::*;
-use reqwest::header::HeaderMap;
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
@@ -57,67 +57,6 @@ fn settings(garage: Option<&Garage>, pg: Option<&Postgres>, extra: &[(&str, &str
 fn start(settings: &[(String, String)]) -> TestNode {
     let borrowed: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     TestNode::start_with(&borrowed)
-}
-
-/// One answer, read whole.
-struct Reply {
-    status: u16,
-    headers: HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    fn etag(&self) -> Option<String> {
-        self.header("etag").map(|e| e.trim_matches('"').to_string())
-    }
-
-    fn code(&self) -> Option<String> {
-        let ct = self.header("content-type")?;
-        if !ct.starts_with("application/problem+json") {
-            return None;
-        }
-        let v: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
-        v["code"].as_str().map(str::to_owned)
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.describe()))
-    }
-
-    /// Status, the headers that matter here, and the body (or its size and hash).
-    fn describe(&self) -> String {
-        let body = if self.body.len() > 600 {
-            format!("<{} bytes, blake3 {}>", self.body.len(), b3(&self.body))
-        } else {
-            String::from_utf8_lossy(&self.body).into_owned()
-        };
-        let headers: Vec<String> =
-            ["etag", "location", "retry-after", "content-range", "upload-offset", "x-request-id"]
-                .into_iter()
-                .filter_map(|h| self.header(h).map(|v| format!("{h}: {v}")))
-                .collect();
-        format!("{} [{}] {}", self.status, headers.join("; "), body)
-    }
-}
-
-/// Sends a request (bounded) and reads the whole answer.
-async fn send(req: reqwest::RequestBuilder, what: &str) -> Reply {
-    let resp = tokio::time::timeout(REQUEST_TIMEOUT, req.send())
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no answer in {REQUEST_TIMEOUT:?}"))
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = tokio::time::timeout(REQUEST_TIMEOUT, resp.bytes())
-        .await
-        .unwrap_or_else(|_| panic!("{what}: body not read in {REQUEST_TIMEOUT:?}"))
-        .unwrap_or_else(|e| panic!("{what}: body: {e}"))
-        .to_vec();
-    Reply { status, headers, body }
 }
 
 /// A request to `path` on `node`, with `headers`.

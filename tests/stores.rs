@@ -29,11 +29,11 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use bytes::Bytes;
 use common::cluster::{self, http_get, Garage};
+use common::reply::{send, Reply};
 use common::*;
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::{ObjectStore, ObjectStoreExt};
-use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 use sha2::Digest;
 
@@ -276,61 +276,6 @@ fn delayed_body(body: &[u8], delay: Duration) -> reqwest::Body {
         Ok::<_, std::io::Error>(piece)
     });
     reqwest::Body::wrap_stream(stream)
-}
-
-/// One answer, read whole.
-struct Reply {
-    status: u16,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    fn is_text(&self) -> bool {
-        self.header("content-type").is_some_and(|ct| ct.contains("json") || ct.starts_with("text/"))
-    }
-
-    fn code(&self) -> Option<String> {
-        if !self.header("content-type").is_some_and(|ct| ct.starts_with("application/problem+json")) {
-            return None;
-        }
-        let v: Value = serde_json::from_slice(&self.body).ok()?;
-        v["code"].as_str().map(str::to_owned)
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.describe()))
-    }
-
-    fn describe(&self) -> String {
-        let body = if self.is_text() {
-            String::from_utf8_lossy(&self.body[..self.body.len().min(600)]).into_owned()
-        } else {
-            format!("<{} bytes>", self.body.len())
-        };
-        let ct = self.header("content-type").unwrap_or("-");
-        let retry = self.header("retry-after").unwrap_or("-");
-        format!("{} (content-type {ct}, retry-after {retry}) {body}", self.status)
-    }
-}
-
-/// Sends a request (bounded) and reads the whole answer.
-async fn send(req: reqwest::RequestBuilder, what: &str) -> Reply {
-    let resp = tokio::time::timeout(CALL, req.send())
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no answer within {CALL:?}"))
-        .unwrap_or_else(|e| panic!("{what}: {e:?}"));
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = tokio::time::timeout(CALL, resp.bytes())
-        .await
-        .unwrap_or_else(|_| panic!("{what}: body not read within {CALL:?}"))
-        .unwrap_or_else(|e| panic!("{what}: reading the body: {e:?}"));
-    Reply { status, headers, body }
 }
 
 fn assert_problem(r: &Reply, status: u16, code: &str, what: &str) {

@@ -14,9 +14,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use common::reply::Reply;
 use common::*;
 use digest::Digest;
-use reqwest::header::HeaderMap;
 
 const OCTET: &str = "application/offset+octet-stream";
 const KIB: usize = 1024;
@@ -48,41 +48,6 @@ fn meta(pairs: &[(&str, &str)]) -> String {
 
 fn checksum<D: Digest>(name: &str, data: &[u8]) -> String {
     format!("{name} {}", b64(&D::digest(data)))
-}
-
-/// One answer, read whole.
-struct Reply {
-    status: u16,
-    headers: HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    fn offset(&self) -> Option<u64> {
-        self.header("upload-offset").and_then(|v| v.parse().ok())
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    /// The problem detail's `code`, if the body is problem+json with one.
-    fn code(&self) -> Option<String> {
-        let ct = self.header("content-type")?;
-        if !ct.starts_with("application/problem+json") {
-            return None;
-        }
-        let v: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
-        v["code"].as_str().map(str::to_owned)
-    }
-
-    fn describe(&self) -> String {
-        format!("{} {:?} {}", self.status, self.headers, self.text())
-    }
 }
 
 fn under_uploads(path: &str) -> bool {
