@@ -36,6 +36,8 @@ pub enum Error {
     PreconditionFailed(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("another write to this key completed while this upload was in progress, and the store dropped this upload's unfinished parts; send it again")]
+    Superseded,
     #[error("the body is larger than the limit of {limit} bytes")]
     TooLarge { limit: u64 },
     #[error("the range `{range}` cannot be served from {size} bytes")]
@@ -110,7 +112,7 @@ impl Error {
             Error::Truncated { .. } | Error::Disconnected(_) | Error::DigestMismatch(_) => Status::BadRequest,
             Error::NotFound(_) => Status::NotFound,
             Error::Stalled(_) => Status::RequestTimeout,
-            Error::Conflict(_) | Error::StoredDigestMismatch(_) => Status::Conflict,
+            Error::Conflict(_) | Error::StoredDigestMismatch(_) | Error::Superseded => Status::Conflict,
             Error::PreconditionFailed(_) => Status::PreconditionFailed,
             Error::TooLarge { .. } => Status::PayloadTooLarge,
             Error::RangeNotSatisfiable { .. } => Status::RangeNotSatisfiable,
@@ -141,6 +143,7 @@ impl Error {
             Error::DigestMismatch(_) | Error::StoredDigestMismatch(_) => "digest-mismatch",
             Error::PreconditionFailed(_) => "precondition-failed",
             Error::Conflict(_) => "key-conflict",
+            Error::Superseded => "upload-superseded",
             Error::TooLarge { .. } => "too-large",
             Error::RangeNotSatisfiable { .. } => "range-not-satisfiable",
             Error::InsufficientStorage(_) => "insufficient-storage",

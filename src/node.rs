@@ -384,8 +384,31 @@ impl Node {
     /// PUT: stream the body in, then commit it at `key`.
     pub async fn put<R: AsyncRead + Unpin>(&self, key: Key, body: R, meta: UploadMeta) -> Result<(Record, bool)> {
         self.precheck_upload(&key, &meta).await?;
-        let spooled = self.spooler.spool_to(body, &meta.expected, Some(&key)).await?;
+        let spooled = match self.spooler.spool_to(body, &meta.expected, Some(&key)).await {
+            Ok(spooled) => spooled,
+            Err(e) => return Err(self.lost_to(&key, &meta.precondition, e).await),
+        };
         self.commit(key, spooled, meta).await
+    }
+
+    /// An upload dropped by the store because another write to its key won
+    /// the race: a conditional request that no longer holds says so (412).
+    async fn lost_to(&self, key: &Key, precondition: &Precondition, e: Error) -> Error {
+        if !matches!(e, Error::Superseded) {
+            return e;
+        }
+        // The winner may still be between its install and its row: the
+        // commit lock waits for it.
+        let _guard = self.commit_lock.lock().await;
+        let (index, k) = (self.index.clone(), key.clone());
+        let current = blocking(move || {
+            let _cluster = index.commit_lock()?;
+            index.get(&k)
+        });
+        match current.await {
+            Ok(current) => precondition.check(current.as_ref()).err().unwrap_or(e),
+            Err(_) => e,
+        }
     }
 
     /// The commit: re-check the preconditions and conflicts under the lock,
@@ -406,7 +429,10 @@ impl Node {
         };
         // A copy across volumes, or the parts of a spooled file, go before
         // the lock, so they never hold up other commits.
-        let prepared = self.store.prepare(&key, spooled.staged, &info).await?;
+        let prepared = match self.store.prepare(&key, spooled.staged, &info).await {
+            Ok(prepared) => prepared,
+            Err(e) => return Err(self.lost_to(&key, &meta.precondition, e).await),
+        };
         let _guard = self.commit_lock.lock().await;
         let (index, store, metrics) = (self.index.clone(), self.store.clone(), self.metrics.clone());
         blocking(move || {

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::cluster::{self, Garage, Postgres};
-use common::reply::{send, Reply};
+use common::reply::{fed_body, send, Reply};
 use common::*;
 
 const KIB: usize = 1024;
@@ -355,16 +355,6 @@ async fn concurrent_writers_through_two_nodes_never_mix() {
 
     assert_no_panic(&a, "A");
     assert_no_panic(&b, "B");
-}
-
-/// A chunked body fed by the test: bytes go out as they are sent on the
-/// channel; dropping the sender ends the body.
-fn fed_body() -> (tokio::sync::mpsc::Sender<Vec<u8>>, reqwest::Body) {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|chunk| (Ok::<_, std::io::Error>(bytes::Bytes::from(chunk)), rx))
-    });
-    (tx, reqwest::Body::wrap_stream(stream))
 }
 
 /// The deterministic form of the race above: a big PUT is streaming into

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use bytes::Bytes;
 use common::cluster::{self, http_get, Garage};
-use common::reply::{send, Reply};
+use common::reply::{fed_body, send, Reply};
 use common::*;
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
@@ -1632,6 +1632,59 @@ async fn s3_node_crash_midway_leaves_no_multipart_upload() {
     }
     assert_eq!(fx.stored().await, BTreeMap::new());
     assert!(fx.record("crash/data").await.is_none());
+    fx.assert_no_500();
+}
+
+/// With `stage_uploads = false` a streaming PUT's multipart upload is open
+/// at its key, and Garage drops it when another write to that key lands
+/// first. The dropped PUT says why: `412` when it was conditional (its
+/// precondition no longer holds), else `409 upload-superseded` (or `200`
+/// on a store that keeps the upload: last writer wins). Never a 404 or a
+/// 500, and nothing left behind in the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_unstaged_upload_dropped_by_a_landing_write_says_why() {
+    if cluster::skip_without_garage() {
+        return;
+    }
+    let fx = Fx::start(Kind::S3Unstaged, &[("SPILLWAY_SPOOL_MEMORY", "1 MiB")]);
+    let cases = [("race/create-only", Some(("If-None-Match", "*"))), ("race/plain", None)];
+    let mut expected = BTreeMap::new();
+    for (i, (key, condition)) in cases.into_iter().enumerate() {
+        let what = format!("a 10 MiB PUT of `{key}` ({condition:?}) while a small PUT lands");
+        let big = generated(10 * MIB, 400 + i as u64);
+        let small = generated(64 * KIB, 410 + i as u64);
+        let (tx, body) = fed_body();
+        let mut req = fx.node.client.put(fx.node.url(&data_path(key))).body(body);
+        if let Some((name, value)) = condition {
+            req = req.header(name, value);
+        }
+        let streaming = tokio::spawn(send(req, "the streaming PUT"));
+        // 9 MiB: past the 1 MiB spool and one 8 MiB part, so the multipart
+        // upload at the key is open and holds a part.
+        for chunk in big[..9 * MIB].chunks(MIB) {
+            tx.send(chunk.to_vec()).await.unwrap();
+        }
+        wait_multipart_started(fx.garage(), &what);
+        fx.put_ok(key, &small, Framing::Sized, &[]).await;
+        tx.send(big[9 * MIB..].to_vec()).await.unwrap();
+        drop(tx);
+        let r = streaming.await.expect("the streaming PUT's task");
+        let kept = match (condition, r.status) {
+            (Some(_), _) => {
+                assert_problem(&r, 412, "precondition-failed", &what);
+                &small
+            }
+            (None, 200) => &big,
+            (None, _) => {
+                assert_problem(&r, 409, "upload-superseded", &what);
+                &small
+            }
+        };
+        fx.settle(&what);
+        fx.assert_serves(key, kept).await;
+        expected.insert(format!("datasets/{key}"), kept.len() as u64);
+    }
+    assert_eq!(fx.stored().await, expected);
     fx.assert_no_500();
 }
 

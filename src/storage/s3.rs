@@ -463,6 +463,19 @@ fn etag(raw: Option<&str>) -> String {
 /// S3 failures for the client: a missing object is 404, anything else means
 /// the store cannot serve us now (503 with Retry-After); the cause, which
 /// may hold the store's internals, goes to the log only.
+/// An error of a part upload or a completion. Its upload gone means it was
+/// dropped by the store: Garage drops an unfinished multipart upload of a key
+/// when another write to that key lands (with `stage_uploads = false`).
+fn multipart_error(e: object_store::Error) -> Error {
+    match &e {
+        object_store::Error::NotFound { .. } => {
+            log::warn!("object store dropped a multipart upload: {e}");
+            Error::Superseded
+        }
+        _ => s3_error(e),
+    }
+}
+
 pub fn s3_error(e: object_store::Error) -> Error {
     match &e {
         object_store::Error::NotFound { .. } => {
@@ -515,7 +528,7 @@ async fn upload_parts(upload: Multipart, mut rx: mpsc::Receiver<Part>, in_flight
         let (store, location, id, idx) = (upload.store.clone(), upload.location.clone(), upload.id.clone(), next);
         next += 1;
         running.push(async move {
-            let result = store.put_part(&location, &id, idx, PutPayload::from(data)).await.map_err(s3_error);
+            let result = store.put_part(&location, &id, idx, PutPayload::from(data)).await.map_err(multipart_error);
             drop(permit);
             result.map(|part| (idx, part))
         });
@@ -558,7 +571,7 @@ impl PendingUpload {
             Ok(result) => Ok((upload, etag(result.e_tag.as_deref()))),
             Err(e) => {
                 abort(upload).await;
-                Err(s3_error(e))
+                Err(multipart_error(e))
             }
         }
     }

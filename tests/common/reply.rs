@@ -90,3 +90,13 @@ pub async fn send(req: reqwest::RequestBuilder, what: &str) -> Reply {
         .to_vec();
     Reply { status, headers, body }
 }
+
+/// A chunked body fed by the test: bytes go out as they are sent on the
+/// channel; dropping the sender ends the body.
+pub fn fed_body() -> (tokio::sync::mpsc::Sender<Vec<u8>>, reqwest::Body) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (Ok::<_, std::io::Error>(bytes::Bytes::from(chunk)), rx))
+    });
+    (tx, reqwest::Body::wrap_stream(stream))
+}
