@@ -59,6 +59,27 @@ fn start(settings: &[(String, String)]) -> TestNode {
     TestNode::start_with(&borrowed)
 }
 
+/// Nodes A and B on one Garage and one PostgreSQL. Dropped, the nodes stop
+/// before the services they use.
+struct Pair {
+    a: TestNode,
+    b: TestNode,
+    _garage: Garage,
+    _pg: Postgres,
+}
+
+/// [`Pair`] with `extra` settings; `None` (the test skips) where Garage or
+/// PostgreSQL is not installed.
+fn two_nodes(extra: &[(&str, &str)]) -> Option<Pair> {
+    if cluster::skip_without_garage() || cluster::skip_without_postgres() {
+        return None;
+    }
+    let garage = Garage::single();
+    let pg = Postgres::start();
+    let s = settings(Some(&garage), Some(&pg), extra);
+    Some(Pair { a: start(&s), b: start(&s), _garage: garage, _pg: pg })
+}
+
 /// A request to `path` on `node`, with `headers`.
 fn request(node: &TestNode, method: &str, path: &str, headers: &[(&str, &str)]) -> reqwest::RequestBuilder {
     let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
@@ -142,20 +163,16 @@ fn log_lines(node: &TestNode, words: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_share_one_catalog_and_one_bucket() {
-    if cluster::skip_without_garage() || cluster::skip_without_postgres() {
+    let Some(pair) = two_nodes(&[]) else {
         return;
-    }
-    let garage = Garage::single();
-    let pg = Postgres::start();
-    let s = settings(Some(&garage), Some(&pg), &[]);
-    let a = start(&s);
-    let b = start(&s);
+    };
+    let (a, b) = (&pair.a, &pair.b);
 
     let small = generated(100 * KIB + 7, 1);
     let big = generated(20 * MIB, 2);
-    let r = put_ok(&a, "shared/small.csv?name=Small", &small, &[("Content-Type", "text/csv")]).await;
+    let r = put_ok(a, "shared/small.csv?name=Small", &small, &[("Content-Type", "text/csv")]).await;
     assert_eq!(r.status, 201, "{}", r.describe());
-    let r = put_ok(&a, "shared/big.bin", &big, &[]).await;
+    let r = put_ok(a, "shared/big.bin", &big, &[]).await;
     assert_eq!(r.status, 201, "{}", r.describe());
     // A chunked upload too (no Content-Length: streamed into parts as it comes).
     let (body, hashes) = generated_stream(20 * MIB as u64 + 12_345, 3, MIB);
@@ -170,7 +187,7 @@ async fn two_nodes_share_one_catalog_and_one_bucket() {
     assert!(b.dataset_files().is_empty(), "B keeps dataset files: {:?}", b.dataset_files());
 
     // B lists what A stored.
-    let listed = list(&b, "shared/", &[]).await;
+    let listed = list(b, "shared/", &[]).await;
     assert_eq!(keys_of(&listed), ["shared/big.bin", "shared/chunked.bin", "shared/small.csv"], "list on B");
     let by_key: BTreeMap<String, serde_json::Value> =
         listed.into_iter().map(|r| (r["key"].as_str().unwrap().to_string(), r)).collect();
@@ -182,9 +199,9 @@ async fn two_nodes_share_one_catalog_and_one_bucket() {
     assert_eq!(by_key["shared/chunked.bin"]["blake3"], chunked_b3);
 
     // B serves the bytes, whole and in ranges (across the 8 MiB part boundary too).
-    assert_downloads(&b, "shared/small.csv", &small, &[]).await;
-    assert_downloads(&b, "shared/big.bin", &big, &[]).await;
-    let r = call(&b, "GET", "/data/shared/chunked.bin", &[], None).await;
+    assert_downloads(b, "shared/small.csv", &small, &[]).await;
+    assert_downloads(b, "shared/big.bin", &big, &[]).await;
+    let r = call(b, "GET", "/data/shared/chunked.bin", &[], None).await;
     assert_eq!(r.status, 200, "{}", r.describe());
     assert_eq!((r.body.len(), b3(&r.body)), (20 * MIB + 12_345, chunked_b3.clone()), "chunked dataset on B");
     let total = big.len();
@@ -194,25 +211,25 @@ async fn two_nodes_share_one_catalog_and_one_bucket() {
         (format!("bytes={}-", 2 * PART - 1), 2 * PART - 1, total - 1),
         ("bytes=0-0".to_string(), 0, 0),
     ] {
-        let r = call(&b, "GET", "/data/shared/big.bin", &[("Range", &range)], None).await;
+        let r = call(b, "GET", "/data/shared/big.bin", &[("Range", &range)], None).await;
         assert_eq!(r.status, 206, "Range {range} on B: {}", r.describe());
         assert_eq!(r.header("content-range"), Some(format!("bytes {from}-{to}/{total}").as_str()), "Range {range}");
         assert!(r.body == big[from..=to], "Range {range} on B: wrong bytes ({} of them)", r.body.len());
         assert_eq!(r.etag().as_deref(), Some(b3(&big).as_str()), "Range {range}: ETag");
     }
-    let r = call(&b, "GET", "/data/shared/big.bin", &[("Range", &format!("bytes={total}-"))], None).await;
+    let r = call(b, "GET", "/data/shared/big.bin", &[("Range", &format!("bytes={total}-"))], None).await;
     assert_eq!(r.status, 416, "unsatisfiable Range on B: {}", r.describe());
-    let r = call(&b, "HEAD", "/data/shared/big.bin", &[], None).await;
+    let r = call(b, "HEAD", "/data/shared/big.bin", &[], None).await;
     assert_eq!(r.status, 200, "HEAD on B: {}", r.describe());
     assert_eq!(r.header("content-length"), Some(total.to_string().as_str()), "HEAD on B");
     let etag = format!("\"{}\"", b3(&big));
-    let r = call(&b, "GET", "/data/shared/big.bin", &[("If-None-Match", &etag)], None).await;
+    let r = call(b, "GET", "/data/shared/big.bin", &[("If-None-Match", &etag)], None).await;
     assert_eq!(r.status, 304, "If-None-Match on B: {}", r.describe());
 
     // Metadata changed on B is seen on A.
     let patch = serde_json::json!({"name": "Renamed", "description": "via B", "tags": ["x", "y"]});
     let r = call(
-        &b,
+        b,
         "PATCH",
         "/datasets/shared/small.csv",
         &[("Content-Type", "application/json")],
@@ -220,7 +237,7 @@ async fn two_nodes_share_one_catalog_and_one_bucket() {
     )
     .await;
     assert_eq!(r.status, 200, "PATCH on B: {}", r.describe());
-    let on_a = record(&a, "shared/small.csv", &[]).await;
+    let on_a = record(a, "shared/small.csv", &[]).await;
     assert_eq!(on_a.status, 200, "{}", on_a.describe());
     let on_a = on_a.json();
     assert_eq!((on_a["name"].clone(), on_a["description"].clone()), ("Renamed".into(), "via B".into()), "{on_a}");
@@ -228,26 +245,26 @@ async fn two_nodes_share_one_catalog_and_one_bucket() {
 
     // A replace through B is what A serves next.
     let newer = generated(300 * KIB, 4);
-    let r = put_ok(&b, "shared/small.csv", &newer, &[]).await;
+    let r = put_ok(b, "shared/small.csv", &newer, &[]).await;
     assert_eq!(r.status, 200, "replace on B: {}", r.describe());
-    assert_downloads(&a, "shared/small.csv", &newer, &[]).await;
+    assert_downloads(a, "shared/small.csv", &newer, &[]).await;
 
     // Deleted on B: gone on A.
-    let r = call(&b, "DELETE", "/datasets/shared/small.csv", &[], None).await;
+    let r = call(b, "DELETE", "/datasets/shared/small.csv", &[], None).await;
     assert_eq!(r.status, 204, "DELETE on B: {}", r.describe());
-    let r = call(&a, "GET", "/data/shared/small.csv", &[], None).await;
+    let r = call(a, "GET", "/data/shared/small.csv", &[], None).await;
     assert_eq!((r.status, r.code().as_deref()), (404, Some("not-found")), "GET after delete on A: {}", r.describe());
-    let r = record(&a, "shared/small.csv", &[]).await;
+    let r = record(a, "shared/small.csv", &[]).await;
     assert_eq!((r.status, r.code().as_deref()), (404, Some("not-found")), "record after delete on A: {}", r.describe());
-    assert_eq!(keys_of(&list(&a, "shared/", &[]).await), ["shared/big.bin", "shared/chunked.bin"], "list on A");
-    let r = call(&a, "DELETE", "/datasets/shared/big.bin", &[], None).await;
+    assert_eq!(keys_of(&list(a, "shared/", &[]).await), ["shared/big.bin", "shared/chunked.bin"], "list on A");
+    let r = call(a, "DELETE", "/datasets/shared/big.bin", &[], None).await;
     assert_eq!(r.status, 204, "DELETE on A: {}", r.describe());
-    let r = call(&b, "GET", "/data/shared/big.bin", &[], None).await;
+    let r = call(b, "GET", "/data/shared/big.bin", &[], None).await;
     assert_eq!(r.status, 404, "GET on B after delete on A: {}", r.describe());
-    assert_eq!(keys_of(&list(&b, "shared/", &[]).await), ["shared/chunked.bin"], "list on B");
+    assert_eq!(keys_of(&list(b, "shared/", &[]).await), ["shared/chunked.bin"], "list on B");
 
-    assert_no_panic(&a, "A");
-    assert_no_panic(&b, "B");
+    assert_no_panic(a, "A");
+    assert_no_panic(b, "B");
 }
 
 // ---------------------------------------------------------------------------
@@ -256,14 +273,10 @@ async fn two_nodes_share_one_catalog_and_one_bucket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_through_two_nodes_never_mix() {
-    if cluster::skip_without_garage() || cluster::skip_without_postgres() {
+    let Some(pair) = two_nodes(&[]) else {
         return;
-    }
-    let garage = Garage::single();
-    let pg = Postgres::start();
-    let s = settings(Some(&garage), Some(&pg), &[]);
-    let a = start(&s);
-    let b = start(&s);
+    };
+    let (a, b) = (&pair.a, &pair.b);
     const ROUNDS: usize = 6;
     // Small bodies go in one PUT at the commit; bodies over 8 MiB stream
     // into multipart uploads completed at the commit.
@@ -286,9 +299,9 @@ async fn concurrent_writers_through_two_nodes_never_mix() {
             };
             if mode == "If-Match" && round == 0 {
                 // A current version to match, written alone.
-                put_ok(&a, &key, &generated(MIB, 999), &[]).await;
+                put_ok(a, &key, &generated(MIB, 999), &[]).await;
             }
-            let before = record(&a, &key, &[]).await;
+            let before = record(a, &key, &[]).await;
             let before = (before.status == 200).then(|| before.json()["blake3"].as_str().unwrap().to_string());
             let body_a = generated(size(round, 0), seed + 2 * round as u64);
             let body_b = generated(size(round, 1), seed + 1 + 2 * round as u64);
@@ -298,7 +311,7 @@ async fn concurrent_writers_through_two_nodes_never_mix() {
                 "If-Match" => vec![("If-Match", &if_match)],
                 _ => vec![],
             };
-            let (ra, rb) = tokio::join!(put(&a, &key, &body_a, &headers), put(&b, &key, &body_b, &headers));
+            let (ra, rb) = tokio::join!(put(a, &key, &body_a, &headers), put(b, &key, &body_b, &headers));
             let ok = |r: &Reply| r.status == 200 || r.status == 201;
             let refused = |r: &Reply| r.status == 412 && r.code().as_deref() == Some("precondition-failed");
             let as_expected = match mode {
@@ -321,16 +334,16 @@ async fn concurrent_writers_through_two_nodes_never_mix() {
             }
             // Whatever the answers, the key holds one body whole: one that
             // succeeded (the later, for plain PUTs), or the one before.
-            let rec_a = record(&a, &key, &[]).await;
-            let rec_b = record(&b, &key, &[]).await;
+            let rec_a = record(a, &key, &[]).await;
+            let rec_b = record(b, &key, &[]).await;
             assert_eq!(rec_a.body, rec_b.body, "{mode} round {round}: the record differs between A and B");
             let stored = (rec_a.status == 200).then(|| rec_a.json()["blake3"].as_str().unwrap().to_string());
             let succeeded: Vec<&Vec<u8>> =
                 [(&ra, &body_a), (&rb, &body_b)].into_iter().filter(|(r, _)| ok(r)).map(|(_, b)| b).collect();
             match succeeded.iter().find(|b| Some(b3(b)) == stored) {
                 Some(body) => {
-                    assert_downloads(&a, &key, body, &[]).await;
-                    assert_downloads(&b, &key, body, &[]).await;
+                    assert_downloads(a, &key, body, &[]).await;
+                    assert_downloads(b, &key, body, &[]).await;
                 }
                 None => {
                     assert!(
@@ -349,12 +362,12 @@ async fn concurrent_writers_through_two_nodes_never_mix() {
         unexpected.len(),
         3 * ROUNDS,
         unexpected.join("\n"),
-        log_lines(&a, &["WARN", "ERROR", "spillway::error"]),
-        log_lines(&b, &["WARN", "ERROR", "spillway::error"])
+        log_lines(a, &["WARN", "ERROR", "spillway::error"]),
+        log_lines(b, &["WARN", "ERROR", "spillway::error"])
     );
 
-    assert_no_panic(&a, "A");
-    assert_no_panic(&b, "B");
+    assert_no_panic(a, "A");
+    assert_no_panic(b, "B");
 }
 
 /// The deterministic form of the race above: a big PUT is streaming into
@@ -363,19 +376,15 @@ async fn concurrent_writers_through_two_nodes_never_mix() {
 /// ends (last writer wins), not fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_landing_while_a_big_put_streams_to_the_same_key_does_not_break_it() {
-    if cluster::skip_without_garage() || cluster::skip_without_postgres() {
+    let Some(pair) = two_nodes(&[]) else {
         return;
-    }
-    let garage = Garage::single();
-    let pg = Postgres::start();
-    let s = settings(Some(&garage), Some(&pg), &[]);
-    let a = start(&s);
-    let b = start(&s);
+    };
+    let (a, b) = (&pair.a, &pair.b);
     let mut failures = Vec::new();
     let cases: [(&str, &str); 2] = [("PUT", "stream/put-meanwhile.bin"), ("DELETE", "stream/delete-meanwhile.bin")];
     for (i, (meanwhile, key)) in cases.into_iter().enumerate() {
         let first = generated(64 * KIB, 60 + i as u64);
-        put_ok(&a, key, &first, &[]).await;
+        put_ok(a, key, &first, &[]).await;
         // 9 MiB of a 10 MiB body through B: past the 8 MiB in-memory spool,
         // so its multipart upload is open and its first part sent.
         let big = generated(10 * MIB, 70 + i as u64);
@@ -389,8 +398,8 @@ async fn a_write_landing_while_a_big_put_streams_to_the_same_key_does_not_break_
         // Meanwhile, through A, another write to the key commits.
         let other = generated(128 * KIB, 80 + i as u64);
         let r = match meanwhile {
-            "PUT" => put(&a, key, &other, &[]).await,
-            _ => call(&a, "DELETE", &format!("/datasets/{key}"), &[], None).await,
+            "PUT" => put(a, key, &other, &[]).await,
+            _ => call(a, "DELETE", &format!("/datasets/{key}"), &[], None).await,
         };
         assert!(r.status == 200 || r.status == 204, "{meanwhile} {key} on A while B streams: {}", r.describe());
         // The rest of the body; B's PUT commits last, so it wins.
@@ -404,26 +413,26 @@ async fn a_write_landing_while_a_big_put_streams_to_the_same_key_does_not_break_
                  expected {want} with ETag {}, got {}\n  B's log: {}",
                 b3(&big),
                 r.describe(),
-                log_lines(&b, &[key, "WARN", "ERROR"]).replace('\n', "\n    ")
+                log_lines(b, &[key, "WARN", "ERROR"]).replace('\n', "\n    ")
             ));
         }
         // Whatever happened, the row and the object agree.
-        let rec = record(&a, key, &[]).await;
+        let rec = record(a, key, &[]).await;
         if rec.status == 200 {
             let stored = rec.json()["blake3"].as_str().unwrap().to_string();
             let body = [&big, &other].into_iter().find(|b| b3(b) == stored);
             let body = body.unwrap_or_else(|| panic!("`{key}`: the row's blake3 {stored} is neither upload's"));
-            assert_downloads(&a, key, body, &[]).await;
-            assert_downloads(&b, key, body, &[]).await;
+            assert_downloads(a, key, body, &[]).await;
+            assert_downloads(b, key, body, &[]).await;
         } else {
             assert_eq!(rec.status, 404, "{}", rec.describe());
-            let r = call(&b, "GET", &format!("/data/{key}"), &[], None).await;
+            let r = call(b, "GET", &format!("/data/{key}"), &[], None).await;
             assert_eq!(r.status, 404, "no row but B serves `{key}`: {}", r.describe());
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert_no_panic(&a, "A");
-    assert_no_panic(&b, "B");
+    assert_no_panic(a, "A");
+    assert_no_panic(b, "B");
 }
 
 // ---------------------------------------------------------------------------
@@ -448,29 +457,25 @@ async fn download_url(node: &TestNode, key: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_download_url_minted_on_one_node_works_on_another() {
-    if cluster::skip_without_garage() || cluster::skip_without_postgres() {
+    let Some(mut pair) = two_nodes(&[("SPILLWAY_TOKENS", TOKENS)]) else {
         return;
-    }
-    let garage = Garage::single();
-    let pg = Postgres::start();
-    let s = settings(Some(&garage), Some(&pg), &[("SPILLWAY_TOKENS", TOKENS)]);
-    let a = start(&s);
-    let mut b = start(&s);
+    };
+    let (a, b) = (&pair.a, &mut pair.b);
     let auth = [("Authorization", BEARER)];
     let body = generated(200 * KIB, 7);
-    put_ok(&a, "signed/report.bin", &body, &auth).await;
+    put_ok(a, "signed/report.bin", &body, &auth).await;
 
     // Without a token or signature B refuses; with A's signature it serves.
-    let r = call(&b, "GET", "/data/signed/report.bin", &[], None).await;
+    let r = call(b, "GET", "/data/signed/report.bin", &[], None).await;
     assert_eq!(r.status, 401, "no token on B: {}", r.describe());
-    let url = download_url(&a, "signed/report.bin").await;
+    let url = download_url(a, "signed/report.bin").await;
     assert!(url.starts_with("/data/signed/report.bin?") && url.contains("sig="), "{url}");
-    let r = call(&b, "GET", &url, &[], None).await;
-    assert_eq!(r.status, 200, "A's signed URL on B: {}\n{}", r.describe(), log_lines(&b, &["signing", "403"]));
+    let r = call(b, "GET", &url, &[], None).await;
+    assert_eq!(r.status, 200, "A's signed URL on B: {}\n{}", r.describe(), log_lines(b, &["signing", "403"]));
     assert!(r.body == body, "A's signed URL on B: wrong bytes");
-    let r = call(&b, "HEAD", &url, &[], None).await;
+    let r = call(b, "HEAD", &url, &[], None).await;
     assert_eq!(r.status, 200, "HEAD with A's signed URL on B: {}", r.describe());
-    let r = call(&b, "GET", &url, &[("Range", "bytes=10-19")], None).await;
+    let r = call(b, "GET", &url, &[("Range", "bytes=10-19")], None).await;
     assert_eq!(r.status, 206, "Range with A's signed URL on B: {}", r.describe());
     assert!(r.body == body[10..20]);
 
@@ -479,23 +484,23 @@ async fn a_download_url_minted_on_one_node_works_on_another() {
     let mut tampered = url.clone().into_bytes();
     tampered[sig_at] = if tampered[sig_at] == b'A' { b'B' } else { b'A' };
     let tampered = String::from_utf8(tampered).unwrap();
-    let r = call(&b, "GET", &tampered, &[], None).await;
+    let r = call(b, "GET", &tampered, &[], None).await;
     assert_eq!((r.status, r.code().as_deref()), (403, Some("forbidden")), "tampered URL on B: {}", r.describe());
     let other = url.replacen("report.bin", "other.bin", 1);
-    let r = call(&b, "GET", &other, &[], None).await;
+    let r = call(b, "GET", &other, &[], None).await;
     assert_eq!(r.status, 403, "signed URL for another key on B: {}", r.describe());
 
     // The other way round, and after B restarts (the key is in the index, not in B's memory).
-    let url_b = download_url(&b, "signed/report.bin").await;
-    let r = call(&a, "GET", &url_b, &[], None).await;
+    let url_b = download_url(b, "signed/report.bin").await;
+    let r = call(a, "GET", &url_b, &[], None).await;
     assert_eq!(r.status, 200, "B's signed URL on A: {}", r.describe());
     b.restart();
-    let r = call(&b, "GET", &url, &[], None).await;
+    let r = call(b, "GET", &url, &[], None).await;
     assert_eq!(r.status, 200, "A's signed URL on B after B restarted: {}", r.describe());
     assert!(!b.data_dir.join("signing.key").exists(), "B generated its own signing.key in its data dir");
 
-    assert_no_panic(&a, "A");
-    assert_no_panic(&b, "B");
+    assert_no_panic(a, "A");
+    assert_no_panic(b, "B");
 }
 
 // ---------------------------------------------------------------------------
@@ -524,55 +529,50 @@ fn location_path(reply: &Reply) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumable_upload_stays_on_its_node_until_it_completes() {
-    if cluster::skip_without_garage() || cluster::skip_without_postgres() {
+    let Some(pair) = two_nodes(&[]) else {
         return;
-    }
-    let garage = Garage::single();
-    let pg = Postgres::start();
-    let s = settings(Some(&garage), Some(&pg), &[]);
-    let a = start(&s);
-    let b = start(&s);
+    };
+    let (a, b) = (&pair.a, &pair.b);
     // Bigger than a part: the finished file goes to the store as a multipart upload.
     let data = generated(10 * MIB + 333, 11);
     let key = "tus/across.bin";
     let length = data.len().to_string();
     let metadata = tus_metadata(&[("key", key), ("name", "Across")]);
-    let r =
-        call(&a, "POST", "/uploads", &[TUS, ("Upload-Length", &length), ("Upload-Metadata", &metadata)], None).await;
+    let r = call(a, "POST", "/uploads", &[TUS, ("Upload-Length", &length), ("Upload-Metadata", &metadata)], None).await;
     assert_eq!(r.status, 201, "POST /uploads on A: {}", r.describe());
     let loc = location_path(&r);
     let half = 4 * MIB;
-    let r = call(&a, "PATCH", &loc, &[TUS, OCTET, ("Upload-Offset", "0")], Some(data[..half].to_vec())).await;
+    let r = call(a, "PATCH", &loc, &[TUS, OCTET, ("Upload-Offset", "0")], Some(data[..half].to_vec())).await;
     assert_eq!(r.status, 204, "first PATCH on A: {}", r.describe());
     assert_eq!(r.header("upload-offset"), Some(half.to_string().as_str()));
 
     // B does not hold the bytes: 503 unavailable with Retry-After, for HEAD and PATCH.
-    let r = call(&b, "HEAD", &loc, &[TUS], None).await;
+    let r = call(b, "HEAD", &loc, &[TUS], None).await;
     assert_eq!(r.status, 503, "HEAD {loc} on B: {}", r.describe());
     assert!(r.header("retry-after").is_some(), "HEAD {loc} on B: no Retry-After: {}", r.describe());
     let offset = half.to_string();
     let r =
-        call(&b, "PATCH", &loc, &[TUS, OCTET, ("Upload-Offset", &offset)], Some(data[half..half + 10].to_vec())).await;
+        call(b, "PATCH", &loc, &[TUS, OCTET, ("Upload-Offset", &offset)], Some(data[half..half + 10].to_vec())).await;
     assert_eq!((r.status, r.code().as_deref()), (503, Some("unavailable")), "PATCH {loc} on B: {}", r.describe());
     assert!(r.header("retry-after").is_some(), "PATCH {loc} on B: no Retry-After: {}", r.describe());
-    let r = call(&b, "DELETE", &loc, &[TUS], None).await;
+    let r = call(b, "DELETE", &loc, &[TUS], None).await;
     assert_eq!((r.status, r.code().as_deref()), (503, Some("unavailable")), "DELETE {loc} on B: {}", r.describe());
     // Nothing of it is visible as a dataset yet.
-    let r = call(&b, "GET", &format!("/data/{key}"), &[], None).await;
+    let r = call(b, "GET", &format!("/data/{key}"), &[], None).await;
     assert_eq!(r.status, 404, "GET /data/{key} on B mid-upload: {}", r.describe());
 
     // A still holds it at the same offset (B's refused PATCH wrote nothing).
-    let r = call(&a, "HEAD", &loc, &[TUS], None).await;
+    let r = call(a, "HEAD", &loc, &[TUS], None).await;
     assert_eq!((r.status, r.header("upload-offset")), (200, Some(offset.as_str())), "HEAD on A: {}", r.describe());
-    let r = call(&a, "PATCH", &loc, &[TUS, OCTET, ("Upload-Offset", &offset)], Some(data[half..].to_vec())).await;
+    let r = call(a, "PATCH", &loc, &[TUS, OCTET, ("Upload-Offset", &offset)], Some(data[half..].to_vec())).await;
     assert_eq!(r.status, 204, "final PATCH on A: {}", r.describe());
     assert_eq!(r.header("upload-offset"), Some(length.as_str()));
     assert_eq!(r.etag(), Some(b3(&data)), "final PATCH on A: ETag: {}", r.describe());
 
     // Committed: a dataset everywhere; the finished upload answers on B too.
-    assert_downloads(&b, key, &data, &[]).await;
-    assert_eq!(record(&b, key, &[]).await.json()["name"], "Across");
-    let r = call(&b, "HEAD", &loc, &[TUS], None).await;
+    assert_downloads(b, key, &data, &[]).await;
+    assert_eq!(record(b, key, &[]).await.json()["name"], "Across");
+    let r = call(b, "HEAD", &loc, &[TUS], None).await;
     assert_eq!(
         (r.status, r.header("upload-offset")),
         (200, Some(length.as_str())),
@@ -580,8 +580,8 @@ async fn a_resumable_upload_stays_on_its_node_until_it_completes() {
         r.describe()
     );
 
-    assert_no_panic(&a, "A");
-    assert_no_panic(&b, "B");
+    assert_no_panic(a, "A");
+    assert_no_panic(b, "B");
 }
 
 // ---------------------------------------------------------------------------

@@ -111,7 +111,12 @@ impl Fx {
     /// directories are empty and (S3) the bucket has no unfinished
     /// multipart upload. Panics with what is left.
     fn settle(&self, what: &str) {
-        let deadline = Instant::now() + SETTLE;
+        self.settle_within(what, SETTLE);
+    }
+
+    /// [`Fx::settle`], with a bound of `within`.
+    fn settle_within(&self, what: &str, within: Duration) {
+        let deadline = Instant::now() + within;
         loop {
             let spool = self.node.spool_files();
             let unfinished = self.garage.as_ref().map(unfinished_uploads);
@@ -120,7 +125,7 @@ impl Fx {
             }
             assert!(
                 Instant::now() < deadline,
-                "{what}: after {SETTLE:?} the spool still holds {spool:?} and the bucket has \
+                "{what}: after {within:?} the spool still holds {spool:?} and the bucket has \
                  (unfinished multipart uploads, parts) = {unfinished:?}\n{}",
                 log_tail(&self.node)
             );
@@ -1579,20 +1584,7 @@ async fn s3_garage_outage_midway_leaves_no_multipart_upload() {
     // Down for longer than the node's retries.
     std::thread::sleep(Duration::from_secs(3));
     fx.garage.as_mut().unwrap().restart_node(0);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let unfinished = unfinished_uploads(fx.garage());
-        if unfinished.0 == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "20 s after Garage came back, the bucket still has (unfinished multipart uploads, parts) = \
-             {unfinished:?} of the PUT that failed during the outage\n{}",
-            log_tail(&fx.node)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    fx.settle_within("Garage back after the PUT failed during its outage", Duration::from_secs(20));
     assert_eq!(fx.stored().await, BTreeMap::new());
     assert!(fx.record("mid/data").await.is_none());
     fx.assert_no_500();
@@ -1616,20 +1608,7 @@ async fn s3_node_crash_midway_leaves_no_multipart_upload() {
     fx.node.kill9();
     drop(s);
     fx.node.launch();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let unfinished = unfinished_uploads(fx.garage());
-        if unfinished.0 == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "15 s after the node restarted, the bucket still has (unfinished multipart uploads, parts) = \
-             {unfinished:?} of the upload a crash interrupted\n{}",
-            log_tail(&fx.node)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    fx.settle("the node restarted after a crash interrupted an upload");
     assert_eq!(fx.stored().await, BTreeMap::new());
     assert!(fx.record("crash/data").await.is_none());
     fx.assert_no_500();
