@@ -1487,35 +1487,22 @@ async fn creation_with_upload_checks_the_checksum() {
     let node = TestNode::start();
     let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
     let metadata = meta(&[("key", "tus/ck.txt")]);
-    let wrong = format!("sha1 {}", b64(&sha1::Sha1::digest(b"WRONG")));
-    let r = node
-        .client
-        .post(node.url("/uploads"))
-        .header("Tus-Resumable", "1.0.0")
-        .header("Upload-Length", "11")
-        .header("Upload-Metadata", metadata.as_str())
-        .header("Content-Type", "application/offset+octet-stream")
-        .header("Upload-Checksum", wrong)
-        .body("hello world")
-        .send()
-        .await
-        .unwrap();
+    let create = |checksum: String| {
+        node.client
+            .post(node.url("/uploads"))
+            .header("Tus-Resumable", "1.0.0")
+            .header("Upload-Length", "11")
+            .header("Upload-Metadata", metadata.as_str())
+            .header("Content-Type", "application/offset+octet-stream")
+            .header("Upload-Checksum", checksum)
+            .body("hello world")
+            .send()
+    };
+    let r = create(format!("sha1 {}", b64(&sha1::Sha1::digest(b"WRONG")))).await.unwrap();
     assert_eq!(r.status().as_u16(), 460);
     assert_eq!(node.get("/datasets/tus/ck.txt").await.status(), 404);
 
-    let right = format!("sha1 {}", b64(&sha1::Sha1::digest(b"hello world")));
-    let r = node
-        .client
-        .post(node.url("/uploads"))
-        .header("Tus-Resumable", "1.0.0")
-        .header("Upload-Length", "11")
-        .header("Upload-Metadata", metadata.as_str())
-        .header("Content-Type", "application/offset+octet-stream")
-        .header("Upload-Checksum", right)
-        .body("hello world")
-        .send()
-        .await
-        .unwrap();
+    let r = create(format!("sha1 {}", b64(&sha1::Sha1::digest(b"hello world")))).await.unwrap();
     assert_eq!(r.status().as_u16(), 201);
     assert_dataset(&node, "tus/ck.txt", b"hello world").await;
 }
