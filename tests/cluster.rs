@@ -129,15 +129,7 @@ fn keys_of(records: &[serde_json::Value]) -> Vec<String> {
 async fn assert_downloads(node: &TestNode, key: &str, expected: &[u8], headers: &[(&str, &str)]) {
     let r = call(node, "GET", &format!("/data/{key}"), headers, None).await;
     assert_eq!(r.status, 200, "GET /data/{key} on {}: {}", node.base, r.describe());
-    assert!(
-        r.body == expected,
-        "GET /data/{key} on {}: {} bytes, blake3 {}; expected {} bytes, blake3 {}",
-        node.base,
-        r.body.len(),
-        b3(&r.body),
-        expected.len(),
-        b3(expected)
-    );
+    assert_same_bytes(&r.body, expected, &format!("GET /data/{key} on {}", node.base));
     assert_eq!(r.etag().as_deref(), Some(b3(expected).as_str()), "GET /data/{key} on {}: ETag", node.base);
     let rec = record(node, key, headers).await;
     assert_eq!(rec.status, 200, "GET /datasets/{key} on {}: {}", node.base, rec.describe());
@@ -635,14 +627,7 @@ async fn assert_all_serve(node: &TestNode, expected: &BTreeMap<String, Vec<u8>>,
     for (key, body) in expected {
         let r = call(node, "GET", &format!("/data/{key}"), &[], None).await;
         assert_eq!(r.status, 200, "{when}: GET /data/{key}: {}", r.describe());
-        assert!(
-            r.body == *body,
-            "{when}: GET /data/{key}: {} bytes, blake3 {}; expected {} bytes, blake3 {}",
-            r.body.len(),
-            b3(&r.body),
-            body.len(),
-            b3(body)
-        );
+        assert_same_bytes(&r.body, body, &format!("{when}: GET /data/{key}"));
         assert_eq!(r.etag(), Some(b3(body)), "{when}: GET /data/{key}: ETag");
     }
     let listed = list(node, "", &[]).await;

@@ -87,6 +87,12 @@ impl Fx {
         Fx { node, garage, kind }
     }
 
+    /// [`Fx::start`] on an S3 `kind`; `None` (the test skips) where Garage
+    /// is not installed.
+    fn on_garage(kind: Kind, extra: &[(&str, &str)]) -> Option<Fx> {
+        (!cluster::skip_without_garage()).then(|| Fx::start(kind, extra))
+    }
+
     fn garage(&self) -> &Garage {
         self.garage.as_ref().expect("an S3 fixture")
     }
@@ -192,15 +198,7 @@ impl Fx {
     async fn assert_serves(&self, key: &str, expected: &[u8]) {
         let r = self.get(&data_path(key), &[]).await;
         assert_eq!(r.status, 200, "GET /data/{key}: {}", r.describe());
-        assert!(
-            r.body[..] == expected[..],
-            "GET /data/{key} on {:?}: {} bytes, blake3 {}; expected {} bytes, blake3 {}",
-            self.kind,
-            r.body.len(),
-            b3(&r.body),
-            expected.len(),
-            b3(expected)
-        );
+        assert_same_bytes(&r.body, expected, &format!("GET /data/{key} on {:?}", self.kind));
         assert_eq!(r.header("etag"), Some(etag_of(expected).as_str()), "GET /data/{key}");
         assert_eq!(r.header("content-length"), Some(expected.len().to_string().as_str()), "GET /data/{key}");
     }
@@ -1127,10 +1125,9 @@ async fn direct_put(url: &str, body: &[u8], content_type: &str) {
 /// direct upload never acknowledged is not a dataset.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_direct_upload_then_acknowledge() {
-    if cluster::skip_without_garage() {
+    let Some(mut fx) = Fx::on_garage(Kind::S3, &[]) else {
         return;
-    }
-    let mut fx = Fx::start(Kind::S3, &[]);
+    };
     let body = generated(3 * MIB + 11, 101);
     let url = mint_upload_url(&fx, "direct/data.csv", json!({"expires_in": 600})).await;
     direct_put(&url, &body, "text/csv").await;
@@ -1207,10 +1204,9 @@ async fn s3_direct_upload_then_acknowledge() {
 /// no dataset, and the incoming object is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_acknowledge_with_wrong_blake3_is_refused() {
-    if cluster::skip_without_garage() {
+    let Some(fx) = Fx::on_garage(Kind::S3, &[]) else {
         return;
-    }
-    let fx = Fx::start(Kind::S3, &[]);
+    };
     let body = generated(200 * KIB, 111);
     let url = mint_upload_url(&fx, "wrong/data.bin", json!({})).await;
     direct_put(&url, &body, "application/octet-stream").await;
@@ -1233,10 +1229,9 @@ async fn s3_acknowledge_with_wrong_blake3_is_refused() {
 /// installed; one within both is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_direct_upload_size_limits_hold_at_acknowledge() {
-    if cluster::skip_without_garage() {
+    let Some(fx) = Fx::on_garage(Kind::S3, &[("SPILLWAY_MAX_DATASET_SIZE", "64 KiB")]) else {
         return;
-    }
-    let fx = Fx::start(Kind::S3, &[("SPILLWAY_MAX_DATASET_SIZE", "64 KiB")]);
+    };
     // (max_size of the URL, bytes uploaded, acknowledged?)
     let cases = [
         (Some(1000), 2000, false),
@@ -1271,10 +1266,9 @@ async fn s3_direct_upload_size_limits_hold_at_acknowledge() {
 /// the object's name) land, acknowledge and serve.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_direct_upload_of_unusual_keys() {
-    if cluster::skip_without_garage() {
+    let Some(fx) = Fx::on_garage(Kind::S3, &[]) else {
         return;
-    }
-    let fx = Fx::start(Kind::S3, &[]);
+    };
     let keys = ["odd dir/with space+plus.csv", "odd/tilde~x", "odd/ünï/日本.txt", "odd/pct%41", "odd/semi;eq=amp&"];
     for (i, key) in keys.iter().enumerate() {
         let body = generated(5000 + i, 180 + i as u64);
@@ -1295,10 +1289,9 @@ async fn s3_direct_upload_of_unusual_keys() {
 /// store, which gives the bytes; an unknown key is still a 404.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_redirect_downloads() {
-    if cluster::skip_without_garage() {
+    let Some(fx) = Fx::on_garage(Kind::S3, &[("SPILLWAY_S3__DOWNLOADS", "redirect")]) else {
         return;
-    }
-    let fx = Fx::start(Kind::S3, &[("SPILLWAY_S3__DOWNLOADS", "redirect")]);
+    };
     let body = generated(12 * MIB + 1, 131);
     fx.put_ok("redir/data.bin", &body, Framing::Chunked, &[]).await;
     let plain = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
@@ -1324,10 +1317,9 @@ async fn s3_redirect_downloads() {
 /// data is intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_garage_down_is_503_then_recovers() {
-    if cluster::skip_without_garage() {
+    let Some(mut fx) = Fx::on_garage(Kind::S3, &[]) else {
         return;
-    }
-    let mut fx = Fx::start(Kind::S3, &[]);
+    };
     let small = generated(10 * KIB, 141);
     let big = generated(10 * MIB, 142);
     fx.put_ok("live/small", &small, Framing::Sized, &[]).await;
@@ -1414,10 +1406,9 @@ async fn s3_garage_down_is_503_then_recovers() {
 /// framing) or stalls: the upload is aborted, no part or object is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_client_gone_midway_leaves_no_multipart_upload() {
-    if cluster::skip_without_garage() {
+    let Some(fx) = Fx::on_garage(Kind::S3, &[("SPILLWAY_STALL_TIMEOUT", "2")]) else {
         return;
-    }
-    let fx = Fx::start(Kind::S3, &[("SPILLWAY_STALL_TIMEOUT", "2")]);
+    };
     let sent = generated(20 * MIB, 151);
     // (framing, bytes sent: 20 MiB is two full parts and more; 1 MiB is a
     // multipart upload without a part yet)
@@ -1455,10 +1446,9 @@ async fn s3_client_gone_midway_leaves_no_multipart_upload() {
 /// the dataset stays as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_acknowledge_of_a_conflicting_key_is_409() {
-    if cluster::skip_without_garage() {
+    let Some(fx) = Fx::on_garage(Kind::S3, &[]) else {
         return;
-    }
-    let fx = Fx::start(Kind::S3, &[]);
+    };
     fx.put_ok("a", b"file a", Framing::Sized, &[]).await;
     let url = mint_upload_url(&fx, "a/b", json!({})).await;
     direct_put(&url, b"below a file", "application/octet-stream").await;
@@ -1477,10 +1467,9 @@ async fn s3_acknowledge_of_a_conflicting_key_is_409() {
 /// copies whatever is at `incoming/` by then.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_acknowledge_racing_a_second_direct_put_stays_consistent() {
-    if cluster::skip_without_garage() {
+    let Some(fx) = Fx::on_garage(Kind::S3, &[]) else {
         return;
-    }
-    let fx = Fx::start(Kind::S3, &[]);
+    };
     let first = generated(64 * MIB, 201);
     let mut raced = false;
     for round in 0..3 {
@@ -1541,10 +1530,9 @@ async fn s3_acknowledge_racing_a_second_direct_put_stays_consistent() {
 /// 404 for a dataset that exists.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_concurrent_acknowledges_do_not_answer_404() {
-    if cluster::skip_without_garage() {
+    let Some(fx) = Fx::on_garage(Kind::S3, &[]) else {
         return;
-    }
-    let fx = Fx::start(Kind::S3, &[]);
+    };
     let body = generated(32 * MIB, 221);
     let url = mint_upload_url(&fx, "twice/data", json!({})).await;
     direct_put(&url, &body, "application/octet-stream").await;
@@ -1566,10 +1554,9 @@ async fn s3_concurrent_acknowledges_do_not_answer_404() {
 /// multipart upload is left in the bucket. (Found: it is left for good.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_garage_outage_midway_leaves_no_multipart_upload() {
-    if cluster::skip_without_garage() {
+    let Some(mut fx) = Fx::on_garage(Kind::S3, &[]) else {
         return;
-    }
-    let mut fx = Fx::start(Kind::S3, &[]);
+    };
     let body = generated(30 * MIB, 211);
     let mut s = fx.node.raw();
     write!(s, "PUT /data/mid/data HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())
@@ -1596,10 +1583,9 @@ async fn s3_garage_outage_midway_leaves_no_multipart_upload() {
 /// bounded wait) and no object. (Found: nothing aborts it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_node_crash_midway_leaves_no_multipart_upload() {
-    if cluster::skip_without_garage() {
+    let Some(mut fx) = Fx::on_garage(Kind::S3, &[]) else {
         return;
-    }
-    let mut fx = Fx::start(Kind::S3, &[]);
+    };
     let body = generated(20 * MIB, 231);
     let mut s = fx.node.raw();
     write!(s, "PUT /data/crash/data HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", 2 * body.len()).unwrap();
@@ -1622,10 +1608,9 @@ async fn s3_node_crash_midway_leaves_no_multipart_upload() {
 /// 500, and nothing left behind in the bucket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_unstaged_upload_dropped_by_a_landing_write_says_why() {
-    if cluster::skip_without_garage() {
+    let Some(fx) = Fx::on_garage(Kind::S3Unstaged, &[("SPILLWAY_SPOOL_MEMORY", "1 MiB")]) else {
         return;
-    }
-    let fx = Fx::start(Kind::S3Unstaged, &[("SPILLWAY_SPOOL_MEMORY", "1 MiB")]);
+    };
     let cases = [("race/create-only", Some(("If-None-Match", "*"))), ("race/plain", None)];
     let mut expected = BTreeMap::new();
     for (i, (key, condition)) in cases.into_iter().enumerate() {
@@ -1674,10 +1659,9 @@ async fn s3_unstaged_upload_dropped_by_a_landing_write_says_why() {
 /// replaced), and a resumable upload's file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_objects_carry_blake3_size_and_type() {
-    if cluster::skip_without_garage() {
+    let Some(fx) = Fx::on_garage(Kind::S3, &[]) else {
         return;
-    }
-    let fx = Fx::start(Kind::S3, &[]);
+    };
     let small = generated(1000, 301);
     let big = generated(20 * MIB + 7, 302);
     let direct = generated(3 * MIB, 303);

@@ -477,11 +477,17 @@ pub async fn assert_serves(node: &TestNode, key: &str, expected: &[u8]) {
     let resp = node.get(&format!("/data/{key}")).await;
     assert_eq!(resp.status(), 200, "GET /data/{key}");
     let got = resp.bytes().await.unwrap();
+    assert_same_bytes(&got, expected, &format!("GET /data/{key}"));
+}
+
+/// `got` is exactly `expected`; the message names `what`, the sizes and the
+/// blake3s, not megabytes of bytes.
+pub fn assert_same_bytes(got: &[u8], expected: &[u8], what: &str) {
     assert!(
-        got.len() == expected.len() && got[..] == expected[..],
-        "GET /data/{key}: {} bytes, blake3 {}; expected {} bytes, blake3 {}",
+        got == expected,
+        "{what}: {} bytes, blake3 {}; expected {} bytes, blake3 {}",
         got.len(),
-        b3(&got),
+        b3(got),
         expected.len(),
         b3(expected)
     );
