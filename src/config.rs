@@ -26,6 +26,10 @@ pub struct Settings {
     pub disk_reserve: ByteUnit,
     /// Seconds without body bytes before an upload is aborted.
     pub stall_timeout: u64,
+    /// Seconds to receive a request's headers (an idle keep-alive
+    /// connection included) before the connection is closed. Rocket reads
+    /// it from the same figment (vendor/rocket/PATCHES.md).
+    pub header_timeout: u64,
     /// Uploads in flight at once.
     pub max_uploads: usize,
     /// Seconds a resumable upload lives after its creation or last PATCH.
@@ -140,6 +144,7 @@ impl Default for Settings {
             max_dataset_size: ByteUnit::Gibibyte(100),
             disk_reserve: ByteUnit::Gibibyte(1),
             stall_timeout: 60,
+            header_timeout: 30,
             max_uploads: 64,
             upload_expiry: 24 * 60 * 60,
             tokens: Vec::new(),
@@ -178,6 +183,7 @@ impl Settings {
             ("spool_memory", self.spool_memory.as_u64()),
             ("max_dataset_size", self.max_dataset_size.as_u64()),
             ("stall_timeout", self.stall_timeout),
+            ("header_timeout", self.header_timeout),
             ("max_uploads", self.max_uploads as u64),
             ("upload_expiry", self.upload_expiry),
         ];

@@ -256,8 +256,8 @@ fn disk_full_known_size_is_refused_before_the_body() {
 
     let mut s = node.raw();
     s.write_all(request_head("full/known.bin", Framing::Length(100 * MIB as u64)).as_bytes()).unwrap();
-    // A few body bytes get past Rocket's pre-routing peek; the other
-    // 99.99 MiB are never sent, so the answer must come without them.
+    // 1 KiB of the body is sent, the other 99.99 MiB never are, so the answer
+    // must come without them (tests/wire.rs sends no body byte at all).
     s.write_all(&generated(1024, 1)).unwrap();
     let started = Instant::now();
     let resp = read_response(&mut s, Duration::from_secs(5))
@@ -326,12 +326,9 @@ fn disk_full_reserve_crossing_while_streaming() {
 /// an invitation to send the body.
 #[test]
 fn too_large_content_length_is_refused_from_the_headers() {
-    // Rocket 0.5 reads the first body bytes (up to 14) before it routes a
-    // request, so the node can answer only once a few bytes have arrived
-    // (with `Expect: 100-continue` it has already said 100 by then). The
-    // README says so; nginx in front answers from the headers alone. What
-    // the node must do: refuse from Content-Length, without waiting for the
-    // 20 MiB, and not leave the connection hanging.
+    // Refuse from Content-Length without waiting for the 20 MiB, even when
+    // some body bytes are already on their way, and do not leave the
+    // connection hanging (tests/wire.rs: the same with no body byte sent).
     let node = TestNode::start_with(&[("SPILLWAY_MAX_DATASET_SIZE", "10MiB")]);
     let rt = runtime();
     for expect_continue in [false, true] {

@@ -5,7 +5,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use http_range_header::{parse_range_header, RangeUnsatisfiableError};
 use rocket::data::{Data, ToByteUnit};
 use rocket::http::{ContentType, Header, Status};
@@ -140,8 +140,8 @@ async fn receive_form(
     }
     // The form's own length and digests are not the file's.
     let form_expected = std::mem::take(&mut meta.expected);
-    let stream = ReaderStream::with_capacity(body.open(limit.bytes()), CHUNK);
-    let mut form = multer::Multipart::new(stream, boundary);
+    let mut stream = ReaderStream::with_capacity(body.open(limit.bytes()), CHUNK);
+    let mut form = multer::Multipart::new(&mut stream, boundary);
 
     let (mut key, mut spooled, mut file_name) = (None, None, None);
     while let Some(field) = form.next_field().await.map_err(multipart_error)? {
@@ -164,7 +164,9 @@ async fn receive_form(
             other => return Err(Error::BadRequest(format!("unexpected form field `{other}`"))),
         }
     }
+    drop(form);
     let spooled = spooled.ok_or_else(|| Error::BadRequest("the form has no `file` part".into()))?;
+    ends_cleanly(&mut stream, node.spooler.stall_timeout).await?;
     let key = match key.filter(|k| !k.is_empty()).or(file_name) {
         Some(k) => Key::parse(&k)?,
         None => return Err(Error::BadRequest("give a `key` field or a file name".into())),
@@ -173,6 +175,23 @@ async fn receive_form(
         meta.content_type = None;
     }
     node.commit(key, spooled, meta).await
+}
+
+/// multer stops reading at the closing boundary, but a body is whole only
+/// once it ends cleanly (a chunked one with its terminating chunk): read
+/// what follows (an epilogue, within the form's cap) to the end.
+async fn ends_cleanly<S>(stream: &mut S, stall_timeout: std::time::Duration) -> Result<()>
+where
+    S: futures_util::Stream<Item = io::Result<bytes::Bytes>> + Unpin,
+{
+    loop {
+        match tokio::time::timeout(stall_timeout, stream.next()).await {
+            Err(_) => return Err(Error::Stalled(stall_timeout.as_secs())),
+            Ok(Some(Err(e))) => return Err(Error::Disconnected(e.to_string())),
+            Ok(Some(Ok(_epilogue))) => {}
+            Ok(None) => return Ok(()),
+        }
+    }
 }
 
 async fn text_field(mut field: multer::Field<'_>) -> Result<String> {
