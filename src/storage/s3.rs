@@ -46,9 +46,35 @@ const BLAKE3_META: &str = "blake3";
 const SIZE_META: &str = "size";
 const MIB: usize = 1 << 20;
 
+/// The bucket through object_store, plus the same pooled HTTP client for
+/// the one call object_store lacks (a CopyObject that replaces metadata).
+#[derive(Debug)]
+struct Bucket {
+    api: AmazonS3,
+    http: reqwest::Client,
+}
+
+impl std::ops::Deref for Bucket {
+    type Target = AmazonS3;
+
+    fn deref(&self) -> &AmazonS3 {
+        &self.api
+    }
+}
+
+/// Hands object_store our client instead of one it would build itself.
+#[derive(Debug)]
+struct SharedClient(reqwest::Client);
+
+impl object_store::client::HttpConnector for SharedClient {
+    fn connect(&self, _: &ClientOptions) -> object_store::Result<object_store::client::HttpClient> {
+        Ok(object_store::client::HttpClient::new(self.0.clone()))
+    }
+}
+
 #[derive(Debug)]
 pub struct S3Store {
-    store: Arc<AmazonS3>,
+    store: Arc<Bucket>,
     prefix: Path,
     bucket: String,
     part_size: usize,
@@ -139,16 +165,19 @@ const STAGED_OBJECT: &str = "object:";
 impl S3Store {
     pub fn new(settings: &Settings, tracker: Option<Tracker>) -> Result<S3Store> {
         let s3 = &settings.s3;
+        // One pooled client for object_store and for our CopyObject, so
+        // both trust the same (the operating system's) certificates.
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(300))
+            .build()
+            .map_err(|e| Error::internal(format!("cannot set up the HTTP client: {e}")))?;
         let mut builder = AmazonS3Builder::new()
             .with_region(&s3.region)
             .with_bucket_name(&s3.bucket)
             .with_virtual_hosted_style_request(!s3.path_style)
-            .with_client_options(
-                ClientOptions::new()
-                    .with_allow_http(true)
-                    .with_connect_timeout(Duration::from_secs(5))
-                    .with_timeout(Duration::from_secs(300)),
-            )
+            .with_client_options(ClientOptions::new().with_allow_http(true))
+            .with_http_connector(SharedClient(http.clone()))
             // A store that is down answers 503 soon, rather than after the
             // crate's default three minutes of retries.
             .with_retry(RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(15), ..Default::default() });
@@ -165,7 +194,7 @@ impl S3Store {
         let part_size = s3.part_size(settings.max_dataset_size.as_u64());
         let budget_mib = (s3.part_memory_budget.as_u64() as usize / MIB).max(part_size / MIB);
         Ok(S3Store {
-            store: Arc::new(store),
+            store: Arc::new(Bucket { api: store, http }),
             prefix: Path::from(s3.prefix.trim_matches('/')),
             bucket: s3.bucket.clone(),
             part_size,
@@ -496,7 +525,7 @@ enum Part {
 
 /// An open multipart upload: where, its id, and who noted it.
 struct Multipart {
-    store: Arc<AmazonS3>,
+    store: Arc<Bucket>,
     location: Path,
     id: String,
     tracker: Option<Tracker>,
@@ -609,7 +638,7 @@ impl PendingUpload {
 /// direct upload) waiting to be copied to its key; deleted if dropped.
 pub struct StagedObject {
     path: Option<Path>,
-    store: Arc<AmazonS3>,
+    store: Arc<Bucket>,
     tracker: Option<Tracker>,
     _live: Option<LiveGuard>,
 }
@@ -657,7 +686,8 @@ const COPY_SOURCE: &percent_encoding::AsciiSet =
 /// REPLACE`), so that the copy carries its blake3 and content type:
 /// object_store's copy keeps the source's. The request is presigned by
 /// object_store's signer, with those headers signed, and sent as it is.
-async fn copy_with_metadata(store: &AmazonS3, bucket: &str, from: &Path, to: &Path, info: &ObjectInfo) -> Result<()> {
+async fn copy_with_metadata(store: &Bucket, bucket: &str, from: &Path, to: &Path, info: &ObjectInfo) -> Result<()> {
+    use backon::{ExponentialBuilder, Retryable};
     use object_store::signer::SignedUrlOptions;
     use reqwest::header::{HeaderName, HeaderValue};
     let source = format!("{bucket}/{}", percent_encoding::utf8_percent_encode(from.as_ref(), COPY_SOURCE));
@@ -677,29 +707,88 @@ async fn copy_with_metadata(store: &AmazonS3, bucket: &str, from: &Path, to: &Pa
     }
     let url =
         store.signed_url_opts(reqwest::Method::PUT, to, Duration::from_secs(300), &options).await.map_err(s3_error)?;
-    let mut request = reqwest::Client::new().put(url.as_str()).timeout(Duration::from_secs(300));
-    for (name, value) in headers {
-        request = request.header(name, value);
-    }
-    let unavailable = |cause: String| {
-        log::warn!("object store: copying {from} to {to}: {cause}");
-        Error::Unavailable("the object store", cause)
+    let attempt = || async {
+        let mut request = store.http.put(url.as_str());
+        for (name, value) in &headers {
+            request = request.header(*name, value);
+        }
+        let response = request.send().await.map_err(|e| CopyFailure::Transient(e.to_string()))?;
+        let status = response.status();
+        let body = response.text().await.map_err(|e| CopyFailure::Transient(e.to_string()))?;
+        CopyFailure::check(status, &body)
     };
-    let response = request.send().await.map_err(|e| unavailable(e.to_string()))?;
-    let status = response.status();
-    let body = response.text().await.map_err(|e| unavailable(e.to_string()))?;
-    // S3 may answer 200 and put the error in the body of a CopyObject.
-    if status == reqwest::StatusCode::NOT_FOUND {
-        log::warn!("object store: copying {from} to {to}: 404 {body}");
-        return Err(Error::NotFound("the object to copy is missing in the store".into()));
+    // As object_store retries its own calls: a few times, backing off.
+    let policy = ExponentialBuilder::default().with_max_times(3).with_total_delay(Some(Duration::from_secs(15)));
+    match attempt.retry(policy).when(CopyFailure::is_transient).await {
+        Ok(()) => Ok(()),
+        Err(CopyFailure::Missing(answer)) => {
+            log::warn!("object store: copying {from} to {to}: {answer}");
+            Err(Error::NotFound("the object to copy is missing in the store".into()))
+        }
+        Err(CopyFailure::Transient(cause) | CopyFailure::Refused(cause)) => {
+            log::warn!("object store: copying {from} to {to}: {cause}");
+            Err(Error::Unavailable("the object store", cause))
+        }
     }
-    if !status.is_success() || body.contains("<Error>") {
-        return Err(unavailable(format!("{status}: {body}")));
-    }
-    Ok(())
 }
 
-async fn discard(store: Arc<AmazonS3>, path: Path, tracker: Option<Tracker>) {
+/// Why a CopyObject did not land.
+#[derive(Debug)]
+enum CopyFailure {
+    /// The source is gone (`NoSuchKey`).
+    Missing(String),
+    /// Worth another try: the connection broke, a 5xx, `SlowDown`.
+    Transient(String),
+    Refused(String),
+}
+
+/// An S3 error document: `<Error><Code>…</Code><Message>…</Message></Error>`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct ErrorDocument {
+    code: String,
+    message: String,
+}
+
+impl CopyFailure {
+    /// S3 may answer a CopyObject 200 and still fail it: the body's root
+    /// element says which (`CopyObjectResult` or `Error`).
+    fn check(status: reqwest::StatusCode, body: &str) -> std::result::Result<(), CopyFailure> {
+        let failed = !status.is_success() || root_element(body).as_deref() == Some("Error");
+        if !failed {
+            return Ok(());
+        }
+        let doc: ErrorDocument = quick_xml::de::from_str(body).unwrap_or_default();
+        let answer = format!("{status} {} {}", doc.code, doc.message);
+        Err(match doc.code.as_str() {
+            "NoSuchKey" => CopyFailure::Missing(answer),
+            _ if status == reqwest::StatusCode::NOT_FOUND => CopyFailure::Missing(answer),
+            "InternalError" | "SlowDown" | "ServiceUnavailable" | "RequestTimeout" => CopyFailure::Transient(answer),
+            _ if status.is_server_error() => CopyFailure::Transient(answer),
+            _ => CopyFailure::Refused(answer),
+        })
+    }
+
+    fn is_transient(&self) -> bool {
+        matches!(self, CopyFailure::Transient(_))
+    }
+}
+
+/// The name of an XML document's root element.
+fn root_element(xml: &str) -> Option<String> {
+    let mut reader = quick_xml::Reader::from_str(xml);
+    loop {
+        match reader.read_event().ok()? {
+            quick_xml::events::Event::Start(e) | quick_xml::events::Event::Empty(e) => {
+                return Some(String::from_utf8_lossy(e.local_name().as_ref()).into_owned());
+            }
+            quick_xml::events::Event::Eof => return None,
+            _ => {}
+        }
+    }
+}
+
+async fn discard(store: Arc<Bucket>, path: Path, tracker: Option<Tracker>) {
     match store.delete(&path).await {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => {
             if let Some(tracker) = &tracker {
