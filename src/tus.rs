@@ -169,6 +169,11 @@ impl Resumable {
     fn forget(&self, id: &str) {
         self.slots.lock().expect("slots lock").remove(id);
     }
+
+    /// How many uploads have a slot (`spillway_resumable_uploads_in_memory`).
+    pub fn in_memory(&self) -> usize {
+        self.slots.lock().expect("slots lock").len()
+    }
 }
 
 /// Takes an upload's slot: at once if free, else by cancelling the PATCH
