@@ -162,8 +162,11 @@ struct HashState {
 }
 
 impl Resumable {
-    fn slot(&self, id: &str) -> Arc<Slot> {
-        self.slots.lock().expect("slots lock").entry(id.to_owned()).or_default().clone()
+    /// The upload's slot, made if it has none, held until the returned
+    /// reference drops.
+    fn slot(&self, id: &str) -> SlotRef<'_> {
+        let slot = self.slots.lock().expect("slots lock").entry(id.to_owned()).or_default().clone();
+        SlotRef { slots: self, id: id.to_owned(), slot }
     }
 
     fn forget(&self, id: &str) {
@@ -173,6 +176,36 @@ impl Resumable {
     /// How many uploads have a slot (`spillway_resumable_uploads_in_memory`).
     pub fn in_memory(&self) -> usize {
         self.slots.lock().expect("slots lock").len()
+    }
+}
+
+/// A request's hold on an upload's slot. A slot is worth keeping only
+/// while it holds a running hash to continue; without one it goes with the
+/// last request holding it, so no path (an error, a HEAD of a finished
+/// upload, a request racing a termination) leaves one behind.
+struct SlotRef<'r> {
+    slots: &'r Resumable,
+    id: String,
+    slot: Arc<Slot>,
+}
+
+impl std::ops::Deref for SlotRef<'_> {
+    type Target = Slot;
+
+    fn deref(&self) -> &Slot {
+        &self.slot
+    }
+}
+
+impl Drop for SlotRef<'_> {
+    fn drop(&mut self) {
+        let mut slots = self.slots.slots.lock().expect("slots lock");
+        // Slots are cloned only under this lock: two owners (the map and
+        // this reference) means no other request holds it.
+        let unused = Arc::strong_count(&self.slot) == 2 && self.slot.state.try_lock().is_ok_and(|s| s.is_none());
+        if unused && slots.get(&self.id).is_some_and(|s| Arc::ptr_eq(s, &self.slot)) {
+            slots.remove(&self.id);
+        }
     }
 }
 
@@ -530,16 +563,20 @@ impl Node {
         let committed = self.commit(key, spooled, metadata.upload_meta()).await;
         let (record, _) = self.upload_ended(started, committed)?;
         self.metrics.tus_event("finished");
-        let (index, layout, r, parts) = (self.index.clone(), self.layout.clone(), row.clone(), parts.to_vec());
+        let (index, layout, r, used) = (self.index.clone(), self.layout.clone(), row.clone(), parts.to_vec());
         blocking(move || {
             index.create_upload(&r)?;
-            for part in &parts {
+            for part in &used {
                 index.delete_upload(part)?;
                 let _ = std::fs::remove_file(layout.upload_path(part));
             }
             Ok(())
         })
         .await?;
+        for part in parts {
+            // A refused PATCH may have left a complete partial's hash.
+            self.tus.forget(part);
+        }
         Ok(self.info_of(&row, total, Some(record)))
     }
 

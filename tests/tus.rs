@@ -1506,3 +1506,66 @@ async fn creation_with_upload_checks_the_checksum() {
     assert_eq!(r.status().as_u16(), 201);
     assert_dataset(&node, "tus/ck.txt", b"hello world").await;
 }
+
+// ---------------------------------------------------------------------------
+// Memory held per upload
+// ---------------------------------------------------------------------------
+
+/// `spillway_resumable_uploads_in_memory`, read from `/metrics`.
+async fn in_memory(node: &TestNode) -> i64 {
+    let text = node.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("spillway_resumable_uploads_in_memory "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no spillway_resumable_uploads_in_memory in /metrics"))
+}
+
+/// Every way an upload ends gives back the memory it held: concatenation,
+/// completion (and HEADs or PATCHes after it), and termination (after a
+/// refused PATCH).
+#[tokio::test]
+async fn no_upload_stays_in_memory_once_it_ends() {
+    let node = TestNode::start();
+    let (a, b) = (generated(5000, 62), generated(7000, 63));
+    let (la, lb) = (partial(&node, &a).await, partial(&node, &b).await);
+    let r = final_upload(&node, &format!("{la} {lb}"), "mem/joined.bin").await;
+    assert_eq!(r.status, 201, "final: {}", r.describe());
+    assert_eq!(in_memory(&node).await, 0, "after concatenation");
+    assert_eq!(head(&node, &location(&r)).await.status, 200);
+
+    let data = generated(3000, 61);
+    let loc = create(&node, data.len() as u64, &meta(&[("key", "mem/done.bin")])).await;
+    assert_eq!(patch(&node, &loc, 0, &data[..1000], &[]).await.status, 204);
+    assert_eq!(in_memory(&node).await, 1, "an upload half sent is held");
+    patch_all(&node, &loc, &data, 1000, 2000).await;
+    assert_eq!(in_memory(&node).await, 0, "after completion");
+    assert_eq!(head(&node, &loc).await.status, 200);
+    let r = patch(&node, &loc, data.len() as u64, b"", &[]).await;
+    assert_eq!(r.status, 204, "a repeated final PATCH: {}", r.describe());
+    assert_eq!(in_memory(&node).await, 0, "after a HEAD and a PATCH of a completed upload");
+
+    let loc = create(&node, 1000, &meta(&[("key", "mem/terminated.bin")])).await;
+    assert_eq!(patch(&node, &loc, 0, &generated(400, 64), &[]).await.status, 204);
+    assert_eq!(patch(&node, &loc, 7, b"wrong offset", &[]).await.status, 409);
+    assert_eq!(in_memory(&node).await, 1);
+    let r = call(&node, "DELETE", &loc, &[("Tus-Resumable", "1.0.0")], None).await;
+    assert_eq!(r.status, 204, "{}", r.describe());
+    assert_eq!(head(&node, &loc).await.status, 404);
+    assert_eq!(in_memory(&node).await, 0, "after termination");
+}
+
+/// An upload left half sent is forgotten when it expires.
+#[tokio::test]
+async fn an_expired_upload_leaves_no_memory() {
+    let node = TestNode::start_with(&[("SPILLWAY_UPLOAD_EXPIRY", "2")]);
+    let loc = create(&node, 1000, &meta(&[("key", "mem/expiring.bin")])).await;
+    assert_eq!(patch(&node, &loc, 0, &generated(300, 65), &[]).await.status, 204);
+    assert_eq!(in_memory(&node).await, 1);
+    let file = upload_file(&node, &loc);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while file.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!file.exists(), "the sweeper left {}", file.display());
+    assert_eq!(in_memory(&node).await, 0, "after expiry");
+}
