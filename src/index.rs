@@ -329,11 +329,17 @@ const SQLITE_MIGRATIONS: &[&str] = &[
     CREATE TABLE settings (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID;
     CREATE TABLE multiparts (id TEXT PRIMARY KEY NOT NULL, path TEXT NOT NULL, node TEXT NOT NULL) WITHOUT ROWID;
 "#,
+    // Who created a resumable upload: a token's name ('' on an open node,
+    // and for uploads from before owners were kept).
+    r#"
+    ALTER TABLE uploads ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+"#,
 ];
 
 /// The same schema for PostgreSQL. Keys collate as "C" (bytewise), the
 /// order of the API and of SQLite's BINARY collation.
-const POSTGRES_MIGRATIONS: &[&str] = &[r#"
+const POSTGRES_MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE datasets (
         key          TEXT COLLATE "C" PRIMARY KEY,
         name         TEXT NOT NULL,
@@ -369,7 +375,12 @@ const POSTGRES_MIGRATIONS: &[&str] = &[r#"
     );
     CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE multiparts (id TEXT PRIMARY KEY, path TEXT NOT NULL, node TEXT NOT NULL);
-"#];
+"#,
+    // As SQLite's fifth migration.
+    r#"
+    ALTER TABLE uploads ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+"#,
+];
 
 /// Advisory lock ids (PostgreSQL): migrations, and the commit section that
 /// several nodes must take in turn.
@@ -817,9 +828,11 @@ pub struct UploadRow {
     /// The node whose disk holds the upload's bytes (several nodes share a
     /// PostgreSQL index; each keeps its uploads in progress locally).
     pub node: String,
+    /// The name of the token that created it (`""`: none, an open node).
+    pub owner: String,
 }
 
-const UPLOAD_COLUMNS: &str = "id, length, metadata, key, concat, created_at, expires_at, completed, node";
+const UPLOAD_COLUMNS: &str = "id, length, metadata, key, concat, created_at, expires_at, completed, node, owner";
 
 fn upload_from_row(row: &DbRow) -> UploadRow {
     UploadRow {
@@ -832,6 +845,7 @@ fn upload_from_row(row: &DbRow) -> UploadRow {
         expires_at: row.int(6),
         completed: row.bool(7),
         node: row.text(8),
+        owner: row.text(9),
     }
 }
 
@@ -840,7 +854,7 @@ impl Index {
     pub fn create_upload(&self, u: &UploadRow) -> Result<()> {
         self.with(|db| {
             db.execute(
-                &format!("INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+                &format!("INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
                 vals![
                     &u.id,
                     u.length,
@@ -850,7 +864,8 @@ impl Index {
                     &u.created_at,
                     u.expires_at,
                     u.completed,
-                    &u.node
+                    &u.node,
+                    &u.owner
                 ],
             )
             .map(drop)

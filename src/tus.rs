@@ -23,6 +23,7 @@ use tokio::io::AsyncRead;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::Caller;
 use crate::error::{Error, Result};
 use crate::index::{Record, UploadRow};
 use crate::key::Key;
@@ -237,8 +238,8 @@ impl Node {
         unix_now() + self.settings.upload_expiry as i64
     }
 
-    /// `POST /uploads`.
-    pub async fn tus_create(&self, creation: Creation) -> Result<UploadInfo> {
+    /// `POST /uploads`: the upload belongs to `caller`.
+    pub async fn tus_create(&self, creation: Creation, caller: &Caller) -> Result<UploadInfo> {
         let metadata = Metadata::parse(creation.metadata.as_deref())?;
         let key = match creation.concat {
             Concat::Partial => None,
@@ -260,10 +261,11 @@ impl Node {
             expires_at: self.expires_at(),
             completed: false,
             node: self.node_id.clone(),
+            owner: caller.owner_name().to_owned(),
         };
         if let Concat::Final(parts) = &creation.concat {
             let key = key.expect("final uploads have a key");
-            return self.tus_concatenate(row, parts, key, metadata).await;
+            return self.tus_concatenate(row, parts, key, metadata, caller).await;
         }
         if let Some(length) = creation.length {
             if length > self.spooler.max_size {
@@ -303,13 +305,18 @@ impl Node {
         }
     }
 
-    async fn upload_row(&self, id: &str) -> Result<UploadRow> {
+    /// The upload's row, if `caller` may touch it; to anyone else it does
+    /// not exist (the answer says nothing an unknown id's would not).
+    async fn upload_row(&self, id: &str, caller: &Caller) -> Result<UploadRow> {
         let missing = || Error::NotFound(format!("no upload `{id}`"));
         if !is_upload_id(id) {
             return Err(missing());
         }
         let (index, i) = (self.index.clone(), id.to_owned());
         let row = blocking(move || index.get_upload(&i)).await?.ok_or_else(missing)?;
+        if !caller.may_touch(&row.owner) {
+            return Err(missing());
+        }
         if row.expires_at < unix_now() {
             return Err(Error::Gone(format!("upload `{id}` expired")));
         }
@@ -342,12 +349,12 @@ impl Node {
     /// Like tusd, a HEAD takes the upload over from a PATCH still holding it
     /// (a client asking for the offset is about to resume; the holder is
     /// most likely a dead connection), so the offset it reports is final.
-    pub async fn tus_info(&self, id: &str) -> Result<UploadInfo> {
-        let row = self.upload_row(id).await?;
+    pub async fn tus_info(&self, id: &str, caller: &Caller) -> Result<UploadInfo> {
+        let row = self.upload_row(id, caller).await?;
         let slot = self.tus.slot(id);
         let _held = if row.completed { None } else { Some(take(&slot).await?) };
         // Read again under the lock: a PATCH may have finished meanwhile.
-        let row = self.upload_row(id).await?;
+        let row = self.upload_row(id, caller).await?;
         let offset = self.offset_of(&row).await?;
         let record = match (&row.key, row.completed) {
             (Some(key), true) => self.get(&Key::parse(key)?).await.ok(),
@@ -358,8 +365,13 @@ impl Node {
 
     /// `PATCH /uploads/{id}`: appends a chunk; commits the dataset when the
     /// last byte is in.
-    pub async fn tus_patch<R: AsyncRead + Unpin>(&self, id: &str, patch: Patch<R>) -> Result<UploadInfo> {
-        let mut row = self.upload_row(id).await?;
+    pub async fn tus_patch<R: AsyncRead + Unpin>(
+        &self,
+        id: &str,
+        patch: Patch<R>,
+        caller: &Caller,
+    ) -> Result<UploadInfo> {
+        let mut row = self.upload_row(id, caller).await?;
         if row.concat == "final" {
             return Err(Error::Forbidden("a final (concatenated) upload takes no PATCH".into()));
         }
@@ -367,7 +379,7 @@ impl Node {
         let (mut state, cancel) = take(&slot).await?;
         // Read again under the lock: the PATCH we waited for may have
         // completed (and committed) the upload.
-        row = self.upload_row(id).await?;
+        row = self.upload_row(id, caller).await?;
         let offset = self.offset_of(&row).await?;
         if patch.offset != offset {
             return Err(Error::OffsetMismatch { current: offset, sent: patch.offset });
@@ -391,7 +403,7 @@ impl Node {
         }
         if row.completed {
             // Nothing more to take; a repeated final PATCH just learns so.
-            return self.tus_info(id).await;
+            return self.tus_info(id, caller).await;
         }
         let limit = row.length.unwrap_or(self.spooler.max_size) - offset;
         self.spooler.check_space(&self.layout.uploads, row.length.map_or(0, |l| l - offset))?;
@@ -515,17 +527,18 @@ impl Node {
     }
 
     /// `POST /uploads` with `Upload-Concat: final;...`: the partial uploads,
-    /// in order, become one dataset; the partials are removed.
+    /// in order, become one dataset; the partials (all `caller`'s) are removed.
     async fn tus_concatenate(
         &self,
         mut row: UploadRow,
         parts: &[String],
         key: Key,
         metadata: Metadata,
+        caller: &Caller,
     ) -> Result<UploadInfo> {
         let mut total = 0u64;
         for part in parts {
-            let part_row = self.upload_row(part).await?;
+            let part_row = self.upload_row(part, caller).await?;
             let offset = self.offset_of(&part_row).await?;
             if part_row.concat != "partial" || part_row.length != Some(offset) {
                 return Err(Error::BadRequest(format!("upload `{part}` is not a complete partial upload")));
@@ -582,8 +595,8 @@ impl Node {
 
     /// `DELETE /uploads/{id}`: stops any PATCH in progress and removes the
     /// upload's bytes and row.
-    pub async fn tus_terminate(&self, id: &str) -> Result<()> {
-        let row = self.upload_row(id).await?;
+    pub async fn tus_terminate(&self, id: &str, caller: &Caller) -> Result<()> {
+        let row = self.upload_row(id, caller).await?;
         let slot = self.tus.slot(id);
         let (_state, _) = take(&slot).await?;
         self.remove_upload(&row.id).await?;
