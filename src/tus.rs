@@ -225,6 +225,13 @@ async fn take(slot: &Slot) -> Result<(tokio::sync::MutexGuard<'_, Option<HashSta
     Ok((guard, token))
 }
 
+/// Best effort: fsyncs an upload's data file (after its writer failed).
+fn sync_upload_file(path: &std::path::Path) {
+    if let Err(e) = File::open(path).and_then(|f| f.sync_data()) {
+        log::error!("syncing {} after a failed write: {e}", path.display());
+    }
+}
+
 pub fn is_upload_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
@@ -422,6 +429,9 @@ impl Node {
             Hashing::new(hasher.clone(), &algorithms),
         );
         let mut body = ChunkReader::new(patch.body, self.spooler.stall_timeout, limit, self.metrics.tus_bytes.clone());
+        // A deferred length is not known to fit: the reserve is watched as
+        // for a PUT of unknown size.
+        let mut space = self.spooler.watch_space();
         let received: Result<()> = async {
             loop {
                 let chunk = tokio::select! {
@@ -432,16 +442,27 @@ impl Node {
                     Some(chunk) => writer.send(chunk).await?,
                     None => return Ok(()),
                 }
+                space.check(&self.layout.uploads, body.received)?;
             }
         }
         .await;
-        // Whatever arrived is made durable, even when the body broke off.
+        // Whatever arrived is made durable, even when the body broke off
+        // (but nothing more is written to a volume out of space).
         let rest = body.take_pending();
-        let keep_partial = checksum.is_empty() && !matches!(received, Err(Error::TooLarge { .. }));
+        let keep_partial =
+            checksum.is_empty() && !matches!(received, Err(Error::TooLarge { .. } | Error::InsufficientStorage(_)));
         if received.is_err() && !rest.is_empty() && keep_partial {
             writer.send(rest).await?;
         }
-        let mut written = writer.finish().await?;
+        let mut written = match writer.finish().await {
+            Ok(written) => written,
+            Err(e) => {
+                // The writer stopped (a full volume): what it did write is
+                // the offset a HEAD reports, so it is made durable too.
+                sync_upload_file(&path);
+                return Err(e);
+            }
+        };
         let mut new_offset = offset + written.size;
         let mut hasher_after = written.hashing.blake3.clone();
         let verdict = match received {
