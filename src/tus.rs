@@ -9,19 +9,20 @@
 //! upload is kept in memory between PATCHes; after a restart the prefix is
 //! rehashed once from the file. When the last byte arrives the file becomes
 //! a [`Spooled`] upload and goes through [`Node::commit`], exactly like a PUT.
+//!
+//! An upload belongs to the token that created it (its row's `owner`): to
+//! any other but an admin it does not exist. The in-memory side (one PATCH
+//! at a time, the running hashes) is in `slots`.
 
-use std::collections::HashMap;
+mod slots;
+
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex as SyncMutex};
-use std::time::Duration;
 
 use base64::Engine;
 use tempfile::{NamedTempFile, TempPath};
 use tokio::io::AsyncRead;
-use tokio::sync::Mutex;
-use tokio_util::sync::CancellationToken;
 
 use crate::access::Caller;
 use crate::error::{Error, Result};
@@ -31,13 +32,13 @@ use crate::node::{blocking, now, Node, UploadMeta};
 use crate::storage::Staged;
 use crate::store::fsync_dir;
 use crate::upload::{ChunkReader, Digest, Hashing, OpenFile, Spooled, Writer};
+pub use slots::Resumable;
+use slots::{take, HashState};
 
 pub const TUS_VERSION: &str = "1.0.0";
 pub const EXTENSIONS: &str =
     "creation,creation-with-upload,creation-defer-length,termination,checksum,expiration,concatenation";
 pub const CHECKSUM_ALGORITHMS: &str = "sha1,md5,sha256";
-/// How long a PATCH waits for an earlier one on the same upload to let go.
-const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
 
 /// `Upload-Concat`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,88 +142,6 @@ impl Metadata {
             ..UploadMeta::default()
         }
     }
-}
-
-/// The in-memory side of resumable uploads: one slot per upload being
-/// written, holding its lock and its running blake3.
-#[derive(Default)]
-pub struct Resumable {
-    slots: SyncMutex<HashMap<String, Arc<Slot>>>,
-}
-
-#[derive(Default)]
-struct Slot {
-    state: Mutex<Option<HashState>>,
-    /// Cancels the PATCH holding `state`, so a reconnecting client can take over.
-    holder: SyncMutex<CancellationToken>,
-}
-
-struct HashState {
-    hasher: blake3::Hasher,
-    offset: u64,
-}
-
-impl Resumable {
-    /// The upload's slot, made if it has none, held until the returned
-    /// reference drops.
-    fn slot(&self, id: &str) -> SlotRef<'_> {
-        let slot = self.slots.lock().expect("slots lock").entry(id.to_owned()).or_default().clone();
-        SlotRef { slots: self, id: id.to_owned(), slot }
-    }
-
-    fn forget(&self, id: &str) {
-        self.slots.lock().expect("slots lock").remove(id);
-    }
-
-    /// How many uploads have a slot (`spillway_resumable_uploads_in_memory`).
-    pub fn in_memory(&self) -> usize {
-        self.slots.lock().expect("slots lock").len()
-    }
-}
-
-/// A request's hold on an upload's slot. A slot is worth keeping only
-/// while it holds a running hash to continue; without one it goes with the
-/// last request holding it, so no path (an error, a HEAD of a finished
-/// upload, a request racing a termination) leaves one behind.
-struct SlotRef<'r> {
-    slots: &'r Resumable,
-    id: String,
-    slot: Arc<Slot>,
-}
-
-impl std::ops::Deref for SlotRef<'_> {
-    type Target = Slot;
-
-    fn deref(&self) -> &Slot {
-        &self.slot
-    }
-}
-
-impl Drop for SlotRef<'_> {
-    fn drop(&mut self) {
-        let mut slots = self.slots.slots.lock().expect("slots lock");
-        // Slots are cloned only under this lock: two owners (the map and
-        // this reference) means no other request holds it.
-        let unused = Arc::strong_count(&self.slot) == 2 && self.slot.state.try_lock().is_ok_and(|s| s.is_none());
-        if unused && slots.get(&self.id).is_some_and(|s| Arc::ptr_eq(s, &self.slot)) {
-            slots.remove(&self.id);
-        }
-    }
-}
-
-/// Takes an upload's slot: at once if free, else by cancelling the PATCH
-/// that holds it (its client is most likely gone) and waiting briefly.
-async fn take(slot: &Slot) -> Result<(tokio::sync::MutexGuard<'_, Option<HashState>>, CancellationToken)> {
-    let guard = match slot.state.try_lock() {
-        Ok(guard) => guard,
-        Err(_) => {
-            slot.holder.lock().expect("holder lock").cancel();
-            tokio::time::timeout(TAKEOVER_WAIT, slot.state.lock()).await.map_err(|_| Error::Locked)?
-        }
-    };
-    let token = CancellationToken::new();
-    *slot.holder.lock().expect("holder lock") = token.clone();
-    Ok((guard, token))
 }
 
 /// Best effort: fsyncs an upload's data file (after its writer failed).
