@@ -12,8 +12,10 @@
 //!
 //! An upload belongs to the token that created it (its row's `owner`): to
 //! any other but an admin it does not exist. The in-memory side (one PATCH
-//! at a time, the running hashes) is in `slots`.
+//! at a time, the running hashes) is in `slots`; the caps on open uploads
+//! in `admission`.
 
+mod admission;
 mod slots;
 
 use std::fs::{File, OpenOptions};
@@ -199,13 +201,18 @@ impl Node {
             }
             self.spooler.check_space(&self.layout.uploads, length)?;
         }
-        let (layout, index) = (self.layout.clone(), self.index.clone());
+        let (layout, index, caps) = (self.layout.clone(), self.index.clone(), admission::Caps::of(&self.settings));
         let r = row.clone();
         blocking(move || {
             let path = layout.upload_path(&r.id);
             File::create(&path)?.sync_all()?;
             fsync_dir(&layout.uploads)?;
-            index.create_upload(&r)
+            let admitted = index.create_upload_admitted(&r, unix_now(), |open| caps.admit(open, &r.owner));
+            if admitted.is_err() {
+                // No row: the file would only be swept at the next start.
+                let _ = std::fs::remove_file(&path);
+            }
+            admitted
         })
         .await?;
         self.metrics.tus_event("created");

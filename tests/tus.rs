@@ -1569,3 +1569,92 @@ async fn an_expired_upload_leaves_no_memory() {
     assert!(!file.exists(), "the sweeper left {}", file.display());
     assert_eq!(in_memory(&node).await, 0, "after expiry");
 }
+
+// ---------------------------------------------------------------------------
+// Caps on open uploads
+// ---------------------------------------------------------------------------
+
+const CAP_A: &str = "cap-a-secret-1Xy7";
+const CAP_B: &str = "cap-b-secret-8Qw2";
+
+/// `POST /uploads` of `length` bytes for `key` as `token` (none: open).
+async fn create_as(node: &TestNode, token: Option<&str>, length: u64, key: &str) -> Reply {
+    let (length, metadata) = (length.to_string(), meta(&[("key", key)]));
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Tus-Resumable", "1.0.0"), ("Upload-Length", length.as_str())];
+    headers.push(("Upload-Metadata", metadata.as_str()));
+    if let Some(bearer) = &bearer {
+        headers.push(("Authorization", bearer.as_str()));
+    }
+    call(node, "POST", "/uploads", &headers, None).await
+}
+
+/// A 429 `too-many-open-uploads` problem with a `Retry-After` in seconds.
+fn assert_capped(r: &Reply, what: &str) {
+    assert_eq!(r.status, 429, "{what}: {}", r.describe());
+    assert_eq!(r.code().as_deref(), Some("too-many-open-uploads"), "{what}: {}", r.describe());
+    let retry = r.header("retry-after").unwrap_or_default();
+    assert!(retry.trim().parse::<u64>().is_ok_and(|s| s > 0), "{what}: Retry-After {retry:?}");
+}
+
+/// `max_open_uploads` = 3 and `max_open_uploads_per_token` = 2 with two
+/// tokens: each token's third upload, then anyone's fourth, is refused
+/// until one finishes or is terminated.
+#[tokio::test]
+async fn open_uploads_are_capped_in_total_and_per_token() {
+    let tokens =
+        format!(r#"[{{name="a",token="{CAP_A}",scopes=["write"]}},{{name="b",token="{CAP_B}",scopes=["write"]}}]"#);
+    let node = TestNode::start_with(&[
+        ("SPILLWAY_TOKENS", &tokens),
+        ("SPILLWAY_MAX_OPEN_UPLOADS", "3"),
+        ("SPILLWAY_MAX_OPEN_UPLOADS_PER_TOKEN", "2"),
+    ]);
+    let auth_a = format!("Bearer {CAP_A}");
+    let a1 = create_as(&node, Some(CAP_A), 10, "cap/a1.bin").await;
+    assert_eq!(a1.status, 201, "a's first: {}", a1.describe());
+    let a2 = create_as(&node, Some(CAP_A), 10, "cap/a2.bin").await;
+    assert_eq!(a2.status, 201, "a's second: {}", a2.describe());
+    assert_capped(&create_as(&node, Some(CAP_A), 10, "cap/a3.bin").await, "a's third (per token)");
+    let b1 = create_as(&node, Some(CAP_B), 10, "cap/b1.bin").await;
+    assert_eq!(b1.status, 201, "b's first beside a's two: {}", b1.describe());
+    assert_capped(&create_as(&node, Some(CAP_B), 10, "cap/b2.bin").await, "b's second (the fourth in total)");
+
+    // A terminated upload frees its place.
+    let r =
+        call(&node, "DELETE", &location(&a1), &[("Tus-Resumable", "1.0.0"), ("Authorization", &auth_a)], None).await;
+    assert_eq!(r.status, 204, "terminating a1: {}", r.describe());
+    let a3 = create_as(&node, Some(CAP_A), 10, "cap/a3.bin").await;
+    assert_eq!(a3.status, 201, "a's upload after one was terminated: {}", a3.describe());
+    assert_capped(&create_as(&node, Some(CAP_B), 10, "cap/b2.bin").await, "b's second, total full again");
+
+    // A finished upload frees its place.
+    let headers =
+        [("Tus-Resumable", "1.0.0"), ("Content-Type", OCTET), ("Upload-Offset", "0"), ("Authorization", &auth_a)];
+    let r = call(&node, "PATCH", &location(&a2), &headers, Some(BODY10.to_vec())).await;
+    assert_eq!(r.status, 204, "finishing a2: {}", r.describe());
+    let b2 = create_as(&node, Some(CAP_B), 10, "cap/b2.bin").await;
+    assert_eq!(b2.status, 201, "b's second after a2 finished: {}", b2.describe());
+    assert_capped(&create_as(&node, Some(CAP_A), 10, "cap/a4.bin").await, "a's upload, total full");
+    let rows = upload_files(&node).len();
+    assert_eq!(rows, 3, "open uploads' files: {:?}", upload_files(&node));
+}
+
+/// Creations racing for the last places never pass the cap; an open node
+/// counts every upload against `max_open_uploads` only.
+#[tokio::test]
+async fn racing_creations_do_not_pass_the_cap() {
+    let node =
+        TestNode::start_with(&[("SPILLWAY_MAX_OPEN_UPLOADS", "3"), ("SPILLWAY_MAX_OPEN_UPLOADS_PER_TOKEN", "2")]);
+    let attempts = (0..24).map(|i| {
+        let node = &node;
+        async move { create_as(node, None, 10, &format!("race/{i}.bin")).await }
+    });
+    let replies = futures_util::future::join_all(attempts).await;
+    let created = replies.iter().filter(|r| r.status == 201).count();
+    for r in replies.iter().filter(|r| r.status != 201) {
+        assert_capped(r, "a racing creation");
+    }
+    assert_eq!(created, 3, "racing creations accepted past max_open_uploads = 3");
+    assert_eq!(upload_files(&node).len(), 3, "{:?}", upload_files(&node));
+    assert_capped(&create_as(&node, None, 10, "race/late.bin").await, "a creation after the race");
+}
