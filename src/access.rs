@@ -78,6 +78,28 @@ impl Caller {
     }
 }
 
+impl Caller {
+    /// The owner of an upload this caller creates: its token's name (`""`
+    /// on an open node, where nothing is owned).
+    pub fn owner_name(&self) -> &str {
+        match self {
+            Caller::Token { name, .. } => name,
+            _ => "",
+        }
+    }
+
+    /// Whether this caller may touch an upload `owner` created: its creator
+    /// or an admin may, and anyone on an open node. An upload without an
+    /// owner (made while the node was open) is an admin's to finish.
+    pub fn may_touch(&self, owner: &str) -> bool {
+        match self {
+            Caller::Open | Caller::Token { scope: Scope::Admin, .. } => true,
+            Caller::Token { name, .. } => !owner.is_empty() && name == owner,
+            Caller::Anonymous | Caller::Unknown => false,
+        }
+    }
+}
+
 /// The parameters of a signed URL, as they arrived.
 #[derive(Debug, Clone, Default)]
 pub struct SignedParams {
@@ -181,6 +203,10 @@ impl Access {
 
 fn parse_token(t: &TokenConfig) -> Result<Token> {
     let bad = |why: &str| Error::internal(format!("invalid value for key `tokens`: token `{}` {why}", t.name));
+    if t.name.trim().is_empty() {
+        // The name owns the token's resumable uploads: it must say who.
+        return Err(bad("has an empty name"));
+    }
     let scope = t.scopes.iter().copied().max().ok_or_else(|| bad("has no scopes"))?;
     let hash = match t.token.strip_prefix("sha256:") {
         Some(hex) => {
@@ -255,6 +281,16 @@ mod tests {
         let admin = a.authenticate(Some("Bearer admin-secret"));
         assert!(admin.require(Scope::Write).is_ok());
         assert!(a.authenticate(Some("Bearer reader-secret")).require(Scope::Write).is_err());
+    }
+
+    #[test]
+    fn uploads_belong_to_a_token_name() {
+        let writer = Caller::Token { name: "w".into(), scope: Scope::Write };
+        assert!(writer.may_touch("w") && !writer.may_touch("v") && !writer.may_touch(""));
+        assert!(Caller::Token { name: "a".into(), scope: Scope::Admin }.may_touch("w"));
+        assert!(Caller::Open.may_touch("") && Caller::Open.may_touch("w"));
+        let nameless = TokenConfig { name: " ".into(), token: "a-long-secret".into(), scopes: vec![Scope::Write] };
+        assert!(Access::new(&[nameless], Some("k"), Path::new("/nonexistent")).is_err());
     }
 
     #[test]

@@ -52,6 +52,11 @@ pub struct Settings {
     pub index: IndexKind,
     /// `postgres://user:password@host:port/database` (`index = "postgres"`).
     pub postgres_url: Option<String>,
+    /// Resumable uploads open at once, in total (with a shared index,
+    /// across its nodes).
+    pub max_open_uploads: u64,
+    /// Resumable uploads open at once per token.
+    pub max_open_uploads_per_token: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,6 +161,8 @@ impl Default for Settings {
             s3: S3Settings::default(),
             index: IndexKind::Sqlite,
             postgres_url: None,
+            max_open_uploads: 10_000,
+            max_open_uploads_per_token: 1_000,
         }
     }
 }
@@ -186,6 +193,8 @@ impl Settings {
             ("header_timeout", self.header_timeout),
             ("max_uploads", self.max_uploads as u64),
             ("upload_expiry", self.upload_expiry),
+            ("max_open_uploads", self.max_open_uploads),
+            ("max_open_uploads_per_token", self.max_open_uploads_per_token),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -262,5 +271,11 @@ mod tests {
         let figment = Figment::from(Serialized::defaults(Settings::default())).merge(("max_uploads", 0));
         let err = Settings::from_figment(&figment).unwrap_err();
         assert!(err.contains("max_uploads"), "{err}");
+
+        for key in ["max_open_uploads", "max_open_uploads_per_token"] {
+            let figment = Figment::from(Serialized::defaults(Settings::default())).merge((key, 0));
+            let err = Settings::from_figment(&figment).unwrap_err();
+            assert!(err.contains(&format!("`{key}`")), "{err}");
+        }
     }
 }

@@ -48,6 +48,9 @@ pub enum Error {
     Stalled(u64),
     #[error("{limit} uploads are already in flight; retry shortly")]
     Busy { limit: usize },
+    /// `whose`: "for this token" or "in total".
+    #[error("{limit} resumable uploads are already open {whose}; finish or terminate one, or retry later")]
+    TooManyOpenUploads { limit: u64, whose: &'static str },
     #[error("the upload is at offset {current}, not {sent}")]
     OffsetMismatch { current: u64, sent: u64 },
     #[error("the chunk's {0} checksum does not match; it was discarded")]
@@ -118,6 +121,7 @@ impl Error {
             Error::RangeNotSatisfiable { .. } => Status::RangeNotSatisfiable,
             Error::Internal(_) => Status::InternalServerError,
             Error::Busy { .. } => Status::ServiceUnavailable,
+            Error::TooManyOpenUploads { .. } => Status::TooManyRequests,
             Error::InsufficientStorage(_) => Status::InsufficientStorage,
             Error::OffsetMismatch { .. } => Status::Conflict,
             Error::ChecksumMismatch(_) => Status::new(460),
@@ -149,6 +153,7 @@ impl Error {
             Error::InsufficientStorage(_) => "insufficient-storage",
             Error::Stalled(_) => "upload-stalled",
             Error::Busy { .. } => "too-many-uploads",
+            Error::TooManyOpenUploads { .. } => "too-many-open-uploads",
             Error::Internal(_) => "internal",
             Error::OffsetMismatch { .. } => "offset-mismatch",
             Error::ChecksumMismatch(_) => "checksum-mismatch",
@@ -186,6 +191,8 @@ impl Error {
         match self {
             Error::RangeNotSatisfiable { size, .. } => Some(Header::new("Content-Range", format!("bytes */{size}"))),
             Error::Busy { .. } => Some(Header::new("Retry-After", "1")),
+            // Places free up as uploads finish, are terminated or expire.
+            Error::TooManyOpenUploads { .. } => Some(Header::new("Retry-After", "60")),
             Error::Unavailable(..) => Some(Header::new("Retry-After", "5")),
             Error::OffsetMismatch { current, .. } => Some(Header::new("Upload-Offset", current.to_string())),
             Error::TusVersion(_) => Some(Header::new("Tus-Version", "1.0.0")),

@@ -329,11 +329,21 @@ const SQLITE_MIGRATIONS: &[&str] = &[
     CREATE TABLE settings (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID;
     CREATE TABLE multiparts (id TEXT PRIMARY KEY NOT NULL, path TEXT NOT NULL, node TEXT NOT NULL) WITHOUT ROWID;
 "#,
+    // Who created a resumable upload: a token's name ('' on an open node,
+    // and for uploads from before owners were kept).
+    r#"
+    ALTER TABLE uploads ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+"#,
+    // Open uploads are counted at each creation, in total and per owner.
+    r#"
+    CREATE INDEX uploads_open ON uploads (completed, owner);
+"#,
 ];
 
 /// The same schema for PostgreSQL. Keys collate as "C" (bytewise), the
 /// order of the API and of SQLite's BINARY collation.
-const POSTGRES_MIGRATIONS: &[&str] = &[r#"
+const POSTGRES_MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE datasets (
         key          TEXT COLLATE "C" PRIMARY KEY,
         name         TEXT NOT NULL,
@@ -369,12 +379,23 @@ const POSTGRES_MIGRATIONS: &[&str] = &[r#"
     );
     CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE multiparts (id TEXT PRIMARY KEY, path TEXT NOT NULL, node TEXT NOT NULL);
-"#];
+"#,
+    // As SQLite's fifth migration.
+    r#"
+    ALTER TABLE uploads ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+"#,
+    // As SQLite's sixth.
+    r#"
+    CREATE INDEX uploads_open ON uploads (completed, owner);
+"#,
+];
 
 /// Advisory lock ids (PostgreSQL): migrations, and the commit section that
 /// several nodes must take in turn.
 const PG_MIGRATION_LOCK: i64 = 0x5350_494c_0001;
 const PG_COMMIT_LOCK: i64 = 0x5350_494c_0002;
+/// Taken by each creation of a resumable upload, for its count and insert.
+const PG_UPLOADS_LOCK: i64 = 0x5350_494c_0003;
 
 const COLUMNS: &str = "key, name, size, blake3, content_type, created_at, updated_at, description, tags, version";
 
@@ -494,6 +515,32 @@ impl Index {
             Backend::Postgres(pool) => {
                 let mut conn = pg_conn(pool)?;
                 let mut tx = conn.transaction()?;
+                let out = f(&mut tx)?;
+                tx.commit()?;
+                Ok(out)
+            }
+        }
+    }
+
+    /// Runs `f` in one transaction that writers take one at a time from
+    /// its first read on, so that what it writes may depend on what it read
+    /// (a count checked before an insert): SQLite's IMMEDIATE transaction;
+    /// with PostgreSQL (nodes sharing it too) the transaction-scoped
+    /// advisory lock `lock`, since READ COMMITTED lets two transactions
+    /// count the same rows and both insert.
+    fn serial_tx<T>(&self, lock: i64, f: impl FnOnce(&mut dyn Db) -> Result<T>) -> Result<T> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let mut conn = pool.get().map_err(|e| Error::internal(format!("index pool: {e}")))?;
+                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let out = f(&mut Lite(&tx))?;
+                tx.commit()?;
+                Ok(out)
+            }
+            Backend::Postgres(pool) => {
+                let mut conn = pg_conn(pool)?;
+                let mut tx = conn.transaction()?;
+                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock])?;
                 let out = f(&mut tx)?;
                 tx.commit()?;
                 Ok(out)
@@ -817,9 +864,11 @@ pub struct UploadRow {
     /// The node whose disk holds the upload's bytes (several nodes share a
     /// PostgreSQL index; each keeps its uploads in progress locally).
     pub node: String,
+    /// The name of the token that created it (`""`: none, an open node).
+    pub owner: String,
 }
 
-const UPLOAD_COLUMNS: &str = "id, length, metadata, key, concat, created_at, expires_at, completed, node";
+const UPLOAD_COLUMNS: &str = "id, length, metadata, key, concat, created_at, expires_at, completed, node, owner";
 
 fn upload_from_row(row: &DbRow) -> UploadRow {
     UploadRow {
@@ -832,28 +881,44 @@ fn upload_from_row(row: &DbRow) -> UploadRow {
         expires_at: row.int(6),
         completed: row.bool(7),
         node: row.text(8),
+        owner: row.text(9),
     }
+}
+
+/// Resumable uploads that hold a place: neither completed nor expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenUploads {
+    pub total: u64,
+    /// Those of the new upload's owner.
+    pub owner: u64,
 }
 
 /// Resumable uploads (tus).
 impl Index {
     pub fn create_upload(&self, u: &UploadRow) -> Result<()> {
-        self.with(|db| {
-            db.execute(
-                &format!("INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
-                vals![
-                    &u.id,
-                    u.length,
-                    &u.metadata,
-                    &u.key,
-                    &u.concat,
-                    &u.created_at,
-                    u.expires_at,
-                    u.completed,
-                    &u.node
-                ],
-            )
-            .map(drop)
+        self.with(|db| insert_upload(db, u))
+    }
+
+    /// Inserts an upload's row if `admit` lets one more in beside the open
+    /// uploads (of every node, with a shared index) counted at `now` (Unix
+    /// seconds). Count and insert are one transaction that creations take
+    /// in turn, so racing creations never pass a cap.
+    pub fn create_upload_admitted(
+        &self,
+        u: &UploadRow,
+        now: i64,
+        admit: impl FnOnce(OpenUploads) -> Result<()>,
+    ) -> Result<()> {
+        self.serial_tx(PG_UPLOADS_LOCK, |db| {
+            let counts = db
+                .query_opt(
+                    "SELECT count(*), coalesce(sum(CASE WHEN owner = ?1 THEN 1 ELSE 0 END), 0) FROM uploads
+                     WHERE completed = ?2 AND expires_at >= ?3",
+                    vals![&u.owner, false, now],
+                )?
+                .ok_or_else(|| Error::internal("count returned no row"))?;
+            admit(OpenUploads { total: counts.int(0) as u64, owner: counts.int(1) as u64 })?;
+            insert_upload(db, u)
         })
     }
 
@@ -899,6 +964,25 @@ impl Index {
             Ok(rows.iter().map(|r| r.text(0)).collect())
         })
     }
+}
+
+fn insert_upload(db: &mut dyn Db, u: &UploadRow) -> Result<()> {
+    db.execute(
+        &format!("INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+        vals![
+            &u.id,
+            u.length,
+            &u.metadata,
+            &u.key,
+            &u.concat,
+            &u.created_at,
+            u.expires_at,
+            u.completed,
+            &u.node,
+            &u.owner
+        ],
+    )
+    .map(drop)
 }
 
 /// Inserts or replaces a row. Metadata of a replaced dataset is kept unless

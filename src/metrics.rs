@@ -26,6 +26,8 @@ pub struct Metrics {
     /// Resumable uploads: created, finished, terminated, expired.
     pub tus_uploads: IntCounterVec,
     pub tus_bytes: IntCounter,
+    /// Resumable uploads whose state (lock, running hash) is held in memory.
+    pub tus_in_memory: IntGauge,
     /// The catalog's totals, kept in step by commits and deletes.
     count: AtomicI64,
     bytes: AtomicI64,
@@ -107,6 +109,11 @@ impl Metrics {
                 "Bytes received by resumable-upload PATCHes",
             )
             .unwrap(),
+            tus_in_memory: IntGauge::new(
+                "spillway_resumable_uploads_in_memory",
+                "Resumable uploads whose state is held in memory",
+            )
+            .unwrap(),
             count: AtomicI64::new(0),
             bytes: AtomicI64::new(0),
             registry,
@@ -124,6 +131,7 @@ impl Metrics {
             Box::new(m.http_duration.clone()),
             Box::new(m.tus_uploads.clone()),
             Box::new(m.tus_bytes.clone()),
+            Box::new(m.tus_in_memory.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");
         }

@@ -9,20 +9,24 @@
 //! upload is kept in memory between PATCHes; after a restart the prefix is
 //! rehashed once from the file. When the last byte arrives the file becomes
 //! a [`Spooled`] upload and goes through [`Node::commit`], exactly like a PUT.
+//!
+//! An upload belongs to the token that created it (its row's `owner`): to
+//! any other but an admin it does not exist. The in-memory side (one PATCH
+//! at a time, the running hashes) is in `slots`; the caps on open uploads
+//! in `admission`.
 
-use std::collections::HashMap;
+mod admission;
+mod slots;
+
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex as SyncMutex};
-use std::time::Duration;
 
 use base64::Engine;
 use tempfile::{NamedTempFile, TempPath};
 use tokio::io::AsyncRead;
-use tokio::sync::Mutex;
-use tokio_util::sync::CancellationToken;
 
+use crate::access::Caller;
 use crate::error::{Error, Result};
 use crate::index::{Record, UploadRow};
 use crate::key::Key;
@@ -30,13 +34,13 @@ use crate::node::{blocking, now, Node, UploadMeta};
 use crate::storage::Staged;
 use crate::store::fsync_dir;
 use crate::upload::{ChunkReader, Digest, Hashing, OpenFile, Spooled, Writer};
+pub use slots::Resumable;
+use slots::{take, HashState};
 
 pub const TUS_VERSION: &str = "1.0.0";
 pub const EXTENSIONS: &str =
     "creation,creation-with-upload,creation-defer-length,termination,checksum,expiration,concatenation";
 pub const CHECKSUM_ALGORITHMS: &str = "sha1,md5,sha256";
-/// How long a PATCH waits for an earlier one on the same upload to let go.
-const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
 
 /// `Upload-Concat`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,48 +146,11 @@ impl Metadata {
     }
 }
 
-/// The in-memory side of resumable uploads: one slot per upload being
-/// written, holding its lock and its running blake3.
-#[derive(Default)]
-pub struct Resumable {
-    slots: SyncMutex<HashMap<String, Arc<Slot>>>,
-}
-
-#[derive(Default)]
-struct Slot {
-    state: Mutex<Option<HashState>>,
-    /// Cancels the PATCH holding `state`, so a reconnecting client can take over.
-    holder: SyncMutex<CancellationToken>,
-}
-
-struct HashState {
-    hasher: blake3::Hasher,
-    offset: u64,
-}
-
-impl Resumable {
-    fn slot(&self, id: &str) -> Arc<Slot> {
-        self.slots.lock().expect("slots lock").entry(id.to_owned()).or_default().clone()
+/// Best effort: fsyncs an upload's data file (after its writer failed).
+fn sync_upload_file(path: &std::path::Path) {
+    if let Err(e) = File::open(path).and_then(|f| f.sync_data()) {
+        log::error!("syncing {} after a failed write: {e}", path.display());
     }
-
-    fn forget(&self, id: &str) {
-        self.slots.lock().expect("slots lock").remove(id);
-    }
-}
-
-/// Takes an upload's slot: at once if free, else by cancelling the PATCH
-/// that holds it (its client is most likely gone) and waiting briefly.
-async fn take(slot: &Slot) -> Result<(tokio::sync::MutexGuard<'_, Option<HashState>>, CancellationToken)> {
-    let guard = match slot.state.try_lock() {
-        Ok(guard) => guard,
-        Err(_) => {
-            slot.holder.lock().expect("holder lock").cancel();
-            tokio::time::timeout(TAKEOVER_WAIT, slot.state.lock()).await.map_err(|_| Error::Locked)?
-        }
-    };
-    let token = CancellationToken::new();
-    *slot.holder.lock().expect("holder lock") = token.clone();
-    Ok((guard, token))
 }
 
 pub fn is_upload_id(id: &str) -> bool {
@@ -199,8 +166,8 @@ impl Node {
         unix_now() + self.settings.upload_expiry as i64
     }
 
-    /// `POST /uploads`.
-    pub async fn tus_create(&self, creation: Creation) -> Result<UploadInfo> {
+    /// `POST /uploads`: the upload belongs to `caller`.
+    pub async fn tus_create(&self, creation: Creation, caller: &Caller) -> Result<UploadInfo> {
         let metadata = Metadata::parse(creation.metadata.as_deref())?;
         let key = match creation.concat {
             Concat::Partial => None,
@@ -222,10 +189,11 @@ impl Node {
             expires_at: self.expires_at(),
             completed: false,
             node: self.node_id.clone(),
+            owner: caller.owner_name().to_owned(),
         };
         if let Concat::Final(parts) = &creation.concat {
             let key = key.expect("final uploads have a key");
-            return self.tus_concatenate(row, parts, key, metadata).await;
+            return self.tus_concatenate(row, parts, key, metadata, caller).await;
         }
         if let Some(length) = creation.length {
             if length > self.spooler.max_size {
@@ -233,13 +201,18 @@ impl Node {
             }
             self.spooler.check_space(&self.layout.uploads, length)?;
         }
-        let (layout, index) = (self.layout.clone(), self.index.clone());
+        let (layout, index, caps) = (self.layout.clone(), self.index.clone(), admission::Caps::of(&self.settings));
         let r = row.clone();
         blocking(move || {
             let path = layout.upload_path(&r.id);
             File::create(&path)?.sync_all()?;
             fsync_dir(&layout.uploads)?;
-            index.create_upload(&r)
+            let admitted = index.create_upload_admitted(&r, unix_now(), |open| caps.admit(open, &r.owner));
+            if admitted.is_err() {
+                // No row: the file would only be swept at the next start.
+                let _ = std::fs::remove_file(&path);
+            }
+            admitted
         })
         .await?;
         self.metrics.tus_event("created");
@@ -265,13 +238,18 @@ impl Node {
         }
     }
 
-    async fn upload_row(&self, id: &str) -> Result<UploadRow> {
+    /// The upload's row, if `caller` may touch it; to anyone else it does
+    /// not exist (the answer says nothing an unknown id's would not).
+    async fn upload_row(&self, id: &str, caller: &Caller) -> Result<UploadRow> {
         let missing = || Error::NotFound(format!("no upload `{id}`"));
         if !is_upload_id(id) {
             return Err(missing());
         }
         let (index, i) = (self.index.clone(), id.to_owned());
         let row = blocking(move || index.get_upload(&i)).await?.ok_or_else(missing)?;
+        if !caller.may_touch(&row.owner) {
+            return Err(missing());
+        }
         if row.expires_at < unix_now() {
             return Err(Error::Gone(format!("upload `{id}` expired")));
         }
@@ -304,12 +282,12 @@ impl Node {
     /// Like tusd, a HEAD takes the upload over from a PATCH still holding it
     /// (a client asking for the offset is about to resume; the holder is
     /// most likely a dead connection), so the offset it reports is final.
-    pub async fn tus_info(&self, id: &str) -> Result<UploadInfo> {
-        let row = self.upload_row(id).await?;
+    pub async fn tus_info(&self, id: &str, caller: &Caller) -> Result<UploadInfo> {
+        let row = self.upload_row(id, caller).await?;
         let slot = self.tus.slot(id);
         let _held = if row.completed { None } else { Some(take(&slot).await?) };
         // Read again under the lock: a PATCH may have finished meanwhile.
-        let row = self.upload_row(id).await?;
+        let row = self.upload_row(id, caller).await?;
         let offset = self.offset_of(&row).await?;
         let record = match (&row.key, row.completed) {
             (Some(key), true) => self.get(&Key::parse(key)?).await.ok(),
@@ -320,8 +298,13 @@ impl Node {
 
     /// `PATCH /uploads/{id}`: appends a chunk; commits the dataset when the
     /// last byte is in.
-    pub async fn tus_patch<R: AsyncRead + Unpin>(&self, id: &str, patch: Patch<R>) -> Result<UploadInfo> {
-        let mut row = self.upload_row(id).await?;
+    pub async fn tus_patch<R: AsyncRead + Unpin>(
+        &self,
+        id: &str,
+        patch: Patch<R>,
+        caller: &Caller,
+    ) -> Result<UploadInfo> {
+        let mut row = self.upload_row(id, caller).await?;
         if row.concat == "final" {
             return Err(Error::Forbidden("a final (concatenated) upload takes no PATCH".into()));
         }
@@ -329,7 +312,7 @@ impl Node {
         let (mut state, cancel) = take(&slot).await?;
         // Read again under the lock: the PATCH we waited for may have
         // completed (and committed) the upload.
-        row = self.upload_row(id).await?;
+        row = self.upload_row(id, caller).await?;
         let offset = self.offset_of(&row).await?;
         if patch.offset != offset {
             return Err(Error::OffsetMismatch { current: offset, sent: patch.offset });
@@ -353,7 +336,7 @@ impl Node {
         }
         if row.completed {
             // Nothing more to take; a repeated final PATCH just learns so.
-            return self.tus_info(id).await;
+            return self.tus_info(id, caller).await;
         }
         let limit = row.length.unwrap_or(self.spooler.max_size) - offset;
         self.spooler.check_space(&self.layout.uploads, row.length.map_or(0, |l| l - offset))?;
@@ -372,6 +355,9 @@ impl Node {
             Hashing::new(hasher.clone(), &algorithms),
         );
         let mut body = ChunkReader::new(patch.body, self.spooler.stall_timeout, limit, self.metrics.tus_bytes.clone());
+        // A deferred length is not known to fit: the reserve is watched as
+        // for a PUT of unknown size.
+        let mut space = self.spooler.watch_space();
         let received: Result<()> = async {
             loop {
                 let chunk = tokio::select! {
@@ -382,16 +368,27 @@ impl Node {
                     Some(chunk) => writer.send(chunk).await?,
                     None => return Ok(()),
                 }
+                space.check(&self.layout.uploads, body.received)?;
             }
         }
         .await;
-        // Whatever arrived is made durable, even when the body broke off.
+        // Whatever arrived is made durable, even when the body broke off
+        // (but nothing more is written to a volume out of space).
         let rest = body.take_pending();
-        let keep_partial = checksum.is_empty() && !matches!(received, Err(Error::TooLarge { .. }));
+        let keep_partial =
+            checksum.is_empty() && !matches!(received, Err(Error::TooLarge { .. } | Error::InsufficientStorage(_)));
         if received.is_err() && !rest.is_empty() && keep_partial {
             writer.send(rest).await?;
         }
-        let mut written = writer.finish().await?;
+        let mut written = match writer.finish().await {
+            Ok(written) => written,
+            Err(e) => {
+                // The writer stopped (a full volume): what it did write is
+                // the offset a HEAD reports, so it is made durable too.
+                sync_upload_file(&path);
+                return Err(e);
+            }
+        };
         let mut new_offset = offset + written.size;
         let mut hasher_after = written.hashing.blake3.clone();
         let verdict = match received {
@@ -477,17 +474,18 @@ impl Node {
     }
 
     /// `POST /uploads` with `Upload-Concat: final;...`: the partial uploads,
-    /// in order, become one dataset; the partials are removed.
+    /// in order, become one dataset; the partials (all `caller`'s) are removed.
     async fn tus_concatenate(
         &self,
         mut row: UploadRow,
         parts: &[String],
         key: Key,
         metadata: Metadata,
+        caller: &Caller,
     ) -> Result<UploadInfo> {
         let mut total = 0u64;
         for part in parts {
-            let part_row = self.upload_row(part).await?;
+            let part_row = self.upload_row(part, caller).await?;
             let offset = self.offset_of(&part_row).await?;
             if part_row.concat != "partial" || part_row.length != Some(offset) {
                 return Err(Error::BadRequest(format!("upload `{part}` is not a complete partial upload")));
@@ -525,23 +523,27 @@ impl Node {
         let committed = self.commit(key, spooled, metadata.upload_meta()).await;
         let (record, _) = self.upload_ended(started, committed)?;
         self.metrics.tus_event("finished");
-        let (index, layout, r, parts) = (self.index.clone(), self.layout.clone(), row.clone(), parts.to_vec());
+        let (index, layout, r, used) = (self.index.clone(), self.layout.clone(), row.clone(), parts.to_vec());
         blocking(move || {
             index.create_upload(&r)?;
-            for part in &parts {
+            for part in &used {
                 index.delete_upload(part)?;
                 let _ = std::fs::remove_file(layout.upload_path(part));
             }
             Ok(())
         })
         .await?;
+        for part in parts {
+            // A refused PATCH may have left a complete partial's hash.
+            self.tus.forget(part);
+        }
         Ok(self.info_of(&row, total, Some(record)))
     }
 
     /// `DELETE /uploads/{id}`: stops any PATCH in progress and removes the
     /// upload's bytes and row.
-    pub async fn tus_terminate(&self, id: &str) -> Result<()> {
-        let row = self.upload_row(id).await?;
+    pub async fn tus_terminate(&self, id: &str, caller: &Caller) -> Result<()> {
+        let row = self.upload_row(id, caller).await?;
         let slot = self.tus.slot(id);
         let (_state, _) = take(&slot).await?;
         self.remove_upload(&row.id).await?;

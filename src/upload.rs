@@ -38,6 +38,9 @@ pub const CHUNK: usize = 256 * 1024;
 const QUEUE: usize = 4;
 /// How often (in bytes received) free space is re-checked while streaming.
 const SPACE_CHECK_EVERY: u64 = 4 * 1024 * 1024;
+/// What may reach the disk from one check to the next: the bytes received
+/// in between, and the chunks queued for (or held by) the writer.
+const SPACE_HEADROOM: u64 = SPACE_CHECK_EVERY + (QUEUE as u64 + 2) * CHUNK as u64;
 
 /// The global cap on spool memory across all uploads.
 #[derive(Debug)]
@@ -348,14 +351,11 @@ impl Spooler {
         };
 
         let mut body = ChunkReader::new(body, self.stall_timeout, max_size, self.received_bytes.clone());
-        let mut next_space_check = SPACE_CHECK_EVERY;
+        let mut space = self.watch_space();
         while let Some(chunk) = body.next_chunk(sink.buffer()).await? {
             sink = self.push(sink, chunk, &algorithms, &target).await?;
-            if body.received >= next_space_check {
-                next_space_check = body.received + SPACE_CHECK_EVERY;
-                if let Sink::Disk(Writer { dir: Some(dir), .. }) = &sink {
-                    self.check_space(dir, 0)?;
-                }
+            if let Sink::Disk(Writer { dir: Some(dir), .. }) = &sink {
+                space.check(dir, body.received)?;
             }
         }
         let received = body.received;
@@ -453,6 +453,11 @@ impl Spooler {
         }
     }
 
+    /// A watch on free space for one body streaming to disk.
+    pub fn watch_space(&self) -> SpaceWatch<'_> {
+        SpaceWatch { spooler: self, next: 0 }
+    }
+
     /// Refuses with 507 when writing `incoming` more bytes to the volume of
     /// `dir` would leave less than the reserve free.
     pub fn check_space(&self, dir: &Path, incoming: u64) -> Result<()> {
@@ -463,6 +468,29 @@ impl Spooler {
             )));
         }
         Ok(())
+    }
+}
+
+/// Free space, re-checked while a body of unknown size streams to disk:
+/// from its first chunk on and then every [`SPACE_CHECK_EVERY`] bytes
+/// received, its volume must keep the reserve with room for what may land
+/// before the next check, so the reserve holds even where the bytes taken
+/// are kept (a resumable upload's). Every way bytes stream to disk (a
+/// PUT's spool file, a PATCH) goes through one.
+pub struct SpaceWatch<'s> {
+    spooler: &'s Spooler,
+    next: u64,
+}
+
+impl SpaceWatch<'_> {
+    /// After `received` bytes were handed to the writer for `dir`: a 507
+    /// once the volume is below the reserve.
+    pub fn check(&mut self, dir: &Path, received: u64) -> Result<()> {
+        if received < self.next {
+            return Ok(());
+        }
+        self.next = received + SPACE_CHECK_EVERY;
+        self.spooler.check_space(dir, SPACE_HEADROOM)
     }
 }
 

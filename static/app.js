@@ -787,7 +787,8 @@
       // The node saw the body break off (e.g. a HEAD from elsewhere took the upload over): resync.
       if (e.status === 400 && e.code === "truncated-body") return Math.min(backoff, 2000);
       if (e.status === 423 || e.status === 408) return Math.min(backoff, 2000);
-      if (e.status === 503 || e.status === 502 || e.status === 504 || e.status === 500) {
+      // 429: too many uploads open; places free up as others finish.
+      if (e.status === 429 || e.status === 503 || e.status === 502 || e.status === 504 || e.status === 500) {
         const after = Number(e.retryAfter);
         return Number.isFinite(after) && after > 0 ? Math.min(after * 1000, 60000) : backoff;
       }

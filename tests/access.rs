@@ -163,13 +163,18 @@ async fn all_keys(node: &TestNode, prefix: &str) -> Vec<String> {
 
 /// Creates a tus upload of `len` bytes for `key` with the admin token.
 async fn tus_create(node: &TestNode, key: &str, len: usize) -> String {
+    tus_create_as(node, ADMIN, key, len).await
+}
+
+/// Creates a tus upload of `len` bytes for `key` with `token`.
+async fn tus_create_as(node: &TestNode, token: &str, key: &str, len: usize) -> String {
     let metadata = format!("key {}", STANDARD.encode(key));
     let len = len.to_string();
     let r = call(
         node,
         Method::POST,
         "/uploads",
-        Some(ADMIN),
+        Some(token),
         &[TUS, ("Upload-Length", &len), ("Upload-Metadata", &metadata)],
         None,
     )
@@ -425,6 +430,9 @@ async fn exercise(node: &TestNode, route: Route, token: Option<&str>, n: usize) 
         })
     };
     let get = |path: &'static str| async move { (call(node, Method::GET, path, token, &[], None).await, None) };
+    // An upload belongs to its creator: a caller who may write tries its
+    // own (`an_upload_belongs_to_the_token_that_created_it` covers others').
+    let owner = token.filter(|t| [WRITE, ADMIN, HASHED].contains(t)).unwrap_or(ADMIN);
     match route {
         Route::List => get("/datasets").await,
         Route::GetRecord => {
@@ -504,14 +512,14 @@ async fn exercise(node: &TestNode, route: Route, token: Option<&str>, n: usize) 
             (r, wrong)
         }
         Route::TusHead => {
-            let id = tus_create(node, &key, content.len()).await;
+            let id = tus_create_as(node, owner, &key, content.len()).await;
             let r = call(node, Method::HEAD, &format!("/uploads/{id}"), token, &[TUS], None).await;
             let wrong = (r.ok() && r.header("upload-offset").as_deref() != Some("0"))
                 .then(|| format!("Upload-Offset is {:?}", r.header("upload-offset")));
             (r, wrong)
         }
         Route::TusPatch => {
-            let id = tus_create(node, &key, content.len()).await;
+            let id = tus_create_as(node, owner, &key, content.len()).await;
             let headers = [TUS, ("Upload-Offset", "0"), ("Content-Type", "application/offset+octet-stream")];
             let r = call(node, Method::PATCH, &format!("/uploads/{id}"), token, &headers, body(content.clone())).await;
             let committed = exists(node, &key).await;
@@ -519,7 +527,7 @@ async fn exercise(node: &TestNode, route: Route, token: Option<&str>, n: usize) 
             (r, wrong)
         }
         Route::TusDelete => {
-            let id = tus_create(node, &key, content.len()).await;
+            let id = tus_create_as(node, owner, &key, content.len()).await;
             let r = call(node, Method::DELETE, &format!("/uploads/{id}"), token, &[TUS], None).await;
             let after = call(node, Method::HEAD, &format!("/uploads/{id}"), Some(ADMIN), &[TUS], None).await;
             let gone = matches!(after.status, 404 | 410);
@@ -607,6 +615,92 @@ async fn open_mode_serves_everything_without_a_token() {
         log.lines().any(|l| l.contains("no tokens") && l.contains("open")),
         "open mode is not announced at start:\n{log}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Who may touch a resumable upload
+// ---------------------------------------------------------------------------
+
+/// A second `write` token besides `WRITE`.
+const OTHER: &str = "ot-secret-2Vb6nKs8Pd";
+
+/// The answer to `method` on `/uploads/{id}` as `token` (a PATCH sends
+/// `body` at `offset`).
+async fn on_upload(node: &TestNode, method: Method, id: &str, token: &str, offset: usize, body: &[u8]) -> Reply {
+    let offset = offset.to_string();
+    let patch = [TUS, ("Upload-Offset", offset.as_str()), ("Content-Type", "application/offset+octet-stream")];
+    let (headers, body) = if method == Method::PATCH { (&patch[..], self::body(body)) } else { (&[TUS][..], None) };
+    call(node, method, &format!("/uploads/{id}"), Some(token), headers, body).await
+}
+
+/// Another write token gets exactly what an unknown id gets (404
+/// `not-found`) for HEAD, PATCH, DELETE and as a part of a concatenation,
+/// and changes nothing; the creator and an admin get the upload.
+#[tokio::test]
+async fn an_upload_belongs_to_the_token_that_created_it() {
+    let tokens = format!(
+        r#"[{{name="writer",token="{WRITE}",scopes=["write"]}},{{name="other",token="{OTHER}",scopes=["write"]}},{{name="boss",token="{ADMIN}",scopes=["admin"]}}]"#
+    );
+    let node = TestNode::start_with(&[("SPILLWAY_TOKENS", tokens.as_str())]);
+    let mut c = Checks::default();
+    let content = b"0123456789";
+    let id = tus_create_as(&node, WRITE, "owned/a.bin", content.len()).await;
+    let unknown = "0123456789abcdef0123456789abcdef";
+    for method in [Method::HEAD, Method::PATCH, Method::DELETE] {
+        let label = format!("{method} of another token's upload");
+        let theirs = on_upload(&node, method.clone(), &id, OTHER, 0, &content[..4]).await;
+        let nobodys = on_upload(&node, method.clone(), unknown, OTHER, 0, &content[..4]).await;
+        c.reply(&label, &theirs, 404, Some("not-found"));
+        c.check(theirs.text().replace(&id, "ID") == nobodys.text().replace(unknown, "ID"), || {
+            format!("{label}: answers {} where an unknown id answers {}", theirs.text(), nobodys.text())
+        });
+        c.check(theirs.header("upload-offset").is_none(), || format!("{label}: an Upload-Offset"));
+    }
+    let h = on_upload(&node, Method::HEAD, &id, WRITE, 0, &[]).await;
+    c.reply("HEAD by its creator", &h, 200, None);
+    c.check(h.header("upload-offset").as_deref() == Some("0"), || {
+        format!("another token changed the upload: Upload-Offset {:?}", h.header("upload-offset"))
+    });
+    c.reply("PATCH by its creator", &on_upload(&node, Method::PATCH, &id, WRITE, 0, &content[..4]).await, 204, None);
+    let h = on_upload(&node, Method::HEAD, &id, ADMIN, 0, &[]).await;
+    c.reply("HEAD by an admin", &h, 200, None);
+    c.reply("PATCH by an admin", &on_upload(&node, Method::PATCH, &id, ADMIN, 4, &content[4..]).await, 204, None);
+    c.check(exists(&node, "owned/a.bin").await, || "the upload finished by an admin was not committed".into());
+
+    // Concatenation: every partial must be the final upload's creator's.
+    let partial = call(
+        &node,
+        Method::POST,
+        "/uploads",
+        Some(WRITE),
+        &[TUS, ("Upload-Length", "3"), ("Upload-Concat", "partial")],
+        None,
+    )
+    .await;
+    c.reply("a partial upload", &partial, 201, None);
+    let part = partial.header("location").unwrap_or_default();
+    let part_id = part.rsplit('/').next().unwrap_or_default().to_string();
+    c.reply("PATCH of the partial", &on_upload(&node, Method::PATCH, &part_id, WRITE, 0, b"abc").await, 204, None);
+    let metadata = format!("key {}", STANDARD.encode("owned/joined.bin"));
+    let concat = format!("final;{part}");
+    let final_headers = [TUS, ("Upload-Concat", concat.as_str()), ("Upload-Metadata", metadata.as_str())];
+    let theirs = call(&node, Method::POST, "/uploads", Some(OTHER), &final_headers, None).await;
+    c.reply("a final upload naming another token's partial", &theirs, 404, Some("not-found"));
+    c.check(!exists(&node, "owned/joined.bin").await, || "another token's partial was concatenated".into());
+    let h = on_upload(&node, Method::HEAD, &part_id, WRITE, 0, &[]).await;
+    c.reply("HEAD of the partial after the refused concatenation", &h, 200, None);
+    c.check(h.header("upload-offset").as_deref() == Some("3"), || {
+        format!("the partial changed: Upload-Offset {:?}", h.header("upload-offset"))
+    });
+    let mine = call(&node, Method::POST, "/uploads", Some(WRITE), &final_headers, None).await;
+    c.reply("a final upload naming its creator's partial", &mine, 201, None);
+    c.check(exists(&node, "owned/joined.bin").await, || "the creator's concatenation was not committed".into());
+
+    // An admin may terminate anyone's upload.
+    let id = tus_create_as(&node, WRITE, "owned/b.bin", 5).await;
+    c.reply("DELETE by an admin", &on_upload(&node, Method::DELETE, &id, ADMIN, 0, &[]).await, 204, None);
+    c.reply("HEAD after the admin's DELETE", &on_upload(&node, Method::HEAD, &id, WRITE, 0, &[]).await, 404, None);
+    c.assert_clean("upload ownership");
 }
 
 // ---------------------------------------------------------------------------

@@ -4,10 +4,11 @@
 //! for the same datasets; concurrent writers through different nodes are
 //! serialised by the index (never a mix, `If-None-Match: *` admits one);
 //! signed URLs work across nodes; resumable uploads in progress stay on
-//! their node (503 `unavailable` elsewhere); nodes start together on an
-//! empty database; a Garage cluster losing a node keeps serving; a node
-//! killed mid-upload comes back with every row matching its object; and a
-//! PostgreSQL that goes away means 503, never 500.
+//! their node (503 `unavailable` elsewhere), belong to their token and are
+//! capped across nodes; nodes start together on an empty database; a
+//! Garage cluster losing a node keeps serving; a node killed mid-upload
+//! comes back with every row matching its object; and a PostgreSQL that
+//! goes away means 503, never 500.
 //!
 //! Each test skips (with a line on stderr) when Garage or PostgreSQL is not
 //! installed, unless `SPILLWAY_REQUIRE_CLUSTER=1`.
@@ -574,6 +575,61 @@ async fn a_resumable_upload_stays_on_its_node_until_it_completes() {
 
     assert_no_panic(a, "A");
     assert_no_panic(b, "B");
+}
+
+/// Creations racing through two nodes on one PostgreSQL index never pass
+/// the caps on open uploads, which count every node's uploads; an upload
+/// belongs to its token on every node (the owner is in the shared row).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_creations_through_two_nodes_do_not_pass_the_caps() {
+    if cluster::skip_without_postgres() {
+        return;
+    }
+    let pg = Postgres::start();
+    let tokens =
+        r#"[{name="a",token="cap-secret-a1",scopes=["write"]},{name="b",token="cap-secret-b2",scopes=["write"]}]"#;
+    let extra =
+        [("SPILLWAY_TOKENS", tokens), ("SPILLWAY_MAX_OPEN_UPLOADS", "5"), ("SPILLWAY_MAX_OPEN_UPLOADS_PER_TOKEN", "3")];
+    let s = settings(None, Some(&pg), &extra);
+    let (a, b) = (start(&s), start(&s));
+    let create = |node: &'static str, bearer: &'static str, i: usize| {
+        let node = if node == "A" { &a } else { &b };
+        let metadata = tus_metadata(&[("key", &format!("race/{i}.bin"))]);
+        async move {
+            let headers = [TUS, ("Authorization", bearer), ("Upload-Length", "10"), ("Upload-Metadata", &metadata)];
+            call(node, "POST", "/uploads", &headers, None).await
+        }
+    };
+    // Token a through both nodes at once: 3 of 16.
+    let replies = futures_util::future::join_all(
+        (0..16).map(|i| create(if i % 2 == 0 { "A" } else { "B" }, "Bearer cap-secret-a1", i)),
+    )
+    .await;
+    let created: Vec<&Reply> = replies.iter().filter(|r| r.status == 201).collect();
+    for r in replies.iter().filter(|r| r.status != 201) {
+        assert_eq!((r.status, r.code().as_deref()), (429, Some("too-many-open-uploads")), "{}", r.describe());
+        assert!(r.header("retry-after").is_some(), "no Retry-After: {}", r.describe());
+    }
+    assert_eq!(created.len(), 3, "token a's racing creations past max_open_uploads_per_token = 3");
+    // Then token b: 2 more fill the total of 5, across nodes.
+    let replies = futures_util::future::join_all(
+        (16..32).map(|i| create(if i % 2 == 0 { "A" } else { "B" }, "Bearer cap-secret-b2", i)),
+    )
+    .await;
+    let created_b = replies.iter().filter(|r| r.status == 201).count();
+    assert_eq!(created_b, 2, "token b's racing creations past max_open_uploads = 5 (3 of a's open)");
+
+    // One of a's uploads: to token b it does not exist on either node (to
+    // a, the node not holding it says 503 `unavailable`).
+    let loc = location_path(created[0]);
+    for (name, node) in [("A", &a), ("B", &b)] {
+        let owner = call(node, "HEAD", &loc, &[TUS, ("Authorization", "Bearer cap-secret-a1")], None).await;
+        assert!(owner.status == 200 || owner.status == 503, "HEAD by its owner on {name}: {}", owner.describe());
+        let other = call(node, "HEAD", &loc, &[TUS, ("Authorization", "Bearer cap-secret-b2")], None).await;
+        assert_eq!(other.status, 404, "HEAD by another token on {name}: {}", other.describe());
+    }
+    assert_no_panic(&a, "A");
+    assert_no_panic(&b, "B");
 }
 
 // ---------------------------------------------------------------------------

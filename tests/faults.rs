@@ -317,6 +317,74 @@ fn disk_full_reserve_crossing_while_streaming() {
     rt.block_on(after_disk_full(node, &before, "reserve crossing"));
 }
 
+/// `spillway_disk_free_bytes{volume="data"}`, as the node sees it.
+async fn data_volume_free(node: &TestNode) -> u64 {
+    let text = node.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("spillway_disk_free_bytes{volume=\"data\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no data volume in /metrics:\n{text}"))
+}
+
+/// (d) Reserve 40 MiB on a 64 MiB volume: a resumable upload of deferred
+/// length gets a chunked 30 MiB PATCH. It is stopped with 507 while it
+/// streams, as a PUT is, before the volume passes the reserve; the bytes
+/// taken are kept, and a HEAD reports exactly what is on disk.
+#[test]
+fn disk_full_reserve_crossing_by_a_deferred_length_patch() {
+    let reserve = 40 * MIB as u64;
+    let Some(fixture) = full_disk_node(&[("SPILLWAY_DISK_RESERVE", "40MiB")]) else {
+        return;
+    };
+    let node = &fixture.node;
+    let rt = runtime();
+    let before = rt.block_on(store_before(node));
+    let tus = |req: reqwest::RequestBuilder| req.header("Tus-Resumable", "1.0.0");
+    let created = rt.block_on(async {
+        let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "full/deferred.bin");
+        let req = tus(node.client.post(node.url("/uploads")))
+            .header("Upload-Defer-Length", "1")
+            .header("Upload-Metadata", format!("key {key}"));
+        reply::send(req, "POST /uploads").await
+    });
+    assert_eq!(created.status, 201, "creation: {}", created.describe());
+    let loc = created.header("location").expect("a Location").to_string();
+
+    let mut s = node.raw();
+    let head = format!(
+        "PATCH {loc} HTTP/1.1\r\nHost: 127.0.0.1\r\nTus-Resumable: 1.0.0\r\n\
+         Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let body = BackgroundBody::start(&s, Framing::Chunked, 30 * MIB as u64);
+    let resp = read_response(&mut s, Duration::from_secs(60));
+    let sent = body.finish(Duration::from_secs(10));
+    let resp = resp.unwrap_or_else(|e| panic!("a chunked 30 MiB PATCH past the reserve: {e}"));
+    eprintln!("deferred-length PATCH past the reserve: {} after {sent:?}", resp.status);
+    assert_problem(&resp, 507, "insufficient-storage", "a chunked 30 MiB PATCH, reserve");
+    drop(s);
+
+    let file = node.data_dir.join("uploads").join(loc.rsplit('/').next().unwrap());
+    rt.block_on(async {
+        let head = reply::send(tus(node.client.head(node.url(&loc))), "HEAD").await;
+        assert_eq!(head.status, 200, "HEAD after the 507: {}", head.describe());
+        let offset = head.offset().expect("an Upload-Offset");
+        let on_disk = std::fs::metadata(&file).unwrap().len();
+        assert_eq!(offset, on_disk, "HEAD's offset is not what is on disk");
+        let sent = sent.map_or(u64::MAX, |(n, _)| n);
+        assert!(offset > 0 && offset <= sent, "offset {offset} with {sent} bytes sent");
+        let free = data_volume_free(node).await;
+        eprintln!("kept {offset} bytes; {free} bytes free");
+        assert!(free >= reserve, "{free} bytes free for a reserve of {reserve}");
+        assert_eq!(node.get("/ready").await.status(), 200, "/ready after the 507");
+
+        let r = reply::send(tus(node.client.delete(node.url(&loc))), "DELETE").await;
+        assert_eq!(r.status, 204, "terminating: {}", r.describe());
+        assert!(!file.exists(), "the upload's bytes are left");
+    });
+    rt.block_on(after_disk_full(node, &before, "deferred-length PATCH"));
+}
+
 // ---------------------------------------------------------------------------
 // Too large
 // ---------------------------------------------------------------------------

@@ -291,6 +291,7 @@ fn every_error() -> Vec<Error> {
         Error::InsufficientStorage(String::new()),
         Error::Stalled(1),
         Error::Busy { limit: 1 },
+        Error::TooManyOpenUploads { limit: 1, whose: "in total" },
         Error::OffsetMismatch { current: 0, sent: 1 },
         Error::ChecksumMismatch(String::new()),
         Error::Locked,
@@ -323,6 +324,7 @@ fn every_error() -> Vec<Error> {
             | Error::InsufficientStorage(_)
             | Error::Stalled(_)
             | Error::Busy { .. }
+            | Error::TooManyOpenUploads { .. }
             | Error::OffsetMismatch { .. }
             | Error::ChecksumMismatch(_)
             | Error::Locked

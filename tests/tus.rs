@@ -1506,3 +1506,155 @@ async fn creation_with_upload_checks_the_checksum() {
     assert_eq!(r.status().as_u16(), 201);
     assert_dataset(&node, "tus/ck.txt", b"hello world").await;
 }
+
+// ---------------------------------------------------------------------------
+// Memory held per upload
+// ---------------------------------------------------------------------------
+
+/// `spillway_resumable_uploads_in_memory`, read from `/metrics`.
+async fn in_memory(node: &TestNode) -> i64 {
+    let text = node.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("spillway_resumable_uploads_in_memory "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no spillway_resumable_uploads_in_memory in /metrics"))
+}
+
+/// Every way an upload ends gives back the memory it held: concatenation,
+/// completion (and HEADs or PATCHes after it), and termination (after a
+/// refused PATCH).
+#[tokio::test]
+async fn no_upload_stays_in_memory_once_it_ends() {
+    let node = TestNode::start();
+    let (a, b) = (generated(5000, 62), generated(7000, 63));
+    let (la, lb) = (partial(&node, &a).await, partial(&node, &b).await);
+    let r = final_upload(&node, &format!("{la} {lb}"), "mem/joined.bin").await;
+    assert_eq!(r.status, 201, "final: {}", r.describe());
+    assert_eq!(in_memory(&node).await, 0, "after concatenation");
+    assert_eq!(head(&node, &location(&r)).await.status, 200);
+
+    let data = generated(3000, 61);
+    let loc = create(&node, data.len() as u64, &meta(&[("key", "mem/done.bin")])).await;
+    assert_eq!(patch(&node, &loc, 0, &data[..1000], &[]).await.status, 204);
+    assert_eq!(in_memory(&node).await, 1, "an upload half sent is held");
+    patch_all(&node, &loc, &data, 1000, 2000).await;
+    assert_eq!(in_memory(&node).await, 0, "after completion");
+    assert_eq!(head(&node, &loc).await.status, 200);
+    let r = patch(&node, &loc, data.len() as u64, b"", &[]).await;
+    assert_eq!(r.status, 204, "a repeated final PATCH: {}", r.describe());
+    assert_eq!(in_memory(&node).await, 0, "after a HEAD and a PATCH of a completed upload");
+
+    let loc = create(&node, 1000, &meta(&[("key", "mem/terminated.bin")])).await;
+    assert_eq!(patch(&node, &loc, 0, &generated(400, 64), &[]).await.status, 204);
+    assert_eq!(patch(&node, &loc, 7, b"wrong offset", &[]).await.status, 409);
+    assert_eq!(in_memory(&node).await, 1);
+    let r = call(&node, "DELETE", &loc, &[("Tus-Resumable", "1.0.0")], None).await;
+    assert_eq!(r.status, 204, "{}", r.describe());
+    assert_eq!(head(&node, &loc).await.status, 404);
+    assert_eq!(in_memory(&node).await, 0, "after termination");
+}
+
+/// An upload left half sent is forgotten when it expires.
+#[tokio::test]
+async fn an_expired_upload_leaves_no_memory() {
+    let node = TestNode::start_with(&[("SPILLWAY_UPLOAD_EXPIRY", "2")]);
+    let loc = create(&node, 1000, &meta(&[("key", "mem/expiring.bin")])).await;
+    assert_eq!(patch(&node, &loc, 0, &generated(300, 65), &[]).await.status, 204);
+    assert_eq!(in_memory(&node).await, 1);
+    let file = upload_file(&node, &loc);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while file.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!file.exists(), "the sweeper left {}", file.display());
+    assert_eq!(in_memory(&node).await, 0, "after expiry");
+}
+
+// ---------------------------------------------------------------------------
+// Caps on open uploads
+// ---------------------------------------------------------------------------
+
+const CAP_A: &str = "cap-a-secret-1Xy7";
+const CAP_B: &str = "cap-b-secret-8Qw2";
+
+/// `POST /uploads` of `length` bytes for `key` as `token` (none: open).
+async fn create_as(node: &TestNode, token: Option<&str>, length: u64, key: &str) -> Reply {
+    let (length, metadata) = (length.to_string(), meta(&[("key", key)]));
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Tus-Resumable", "1.0.0"), ("Upload-Length", length.as_str())];
+    headers.push(("Upload-Metadata", metadata.as_str()));
+    if let Some(bearer) = &bearer {
+        headers.push(("Authorization", bearer.as_str()));
+    }
+    call(node, "POST", "/uploads", &headers, None).await
+}
+
+/// A 429 `too-many-open-uploads` problem with a `Retry-After` in seconds.
+fn assert_capped(r: &Reply, what: &str) {
+    assert_eq!(r.status, 429, "{what}: {}", r.describe());
+    assert_eq!(r.code().as_deref(), Some("too-many-open-uploads"), "{what}: {}", r.describe());
+    let retry = r.header("retry-after").unwrap_or_default();
+    assert!(retry.trim().parse::<u64>().is_ok_and(|s| s > 0), "{what}: Retry-After {retry:?}");
+}
+
+/// `max_open_uploads` = 3 and `max_open_uploads_per_token` = 2 with two
+/// tokens: each token's third upload, then anyone's fourth, is refused
+/// until one finishes or is terminated.
+#[tokio::test]
+async fn open_uploads_are_capped_in_total_and_per_token() {
+    let tokens =
+        format!(r#"[{{name="a",token="{CAP_A}",scopes=["write"]}},{{name="b",token="{CAP_B}",scopes=["write"]}}]"#);
+    let node = TestNode::start_with(&[
+        ("SPILLWAY_TOKENS", &tokens),
+        ("SPILLWAY_MAX_OPEN_UPLOADS", "3"),
+        ("SPILLWAY_MAX_OPEN_UPLOADS_PER_TOKEN", "2"),
+    ]);
+    let auth_a = format!("Bearer {CAP_A}");
+    let a1 = create_as(&node, Some(CAP_A), 10, "cap/a1.bin").await;
+    assert_eq!(a1.status, 201, "a's first: {}", a1.describe());
+    let a2 = create_as(&node, Some(CAP_A), 10, "cap/a2.bin").await;
+    assert_eq!(a2.status, 201, "a's second: {}", a2.describe());
+    assert_capped(&create_as(&node, Some(CAP_A), 10, "cap/a3.bin").await, "a's third (per token)");
+    let b1 = create_as(&node, Some(CAP_B), 10, "cap/b1.bin").await;
+    assert_eq!(b1.status, 201, "b's first beside a's two: {}", b1.describe());
+    assert_capped(&create_as(&node, Some(CAP_B), 10, "cap/b2.bin").await, "b's second (the fourth in total)");
+
+    // A terminated upload frees its place.
+    let r =
+        call(&node, "DELETE", &location(&a1), &[("Tus-Resumable", "1.0.0"), ("Authorization", &auth_a)], None).await;
+    assert_eq!(r.status, 204, "terminating a1: {}", r.describe());
+    let a3 = create_as(&node, Some(CAP_A), 10, "cap/a3.bin").await;
+    assert_eq!(a3.status, 201, "a's upload after one was terminated: {}", a3.describe());
+    assert_capped(&create_as(&node, Some(CAP_B), 10, "cap/b2.bin").await, "b's second, total full again");
+
+    // A finished upload frees its place.
+    let headers =
+        [("Tus-Resumable", "1.0.0"), ("Content-Type", OCTET), ("Upload-Offset", "0"), ("Authorization", &auth_a)];
+    let r = call(&node, "PATCH", &location(&a2), &headers, Some(BODY10.to_vec())).await;
+    assert_eq!(r.status, 204, "finishing a2: {}", r.describe());
+    let b2 = create_as(&node, Some(CAP_B), 10, "cap/b2.bin").await;
+    assert_eq!(b2.status, 201, "b's second after a2 finished: {}", b2.describe());
+    assert_capped(&create_as(&node, Some(CAP_A), 10, "cap/a4.bin").await, "a's upload, total full");
+    let rows = upload_files(&node).len();
+    assert_eq!(rows, 3, "open uploads' files: {:?}", upload_files(&node));
+}
+
+/// Creations racing for the last places never pass the cap; an open node
+/// counts every upload against `max_open_uploads` only.
+#[tokio::test]
+async fn racing_creations_do_not_pass_the_cap() {
+    let node =
+        TestNode::start_with(&[("SPILLWAY_MAX_OPEN_UPLOADS", "3"), ("SPILLWAY_MAX_OPEN_UPLOADS_PER_TOKEN", "2")]);
+    let attempts = (0..24).map(|i| {
+        let node = &node;
+        async move { create_as(node, None, 10, &format!("race/{i}.bin")).await }
+    });
+    let replies = futures_util::future::join_all(attempts).await;
+    let created = replies.iter().filter(|r| r.status == 201).count();
+    for r in replies.iter().filter(|r| r.status != 201) {
+        assert_capped(r, "a racing creation");
+    }
+    assert_eq!(created, 3, "racing creations accepted past max_open_uploads = 3");
+    assert_eq!(upload_files(&node).len(), 3, "{:?}", upload_files(&node));
+    assert_capped(&create_as(&node, None, 10, "race/late.bin").await, "a creation after the race");
+}

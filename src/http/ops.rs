@@ -60,6 +60,7 @@ fn metrics(node: &State<Arc<Node>>, caller: Caller) -> Result<Exposition> {
     }
     let free = |dir: &std::path::Path| Layout::free_space(dir).ok();
     let volumes = [("data", free(&node.layout.datasets)), ("spool", free(&node.layout.spool))];
+    node.metrics.tus_in_memory.set(node.tus.in_memory() as i64);
     Ok(Exposition(node.metrics.render(node.spooler.budget.used(), &volumes)))
 }
 

@@ -312,14 +312,14 @@ async fn create(
     tus?;
     caller.require(Scope::Write)?;
     let request = request?;
-    let info = node.tus_create(request.creation).await?;
+    let info = node.tus_create(request.creation, &caller).await?;
     if !request.with_body {
         return Ok(Reply { status: Status::Created, info: Some(info), head: false });
     }
     let _permit = node.admit_upload()?;
     let checksum = request.checksum;
     let patch = Patch { offset: 0, length: None, checksum, body: body.open(body_limit(node)) };
-    let info = node.tus_patch(&info.id, patch).await?;
+    let info = node.tus_patch(&info.id, patch, &caller).await?;
     Ok(Reply { status: Status::Created, info: Some(info), head: false })
 }
 
@@ -332,7 +332,7 @@ async fn head_upload(
 ) -> Result<Reply> {
     tus?;
     caller.require(Scope::Write)?;
-    let info = node.tus_info(id).await?;
+    let info = node.tus_info(id, &caller).await?;
     Ok(Reply { status: Status::Ok, info: Some(info), head: true })
 }
 
@@ -355,7 +355,7 @@ async fn patch_upload(
         checksum: request.checksum,
         body: body.open(body_limit(node)),
     };
-    let info = node.tus_patch(id, patch).await?;
+    let info = node.tus_patch(id, patch, &caller).await?;
     Ok(Reply { status: Status::NoContent, info: Some(info), head: false })
 }
 
@@ -368,7 +368,7 @@ async fn terminate(
 ) -> Result<Status> {
     tus?;
     caller.require(Scope::Write)?;
-    node.tus_terminate(id).await?;
+    node.tus_terminate(id, &caller).await?;
     Ok(Status::NoContent)
 }
 
