@@ -1451,6 +1451,19 @@ if lost or not sources:
     fail(f"Dockerfile.dockerignore drops what COPY needs: {lost}")
 ok(f"Dockerfile.dockerignore keeps what COPY needs: {' '.join(sources)}")
 
+# The build stage has every path Cargo.toml builds from (the vendored crates
+# that [patch.crates-io] points at), and the runtime stage has the CA roots
+# that TLS to an https store checks against (the binary trusts the OS's).
+root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(df))))
+cargo_paths = re.findall(r'path\s*=\s*"([^"]+)"', open(os.path.join(root, "Cargo.toml")).read())
+missing = [p for p in cargo_paths if not any(p == s or p.startswith(s.rstrip("/") + "/") for s in sources)]
+if missing:
+    fail(f"the Dockerfile does not COPY what Cargo.toml builds from: {missing}")
+runtime = text.split("FROM debian:bookworm-slim", 1)[-1]
+if not re.search(r"apt-get install[^\n]*\bca-certificates\b", runtime):
+    fail("the runtime stage does not install ca-certificates (https S3 endpoints would fail)")
+ok(f"the build stage copies {' '.join(cargo_paths)} (Cargo.toml's paths); the runtime stage installs ca-certificates")
+
 # The HEALTHCHECK command, run as Docker would (exec form, the image's env).
 argv = json.loads(hc[0].split("CMD", 1)[1])
 def probe(port):
