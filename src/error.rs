@@ -36,6 +36,10 @@ pub enum Error {
     PreconditionFailed(String),
     #[error("{0}")]
     Conflict(String),
+    /// A symlink where a dataset or one of its folders should be: put there
+    /// by hand, never followed, replaced or removed by the node.
+    #[error("{0}")]
+    SymlinkRefused(String),
     #[error("another write to this key completed while this upload was in progress, and the store dropped this upload's unfinished parts; send it again")]
     Superseded,
     #[error("the body is larger than the limit of {limit} bytes")]
@@ -113,6 +117,7 @@ impl Error {
             Error::NotFound(_) => Status::NotFound,
             Error::Stalled(_) => Status::RequestTimeout,
             Error::Conflict(_) | Error::StoredDigestMismatch(_) | Error::Superseded => Status::Conflict,
+            Error::SymlinkRefused(_) => Status::Conflict,
             Error::PreconditionFailed(_) => Status::PreconditionFailed,
             Error::TooLarge { .. } => Status::PayloadTooLarge,
             Error::RangeNotSatisfiable { .. } => Status::RangeNotSatisfiable,
@@ -143,6 +148,7 @@ impl Error {
             Error::DigestMismatch(_) | Error::StoredDigestMismatch(_) => "digest-mismatch",
             Error::PreconditionFailed(_) => "precondition-failed",
             Error::Conflict(_) => "key-conflict",
+            Error::SymlinkRefused(_) => "symlink-refused",
             Error::Superseded => "upload-superseded",
             Error::TooLarge { .. } => "too-large",
             Error::RangeNotSatisfiable { .. } => "range-not-satisfiable",

@@ -285,6 +285,7 @@ fn every_error() -> Vec<Error> {
         Error::StoredDigestMismatch(String::new()),
         Error::PreconditionFailed(String::new()),
         Error::Conflict(String::new()),
+        Error::SymlinkRefused(String::new()),
         Error::Superseded,
         Error::TooLarge { limit: 1 },
         Error::RangeNotSatisfiable { range: String::new(), size: 0 },
@@ -317,6 +318,7 @@ fn every_error() -> Vec<Error> {
             | Error::StoredDigestMismatch(_)
             | Error::PreconditionFailed(_)
             | Error::Conflict(_)
+            | Error::SymlinkRefused(_)
             | Error::Superseded
             | Error::TooLarge { .. }
             | Error::RangeNotSatisfiable { .. }
