@@ -72,6 +72,10 @@ pub enum Error {
     NotReady(String),
     #[error("{0}")]
     Unauthorized(String),
+    /// An open node asked under a `Host` that is not one of its names: a
+    /// page whose domain was rebound to the node's address.
+    #[error("this node does not answer for the host `{0}`; an open node answers only for loopback names and `allowed_hosts`")]
+    Misdirected(String),
     #[error("{0}")]
     Expired(String),
     /// A service the node depends on (the object store, a shared index)
@@ -134,6 +138,7 @@ impl Error {
             Error::Forbidden(_) => Status::Forbidden,
             Error::NotReady(_) | Error::Unavailable(..) => Status::ServiceUnavailable,
             Error::Unauthorized(_) => Status::Unauthorized,
+            Error::Misdirected(_) => Status::MisdirectedRequest,
             Error::Expired(_) => Status::Forbidden,
         }
     }
@@ -167,6 +172,7 @@ impl Error {
             Error::NotReady(_) => "not-ready",
             Error::Unavailable(..) => "unavailable",
             Error::Unauthorized(_) => "unauthorized",
+            Error::Misdirected(_) => "misdirected-request",
             Error::Expired(_) => "expired",
         }
     }

@@ -15,6 +15,7 @@ use crate::key::Key;
 mod access;
 mod catalog;
 mod data;
+mod host;
 mod ops;
 mod page;
 mod tus;
@@ -22,6 +23,7 @@ mod tus;
 /// Mounts every route and the problem+json catchers.
 pub fn mount(rocket: Rocket<Build>) -> Rocket<Build> {
     rocket
+        .mount("/", host::routes())
         .mount("/", data::routes())
         .mount("/", catalog::routes())
         .mount("/", tus::routes())
