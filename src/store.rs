@@ -20,7 +20,7 @@
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use rustix::fs::{fsync, mkdirat, openat, renameat, statat, unlinkat, AtFlags, FileType, Mode, OFlags, Stat, CWD};
@@ -142,6 +142,25 @@ impl Layout {
         self.uploads.join(id)
     }
 
+    /// Opens a resumable upload's file with `options`, never through a
+    /// symlink (`O_NOFOLLOW`).
+    pub fn open_upload(&self, id: &str, options: &mut fs::OpenOptions) -> Result<File, Error> {
+        match options.custom_flags(OFlags::NOFOLLOW.bits() as i32).open(self.upload_path(id)) {
+            Err(e) if e.raw_os_error() == Some(Errno::LOOP.raw_os_error()) => Err(upload_symlink(id)),
+            other => other.map_err(Error::from_io),
+        }
+    }
+
+    /// The length of a resumable upload's file (`NotFound` when it is gone).
+    pub fn upload_len(&self, id: &str) -> Result<Option<u64>, Error> {
+        match fs::symlink_metadata(self.upload_path(id)) {
+            Ok(meta) if meta.file_type().is_symlink() => Err(upload_symlink(id)),
+            Ok(meta) => Ok(Some(meta.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::internal(e)),
+        }
+    }
+
     /// The key of a file below `datasets/`, if its path is a valid key.
     pub fn key_of(&self, path: &Path) -> Option<Key> {
         let relative = path.strip_prefix(&self.datasets).ok()?;
@@ -204,6 +223,14 @@ impl Layout {
     /// entry durable. A symlink at the key is refused, not replaced: it was
     /// not put there by the node.
     pub fn place(&self, staged: NamedTempFile, key: &Key) -> Result<(), Error> {
+        // What is renamed is a name: it must still be the file that was
+        // written (a resumable upload's file may have been swapped).
+        let named = fs::symlink_metadata(staged.path())?;
+        if !named.is_file() || named.ino() != staged.as_file().metadata()?.ino() {
+            return Err(Error::SymlinkRefused(format!(
+                "the staged file of `{key}` was replaced; nothing is installed"
+            )));
+        }
         let path = self.resolve(key, true)?.expect("folders are created");
         match path.kind() {
             Some(FileType::Symlink) => return Err(path.refused()),
@@ -343,6 +370,10 @@ fn is_symlink(dir: impl AsFd, name: &str) -> bool {
 fn is_plain_name(segment: &str) -> bool {
     let mut components = Path::new(segment).components();
     matches!((components.next(), components.next()), (Some(Component::Normal(_)), None))
+}
+
+fn upload_symlink(id: &str) -> Error {
+    Error::SymlinkRefused(format!("the file of upload `{id}` is a symbolic link; the node does not follow one"))
 }
 
 fn io_error(e: Errno) -> Error {

@@ -11,7 +11,7 @@
 //! a [`Spooled`] upload and goes through [`Node::commit`], exactly like a PUT.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex as SyncMutex};
@@ -236,8 +236,7 @@ impl Node {
         let (layout, index) = (self.layout.clone(), self.index.clone());
         let r = row.clone();
         blocking(move || {
-            let path = layout.upload_path(&r.id);
-            File::create(&path)?.sync_all()?;
+            layout.open_upload(&r.id, OpenOptions::new().write(true).create_new(true))?.sync_all()?;
             fsync_dir(&layout.uploads)?;
             index.create_upload(&r)
         })
@@ -290,13 +289,10 @@ impl Node {
         if row.completed {
             return Ok(row.length.unwrap_or(0));
         }
-        let path = self.layout.upload_path(&row.id);
-        match tokio::fs::metadata(&path).await {
-            Ok(m) => Ok(m.len()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Err(Error::Gone(format!("the bytes of upload `{}` are gone", row.id)))
-            }
-            Err(e) => Err(Error::internal(e)),
+        let (layout, id) = (self.layout.clone(), row.id.clone());
+        match blocking(move || layout.upload_len(&id)).await? {
+            Some(len) => Ok(len),
+            None => Err(Error::Gone(format!("the bytes of upload `{}` are gone", row.id))),
         }
     }
 
@@ -363,8 +359,7 @@ impl Node {
             Some(s) if s.offset == offset => s.hasher,
             _ => self.rehash(id, offset).await?,
         };
-        let path = self.layout.upload_path(id);
-        let file = OpenOptions::new().append(true).open(&path).map_err(Error::internal)?;
+        let file = self.layout.open_upload(id, OpenOptions::new().append(true))?;
         let checksum: Vec<Digest> = patch.checksum.into_iter().collect();
         let algorithms: Vec<_> = checksum.iter().map(|d| d.algorithm).collect();
         let mut writer = Writer::start(
@@ -426,7 +421,7 @@ impl Node {
         let record = if row.concat == "partial" {
             None
         } else {
-            let result = self.tus_commit(&row, path, new_offset, hasher_after).await;
+            let result = self.tus_commit(&row, self.layout.upload_path(id), new_offset, hasher_after).await;
             drop(state);
             self.tus.forget(id);
             Some(result?)
@@ -436,13 +431,13 @@ impl Node {
 
     /// Rehashes the first `offset` bytes of an upload (once after a restart).
     async fn rehash(&self, id: &str, offset: u64) -> Result<blake3::Hasher> {
-        let path = self.layout.upload_path(id);
         if offset > 0 {
             log::info!("upload {id}: rehashing the {offset} bytes received before a restart");
         }
+        let (layout, id) = (self.layout.clone(), id.to_owned());
         blocking(move || {
             let mut hasher = blake3::Hasher::new();
-            let file = File::open(&path).map_err(Error::internal)?;
+            let file = layout.open_upload(&id, OpenOptions::new().read(true))?;
             let mut reader = file.take(offset);
             std::io::copy(&mut reader, &mut hasher).map_err(Error::internal)?;
             Ok(hasher)
@@ -456,7 +451,7 @@ impl Node {
     async fn tus_commit(&self, row: &UploadRow, path: PathBuf, size: u64, hasher: blake3::Hasher) -> Result<Record> {
         let metadata = Metadata::parse(row.metadata.as_deref())?;
         let key = Key::parse(row.key.as_deref().unwrap_or_default())?;
-        let file = File::open(&path).map_err(Error::internal)?;
+        let file = self.layout.open_upload(&row.id, OpenOptions::new().read(true))?;
         let path = TempPath::try_from_path(path).map_err(Error::internal)?;
         let spooled =
             Spooled { staged: Staged::File(NamedTempFile::from_parts(file, path)), size, blake3: hasher.finalize() };
@@ -498,14 +493,14 @@ impl Node {
             return Err(Error::TooLarge { limit: self.spooler.max_size });
         }
         self.spooler.check_space(&self.layout.staging, total)?;
-        let paths: Vec<PathBuf> = parts.iter().map(|p| self.layout.upload_path(p)).collect();
+        let (layout, part_ids) = (self.layout.clone(), parts.to_vec());
         let staging = self.layout.new_staging_file()?;
         let spooled = blocking(move || {
             let mut target = staging;
             let mut hasher = blake3::Hasher::new();
             let mut buf = vec![0u8; crate::upload::CHUNK];
-            for path in &paths {
-                let mut part = File::open(path).map_err(Error::internal)?;
+            for id in &part_ids {
+                let mut part = layout.open_upload(id, OpenOptions::new().read(true))?;
                 loop {
                     let n = part.read(&mut buf).map_err(Error::internal)?;
                     if n == 0 {

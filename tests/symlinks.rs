@@ -120,3 +120,44 @@ async fn a_symlinked_folder_is_never_read_or_deleted_through() {
     assert_eq!(snapshot(outside.path()), vec![("x.txt".to_string(), b"precious".to_vec())]);
     assert!(is_symlink(&dir));
 }
+
+/// A resumable upload's file (below `data_dir/uploads`) swapped for a
+/// symlink to a file outside: HEAD does not report its size, and a PATCH at
+/// that offset neither appends to it nor commits it as the dataset.
+#[tokio::test]
+async fn a_symlinked_upload_file_is_never_written_through() {
+    use base64::Engine;
+    let node = TestNode::start();
+    let key = base64::engine::general_purpose::STANDARD.encode("tus/evil.txt");
+    let tus = |req: reqwest::RequestBuilder| req.header("Tus-Resumable", "1.0.0");
+    let create = tus(node.client.post(node.url("/uploads")))
+        .header("Upload-Length", "12")
+        .header("Upload-Metadata", format!("key {key}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(create.status(), 201);
+    let location = create.headers()["location"].to_str().unwrap().to_string();
+    let id = location.rsplit('/').next().unwrap();
+    let outside = TempDir::new().unwrap();
+    let target = outside.path().join("precious");
+    fs::write(&target, b"precious").unwrap();
+    let file = node.data_dir.join("uploads").join(id);
+    fs::remove_file(&file).unwrap();
+    symlink(&target, &file).unwrap();
+
+    let head = tus(node.client.head(node.url(&location))).send().await.unwrap();
+    let offset = head.headers().get("upload-offset").map(|v| v.to_str().unwrap().to_string());
+    assert_ne!(offset.as_deref(), Some("8"), "HEAD reports the size of the file outside");
+    let patch = tus(node.client.patch(node.url(&location)))
+        .header("Content-Type", "application/offset+octet-stream")
+        .header("Upload-Offset", "8")
+        .body("evil")
+        .send()
+        .await
+        .unwrap();
+    assert_refused(patch, "PATCH of a symlinked upload").await;
+    assert_eq!(fs::read(&target).unwrap(), b"precious", "the file outside changed");
+    assert!(node.list_all().await.is_empty());
+    assert!(node.dataset_files().is_empty(), "{:?}", node.dataset_files());
+}
