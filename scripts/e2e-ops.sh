@@ -611,7 +611,7 @@ ok(f"X-Request-Id passes through ({rid}) or is nginx's $request_id ({gen[:8]}...
 # nginx's own 413: Content-Length past client_max_body_size (100g), answered
 # from the head alone; the node never sees the request.
 s = socket.create_connection(("127.0.0.1", ngx_port), timeout=10)
-s.sendall(f"PUT /data/e2e-ops/huge.bin HTTP/1.1\r\nHost: x\r\nContent-Length: {100 * (1 << 30) + 1}\r\n\r\n".encode())
+s.sendall(f"PUT /data/e2e-ops/huge.bin HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {100 * (1 << 30) + 1}\r\n\r\n".encode())
 resp = b""
 while b"\r\n\r\n" not in resp or not resp.rstrip().endswith(b"}"):
     chunk = s.recv(4096)
@@ -645,7 +645,7 @@ aborted0 = sample(fams, "spillway_uploads", "spillway_uploads_total", outcome="a
 # 4 MiB of a 16 MiB body, then silence. The node's spool_memory is 1 MiB
 # here, so what arrived spills to the spool directory: visible on disk.
 s = socket.create_connection(("127.0.0.1", ngx_port), timeout=10)
-s.sendall(f"PUT /data/{key} HTTP/1.1\r\nHost: x\r\nContent-Length: {16 << 20}\r\n\r\n".encode())
+s.sendall(f"PUT /data/{key} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {16 << 20}\r\n\r\n".encode())
 s.sendall(os.urandom(4 << 20))
 t0 = time.monotonic()
 deadline = t0 + body_timeout - 0.5
@@ -814,7 +814,7 @@ if st not in (200, 201):
 # Rejected: a digest that does not match, and a body over max_dataset_size.
 st2, _, b2 = req(ngx_port, "PUT", "/data/e2e-ops/metrics/bad-digest.bin", {"X-Blake3": "0" * 64}, body)
 s = socket.create_connection(("127.0.0.1", ngx_port), timeout=15)
-s.sendall(f"PUT /data/e2e-ops/metrics/too-large.bin HTTP/1.1\r\nHost: x\r\nContent-Length: {3 << 30}\r\n\r\n".encode())
+s.sendall(f"PUT /data/e2e-ops/metrics/too-large.bin HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {3 << 30}\r\n\r\n".encode())
 s.sendall(b"x" * 65536)
 head = b""
 while b"\r\n\r\n" not in head:

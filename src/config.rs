@@ -40,6 +40,9 @@ pub struct Settings {
     pub signing_key: Option<String>,
     /// Browser origins allowed by CORS (the node's own page needs none).
     pub cors_origins: Vec<String>,
+    /// `Host` values an open node answers besides loopback names
+    /// (`name` any port, or `name:port`); see `http::host`.
+    pub allowed_hosts: Vec<String>,
     /// Serve without tokens on a non-loopback address (not recommended).
     pub allow_open_on_network: bool,
     /// `/metrics` needs a `read` token.
@@ -155,6 +158,7 @@ impl Default for Settings {
             tokens: Vec::new(),
             signing_key: None,
             cors_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             allow_open_on_network: false,
             metrics_token: false,
             storage: StorageKind::Fs,
@@ -224,6 +228,11 @@ impl Settings {
         if self.index == IndexKind::Postgres && self.postgres_url.as_deref().is_none_or(str::is_empty) {
             return Err("invalid value for key `postgres_url`: index = \"postgres\" needs a URL".into());
         }
+        if let Some(bad) = self.allowed_hosts.iter().find(|h| h.is_empty() || h.contains(['/', ' ', '\t', ','])) {
+            return Err(format!(
+                "invalid value for key `allowed_hosts`: `{bad}` is not a host name (`files.lan` or `files.lan:8000`)"
+            ));
+        }
         if self.data_dir.as_os_str().is_empty() {
             return Err("invalid value for key `data_dir`: it is empty".into());
         }
@@ -277,5 +286,9 @@ mod tests {
             let err = Settings::from_figment(&figment).unwrap_err();
             assert!(err.contains(&format!("`{key}`")), "{err}");
         }
+        let figment =
+            Figment::from(Serialized::defaults(Settings::default())).merge(("allowed_hosts", ["http://files.lan/"]));
+        let err = Settings::from_figment(&figment).unwrap_err();
+        assert!(err.contains("allowed_hosts"), "{err}");
     }
 }

@@ -36,6 +36,10 @@ pub enum Error {
     PreconditionFailed(String),
     #[error("{0}")]
     Conflict(String),
+    /// A symlink where a dataset or one of its folders should be: put there
+    /// by hand, never followed, replaced or removed by the node.
+    #[error("{0}")]
+    SymlinkRefused(String),
     #[error("another write to this key completed while this upload was in progress, and the store dropped this upload's unfinished parts; send it again")]
     Superseded,
     #[error("the body is larger than the limit of {limit} bytes")]
@@ -71,6 +75,10 @@ pub enum Error {
     NotReady(String),
     #[error("{0}")]
     Unauthorized(String),
+    /// An open node asked under a `Host` that is not one of its names: a
+    /// page whose domain was rebound to the node's address.
+    #[error("this node does not answer for the host `{0}`; an open node answers only for loopback names and `allowed_hosts`")]
+    Misdirected(String),
     #[error("{0}")]
     Expired(String),
     /// A service the node depends on (the object store, a shared index)
@@ -116,6 +124,7 @@ impl Error {
             Error::NotFound(_) => Status::NotFound,
             Error::Stalled(_) => Status::RequestTimeout,
             Error::Conflict(_) | Error::StoredDigestMismatch(_) | Error::Superseded => Status::Conflict,
+            Error::SymlinkRefused(_) => Status::Conflict,
             Error::PreconditionFailed(_) => Status::PreconditionFailed,
             Error::TooLarge { .. } => Status::PayloadTooLarge,
             Error::RangeNotSatisfiable { .. } => Status::RangeNotSatisfiable,
@@ -133,6 +142,7 @@ impl Error {
             Error::Forbidden(_) => Status::Forbidden,
             Error::NotReady(_) | Error::Unavailable(..) => Status::ServiceUnavailable,
             Error::Unauthorized(_) => Status::Unauthorized,
+            Error::Misdirected(_) => Status::MisdirectedRequest,
             Error::Expired(_) => Status::Forbidden,
         }
     }
@@ -147,6 +157,7 @@ impl Error {
             Error::DigestMismatch(_) | Error::StoredDigestMismatch(_) => "digest-mismatch",
             Error::PreconditionFailed(_) => "precondition-failed",
             Error::Conflict(_) => "key-conflict",
+            Error::SymlinkRefused(_) => "symlink-refused",
             Error::Superseded => "upload-superseded",
             Error::TooLarge { .. } => "too-large",
             Error::RangeNotSatisfiable { .. } => "range-not-satisfiable",
@@ -166,6 +177,7 @@ impl Error {
             Error::NotReady(_) => "not-ready",
             Error::Unavailable(..) => "unavailable",
             Error::Unauthorized(_) => "unauthorized",
+            Error::Misdirected(_) => "misdirected-request",
             Error::Expired(_) => "expired",
         }
     }

@@ -41,11 +41,15 @@ pub enum Finding {
     Mismatch { key: String, index: (u64, String), disk: (u64, String) },
     /// A spool or staging file of an upload that never finished. Repair: delete.
     StraySpool { path: PathBuf },
+    /// A symlink below the data directory. The node never follows one (its
+    /// keys answer `409 symlink-refused`). Not repaired: someone put it
+    /// there by hand, and where it points is theirs to judge.
+    Symlink { path: PathBuf },
 }
 
 impl Finding {
     pub fn repairable(&self) -> bool {
-        !matches!(self, Finding::InvalidName { .. })
+        !matches!(self, Finding::InvalidName { .. } | Finding::Symlink { .. })
     }
 }
 
@@ -63,6 +67,7 @@ impl fmt::Display for Finding {
                 index.0, index.1, disk.0, disk.1
             ),
             Finding::StraySpool { path } => write!(f, "stray spool file: {}", path.display()),
+            Finding::Symlink { path } => write!(f, "symlink below the data directory: {}", path.display()),
         }
     }
 }
@@ -123,6 +128,7 @@ pub fn fsck(settings: &Settings, repair: bool) -> Result<Report> {
     report
         .findings
         .extend(layout.spool_files().map_err(Error::internal)?.into_iter().map(|path| Finding::StraySpool { path }));
+    report.findings.extend(symlinks(&layout.root)?.into_iter().map(|path| Finding::Symlink { path }));
 
     if repair {
         for finding in &report.findings {
@@ -148,7 +154,7 @@ fn repair_one(index: &Index, files: &[FoundFile], finding: &Finding) -> Result<b
             index.upsert(&found_version(&key, file, hash, current.as_ref()), &now())?;
         }
         Finding::StraySpool { path } => std::fs::remove_file(path).map_err(Error::internal)?,
-        Finding::InvalidName { .. } => return Ok(false),
+        Finding::InvalidName { .. } | Finding::Symlink { .. } => return Ok(false),
     }
     Ok(true)
 }
@@ -233,6 +239,7 @@ pub fn reindex(settings: &Settings) -> Result<Report> {
 type FoundRow = (Key, u64, String, String, Option<String>);
 
 fn found_files(layout: &Layout, report: &mut Report) -> Result<Vec<FoundRow>> {
+    report.findings.extend(symlinks(&layout.datasets)?.into_iter().map(|path| Finding::Symlink { path }));
     let files = dataset_files(layout)?;
     let progress = progress_bar(files.iter().map(|f| f.size).sum(), "hashing");
     let mut found = Vec::with_capacity(files.len());
@@ -312,6 +319,18 @@ fn dataset_files(layout: &Layout) -> Result<Vec<FoundFile>> {
         });
     }
     Ok(files)
+}
+
+/// Every symlink below `dir` (none is followed).
+fn symlinks(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    for entry in WalkDir::new(dir).min_depth(1).sort_by_file_name() {
+        let entry = entry.map_err(Error::internal)?;
+        if entry.path_is_symlink() {
+            found.push(entry.into_path());
+        }
+    }
+    Ok(found)
 }
 
 fn hash_file(path: &Path, progress: &ProgressBar) -> Result<String> {

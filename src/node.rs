@@ -291,13 +291,13 @@ impl Node {
             let Ok(key) = Key::parse(&record.key) else {
                 return;
             };
-            match std::fs::metadata(self.layout.dataset_path(&key)) {
-                Ok(m) if m.is_file() && m.len() == record.size => {}
-                Ok(m) => {
+            match self.layout.stat_of(&key) {
+                Some(stat) if stat.st_size as u64 == record.size => {}
+                Some(stat) => {
                     problems += 1;
-                    log::warn!("reconcile: `{key}` is {} bytes on disk, {} in the index", m.len(), record.size);
+                    log::warn!("reconcile: `{key}` is {} bytes on disk, {} in the index", stat.st_size, record.size);
                 }
-                Err(_) => {
+                None => {
                     problems += 1;
                     log::warn!("reconcile: `{key}` is indexed but its file is missing");
                 }

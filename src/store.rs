@@ -19,9 +19,12 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
+use rustix::fs::{fsync, mkdirat, openat, renameat, statat, unlinkat, AtFlags, FileType, Mode, OFlags, Stat, CWD};
+use rustix::io::Errno;
 use tempfile::NamedTempFile;
 
 use crate::config::Settings;
@@ -58,6 +61,12 @@ impl Layout {
         fs::create_dir_all(&staging)?;
         let uploads = root.join("uploads");
         fs::create_dir_all(&uploads)?;
+        for dir in [&datasets, &staging, &uploads] {
+            if fs::symlink_metadata(dir)?.file_type().is_symlink() {
+                let message = format!("{} is a symlink; the node follows none below data_dir", dir.display());
+                return Err(io::Error::other(message));
+            }
+        }
         let spool_on_data_volume = fs::metadata(&spool)?.dev() == fs::metadata(&datasets)?.dev();
         Ok(Layout {
             index_file: root.join("index.sqlite"),
@@ -70,20 +79,60 @@ impl Layout {
         })
     }
 
-    /// The one place a key becomes a path. Every segment must be a plain
-    /// file name (the key rules guarantee it; this re-checks), so the result
-    /// is always strictly inside `datasets/`.
-    pub fn dataset_path(&self, key: &Key) -> PathBuf {
-        let mut path = self.datasets.clone();
-        for segment in key.segments() {
-            let mut components = Path::new(segment).components();
-            assert!(
-                matches!((components.next(), components.next()), (Some(Component::Normal(_)), None)),
-                "key segment {segment:?} is not a plain file name"
-            );
-            path.push(segment);
+    /// The one place a key becomes a path: each folder of the key is
+    /// opened from `datasets/` by file descriptor, one segment at a time
+    /// and never through a symlink, so whatever the key or the disk holds,
+    /// the result is strictly inside `datasets/`. With `create`, missing
+    /// folders are made (each new entry fsynced); without, a missing folder
+    /// is `None`.
+    fn resolve<'k>(&self, key: &'k Key, create: bool) -> Result<Option<KeyPath<'k>>, Error> {
+        let segments: Vec<&str> = key.segments().collect();
+        let (name, folders) = segments.split_last().expect("a key has a segment");
+        let mut dirs = vec![open_dir(CWD, self.datasets.as_path()).map_err(io_error)?];
+        for (depth, segment) in folders.iter().enumerate() {
+            assert!(is_plain_name(segment), "key segment {segment:?} is not a plain file name");
+            let parent = dirs.last().expect("datasets/ is open");
+            let dir = match open_dir(parent, *segment) {
+                Err(Errno::NOENT) if create => match mkdirat(parent, *segment, Mode::from_bits_truncate(0o777)) {
+                    Ok(()) | Err(Errno::EXIST) => {
+                        fsync(parent).map_err(io_error)?;
+                        open_dir(parent, *segment)
+                    }
+                    Err(e) => Err(e),
+                },
+                other => other,
+            };
+            match dir {
+                Ok(dir) => dirs.push(dir),
+                Err(Errno::NOENT) => return Ok(None),
+                Err(Errno::NOTDIR | Errno::LOOP) if is_symlink(parent, segment) => {
+                    return Err(symlink_refused(&segments[..=depth]))
+                }
+                Err(Errno::NOTDIR) if create => {
+                    return Err(Error::Conflict(format!(
+                        "`{}` is a dataset, so it cannot also hold `{key}`",
+                        segments[..=depth].join("/")
+                    )))
+                }
+                Err(Errno::NOTDIR) => return Ok(None),
+                Err(e) => return Err(io_error(e)),
+            }
         }
-        path
+        assert!(is_plain_name(name), "key segment {name:?} is not a plain file name");
+        Ok(Some(KeyPath { dirs, name, key }))
+    }
+
+    /// The dataset's file where it exists (opened for reading, never
+    /// through a symlink).
+    pub fn open_dataset(&self, key: &Key) -> Result<Option<File>, Error> {
+        let Some(path) = self.resolve(key, false)? else { return Ok(None) };
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        match openat(path.dir(), path.name, flags, Mode::empty()) {
+            Ok(fd) => Ok(Some(File::from(fd))),
+            Err(Errno::NOENT) => Ok(None),
+            Err(Errno::LOOP) => Err(path.refused()),
+            Err(e) => Err(io_error(e)),
+        }
     }
 
     /// The data file of a resumable upload. Ids are validated by the caller
@@ -91,6 +140,25 @@ impl Layout {
     pub fn upload_path(&self, id: &str) -> PathBuf {
         assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "bad upload id");
         self.uploads.join(id)
+    }
+
+    /// Opens a resumable upload's file with `options`, never through a
+    /// symlink (`O_NOFOLLOW`).
+    pub fn open_upload(&self, id: &str, options: &mut fs::OpenOptions) -> Result<File, Error> {
+        match options.custom_flags(OFlags::NOFOLLOW.bits() as i32).open(self.upload_path(id)) {
+            Err(e) if e.raw_os_error() == Some(Errno::LOOP.raw_os_error()) => Err(upload_symlink(id)),
+            other => other.map_err(Error::from_io),
+        }
+    }
+
+    /// The length of a resumable upload's file (`NotFound` when it is gone).
+    pub fn upload_len(&self, id: &str) -> Result<Option<u64>, Error> {
+        match fs::symlink_metadata(self.upload_path(id)) {
+            Ok(meta) if meta.file_type().is_symlink() => Err(upload_symlink(id)),
+            Ok(meta) => Ok(Some(meta.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::internal(e)),
+        }
     }
 
     /// The key of a file below `datasets/`, if its path is a valid key.
@@ -152,21 +220,40 @@ impl Layout {
 
     /// Renames a file from [`Layout::to_data_volume`] to the key's path,
     /// atomically replacing any previous version, and makes the directory
-    /// entry durable.
+    /// entry durable. A symlink at the key is refused, not replaced: it was
+    /// not put there by the node.
     pub fn place(&self, staged: NamedTempFile, key: &Key) -> Result<(), Error> {
-        let target = self.dataset_path(key);
-        self.create_parents(key)?;
-        if target.is_dir() {
-            return Err(conflict_with_folder(key));
+        // What is renamed is a name: it must still be the file that was
+        // written (a resumable upload's file may have been swapped).
+        let named = fs::symlink_metadata(staged.path())?;
+        if !named.is_file() || named.ino() != staged.as_file().metadata()?.ino() {
+            return Err(Error::SymlinkRefused(format!(
+                "the staged file of `{key}` was replaced; nothing is installed"
+            )));
         }
-        staged.persist(&target).map_err(|e| Error::from_io(e.error))?;
-        fsync_dir(target.parent().unwrap_or(&self.datasets))?;
+        let path = self.resolve(key, true)?.expect("folders are created");
+        match path.kind() {
+            Some(FileType::Symlink) => return Err(path.refused()),
+            Some(FileType::Directory) => return Err(conflict_with_folder(key)),
+            _ => {}
+        }
+        renameat(CWD, staged.path(), path.dir(), path.name).map_err(io_error)?;
+        // Renamed away: nothing is left for the guard to delete.
+        drop(staged.into_temp_path().keep());
+        fsync(path.dir()).map_err(io_error)?;
         Ok(())
     }
 
     /// The inode of a dataset's file, if it exists.
     pub fn inode_of(&self, key: &Key) -> Option<u64> {
-        fs::symlink_metadata(self.dataset_path(key)).ok().filter(|m| m.is_file()).map(|m| m.ino())
+        self.stat_of(key).map(|stat| stat.st_ino)
+    }
+
+    /// The status of a dataset's file, if it exists and is a plain file.
+    pub fn stat_of(&self, key: &Key) -> Option<Stat> {
+        let path = self.resolve(key, false).ok()??;
+        let stat = statat(path.dir(), path.name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        (FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile).then_some(stat)
     }
 
     fn is_on_data_volume(&self, path: &Path) -> io::Result<bool> {
@@ -182,57 +269,26 @@ impl Layout {
         Ok(staging)
     }
 
-    /// Creates the key's parent directories, fsyncing each new entry.
-    fn create_parents(&self, key: &Key) -> Result<(), Error> {
-        let mut dir = self.datasets.clone();
-        let segments: Vec<&str> = key.segments().collect();
-        for segment in &segments[..segments.len() - 1] {
-            let parent = dir.clone();
-            dir.push(segment);
-            match fs::create_dir(&dir) {
-                Ok(()) => fsync_dir(&parent)?,
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists || e.kind() == io::ErrorKind::NotADirectory => {
-                    return Err(Error::Conflict(format!(
-                        "`{}` is a dataset, so it cannot also hold `{key}`",
-                        parent.join(segment).strip_prefix(&self.datasets).unwrap_or(Path::new(segment)).display()
-                    )));
-                }
-                Err(e) => return Err(Error::from_io(e)),
-            }
-        }
-        Ok(())
-    }
-
     /// Removes a dataset's file: renamed into staging first (atomic, so a
     /// crash leaves either the dataset or a swept leftover), then unlinked,
-    /// then empty parent folders are pruned.
-    pub fn remove(&self, key: &Key) -> io::Result<()> {
-        let target = self.dataset_path(key);
+    /// then empty parent folders are pruned. A symlink at the key is
+    /// refused: removing it is not removing a dataset.
+    pub fn remove(&self, key: &Key) -> Result<(), Error> {
+        let Some(path) = self.resolve(key, false)? else { return Ok(()) };
+        match path.kind() {
+            None => return Ok(()),
+            Some(FileType::Symlink) => return Err(path.refused()),
+            _ => {}
+        }
         let trash = self.new_staging_file()?.into_temp_path();
-        match fs::rename(&target, &trash) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+        match renameat(path.dir(), path.name, CWD, &*trash) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => return Err(io_error(e)),
         }
-        fsync_dir(target.parent().unwrap_or(&self.datasets))?;
+        fsync(path.dir()).map_err(io_error)?;
         drop(trash);
-        self.prune_empty_parents(key);
+        path.prune_empty_folders();
         Ok(())
-    }
-
-    /// Removes now-empty folders above a removed key (best effort: a folder
-    /// that just got a new entry stays).
-    fn prune_empty_parents(&self, key: &Key) {
-        let mut dir = self.dataset_path(key);
-        while dir.pop() && dir != self.datasets && dir.starts_with(&self.datasets) {
-            if fs::remove_dir(&dir).is_err() {
-                break;
-            }
-            if let Some(parent) = dir.parent() {
-                let _ = fsync_dir(parent);
-            }
-        }
     }
 
     /// Bytes free for unprivileged writers on the volume holding `path`.
@@ -264,6 +320,72 @@ impl DataLock {
 
 pub fn conflict_with_folder(key: &Key) -> Error {
     Error::Conflict(format!("`{key}` holds other datasets below it, so it cannot be a dataset itself"))
+}
+
+/// A key's folders, each opened from the one before (the first is
+/// `datasets/`), and the name of its file in the last one.
+struct KeyPath<'k> {
+    dirs: Vec<OwnedFd>,
+    name: &'k str,
+    key: &'k Key,
+}
+
+impl KeyPath<'_> {
+    fn dir(&self) -> &OwnedFd {
+        self.dirs.last().expect("datasets/ is open")
+    }
+
+    /// What is at the key's path (not following a symlink), if anything.
+    fn kind(&self) -> Option<FileType> {
+        statat(self.dir(), self.name, AtFlags::SYMLINK_NOFOLLOW).ok().map(|s| FileType::from_raw_mode(s.st_mode))
+    }
+
+    fn refused(&self) -> Error {
+        symlink_refused(&self.key.segments().collect::<Vec<_>>())
+    }
+
+    /// Removes now-empty folders above a removed key (best effort: a folder
+    /// that just got a new entry stays), through the descriptors held, so
+    /// a folder swapped for a symlink meanwhile is not followed.
+    fn prune_empty_folders(self) {
+        let folders: Vec<&str> = self.key.segments().collect();
+        for (depth, parent) in self.dirs.iter().enumerate().take(self.dirs.len() - 1).rev() {
+            if unlinkat(parent, folders[depth], AtFlags::REMOVEDIR).is_err() {
+                break;
+            }
+            let _ = fsync(parent);
+        }
+    }
+}
+
+/// Opens a directory, not following a symlink at `path`'s last component.
+fn open_dir<P: rustix::path::Arg>(at: impl AsFd, path: P) -> Result<OwnedFd, Errno> {
+    openat(at, path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+}
+
+fn is_symlink(dir: impl AsFd, name: &str) -> bool {
+    statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Symlink)
+}
+
+fn is_plain_name(segment: &str) -> bool {
+    let mut components = Path::new(segment).components();
+    matches!((components.next(), components.next()), (Some(Component::Normal(_)), None))
+}
+
+fn upload_symlink(id: &str) -> Error {
+    Error::SymlinkRefused(format!("the file of upload `{id}` is a symbolic link; the node does not follow one"))
+}
+
+fn io_error(e: Errno) -> Error {
+    Error::from_io(e.into())
+}
+
+/// The error for a symlink met at `segments` below `datasets/`.
+fn symlink_refused(segments: &[&str]) -> Error {
+    Error::SymlinkRefused(format!(
+        "`{}` below the data directory is a symbolic link; the node does not follow one",
+        segments.join("/")
+    ))
 }
 
 /// Makes a directory's entries durable.

@@ -18,7 +18,7 @@
 mod admission;
 mod slots;
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Read;
 use std::path::PathBuf;
 
@@ -147,9 +147,11 @@ impl Metadata {
 }
 
 /// Best effort: fsyncs an upload's data file (after its writer failed).
-fn sync_upload_file(path: &std::path::Path) {
-    if let Err(e) = File::open(path).and_then(|f| f.sync_data()) {
-        log::error!("syncing {} after a failed write: {e}", path.display());
+fn sync_upload_file(layout: &crate::store::Layout, id: &str) {
+    let synced =
+        layout.open_upload(id, OpenOptions::new().read(true)).and_then(|f| f.sync_data().map_err(Error::internal));
+    if let Err(e) = synced {
+        log::error!("syncing upload {id} after a failed write: {}", e.cause());
     }
 }
 
@@ -204,13 +206,12 @@ impl Node {
         let (layout, index, caps) = (self.layout.clone(), self.index.clone(), admission::Caps::of(&self.settings));
         let r = row.clone();
         blocking(move || {
-            let path = layout.upload_path(&r.id);
-            File::create(&path)?.sync_all()?;
+            layout.open_upload(&r.id, OpenOptions::new().write(true).create_new(true))?.sync_all()?;
             fsync_dir(&layout.uploads)?;
             let admitted = index.create_upload_admitted(&r, unix_now(), |open| caps.admit(open, &r.owner));
             if admitted.is_err() {
                 // No row: the file would only be swept at the next start.
-                let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_file(layout.upload_path(&r.id));
             }
             admitted
         })
@@ -268,13 +269,10 @@ impl Node {
         if row.completed {
             return Ok(row.length.unwrap_or(0));
         }
-        let path = self.layout.upload_path(&row.id);
-        match tokio::fs::metadata(&path).await {
-            Ok(m) => Ok(m.len()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Err(Error::Gone(format!("the bytes of upload `{}` are gone", row.id)))
-            }
-            Err(e) => Err(Error::internal(e)),
+        let (layout, id) = (self.layout.clone(), row.id.clone());
+        match blocking(move || layout.upload_len(&id)).await? {
+            Some(len) => Ok(len),
+            None => Err(Error::Gone(format!("the bytes of upload `{}` are gone", row.id))),
         }
     }
 
@@ -346,8 +344,7 @@ impl Node {
             Some(s) if s.offset == offset => s.hasher,
             _ => self.rehash(id, offset).await?,
         };
-        let path = self.layout.upload_path(id);
-        let file = OpenOptions::new().append(true).open(&path).map_err(Error::internal)?;
+        let file = self.layout.open_upload(id, OpenOptions::new().append(true))?;
         let checksum: Vec<Digest> = patch.checksum.into_iter().collect();
         let algorithms: Vec<_> = checksum.iter().map(|d| d.algorithm).collect();
         let mut writer = Writer::start(
@@ -385,7 +382,7 @@ impl Node {
             Err(e) => {
                 // The writer stopped (a full volume): what it did write is
                 // the offset a HEAD reports, so it is made durable too.
-                sync_upload_file(&path);
+                sync_upload_file(&self.layout, id);
                 return Err(e);
             }
         };
@@ -423,7 +420,7 @@ impl Node {
         let record = if row.concat == "partial" {
             None
         } else {
-            let result = self.tus_commit(&row, path, new_offset, hasher_after).await;
+            let result = self.tus_commit(&row, self.layout.upload_path(id), new_offset, hasher_after).await;
             drop(state);
             self.tus.forget(id);
             Some(result?)
@@ -433,13 +430,13 @@ impl Node {
 
     /// Rehashes the first `offset` bytes of an upload (once after a restart).
     async fn rehash(&self, id: &str, offset: u64) -> Result<blake3::Hasher> {
-        let path = self.layout.upload_path(id);
         if offset > 0 {
             log::info!("upload {id}: rehashing the {offset} bytes received before a restart");
         }
+        let (layout, id) = (self.layout.clone(), id.to_owned());
         blocking(move || {
             let mut hasher = blake3::Hasher::new();
-            let file = File::open(&path).map_err(Error::internal)?;
+            let file = layout.open_upload(&id, OpenOptions::new().read(true))?;
             let mut reader = file.take(offset);
             std::io::copy(&mut reader, &mut hasher).map_err(Error::internal)?;
             Ok(hasher)
@@ -453,7 +450,7 @@ impl Node {
     async fn tus_commit(&self, row: &UploadRow, path: PathBuf, size: u64, hasher: blake3::Hasher) -> Result<Record> {
         let metadata = Metadata::parse(row.metadata.as_deref())?;
         let key = Key::parse(row.key.as_deref().unwrap_or_default())?;
-        let file = File::open(&path).map_err(Error::internal)?;
+        let file = self.layout.open_upload(&row.id, OpenOptions::new().read(true))?;
         let path = TempPath::try_from_path(path).map_err(Error::internal)?;
         let spooled =
             Spooled { staged: Staged::File(NamedTempFile::from_parts(file, path)), size, blake3: hasher.finalize() };
@@ -496,14 +493,14 @@ impl Node {
             return Err(Error::TooLarge { limit: self.spooler.max_size });
         }
         self.spooler.check_space(&self.layout.staging, total)?;
-        let paths: Vec<PathBuf> = parts.iter().map(|p| self.layout.upload_path(p)).collect();
+        let (layout, part_ids) = (self.layout.clone(), parts.to_vec());
         let staging = self.layout.new_staging_file()?;
         let spooled = blocking(move || {
             let mut target = staging;
             let mut hasher = blake3::Hasher::new();
             let mut buf = vec![0u8; crate::upload::CHUNK];
-            for path in &paths {
-                let mut part = File::open(path).map_err(Error::internal)?;
+            for id in &part_ids {
+                let mut part = layout.open_upload(id, OpenOptions::new().read(true))?;
                 loop {
                     let n = part.read(&mut buf).map_err(Error::internal)?;
                     if n == 0 {

@@ -285,3 +285,44 @@ fn reindex_rebuilds_the_index_of_1000_datasets() {
     check(&node, false, "reindex without an index");
     assert!(node.wait_spool_empty(Duration::from_secs(1)).is_empty());
 }
+
+/// fsck names every symlink below the data directory (to a file or a
+/// folder, in `datasets/` or beside it), leaves it alone even with
+/// `--repair`, and exits 1 while one is there; reindex skips it.
+#[test]
+fn fsck_reports_symlinks_below_the_data_dir() {
+    let mut node = TestNode::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        put_ok(&node, "real/file.bin", generated(1000, 7)).await;
+    });
+    node.kill9();
+    let outside = tempfile::tempdir().unwrap();
+    fs::write(outside.path().join("target.txt"), b"outside").unwrap();
+    let datasets = node.datasets_dir();
+    let planted = [
+        (datasets.join("to-file.csv"), outside.path().join("target.txt")),
+        (datasets.join("real/to-dir"), outside.path().to_path_buf()),
+        (node.data_dir.join("staging/link"), outside.path().join("target.txt")),
+    ];
+    for (link, target) in &planted {
+        std::os::unix::fs::symlink(target, link).unwrap();
+    }
+
+    for args in [&["fsck"][..], &["fsck", "--repair"]] {
+        let report = node.cli(args);
+        assert_eq!(report.code, Some(1), "`spillway {}` with symlinks: {report:?}", args.join(" "));
+        let lines = finding_lines(&report.stdout);
+        for (link, _) in &planted {
+            one_line_with(&lines, &["symlink", &link.display().to_string()], "a planted symlink");
+        }
+        assert_eq!(lines.len(), planted.len(), "findings:\n{}", report.stdout);
+    }
+    for (link, _) in &planted {
+        assert!(fs::symlink_metadata(link).unwrap().file_type().is_symlink(), "{} was touched", link.display());
+    }
+    let reindex = node.cli(&["reindex"]);
+    assert_eq!(reindex.code, Some(0), "{reindex:?}");
+    assert!(reindex.stdout.contains("indexed 1 datasets"), "{reindex:?}");
+    assert_eq!(fs::read(outside.path().join("target.txt")).unwrap(), b"outside");
+}

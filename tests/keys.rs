@@ -865,3 +865,57 @@ async fn multipart_keys_follow_the_same_rules() {
     assert_eq!(node.dataset_files().len(), 1);
     assert_nothing_outside_data_dir(&node, &before);
 }
+
+/// Paths that Rocket routes after normalising them (`//data/K` is routed as
+/// `/data/K`): a request acts on the key its route matched (`secret`) or is
+/// refused, and never on a key cut from another part of the path
+/// (`data/secret`, `datasets/secret`).
+#[tokio::test]
+async fn a_request_acts_only_on_the_key_its_route_matched() {
+    let node = TestNode::start();
+    let keys = ["secret", "data/secret", "datasets/secret"];
+    for key in keys {
+        let put = send(&node, "PUT", format!("/data/{key}").as_bytes(), &[], format!("bytes of {key}").as_bytes());
+        assert_eq!(put.status, 201, "PUT {key}: {}", put.text());
+    }
+    let json = [("Content-Type", "application/json")];
+    let data_tricks = ["//data/", "///data/", "//data//", "/dat%61/", "/%64ata/", "//dat%61/", "/./data/", "/%2Fdata/"];
+    let record_tricks =
+        ["//datasets/", "///datasets/", "//datasets//", "/dataset%73/", "/%2Fdatasets/", "/./datasets/"];
+    let mut sent = Vec::new();
+    for prefix in data_tricks {
+        let target = format!("{prefix}secret");
+        sent.push(("GET /data", target.clone(), send(&node, "GET", target.as_bytes(), &[], b"")));
+        sent.push(("HEAD", target.clone(), send(&node, "HEAD", target.as_bytes(), &[], b"")));
+        sent.push(("PUT", target.clone(), send(&node, "PUT", target.as_bytes(), &[], b"overwritten")));
+    }
+    for prefix in record_tricks {
+        let target = format!("{prefix}secret");
+        let ack = format!("{target}/action/acknowledge");
+        sent.push(("GET", target.clone(), send(&node, "GET", target.as_bytes(), &[], b"")));
+        let patch = br#"{"description":"patched"}"#;
+        sent.push(("PATCH", target.clone(), send(&node, "PATCH", target.as_bytes(), &json, patch)));
+        sent.push(("POST", ack.clone(), send(&node, "POST", ack.as_bytes(), &json, br#"{"name":"acked"}"#)));
+        sent.push(("DELETE", target.clone(), send(&node, "DELETE", target.as_bytes(), &[], b"")));
+    }
+    for (method, target, resp) in &sent {
+        let what = format!("{method} {target}");
+        match resp.status {
+            200..=299 if resp.body.is_empty() => assert!(matches!(*method, "HEAD" | "DELETE"), "{what}: no body"),
+            200..=299 if *method == "GET /data" => assert_eq!(resp.text(), "bytes of secret", "{what}"),
+            200..=299 => assert_eq!(resp.json()["key"], "secret", "{what}: {}", resp.text()),
+            400 | 404 if resp.body.is_empty() => assert_eq!(*method, "HEAD", "{what}: no problem body"),
+            400 => assert_eq!(resp.json()["code"], "invalid-key", "{what}"),
+            404 => assert_eq!(resp.json()["code"], "not-found", "{what}"),
+            other => panic!("{what}: {other} {}", resp.text()),
+        }
+    }
+    // The other keys are exactly as they were: bytes, name, description.
+    for key in ["data/secret", "datasets/secret"] {
+        let get = send(&node, "GET", format!("/data/{key}").as_bytes(), &[], b"");
+        assert_eq!((get.status, get.text()), (200, format!("bytes of {key}")), "{key}");
+        let record = send(&node, "GET", format!("/datasets/{key}").as_bytes(), &[], b"").json();
+        assert_eq!(record["name"], "secret", "{key}: {record}");
+        assert!(record["description"].is_null(), "{key}: {record}");
+    }
+}

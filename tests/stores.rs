@@ -377,7 +377,7 @@ enum End {
 fn raw_put(node: &TestNode, key: &str, framing: &str, sent: &[u8], end: End) -> Option<RawResponse> {
     let mut s = node.raw();
     let chunked = framing.starts_with("Transfer-Encoding");
-    let head = format!("PUT /data/{key} HTTP/1.1\r\nHost: x\r\n{framing}\r\nConnection: close\r\n\r\n");
+    let head = format!("PUT /data/{key} HTTP/1.1\r\nHost: 127.0.0.1\r\n{framing}\r\nConnection: close\r\n\r\n");
     let _ = s.write_all(head.as_bytes());
     for piece in sent.chunks(MIB) {
         let written = if chunked {
@@ -468,7 +468,7 @@ async fn round_trip_empty(kind: Kind) {
     assert_eq!(record["size"], 0);
     let raw = raw_request(
         &fx.node,
-        b"PUT /data/empty/chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
+        b"PUT /data/empty/chunked HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
     );
     assert_eq!(status_of(&raw), 201, "empty chunked PUT: {raw}");
     for key in ["empty/sized", "empty/chunked"] {
@@ -1559,8 +1559,12 @@ async fn s3_garage_outage_midway_leaves_no_multipart_upload() {
     };
     let body = generated(30 * MIB, 211);
     let mut s = fx.node.raw();
-    write!(s, "PUT /data/mid/data HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())
-        .unwrap();
+    write!(
+        s,
+        "PUT /data/mid/data HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
     s.write_all(&body[..20 * MIB]).unwrap();
     wait_multipart_started(fx.garage(), "PUT mid/data");
     fx.garage.as_mut().unwrap().kill_node(0);
@@ -1588,7 +1592,8 @@ async fn s3_node_crash_midway_leaves_no_multipart_upload() {
     };
     let body = generated(20 * MIB, 231);
     let mut s = fx.node.raw();
-    write!(s, "PUT /data/crash/data HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", 2 * body.len()).unwrap();
+    write!(s, "PUT /data/crash/data HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n", 2 * body.len())
+        .unwrap();
     s.write_all(&body).unwrap();
     wait_multipart_started(fx.garage(), "PUT crash/data");
     fx.node.kill9();

@@ -134,7 +134,7 @@ fn disconnect_midway_leaves_nothing() {
     let node = TestNode::start();
     for (i, framing) in ["Content-Length: 33554432", "Transfer-Encoding: chunked"].iter().enumerate() {
         let mut s = node.raw();
-        write!(s, "PUT /data/cut/{i} HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n").unwrap();
+        write!(s, "PUT /data/cut/{i} HTTP/1.1\r\nHost: 127.0.0.1\r\n{framing}\r\n\r\n").unwrap();
         let half = generated(16 * MIB as usize, 4);
         if framing.starts_with("Transfer") {
             write!(s, "{:x}\r\n", half.len()).unwrap();
@@ -162,7 +162,7 @@ fn short_body_is_not_committed() {
     let node = TestNode::start();
     let mut s = node.raw();
     s.write_all(
-        b"PUT /data/short HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly forty bytes of the hundred promised",
+        b"PUT /data/short HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\nonly forty bytes of the hundred promised",
     )
     .unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();

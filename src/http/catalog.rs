@@ -112,10 +112,11 @@ async fn post_action(
     tail: KeyTail<'_>,
     body: Result<JsonBody<serde_json::Value>, Error>,
 ) -> Result<Json<serde_json::Value>> {
+    let raw = tail.raw()?;
     let Some((action, raw_key, scope)) =
-        ACTIONS.iter().find_map(|(suffix, scope)| tail.0.strip_suffix(suffix).map(|k| (*suffix, k, *scope)))
+        ACTIONS.iter().find_map(|(suffix, scope)| raw.strip_suffix(suffix).map(|k| (*suffix, k, *scope)))
     else {
-        return Err(Error::NotFound(format!("no action at /datasets/{}", tail.0)));
+        return Err(Error::NotFound(format!("no action at /datasets/{raw}")));
     };
     caller.require(scope)?;
     let key = Key::from_raw_path(raw_key)?;

@@ -15,6 +15,7 @@ use crate::key::Key;
 mod access;
 mod catalog;
 mod data;
+mod host;
 mod ops;
 mod page;
 mod tus;
@@ -22,6 +23,7 @@ mod tus;
 /// Mounts every route and the problem+json catchers.
 pub fn mount(rocket: Rocket<Build>) -> Rocket<Build> {
     rocket
+        .mount("/", host::routes())
         .mount("/", data::routes())
         .mount("/", catalog::routes())
         .mount("/", tus::routes())
@@ -124,14 +126,29 @@ fn preflight() -> Status {
     Status::NoContent
 }
 
-/// The raw, still percent-encoded rest of the path after its first segment:
-/// `a%20b/c` for `/data/a%20b/c`. Rocket's own segment parsing drops empty
-/// segments, so keys are parsed from this instead, by [`Key::from_raw_path`].
-pub struct KeyTail<'r>(pub &'r str);
+/// The raw, still percent-encoded rest of the path after the route's own
+/// prefix: `a%20b/c` for `/data/a%20b/c`. Rocket's own segment parsing drops
+/// empty segments, so keys are parsed from this instead, by
+/// [`Key::from_raw_path`].
+///
+/// Rocket routes the normalised path (`//data/K` as `/data/K`), so the raw
+/// path must start with exactly the prefix the route matched; any other
+/// spelling of it (`//data/`, `/dat%61/`) is refused with a 404 rather than
+/// cut somewhere else into another key.
+pub struct KeyTail<'r> {
+    tail: Option<&'r str>,
+}
 
-impl KeyTail<'_> {
+impl<'r> KeyTail<'r> {
+    /// The raw key part, or a 404 for a path that spells the route's prefix
+    /// in another way.
+    pub fn raw(&self) -> Result<&'r str, Error> {
+        self.tail
+            .ok_or_else(|| Error::NotFound("no such resource: send the path as /data/{key} or /datasets/{key}".into()))
+    }
+
     pub fn key(&self) -> Result<Key, Error> {
-        Ok(Key::from_raw_path(self.0)?)
+        Ok(Key::from_raw_path(self.raw()?)?)
     }
 }
 
@@ -141,9 +158,16 @@ impl<'r> FromRequest<'r> for KeyTail<'r> {
 
     async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
         let path = req.uri().path().as_str();
-        let rest = path.strip_prefix('/').unwrap_or(path);
-        let tail = rest.split_once('/').map_or("", |(_, tail)| tail);
-        Outcome::Success(KeyTail(tail))
+        // `/data/` of `/data/<_..>`: the route's static part.
+        let route = req.route().map_or("", |r| r.uri.path());
+        let prefix = &route[..route.find('<').unwrap_or(route.len())];
+        let tail = match path.strip_prefix(prefix) {
+            Some(tail) if !prefix.is_empty() => Some(tail),
+            // `/data` alone: the prefix without its slash, no key.
+            _ if path == prefix.trim_end_matches('/') && prefix.len() > 1 => Some(""),
+            _ => None,
+        };
+        Outcome::Success(KeyTail { tail })
     }
 }
 

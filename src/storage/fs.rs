@@ -73,11 +73,7 @@ impl Store for FsStore {
     async fn open(&self, record: &Record, key: &Key, range: Option<RangeInclusive<u64>>) -> Result<Option<Reader>> {
         let (layout, k, version, size) = (self.layout.clone(), key.clone(), record.version.clone(), record.size);
         let file = blocking(move || -> Result<Option<File>> {
-            let file = match File::open(layout.dataset_path(&k)) {
-                Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(Error::internal(e)),
-            };
+            let Some(file) = layout.open_dataset(&k)? else { return Ok(None) };
             let meta = file.metadata()?;
             Ok((meta.ino().to_string() == version && meta.len() == size).then_some(file))
         })
@@ -94,7 +90,7 @@ impl Store for FsStore {
 
     async fn remove(&self, key: &Key) -> Result<()> {
         let (layout, key) = (self.layout.clone(), key.clone());
-        blocking(move || layout.remove(&key).map_err(Error::from_io)).await
+        blocking(move || layout.remove(&key)).await
     }
 
     async fn checks(&self) -> Vec<Check> {

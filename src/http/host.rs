@@ -1,0 +1,133 @@
+//! DNS rebinding: a page on another domain whose name re-resolves to the
+//! node's address reaches an open node (no tokens) with the page's own
+//! domain in `Host`, and the browser then treats the node as that domain:
+//! it may list, upload and delete. So an open node answers only requests
+//! whose `Host` is one of its names: a loopback name, one of
+//! `allowed_hosts`, or none (HTTP/1.0). Every other gets `421`, whatever
+//! the route (unknown ones included), before any route's guards run. With
+//! tokens configured, a rebound page has no token, so `Host` is not checked.
+//!
+//! `/health` stays open: it says only "ok", and probes that address the
+//! node by an IP or a service name must keep working.
+
+use std::sync::Arc;
+
+use rocket::http::Status;
+use rocket::request::{FromRequest, Outcome, Request};
+use rocket::Route;
+
+use crate::error::Error;
+use crate::node::Node;
+
+/// Ahead of every other route, for every method. (The attribute takes no
+/// negative rank, and Rocket's default ranks go down to -12.)
+pub fn routes() -> Vec<Route> {
+    let mut routes = rocket::routes![get, head, put, post, patch, delete, options];
+    for route in &mut routes {
+        route.rank = -100;
+    }
+    routes
+}
+
+/// A request an open node must not answer; holds the `Host` it came with.
+pub struct Misdirected(String);
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for Misdirected {
+    type Error = std::convert::Infallible;
+
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
+        let Some(node) = req.rocket().state::<Arc<Node>>() else { return Outcome::Forward(Status::NotFound) };
+        if !node.access.is_open() || req.uri().path() == "/health" {
+            return Outcome::Forward(Status::NotFound);
+        }
+        let mut hosts = req.headers().get("Host");
+        let refused = match (hosts.next(), hosts.next()) {
+            (None, _) => None,
+            (Some(host), None) if is_own_host(host, &node.settings.allowed_hosts) => None,
+            // Two `Host` headers: which one would a proxy have looked at?
+            (Some(host), _) => Some(host),
+        };
+        match refused {
+            Some(host) => Outcome::Success(Misdirected(host.to_owned())),
+            None => Outcome::Forward(Status::NotFound),
+        }
+    }
+}
+
+/// A loopback name (`localhost`, `127.0.0.1`, `[::1]`) or one of
+/// `allowed`, any letter case; a port is ignored unless the allowed entry
+/// names one.
+pub fn is_own_host(host: &str, allowed: &[String]) -> bool {
+    let host = host.trim();
+    let name = host_name(host);
+    let loopback = name.eq_ignore_ascii_case("localhost") || name == "127.0.0.1" || name == "[::1]";
+    loopback || allowed.iter().any(|a| a.eq_ignore_ascii_case(host) || a.eq_ignore_ascii_case(name))
+}
+
+/// `files.lan` of `files.lan:8000`, `[::1]` of `[::1]:80` (and of `[::1]`).
+fn host_name(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+fn refuse(m: Misdirected) -> Error {
+    Error::Misdirected(m.0)
+}
+
+#[rocket::get("/<_..>")]
+fn get(m: Misdirected) -> Error {
+    refuse(m)
+}
+
+#[rocket::head("/<_..>")]
+fn head(m: Misdirected) -> Error {
+    refuse(m)
+}
+
+#[rocket::put("/<_..>")]
+fn put(m: Misdirected) -> Error {
+    refuse(m)
+}
+
+#[rocket::post("/<_..>")]
+fn post(m: Misdirected) -> Error {
+    refuse(m)
+}
+
+#[rocket::patch("/<_..>")]
+fn patch(m: Misdirected) -> Error {
+    refuse(m)
+}
+
+#[rocket::delete("/<_..>")]
+fn delete(m: Misdirected) -> Error {
+    refuse(m)
+}
+
+#[rocket::options("/<_..>")]
+fn options(m: Misdirected) -> Error {
+    refuse(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_hosts() {
+        let allowed = ["files.lan".to_string(), "data.example:9000".to_string()];
+        for host in
+            ["localhost", "LOCALHOST:80", "127.0.0.1:8000", "[::1]", "[::1]:8000", "files.lan:1", "Data.Example:9000"]
+        {
+            assert!(is_own_host(host, &allowed), "{host}");
+        }
+        for host in
+            ["evil.example", "localhost.evil", "127.0.0.1.nip.io", "::1", "data.example", "data.example:9001", ""]
+        {
+            assert!(!is_own_host(host, &allowed), "{host}");
+        }
+    }
+}

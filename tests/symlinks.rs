@@ -1,0 +1,163 @@
+//! Symlinks planted below `data_dir/datasets` (by hand, by another program)
+//! are never followed: no request creates, replaces, reads or deletes
+//! anything through one. Each test points a symlink at a temp dir outside
+//! the node's tree and checks that nothing there appears, changes or goes,
+//! and that the answer is `409 symlink-refused` problem+json.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::Path;
+
+use common::*;
+use tempfile::TempDir;
+
+/// Every entry below `dir`, with its bytes (symlinks not followed).
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = walk(dir)
+        .into_iter()
+        .map(|p| (p.strip_prefix(dir).unwrap().display().to_string(), fs::read(&p).unwrap_or_default()))
+        .collect();
+    out.sort();
+    out
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).unwrap().flatten() {
+        out.push(entry.path());
+        if entry.file_type().unwrap().is_dir() {
+            out.extend(walk(&entry.path()));
+        }
+    }
+    out
+}
+
+async fn assert_refused(resp: reqwest::Response, what: &str) {
+    let status = resp.status();
+    let ct = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let text = resp.text().await.unwrap();
+    assert_eq!(status, 409, "{what}: {text}");
+    assert!(ct.starts_with("application/problem+json"), "{what}: {ct}");
+    let problem: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(problem["code"], "symlink-refused", "{what}: {problem}");
+}
+
+fn is_symlink(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+}
+
+/// A folder of the key is a symlink to a folder outside: PUT (at any depth
+/// below it) creates nothing there.
+#[tokio::test]
+async fn put_below_a_symlinked_folder_writes_nothing_outside() {
+    let node = TestNode::start();
+    let outside = TempDir::new().unwrap();
+    fs::write(outside.path().join("kept.txt"), b"outside").unwrap();
+    let planted = node.datasets_dir().join("planted");
+    symlink(outside.path(), &planted).unwrap();
+    let before = snapshot(outside.path());
+
+    for key in ["planted/evil.txt", "planted/kept.txt", "planted/deeper/evil.txt"] {
+        assert_refused(node.put(key, "evil").await, &format!("PUT {key}")).await;
+    }
+    assert_eq!(snapshot(outside.path()), before, "the folder outside changed");
+    assert!(is_symlink(&planted), "the planted symlink was replaced");
+    assert!(node.list_all().await.is_empty());
+    assert!(node.wait_spool_empty(std::time::Duration::from_secs(5)).is_empty());
+}
+
+/// The dataset's own path is a symlink to a file outside: PUT does not
+/// replace or write through it, GET and HEAD do not serve it, DELETE does
+/// not remove its target.
+#[tokio::test]
+async fn a_symlink_at_the_key_is_never_written_read_or_deleted_through() {
+    let node = TestNode::start();
+    let outside = TempDir::new().unwrap();
+    let target = outside.path().join("passwd");
+    fs::write(&target, b"root:x:0:0").unwrap();
+
+    // No record: a plain symlink put there by hand.
+    let planted = node.datasets_dir().join("a.csv");
+    symlink(&target, &planted).unwrap();
+    assert_refused(node.put("a.csv", "evil").await, "PUT over a symlink").await;
+
+    // A dataset whose file was swapped for a symlink afterwards.
+    assert_eq!(node.put("b.csv", "mine").await.status(), 201);
+    let swapped = node.datasets_dir().join("b.csv");
+    fs::remove_file(&swapped).unwrap();
+    symlink(&target, &swapped).unwrap();
+    assert_refused(node.get("/data/b.csv").await, "GET through a symlink").await;
+    let head = node.client.head(node.url("/data/b.csv")).send().await.unwrap();
+    assert_eq!(head.status(), 409, "HEAD through a symlink");
+    assert_refused(node.put("b.csv", "evil").await, "PUT over a swapped symlink").await;
+    let delete = node.client.delete(node.url("/datasets/b.csv")).send().await.unwrap();
+    assert_refused(delete, "DELETE of a symlink").await;
+
+    assert_eq!(fs::read(&target).unwrap(), b"root:x:0:0", "the file outside changed");
+    assert!(is_symlink(&planted) && is_symlink(&swapped), "a planted symlink was replaced or removed");
+    assert_eq!(snapshot(outside.path()).len(), 1);
+}
+
+/// A dataset's folder was swapped for a symlink to a folder holding a file
+/// of the same name: GET does not serve it and DELETE does not remove it.
+#[tokio::test]
+async fn a_symlinked_folder_is_never_read_or_deleted_through() {
+    let node = TestNode::start();
+    assert_eq!(node.put("dir/x.txt", "mine").await.status(), 201);
+    let outside = TempDir::new().unwrap();
+    fs::write(outside.path().join("x.txt"), b"precious").unwrap();
+    let dir = node.datasets_dir().join("dir");
+    fs::remove_dir_all(&dir).unwrap();
+    symlink(outside.path(), &dir).unwrap();
+
+    assert_refused(node.get("/data/dir/x.txt").await, "GET through a symlinked folder").await;
+    let delete = node.client.delete(node.url("/datasets/dir/x.txt")).send().await.unwrap();
+    assert_refused(delete, "DELETE through a symlinked folder").await;
+    assert_refused(node.put("dir/x.txt", "evil").await, "PUT through a symlinked folder").await;
+
+    assert_eq!(snapshot(outside.path()), vec![("x.txt".to_string(), b"precious".to_vec())]);
+    assert!(is_symlink(&dir));
+}
+
+/// A resumable upload's file (below `data_dir/uploads`) swapped for a
+/// symlink to a file outside: HEAD does not report its size, and a PATCH at
+/// that offset neither appends to it nor commits it as the dataset.
+#[tokio::test]
+async fn a_symlinked_upload_file_is_never_written_through() {
+    use base64::Engine;
+    let node = TestNode::start();
+    let key = base64::engine::general_purpose::STANDARD.encode("tus/evil.txt");
+    let tus = |req: reqwest::RequestBuilder| req.header("Tus-Resumable", "1.0.0");
+    let create = tus(node.client.post(node.url("/uploads")))
+        .header("Upload-Length", "12")
+        .header("Upload-Metadata", format!("key {key}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(create.status(), 201);
+    let location = create.headers()["location"].to_str().unwrap().to_string();
+    let id = location.rsplit('/').next().unwrap();
+    let outside = TempDir::new().unwrap();
+    let target = outside.path().join("precious");
+    fs::write(&target, b"precious").unwrap();
+    let file = node.data_dir.join("uploads").join(id);
+    fs::remove_file(&file).unwrap();
+    symlink(&target, &file).unwrap();
+
+    let head = tus(node.client.head(node.url(&location))).send().await.unwrap();
+    let offset = head.headers().get("upload-offset").map(|v| v.to_str().unwrap().to_string());
+    assert_ne!(offset.as_deref(), Some("8"), "HEAD reports the size of the file outside");
+    let patch = tus(node.client.patch(node.url(&location)))
+        .header("Content-Type", "application/offset+octet-stream")
+        .header("Upload-Offset", "8")
+        .body("evil")
+        .send()
+        .await
+        .unwrap();
+    assert_refused(patch, "PATCH of a symlinked upload").await;
+    assert_eq!(fs::read(&target).unwrap(), b"precious", "the file outside changed");
+    assert!(node.list_all().await.is_empty());
+    assert!(node.dataset_files().is_empty(), "{:?}", node.dataset_files());
+}
