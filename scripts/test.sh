@@ -36,6 +36,8 @@ ensure_postgres
 # --- lint ------------------------------------------------------------------------
 log "cargo fmt --check"
 cargo fmt --all --check
+log "no cycles between the top-level modules of src/"
+python3 scripts/lib/module_cycles.py src
 log "cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 

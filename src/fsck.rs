@@ -22,8 +22,8 @@ use crate::config::{IndexKind, Settings, StorageKind};
 use crate::error::{Error, Result};
 use crate::index::{Index, NewVersion, Record};
 use crate::key::Key;
-use crate::node::now;
 use crate::store::{DataLock, Layout};
+use crate::timestamp::now;
 
 /// One disagreement between the index, the files and the spool.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,14 +1,19 @@
 //! Spillway: a storage node for datasets far bigger than RAM, over HTTP.
 //!
-//! Where things live:
-//! - [`key`]: the key rules and the validated `Key` newtype;
+//! Where things live (dependencies run downwards; `scripts/test.sh` fails
+//! on any cycle between these modules):
+//! - [`http`]: routes, guards and responders;
+//! - [`service`]: the node's operations (the commit protocol, reads,
+//!   deletes, resumable uploads), tying the three below together;
 //! - [`upload`]: the streaming spool (memory cap, spill, hashing, fsync);
+//! - [`storage`]: the byte stores (filesystem, S3) behind one trait;
+//! - [`index`]: the catalog (SQLite or PostgreSQL);
 //! - [`store`]: the data directory layout and the crash-safe install/remove;
-//! - [`index`]: the SQLite catalog;
-//! - [`node`]: the service that ties them together (the commit protocol);
-//! - [`http`]: routes, guards and responders; [`error`]: the one error enum.
+//! - [`key`]: the key rules; [`error`]: the one error enum;
+//!   [`blocking`], [`timestamp`]: small shared helpers.
 
 pub mod access;
+pub mod blocking;
 pub mod client;
 pub mod config;
 pub mod error;
@@ -17,10 +22,10 @@ pub mod http;
 pub mod index;
 pub mod key;
 pub mod metrics;
-pub mod node;
+pub mod service;
 pub mod storage;
 pub mod store;
-pub mod tus;
+pub mod timestamp;
 pub mod upload;
 
 use std::sync::Arc;
@@ -30,7 +35,7 @@ use rocket::fairing::AdHoc;
 use rocket::{Build, Rocket};
 
 use crate::config::Settings;
-use crate::node::Node;
+use crate::service::Node;
 
 /// Builds the node from a figment: settings are extracted and checked here;
 /// the data directory is prepared, leftovers swept, interrupted commits

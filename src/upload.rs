@@ -30,10 +30,9 @@ use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::storage::s3::{PartSink, S3Store};
 use crate::storage::Staged;
+use crate::storage::{Target, CHUNK};
 use crate::store::Layout;
 
-/// Bytes handed to the writer at once.
-pub const CHUNK: usize = 256 * 1024;
 /// Chunks queued between the receiving task and the writer thread.
 const QUEUE: usize = 4;
 /// How often (in bytes received) free space is re-checked while streaming.
@@ -514,15 +513,6 @@ fn check_blake3(hashing: &mut Hashing, expected: &Expected) -> Result<blake3::Ha
         return Err(Error::DigestMismatch("the body's blake3 does not match X-Blake3".into()));
     }
     Ok(blake3)
-}
-
-/// Where the writer thread puts an upload's bytes: a file it appends to and
-/// makes durable, or an object store's multipart upload.
-pub trait Target: Write + Send + 'static {
-    /// Makes everything written durable (fsync; every part uploaded).
-    fn sync(&mut self) -> io::Result<()>;
-    /// The directory whose volume fills up as bytes arrive, if any.
-    fn dir(&self) -> Option<PathBuf>;
 }
 
 impl Target for NamedTempFile {

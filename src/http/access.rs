@@ -11,7 +11,7 @@ use super::{header, KeyTail};
 use crate::access::{Caller, Scope, SignedParams};
 use crate::error::{Error, Result};
 use crate::key::Key;
-use crate::node::Node;
+use crate::service::Node;
 
 #[rocket::async_trait]
 impl<'r> FromRequest<'r> for Caller {
@@ -103,6 +103,5 @@ pub async fn mint(node: &Node, key: &Key, method: &'static str, request: UrlRequ
         let query = node.access.sign(method, key, expires.unix_timestamp(), request.max_size);
         format!("{}?{query}", key.url_path())
     };
-    let format = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
-    Ok(Json(SignedUrl { url, method, expires_at: expires.format(&format).expect("timestamp formats") }))
+    Ok(Json(SignedUrl { url, method, expires_at: crate::timestamp::format(expires) }))
 }

@@ -15,7 +15,7 @@ use crate::access::{Caller, Scope};
 use crate::error::{Error, Result};
 use crate::index::{MetadataPatch, Record};
 use crate::key::{encode_query_value, Key};
-use crate::node::{Acknowledge, Node};
+use crate::service::{Acknowledge, Node};
 
 pub fn routes() -> Vec<Route> {
     rocket::routes![list, get_record, patch_record, delete_record, post_action]

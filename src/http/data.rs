@@ -21,9 +21,10 @@ use crate::config::Downloads;
 use crate::error::{Error, Result};
 use crate::index::Record;
 use crate::key::Key;
-use crate::node::{EtagList, Node, Precondition, UploadMeta, Want};
+use crate::service::{EtagList, Node, Precondition, UploadMeta, Want};
 use crate::storage::Reader;
-use crate::upload::{Expected, CHUNK};
+use crate::storage::CHUNK;
+use crate::upload::Expected;
 
 pub fn routes() -> Vec<Route> {
     rocket::routes![put_data, get_data, post_multipart]

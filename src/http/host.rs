@@ -17,7 +17,7 @@ use rocket::request::{FromRequest, Outcome, Request};
 use rocket::Route;
 
 use crate::error::Error;
-use crate::node::Node;
+use crate::service::Node;
 
 /// Ahead of every other route, for every method. (The attribute takes no
 /// negative rank, and Rocket's default ranks go down to -12.)

@@ -1,6 +1,6 @@
 //! The HTTP layer: request guards that turn headers into typed values,
 //! responders, and the routes of each API area. Handlers are thin: guards,
-//! one call into [`Node`](crate::node::Node), a response.
+//! one call into [`Node`](crate::service::Node), a response.
 
 use rocket::data::{Data, FromData, Outcome as DataOutcome, ToByteUnit};
 use rocket::fairing::{Fairing, Info};

@@ -16,7 +16,7 @@ use rocket::{Route, State};
 use super::header;
 use crate::access::{Caller, Scope};
 use crate::error::{Error, Result};
-use crate::node::Node;
+use crate::service::Node;
 use crate::store::Layout;
 
 pub fn routes() -> Vec<Route> {
@@ -34,7 +34,7 @@ fn health() -> Json<Value> {
 #[rocket::get("/ready")]
 async fn ready(node: &State<Arc<Node>>) -> Result<Json<Value>> {
     let node = node.inner().clone();
-    let checks = crate::node::blocking(move || Ok(node.readiness())).await?;
+    let checks = crate::blocking::blocking(move || Ok(node.readiness())).await?;
     match checks.iter().find(|(_, problem)| problem.is_some()) {
         None => Ok(Json(json!({"status": "ready"}))),
         Some((what, Some(problem))) => Err(Error::NotReady(format!("{what}: {problem}"))),

@@ -14,8 +14,8 @@ use rocket::{Route, State};
 use super::{guard, header};
 use crate::access::{Caller, Scope};
 use crate::error::{Error, Result};
-use crate::node::Node;
-use crate::tus::{Concat, Creation, Patch, UploadInfo, CHECKSUM_ALGORITHMS, EXTENSIONS, TUS_VERSION};
+use crate::service::tus::{Concat, Creation, Patch, UploadInfo, CHECKSUM_ALGORITHMS, EXTENSIONS, TUS_VERSION};
+use crate::service::Node;
 use crate::upload::{Algorithm, Digest};
 
 pub fn routes() -> Vec<Route> {

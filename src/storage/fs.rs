@@ -10,13 +10,13 @@ use std::sync::Arc;
 
 use tokio::io::AsyncReadExt;
 
+use super::CHUNK;
 use super::{Check, ObjectInfo, Prepared, Reader, Staged, Store};
+use crate::blocking::blocking;
 use crate::error::{Error, Result};
 use crate::index::{NewVersion, Record};
 use crate::key::Key;
-use crate::node::blocking;
 use crate::store::Layout;
-use crate::upload::CHUNK;
 
 pub struct FsStore {
     pub layout: Arc<Layout>,

@@ -124,3 +124,15 @@ pub trait Store: Send + Sync + 'static {
     /// Readiness checks of the store.
     async fn checks(&self) -> Vec<Check>;
 }
+
+/// Bytes handed to the writer at once.
+pub const CHUNK: usize = 256 * 1024;
+
+/// Where the writer thread puts an upload's bytes: a file it appends to and
+/// makes durable, or an object store's multipart upload.
+pub trait Target: std::io::Write + Send + 'static {
+    /// Makes everything written durable (fsync; every part uploaded).
+    fn sync(&mut self) -> std::io::Result<()>;
+    /// The directory whose volume fills up as bytes arrive, if any.
+    fn dir(&self) -> Option<std::path::PathBuf>;
+}

@@ -140,18 +140,18 @@ impl std::fmt::Debug for Tracker {
 impl Tracker {
     async fn note(&self, id: &str, path: &Path) -> Result<()> {
         let (index, node, id, path) = (self.index.clone(), self.node.clone(), id.to_owned(), path.to_string());
-        crate::node::blocking(move || index.note_multipart(&id, &path, &node)).await
+        crate::blocking::blocking(move || index.note_multipart(&id, &path, &node)).await
     }
 
     async fn forget(&self, id: &str) -> Result<()> {
         let (index, id) = (self.index.clone(), id.to_owned());
-        crate::node::blocking(move || index.forget_multipart(&id)).await
+        crate::blocking::blocking(move || index.forget_multipart(&id)).await
     }
 
     /// The upload became a staged object: noted as `object:{path}` now.
     async fn completed(&self, id: &str, path: &Path) -> Result<()> {
         let (index, node, id, path) = (self.index.clone(), self.node.clone(), id.to_owned(), path.to_string());
-        crate::node::blocking(move || {
+        crate::blocking::blocking(move || {
             index.forget_multipart(&id)?;
             index.note_multipart(&format!("{STAGED_OBJECT}{path}"), &path, &node)
         })
@@ -899,7 +899,7 @@ impl Write for PartSink {
     }
 }
 
-impl crate::upload::Target for PartSink {
+impl super::Target for PartSink {
     /// Sends the last part and waits until every part is uploaded.
     fn sync(&mut self) -> io::Result<()> {
         if !self.buf.is_empty() {

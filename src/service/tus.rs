@@ -26,13 +26,15 @@ use base64::Engine;
 use tempfile::{NamedTempFile, TempPath};
 use tokio::io::AsyncRead;
 
+use super::{Node, UploadMeta};
 use crate::access::Caller;
+use crate::blocking::blocking;
 use crate::error::{Error, Result};
 use crate::index::{Record, UploadRow};
 use crate::key::Key;
-use crate::node::{blocking, now, Node, UploadMeta};
 use crate::storage::Staged;
 use crate::store::fsync_dir;
+use crate::timestamp::now;
 use crate::upload::{ChunkReader, Digest, Hashing, OpenFile, Spooled, Writer};
 pub use slots::Resumable;
 use slots::{take, HashState};
@@ -498,7 +500,7 @@ impl Node {
         let spooled = blocking(move || {
             let mut target = staging;
             let mut hasher = blake3::Hasher::new();
-            let mut buf = vec![0u8; crate::upload::CHUNK];
+            let mut buf = vec![0u8; crate::storage::CHUNK];
             for id in &part_ids {
                 let mut part = layout.open_upload(id, OpenOptions::new().read(true))?;
                 loop {

@@ -6,6 +6,8 @@
 //! stream in parallel and only take the lock for the short install + index
 //! step.
 
+pub mod tus;
+
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
@@ -13,6 +15,7 @@ use serde::Deserialize;
 use tokio::io::AsyncRead;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
+use crate::blocking::blocking;
 use crate::config::{Settings, StorageKind};
 use crate::error::{Error, Result};
 use crate::index::{Index, Intent, MetadataPatch, NewVersion, Record};
@@ -22,6 +25,7 @@ use crate::storage::fs::{writable, FsStore};
 use crate::storage::s3::{S3Store, Tracker};
 use crate::storage::{Check, ObjectInfo, Reader, Staged, Store};
 use crate::store::{conflict_with_folder, DataLock, Layout};
+use crate::timestamp::now;
 use crate::upload::{Expected, MemoryBudget, Spooled, Spooler};
 
 /// A conditional request's precondition on the current version.
@@ -143,7 +147,7 @@ pub struct Node {
     pub spooler: Spooler,
     pub metrics: Arc<Metrics>,
     pub access: crate::access::Access,
-    pub tus: crate::tus::Resumable,
+    pub tus: crate::service::tus::Resumable,
     commit_lock: Mutex<()>,
     uploads: Arc<Semaphore>,
     _lock: DataLock,
@@ -665,15 +669,4 @@ fn node_id(layout: &Layout) -> Result<String> {
     staged.persist(&path).map_err(|e| Error::internal(e.error))?;
     crate::store::fsync_dir(&layout.root)?;
     Ok(id)
-}
-
-/// Runs blocking work (SQLite, fsync, rename) off the async workers.
-pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| Error::internal(format!("blocking task failed: {e}")))?
-}
-
-/// Now, as the RFC 3339 UTC timestamps of the records (second precision).
-pub fn now() -> String {
-    let format = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
-    time::OffsetDateTime::now_utc().format(&format).expect("timestamp formats")
 }
