@@ -19,10 +19,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use walkdir::WalkDir;
 
 use crate::config::{IndexKind, Settings, StorageKind};
+use crate::datadir::{DataLock, Layout};
 use crate::error::{Error, Result};
 use crate::index::{Index, NewVersion, Record};
 use crate::key::Key;
-use crate::store::{DataLock, Layout};
 use crate::timestamp::now;
 
 /// One disagreement between the index, the files and the spool.
@@ -229,7 +229,7 @@ pub fn reindex(settings: &Settings) -> Result<Report> {
             drop(fresh);
             remove_database(&layout.index_file)?;
             std::fs::rename(&fresh_path, &layout.index_file).map_err(Error::internal)?;
-            crate::store::fsync_dir(&layout.root).map_err(Error::internal)?;
+            crate::datadir::fsync_dir(&layout.root).map_err(Error::internal)?;
         }
     }
     Ok(report)
@@ -260,7 +260,7 @@ fn found_files(layout: &Layout, report: &mut Report) -> Result<Vec<FoundRow>> {
 fn found_objects(settings: &Settings) -> Result<Vec<FoundRow>> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(Error::internal)?;
-    let s3 = crate::storage::s3::S3Store::new(settings, None)?;
+    let s3 = crate::store::s3::S3Store::new(settings, None)?;
     runtime.block_on(async {
         let objects = s3.list_datasets().await?;
         let unhashed: u64 = objects.iter().filter(|o| o.blake3.is_none()).map(|o| o.size).sum();

@@ -6,9 +6,10 @@
 //! - [`service`]: the node's operations (the commit protocol, reads,
 //!   deletes, resumable uploads), tying the three below together;
 //! - [`upload`]: the streaming spool (memory cap, spill, hashing, fsync);
-//! - [`storage`]: the byte stores (filesystem, S3) behind one trait;
+//! - [`store`]: the byte stores (filesystem, S3) behind one trait;
 //! - [`index`]: the catalog (SQLite or PostgreSQL);
-//! - [`store`]: the data directory layout and the crash-safe install/remove;
+//! - [`datadir`]: the data directory: its folders, lock, free space, and
+//!   the symlink-safe way from a key to its file;
 //! - [`key`]: the key rules; [`error`]: the one error enum;
 //!   [`blocking`], [`timestamp`]: small shared helpers.
 
@@ -16,6 +17,7 @@ pub mod access;
 pub mod blocking;
 pub mod client;
 pub mod config;
+pub mod datadir;
 pub mod error;
 pub mod fsck;
 pub mod http;
@@ -23,7 +25,6 @@ pub mod index;
 pub mod key;
 pub mod metrics;
 pub mod service;
-pub mod storage;
 pub mod store;
 pub mod timestamp;
 pub mod upload;

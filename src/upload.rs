@@ -26,12 +26,12 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::datadir::Layout;
 use crate::error::{Error, Result};
 use crate::key::Key;
-use crate::storage::s3::{PartSink, S3Store};
-use crate::storage::Staged;
-use crate::storage::{Target, CHUNK};
-use crate::store::Layout;
+use crate::store::s3::{PartSink, S3Store};
+use crate::store::Staged;
+use crate::store::{Target, CHUNK};
 
 /// Chunks queued between the receiving task and the writer thread.
 const QUEUE: usize = 4;

@@ -22,8 +22,8 @@ use crate::error::{Error, Result};
 use crate::index::Record;
 use crate::key::Key;
 use crate::service::{EtagList, Node, Precondition, UploadMeta, Want};
-use crate::storage::Reader;
-use crate::storage::CHUNK;
+use crate::store::Reader;
+use crate::store::CHUNK;
 use crate::upload::Expected;
 
 pub fn routes() -> Vec<Route> {

@@ -15,9 +15,9 @@ use rocket::{Route, State};
 
 use super::header;
 use crate::access::{Caller, Scope};
+use crate::datadir::Layout;
 use crate::error::{Error, Result};
 use crate::service::Node;
-use crate::store::Layout;
 
 pub fn routes() -> Vec<Route> {
     rocket::routes![health, ready, metrics]

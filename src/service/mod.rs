@@ -1,4 +1,4 @@
-//! The node: coordinates the byte store (`storage`: the filesystem or an
+//! The node: coordinates the byte store (`store`: the filesystem or an
 //! object store), the catalog (`index`) and the upload pipeline (`upload`).
 //! HTTP handlers call these methods and nothing below them. Mutations of the
 //! catalog and the store (install, delete) are serialised by one commit
@@ -17,14 +17,14 @@ use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
 use crate::blocking::blocking;
 use crate::config::{Settings, StorageKind};
+use crate::datadir::{conflict_with_folder, DataLock, Layout};
 use crate::error::{Error, Result};
 use crate::index::{Index, Intent, MetadataPatch, NewVersion, Record};
 use crate::key::Key;
 use crate::metrics::{Metrics, Outcome};
-use crate::storage::fs::{writable, FsStore};
-use crate::storage::s3::{S3Store, Tracker};
-use crate::storage::{Check, ObjectInfo, Reader, Staged, Store};
-use crate::store::{conflict_with_folder, DataLock, Layout};
+use crate::store::fs::{writable, FsStore};
+use crate::store::s3::{S3Store, Tracker};
+use crate::store::{Check, ObjectInfo, Reader, Staged, Store};
 use crate::timestamp::now;
 use crate::upload::{Expected, MemoryBudget, Spooled, Spooler};
 
@@ -667,6 +667,6 @@ fn node_id(layout: &Layout) -> Result<String> {
     std::io::Write::write_all(&mut staged, id.as_bytes())?;
     staged.as_file().sync_all()?;
     staged.persist(&path).map_err(|e| Error::internal(e.error))?;
-    crate::store::fsync_dir(&layout.root)?;
+    crate::datadir::fsync_dir(&layout.root)?;
     Ok(id)
 }

@@ -29,11 +29,11 @@ use tokio::io::AsyncRead;
 use super::{Node, UploadMeta};
 use crate::access::Caller;
 use crate::blocking::blocking;
+use crate::datadir::fsync_dir;
 use crate::error::{Error, Result};
 use crate::index::{Record, UploadRow};
 use crate::key::Key;
-use crate::storage::Staged;
-use crate::store::fsync_dir;
+use crate::store::Staged;
 use crate::timestamp::now;
 use crate::upload::{ChunkReader, Digest, Hashing, OpenFile, Spooled, Writer};
 pub use slots::Resumable;
@@ -149,7 +149,7 @@ impl Metadata {
 }
 
 /// Best effort: fsyncs an upload's data file (after its writer failed).
-fn sync_upload_file(layout: &crate::store::Layout, id: &str) {
+fn sync_upload_file(layout: &crate::datadir::Layout, id: &str) {
     let synced =
         layout.open_upload(id, OpenOptions::new().read(true)).and_then(|f| f.sync_data().map_err(Error::internal));
     if let Err(e) = synced {
@@ -500,7 +500,7 @@ impl Node {
         let spooled = blocking(move || {
             let mut target = staging;
             let mut hasher = blake3::Hasher::new();
-            let mut buf = vec![0u8; crate::storage::CHUNK];
+            let mut buf = vec![0u8; crate::store::CHUNK];
             for id in &part_ids {
                 let mut part = layout.open_upload(id, OpenOptions::new().read(true))?;
                 loop {

@@ -1,5 +1,5 @@
 //! The filesystem store: one file per dataset below `data_dir/datasets`,
-//! installed by rename (see [`crate::store::Layout`]). A file's version is
+//! installed by rename (see [`crate::datadir::Layout`]). A file's version is
 //! its inode.
 
 use std::fs::File;
@@ -13,10 +13,10 @@ use tokio::io::AsyncReadExt;
 use super::CHUNK;
 use super::{Check, ObjectInfo, Prepared, Reader, Staged, Store};
 use crate::blocking::blocking;
+use crate::datadir::Layout;
 use crate::error::{Error, Result};
 use crate::index::{NewVersion, Record};
 use crate::key::Key;
-use crate::store::Layout;
 
 pub struct FsStore {
     pub layout: Arc<Layout>,
@@ -100,7 +100,7 @@ impl Store for FsStore {
 
 /// A readiness check: a temp file can be created in `dir`.
 pub fn writable(dir: &std::path::Path) -> Option<String> {
-    match tempfile::Builder::new().prefix(crate::store::SPOOL_PREFIX).tempfile_in(dir) {
+    match tempfile::Builder::new().prefix(crate::datadir::SPOOL_PREFIX).tempfile_in(dir) {
         Ok(_) => None,
         Err(e) => {
             // The client sees the kind of failure; the path goes to the log.
