@@ -79,6 +79,10 @@ pub enum Error {
     /// page whose domain was rebound to the node's address.
     #[error("this node does not answer for the host `{0}`; an open node answers only for loopback names and `allowed_hosts`")]
     Misdirected(String),
+    /// An open node asked to write by a page of another origin: a form or
+    /// a simple request that a browser sends without a CORS preflight.
+    #[error("an open node takes writes only from its own page, its cors_origins and clients that send no Origin, not from `{0}`")]
+    CrossOrigin(String),
     #[error("{0}")]
     Expired(String),
     /// A service the node depends on (the object store, a shared index)
@@ -143,6 +147,7 @@ impl Error {
             Error::NotReady(_) | Error::Unavailable(..) => Status::ServiceUnavailable,
             Error::Unauthorized(_) => Status::Unauthorized,
             Error::Misdirected(_) => Status::MisdirectedRequest,
+            Error::CrossOrigin(_) => Status::Forbidden,
             Error::Expired(_) => Status::Forbidden,
         }
     }
@@ -178,6 +183,7 @@ impl Error {
             Error::Unavailable(..) => "unavailable",
             Error::Unauthorized(_) => "unauthorized",
             Error::Misdirected(_) => "misdirected-request",
+            Error::CrossOrigin(_) => "cross-origin",
             Error::Expired(_) => "expired",
         }
     }

@@ -106,3 +106,79 @@ async fn with_tokens_the_host_is_not_checked() {
     let anonymous = send(&node, "GET /datasets HTTP/1.1", &["Host: evil.example"], b"");
     assert_eq!(anonymous.status, 401, "{}", anonymous.text());
 }
+
+/// A page on another origin can make a browser send a form (urlencoded,
+/// multipart or text/plain) to the node without a preflight, with the
+/// node's own loopback `Host`: an open node refuses writes whose `Origin`
+/// is not the node itself (nor one of `cors_origins`). Reads stay open:
+/// the browser keeps their answers from the page.
+#[tokio::test]
+async fn an_open_node_refuses_cross_site_writes() {
+    // Without cors_origins (the default) and with one allowed origin, whose
+    // CORS layer refuses other origins itself (`forbidden`).
+    refuses_cross_site_writes(&[], &["cross-origin"]).await;
+    refuses_cross_site_writes(
+        &[("SPILLWAY_CORS_ORIGINS", r#"["https://app.example"]"#)],
+        &["cross-origin", "forbidden"],
+    )
+    .await;
+}
+
+async fn refuses_cross_site_writes(settings: &[(&str, &str)], codes: &[&str]) {
+    let node = TestNode::start_with(settings);
+    let cors = !settings.is_empty();
+    assert_eq!(node.put("kept.txt", "kept").await.status(), 201);
+    let host = format!("Host: 127.0.0.1:{}", node.port);
+    let form = "--XYZ\r\nContent-Disposition: form-data; name=\"key\"\r\n\r\nkept.txt\r\n\
+                --XYZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.txt\"\r\n\r\nPWNED\r\n--XYZ--\r\n";
+    let multipart = "Content-Type: multipart/form-data; boundary=XYZ";
+    let text = "Content-Type: text/plain";
+    for origin in ["Origin: https://evil.example", "Origin: null", "Origin: http://localhost:1"] {
+        let cases: &[(&str, &str, &[u8])] = &[
+            ("POST /datasets HTTP/1.1", multipart, form.as_bytes()),
+            ("PUT /data/kept.txt HTTP/1.1", text, b"PWNED"),
+            ("DELETE /datasets/kept.txt HTTP/1.1", text, b""),
+            ("POST /datasets/kept.txt/action/acknowledge HTTP/1.1", text, br#"{"name":"pwned"}"#),
+            ("PATCH /datasets/kept.txt HTTP/1.1", text, br#"{"name":"pwned"}"#),
+            ("POST /uploads HTTP/1.1", "Tus-Resumable: 1.0.0\r\nUpload-Length: 5", b""),
+        ];
+        for (line, header, body) in cases {
+            let resp = send(&node, line, &[&host, origin, header], body);
+            let what = format!("{line} with {origin}");
+            assert_eq!(resp.status, 403, "{what}: {}", resp.text());
+            assert!(codes.contains(&resp.code().unwrap_or_default().as_str()), "{what}: {}", resp.text());
+        }
+        if !cors {
+            // (With cors_origins set, the CORS layer refuses other origins' reads too.)
+            let read = send(&node, "GET /data/kept.txt HTTP/1.1", &[&host, origin], b"");
+            assert_eq!(read.status, 200, "a read with {origin}");
+        }
+    }
+    let record = node.json("/datasets/kept.txt").await;
+    assert_eq!(record["name"], "kept.txt", "{record}");
+    assert_serves(&node, "kept.txt", b"kept").await;
+
+    // The node's own page, an allowed origin, and clients that send no Origin.
+    let own = format!("Origin: http://127.0.0.1:{}", node.port);
+    let allowed: &[&str] = if cors { &[own.as_str(), "Origin: https://app.example"] } else { &[own.as_str()] };
+    for origin in allowed {
+        let resp = send(&node, "PUT /data/ok.txt HTTP/1.1", &[&host, origin, text], b"fine");
+        assert!(resp.status == 201 || resp.status == 200, "PUT with {origin}: {}", resp.text());
+    }
+    let resp = send(&node, "PUT /data/ok.txt HTTP/1.1", &[&host, text], b"fine");
+    assert_eq!(resp.status, 200, "PUT without Origin: {}", resp.text());
+}
+
+/// With tokens, a cross-site page has no token to send: `Origin` is not
+/// what protects the node, and API clients may send any.
+#[tokio::test]
+async fn with_tokens_origin_is_not_checked() {
+    let node = TestNode::start_with(&[("SPILLWAY_TOKENS", r#"[{name="w",token="write-secret",scopes=["write"]}]"#)]);
+    let resp = send(
+        &node,
+        "PUT /data/x.txt HTTP/1.1",
+        &["Host: 127.0.0.1", "Origin: https://elsewhere.example", "Authorization: Bearer write-secret"],
+        b"x",
+    );
+    assert_eq!(resp.status, 201, "{}", resp.text());
+}

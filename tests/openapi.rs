@@ -307,6 +307,7 @@ fn every_error() -> Vec<Error> {
         Error::NotReady(String::new()),
         Error::Unauthorized(String::new()),
         Error::Misdirected(String::new()),
+        Error::CrossOrigin(String::new()),
         Error::Expired(String::new()),
         Error::Unavailable("the object store", String::new()),
         Error::Internal(String::new()),
@@ -342,6 +343,7 @@ fn every_error() -> Vec<Error> {
             | Error::NotReady(_)
             | Error::Unauthorized(_)
             | Error::Misdirected(_)
+            | Error::CrossOrigin(_)
             | Error::Expired(_)
             | Error::Unavailable(..)
             | Error::Internal(_) => {}

@@ -339,6 +339,13 @@ fn refusals_come_from_the_headers_alone() {
                 "not-found",
             ),
             refusal("404 no such route", "PUT /nowhere", "Content-Length: 1000\r\n", 404, "not-found"),
+            refusal(
+                "404 form POST to no route",
+                "POST /nowhere",
+                "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n",
+                404,
+                "not-found",
+            ),
         ],
     );
 }
@@ -389,6 +396,13 @@ fn token_refusals_come_from_the_headers_alone() {
                 "Authorization: Bearer write-secret\r\nContent-Length: 1000\r\n",
                 403,
                 "forbidden",
+            ),
+            refusal(
+                "401 form POST without a token",
+                "POST /datasets",
+                "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n",
+                401,
+                "unauthorized",
             ),
             refusal(
                 "401 tus creation without a token",
@@ -481,4 +495,36 @@ fn a_bad_header_timeout_stops_the_start_and_names_the_key() {
     assert!(!out.status.success());
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(text.to_ascii_lowercase().contains("header_timeout"), "{text}");
+}
+
+/// Rocket's `_method` form field would turn a form POST (which a page on
+/// any origin can send without a preflight) into a DELETE or a PUT.
+#[test]
+fn a_method_field_in_a_form_never_changes_the_method() {
+    let node = TestNode::start();
+    let rt = runtime();
+    rt.block_on(async { assert_eq!(node.put("kept.bin", b"kept".to_vec()).await.status(), 201) });
+    for (line, body) in [
+        ("POST /datasets/kept.bin", "_method=DELETE"),
+        ("POST /data/kept.bin", "_method=PUT&x=attacker-bytes"),
+        ("POST /data/new.bin", "_method=PUT&x=attacker-bytes"),
+        ("POST /datasets/kept.bin", "_method=PATCH&name=pwned"),
+    ] {
+        let resp = raw_request(
+            &node,
+            format!(
+                "{line} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        let status = status_of(&resp);
+        assert!(status >= 400, "{line} with {body}: {status}: {resp}");
+    }
+    rt.block_on(async {
+        assert_serves(&node, "kept.bin", b"kept").await;
+        assert_eq!(node.get("/datasets/new.bin").await.status(), 404);
+        assert_eq!(node.json("/datasets/kept.bin").await["name"], "kept.bin");
+    });
 }

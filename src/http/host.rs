@@ -9,10 +9,16 @@
 //!
 //! `/health` stays open: it says only "ok", and probes that address the
 //! node by an IP or a service name must keep working.
+//!
+//! CSRF: a page on any origin can also make a browser send a form (or any
+//! other "simple" request) to the node's real loopback name, without a
+//! preflight. Browsers send `Origin` with every such write, so an open
+//! node refuses writes whose `Origin` is neither the node itself nor one of
+//! `cors_origins` (`403 cross-origin`); API clients send no `Origin`.
 
 use std::sync::Arc;
 
-use rocket::http::Status;
+use rocket::http::{Method, Status};
 use rocket::request::{FromRequest, Outcome, Request};
 use rocket::Route;
 
@@ -29,11 +35,11 @@ pub fn routes() -> Vec<Route> {
     routes
 }
 
-/// A request an open node must not answer; holds the `Host` it came with.
-pub struct Misdirected(String);
+/// A request an open node must not answer, and why.
+pub struct Refused(Error);
 
 #[rocket::async_trait]
-impl<'r> FromRequest<'r> for Misdirected {
+impl<'r> FromRequest<'r> for Refused {
     type Error = std::convert::Infallible;
 
     async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
@@ -42,17 +48,29 @@ impl<'r> FromRequest<'r> for Misdirected {
             return Outcome::Forward(Status::NotFound);
         }
         let mut hosts = req.headers().get("Host");
-        let refused = match (hosts.next(), hosts.next()) {
+        let host = match (hosts.next(), hosts.next()) {
             (None, _) => None,
-            (Some(host), None) if is_own_host(host, &node.settings.allowed_hosts) => None,
+            (Some(host), None) if is_own_host(host, &node.settings.allowed_hosts) => Some(host),
             // Two `Host` headers: which one would a proxy have looked at?
-            (Some(host), _) => Some(host),
+            (Some(host), _) => return Outcome::Success(Refused(Error::Misdirected(host.to_owned()))),
         };
-        match refused {
-            Some(host) => Outcome::Success(Misdirected(host.to_owned())),
-            None => Outcome::Forward(Status::NotFound),
+        let writes = !matches!(req.method(), Method::Get | Method::Head | Method::Options);
+        match req.headers().get_one("Origin") {
+            Some(origin) if writes && !is_own_origin(origin, host, &node.settings.cors_origins) => {
+                Outcome::Success(Refused(Error::CrossOrigin(origin.to_owned())))
+            }
+            _ => Outcome::Forward(Status::NotFound),
         }
     }
+}
+
+/// The node's own page (`Origin`'s authority is the `Host` asked for) or
+/// an origin the operator let in through CORS. `null` (a sandboxed frame,
+/// a file) is neither.
+fn is_own_origin(origin: &str, host: Option<&str>, cors_origins: &[String]) -> bool {
+    let authority = origin.split_once("://").map_or("", |(_, rest)| rest);
+    let same = host.is_some_and(|h| !authority.is_empty() && authority.eq_ignore_ascii_case(h.trim()));
+    same || cors_origins.iter().any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
 }
 
 /// A loopback name (`localhost`, `127.0.0.1`, `[::1]`) or one of
@@ -73,43 +91,43 @@ fn host_name(host: &str) -> &str {
     }
 }
 
-fn refuse(m: Misdirected) -> Error {
-    Error::Misdirected(m.0)
+fn refuse(r: Refused) -> Error {
+    r.0
 }
 
 #[rocket::get("/<_..>")]
-fn get(m: Misdirected) -> Error {
-    refuse(m)
+fn get(r: Refused) -> Error {
+    refuse(r)
 }
 
 #[rocket::head("/<_..>")]
-fn head(m: Misdirected) -> Error {
-    refuse(m)
+fn head(r: Refused) -> Error {
+    refuse(r)
 }
 
 #[rocket::put("/<_..>")]
-fn put(m: Misdirected) -> Error {
-    refuse(m)
+fn put(r: Refused) -> Error {
+    refuse(r)
 }
 
 #[rocket::post("/<_..>")]
-fn post(m: Misdirected) -> Error {
-    refuse(m)
+fn post(r: Refused) -> Error {
+    refuse(r)
 }
 
 #[rocket::patch("/<_..>")]
-fn patch(m: Misdirected) -> Error {
-    refuse(m)
+fn patch(r: Refused) -> Error {
+    refuse(r)
 }
 
 #[rocket::delete("/<_..>")]
-fn delete(m: Misdirected) -> Error {
-    refuse(m)
+fn delete(r: Refused) -> Error {
+    refuse(r)
 }
 
 #[rocket::options("/<_..>")]
-fn options(m: Misdirected) -> Error {
-    refuse(m)
+fn options(r: Refused) -> Error {
+    refuse(r)
 }
 
 #[cfg(test)]

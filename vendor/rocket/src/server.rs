@@ -21,7 +21,6 @@ use hyper_util::server::conn::auto::Builder;
 use crate::http::hyper::server::conn::http1::Builder;
 
 use crate::{route, Rocket, Orbit, Request, Response, Data, Config};
-use crate::form::Form;
 use crate::outcome::Outcome;
 use crate::error::{Error, ErrorKind};
 use crate::ext::{AsyncReadExt, CancellableListener};
@@ -249,40 +248,17 @@ impl Rocket<Orbit> {
         }
     }
 
-    /// Preprocess the request for Rocket things. Currently, this means:
+    /// Preprocess the request for Rocket things: run the request fairings.
     ///
-    ///   * Rewriting the method in the request if _method form field exists.
-    ///   * Run the request fairings.
-    ///
-    /// Keep this in-sync with derive_form when preprocessing form fields.
+    /// PATCH(spillway): upstream first rewrote the method from a `_method`
+    /// form field, peeking at the body of every request before routing for
+    /// it. Gone: a page on another origin could DELETE or PUT with a plain
+    /// form, and nothing could be refused before the body arrived.
     pub(crate) async fn preprocess_request(
         &self,
         req: &mut Request<'_>,
         data: &mut Data<'_>
     ) -> RequestToken {
-        // Check if this is a form and if the form contains the special _method
-        // field which we use to reinterpret the request's method.
-        // PATCH(spillway): peek only at a form POST, so other requests are
-        // routed (and may be refused) before any body byte is read.
-        let (min_len, max_len) = ("_method=get".len(), "_method=delete".len());
-        let is_form = req.content_type().map_or(false, |ct| ct.is_form());
-        let peek_buffer: &[u8] = match is_form && req.method() == Method::Post {
-            true => data.peek(max_len).await,
-            false => &[],
-        };
-
-        if peek_buffer.len() >= min_len {
-            let method = std::str::from_utf8(peek_buffer).ok()
-                .and_then(|raw_form| Form::values(raw_form).next())
-                .filter(|field| field.name == "_method")
-                .and_then(|field| field.value.parse().ok());
-
-            if let Some(method) = method {
-                req._set_method(method);
-            }
-        }
-
-        // Run request fairings.
         self.fairings.handle_request(req, data).await;
 
         RequestToken
