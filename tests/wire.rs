@@ -215,6 +215,14 @@ fn a_tus_patch_that_breaks_off_never_completes_the_upload() {
                 );
                 let offset = tus_offset(&node, &id);
                 assert!(offset as usize <= arrived, "{what}: offset {offset} but only {arrived} bytes arrived");
+                // tus-js-client and tuspy take `Upload-Offset == Upload-Length`
+                // for a finished upload and send nothing more: an upload that is
+                // not complete must never say so.
+                assert!(
+                    (offset as usize) < bytes.len(),
+                    "{what}: HEAD says {offset} of {} but it is not complete",
+                    bytes.len()
+                );
                 assert_eq!(node.get(&format!("/datasets/{key}")).await.status(), 404, "{what}: completed");
                 // Resume from the offset the node reported.
                 let rest = &bytes[offset as usize..];
@@ -527,4 +535,33 @@ fn a_method_field_in_a_form_never_changes_the_method() {
         assert_eq!(node.get("/datasets/new.bin").await.status(), 404);
         assert_eq!(node.json("/datasets/kept.bin").await["name"], "kept.bin");
     });
+}
+
+/// Past the form's cap the body stream ends without an error: a body cut
+/// off after the cap must still not look whole.
+#[test]
+fn a_multipart_body_cut_past_its_cap_is_not_committed() {
+    let node = TestNode::start_with(&[("SPILLWAY_MAX_DATASET_SIZE", "1000")]);
+    let rt = runtime();
+    rt.block_on(async { assert_eq!(node.put("kept.bin", b"ORIGINAL".to_vec()).await.status(), 201) });
+    let form = "--XYZ\r\nContent-Disposition: form-data; name=\"key\"\r\n\r\nkept.bin\r\n\
+                --XYZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f\"\r\n\r\nEVIL\r\n--XYZ--\r\n";
+    let epilogue = vec![b'e'; (1 << 20) + 4000];
+    let head = "POST /datasets HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\
+                Content-Type: multipart/form-data; boundary=XYZ\r\n\r\n";
+    for close in [Close::Fin, Close::Rst] {
+        let mut body = format!("{:x}\r\n{form}\r\n", form.len()).into_bytes();
+        body.extend_from_slice(format!("{:x}\r\n", epilogue.len()).as_bytes());
+        body.extend_from_slice(&epilogue);
+        body.extend_from_slice(b"\r\n");
+        rt.block_on(async {
+            let ended = metric_sum(&node, "spillway_uploads_total").await;
+            send_and_break(&node, head, &body, close).await;
+            assert!(
+                wait_metric(&node, "spillway_uploads_total", ended + 1.0, Duration::from_secs(30)).await,
+                "{close:?}: the node never ended the upload"
+            );
+            assert_serves(&node, "kept.bin", b"ORIGINAL").await;
+        });
+    }
 }

@@ -141,7 +141,13 @@ async fn receive_form(
     }
     // The form's own length and digests are not the file's.
     let form_expected = std::mem::take(&mut meta.expected);
-    let mut stream = ReaderStream::with_capacity(body.open(limit.bytes()), CHUNK);
+    // The capped stream ends quietly at the cap, as if the body ended there:
+    // count what it gives, so that reaching the cap is never a clean end.
+    let read = std::sync::atomic::AtomicU64::new(0);
+    let counted = tokio_util::io::InspectReader::new(body.open(limit.bytes()), |bytes: &[u8]| {
+        read.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    });
+    let mut stream = ReaderStream::with_capacity(counted, CHUNK);
     let mut form = multer::Multipart::new(&mut stream, boundary);
 
     let (mut key, mut spooled, mut file_name) = (None, None, None);
@@ -168,6 +174,9 @@ async fn receive_form(
     drop(form);
     let spooled = spooled.ok_or_else(|| Error::BadRequest("the form has no `file` part".into()))?;
     ends_cleanly(&mut stream, node.spooler.stall_timeout).await?;
+    if read.load(std::sync::atomic::Ordering::Relaxed) >= limit {
+        return Err(Error::TooLarge { limit: node.spooler.max_size });
+    }
     let key = match key.filter(|k| !k.is_empty()).or(file_name) {
         Some(k) => Key::parse(&k)?,
         None => return Err(Error::BadRequest("give a `key` field or a file name".into())),
