@@ -427,7 +427,8 @@ fn too_large_content_length_is_refused_from_the_headers() {
 }
 
 /// A chunked body passing the limit: 413 while streaming, and the
-/// connection is closed rather than left hanging.
+/// connection is not left hanging: closed, or (the node read and dropped the
+/// rest of the body) kept alive and serving the next request at once.
 #[test]
 fn too_large_chunked_is_refused_while_streaming() {
     let node = TestNode::start_with(&[("SPILLWAY_MAX_DATASET_SIZE", "10MiB")]);
@@ -443,8 +444,14 @@ fn too_large_chunked_is_refused_while_streaming() {
     let closed = closed_within(&mut s, Duration::from_secs(5));
     let sent = body.finish(Duration::from_secs(10));
     eprintln!("413 after {answered:?}; writer: {sent:?}; closed: {closed}");
-    assert!(closed, "the connection was left open after the 413 (writer: {sent:?})");
     assert!(sent.is_some(), "the client's body writer is still blocked 10 s after the 413");
+    assert!(
+        closed || {
+            s.write_all(b"GET /datasets HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").is_ok()
+                && read_response(&mut s, Duration::from_secs(5)).is_ok_and(|r| r.status == 200)
+        },
+        "the connection hangs after the 413 (writer: {sent:?})"
+    );
     drop(s);
     rt.block_on(assert_nothing_left(&node, &[], "413 while streaming"));
 }

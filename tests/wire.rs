@@ -565,3 +565,39 @@ fn a_multipart_body_cut_past_its_cap_is_not_committed() {
         });
     }
 }
+
+/// A client that streams its body without `Expect: 100-continue` and is
+/// refused from the headers must still read the refusal: the node reads
+/// (and drops) a bounded amount of the body before it closes, instead of
+/// closing on unread bytes, which makes the kernel send a reset that can
+/// destroy the answer before the client reads it.
+#[test]
+fn an_early_refusal_reaches_a_client_that_keeps_sending() {
+    let node = TestNode::start();
+    let rt = runtime();
+    rt.block_on(async { assert_eq!(node.put("taken.bin", b"x".to_vec()).await.status(), 201) });
+    let body = generated(32 << 20, 3);
+    let mut lost = Vec::new();
+    for round in 0..20 {
+        let mut s = node.raw();
+        let head = format!(
+            "PUT /data/taken.bin HTTP/1.1\r\nHost: 127.0.0.1\r\nIf-None-Match: *\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        let mut w = s.try_clone().unwrap();
+        w.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+        // As curl does: send the whole body first, then read the answer;
+        // a send that fails (the node closed on it) loses the answer.
+        if let Err(e) = w.write_all(&body) {
+            lost.push(format!("round {round}: sending the body: {e}"));
+            continue;
+        }
+        match read_response(&mut s, Duration::from_secs(20)) {
+            Ok(resp) => assert_eq!(resp.status, 412, "round {round}: {}", resp.text()),
+            Err(e) => lost.push(format!("round {round}: {e}")),
+        }
+    }
+    assert!(lost.is_empty(), "the 412 was lost {} times of 20: {lost:?}", lost.len());
+    rt.block_on(assert_serves(&node, "taken.bin", b"x"));
+}

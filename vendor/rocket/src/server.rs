@@ -99,6 +99,8 @@ async fn hyper_service_fn(
 
         // Convert a Hyper request into a Rocket request.
         let (h_parts, mut h_body) = hyp_req.into_parts();
+        let expects_continue = h_parts.headers.get("expect")
+            .map_or(false, |v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         match Request::from_hyp(&rocket, &h_parts, Some(conn)) {
             Ok(mut req) => {
                 // Convert into Rocket `Data`, dispatch request, write response.
@@ -116,6 +118,12 @@ async fn hyper_service_fn(
                     }
 
                     rocket.send_response(response, tx, version).await;
+                    drop(upgrade);
+                    // A client that asked to continue waits for us: it has
+                    // nothing in flight, and reading would send it `100`.
+                    if !expects_continue {
+                        linger(&mut h_body).await;
+                    }
                 }
             },
             Err(e) => {
@@ -131,6 +139,27 @@ async fn hyper_service_fn(
 
     // Receive the response written to `tx` by the task above.
     rx.await.map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))
+}
+
+/// PATCH(spillway): a lingering close. A request answered without reading
+/// its body (a refusal from the headers) would otherwise have its
+/// connection closed on unread bytes: the kernel then resets it, and a
+/// client still sending (curl without `Expect`) fails to send and never
+/// reads the answer. So read and drop what follows, as nginx does, within
+/// bounds: up to 64 MiB, 2 s without a byte, 10 s in all.
+async fn linger(body: &mut hyper::Body) {
+    use http_body_util::BodyExt;
+    const MAX_BYTES: usize = 64 << 20;
+    const IDLE: Duration = Duration::from_secs(2);
+    let mut drained = 0;
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while drained < MAX_BYTES {
+            match tokio::time::timeout(IDLE, body.frame()).await {
+                Ok(Some(Ok(frame))) => drained += frame.data_ref().map_or(0, |d| d.len()),
+                _ => break,
+            }
+        }
+    }).await;
 }
 
 impl Rocket<Orbit> {
