@@ -30,6 +30,7 @@ pub use datasets::{MetadataPatch, NewVersion, Record};
 pub use intents::Intent;
 pub use uploads::{OpenUploads, UploadRow};
 
+use crate::config::PostgresTls;
 use crate::error::Result;
 use db::Db;
 use postgres::PgPool;
@@ -48,15 +49,12 @@ pub struct Index {
 
 /// Held while a node commits: other nodes on the same PostgreSQL index wait
 /// for it (with SQLite there is one node, and its own lock suffices).
-pub struct CommitLock(Option<postgres::PgConn>);
+pub struct CommitLock(Option<postgres::HeldLock>);
 
 impl Drop for CommitLock {
     fn drop(&mut self) {
-        if let Some(conn) = &mut self.0 {
-            if let Err(e) = PgPool::unlock_commits(conn) {
-                // The lock dies with the session; a broken session is closed.
-                log::error!("releasing the commit lock: {e}");
-            }
+        if let Some(lock) = self.0.take() {
+            lock.release();
         }
     }
 }
@@ -69,13 +67,19 @@ impl Index {
 
     /// A catalog in PostgreSQL, shared by every node configured with it.
     pub fn open_postgres(url: &str) -> Result<Index> {
-        Ok(Index { backend: Backend::Postgres(Arc::new(PgPool::open(url)?)) })
+        Index::open_postgres_with(url, PostgresTls::Disable)
+    }
+
+    fn open_postgres_with(url: &str, tls: PostgresTls) -> Result<Index> {
+        Ok(Index { backend: Backend::Postgres(Arc::new(PgPool::open(url, tls)?)) })
     }
 
     pub fn open_configured(settings: &crate::config::Settings, sqlite_file: &Path) -> Result<Index> {
         match settings.index {
             crate::config::IndexKind::Sqlite => Index::open(sqlite_file),
-            crate::config::IndexKind::Postgres => Index::open_postgres(settings.postgres_url.as_deref().unwrap_or("")),
+            crate::config::IndexKind::Postgres => {
+                Index::open_postgres_with(settings.postgres_url.as_deref().unwrap_or(""), settings.postgres_tls)
+            }
         }
     }
 
