@@ -5,12 +5,13 @@
 //! Every call blocks: callers run them on blocking threads.
 //!
 //! A file per table (`datasets`, `intents`, `uploads`, `multiparts`,
-//! `settings`) holds its queries, written once for both backends (see
+//! `settings`, `grants`) holds its queries, written once for both backends (see
 //! `db`); `sqlite` and `postgres` hold what differs, and `migrations` each
 //! dialect's schema.
 
 mod datasets;
 mod db;
+mod grants;
 mod intents;
 mod multiparts;
 mod postgres;

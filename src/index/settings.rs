@@ -1,5 +1,5 @@
 //! The `settings` table: named values shared by every node of an index
-//! (the signing key of a cluster, and direct-upload grants).
+//! (the signing key of a cluster); what expires goes to `grants`.
 
 use super::db::vals;
 use super::Index;

@@ -50,4 +50,12 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX uploads_open ON uploads (completed, owner);
 "#,
+    // As SQLite's seventh.
+    r#"
+    CREATE TABLE grants (name TEXT PRIMARY KEY, value TEXT NOT NULL, expires_at BIGINT NOT NULL);
+    INSERT INTO grants (name, value, expires_at)
+        SELECT name, value, CAST(extract(epoch FROM now()) AS BIGINT) + 8 * 86400
+        FROM settings WHERE name LIKE 'direct-upload:%';
+    DELETE FROM settings WHERE name LIKE 'direct-upload:%';
+"#,
 ];

@@ -62,4 +62,13 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX uploads_open ON uploads (completed, owner);
 "#,
+    // Grants leave `settings` for a table where each expires. Those kept
+    // get the longest a URL may live (7 days) and the day of grace.
+    r#"
+    CREATE TABLE grants (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL, expires_at INTEGER NOT NULL) WITHOUT ROWID;
+    INSERT INTO grants (name, value, expires_at)
+        SELECT name, value, CAST(strftime('%s', 'now') AS INTEGER) + 8 * 86400
+        FROM settings WHERE name LIKE 'direct-upload:%';
+    DELETE FROM settings WHERE name LIKE 'direct-upload:%';
+"#,
 ];
