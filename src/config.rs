@@ -55,6 +55,9 @@ pub struct Settings {
     pub index: IndexKind,
     /// `postgres://user:password@host:port/database` (`index = "postgres"`).
     pub postgres_url: Option<String>,
+    /// TLS to PostgreSQL: `disable` or `require` (the server's certificate
+    /// checked against the operating system's CAs).
+    pub postgres_tls: PostgresTls,
     /// Resumable uploads open at once, in total (with a shared index,
     /// across its nodes).
     pub max_open_uploads: u64,
@@ -74,6 +77,13 @@ pub enum StorageKind {
 pub enum IndexKind {
     Sqlite,
     Postgres,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PostgresTls {
+    Disable,
+    Require,
 }
 
 /// How downloads of an S3-stored dataset are served.
@@ -165,6 +175,7 @@ impl Default for Settings {
             s3: S3Settings::default(),
             index: IndexKind::Sqlite,
             postgres_url: None,
+            postgres_tls: PostgresTls::Disable,
             max_open_uploads: 10_000,
             max_open_uploads_per_token: 1_000,
         }

@@ -316,12 +316,12 @@ impl<'r> Responder<'r, 'static> for Problem {
     }
 }
 
-impl From<postgres::Error> for Error {
-    fn from(e: postgres::Error) -> Self {
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
         // A lost or refused connection is the shared index being down (503);
         // a database error (constraint, syntax) is ours (500).
         match e.as_db_error() {
-            Some(db) if db.code() == &postgres::error::SqlState::DISK_FULL => {
+            Some(db) if db.code() == &tokio_postgres::error::SqlState::DISK_FULL => {
                 Error::InsufficientStorage("the index volume is full".into())
             }
             Some(db) => Error::internal(format!("index: {db}")),

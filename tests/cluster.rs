@@ -7,8 +7,9 @@
 //! their node (503 `unavailable` elsewhere), belong to their token and are
 //! capped across nodes; nodes start together on an empty database; a
 //! Garage cluster losing a node keeps serving; a node killed mid-upload
-//! comes back with every row matching its object; and a PostgreSQL that
-//! goes away means 503, never 500.
+//! comes back with every row matching its object; a PostgreSQL that goes
+//! away means 503, never 500; and `postgres_tls = "require"` speaks TLS
+//! only to a server whose certificate a trusted CA signed.
 //!
 //! Each test skips (with a line on stderr) when Garage or PostgreSQL is not
 //! installed, unless `SPILLWAY_REQUIRE_CLUSTER=1`.
@@ -1007,4 +1008,117 @@ async fn a_node_on_postgres_stops_cleanly() {
     let status = node.terminate();
     assert!(status.success(), "the node exited with {status} on SIGTERM:\n{}", node.log());
     assert_no_panic(&node, "a_node_on_postgres_stops_cleanly");
+}
+
+// ---------------------------------------------------------------------------
+// 9. TLS to PostgreSQL
+// ---------------------------------------------------------------------------
+
+/// A CA, and a certificate it signed for 127.0.0.1 with its key, made with
+/// `openssl` in a directory PostgreSQL's user can read (the key is its own,
+/// mode 0600, as PostgreSQL demands).
+fn tls_files(pg: &Postgres) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(dir.path().join("server.ext"), "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+        .unwrap();
+    let steps: [&[&str]; 3] = [
+        &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem"],
+        &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr"],
+        &["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial"],
+    ];
+    let tails: [&[&str]; 3] = [
+        &["-days", "2", "-subj", "/CN=spillway test CA"],
+        &["-subj", "/CN=127.0.0.1"],
+        &["-out", "server.crt", "-days", "2", "-extfile", "server.ext"],
+    ];
+    for (step, tail) in steps.iter().zip(tails) {
+        let out = std::process::Command::new("openssl")
+            .args(*step)
+            .args(tail)
+            .current_dir(dir.path())
+            .output()
+            .expect("run openssl");
+        assert!(out.status.success(), "openssl {step:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    for file in ["server.crt", "server.key"] {
+        let status = std::process::Command::new("chown").arg(&pg.user).arg(dir.path().join(file)).status().unwrap();
+        assert!(status.success(), "chown {file} to {}", pg.user);
+    }
+    dir
+}
+
+/// `spillway fsck` (no runtime of its own) with these settings: its exit
+/// code and what it printed.
+fn fsck_with(settings: &[(String, String)]) -> (Option<i32>, String) {
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"));
+    cmd.arg("fsck")
+        .current_dir(root.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("ROCKET_CONFIG", root.path().join("none.toml"))
+        .env("SPILLWAY_DATA_DIR", root.path().join("data"))
+        .env("SPILLWAY_SPOOL_DIR", root.path().join("spool"));
+    for (k, v) in settings {
+        cmd.env(k, v);
+    }
+    let child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// With `postgres_tls = "require"` the node speaks TLS to PostgreSQL, and
+/// only to a server whose certificate a CA of the operating system's store
+/// signed (here the test's CA, through `SSL_CERT_FILE`, which that store
+/// honours): a server without TLS, or with a certificate of an unknown CA,
+/// is refused, by the node and by the offline commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_tls_require_checks_the_server_certificate() {
+    if cluster::skip_without_postgres() {
+        return;
+    }
+    let pg = Postgres::start();
+    let tls = settings(None, Some(&pg), &[("SPILLWAY_POSTGRES_TLS", "require")]);
+
+    let (code, out) = fsck_with(&tls);
+    assert_ne!(code, Some(0), "fsck with postgres_tls = require reached a server without TLS:\n{out}");
+
+    let files = tls_files(&pg);
+    let path = |name: &str| files.path().join(name).display().to_string();
+    pg.sql("postgres", &format!("ALTER SYSTEM SET ssl_cert_file = '{}'", path("server.crt")));
+    pg.sql("postgres", &format!("ALTER SYSTEM SET ssl_key_file = '{}'", path("server.key")));
+    pg.sql("postgres", "ALTER SYSTEM SET ssl = on");
+    pg.sql("postgres", "SELECT pg_reload_conf()");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pg.sql("postgres", "SHOW ssl").trim() != "on" {
+        assert!(Instant::now() < deadline, "PostgreSQL did not turn TLS on:\n{}", pg.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let (code, out) = fsck_with(&tls);
+    assert_ne!(code, Some(0), "fsck trusted a certificate no trusted CA signed:\n{out}");
+
+    let trusted =
+        settings(None, Some(&pg), &[("SPILLWAY_POSTGRES_TLS", "require"), ("SSL_CERT_FILE", &path("ca.pem"))]);
+    let (code, out) = fsck_with(&trusted);
+    assert_eq!(code, Some(0), "fsck over TLS:\n{out}");
+
+    let mut node = start(&trusted);
+    put_ok(&node, "tls/a.bin", b"over TLS", &[]).await;
+    assert_downloads(&node, "tls/a.bin", b"over TLS", &[]).await;
+    let encrypted = pg.sql(
+        "postgres",
+        "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE ssl AND datname = 'spillway'",
+    );
+    assert_ne!(encrypted.trim(), "0", "no connection to `spillway` uses TLS");
+    let plain = pg.sql(
+        "postgres",
+        "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE NOT ssl AND datname = 'spillway'",
+    );
+    assert_eq!(plain.trim(), "0", "a connection to `spillway` does not use TLS");
+    let status = node.terminate();
+    assert!(status.success(), "the node exited with {status} on SIGTERM:\n{}", node.log());
+    assert_no_panic(&node, "postgres_tls_require_checks_the_server_certificate");
 }

@@ -568,7 +568,7 @@ impl Node {
     /// `max_size` (kept in the index when it was minted), or the node's.
     async fn direct_upload_limit(&self, key: &Key) -> Result<u64> {
         let (index, name) = (self.index.clone(), direct_upload_setting(key));
-        let granted = blocking(move || index.setting(&name)).await?;
+        let granted = blocking(move || index.granted(&name)).await?;
         let max = self.settings.max_dataset_size.as_u64();
         Ok(granted.and_then(|g| g.parse::<u64>().ok()).map_or(max, |g| g.min(max)))
     }
@@ -590,7 +590,7 @@ impl Node {
         let s3 = self.s3.as_ref().ok_or_else(|| Error::internal("direct uploads need an object store"))?;
         let (index, name) = (self.index.clone(), direct_upload_setting(key));
         let value = max_size.map_or_else(String::new, |m| m.to_string());
-        blocking(move || index.set_setting(&name, &value)).await?;
+        blocking(move || index.grant(&name, &value, std::time::Duration::from_secs(expires_in))).await?;
         s3.presign("PUT", &s3.incoming(key), std::time::Duration::from_secs(expires_in)).await
     }
 

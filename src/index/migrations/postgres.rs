@@ -1,0 +1,61 @@
+//! The PostgreSQL schema, one step per entry (the version is kept in
+//! `spillway_schema`). Its first step is SQLite's first four at once, so the
+//! step numbers of the two lists differ; steps are never edited, only
+//! appended. Keys collate as "C" (bytewise), the order of the API and of
+//! SQLite's BINARY collation.
+
+pub const MIGRATIONS: &[&str] = &[
+    r#"
+    CREATE TABLE datasets (
+        key          TEXT COLLATE "C" PRIMARY KEY,
+        name         TEXT NOT NULL,
+        size         BIGINT NOT NULL,
+        blake3       TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        created_at   TEXT NOT NULL,
+        updated_at   TEXT NOT NULL,
+        description  TEXT,
+        tags         TEXT NOT NULL DEFAULT '[]',
+        version      TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE intents (
+        key          TEXT COLLATE "C" PRIMARY KEY,
+        action       TEXT NOT NULL,
+        version      TEXT NOT NULL DEFAULT '',
+        size         BIGINT NOT NULL DEFAULT 0,
+        blake3       TEXT NOT NULL DEFAULT '',
+        content_type TEXT NOT NULL DEFAULT '',
+        name         TEXT,
+        description  TEXT
+    );
+    CREATE TABLE uploads (
+        id          TEXT PRIMARY KEY,
+        length      BIGINT,
+        metadata    TEXT,
+        key         TEXT,
+        concat      TEXT NOT NULL DEFAULT 'none',
+        created_at  TEXT NOT NULL,
+        expires_at  BIGINT NOT NULL,
+        completed   BOOLEAN NOT NULL DEFAULT FALSE,
+        node        TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE multiparts (id TEXT PRIMARY KEY, path TEXT NOT NULL, node TEXT NOT NULL);
+"#,
+    // As SQLite's fifth migration.
+    r#"
+    ALTER TABLE uploads ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+"#,
+    // As SQLite's sixth.
+    r#"
+    CREATE INDEX uploads_open ON uploads (completed, owner);
+"#,
+    // As SQLite's seventh.
+    r#"
+    CREATE TABLE grants (name TEXT PRIMARY KEY, value TEXT NOT NULL, expires_at BIGINT NOT NULL);
+    INSERT INTO grants (name, value, expires_at)
+        SELECT name, value, CAST(extract(epoch FROM now()) AS BIGINT) + 8 * 86400
+        FROM settings WHERE name LIKE 'direct-upload:%';
+    DELETE FROM settings WHERE name LIKE 'direct-upload:%';
+"#,
+];

@@ -1,0 +1,74 @@
+//! The SQLite schema, one step per entry; a database at `user_version` N
+//! runs the steps after the Nth. Steps are never edited, only appended.
+
+pub const MIGRATIONS: &[&str] = &[
+    r#"
+    CREATE TABLE datasets (
+        key          TEXT PRIMARY KEY NOT NULL,
+        name         TEXT NOT NULL,
+        size         INTEGER NOT NULL,
+        blake3       TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        created_at   TEXT NOT NULL,
+        updated_at   TEXT NOT NULL,
+        description  TEXT,
+        tags         TEXT NOT NULL DEFAULT '[]',
+        inode        INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+"#,
+    r#"
+    CREATE TABLE intents (
+        key          TEXT PRIMARY KEY NOT NULL,
+        action       TEXT NOT NULL,
+        inode        INTEGER NOT NULL DEFAULT 0,
+        size         INTEGER NOT NULL DEFAULT 0,
+        blake3       TEXT NOT NULL DEFAULT '',
+        content_type TEXT NOT NULL DEFAULT '',
+        name         TEXT,
+        description  TEXT
+    ) WITHOUT ROWID;
+"#,
+    r#"
+    CREATE TABLE uploads (
+        id          TEXT PRIMARY KEY NOT NULL,
+        length      INTEGER,
+        metadata    TEXT,
+        key         TEXT,
+        concat      TEXT NOT NULL DEFAULT 'none',
+        created_at  TEXT NOT NULL,
+        expires_at  INTEGER NOT NULL,
+        completed   INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+"#,
+    // The store's version of a dataset's bytes: a file's inode, or an
+    // object's ETag, instead of an inode only.
+    r#"
+    ALTER TABLE datasets ADD COLUMN version TEXT NOT NULL DEFAULT '';
+    UPDATE datasets SET version = CAST(inode AS TEXT);
+    ALTER TABLE datasets DROP COLUMN inode;
+    ALTER TABLE intents ADD COLUMN version TEXT NOT NULL DEFAULT '';
+    UPDATE intents SET version = CAST(inode AS TEXT);
+    ALTER TABLE intents DROP COLUMN inode;
+    ALTER TABLE uploads ADD COLUMN node TEXT NOT NULL DEFAULT '';
+    CREATE TABLE settings (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID;
+    CREATE TABLE multiparts (id TEXT PRIMARY KEY NOT NULL, path TEXT NOT NULL, node TEXT NOT NULL) WITHOUT ROWID;
+"#,
+    // Who created a resumable upload: a token's name ('' on an open node,
+    // and for uploads from before owners were kept).
+    r#"
+    ALTER TABLE uploads ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+"#,
+    // Open uploads are counted at each creation, in total and per owner.
+    r#"
+    CREATE INDEX uploads_open ON uploads (completed, owner);
+"#,
+    // Grants leave `settings` for a table where each expires. Those kept
+    // get the longest a URL may live (7 days) and the day of grace.
+    r#"
+    CREATE TABLE grants (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL, expires_at INTEGER NOT NULL) WITHOUT ROWID;
+    INSERT INTO grants (name, value, expires_at)
+        SELECT name, value, CAST(strftime('%s', 'now') AS INTEGER) + 8 * 86400
+        FROM settings WHERE name LIKE 'direct-upload:%';
+    DELETE FROM settings WHERE name LIKE 'direct-upload:%';
+"#,
+];

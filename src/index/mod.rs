@@ -1,0 +1,200 @@
+//! The catalog: a row per dataset, in SQLite (WAL, synchronous=FULL; the
+//! default, in the data directory) or in PostgreSQL (shared by several
+//! nodes). Rows are keyed by the dataset key, ordered bytewise (SQLite's
+//! BINARY collation, PostgreSQL's "C"), which is the order of the API.
+//! Every call blocks: callers run them on blocking threads.
+//!
+//! A file per table (`datasets`, `intents`, `uploads`, `multiparts`,
+//! `settings`, `grants`) holds its queries, written once for both backends (see
+//! `db`); `sqlite` and `postgres` hold what differs, and `migrations` each
+//! dialect's schema.
+
+mod datasets;
+mod db;
+mod grants;
+mod intents;
+mod multiparts;
+mod postgres;
+mod settings;
+mod sqlite;
+mod uploads;
+
+mod migrations {
+    pub(super) mod postgres;
+    pub(super) mod sqlite;
+}
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use datasets::{MetadataPatch, NewVersion, Record};
+pub use intents::Intent;
+pub use uploads::{OpenUploads, UploadRow};
+
+use crate::config::PostgresTls;
+use crate::error::Result;
+use db::Db;
+use postgres::PgPool;
+use sqlite::{Lite, SqlitePool};
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(Arc<PgPool>),
+}
+
+#[derive(Clone)]
+pub struct Index {
+    backend: Backend,
+}
+
+/// Held while a node commits: other nodes on the same PostgreSQL index wait
+/// for it (with SQLite there is one node, and its own lock suffices).
+pub struct CommitLock(Option<postgres::HeldLock>);
+
+impl Drop for CommitLock {
+    fn drop(&mut self) {
+        if let Some(lock) = self.0.take() {
+            lock.release();
+        }
+    }
+}
+
+impl Index {
+    /// The SQLite catalog in the data directory.
+    pub fn open(path: &Path) -> Result<Index> {
+        Ok(Index { backend: Backend::Sqlite(sqlite::open(path)?) })
+    }
+
+    /// A catalog in PostgreSQL, shared by every node configured with it.
+    pub fn open_postgres(url: &str) -> Result<Index> {
+        Index::open_postgres_with(url, PostgresTls::Disable)
+    }
+
+    fn open_postgres_with(url: &str, tls: PostgresTls) -> Result<Index> {
+        Ok(Index { backend: Backend::Postgres(Arc::new(PgPool::open(url, tls)?)) })
+    }
+
+    pub fn open_configured(settings: &crate::config::Settings, sqlite_file: &Path) -> Result<Index> {
+        match settings.index {
+            crate::config::IndexKind::Sqlite => Index::open(sqlite_file),
+            crate::config::IndexKind::Postgres => {
+                Index::open_postgres_with(settings.postgres_url.as_deref().unwrap_or(""), settings.postgres_tls)
+            }
+        }
+    }
+
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// Takes the cluster-wide commit lock (a no-op with SQLite).
+    pub fn commit_lock(&self) -> Result<CommitLock> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(CommitLock(None)),
+            Backend::Postgres(pool) => Ok(CommitLock(Some(pool.lock_commits()?))),
+        }
+    }
+
+    /// Runs `f` on a connection, each statement committing on its own.
+    fn with<T>(&self, f: impl FnOnce(&mut dyn Db) -> Result<T>) -> Result<T> {
+        match &self.backend {
+            Backend::Sqlite(pool) => f(&mut Lite(&*sqlite::conn(pool)?)),
+            Backend::Postgres(pool) => pool.with(f),
+        }
+    }
+
+    /// Runs `f` in one transaction, committed if it returns `Ok`.
+    fn tx<T>(&self, f: impl FnOnce(&mut dyn Db) -> Result<T>) -> Result<T> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let mut conn = sqlite::conn(pool)?;
+                let tx = conn.transaction()?;
+                let out = f(&mut Lite(&tx))?;
+                tx.commit()?;
+                Ok(out)
+            }
+            Backend::Postgres(pool) => pool.tx(None, f),
+        }
+    }
+
+    /// Runs `f` in one transaction that writers take one at a time from
+    /// its first read on, so that what it writes may depend on what it read
+    /// (a count checked before an insert): SQLite's IMMEDIATE transaction;
+    /// with PostgreSQL (nodes sharing it too) the transaction-scoped
+    /// advisory lock `lock`, since READ COMMITTED lets two transactions
+    /// count the same rows and both insert.
+    fn serial_tx<T>(&self, lock: i64, f: impl FnOnce(&mut dyn Db) -> Result<T>) -> Result<T> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let mut conn = sqlite::conn(pool)?;
+                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let out = f(&mut Lite(&tx))?;
+                tx.commit()?;
+                Ok(out)
+            }
+            Backend::Postgres(pool) => pool.tx(Some(lock), f),
+        }
+    }
+}
+
+/// The smallest string greater than every string that starts with `prefix`
+/// (None when there is none, or the prefix is empty). Code point order is
+/// UTF-8 byte order, so bumping the last character that can be bumped works.
+pub fn prefix_successor(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let mut next = last as u32 + 1;
+        if (0xD800..=0xDFFF).contains(&next) {
+            next = 0xE000;
+        }
+        if let Some(c) = char::from_u32(next) {
+            chars.push(c);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SQLite numbers `$N` parameters in order of first appearance; a
+    /// statement naming `$2` before `$1` must still bind by name.
+    #[test]
+    fn sqlite_binds_parameters_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index.sqlite")).unwrap();
+        let row = UploadRow {
+            id: "u1".into(),
+            length: None,
+            metadata: None,
+            key: Some("a/b".into()),
+            concat: "none".into(),
+            created_at: "now".into(),
+            expires_at: 10,
+            completed: false,
+            node: "n".into(),
+            owner: String::new(),
+        };
+        index.create_upload(&row).unwrap();
+        index.set_upload_length("u1", 42).unwrap();
+        index.touch_upload("u1", 20).unwrap();
+        let got = index.get_upload("u1").unwrap().unwrap();
+        assert_eq!((got.length, got.expires_at), (Some(42), 20));
+        assert_eq!(index.expired_uploads("n", 21).unwrap(), vec!["u1".to_owned()]);
+    }
+
+    #[test]
+    fn successor_bounds_the_prefix() {
+        assert_eq!(prefix_successor("a"), Some("b".into()));
+        assert_eq!(prefix_successor("a/"), Some("a0".into()));
+        assert_eq!(prefix_successor(""), None);
+        assert_eq!(prefix_successor("x\u{10FFFF}"), Some("y".into()));
+        assert_eq!(prefix_successor("\u{D7FF}"), Some("\u{E000}".into()));
+        for key in ["a", "a/b", "a\u{10FFFF}\u{10FFFF}", "aé"] {
+            assert!(key < prefix_successor("a").unwrap().as_str());
+        }
+    }
+}

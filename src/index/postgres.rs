@@ -1,0 +1,262 @@
+//! The PostgreSQL backend: tokio-postgres connections in a deadpool pool,
+//! shared by every node configured with the same database; its
+//! migrations, advisory locks, and the binder for the shared SQL.
+//!
+//! The `Index` API is synchronous and called from blocking threads, so
+//! each call drives the async client with `Handle::block_on` on the
+//! runtime the pool was opened in (the node's). The offline commands
+//! (`fsck`, `reindex`) have no runtime; the pool then owns a small one.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Transaction};
+use tokio::runtime::{Handle, Runtime};
+use tokio_postgres::types::{IsNull, ToSql, Type};
+
+use super::db::{Db, DbRow, Val};
+use super::migrations;
+use crate::config::PostgresTls;
+use crate::error::{Error, Result};
+
+/// Advisory lock ids: migrations, and the commit section that several
+/// nodes must take in turn.
+const MIGRATION_LOCK: i64 = 0x5350_494c_0001;
+const COMMIT_LOCK: i64 = 0x5350_494c_0002;
+/// Taken by each creation of a resumable upload, for its count and insert.
+pub(super) const UPLOADS_LOCK: i64 = 0x5350_494c_0003;
+
+/// As long as a request waits for a connection, or for a new one to open,
+/// before the index counts as unavailable (503).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub(super) struct PgPool {
+    pool: Pool,
+    handle: Handle,
+    /// The runtime of an offline command, shut down with the pool.
+    owned: Option<Runtime>,
+}
+
+impl Drop for PgPool {
+    fn drop(&mut self) {
+        // Without waiting: the last owner may be dropped inside a runtime.
+        if let Some(runtime) = self.owned.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl PgPool {
+    pub(super) fn open(url: &str, tls: PostgresTls) -> Result<PgPool> {
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|e| Error::internal(format!("postgres_url does not parse: {e}")))?;
+        config.connect_timeout(CONNECT_TIMEOUT);
+        let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+        // `postgres_tls` decides, whatever the URL's `sslmode` says.
+        let manager = match tls {
+            PostgresTls::Disable => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                Manager::from_config(config, tokio_postgres::NoTls, manager_config)
+            }
+            PostgresTls::Require => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                Manager::from_config(config, tls_connector()?, manager_config)
+            }
+        };
+        let (handle, owned) = match Handle::try_current() {
+            Ok(handle) => (handle, None),
+            Err(_) => {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("spillway-pg")
+                    .enable_all()
+                    .build()
+                    .map_err(Error::internal)?;
+                (runtime.handle().clone(), Some(runtime))
+            }
+        };
+        // Built inside the runtime: deadpool's timeouts are tokio timers.
+        let pool = {
+            let _entered = handle.enter();
+            Pool::builder(manager)
+                .max_size(16)
+                .runtime(deadpool_postgres::Runtime::Tokio1)
+                .wait_timeout(Some(CONNECT_TIMEOUT))
+                .create_timeout(Some(CONNECT_TIMEOUT))
+                .build()
+                .map_err(|e| Error::internal(format!("PostgreSQL pool: {e}")))?
+        };
+        let pool = PgPool { pool, handle, owned };
+        pool.migrate()?;
+        Ok(pool)
+    }
+
+    fn conn(&self) -> Result<Object> {
+        self.handle.block_on(self.pool.get()).map_err(pool_error)
+    }
+
+    /// Runs `f` on a connection, each statement committing on its own.
+    pub(super) fn with<T>(&self, f: impl FnOnce(&mut dyn Db) -> Result<T>) -> Result<T> {
+        let conn = self.conn()?;
+        f(&mut PgConn { handle: &self.handle, client: &conn })
+    }
+
+    /// Runs `f` in one transaction, after taking the transaction-scoped
+    /// advisory lock `lock` if one is given; committed if `f` returns `Ok`.
+    pub(super) fn tx<T>(&self, lock: Option<i64>, f: impl FnOnce(&mut dyn Db) -> Result<T>) -> Result<T> {
+        let mut conn = self.conn()?;
+        let tx = self.handle.block_on(conn.transaction())?;
+        let mut db = PgTx { handle: &self.handle, tx: &tx };
+        if let Some(lock) = lock {
+            db.execute("SELECT pg_advisory_xact_lock($1)", &[Val::Int(lock)])?;
+        }
+        let out = f(&mut db)?;
+        self.handle.block_on(tx.commit())?;
+        Ok(out)
+    }
+
+    /// Takes the session-level commit lock on a connection of its own,
+    /// held until the returned value is dropped (or the session ends).
+    pub(super) fn lock_commits(&self) -> Result<HeldLock> {
+        let conn = self.conn()?;
+        self.handle.block_on(conn.execute("SELECT pg_advisory_lock($1)", &[&COMMIT_LOCK]))?;
+        Ok(HeldLock { conn, handle: self.handle.clone() })
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let mut conn = self.conn()?;
+        let handle = &self.handle;
+        let tx = handle.block_on(conn.transaction())?;
+        // Nodes starting together migrate one at a time.
+        handle.block_on(tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]))?;
+        handle.block_on(tx.batch_execute("CREATE TABLE IF NOT EXISTS spillway_schema (version INTEGER NOT NULL)"))?;
+        let version: i64 = match handle.block_on(tx.query_opt("SELECT version FROM spillway_schema", &[]))? {
+            Some(row) => row.try_get::<_, i32>(0)?.into(),
+            None => {
+                handle.block_on(tx.execute("INSERT INTO spillway_schema (version) VALUES (0)", &[]))?;
+                0
+            }
+        };
+        for (i, sql) in migrations::postgres::MIGRATIONS.iter().enumerate().skip(version as usize) {
+            handle.block_on(tx.batch_execute(sql))?;
+            handle.block_on(tx.execute("UPDATE spillway_schema SET version = $1", &[&(i as i32 + 1)]))?;
+        }
+        handle.block_on(tx.commit())?;
+        Ok(())
+    }
+}
+
+/// TLS with rustls (the crypto provider and the operating system's
+/// certificates that the S3 client uses too): the server's certificate
+/// and host name are checked.
+fn tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
+    use rustls_platform_verifier::ConfigVerifierExt;
+    let config = rustls::ClientConfig::with_platform_verifier()
+        .map_err(|e| Error::internal(format!("TLS to PostgreSQL: {e}")))?;
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> Error {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => e.into(),
+        e => Error::Unavailable("the index", format!("PostgreSQL pool: {e}")),
+    }
+}
+
+/// The commit lock, held on a pooled connection of its own.
+pub(super) struct HeldLock {
+    conn: Object,
+    handle: Handle,
+}
+
+impl HeldLock {
+    pub(super) fn release(self) {
+        let unlocked = self.handle.block_on(self.conn.execute("SELECT pg_advisory_unlock($1)", &[&COMMIT_LOCK]));
+        if let Err(e) = unlocked {
+            log::error!("releasing the commit lock: {e}");
+            // Not back to the pool with the lock maybe still held: closing
+            // the session releases it.
+            drop(Object::take(self.conn));
+        }
+    }
+}
+
+impl ToSql for Val {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> std::result::Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            Val::Null => Ok(IsNull::Yes),
+            Val::Int(n) if *ty == Type::INT4 => i32::try_from(*n)?.to_sql(ty, out),
+            Val::Int(n) => n.to_sql(ty, out),
+            Val::Text(s) => s.to_sql(ty, out),
+            Val::Bool(b) => b.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+fn params(params: &[Val]) -> Vec<&(dyn ToSql + Sync)> {
+    params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
+}
+
+fn row(row: &tokio_postgres::Row) -> Result<DbRow> {
+    let mut values = Vec::with_capacity(row.len());
+    for (i, column) in row.columns().iter().enumerate() {
+        let ty = column.type_();
+        let value = if *ty == Type::INT8 {
+            row.try_get::<_, Option<i64>>(i)?.map(Val::Int)
+        } else if *ty == Type::INT4 {
+            row.try_get::<_, Option<i32>>(i)?.map(|n| Val::Int(n.into()))
+        } else if *ty == Type::BOOL {
+            row.try_get::<_, Option<bool>>(i)?.map(Val::Bool)
+        } else {
+            row.try_get::<_, Option<String>>(i)?.map(Val::Text)
+        };
+        values.push(value.unwrap_or(Val::Null));
+    }
+    Ok(DbRow(values))
+}
+
+/// A pooled connection, each statement committing on its own.
+struct PgConn<'a> {
+    handle: &'a Handle,
+    client: &'a deadpool_postgres::Client,
+}
+
+/// A transaction.
+struct PgTx<'a> {
+    handle: &'a Handle,
+    tx: &'a Transaction<'a>,
+}
+
+// Statements are prepared once per connection (deadpool's cache): the
+// catalog runs a few dozen distinct ones, over and over.
+macro_rules! pg_db {
+    ($t:ident, $client:ident) => {
+        impl Db for $t<'_> {
+            fn execute(&mut self, sql: &str, values: &[Val]) -> Result<u64> {
+                self.handle.block_on(async {
+                    let stmt = self.$client.prepare_cached(sql).await?;
+                    Ok(self.$client.execute(&stmt, &params(values)).await?)
+                })
+            }
+
+            fn query(&mut self, sql: &str, values: &[Val]) -> Result<Vec<DbRow>> {
+                let rows = self.handle.block_on(async {
+                    let stmt = self.$client.prepare_cached(sql).await?;
+                    self.$client.query(&stmt, &params(values)).await
+                })?;
+                rows.iter().map(row).collect()
+            }
+        }
+    };
+}
+pg_db!(PgConn, client);
+pg_db!(PgTx, tx);

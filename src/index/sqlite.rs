@@ -1,0 +1,108 @@
+//! The SQLite backend: a pooled file in the data directory (WAL,
+//! synchronous=FULL), its migrations, and the binder for the shared SQL.
+
+use std::path::Path;
+
+use r2d2::{Pool, PooledConnection};
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::Connection;
+
+use super::db::{Db, DbRow, Val};
+use super::migrations;
+use crate::error::{Error, Result};
+
+pub(super) type SqlitePool = Pool<SqliteConnectionManager>;
+
+pub(super) fn open(path: &Path) -> Result<SqlitePool> {
+    let manager = SqliteConnectionManager::file(path).with_init(|c| {
+        c.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             PRAGMA busy_timeout = 10000;",
+        )
+    });
+    let pool = Pool::builder()
+        .max_size(8)
+        .build(manager)
+        .map_err(|e| Error::internal(format!("index {}: {e}", path.display())))?;
+    migrate(&pool)?;
+    Ok(pool)
+}
+
+pub(super) fn conn(pool: &SqlitePool) -> Result<PooledConnection<SqliteConnectionManager>> {
+    pool.get().map_err(|e| Error::internal(format!("index pool: {e}")))
+}
+
+/// The schema version is SQLite's own `user_version`.
+fn migrate(pool: &SqlitePool) -> Result<()> {
+    let mut conn = conn(pool)?;
+    let tx = conn.transaction()?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in migrations::sqlite::MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// A connection or transaction (a `rusqlite::Transaction` derefs to one).
+pub(super) struct Lite<'c>(pub(super) &'c Connection);
+
+impl rusqlite::ToSql for Val {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, Value};
+        Ok(ToSqlOutput::Owned(match self {
+            Val::Null => Value::Null,
+            Val::Int(n) => Value::Integer(*n),
+            Val::Text(s) => Value::Text(s.clone()),
+            Val::Bool(b) => Value::Integer(i64::from(*b)),
+        }))
+    }
+}
+
+/// Binds `params` by name: SQLite numbers named parameters in order of
+/// first appearance, so `$2` may be its first; the name says which value.
+fn bind(stmt: &mut rusqlite::CachedStatement<'_>, params: &[Val]) -> Result<()> {
+    for i in 1..=stmt.parameter_count() {
+        let name = stmt.parameter_name(i).unwrap_or_default();
+        let value = name
+            .strip_prefix('$')
+            .and_then(|n| n.parse::<usize>().ok())
+            .and_then(|n| params.get(n.checked_sub(1)?))
+            .ok_or_else(|| Error::internal(format!("SQL parameter `{name}` has no value")))?;
+        stmt.raw_bind_parameter(i, value)?;
+    }
+    Ok(())
+}
+
+impl Db for Lite<'_> {
+    fn execute(&mut self, sql: &str, params: &[Val]) -> Result<u64> {
+        let mut stmt = self.0.prepare_cached(sql)?;
+        bind(&mut stmt, params)?;
+        Ok(stmt.raw_execute()? as u64)
+    }
+
+    fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<DbRow>> {
+        use rusqlite::types::ValueRef;
+        let mut stmt = self.0.prepare_cached(sql)?;
+        bind(&mut stmt, params)?;
+        let width = stmt.column_count();
+        let mut rows = stmt.raw_query();
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let values = (0..width)
+                .map(|i| {
+                    Ok(match row.get_ref(i)? {
+                        ValueRef::Null => Val::Null,
+                        ValueRef::Integer(n) => Val::Int(n),
+                        ValueRef::Real(f) => Val::Int(f as i64),
+                        ValueRef::Text(t) | ValueRef::Blob(t) => Val::Text(String::from_utf8_lossy(t).into_owned()),
+                    })
+                })
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            out.push(DbRow(values));
+        }
+        Ok(out)
+    }
+}
