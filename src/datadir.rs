@@ -84,7 +84,8 @@ impl Layout {
     /// and never through a symlink, so whatever the key or the disk holds,
     /// the result is strictly inside `datasets/`. With `create`, missing
     /// folders are made (each new entry fsynced); without, a missing folder
-    /// is `None`.
+    /// is `None`, and so is (with `create` too) a folder that disappeared
+    /// between its `mkdirat` and `openat`.
     fn resolve<'k>(&self, key: &'k Key, create: bool) -> Result<Option<KeyPath<'k>>, Error> {
         let segments: Vec<&str> = key.segments().collect();
         let (name, folders) = segments.split_last().expect("a key has a segment");
@@ -231,7 +232,21 @@ impl Layout {
                 "the staged file of `{key}` was replaced; nothing is installed"
             )));
         }
-        let path = self.resolve(key, true)?.expect("folders are created");
+        // A folder moved away between its mkdirat and openat (by a
+        // concurrent DELETE pruning it, or by hand) is retried a few times;
+        // never a panic.
+        let mut attempts = 0;
+        let path = loop {
+            match self.resolve(key, true)? {
+                Some(path) => break path,
+                None if attempts < 4 => attempts += 1,
+                None => {
+                    return Err(Error::Conflict(format!(
+                        "a folder of `{key}` kept disappearing while it was created; nothing is installed"
+                    )))
+                }
+            }
+        };
         match path.kind() {
             Some(FileType::Symlink) => return Err(path.refused()),
             Some(FileType::Directory) => return Err(conflict_with_folder(key)),

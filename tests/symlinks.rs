@@ -161,3 +161,68 @@ async fn a_symlinked_upload_file_is_never_written_through() {
     assert!(node.list_all().await.is_empty());
     assert!(node.dataset_files().is_empty(), "{:?}", node.dataset_files());
 }
+
+/// F10: a key's folder swapped for a symlink, or moved away, while PUTs
+/// create it (between the node's `mkdirat` and its `openat`) never panics
+/// the node or answers 500: each PUT is installed or refused with 409.
+/// Bounded: at most 1500 PUTs over 4 connections or 40 s, stopping at the
+/// first 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_folder_swapped_while_a_put_creates_it_is_refused_not_a_panic() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let node = Arc::new(TestNode::start());
+    let outside = TempDir::new().unwrap();
+    let datasets = node.datasets_dir();
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (stop, datasets, outside) = (stop.clone(), datasets.clone(), outside.path().to_path_buf());
+        std::thread::spawn(move || {
+            let folder = datasets.join("r");
+            let mut n = 0u32;
+            // Moves `r` away the moment it appears, then plants a symlink
+            // there for a moment: the window between mkdirat and openat.
+            while !stop.load(Ordering::Relaxed) && n < 200_000 {
+                if fs::rename(&folder, datasets.join(format!("moved{}", n % 64))).is_ok() {
+                    let _ = fs::remove_dir_all(datasets.join(format!("moved{}", (n + 32) % 64)));
+                }
+                if n.is_multiple_of(2) && symlink(&outside, &folder).is_ok() {
+                    let _ = fs::remove_file(&folder);
+                }
+                n += 1;
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let (node, stop) = (node.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let mut seen = std::collections::BTreeMap::new();
+            for i in 0..375 {
+                if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                    break;
+                }
+                let status = node.put(&format!("r/s/f{w}-{i}"), "x").await.status().as_u16();
+                *seen.entry(status).or_insert(0u32) += 1;
+                if status == 500 {
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
+            seen
+        }));
+    }
+    let mut seen = std::collections::BTreeMap::new();
+    for w in workers {
+        for (status, n) in w.await.unwrap() {
+            *seen.entry(status).or_insert(0u32) += n;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    swapper.join().unwrap();
+    let log = node.log();
+    assert!(!log.contains("panicked"), "the node panicked ({seen:?}):\n{log}");
+    assert!(seen.keys().all(|s| *s == 201 || *s == 409), "statuses {seen:?}");
+    assert!(walk(outside.path()).is_empty(), "something landed outside: {:?}", walk(outside.path()));
+}
