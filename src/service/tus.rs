@@ -584,16 +584,35 @@ impl Node {
     }
 
     /// At start: data files of uploads whose row never got written (a crash
-    /// between the two steps of a creation) are removed.
+    /// between the two steps of a creation) are removed. Only regular files
+    /// named like an upload id are ever removed; anything else found in
+    /// `uploads/` (a folder, a symlink, an operator's file) is left in place
+    /// with a warning naming it, and never stops the start.
     pub fn sweep_orphan_upload_files(&self) -> Result<Vec<PathBuf>> {
         let ids: std::collections::HashSet<String> = self.index.upload_ids(&self.node_id)?.into_iter().collect();
         let mut removed = Vec::new();
         for entry in std::fs::read_dir(&self.layout.uploads).map_err(Error::internal)? {
-            let entry = entry.map_err(Error::internal)?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !ids.contains(&name) {
-                std::fs::remove_file(entry.path()).map_err(Error::internal)?;
-                removed.push(entry.path());
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    log::warn!("reading {}: {e}", self.layout.uploads.display());
+                    continue;
+                }
+            };
+            let (path, name) = (entry.path(), entry.file_name());
+            let id = name.to_str().filter(|n| is_upload_id(n));
+            if id.is_some_and(|id| ids.contains(id)) {
+                continue;
+            }
+            // `DirEntry::file_type` does not follow a symlink.
+            let regular = entry.file_type().is_ok_and(|t| t.is_file());
+            if id.is_none() || !regular {
+                log::warn!("{} is not a resumable upload's file; it is left in place", path.display());
+                continue;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed.push(path),
+                Err(e) => log::warn!("removing the orphan upload file {}: {e}", path.display()),
             }
         }
         Ok(removed)
