@@ -1658,3 +1658,33 @@ async fn racing_creations_do_not_pass_the_cap() {
     assert_eq!(upload_files(&node).len(), 3, "{:?}", upload_files(&node));
     assert_capped(&create_as(&node, None, 10, "race/late.bin").await, "a creation after the race");
 }
+
+// ---------------------------------------------------------------------------
+// Failed creation-with-upload (probe F5) and the start-up sweep (probe F11)
+// ---------------------------------------------------------------------------
+
+/// The start-up sweep removes only upload files without a row: anything
+/// else an operator leaves in `uploads/` (a folder, a note) stays, with a
+/// warning naming it, and the node starts.
+#[tokio::test]
+async fn foreign_entries_in_uploads_are_kept_and_do_not_stop_the_start() {
+    let mut node = TestNode::start();
+    let loc = create(&node, 10, &meta(&[("key", "tus/kept.bin")])).await;
+    let uploads = node.data_dir.join("uploads");
+    std::fs::create_dir(uploads.join("junkdir")).unwrap();
+    std::fs::write(uploads.join("junkdir").join("inner"), b"inner").unwrap();
+    std::fs::write(uploads.join("NOTES.txt"), b"operator notes").unwrap();
+    let orphan = uploads.join("0123456789abcdef0123456789abcdef");
+    std::fs::write(&orphan, b"no row").unwrap();
+    node.restart();
+    assert!(uploads.join("junkdir").join("inner").is_file(), "a folder in uploads/ was removed");
+    assert_eq!(std::fs::read(uploads.join("NOTES.txt")).unwrap(), b"operator notes");
+    assert!(!orphan.exists(), "an upload file without a row was kept");
+    let log = node.log();
+    for name in ["junkdir", "NOTES.txt"] {
+        assert!(log.lines().any(|l| l.contains("WARN") && l.contains(name)), "no warning names {name}:\n{log}");
+    }
+    assert_eq!(offset_of(&node, &loc).await, 0, "the live upload survived the sweep");
+    patch_all(&node, &loc, BODY10, 0, 10).await;
+    assert_dataset(&node, "tus/kept.bin", BODY10).await;
+}
