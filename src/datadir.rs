@@ -51,7 +51,15 @@ pub struct Layout {
     /// `staging/`, the spool and `uploads/`, opened at start (never through
     /// a symlink): files in them are created, opened, renamed and removed
     /// relative to these, so a folder swapped for a symlink after start is
-    /// never followed.
+    /// never followed. What still goes by path: a temp file dropped on an
+    /// error path is unlinked by its path (tempfile's `TempPath`), so with
+    /// its folder swapped for a symlink meanwhile the unlink misses (the file
+    /// stays in the real folder, swept at the next start) or removes a file
+    /// of the same random name at the symlink's target; the start-up sweeps
+    /// (`sweep_leftovers`, `spool_files`, the orphan-upload sweep) list the
+    /// folders by path just after they were opened; and an S3 store rereads
+    /// a spool file with `NamedTempFile::reopen` (by path, checked to be the
+    /// same inode).
     dirs: Arc<Dirs>,
 }
 
