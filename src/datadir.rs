@@ -19,13 +19,14 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use rustix::fs::{fsync, mkdirat, openat, renameat, statat, unlinkat, AtFlags, FileType, Mode, OFlags, Stat, CWD};
 use rustix::io::Errno;
-use tempfile::NamedTempFile;
+use tempfile::{NamedTempFile, TempPath};
 
 use crate::config::Settings;
 use crate::error::Error;
@@ -45,37 +46,90 @@ pub struct Layout {
     pub uploads: PathBuf,
     /// The spool is on the data volume: spilled files are renamed in place.
     pub spool_on_data_volume: bool,
+    /// The device of the data volume.
+    data_dev: u64,
+    /// `staging/`, the spool and `uploads/`, opened at start (never through
+    /// a symlink): files in them are created, opened, renamed and removed
+    /// relative to these, so a folder swapped for a symlink after start is
+    /// never followed. What still goes by path: a temp file dropped on an
+    /// error path is unlinked by its path (tempfile's `TempPath`), so with
+    /// its folder swapped for a symlink meanwhile the unlink misses (the file
+    /// stays in the real folder, swept at the next start) or removes a file
+    /// of the same random name at the symlink's target; the start-up sweeps
+    /// (`sweep_leftovers`, `spool_files`, the orphan-upload sweep) list the
+    /// folders by path just after they were opened; and an S3 store rereads
+    /// a spool file with `NamedTempFile::reopen` (by path, checked to be the
+    /// same inode).
+    dirs: Arc<Dirs>,
+}
+
+#[derive(Debug)]
+struct Dirs {
+    staging: OwnedFd,
+    spool: OwnedFd,
+    uploads: OwnedFd,
 }
 
 impl Layout {
-    /// Creates the directories (if needed) and resolves them to absolute paths.
+    /// Creates the directories (if needed) and resolves them to absolute
+    /// paths. None of `datasets/`, `staging/`, `uploads/` and (when it lies
+    /// below `data_dir`, as by default) the spool may be a symlink, nor any
+    /// folder between `data_dir` and the spool.
     pub fn prepare(settings: &Settings) -> io::Result<Layout> {
         fs::create_dir_all(&settings.data_dir)?;
         let root = fs::canonicalize(&settings.data_dir)?;
-        let spool = settings.spool_dir();
-        fs::create_dir_all(&spool)?;
-        let spool = fs::canonicalize(spool)?;
-        let datasets = root.join("datasets");
-        let staging = root.join("staging");
-        fs::create_dir_all(&datasets)?;
-        fs::create_dir_all(&staging)?;
-        let uploads = root.join("uploads");
-        fs::create_dir_all(&uploads)?;
-        for dir in [&datasets, &staging, &uploads] {
-            if fs::symlink_metadata(dir)?.file_type().is_symlink() {
-                let message = format!("{} is a symlink; the node follows none below data_dir", dir.display());
-                return Err(io::Error::other(message));
+        let root_fd = open_dir(CWD, root.as_path())?;
+        let below_root = |names: &[&std::ffi::OsStr]| -> io::Result<OwnedFd> {
+            let mut dir = open_dir(&root_fd, ".")?;
+            let mut path = root.clone();
+            for name in names {
+                path.push(name);
+                match mkdirat(&dir, *name, Mode::from_bits_truncate(0o777)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                dir = match open_dir(&dir, *name) {
+                    Err(Errno::LOOP | Errno::NOTDIR) if is_symlink(&dir, &name.to_string_lossy()) => {
+                        let message = format!("{} is a symlink; the node follows none below data_dir", path.display());
+                        return Err(io::Error::other(message));
+                    }
+                    other => other?,
+                };
             }
-        }
-        let spool_on_data_volume = fs::metadata(&spool)?.dev() == fs::metadata(&datasets)?.dev();
+            Ok(dir)
+        };
+        let datasets_fd = below_root(&["datasets".as_ref()])?;
+        let staging_fd = below_root(&["staging".as_ref()])?;
+        let uploads_fd = below_root(&["uploads".as_ref()])?;
+        let configured = settings.spool_dir();
+        // The spool below data_dir (by default `data_dir/spool`) is opened
+        // one folder at a time from data_dir, never through a symlink.
+        let inside: Option<Vec<&std::ffi::OsStr>> = configured.strip_prefix(&settings.data_dir).ok().and_then(|rel| {
+            rel.components().map(|c| if let Component::Normal(n) = c { Some(n) } else { None }).collect()
+        });
+        let (spool, spool_fd) = match inside {
+            Some(names) if !names.is_empty() => {
+                (names.iter().fold(root.clone(), |p, n| p.join(n)), below_root(&names)?)
+            }
+            _ => {
+                fs::create_dir_all(&configured)?;
+                let spool = fs::canonicalize(configured)?;
+                let fd = open_dir(CWD, spool.as_path())?;
+                (spool, fd)
+            }
+        };
+        let data_dev = rustix::fs::fstat(&datasets_fd)?.st_dev;
+        let spool_on_data_volume = rustix::fs::fstat(&spool_fd)?.st_dev == data_dev;
         Ok(Layout {
             index_file: root.join("index.sqlite"),
-            uploads,
+            uploads: root.join("uploads"),
+            datasets: root.join("datasets"),
+            staging: root.join("staging"),
             root,
-            datasets,
-            staging,
             spool,
             spool_on_data_volume,
+            data_dev,
+            dirs: Arc::new(Dirs { staging: staging_fd, spool: spool_fd, uploads: uploads_fd }),
         })
     }
 
@@ -84,7 +138,8 @@ impl Layout {
     /// and never through a symlink, so whatever the key or the disk holds,
     /// the result is strictly inside `datasets/`. With `create`, missing
     /// folders are made (each new entry fsynced); without, a missing folder
-    /// is `None`.
+    /// is `None`, and so is (with `create` too) a folder that disappeared
+    /// between its `mkdirat` and `openat`.
     fn resolve<'k>(&self, key: &'k Key, create: bool) -> Result<Option<KeyPath<'k>>, Error> {
         let segments: Vec<&str> = key.segments().collect();
         let (name, folders) = segments.split_last().expect("a key has a segment");
@@ -142,23 +197,39 @@ impl Layout {
         self.uploads.join(id)
     }
 
-    /// Opens a resumable upload's file with `options`, never through a
-    /// symlink (`O_NOFOLLOW`).
-    pub fn open_upload(&self, id: &str, options: &mut fs::OpenOptions) -> Result<File, Error> {
-        match options.custom_flags(OFlags::NOFOLLOW.bits() as i32).open(self.upload_path(id)) {
-            Err(e) if e.raw_os_error() == Some(Errno::LOOP.raw_os_error()) => Err(upload_symlink(id)),
-            other => other.map_err(Error::from_io),
+    /// Opens a resumable upload's file with `flags` (`O_RDONLY`,
+    /// `O_WRONLY|O_APPEND`, ...), relative to `uploads/` as opened at start
+    /// and never through a symlink (`O_NOFOLLOW`).
+    pub fn open_upload(&self, id: &str, flags: OFlags) -> Result<File, Error> {
+        let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        match openat(&self.dirs.uploads, upload_name(id), flags, Mode::from_bits_truncate(0o666)) {
+            Ok(fd) => Ok(File::from(fd)),
+            Err(Errno::LOOP) => Err(upload_symlink(id)),
+            Err(e) => Err(Error::from_io(e.into())),
         }
     }
 
     /// The length of a resumable upload's file (`NotFound` when it is gone).
     pub fn upload_len(&self, id: &str) -> Result<Option<u64>, Error> {
-        match fs::symlink_metadata(self.upload_path(id)) {
-            Ok(meta) if meta.file_type().is_symlink() => Err(upload_symlink(id)),
-            Ok(meta) => Ok(Some(meta.len())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::internal(e)),
+        match statat(&self.dirs.uploads, upload_name(id), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::Symlink => Err(upload_symlink(id)),
+            Ok(stat) => Ok(Some(stat.st_size as u64)),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(Error::internal(io::Error::from(e))),
         }
+    }
+
+    /// Removes a resumable upload's file (gone already is fine).
+    pub fn remove_upload_file(&self, id: &str) -> io::Result<()> {
+        match unlinkat(&self.dirs.uploads, upload_name(id), AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Makes the entries of `uploads/` durable.
+    pub fn sync_uploads_dir(&self) -> io::Result<()> {
+        Ok(fsync(&self.dirs.uploads)?)
     }
 
     /// The key of a file below `datasets/`, if its path is a valid key.
@@ -168,11 +239,29 @@ impl Layout {
     }
 
     pub fn new_spool_file(&self) -> io::Result<NamedTempFile> {
-        tempfile::Builder::new().prefix(SPOOL_PREFIX).tempfile_in(&self.spool)
+        temp_file_in(&self.dirs.spool, &self.spool)
     }
 
     pub fn new_staging_file(&self) -> io::Result<NamedTempFile> {
-        tempfile::Builder::new().prefix(SPOOL_PREFIX).tempfile_in(&self.staging)
+        temp_file_in(&self.dirs.staging, &self.staging)
+    }
+
+    /// A file of ours in staging, the spool or uploads (by its path) as the
+    /// folder opened at start and its name there; any other path as is.
+    fn at_of<'p>(&self, path: &'p Path) -> (BorrowedFd<'_>, &'p Path) {
+        let (parent, name) = match (path.parent(), path.file_name()) {
+            (Some(parent), Some(name)) => (parent, Path::new(name)),
+            _ => return (CWD, path),
+        };
+        if parent == self.staging {
+            (self.dirs.staging.as_fd(), name)
+        } else if parent == self.spool {
+            (self.dirs.spool.as_fd(), name)
+        } else if parent == self.uploads {
+            (self.dirs.uploads.as_fd(), name)
+        } else {
+            (CWD, path)
+        }
     }
 
     /// Removes what a previous run left in the spool and staging directories
@@ -211,7 +300,7 @@ impl Layout {
     /// staging, so that [`Layout::place`] never renames across filesystems.
     /// The inode of the result is the inode the dataset will have.
     pub fn to_data_volume(&self, staged: NamedTempFile) -> Result<NamedTempFile, Error> {
-        if self.is_on_data_volume(staged.path())? {
+        if staged.as_file().metadata()?.dev() == self.data_dev {
             Ok(staged)
         } else {
             self.copy_to_staging(staged)
@@ -225,19 +314,35 @@ impl Layout {
     pub fn place(&self, staged: NamedTempFile, key: &Key) -> Result<(), Error> {
         // What is renamed is a name: it must still be the file that was
         // written (a resumable upload's file may have been swapped).
-        let named = fs::symlink_metadata(staged.path())?;
-        if !named.is_file() || named.ino() != staged.as_file().metadata()?.ino() {
+        let (at, name) = self.at_of(staged.path());
+        let named = statat(at, name, AtFlags::SYMLINK_NOFOLLOW).map_err(io_error)?;
+        let regular = FileType::from_raw_mode(named.st_mode) == FileType::RegularFile;
+        if !regular || named.st_ino != staged.as_file().metadata()?.ino() {
             return Err(Error::SymlinkRefused(format!(
                 "the staged file of `{key}` was replaced; nothing is installed"
             )));
         }
-        let path = self.resolve(key, true)?.expect("folders are created");
+        // A folder moved away between its mkdirat and openat (by a
+        // concurrent DELETE pruning it, or by hand) is retried a few times;
+        // never a panic.
+        let mut attempts = 0;
+        let path = loop {
+            match self.resolve(key, true)? {
+                Some(path) => break path,
+                None if attempts < 4 => attempts += 1,
+                None => {
+                    return Err(Error::Conflict(format!(
+                        "a folder of `{key}` kept disappearing while it was created; nothing is installed"
+                    )))
+                }
+            }
+        };
         match path.kind() {
             Some(FileType::Symlink) => return Err(path.refused()),
             Some(FileType::Directory) => return Err(conflict_with_folder(key)),
             _ => {}
         }
-        renameat(CWD, staged.path(), path.dir(), path.name).map_err(io_error)?;
+        renameat(at, name, path.dir(), path.name).map_err(io_error)?;
         // Renamed away: nothing is left for the guard to delete.
         drop(staged.into_temp_path().keep());
         fsync(path.dir()).map_err(io_error)?;
@@ -256,13 +361,11 @@ impl Layout {
         (FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile).then_some(stat)
     }
 
-    fn is_on_data_volume(&self, path: &Path) -> io::Result<bool> {
-        Ok(fs::metadata(path)?.dev() == fs::metadata(&self.datasets)?.dev())
-    }
-
     fn copy_to_staging(&self, spooled: NamedTempFile) -> Result<NamedTempFile, Error> {
         let mut staging = self.new_staging_file()?;
-        let mut source = spooled.reopen()?;
+        // Read through the open file, not reopened by path.
+        let mut source = spooled.as_file().try_clone()?;
+        io::Seek::rewind(&mut source)?;
         io::copy(&mut source, staging.as_file_mut())?;
         staging.as_file_mut().flush()?;
         staging.as_file().sync_all()?;
@@ -281,12 +384,17 @@ impl Layout {
             _ => {}
         }
         let trash = self.new_staging_file()?.into_temp_path();
-        match renameat(path.dir(), path.name, CWD, &*trash) {
+        let (at, name) = self.at_of(&trash);
+        match renameat(path.dir(), path.name, at, name) {
             Ok(()) | Err(Errno::NOENT) => {}
             Err(e) => return Err(io_error(e)),
         }
         fsync(path.dir()).map_err(io_error)?;
-        drop(trash);
+        // Unlinked in staging as opened at start, not by path.
+        match unlinkat(at, name, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => drop(trash.keep()),
+            Err(e) => log::warn!("removing {}: {e}", trash.display()),
+        }
         path.prune_empty_folders();
         Ok(())
     }
@@ -370,6 +478,28 @@ fn is_symlink(dir: impl AsFd, name: &str) -> bool {
 fn is_plain_name(segment: &str) -> bool {
     let mut components = Path::new(segment).components();
     matches!((components.next(), components.next()), (Some(Component::Normal(_)), None))
+}
+
+/// An upload id as a file name (ids are validated by the caller: 32
+/// lowercase hex digits, so this stays inside `uploads/`).
+fn upload_name(id: &str) -> &str {
+    assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "bad upload id");
+    id
+}
+
+/// Creates a new temp file (`.spillway-<random>`, mode 0600) in `dir` as
+/// opened at start, never through a symlink; `path` is that folder's path,
+/// for the name the [`NamedTempFile`] carries.
+fn temp_file_in(dir: &OwnedFd, path: &Path) -> io::Result<NamedTempFile> {
+    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    loop {
+        let name = format!("{SPOOL_PREFIX}{}", uuid::Uuid::new_v4().simple());
+        match openat(dir, name.as_str(), flags, Mode::from_bits_truncate(0o600)) {
+            Ok(fd) => return Ok(NamedTempFile::from_parts(File::from(fd), TempPath::try_from_path(path.join(name))?)),
+            Err(Errno::EXIST) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 fn upload_symlink(id: &str) -> Error {

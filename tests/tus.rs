@@ -1658,3 +1658,132 @@ async fn racing_creations_do_not_pass_the_cap() {
     assert_eq!(upload_files(&node).len(), 3, "{:?}", upload_files(&node));
     assert_capped(&create_as(&node, None, 10, "race/late.bin").await, "a creation after the race");
 }
+
+// ---------------------------------------------------------------------------
+// Failed creation-with-upload (probe F5) and the start-up sweep (probe F11)
+// ---------------------------------------------------------------------------
+
+/// A `POST /uploads` carrying a body.
+async fn create_with_body(node: &TestNode, length: u64, key: &str, extra: &[(&str, &str)], body: &[u8]) -> Reply {
+    let (length, metadata) = (length.to_string(), meta(&[("key", key)]));
+    let mut headers = vec![
+        ("Tus-Resumable", "1.0.0"),
+        ("Upload-Length", length.as_str()),
+        ("Upload-Metadata", metadata.as_str()),
+        ("Content-Type", OCTET),
+    ];
+    headers.extend_from_slice(extra);
+    call(node, "POST", "/uploads", &headers, Some(body.to_vec())).await
+}
+
+/// A creation-with-upload refused (503 from `max_uploads`, 460, 413) leaves
+/// no upload behind: no file in `uploads/`, nothing counted against
+/// `max_open_uploads`, and no `Location` the client could not use anyway.
+#[tokio::test]
+async fn a_refused_creation_with_upload_leaves_no_upload() {
+    let node = TestNode::start_with(&[
+        ("SPILLWAY_MAX_UPLOADS", "1"),
+        ("SPILLWAY_MAX_OPEN_UPLOADS", "2"),
+        ("SPILLWAY_STALL_TIMEOUT", "30"),
+    ]);
+    let held_loc = create(&node, MIB as u64, &meta(&[("key", "tus/held.bin")])).await;
+    let held = raw_patch(&node, &held_loc, 0, MIB as u64, &generated(300 * KIB, 57));
+    let file = upload_file(&node, &held_loc);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::metadata(&file).map_or(0, |m| m.len()) == 0 {
+        assert!(Instant::now() < deadline, "the held PATCH never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..3 {
+        let r = create_with_body(&node, 10, &format!("tus/busy{i}.bin"), &[], BODY10).await;
+        assert_eq!(r.status, 503, "creation-with-upload beside max_uploads = 1: {}", r.describe());
+        assert_eq!(r.header("location"), None, "a 503 names an upload: {}", r.describe());
+        assert_eq!(upload_files(&node), vec![file.clone()], "a 503 created an upload");
+    }
+    held.shutdown(Shutdown::Both).unwrap();
+    drop(held);
+    // The held PATCH lets go of its slot once the node sees the close.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let bad_sum = checksum::<sha1::Sha1>("sha1", b"not these bytes");
+    loop {
+        let r = create_with_body(&node, 10, "tus/bad-sum.bin", &[("Upload-Checksum", &bad_sum)], BODY10).await;
+        if r.status == 503 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        assert_eq!(r.status, 460, "a wrong Upload-Checksum: {}", r.describe());
+        assert_eq!(r.header("location"), None, "{}", r.describe());
+        break;
+    }
+    assert_eq!(upload_files(&node), vec![file.clone()], "a 460 left an upload");
+    let r = create_with_body(&node, 5, "tus/long.bin", &[], BODY10).await;
+    assert_eq!(r.status, 413, "a body longer than Upload-Length: {}", r.describe());
+    assert_eq!(r.header("location"), None, "{}", r.describe());
+    assert_eq!(upload_files(&node), vec![file.clone()], "a 413 left an upload");
+    // Only the held upload counts against max_open_uploads = 2.
+    let r = create_with_body(&node, 10, "tus/fine.bin", &[], BODY10).await;
+    assert_eq!(r.status, 201, "a creation-with-upload after the refusals: {}", r.describe());
+    assert_dataset(&node, "tus/fine.bin", BODY10).await;
+    create(&node, 10, &meta(&[("key", "tus/open.bin")])).await;
+}
+
+/// A creation-with-upload whose body breaks off (the client half-closes,
+/// as a cut proxy would) answers as tusd does: `201` with the `Location`
+/// and the durable `Upload-Offset`, so the client can resume the upload it
+/// caused rather than leave it orphaned.
+#[tokio::test]
+async fn a_broken_creation_with_upload_answers_where_to_resume() {
+    let node = TestNode::start();
+    let data = generated(100_000, 58);
+    let metadata = meta(&[("key", "tus/broken-create.bin")]);
+    let mut s = node.raw();
+    let head = format!(
+        "POST /uploads HTTP/1.1\r\nHost: 127.0.0.1\r\nTus-Resumable: 1.0.0\r\nUpload-Length: {}\r\n\
+         Upload-Metadata: {metadata}\r\nContent-Type: {OCTET}\r\nContent-Length: {}\r\n\r\n",
+        data.len(),
+        data.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&data[..40_000]).unwrap();
+    s.flush().unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let resp = read_response(&mut s, Duration::from_secs(15)).expect("an answer to the broken creation");
+    assert_eq!(resp.status, 201, "a broken creation-with-upload: {resp:?}");
+    let loc = resp.header("location").expect("a Location").to_string();
+    let loc = match loc.strip_prefix("http://") {
+        Some(rest) => rest[rest.find('/').unwrap()..].to_string(),
+        None => loc,
+    };
+    let offset: u64 = resp.header("upload-offset").expect("an Upload-Offset").parse().unwrap();
+    assert_eq!(offset, 40_000, "the offset answered is every byte that arrived");
+    assert_eq!(offset_of(&node, &loc).await, offset);
+    patch_all(&node, &loc, &data, offset as usize, 30_000).await;
+    assert_dataset(&node, "tus/broken-create.bin", &data).await;
+    assert!(upload_files(&node).is_empty(), "{:?}", upload_files(&node));
+}
+
+/// The start-up sweep removes only upload files without a row: anything
+/// else an operator leaves in `uploads/` (a folder, a note) stays, with a
+/// warning naming it, and the node starts.
+#[tokio::test]
+async fn foreign_entries_in_uploads_are_kept_and_do_not_stop_the_start() {
+    let mut node = TestNode::start();
+    let loc = create(&node, 10, &meta(&[("key", "tus/kept.bin")])).await;
+    let uploads = node.data_dir.join("uploads");
+    std::fs::create_dir(uploads.join("junkdir")).unwrap();
+    std::fs::write(uploads.join("junkdir").join("inner"), b"inner").unwrap();
+    std::fs::write(uploads.join("NOTES.txt"), b"operator notes").unwrap();
+    let orphan = uploads.join("0123456789abcdef0123456789abcdef");
+    std::fs::write(&orphan, b"no row").unwrap();
+    node.restart();
+    assert!(uploads.join("junkdir").join("inner").is_file(), "a folder in uploads/ was removed");
+    assert_eq!(std::fs::read(uploads.join("NOTES.txt")).unwrap(), b"operator notes");
+    assert!(!orphan.exists(), "an upload file without a row was kept");
+    let log = node.log();
+    for name in ["junkdir", "NOTES.txt"] {
+        assert!(log.lines().any(|l| l.contains("WARN") && l.contains(name)), "no warning names {name}:\n{log}");
+    }
+    assert_eq!(offset_of(&node, &loc).await, 0, "the live upload survived the sweep");
+    patch_all(&node, &loc, BODY10, 0, 10).await;
+    assert_dataset(&node, "tus/kept.bin", BODY10).await;
+}

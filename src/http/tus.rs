@@ -312,15 +312,55 @@ async fn create(
     tus?;
     caller.require(Scope::Write)?;
     let request = request?;
+    // Admitted before anything is created: a 503 leaves no upload behind
+    // (the client, which gets no `Location`, could never reach it).
+    let _permit = if request.with_body { Some(node.admit_upload()?) } else { None };
     let info = node.tus_create(request.creation, &caller).await?;
     if !request.with_body {
         return Ok(Reply { status: Status::Created, info: Some(info), head: false });
     }
-    let _permit = node.admit_upload()?;
     let checksum = request.checksum;
     let patch = Patch { offset: 0, length: None, checksum, body: body.open(body_limit(node)) };
-    let info = node.tus_patch(&info.id, patch, &caller).await?;
-    Ok(Reply { status: Status::Created, info: Some(info), head: false })
+    match node.tus_patch(&info.id, patch, &caller).await {
+        Ok(info) => Ok(Reply { status: Status::Created, info: Some(info), head: false }),
+        Err(e) => failed_creation_with_upload(node, &info.id, &caller, e).await,
+    }
+}
+
+/// The answer to a creation-with-upload whose body failed. The upload
+/// exists at this point; an error answer carries no `Location`, so an
+/// upload kept behind one is an orphan nobody can reach that counts
+/// against `max_open_uploads[_per_token]` until it expires. Per case:
+///
+/// - The body broke off or stalled (its bytes are kept and fsynced): as
+///   tusd does, `201` with `Location` and the durable `Upload-Offset`. The
+///   tus 1.0 creation-with-upload extension says a client must then use
+///   `Upload-Offset` to resume; tus-js-client and tuspy do (a PATCH from
+///   that offset), and a client still reading (a stall, a half-close) gets
+///   an upload it can finish rather than an error that makes it start over.
+///   Exception: a break that brought the offset to the full length leaves
+///   an upload that is not committed, and a client would take `Upload-Offset
+///   == Upload-Length` as success (tus-js-client, tuspy), so that one is
+///   removed and the error stands.
+/// - A refusal (460 checksum, 413 too long, 507 no space, a conflict or any
+///   other error): the client gets a 4xx/5xx without `Location` and starts
+///   over with a new `POST` (tus-js-client retries 5xx/409/423 with a new
+///   creation, since it has no URL; tuspy raises). The chunk was not kept,
+///   so the upload is removed entirely, file and row.
+async fn failed_creation_with_upload(node: &Node, id: &str, caller: &Caller, error: Error) -> Result<Reply> {
+    if matches!(error, Error::Disconnected(_) | Error::Truncated { .. } | Error::Stalled(_)) {
+        match node.tus_info(id, caller).await {
+            Ok(info) if info.record.is_none() && Some(info.offset) != info.length => {
+                return Ok(Reply { status: Status::Created, info: Some(info), head: false });
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!("upload {id} after its creation body failed: {}", e.cause()),
+        }
+    }
+    if let Err(e) = node.tus_terminate(id, caller).await {
+        log::error!("removing upload {id} after its creation failed: {}", e.cause());
+    }
+    Err(error)
 }
 
 #[rocket::head("/uploads/<id>")]

@@ -18,18 +18,17 @@
 mod admission;
 mod slots;
 
-use std::fs::OpenOptions;
 use std::io::Read;
 use std::path::PathBuf;
 
 use base64::Engine;
+use rustix::fs::OFlags;
 use tempfile::{NamedTempFile, TempPath};
 use tokio::io::AsyncRead;
 
 use super::{Node, UploadMeta};
 use crate::access::Caller;
 use crate::blocking::blocking;
-use crate::datadir::fsync_dir;
 use crate::error::{Error, Result};
 use crate::index::{Record, UploadRow};
 use crate::key::Key;
@@ -150,8 +149,7 @@ impl Metadata {
 
 /// Best effort: fsyncs an upload's data file (after its writer failed).
 fn sync_upload_file(layout: &crate::datadir::Layout, id: &str) {
-    let synced =
-        layout.open_upload(id, OpenOptions::new().read(true)).and_then(|f| f.sync_data().map_err(Error::internal));
+    let synced = layout.open_upload(id, OFlags::RDONLY).and_then(|f| f.sync_data().map_err(Error::internal));
     if let Err(e) = synced {
         log::error!("syncing upload {id} after a failed write: {}", e.cause());
     }
@@ -208,12 +206,12 @@ impl Node {
         let (layout, index, caps) = (self.layout.clone(), self.index.clone(), admission::Caps::of(&self.settings));
         let r = row.clone();
         blocking(move || {
-            layout.open_upload(&r.id, OpenOptions::new().write(true).create_new(true))?.sync_all()?;
-            fsync_dir(&layout.uploads)?;
+            layout.open_upload(&r.id, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL)?.sync_all()?;
+            layout.sync_uploads_dir()?;
             let admitted = index.create_upload_admitted(&r, unix_now(), |open| caps.admit(open, &r.owner));
             if admitted.is_err() {
                 // No row: the file would only be swept at the next start.
-                let _ = std::fs::remove_file(layout.upload_path(&r.id));
+                let _ = layout.remove_upload_file(&r.id);
             }
             admitted
         })
@@ -346,7 +344,7 @@ impl Node {
             Some(s) if s.offset == offset => s.hasher,
             _ => self.rehash(id, offset).await?,
         };
-        let file = self.layout.open_upload(id, OpenOptions::new().append(true))?;
+        let file = self.layout.open_upload(id, OFlags::WRONLY | OFlags::APPEND)?;
         let checksum: Vec<Digest> = patch.checksum.into_iter().collect();
         let algorithms: Vec<_> = checksum.iter().map(|d| d.algorithm).collect();
         let mut writer = Writer::start(
@@ -450,7 +448,7 @@ impl Node {
         let (layout, id) = (self.layout.clone(), id.to_owned());
         blocking(move || {
             let mut hasher = blake3::Hasher::new();
-            let file = layout.open_upload(&id, OpenOptions::new().read(true))?;
+            let file = layout.open_upload(&id, OFlags::RDONLY)?;
             let mut reader = file.take(offset);
             std::io::copy(&mut reader, &mut hasher).map_err(Error::internal)?;
             Ok(hasher)
@@ -464,7 +462,7 @@ impl Node {
     async fn tus_commit(&self, row: &UploadRow, path: PathBuf, size: u64, hasher: blake3::Hasher) -> Result<Record> {
         let metadata = Metadata::parse(row.metadata.as_deref())?;
         let key = Key::parse(row.key.as_deref().unwrap_or_default())?;
-        let file = self.layout.open_upload(&row.id, OpenOptions::new().read(true))?;
+        let file = self.layout.open_upload(&row.id, OFlags::RDONLY)?;
         let path = TempPath::try_from_path(path).map_err(Error::internal)?;
         let spooled =
             Spooled { staged: Staged::File(NamedTempFile::from_parts(file, path)), size, blake3: hasher.finalize() };
@@ -514,7 +512,7 @@ impl Node {
             let mut hasher = blake3::Hasher::new();
             let mut buf = vec![0u8; crate::store::CHUNK];
             for id in &part_ids {
-                let mut part = layout.open_upload(id, OpenOptions::new().read(true))?;
+                let mut part = layout.open_upload(id, OFlags::RDONLY)?;
                 loop {
                     let n = part.read(&mut buf).map_err(Error::internal)?;
                     if n == 0 {
@@ -539,7 +537,7 @@ impl Node {
             index.create_upload(&r)?;
             for part in &used {
                 index.delete_upload(part)?;
-                let _ = std::fs::remove_file(layout.upload_path(part));
+                let _ = layout.remove_upload_file(part);
             }
             Ok(())
         })
@@ -566,11 +564,7 @@ impl Node {
     async fn remove_upload(&self, id: &str) -> Result<()> {
         let (index, layout, id) = (self.index.clone(), self.layout.clone(), id.to_owned());
         blocking(move || {
-            match std::fs::remove_file(layout.upload_path(&id)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::internal(e)),
-            }
+            layout.remove_upload_file(&id).map_err(Error::internal)?;
             index.delete_upload(&id)?;
             Ok(())
         })
@@ -596,16 +590,35 @@ impl Node {
     }
 
     /// At start: data files of uploads whose row never got written (a crash
-    /// between the two steps of a creation) are removed.
+    /// between the two steps of a creation) are removed. Only regular files
+    /// named like an upload id are ever removed; anything else found in
+    /// `uploads/` (a folder, a symlink, an operator's file) is left in place
+    /// with a warning naming it, and never stops the start.
     pub fn sweep_orphan_upload_files(&self) -> Result<Vec<PathBuf>> {
         let ids: std::collections::HashSet<String> = self.index.upload_ids(&self.node_id)?.into_iter().collect();
         let mut removed = Vec::new();
         for entry in std::fs::read_dir(&self.layout.uploads).map_err(Error::internal)? {
-            let entry = entry.map_err(Error::internal)?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !ids.contains(&name) {
-                std::fs::remove_file(entry.path()).map_err(Error::internal)?;
-                removed.push(entry.path());
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    log::warn!("reading {}: {e}", self.layout.uploads.display());
+                    continue;
+                }
+            };
+            let (path, name) = (entry.path(), entry.file_name());
+            let id = name.to_str().filter(|n| is_upload_id(n));
+            if id.is_some_and(|id| ids.contains(id)) {
+                continue;
+            }
+            // `DirEntry::file_type` does not follow a symlink.
+            let regular = entry.file_type().is_ok_and(|t| t.is_file());
+            if id.is_none() || !regular {
+                log::warn!("{} is not a resumable upload's file; it is left in place", path.display());
+                continue;
+            }
+            match self.layout.remove_upload_file(&name.to_string_lossy()) {
+                Ok(()) => removed.push(path),
+                Err(e) => log::warn!("removing the orphan upload file {}: {e}", path.display()),
             }
         }
         Ok(removed)
