@@ -312,7 +312,7 @@ impl From<rusqlite::Error> for Error {
 }
 
 /// An RFC 9457 problem detail.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     #[serde(rename = "type")]
     pub kind: String,

@@ -1,11 +1,13 @@
-//! Keeps `static/openapi.json` honest: every route the node mounts is a
-//! documented operation and every documented operation is a route; every
-//! `$ref` resolves; every error response is a problem+json `Problem`; the
-//! `code` enum is exactly the codes the node can send (`Error::every()` and
-//! the catcher's `CATCHER_CODES`), and every status an error maps to is
-//! documented somewhere. The node is built in-process with
-//! [`spillway::build`], so a new route, error variant or problem code fails
-//! here until the document says so. (`scripts/e2e-openapi.sh` checks the
+//! Keeps `static/openapi.json` honest. It is a snapshot of the document
+//! generated from the code (`spillway::http::openapi`: the handlers'
+//! `#[utoipa::path]` attributes, the types' `ToSchema` derives), and the
+//! first test fails when the two differ; `UPDATE_OPENAPI=1 cargo test --test
+//! openapi` rewrites it. The others check the document: every route the node
+//! mounts is a documented operation and every documented operation is a
+//! route; every `$ref` resolves; every error response is a problem+json
+//! `Problem`; the `code` enum is exactly the codes the node can send, and
+//! every status an error maps to is documented somewhere. The node is built
+//! in-process with [`spillway::build`]. (`scripts/e2e-openapi.sh` checks the
 //! document against a live node's answers with schemathesis.)
 
 use std::collections::BTreeSet;
@@ -18,6 +20,38 @@ use spillway::error::Error;
 const DOCUMENT: &str = include_str!("../static/openapi.json");
 const PROBLEM_REF: &str = "#/components/schemas/Problem";
 const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+
+const SNAPSHOT: &str = "static/openapi.json";
+
+/// The snapshot is what the code generates, byte for byte.
+#[test]
+fn the_snapshot_is_the_generated_document() {
+    let generated = spillway::http::openapi::json();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(SNAPSHOT);
+    if std::env::var_os("UPDATE_OPENAPI").is_some_and(|v| v == "1") {
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(generated.as_str()) {
+            std::fs::write(&path, &generated).expect("write static/openapi.json");
+            eprintln!("rewrote {SNAPSHOT}; run the tests again (they compile the snapshot in)");
+        }
+        return;
+    }
+    let on_disk = std::fs::read_to_string(&path).expect("read static/openapi.json");
+    if on_disk != generated {
+        let line = on_disk
+            .lines()
+            .zip(generated.lines())
+            .position(|(a, b)| a != b)
+            .map_or_else(|| on_disk.lines().count().min(generated.lines().count()) + 1, |i| i + 1);
+        panic!(
+            "{SNAPSHOT} is not the document the code generates (first difference at line {line}: \
+             snapshot {:?}, generated {:?}). If the change is intended, run \
+             `UPDATE_OPENAPI=1 cargo test --test openapi` to regenerate it, review the diff and commit it.",
+            on_disk.lines().nth(line - 1).unwrap_or("<end>"),
+            generated.lines().nth(line - 1).unwrap_or("<end>"),
+        );
+    }
+    assert_eq!(DOCUMENT, generated, "the compiled-in snapshot is stale: rebuild the tests");
+}
 
 /// GET routes whose automatic HEAD (Rocket answers HEAD for every GET
 /// route) is part of the API and documented; other automatic HEADs are not.
