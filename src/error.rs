@@ -188,6 +188,85 @@ impl Error {
         }
     }
 
+    /// One of every error the node has (the OpenAPI document's `code` enum
+    /// is read from them). The `match` has no wildcard: a new variant does
+    /// not compile until it is added here.
+    pub fn every() -> Vec<Error> {
+        let all = vec![
+            Error::InvalidKey(KeyError::Empty),
+            Error::NotFound(String::new()),
+            Error::BadRequest(String::new()),
+            Error::InvalidBody(String::new()),
+            Error::Truncated { received: 0, expected: 1 },
+            Error::Disconnected(String::new()),
+            Error::DigestMismatch(String::new()),
+            Error::StoredDigestMismatch(String::new()),
+            Error::PreconditionFailed(String::new()),
+            Error::Conflict(String::new()),
+            Error::SymlinkRefused(String::new()),
+            Error::Superseded,
+            Error::TooLarge { limit: 1 },
+            Error::RangeNotSatisfiable { range: String::new(), size: 0 },
+            Error::InsufficientStorage(String::new()),
+            Error::Stalled(1),
+            Error::Busy { limit: 1 },
+            Error::TooManyOpenUploads { limit: 1, whose: "in total" },
+            Error::OffsetMismatch { current: 0, sent: 1 },
+            Error::ChecksumMismatch(String::new()),
+            Error::Locked,
+            Error::TakenOver,
+            Error::Gone(String::new()),
+            Error::UnsupportedMediaType(String::new()),
+            Error::TusVersion(String::new()),
+            Error::Forbidden(String::new()),
+            Error::NotReady(String::new()),
+            Error::Unauthorized(String::new()),
+            Error::Misdirected(String::new()),
+            Error::CrossOrigin(String::new()),
+            Error::Expired(String::new()),
+            Error::Unavailable("the object store", String::new()),
+            Error::Internal(String::new()),
+        ];
+        for e in &all {
+            match e {
+                Error::InvalidKey(_)
+                | Error::NotFound(_)
+                | Error::BadRequest(_)
+                | Error::InvalidBody(_)
+                | Error::Truncated { .. }
+                | Error::Disconnected(_)
+                | Error::DigestMismatch(_)
+                | Error::StoredDigestMismatch(_)
+                | Error::PreconditionFailed(_)
+                | Error::Conflict(_)
+                | Error::SymlinkRefused(_)
+                | Error::Superseded
+                | Error::TooLarge { .. }
+                | Error::RangeNotSatisfiable { .. }
+                | Error::InsufficientStorage(_)
+                | Error::Stalled(_)
+                | Error::Busy { .. }
+                | Error::TooManyOpenUploads { .. }
+                | Error::OffsetMismatch { .. }
+                | Error::ChecksumMismatch(_)
+                | Error::Locked
+                | Error::TakenOver
+                | Error::Gone(_)
+                | Error::UnsupportedMediaType(_)
+                | Error::TusVersion(_)
+                | Error::Forbidden(_)
+                | Error::NotReady(_)
+                | Error::Unauthorized(_)
+                | Error::Misdirected(_)
+                | Error::CrossOrigin(_)
+                | Error::Expired(_)
+                | Error::Unavailable(..)
+                | Error::Internal(_) => {}
+            }
+        }
+        all
+    }
+
     /// The whole story, for logs and the command line (internal causes too).
     pub fn cause(&self) -> String {
         match self {
@@ -241,7 +320,7 @@ impl From<rusqlite::Error> for Error {
 }
 
 /// An RFC 9457 problem detail.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     #[serde(rename = "type")]
     pub kind: String,
@@ -296,19 +375,39 @@ impl<'r> Responder<'r, 'static> for Error {
 #[rocket::catch(default)]
 pub fn default_catcher(status: Status, _req: &Request<'_>) -> Problem {
     let (code, detail) = match status.code {
-        400 => ("bad-request", "the request could not be understood"),
-        401 => ("unauthorized", "this needs a bearer token"),
-        403 => ("forbidden", "the request is not allowed (for a browser: its origin is not in cors_origins)"),
-        404 => ("not-found", "no such resource"),
-        405 => ("method-not-allowed", "the method is not allowed on this resource"),
-        413 => ("too-large", "the request body is larger than this endpoint accepts"),
-        415 => ("unsupported-media-type", "the request body has an unsupported type"),
-        422 => ("invalid-body", "the request body does not have the expected shape"),
-        s if s >= 500 => ("internal", "the node failed to handle the request; the cause is in its log"),
-        _ => ("error", "the request failed"),
+        s if s >= 500 => CATCHER_INTERNAL,
+        s => CATCHER.iter().find(|(c, _, _)| *c == s).map_or(CATCHER_OTHER, |&(_, code, detail)| (code, detail)),
     };
     Problem::new(status, code, detail.to_string())
 }
+
+/// What `default_catcher` answers for Rocket's own errors, by status.
+const CATCHER: [(u16, &str, &str); 8] = [
+    (400, "bad-request", "the request could not be understood"),
+    (401, "unauthorized", "this needs a bearer token"),
+    (403, "forbidden", "the request is not allowed (for a browser: its origin is not in cors_origins)"),
+    (404, "not-found", "no such resource"),
+    (405, "method-not-allowed", "the method is not allowed on this resource"),
+    (413, "too-large", "the request body is larger than this endpoint accepts"),
+    (415, "unsupported-media-type", "the request body has an unsupported type"),
+    (422, "invalid-body", "the request body does not have the expected shape"),
+];
+const CATCHER_INTERNAL: (&str, &str) = ("internal", "the node failed to handle the request; the cause is in its log");
+const CATCHER_OTHER: (&str, &str) = ("error", "the request failed");
+
+/// Every code `default_catcher` may answer with.
+pub const CATCHER_CODES: [&str; 10] = [
+    CATCHER[0].1,
+    CATCHER[1].1,
+    CATCHER[2].1,
+    CATCHER[3].1,
+    CATCHER[4].1,
+    CATCHER[5].1,
+    CATCHER[6].1,
+    CATCHER[7].1,
+    CATCHER_INTERNAL.0,
+    CATCHER_OTHER.0,
+];
 
 impl<'r> Responder<'r, 'static> for Problem {
     fn respond_to(self, _req: &'r Request<'_>) -> response::Result<'static> {

@@ -1,10 +1,13 @@
-//! Keeps `static/openapi.json` honest: every route the node mounts is a
-//! documented operation and every documented operation is a route; every
-//! `$ref` resolves; every error response is a problem+json `Problem`; the
-//! `code` enum is exactly the codes the node can send, and every status an
-//! error maps to is documented somewhere. The node is built in-process with
-//! [`spillway::build`], so a new route, error variant or problem code fails
-//! here until the document says so. (`scripts/e2e-openapi.sh` checks the
+//! Keeps `static/openapi.json` honest. It is a snapshot of the document
+//! generated from the code (`spillway::http::openapi`: the handlers'
+//! `#[utoipa::path]` attributes, the types' `ToSchema` derives), and the
+//! first test fails when the two differ; `UPDATE_OPENAPI=1 cargo test --test
+//! openapi` rewrites it. The others check the document: every route the node
+//! mounts is a documented operation and every documented operation is a
+//! route; every `$ref` resolves; every error response is a problem+json
+//! `Problem`; the `code` enum is exactly the codes the node can send, and
+//! every status an error maps to is documented somewhere. The node is built
+//! in-process with [`spillway::build`]. (`scripts/e2e-openapi.sh` checks the
 //! document against a live node's answers with schemathesis.)
 
 use std::collections::BTreeSet;
@@ -13,11 +16,42 @@ use rocket::http::{Method, Status};
 use rocket::local::blocking::Client;
 use serde_json::Value;
 use spillway::error::Error;
-use spillway::key::KeyError;
 
 const DOCUMENT: &str = include_str!("../static/openapi.json");
 const PROBLEM_REF: &str = "#/components/schemas/Problem";
 const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+
+const SNAPSHOT: &str = "static/openapi.json";
+
+/// The snapshot is what the code generates, byte for byte.
+#[test]
+fn the_snapshot_is_the_generated_document() {
+    let generated = spillway::http::openapi::json();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(SNAPSHOT);
+    if std::env::var_os("UPDATE_OPENAPI").is_some_and(|v| v == "1") {
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(generated.as_str()) {
+            std::fs::write(&path, &generated).expect("write static/openapi.json");
+            eprintln!("rewrote {SNAPSHOT}; run the tests again (they compile the snapshot in)");
+        }
+        return;
+    }
+    let on_disk = std::fs::read_to_string(&path).expect("read static/openapi.json");
+    if on_disk != generated {
+        let line = on_disk
+            .lines()
+            .zip(generated.lines())
+            .position(|(a, b)| a != b)
+            .map_or_else(|| on_disk.lines().count().min(generated.lines().count()) + 1, |i| i + 1);
+        panic!(
+            "{SNAPSHOT} is not the document the code generates (first difference at line {line}: \
+             snapshot {:?}, generated {:?}). If the change is intended, run \
+             `UPDATE_OPENAPI=1 cargo test --test openapi` to regenerate it, review the diff and commit it.",
+            on_disk.lines().nth(line - 1).unwrap_or("<end>"),
+            generated.lines().nth(line - 1).unwrap_or("<end>"),
+        );
+    }
+    assert_eq!(DOCUMENT, generated, "the compiled-in snapshot is stale: rebuild the tests");
+}
 
 /// GET routes whose automatic HEAD (Rocket answers HEAD for every GET
 /// route) is part of the API and documented; other automatic HEADs are not.
@@ -274,101 +308,6 @@ fn every_error_response_is_a_problem() {
     assert_eq!(required, BTreeSet::from(["type", "title", "status", "detail", "code"]));
 }
 
-/// One of every error the node has. The `match` has no wildcard: a new
-/// variant does not compile here until it is added (and documented).
-fn every_error() -> Vec<Error> {
-    let all = vec![
-        Error::InvalidKey(KeyError::Empty),
-        Error::NotFound(String::new()),
-        Error::BadRequest(String::new()),
-        Error::InvalidBody(String::new()),
-        Error::Truncated { received: 0, expected: 1 },
-        Error::Disconnected(String::new()),
-        Error::DigestMismatch(String::new()),
-        Error::StoredDigestMismatch(String::new()),
-        Error::PreconditionFailed(String::new()),
-        Error::Conflict(String::new()),
-        Error::SymlinkRefused(String::new()),
-        Error::Superseded,
-        Error::TooLarge { limit: 1 },
-        Error::RangeNotSatisfiable { range: String::new(), size: 0 },
-        Error::InsufficientStorage(String::new()),
-        Error::Stalled(1),
-        Error::Busy { limit: 1 },
-        Error::TooManyOpenUploads { limit: 1, whose: "in total" },
-        Error::OffsetMismatch { current: 0, sent: 1 },
-        Error::ChecksumMismatch(String::new()),
-        Error::Locked,
-        Error::TakenOver,
-        Error::Gone(String::new()),
-        Error::UnsupportedMediaType(String::new()),
-        Error::TusVersion(String::new()),
-        Error::Forbidden(String::new()),
-        Error::NotReady(String::new()),
-        Error::Unauthorized(String::new()),
-        Error::Misdirected(String::new()),
-        Error::CrossOrigin(String::new()),
-        Error::Expired(String::new()),
-        Error::Unavailable("the object store", String::new()),
-        Error::Internal(String::new()),
-    ];
-    for e in &all {
-        match e {
-            Error::InvalidKey(_)
-            | Error::NotFound(_)
-            | Error::BadRequest(_)
-            | Error::InvalidBody(_)
-            | Error::Truncated { .. }
-            | Error::Disconnected(_)
-            | Error::DigestMismatch(_)
-            | Error::StoredDigestMismatch(_)
-            | Error::PreconditionFailed(_)
-            | Error::Conflict(_)
-            | Error::SymlinkRefused(_)
-            | Error::Superseded
-            | Error::TooLarge { .. }
-            | Error::RangeNotSatisfiable { .. }
-            | Error::InsufficientStorage(_)
-            | Error::Stalled(_)
-            | Error::Busy { .. }
-            | Error::TooManyOpenUploads { .. }
-            | Error::OffsetMismatch { .. }
-            | Error::ChecksumMismatch(_)
-            | Error::Locked
-            | Error::TakenOver
-            | Error::Gone(_)
-            | Error::UnsupportedMediaType(_)
-            | Error::TusVersion(_)
-            | Error::Forbidden(_)
-            | Error::NotReady(_)
-            | Error::Unauthorized(_)
-            | Error::Misdirected(_)
-            | Error::CrossOrigin(_)
-            | Error::Expired(_)
-            | Error::Unavailable(..)
-            | Error::Internal(_) => {}
-        }
-    }
-    all
-}
-
-/// The codes `default_catcher` (Rocket's own errors) answers with, read
-/// from its source so that a new one cannot slip past.
-fn catcher_codes() -> BTreeSet<String> {
-    let source = include_str!("../src/error.rs");
-    let start = source.find("fn default_catcher").expect("src/error.rs has default_catcher");
-    let body = &source[start..];
-    let body = &body[..body.find("\n}\n").unwrap_or(body.len())];
-    let codes: BTreeSet<String> = body
-        .split("=> (\"")
-        .skip(1)
-        .filter_map(|rest| rest.split_once('"'))
-        .map(|(code, _)| code.to_string())
-        .collect();
-    assert!(codes.contains("not-found") && codes.len() >= 4, "cannot read default_catcher's codes: {codes:?}");
-    codes
-}
-
 #[test]
 fn problem_codes_and_statuses_match_the_node() {
     let doc = document();
@@ -378,8 +317,8 @@ fn problem_codes_and_statuses_match_the_node() {
         .iter()
         .map(|c| c.as_str().unwrap().to_string())
         .collect();
-    let mut sent: BTreeSet<String> = every_error().iter().map(|e| e.code().to_string()).collect();
-    sent.extend(catcher_codes());
+    let mut sent: BTreeSet<String> = Error::every().iter().map(|e| e.code().to_string()).collect();
+    sent.extend(spillway::error::CATCHER_CODES.iter().map(|c| c.to_string()));
     assert_eq!(documented, sent, "Problem.code's enum must be exactly the codes the node sends");
 
     // Every status an error maps to (but 500, which is never by design) is
@@ -392,7 +331,7 @@ fn problem_codes_and_statuses_match_the_node() {
             }
         }
     }
-    for e in every_error() {
+    for e in Error::every() {
         let status = e.status().code;
         if status != Status::InternalServerError.code {
             assert!(statuses.contains(&status.to_string()), "{status} ({}) is documented nowhere", e.code());

@@ -68,14 +68,15 @@ pub fn authorize_data(
 }
 
 /// The body of `POST /datasets/{key}/upload-url` and `/download-url`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = UploadUrlRequest)]
 pub struct UrlRequest {
     pub expires_in: Option<u64>,
     pub max_size: Option<u64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SignedUrl {
     pub url: String,
     pub method: &'static str,

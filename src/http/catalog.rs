@@ -40,6 +40,28 @@ impl<'r> Responder<'r, 'static> for Page {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/datasets",
+    operation_id = "listDatasets",
+    tag = "catalog",
+    summary = "List datasets (paged)",
+    description = "Needs `read`. When a page is full (as many records as `limit`), `Link: rel=\"next\"` gives the next page's URL. With no tokens configured the node is open (loopback only) and needs no `Authorization`.",
+    params(
+        ("prefix" = Option<String>, Query, description = "Only keys starting with this string (bytewise)."),
+        ("limit" = Option<u64>, Query, minimum = 1, description = "Upper bound on the number of records: default 1000, larger values are clamped to 10000. Anything but a positive whole number is `400`."),
+        ("after" = Option<String>, Query, description = "Only keys after this one (bytewise): the paging cursor."),
+    ),
+    responses(
+        (status = 200, description = "Full records ordered by key, bytewise (UTF-8 byte order).", body = Vec<crate::index::Record>),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 421, response = super::openapi::Misdirected),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+    security(("bearerAuth" = ["read"]), ()),
+)]
 #[rocket::get("/datasets?<prefix>&<limit>&<after>")]
 async fn list(
     node: &State<Arc<Node>>,
@@ -73,12 +95,51 @@ async fn list(
     Ok(Page { records, next })
 }
 
+#[utoipa::path(
+    get,
+    path = "/datasets/{key}",
+    operation_id = "getDataset",
+    tag = "catalog",
+    summary = "A dataset's record",
+    description = "Needs `read`. With no tokens configured the node is open (loopback only) and needs no `Authorization`.",
+    responses(
+        (status = 200, description = "The record.", body = crate::index::Record),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 421, response = super::openapi::Misdirected),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+    security(("bearerAuth" = ["read"]), ()),
+)]
 #[rocket::get("/datasets/<_..>", rank = 2)]
 async fn get_record(node: &State<Arc<Node>>, caller: Caller, tail: KeyTail<'_>) -> Result<Json<Record>> {
     caller.require(Scope::Read)?;
     Ok(Json(node.get(&tail.key()?).await?))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/datasets/{key}",
+    operation_id = "patchDataset",
+    tag = "catalog",
+    summary = "Change a dataset's metadata",
+    description = "Merges `name`, `description`, `tags` into the record. Needs `write`. The body may be empty (as `{}`); its Content-Type is not checked.",
+    request_body(content = crate::index::MetadataPatch),
+    responses(
+        (status = 200, description = "The updated record.", body = crate::index::Record),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 413, response = super::openapi::TooLarge),
+        (status = 421, response = super::openapi::Misdirected),
+        (status = 503, response = super::openapi::Unavailable),
+        (status = 507, response = super::openapi::InsufficientStorage),
+    ),
+    security(("bearerAuth" = ["write"]), ()),
+)]
 #[rocket::patch("/datasets/<_..>", data = "<patch>")]
 async fn patch_record(
     node: &State<Arc<Node>>,
@@ -91,6 +152,26 @@ async fn patch_record(
     Ok(Json(node.patch(&key, patch?.0).await?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/datasets/{key}",
+    operation_id = "deleteDataset",
+    tag = "catalog",
+    summary = "Delete a dataset",
+    description = "Needs `admin`.",
+    responses(
+        (status = 204, description = "The bytes and the record are gone."),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 409, response = super::openapi::Conflict),
+        (status = 421, response = super::openapi::Misdirected),
+        (status = 503, response = super::openapi::Unavailable),
+        (status = 507, response = super::openapi::InsufficientStorage),
+    ),
+    security(("bearerAuth" = ["admin"]), ()),
+)]
 #[rocket::delete("/datasets/<_..>")]
 async fn delete_record(node: &State<Arc<Node>>, caller: Caller, tail: KeyTail<'_>) -> Result<Status> {
     caller.require(Scope::Admin)?;
@@ -105,6 +186,28 @@ const ACTIONS: [(&str, Scope); 3] =
 /// `POST /datasets/{key}/action/acknowledge`, `.../upload-url` and
 /// `.../download-url`: the action is the path's suffix, so a key may itself
 /// contain any segment.
+#[utoipa::path(
+    post,
+    path = "/datasets/{key}/action/acknowledge",
+    operation_id = "acknowledgeDataset",
+    tag = "catalog",
+    summary = "Confirm a stored or directly uploaded dataset and record its metadata",
+    description = "Needs `write`. The body may be empty (as `{}`); its Content-Type is not checked.\n\nAfter a direct upload (`storage = \"s3\"`: the client PUT the bytes to the presigned URL of `POST /datasets/{key}/upload-url`, which left them at `incoming/{key}` in the bucket): the node reads the uploaded object through and hashes it (blake3), checks `blake3` if given (`409 digest-mismatch`) and the size against the upload URL's `max_size` and `max_dataset_size` (`413 too-large`) — a refused upload is deleted and nothing at the key changes — then installs it at the key (a server-side copy, replacing any dataset there), indexes it like any upload and merges the metadata: `200` with the new record.\n\nOtherwise (the filesystem store, or no direct upload waiting for this key, e.g. after a signed upload to the node): confirms the dataset stored at the key (`404` if there is none; with `blake3`, `409 digest-mismatch` unless it matches) and merges the metadata.",
+    request_body(content = crate::service::Acknowledge),
+    responses(
+        (status = 200, description = "The record: of the dataset just installed from a direct upload, or the updated one.", body = crate::index::Record),
+        (status = 400, description = "`invalid-key`, or `invalid-body` (the JSON body does not fit).", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, description = "`not-found`: no dataset at this key, and no direct upload waiting for it.", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`digest-mismatch`: the bytes' blake3 is not the one given: a waiting direct upload's (it is deleted; nothing at the key changed) or the stored dataset's; or `key-conflict`: a waiting direct upload cannot be installed because a dataset sits at one of the key's ancestors, or datasets sit below it.", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`too-large`: the waiting direct upload is larger than its upload URL's `max_size` or than `max_dataset_size` (the upload is deleted; nothing at the key changed), or the JSON body is over 64 KiB.", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 421, response = super::openapi::Misdirected),
+        (status = 503, response = super::openapi::Unavailable),
+        (status = 507, response = super::openapi::InsufficientStorage),
+    ),
+    security(("bearerAuth" = ["write"]), ()),
+)]
 #[rocket::post("/datasets/<_..>", data = "<body>", rank = 2)]
 async fn post_action(
     node: &State<Arc<Node>>,

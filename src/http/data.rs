@@ -82,6 +82,32 @@ impl<'r> Responder<'r, 'static> for Stored {
     }
 }
 
+#[utoipa::path(
+    put,
+    path = "/data/{key}",
+    operation_id = "putData",
+    tag = "bytes",
+    summary = "Upload (create or replace) a dataset",
+    description = "The body is the dataset, streamed; its `Content-Type` (any) is kept. Needs `write`, or a signed PUT URL (`expires`, `max_size`, `sig`). Without `If-Match`/`If-None-Match` a PUT replaces. Upload rules (PUT, multipart and the last step of a resumable upload): the body streams through a small in-memory spool that spills to disk, never held whole in memory; `Content-Digest`/`Repr-Digest` (`sha-256`, `sha-512`) and `X-Blake3` are verified before commit; a body shorter than its `Content-Length` or a chunked body without its last chunk is never committed; on any failure nothing is left behind and an existing dataset at the key keeps serving; a replace is atomic; `201`/`200` means the bytes and the record are durable. With no tokens configured the node is open (loopback only) and needs no `Authorization`.",
+    params(
+        ("name" = Option<String>, Query, description = "Display name (default: the key's last segment)."),
+    ),
+    responses(
+        (status = 201, description = "Stored as a new dataset.", body = crate::index::Record),
+        (status = 200, description = "Stored, replacing the dataset that was at the key.", body = crate::index::Record),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 408, response = super::openapi::RequestTimeout),
+        (status = 409, response = super::openapi::Conflict),
+        (status = 412, response = super::openapi::PreconditionFailed),
+        (status = 413, response = super::openapi::TooLarge),
+        (status = 421, response = super::openapi::Misdirected),
+        (status = 503, response = super::openapi::Busy),
+        (status = 507, response = super::openapi::InsufficientStorage),
+    ),
+    security(("bearerAuth" = ["write"]), ()),
+)]
 #[rocket::put("/data/<_..>?<name>", data = "<body>")]
 #[allow(clippy::too_many_arguments)]
 async fn put_data(
@@ -108,6 +134,29 @@ async fn put_data(
 /// `POST /datasets`: a browser form with a `file` part and optional `key`,
 /// `name` and `description`. The file part streams through the same spool
 /// as a PUT; the key (default: the file name) is only needed at commit.
+#[utoipa::path(
+    post,
+    path = "/datasets",
+    operation_id = "uploadForm",
+    tag = "bytes",
+    summary = "Upload a dataset with a browser form (multipart)",
+    description = "`multipart/form-data`: a `file` part (with a filename), and optional `key` (default: the filename), `name`, `description`. Any other part, a second `file`, or a body that is not `multipart/form-data` with a boundary is `400`. Needs `write`. `If-Match`/`If-None-Match`, `Content-Digest`/`Repr-Digest` and `X-Blake3` apply to the file part. Upload rules (PUT, multipart and the last step of a resumable upload): the body streams through a small in-memory spool that spills to disk, never held whole in memory; `Content-Digest`/`Repr-Digest` (`sha-256`, `sha-512`) and `X-Blake3` are verified before commit; a body shorter than its `Content-Length` or a chunked body without its last chunk is never committed; on any failure nothing is left behind and an existing dataset at the key keeps serving; a replace is atomic; `201`/`200` means the bytes and the record are durable.",
+    responses(
+        (status = 201, description = "Stored as a new dataset.", body = crate::index::Record),
+        (status = 200, description = "Stored, replacing the dataset that was at the key.", body = crate::index::Record),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 408, response = super::openapi::RequestTimeout),
+        (status = 409, response = super::openapi::Conflict),
+        (status = 412, response = super::openapi::PreconditionFailed),
+        (status = 413, response = super::openapi::TooLarge),
+        (status = 421, response = super::openapi::Misdirected),
+        (status = 503, response = super::openapi::Busy),
+        (status = 507, response = super::openapi::InsufficientStorage),
+    ),
+    security(("bearerAuth" = ["write"]), ()),
+)]
 #[rocket::post("/datasets", data = "<body>")]
 async fn post_multipart(
     node: &State<Arc<Node>>,
@@ -304,6 +353,29 @@ pub enum Served {
     Redirect(Redirect),
 }
 
+#[utoipa::path(
+    get,
+    path = "/data/{key}",
+    operation_id = "getData",
+    tag = "bytes",
+    summary = "Download a dataset's bytes",
+    description = "Needs `read`, or a signed GET URL (`expires`, `sig`). With no tokens configured the node is open (loopback only) and needs no `Authorization`. The bytes stream through the node (the filesystem store, or `s3.downloads = \"proxy\"`, the default); with `storage = \"s3\"` and `s3.downloads = \"redirect\"` the answer is a `307` to a presigned GET on the object store instead.",
+    responses(
+        (status = 200, description = "The bytes, streamed, with the dataset's `Content-Type`."),
+        (status = 206, description = "One byte range of the dataset."),
+        (status = 304, description = "`If-None-Match` matched the current ETag."),
+        (status = 307, response = super::openapi::RedirectToStore),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 409, response = super::openapi::Conflict),
+        (status = 416, response = super::openapi::RangeNotSatisfiable),
+        (status = 421, response = super::openapi::Misdirected),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+    security(("bearerAuth" = ["read"]), ()),
+)]
 #[rocket::get("/data/<_..>")]
 async fn get_data(
     node: &State<Arc<Node>>,

@@ -16,6 +16,7 @@ mod access;
 mod catalog;
 mod data;
 mod host;
+pub mod openapi;
 mod ops;
 mod page;
 mod tus;
@@ -121,6 +122,20 @@ pub fn is_same_origin(req: &Request<'_>) -> bool {
 
 /// Answers any `OPTIONS` not otherwise routed (CORS preflights; the CORS
 /// fairing adds its headers) with an empty 204.
+#[utoipa::path(
+    options,
+    path = "/{path}",
+    operation_id = "preflight",
+    tag = "operations",
+    summary = "CORS preflight for any path",
+    description = "Answers every `OPTIONS` not otherwise routed (`OPTIONS /uploads` and `/uploads/{id}` are tus discovery), so browsers' CORS preflights succeed. Needs no token.",
+    responses(
+        (status = 204, description = "Empty. With `cors_origins` configured and an allowed `Origin`, the CORS headers (`Access-Control-Allow-Origin`, `-Methods`, `-Headers`, `-Max-Age`) say what the browser may send; a disallowed origin is `403`."),
+        (status = 403, response = openapi::Forbidden),
+        (status = 421, response = openapi::Misdirected),
+    ),
+    security(()),
+)]
 #[rocket::options("/<_..>", rank = 20)]
 fn preflight() -> Status {
     Status::NoContent

@@ -24,6 +24,17 @@ pub fn routes() -> Vec<Route> {
 }
 
 /// Liveness: the process serves.
+#[utoipa::path(
+    get,
+    path = "/health",
+    operation_id = "health",
+    tag = "operations",
+    summary = "Liveness",
+    responses(
+        (status = 200, description = "The process serves.", body = super::openapi::Health),
+    ),
+    security(()),
+)]
 #[rocket::get("/health")]
 fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
@@ -31,6 +42,19 @@ fn health() -> Json<Value> {
 
 /// Readiness: the index answers, the data and spool directories take a
 /// write, and each volume has more free space than the reserve.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    operation_id = "ready",
+    tag = "operations",
+    summary = "Readiness",
+    responses(
+        (status = 200, description = "The index answers, the data and spool directories are writable and free space is above the reserve on each volume.", body = super::openapi::Ready),
+        (status = 421, response = super::openapi::Misdirected),
+        (status = 503, response = super::openapi::NotReady),
+    ),
+    security(()),
+)]
 #[rocket::get("/ready")]
 async fn ready(node: &State<Arc<Node>>) -> Result<Json<Value>> {
     let node = node.inner().clone();
@@ -53,6 +77,21 @@ impl<'r> Responder<'r, 'static> for Exposition {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    summary = "Prometheus metrics",
+    description = "Needs no token unless `metrics_token = true` (then `read`).",
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4."),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 421, response = super::openapi::Misdirected),
+    ),
+    security((), ("bearerAuth" = ["read"])),
+)]
 #[rocket::get("/metrics")]
 fn metrics(node: &State<Arc<Node>>, caller: Caller) -> Result<Exposition> {
     if node.settings.metrics_token {

@@ -176,11 +176,37 @@ impl<'r> Responder<'r, 'static> for Discovery {
     }
 }
 
+#[utoipa::path(
+    options,
+    path = "/uploads",
+    operation_id = "tusDiscover",
+    tag = "resumable uploads",
+    summary = "tus: what this server supports",
+    description = "tus 1.0.0 with the extensions creation, creation-with-upload, creation-defer-length, termination, checksum (sha1, md5, sha256), expiration and concatenation. Needs no token and no `Tus-Resumable`.",
+    responses(
+        (status = 204, description = "The tus capabilities."),
+        (status = 421, response = super::openapi::TusMisdirected),
+    ),
+    security(()),
+)]
 #[rocket::options("/uploads")]
 fn discover(node: &State<Arc<Node>>) -> Discovery {
     Discovery { max_size: node.spooler.max_size }
 }
 
+#[utoipa::path(
+    options,
+    path = "/uploads/{id}",
+    operation_id = "tusDiscoverUpload",
+    tag = "resumable uploads",
+    summary = "tus: what this server supports",
+    description = "As `OPTIONS /uploads`.",
+    responses(
+        (status = 204, description = "The tus capabilities."),
+        (status = 421, response = super::openapi::TusMisdirected),
+    ),
+    security(()),
+)]
 #[rocket::options("/uploads/<_>")]
 fn discover_upload(node: &State<Arc<Node>>) -> Discovery {
     Discovery { max_size: node.spooler.max_size }
@@ -301,6 +327,32 @@ fn body_limit(node: &Node) -> rocket::data::ByteUnit {
     node.spooler.max_size.saturating_add(1).bytes()
 }
 
+#[utoipa::path(
+    post,
+    path = "/uploads",
+    operation_id = "tusCreate",
+    tag = "resumable uploads",
+    summary = "tus: create a resumable upload",
+    description = "tus 1.0.0 with the extensions creation, creation-with-upload, creation-defer-length, termination, checksum (sha1, md5, sha256), expiration and concatenation. Needs `write`; the upload belongs to the token that creates it (only it, or an `admin` token, may HEAD, PATCH, terminate or concatenate it; to others it does not exist: `404`). At most `max_open_uploads` uploads, and `max_open_uploads_per_token` per token, are open at once (`429`). When the last byte arrives the upload is verified and committed as the dataset at its key exactly like a PUT. A body of type `application/offset+octet-stream` holds the first bytes (creation-with-upload).",
+    responses(
+        (status = 201, description = "Created; `Location` is the upload's URL. With a body (creation-with-upload), `Upload-Offset` says how much of it was kept; if that completed the upload, `Content-Location` and `ETag` name the committed dataset."),
+        (status = 400, response = super::openapi::TusBadRequest),
+        (status = 401, response = super::openapi::TusUnauthorized),
+        (status = 403, response = super::openapi::TusForbidden),
+        (status = 404, response = super::openapi::TusNotFound),
+        (status = 408, response = super::openapi::TusRequestTimeout),
+        (status = 409, response = super::openapi::TusConflict),
+        (status = 410, response = super::openapi::TusGone),
+        (status = 412, response = super::openapi::TusUnsupportedVersion),
+        (status = 413, response = super::openapi::TusTooLarge),
+        (status = 421, response = super::openapi::TusMisdirected),
+        (status = 429, response = super::openapi::TusTooManyOpenUploads),
+        (status = 460, response = super::openapi::TusChecksumMismatch),
+        (status = 503, response = super::openapi::TusBusy),
+        (status = 507, response = super::openapi::TusInsufficientStorage),
+    ),
+    security(("bearerAuth" = ["write"]), ()),
+)]
 #[rocket::post("/uploads", data = "<body>")]
 async fn create(
     node: &State<Arc<Node>>,
@@ -363,6 +415,27 @@ async fn failed_creation_with_upload(node: &Node, id: &str, caller: &Caller, err
     Err(error)
 }
 
+#[utoipa::path(
+    head,
+    path = "/uploads/{id}",
+    operation_id = "tusHead",
+    tag = "resumable uploads",
+    summary = "tus: an upload's offset",
+    description = "Needs `write`. Like tusd, a HEAD takes the upload over from a PATCH still writing to it (that PATCH answers `409 upload-taken-over`), so the offset it reports is final.",
+    responses(
+        (status = 200, description = "The upload's state; once committed, `Content-Location` and `ETag` name the dataset."),
+        (status = 401, response = super::openapi::HeadTusUnauthorized),
+        (status = 403, response = super::openapi::HeadTusForbidden),
+        (status = 404, response = super::openapi::HeadTusNotFound),
+        (status = 409, response = super::openapi::HeadTusConflict),
+        (status = 410, response = super::openapi::HeadTusGone),
+        (status = 412, response = super::openapi::HeadTusUnsupportedVersion),
+        (status = 421, response = super::openapi::HeadTusMisdirected),
+        (status = 423, response = super::openapi::HeadTusLocked),
+        (status = 503, response = super::openapi::HeadTusUnavailable),
+    ),
+    security(("bearerAuth" = ["write"]), ()),
+)]
 #[rocket::head("/uploads/<id>")]
 async fn head_upload(
     node: &State<Arc<Node>>,
@@ -376,6 +449,33 @@ async fn head_upload(
     Ok(Reply { status: Status::Ok, info: Some(info), head: true })
 }
 
+#[utoipa::path(
+    patch,
+    path = "/uploads/{id}",
+    operation_id = "tusPatch",
+    tag = "resumable uploads",
+    summary = "tus: append bytes",
+    description = "Appends the body at `Upload-Offset`. Needs `write`. Every byte of a PATCH that breaks off is kept (unless it carried `Upload-Checksum`); a chunk past the length is refused whole. A PATCH to an upload another PATCH is still writing takes it over.",
+    responses(
+        (status = 204, description = "The bytes are durable (they survive a crash of the node). When they completed the upload it was committed: `Content-Location` and `ETag` name the dataset."),
+        (status = 400, response = super::openapi::TusBadRequest),
+        (status = 401, response = super::openapi::TusUnauthorized),
+        (status = 403, response = super::openapi::TusForbidden),
+        (status = 404, response = super::openapi::TusNotFound),
+        (status = 408, response = super::openapi::TusRequestTimeout),
+        (status = 409, response = super::openapi::TusConflict),
+        (status = 410, response = super::openapi::TusGone),
+        (status = 412, response = super::openapi::TusUnsupportedVersion),
+        (status = 413, response = super::openapi::TusTooLarge),
+        (status = 415, response = super::openapi::TusUnsupportedMediaType),
+        (status = 421, response = super::openapi::TusMisdirected),
+        (status = 423, response = super::openapi::TusLocked),
+        (status = 460, response = super::openapi::TusChecksumMismatch),
+        (status = 503, response = super::openapi::TusBusy),
+        (status = 507, response = super::openapi::TusInsufficientStorage),
+    ),
+    security(("bearerAuth" = ["write"]), ()),
+)]
 #[rocket::patch("/uploads/<id>", data = "<body>")]
 async fn patch_upload(
     node: &State<Arc<Node>>,
@@ -399,6 +499,26 @@ async fn patch_upload(
     Ok(Reply { status: Status::NoContent, info: Some(info), head: false })
 }
 
+#[utoipa::path(
+    delete,
+    path = "/uploads/{id}",
+    operation_id = "tusTerminate",
+    tag = "resumable uploads",
+    summary = "tus: terminate an upload",
+    description = "Stops any PATCH in progress and removes the upload. Needs `write`.",
+    responses(
+        (status = 204, description = "The upload and its bytes are gone."),
+        (status = 401, response = super::openapi::TusUnauthorized),
+        (status = 403, response = super::openapi::TusForbidden),
+        (status = 404, response = super::openapi::TusNotFound),
+        (status = 410, response = super::openapi::TusGone),
+        (status = 412, response = super::openapi::TusUnsupportedVersion),
+        (status = 421, response = super::openapi::TusMisdirected),
+        (status = 423, response = super::openapi::TusLocked),
+        (status = 503, response = super::openapi::TusUnavailable),
+    ),
+    security(("bearerAuth" = ["write"]), ()),
+)]
 #[rocket::delete("/uploads/<id>")]
 async fn terminate(
     node: &State<Arc<Node>>,

@@ -11,7 +11,7 @@ use crate::key::Key;
 
 /// What the catalog knows about a dataset (the API's record, plus the
 /// store's version that ties the row to the bytes it describes).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Record {
     pub name: String,
     pub path: String,
@@ -42,7 +42,7 @@ pub struct NewVersion {
 }
 
 /// Metadata a client may change.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetadataPatch {
     pub name: Option<String>,

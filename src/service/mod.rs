@@ -114,7 +114,7 @@ pub struct UploadMeta {
 }
 
 /// The body of `POST /datasets/{key}/action/acknowledge`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Acknowledge {
     #[serde(flatten)]
