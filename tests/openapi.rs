@@ -90,9 +90,10 @@ fn operations_of(method: Method, rocket_path: &str) -> Vec<(String, String)> {
         "/uploads/<id>" | "/uploads/<_>" => vec!["/uploads/{id}".into()],
         // The catch-all OPTIONS (CORS preflights) for any other path.
         "/<_..>" if method == "options" => vec!["/{path}".into()],
-        // The open node's `Host` check (src/http/host.rs): ahead of every
-        // route, it serves no operation of its own (each documents its 421).
-        "/<_..>" => vec![],
+        // Where the open node's `Host`/`Origin` check (src/http/host.rs)
+        // reroutes a refused request: no operation of its own (each
+        // documents its 421 and 403).
+        "/.spillway/refused" => vec![],
         other => {
             assert!(
                 !other.contains('<'),

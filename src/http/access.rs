@@ -19,7 +19,7 @@ impl<'r> FromRequest<'r> for Caller {
 
     async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
         let caller = match req.rocket().state::<Arc<Node>>() {
-            Some(node) => node.access.authenticate(header(req, "Authorization")),
+            Some(node) => node.access().authenticate(header(req, "Authorization")),
             None => Caller::Anonymous,
         };
         Outcome::Success(caller)
@@ -60,7 +60,7 @@ pub fn authorize_data(
         // Only valid keys are ever signed: any other is a tampered URL.
         let key = tail.key().map_err(|_| Error::Forbidden("the signed URL is not valid for this request".into()))?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let grant = node.access.verify(method, &key, signed, now)?;
+        let grant = node.access().verify(method, &key, signed, now)?;
         return Ok((key, grant.max_size));
     }
     caller.require(scope)?;
@@ -98,11 +98,6 @@ pub async fn mint(node: &Node, key: &Key, method: &'static str, request: UrlRequ
         return Err(Error::BadRequest("max_size applies to upload URLs only".into()));
     }
     let expires = time::OffsetDateTime::now_utc() + time::Duration::seconds(expires_in as i64);
-    let url = if method == "PUT" && node.s3.is_some() {
-        node.direct_upload_url(key, expires_in, request.max_size).await?
-    } else {
-        let query = node.access.sign(method, key, expires.unix_timestamp(), request.max_size);
-        format!("{}?{query}", key.url_path())
-    };
+    let url = node.signed_url(method, key, expires.unix_timestamp(), expires_in, request.max_size).await?;
     Ok(Json(SignedUrl { url, method, expires_at: crate::timestamp::format(expires) }))
 }

@@ -17,7 +17,6 @@ use tokio_util::io::{ReaderStream, StreamReader};
 use super::access::authorize_data;
 use super::{guard, header, KeyTail};
 use crate::access::{Caller, Scope, SignedParams};
-use crate::config::Downloads;
 use crate::error::{Error, Result};
 use crate::index::Record;
 use crate::key::Key;
@@ -124,7 +123,7 @@ async fn put_data(
     let mut meta = meta?;
     meta.name = name;
     meta.expected.limit = limit;
-    let limit = node.spooler.max_size.saturating_add(1);
+    let limit = node.max_size().saturating_add(1);
     let started = Instant::now();
     let stored = node.put(key, body.open(limit.bytes()), meta).await;
     let (record, created) = node.upload_ended(started, stored)?;
@@ -184,9 +183,9 @@ async fn receive_form(
         .and_then(|ct| ct.params().find(|(k, _)| *k == "boundary"))
         .map(|(_, v)| v.to_string())
         .ok_or_else(|| Error::BadRequest("POST /datasets takes multipart/form-data with a boundary".into()))?;
-    let limit = node.spooler.max_size.saturating_add(FORM_OVERHEAD);
+    let limit = node.max_size().saturating_add(FORM_OVERHEAD);
     if meta.expected.length.is_some_and(|l| l > limit) {
-        return Err(Error::TooLarge { limit: node.spooler.max_size });
+        return Err(Error::TooLarge { limit: node.max_size() });
     }
     // The form's own length and digests are not the file's.
     let form_expected = std::mem::take(&mut meta.expected);
@@ -212,7 +211,7 @@ async fn receive_form(
                 }
                 let reader = StreamReader::new(field.map_err(io::Error::other));
                 let expected = Expected { length: None, ..form_expected.clone() };
-                spooled = Some(node.spooler.spool(reader, &expected).await?);
+                spooled = Some(node.spool(reader, &expected).await?);
             }
             "key" => key = Some(text_field(field).await?),
             "name" => meta.name = Some(text_field(field).await?),
@@ -222,9 +221,9 @@ async fn receive_form(
     }
     drop(form);
     let spooled = spooled.ok_or_else(|| Error::BadRequest("the form has no `file` part".into()))?;
-    ends_cleanly(&mut stream, node.spooler.stall_timeout).await?;
+    ends_cleanly(&mut stream, node.stall_timeout()).await?;
     if read.load(std::sync::atomic::Ordering::Relaxed) >= limit {
-        return Err(Error::TooLarge { limit: node.spooler.max_size });
+        return Err(Error::TooLarge { limit: node.max_size() });
     }
     let key = match key.filter(|k| !k.is_empty()).or(file_name) {
         Some(k) => Key::parse(&k)?,
@@ -386,10 +385,8 @@ async fn get_data(
 ) -> Result<Served> {
     // HEAD runs this route too; a signed GET URL covers both.
     let (key, _) = authorize_data(node, &caller, &signed, "GET", &tail, Scope::Read)?;
-    if node.settings.s3.downloads == Downloads::Redirect {
-        if let Some(url) = node.direct_download_url(&key, node.settings.s3.presign_expiry).await? {
-            return Ok(Served::Redirect(Redirect::temporary(url)));
-        }
+    if let Some(url) = node.download_redirect(&key).await? {
+        return Ok(Served::Redirect(Redirect::temporary(url)));
     }
     let (record, want, body) = node.open_dataset(&key, |record| plan(record, &cond).map(|p| p.want())).await?;
     Ok(Served::Bytes(Download { body, record, want }))

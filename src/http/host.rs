@@ -18,24 +18,68 @@
 
 use std::sync::Arc;
 
+use rocket::fairing::{Fairing, Info, Kind};
+use rocket::http::uri::Origin;
 use rocket::http::{Method, Status};
 use rocket::request::{FromRequest, Outcome, Request};
-use rocket::Route;
+use rocket::{Data, Route};
 
 use crate::error::Error;
 use crate::service::Node;
 
-/// Ahead of every other route, for every method. (The attribute takes no
-/// negative rank, and Rocket's default ranks go down to -12.)
+/// Where a refused request is sent, whatever it asked for: a fairing cannot
+/// answer, but it can reroute. (Checking in a request guard instead made
+/// every other request log that the guard forwarded it.)
+const REFUSED: &str = "/.spillway/refused";
+
 pub fn routes() -> Vec<Route> {
-    let mut routes = rocket::routes![get, head, put, post, patch, delete, options];
-    for route in &mut routes {
-        route.rank = -100;
-    }
-    routes
+    rocket::routes![get, head, put, post, patch, delete, options]
 }
 
-/// A request an open node must not answer, and why.
+/// Checks `Host` and `Origin` on an open node before routing.
+pub struct HostCheck;
+
+#[rocket::async_trait]
+impl Fairing for HostCheck {
+    fn info(&self) -> Info {
+        Info { name: "Host and Origin of an open node", kind: Kind::Request }
+    }
+
+    async fn on_request(&self, req: &mut Request<'_>, _: &mut Data<'_>) {
+        let refusal = check(req);
+        if refusal.is_some() {
+            req.set_uri(Origin::parse(REFUSED).expect("a valid path"));
+        }
+        req.local_cache(|| Refusal(std::sync::Mutex::new(refusal)));
+    }
+}
+
+/// Why the fairing refused this request, if it did (taken by the route).
+struct Refusal(std::sync::Mutex<Option<Error>>);
+
+fn check(req: &Request<'_>) -> Option<Error> {
+    let node = req.rocket().state::<Arc<Node>>()?;
+    if !node.access().is_open() || req.uri().path() == "/health" {
+        return None;
+    }
+    let mut hosts = req.headers().get("Host");
+    let host = match (hosts.next(), hosts.next()) {
+        (None, _) => None,
+        (Some(host), None) if is_own_host(host, &node.settings().allowed_hosts) => Some(host),
+        // Two `Host` headers: which one would a proxy have looked at?
+        (Some(host), _) => return Some(Error::Misdirected(host.to_owned())),
+    };
+    let writes = !matches!(req.method(), Method::Get | Method::Head | Method::Options);
+    match req.headers().get_one("Origin") {
+        Some(origin) if writes && !is_own_origin(origin, host, &node.settings().cors_origins) => {
+            Some(Error::CrossOrigin(origin.to_owned()))
+        }
+        _ => None,
+    }
+}
+
+/// A request the fairing refused (and nothing else: a client that asks for
+/// the path itself gets a 404).
 pub struct Refused(Error);
 
 #[rocket::async_trait]
@@ -43,23 +87,10 @@ impl<'r> FromRequest<'r> for Refused {
     type Error = std::convert::Infallible;
 
     async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
-        let Some(node) = req.rocket().state::<Arc<Node>>() else { return Outcome::Forward(Status::NotFound) };
-        if !node.access.is_open() || req.uri().path() == "/health" {
-            return Outcome::Forward(Status::NotFound);
-        }
-        let mut hosts = req.headers().get("Host");
-        let host = match (hosts.next(), hosts.next()) {
-            (None, _) => None,
-            (Some(host), None) if is_own_host(host, &node.settings.allowed_hosts) => Some(host),
-            // Two `Host` headers: which one would a proxy have looked at?
-            (Some(host), _) => return Outcome::Success(Refused(Error::Misdirected(host.to_owned()))),
-        };
-        let writes = !matches!(req.method(), Method::Get | Method::Head | Method::Options);
-        match req.headers().get_one("Origin") {
-            Some(origin) if writes && !is_own_origin(origin, host, &node.settings.cors_origins) => {
-                Outcome::Success(Refused(Error::CrossOrigin(origin.to_owned())))
-            }
-            _ => Outcome::Forward(Status::NotFound),
+        let taken = req.local_cache(|| Refusal(std::sync::Mutex::new(None))).0.lock().ok().and_then(|mut e| e.take());
+        match taken {
+            Some(e) => Outcome::Success(Refused(e)),
+            None => Outcome::Forward(Status::NotFound),
         }
     }
 }
@@ -95,37 +126,37 @@ fn refuse(r: Refused) -> Error {
     r.0
 }
 
-#[rocket::get("/<_..>")]
+#[rocket::get("/.spillway/refused")]
 fn get(r: Refused) -> Error {
     refuse(r)
 }
 
-#[rocket::head("/<_..>")]
+#[rocket::head("/.spillway/refused")]
 fn head(r: Refused) -> Error {
     refuse(r)
 }
 
-#[rocket::put("/<_..>")]
+#[rocket::put("/.spillway/refused")]
 fn put(r: Refused) -> Error {
     refuse(r)
 }
 
-#[rocket::post("/<_..>")]
+#[rocket::post("/.spillway/refused")]
 fn post(r: Refused) -> Error {
     refuse(r)
 }
 
-#[rocket::patch("/<_..>")]
+#[rocket::patch("/.spillway/refused")]
 fn patch(r: Refused) -> Error {
     refuse(r)
 }
 
-#[rocket::delete("/<_..>")]
+#[rocket::delete("/.spillway/refused")]
 fn delete(r: Refused) -> Error {
     refuse(r)
 }
 
-#[rocket::options("/<_..>")]
+#[rocket::options("/.spillway/refused")]
 fn options(r: Refused) -> Error {
     refuse(r)
 }

@@ -31,6 +31,7 @@ pub fn mount(rocket: Rocket<Build>) -> Rocket<Build> {
         .mount("/", ops::routes())
         .mount("/", page::routes())
         .mount("/", rocket::routes![preflight])
+        .attach(host::HostCheck)
         .attach(ops::Telemetry)
         .attach(tus::fairing())
         .attach(tus::sweeper())

@@ -15,7 +15,6 @@ use rocket::{Route, State};
 
 use super::header;
 use crate::access::{Caller, Scope};
-use crate::datadir::Layout;
 use crate::error::{Error, Result};
 use crate::service::Node;
 
@@ -94,13 +93,10 @@ impl<'r> Responder<'r, 'static> for Exposition {
 )]
 #[rocket::get("/metrics")]
 fn metrics(node: &State<Arc<Node>>, caller: Caller) -> Result<Exposition> {
-    if node.settings.metrics_token {
+    if node.settings().metrics_token {
         caller.require(Scope::Read)?;
     }
-    let free = |dir: &std::path::Path| Layout::free_space(dir).ok();
-    let volumes = [("data", free(&node.layout.datasets)), ("spool", free(&node.layout.spool))];
-    node.metrics.tus_in_memory.set(node.tus.in_memory() as i64);
-    Ok(Exposition(node.metrics.render(node.spooler.budget.used(), &volumes)))
+    Ok(Exposition(node.render_metrics()))
 }
 
 /// Logs, counts and tags every request.
@@ -145,7 +141,7 @@ impl Fairing for Telemetry {
         let method = req.method().as_str();
         let status = res.status().code;
         if let Some(node) = req.rocket().state::<Arc<Node>>() {
-            let m = &node.metrics;
+            let m = node.metrics();
             m.http_requests.with_label_values(&[&route, method, &status.to_string()]).inc();
             m.http_duration.with_label_values(&[&route, method]).observe(elapsed.as_secs_f64());
         }

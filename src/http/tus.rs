@@ -70,7 +70,7 @@ pub fn sweeper() -> AdHoc {
             };
             // Often enough for both: expired uploads, and the object store's
             // leftovers whose removal failed while it was away.
-            let every = std::time::Duration::from_secs((node.settings.upload_expiry / 4).clamp(1, 10));
+            let every = std::time::Duration::from_secs((node.settings().upload_expiry / 4).clamp(1, 10));
             let mut shutdown = rocket.shutdown();
             tokio::spawn(async move {
                 loop {
@@ -191,7 +191,7 @@ impl<'r> Responder<'r, 'static> for Discovery {
 )]
 #[rocket::options("/uploads")]
 fn discover(node: &State<Arc<Node>>) -> Discovery {
-    Discovery { max_size: node.spooler.max_size }
+    Discovery { max_size: node.max_size() }
 }
 
 #[utoipa::path(
@@ -209,7 +209,7 @@ fn discover(node: &State<Arc<Node>>) -> Discovery {
 )]
 #[rocket::options("/uploads/<_>")]
 fn discover_upload(node: &State<Arc<Node>>) -> Discovery {
-    Discovery { max_size: node.spooler.max_size }
+    Discovery { max_size: node.max_size() }
 }
 
 fn number(req: &Request<'_>, name: &str) -> Result<Option<u64>> {
@@ -324,7 +324,7 @@ fn upload_checksum(req: &Request<'_>) -> Result<Option<Digest>> {
 }
 
 fn body_limit(node: &Node) -> rocket::data::ByteUnit {
-    node.spooler.max_size.saturating_add(1).bytes()
+    node.max_size().saturating_add(1).bytes()
 }
 
 #[utoipa::path(

@@ -136,24 +136,86 @@ impl Drop for UploadPermit {
 }
 
 pub struct Node {
-    pub settings: Settings,
-    pub layout: Arc<Layout>,
-    pub index: Index,
-    pub store: Arc<dyn Store>,
+    settings: Settings,
+    layout: Arc<Layout>,
+    index: Index,
+    store: Arc<dyn Store>,
     /// The object store, when datasets live in one.
-    pub s3: Option<Arc<S3Store>>,
+    s3: Option<Arc<S3Store>>,
     /// Names this node among nodes sharing an index.
-    pub node_id: String,
-    pub spooler: Spooler,
-    pub metrics: Arc<Metrics>,
-    pub access: crate::access::Access,
-    pub tus: crate::service::tus::Resumable,
+    node_id: String,
+    spooler: Spooler,
+    metrics: Arc<Metrics>,
+    access: crate::access::Access,
+    tus: crate::service::tus::Resumable,
     commit_lock: Mutex<()>,
     uploads: Arc<Semaphore>,
     _lock: DataLock,
 }
 
 impl Node {
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn access(&self) -> &crate::access::Access {
+        &self.access
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The largest dataset the node takes (`max_dataset_size`).
+    pub fn max_size(&self) -> u64 {
+        self.spooler.max_size
+    }
+
+    /// How long a body may go without a byte (`stall_timeout`).
+    pub fn stall_timeout(&self) -> std::time::Duration {
+        self.spooler.stall_timeout
+    }
+
+    /// Spools one body (a form's file part) through the upload pipeline.
+    pub async fn spool<R: AsyncRead + Unpin + Send>(&self, body: R, expected: &Expected) -> Result<Spooled> {
+        self.spooler.spool(body, expected).await
+    }
+
+    /// The Prometheus exposition, with the gauges read now.
+    pub fn render_metrics(&self) -> String {
+        let free = |dir: &std::path::Path| Layout::free_space(dir).ok();
+        let volumes = [("data", free(&self.layout.datasets)), ("spool", free(&self.layout.spool))];
+        self.metrics.tus_in_memory.set(self.tus.in_memory() as i64);
+        self.metrics.render(self.spooler.budget.used(), &volumes)
+    }
+
+    /// A URL that lets a client without a token do `method` on `key` until
+    /// `expires` (Unix seconds): the node's own signed URL, or with an
+    /// object store, for an upload, a presigned PUT straight to the store.
+    pub async fn signed_url(
+        &self,
+        method: &'static str,
+        key: &Key,
+        expires: i64,
+        expires_in: u64,
+        max_size: Option<u64>,
+    ) -> Result<String> {
+        if method == "PUT" && self.s3.is_some() {
+            return self.direct_upload_url(key, expires_in, max_size).await;
+        }
+        let query = self.access.sign(method, key, expires, max_size);
+        Ok(format!("{}?{query}", key.url_path()))
+    }
+
+    /// Where to send a download instead of serving it, when the store
+    /// serves downloads itself (`s3.downloads = "redirect"`).
+    pub async fn download_redirect(&self, key: &Key) -> Result<Option<String>> {
+        if self.settings.s3.downloads != crate::config::Downloads::Redirect {
+            return Ok(None);
+        }
+        self.direct_download_url(key, self.settings.s3.presign_expiry).await
+    }
+
     /// Prepares the data directory, sweeps what a previous run left in the
     /// spool, opens the index and runs the cheap start-up reconcile.
     pub async fn open(settings: Settings) -> Result<Node> {
@@ -586,7 +648,7 @@ impl Node {
 
     /// A presigned PUT straight to the object store (the key's incoming
     /// object), for `POST /datasets/{key}/upload-url` with an S3 store.
-    pub async fn direct_upload_url(&self, key: &Key, expires_in: u64, max_size: Option<u64>) -> Result<String> {
+    async fn direct_upload_url(&self, key: &Key, expires_in: u64, max_size: Option<u64>) -> Result<String> {
         let s3 = self.s3.as_ref().ok_or_else(|| Error::internal("direct uploads need an object store"))?;
         let (index, name) = (self.index.clone(), direct_upload_setting(key));
         let value = max_size.map_or_else(String::new, |m| m.to_string());
@@ -595,7 +657,7 @@ impl Node {
     }
 
     /// A presigned GET of the dataset's object (downloads = "redirect").
-    pub async fn direct_download_url(&self, key: &Key, expires_in: u64) -> Result<Option<String>> {
+    async fn direct_download_url(&self, key: &Key, expires_in: u64) -> Result<Option<String>> {
         let Some(s3) = &self.s3 else {
             return Ok(None);
         };
