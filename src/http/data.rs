@@ -76,7 +76,7 @@ impl<'r> Responder<'r, 'static> for Stored {
         Response::build_from(rocket::serde::json::Json(&self.record).respond_to(req)?)
             .status(status)
             .header(Header::new("Location", self.record.path.clone()))
-            .header(Header::new("ETag", format!("\"{}\"", self.record.blake3)))
+            .header(Header::new("ETag", self.record.etag()))
             .ok()
     }
 }
@@ -290,50 +290,33 @@ impl<'r> FromRequest<'r> for ReadConditions<'r> {
     }
 }
 
-/// What a GET answers with.
-#[derive(Debug, PartialEq, Eq)]
-enum Plan {
-    NotModified,
-    Full,
-    Part { start: u64, end: u64 },
-}
-
-fn plan(record: &Record, cond: &ReadConditions<'_>) -> Result<Plan> {
+/// What a GET wants of the bytes, from its conditional and range headers.
+fn plan(record: &Record, cond: &ReadConditions<'_>) -> Result<Want> {
     if let Some(tags) = cond.if_none_match {
         if EtagList::parse(tags).matches_weak(Some(record)) {
-            return Ok(Plan::NotModified);
+            return Ok(Want::Nothing);
         }
     }
     let Some(range) = cond.range else {
-        return Ok(Plan::Full);
+        return Ok(Want::All);
     };
     if let Some(tag) = cond.if_range {
-        if tag.trim() != format!("\"{}\"", record.blake3) {
-            return Ok(Plan::Full);
+        if tag.trim() != record.etag() {
+            return Ok(Want::All);
         }
     }
     if !range.trim_start().to_ascii_lowercase().starts_with("bytes=") {
         // A range unit we do not know: ignored, as RFC 9110 says.
-        return Ok(Plan::Full);
+        return Ok(Want::All);
     }
     let unsatisfiable = || Error::RangeNotSatisfiable { range: range.to_string(), size: record.size };
     let ranges = parse_range_header(range)
         .and_then(|parsed| parsed.validate(record.size))
         .map_err(|_: RangeUnsatisfiableError| unsatisfiable())?;
     match ranges.as_slice() {
-        [only] => Ok(Plan::Part { start: *only.start(), end: *only.end() }),
+        [only] => Ok(Want::Range(*only.start()..=*only.end())),
         // Several ranges: the whole representation (RFC 9110 allows it).
-        _ => Ok(Plan::Full),
-    }
-}
-
-impl Plan {
-    fn want(&self) -> Want {
-        match self {
-            Plan::NotModified => Want::Nothing,
-            Plan::Full => Want::All,
-            Plan::Part { start, end } => Want::Range(*start..=*end),
-        }
+        _ => Ok(Want::All),
     }
 }
 
@@ -388,7 +371,7 @@ async fn get_data(
     if let Some(url) = node.download_redirect(&key).await? {
         return Ok(Served::Redirect(Redirect::temporary(url)));
     }
-    let (record, want, body) = node.open_dataset(&key, |record| plan(record, &cond).map(|p| p.want())).await?;
+    let (record, want, body) = node.open_dataset(&key, |record| plan(record, &cond)).await?;
     Ok(Served::Bytes(Download { body, record, want }))
 }
 
@@ -396,9 +379,7 @@ impl<'r> Responder<'r, 'static> for Download {
     fn respond_to(self, _req: &'r Request<'_>) -> response::Result<'static> {
         let Download { body, record, want } = self;
         let mut response = Response::build();
-        response
-            .header(Header::new("ETag", format!("\"{}\"", record.blake3)))
-            .header(Header::new("Accept-Ranges", "bytes"));
+        response.header(Header::new("ETag", record.etag())).header(Header::new("Accept-Ranges", "bytes"));
         let content_type = ContentType::parse_flexible(&record.content_type).unwrap_or(ContentType::Binary);
         let len = match want {
             Want::Nothing => return response.status(Status::NotModified).ok(),

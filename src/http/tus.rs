@@ -144,8 +144,8 @@ impl<'r> Responder<'r, 'static> for Reply {
             }
             if let Some(record) = info.record {
                 // The committed dataset: where it is and what it hashes to.
+                response.header(Header::new("ETag", record.etag()));
                 response.header(Header::new("Content-Location", record.path));
-                response.header(Header::new("ETag", format!("\"{}\"", record.blake3)));
             }
         }
         response.ok()

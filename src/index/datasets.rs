@@ -28,6 +28,13 @@ pub struct Record {
     pub version: String,
 }
 
+impl Record {
+    /// Its entity tag: the blake3 of its bytes, quoted (RFC 9110 §8.8.3).
+    pub fn etag(&self) -> String {
+        format!("\"{}\"", self.blake3)
+    }
+}
+
 /// The columns a commit writes.
 #[derive(Debug, Clone)]
 pub struct NewVersion {
