@@ -1,0 +1,107 @@
+//! `S3Store` as the node's [`Store`].
+
+use std::io;
+use std::ops::RangeInclusive;
+
+use bytes::Bytes;
+use futures_util::stream::TryStreamExt;
+use object_store::{GetOptions, GetRange, ObjectStore, PutOptions, PutPayload};
+use tokio::io::AsyncReadExt;
+
+use super::metadata::{attributes, etag};
+use super::{s3_error, S3Store};
+use crate::error::{Error, Result};
+use crate::index::{NewVersion, Record};
+use crate::key::Key;
+use crate::store::{Check, ObjectInfo, Prepared, Reader, Staged, Store};
+
+#[async_trait::async_trait]
+impl Store for S3Store {
+    fn kind(&self) -> &'static str {
+        "s3"
+    }
+
+    async fn prepare(&self, key: &Key, staged: Staged, info: &ObjectInfo) -> Result<Prepared> {
+        let staged = match staged {
+            // Small enough for one PUT: read it into memory.
+            Staged::File(file) if info.size <= self.part_size as u64 => {
+                let mut bytes = Vec::with_capacity(info.size as usize);
+                tokio::fs::File::from_std(file.reopen().map_err(Error::internal)?)
+                    .read_to_end(&mut bytes)
+                    .await
+                    .map_err(Error::internal)?;
+                Staged::Memory(vec![bytes])
+            }
+            Staged::File(file) => Staged::Multipart(self.upload_file(key, file, info).await?),
+            other => other,
+        };
+        let staged = match staged {
+            // Completed outside the lock: a staging object is private.
+            Staged::Multipart(pending) if self.stage_uploads => Staged::Object(pending.complete().await?),
+            other => other,
+        };
+        Ok(Prepared { staged, version: None })
+    }
+
+    async fn install(&self, key: &Key, prepared: Prepared, info: &ObjectInfo) -> Result<String> {
+        let location = self.object(key);
+        match prepared.staged {
+            Staged::Memory(chunks) => {
+                let payload: PutPayload = chunks.into_iter().map(Bytes::from).collect();
+                let options = PutOptions { attributes: attributes(info), ..Default::default() };
+                let result = self.store.put_opts(&location, payload, options).await.map_err(s3_error)?;
+                Ok(etag(result.e_tag.as_deref()))
+            }
+            Staged::Object(object) => object.install(&location, &self.bucket, info).await,
+            Staged::Multipart(pending) => pending.complete_at_key().await,
+            Staged::File(_) => Err(Error::internal("a file must be prepared before it is installed")),
+        }
+    }
+
+    async fn landed(&self, intent: &NewVersion, current: Option<&Record>) -> Result<Option<String>> {
+        let Some((size, version, _)) = self.head(&self.object(&intent.key)).await? else {
+            return Ok(None);
+        };
+        // Same bytes as the row's: the install never happened (or put back
+        // the same bytes, which the row already describes).
+        if current.is_some_and(|r| r.version == version) || size != intent.size {
+            return Ok(None);
+        }
+        Ok(Some(version))
+    }
+
+    async fn version_of(&self, key: &Key) -> Result<Option<String>> {
+        Ok(self.head(&self.object(key)).await?.map(|(_, version, _)| version))
+    }
+
+    async fn open(&self, record: &Record, key: &Key, range: Option<RangeInclusive<u64>>) -> Result<Option<Reader>> {
+        let options = GetOptions {
+            range: range.filter(|_| record.size > 0).map(|r| GetRange::Bounded(*r.start()..*r.end() + 1)),
+            ..Default::default()
+        };
+        let result = match self.store.get_opts(&self.object(key), options).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(s3_error(e)),
+        };
+        if etag(result.meta.e_tag.as_deref()) != record.version || result.meta.size != record.size {
+            return Ok(None);
+        }
+        let stream = result.into_stream().map_err(io::Error::other);
+        Ok(Some(Reader(Box::new(tokio_util::io::StreamReader::new(stream)))))
+    }
+
+    async fn remove(&self, key: &Key) -> Result<()> {
+        self.delete(&self.object(key)).await
+    }
+
+    async fn checks(&self) -> Vec<Check> {
+        // A HEAD of an object that never exists: "not found" is an answer.
+        let probe = self.prefix.clone().join(".spillway-ready");
+        let problem = match self.head(&probe).await {
+            Ok(_) => None,
+            Err(_) => Some("it does not answer; the cause is in the log".to_string()),
+        };
+        vec![("object store", problem)]
+    }
+}
