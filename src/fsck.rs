@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -334,17 +333,9 @@ fn symlinks(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn hash_file(path: &Path, progress: &ProgressBar) -> Result<String> {
-    let mut file = File::open(path).map_err(Error::internal)?;
+    let file = File::open(path).map_err(Error::internal)?;
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(Error::internal)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        progress.inc(n as u64);
-    }
+    hasher.update_reader(progress.wrap_read(file)).map_err(Error::internal)?;
     Ok(hasher.finalize().to_hex().to_string())
 }
 
