@@ -12,26 +12,27 @@
 //! staging file on the data volume. The temp file is a `NamedTempFile`: any
 //! early return (error, disconnect, stall) drops and deletes it.
 
-use std::fs::File;
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
-use digest::DynDigest;
 use tempfile::NamedTempFile;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+
+mod expected;
+mod writer;
+
+use expected::check_blake3;
+pub use expected::{Algorithm, Digest, Expected, Hashing};
+pub use writer::{OpenFile, Writer, Written};
 
 use crate::datadir::Layout;
 use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::store::s3::{PartSink, S3Store};
 use crate::store::Staged;
-use crate::store::{Target, CHUNK};
+use crate::store::CHUNK;
 
 /// Chunks queued between the receiving task and the writer thread.
 const QUEUE: usize = 4;
@@ -86,146 +87,6 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
-    }
-}
-
-/// A digest algorithm a client may send besides blake3: RFC 9530 fields
-/// (`sha-256`, `sha-512`) and tus checksums (`sha1`, `md5`, `sha256`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
-    Sha1,
-    Md5,
-    Sha256,
-    Sha512,
-}
-
-impl Algorithm {
-    /// Names of RFC 9530's digest algorithm registry.
-    pub fn from_http(name: &str) -> Option<Algorithm> {
-        match name.to_ascii_lowercase().as_str() {
-            "sha-256" => Some(Algorithm::Sha256),
-            "sha-512" => Some(Algorithm::Sha512),
-            _ => None,
-        }
-    }
-
-    /// Names of the tus checksum extension.
-    pub fn from_tus(name: &str) -> Option<Algorithm> {
-        match name.to_ascii_lowercase().as_str() {
-            "sha1" => Some(Algorithm::Sha1),
-            "md5" => Some(Algorithm::Md5),
-            "sha256" => Some(Algorithm::Sha256),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Algorithm::Sha1 => "sha1",
-            Algorithm::Md5 => "md5",
-            Algorithm::Sha256 => "sha-256",
-            Algorithm::Sha512 => "sha-512",
-        }
-    }
-
-    fn hasher(self) -> Box<dyn DynDigest + Send> {
-        match self {
-            Algorithm::Sha1 => Box::new(sha1::Sha1::default()),
-            Algorithm::Md5 => Box::new(md5::Md5::default()),
-            Algorithm::Sha256 => Box::new(sha2::Sha256::default()),
-            Algorithm::Sha512 => Box::new(sha2::Sha512::default()),
-        }
-    }
-}
-
-/// A digest the client sent, to compare with what arrived.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Digest {
-    pub algorithm: Algorithm,
-    pub value: Vec<u8>,
-}
-
-/// What the client promised about the body.
-#[derive(Debug, Default, Clone)]
-pub struct Expected {
-    /// `Content-Length`: a shorter body is a truncated upload.
-    pub length: Option<u64>,
-    /// A tighter size limit than `max_dataset_size` (a signed URL's).
-    pub limit: Option<u64>,
-    pub digests: Vec<Digest>,
-    pub blake3: Option<blake3::Hash>,
-}
-
-impl Expected {
-    /// Reads `Content-Digest` / `Repr-Digest` (RFC 9530) and `X-Blake3`.
-    /// Algorithms we do not know are ignored, as the RFC allows.
-    pub fn with_digests(mut self, digest_fields: &[&str], x_blake3: Option<&str>) -> Result<Expected> {
-        for field in digest_fields {
-            for member in field.split(',') {
-                let Some((name, value)) = member.trim().split_once('=') else {
-                    return Err(Error::BadRequest(format!("malformed digest field member `{member}`")));
-                };
-                let Some(algorithm) = Algorithm::from_http(name.trim()) else {
-                    continue;
-                };
-                let b64 = value.trim().strip_prefix(':').and_then(|v| v.strip_suffix(':')).ok_or_else(|| {
-                    Error::BadRequest(format!("the {name} digest must be a byte sequence (:base64:)"))
-                })?;
-                let value = base64::engine::general_purpose::STANDARD
-                    .decode(b64)
-                    .map_err(|_| Error::BadRequest(format!("the {name} digest is not valid base64")))?;
-                if value.len() != algorithm.hasher().output_size() {
-                    return Err(Error::BadRequest(format!("the {name} digest has the wrong length")));
-                }
-                self.digests.push(Digest { algorithm, value });
-            }
-        }
-        if let Some(hex) = x_blake3 {
-            let hash = blake3::Hash::from_hex(hex.trim())
-                .map_err(|_| Error::BadRequest("X-Blake3 must be 64 hex digits".into()))?;
-            self.blake3 = Some(hash);
-        }
-        Ok(self)
-    }
-
-    fn algorithms(&self) -> Vec<Algorithm> {
-        self.digests.iter().map(|d| d.algorithm).collect()
-    }
-}
-
-/// The hashes computed while bytes pass: blake3 over the whole upload, and
-/// any digests the client asked us to check.
-pub struct Hashing {
-    pub blake3: blake3::Hasher,
-    extra: Vec<(Algorithm, Box<dyn DynDigest + Send>)>,
-}
-
-impl Hashing {
-    /// Continues `blake3` (a fresh hasher, or the state of a resumed upload)
-    /// and starts the given extra digests.
-    pub fn new(blake3: blake3::Hasher, algorithms: &[Algorithm]) -> Hashing {
-        Hashing { blake3, extra: algorithms.iter().map(|a| (*a, a.hasher())).collect() }
-    }
-
-    fn update(&mut self, data: &[u8]) {
-        self.blake3.update(data);
-        for (_, h) in &mut self.extra {
-            h.update(data);
-        }
-    }
-
-    /// Checks each expected digest against what arrived.
-    pub fn verify(&mut self, expected: &[Digest]) -> Result<()> {
-        for want in expected {
-            let got = self.extra.iter_mut().find(|(a, _)| *a == want.algorithm).map(|(_, h)| h.finalize_reset());
-            if got.as_deref() != Some(&want.value[..]) {
-                return Err(Error::DigestMismatch(format!(
-                    "the body's {} does not match the digest sent",
-                    want.algorithm.name()
-                )));
-            }
-        }
-        Ok(())
     }
 }
 
@@ -506,146 +367,6 @@ impl Sink {
     }
 }
 
-/// Checks X-Blake3 against what arrived; returns the blake3.
-fn check_blake3(hashing: &mut Hashing, expected: &Expected) -> Result<blake3::Hash> {
-    let blake3 = hashing.blake3.finalize();
-    if expected.blake3.is_some_and(|d| d != blake3) {
-        return Err(Error::DigestMismatch("the body's blake3 does not match X-Blake3".into()));
-    }
-    Ok(blake3)
-}
-
-impl Target for NamedTempFile {
-    fn sync(&mut self) -> io::Result<()> {
-        self.as_file().sync_all()
-    }
-
-    fn dir(&self) -> Option<PathBuf> {
-        self.path().parent().map(PathBuf::from)
-    }
-}
-
-/// An open file and the directory it lives in (resumable uploads).
-pub struct OpenFile {
-    pub file: File,
-    pub dir: PathBuf,
-}
-
-impl Write for OpenFile {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file.write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
-    }
-}
-
-impl Target for OpenFile {
-    fn sync(&mut self) -> io::Result<()> {
-        self.file.sync_data()
-    }
-
-    fn dir(&self) -> Option<PathBuf> {
-        Some(self.dir.clone())
-    }
-}
-
-enum Msg {
-    Data(Vec<u8>),
-    Done,
-}
-
-/// One blocking thread that hashes and writes an upload's chunks in order.
-/// Dropping it without [`Writer::finish`] abandons the bytes (a temp file
-/// target deletes itself).
-pub struct Writer<T: Target> {
-    tx: mpsc::Sender<Msg>,
-    /// Buffers the writer is done with, for reuse.
-    spent: mpsc::Receiver<Vec<u8>>,
-    handle: JoinHandle<io::Result<Written<T>>>,
-    dir: Option<PathBuf>,
-}
-
-pub struct Written<T> {
-    pub target: T,
-    pub size: u64,
-    pub hashing: Hashing,
-}
-
-impl<T: Target> Writer<T> {
-    pub fn start(target: T, hashing: Hashing) -> Writer<T> {
-        let dir = target.dir();
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let (spent_tx, spent) = mpsc::channel(QUEUE + 2);
-        let handle = tokio::task::spawn_blocking(move || write_loop(target, hashing, rx, spent_tx));
-        Writer { tx, spent, handle, dir }
-    }
-
-    /// An empty buffer for the next chunk, recycled when one is free.
-    pub fn buffer(&mut self) -> Vec<u8> {
-        match self.spent.try_recv() {
-            Ok(mut buf) => {
-                buf.clear();
-                buf
-            }
-            Err(_) => Vec::with_capacity(CHUNK),
-        }
-    }
-
-    pub async fn send(&mut self, chunk: Vec<u8>) -> Result<()> {
-        if self.tx.send(Msg::Data(chunk)).await.is_err() {
-            // The writer stopped early: its result says why.
-            return Err(self.failure().await);
-        }
-        Ok(())
-    }
-
-    async fn failure(&mut self) -> Error {
-        match (&mut self.handle).await {
-            Ok(Err(e)) => Error::from_io(e),
-            Ok(Ok(_)) => Error::internal("spool writer ended before the upload did"),
-            Err(e) => Error::internal(format!("spool writer panicked: {e}")),
-        }
-    }
-
-    /// Waits for every chunk to be written, then fsyncs.
-    pub async fn finish(mut self) -> Result<Written<T>> {
-        if self.tx.send(Msg::Done).await.is_err() {
-            return Err(self.failure().await);
-        }
-        match self.handle.await {
-            Ok(result) => result.map_err(Error::from_io),
-            Err(e) => Err(Error::internal(format!("spool writer panicked: {e}"))),
-        }
-    }
-}
-
-fn write_loop<T: Target>(
-    mut target: T,
-    mut hashing: Hashing,
-    mut rx: mpsc::Receiver<Msg>,
-    spent: mpsc::Sender<Vec<u8>>,
-) -> io::Result<Written<T>> {
-    let mut size = 0u64;
-    loop {
-        match rx.blocking_recv() {
-            Some(Msg::Data(chunk)) => {
-                hashing.update(&chunk);
-                target.write_all(&chunk)?;
-                size += chunk.len() as u64;
-                // Keep a few warm buffers for reuse; free the rest.
-                let _ = spent.try_send(chunk);
-            }
-            Some(Msg::Done) => break,
-            // Abandoned: dropping a temp file target deletes it.
-            None => return Err(io::Error::new(io::ErrorKind::Interrupted, "upload abandoned")),
-        }
-    }
-    target.sync()?;
-    Ok(Written { target, size, hashing })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -663,16 +384,5 @@ mod tests {
         assert_eq!(budget.used(), 40);
         drop(b);
         assert_eq!(budget.used(), 0);
-    }
-
-    #[test]
-    fn digest_fields_parse() {
-        let e = Expected::default()
-            .with_digests(&["sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:, md5=:xx:"], None)
-            .unwrap();
-        assert_eq!(e.digests.len(), 1);
-        assert_eq!(e.digests[0].algorithm, Algorithm::Sha256);
-        assert!(Expected::default().with_digests(&["sha-256=abc"], None).is_err());
-        assert!(Expected::default().with_digests(&[], Some("zz")).is_err());
     }
 }

@@ -1,0 +1,146 @@
+//! The blocking writer thread: takes chunks over a bounded channel, hashes
+//! and writes them to a target (a temp file, an upload's file, an object
+//! store's parts), and makes them durable at the end.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::PathBuf;
+
+use tempfile::NamedTempFile;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::{Hashing, QUEUE};
+use crate::error::{Error, Result};
+use crate::store::{Target, CHUNK};
+
+impl Target for NamedTempFile {
+    fn sync(&mut self) -> io::Result<()> {
+        self.as_file().sync_all()
+    }
+
+    fn dir(&self) -> Option<PathBuf> {
+        self.path().parent().map(PathBuf::from)
+    }
+}
+
+/// An open file and the directory it lives in (resumable uploads).
+pub struct OpenFile {
+    pub file: File,
+    pub dir: PathBuf,
+}
+
+impl Write for OpenFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Target for OpenFile {
+    fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn dir(&self) -> Option<PathBuf> {
+        Some(self.dir.clone())
+    }
+}
+
+enum Msg {
+    Data(Vec<u8>),
+    Done,
+}
+
+/// One blocking thread that hashes and writes an upload's chunks in order.
+/// Dropping it without [`Writer::finish`] abandons the bytes (a temp file
+/// target deletes itself).
+pub struct Writer<T: Target> {
+    tx: mpsc::Sender<Msg>,
+    /// Buffers the writer is done with, for reuse.
+    spent: mpsc::Receiver<Vec<u8>>,
+    handle: JoinHandle<io::Result<Written<T>>>,
+    pub(super) dir: Option<PathBuf>,
+}
+
+pub struct Written<T> {
+    pub target: T,
+    pub size: u64,
+    pub hashing: Hashing,
+}
+
+impl<T: Target> Writer<T> {
+    pub fn start(target: T, hashing: Hashing) -> Writer<T> {
+        let dir = target.dir();
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (spent_tx, spent) = mpsc::channel(QUEUE + 2);
+        let handle = tokio::task::spawn_blocking(move || write_loop(target, hashing, rx, spent_tx));
+        Writer { tx, spent, handle, dir }
+    }
+
+    /// An empty buffer for the next chunk, recycled when one is free.
+    pub fn buffer(&mut self) -> Vec<u8> {
+        match self.spent.try_recv() {
+            Ok(mut buf) => {
+                buf.clear();
+                buf
+            }
+            Err(_) => Vec::with_capacity(CHUNK),
+        }
+    }
+
+    pub async fn send(&mut self, chunk: Vec<u8>) -> Result<()> {
+        if self.tx.send(Msg::Data(chunk)).await.is_err() {
+            // The writer stopped early: its result says why.
+            return Err(self.failure().await);
+        }
+        Ok(())
+    }
+
+    async fn failure(&mut self) -> Error {
+        match (&mut self.handle).await {
+            Ok(Err(e)) => Error::from_io(e),
+            Ok(Ok(_)) => Error::internal("spool writer ended before the upload did"),
+            Err(e) => Error::internal(format!("spool writer panicked: {e}")),
+        }
+    }
+
+    /// Waits for every chunk to be written, then fsyncs.
+    pub async fn finish(mut self) -> Result<Written<T>> {
+        if self.tx.send(Msg::Done).await.is_err() {
+            return Err(self.failure().await);
+        }
+        match self.handle.await {
+            Ok(result) => result.map_err(Error::from_io),
+            Err(e) => Err(Error::internal(format!("spool writer panicked: {e}"))),
+        }
+    }
+}
+
+fn write_loop<T: Target>(
+    mut target: T,
+    mut hashing: Hashing,
+    mut rx: mpsc::Receiver<Msg>,
+    spent: mpsc::Sender<Vec<u8>>,
+) -> io::Result<Written<T>> {
+    let mut size = 0u64;
+    loop {
+        match rx.blocking_recv() {
+            Some(Msg::Data(chunk)) => {
+                hashing.update(&chunk);
+                target.write_all(&chunk)?;
+                size += chunk.len() as u64;
+                // Keep a few warm buffers for reuse; free the rest.
+                let _ = spent.try_send(chunk);
+            }
+            Some(Msg::Done) => break,
+            // Abandoned: dropping a temp file target deletes it.
+            None => return Err(io::Error::new(io::ErrorKind::Interrupted, "upload abandoned")),
+        }
+    }
+    target.sync()?;
+    Ok(Written { target, size, hashing })
+}
