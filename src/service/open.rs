@@ -1,0 +1,204 @@
+//! Opening the node: the data directory, the index, the store, and the
+//! start-up recovery (interrupted commits resolved, the catalog reconciled).
+
+use super::Node;
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, Semaphore};
+
+use crate::blocking::blocking;
+use crate::config::{Settings, StorageKind};
+use crate::datadir::{DataLock, Layout};
+use crate::error::{Error, Result};
+use crate::index::{Index, Intent, NewVersion};
+use crate::key::Key;
+use crate::metrics::Metrics;
+use crate::store::fs::FsStore;
+use crate::store::s3::{S3Store, Tracker};
+use crate::store::Store;
+use crate::timestamp::now;
+use crate::upload::{MemoryBudget, Spooler};
+
+impl Node {
+    /// Prepares the data directory, sweeps what a previous run left in the
+    /// spool, opens the index and runs the cheap start-up reconcile.
+    pub async fn open(settings: Settings) -> Result<Node> {
+        // Opening blocks (SQLite, PostgreSQL's client, the file system): a
+        // blocking thread does it, driving the store's calls to completion.
+        blocking(move || Node::open_blocking(settings)).await
+    }
+
+    fn open_blocking(settings: Settings) -> Result<Node> {
+        let layout =
+            Arc::new(Layout::prepare(&settings).map_err(|e| {
+                Error::internal(format!("preparing data directory {}: {e}", settings.data_dir.display()))
+            })?);
+        let lock = DataLock::acquire(&layout)?;
+        let swept = layout.sweep_leftovers().map_err(Error::internal)?;
+        if !swept.is_empty() {
+            log::warn!("removed {} leftover spool file(s) of a previous run", swept.len());
+            for path in &swept {
+                log::info!("  removed {}", path.display());
+            }
+        }
+        let index = Index::open_configured(&settings, &layout.index_file)?;
+        let node_id = node_id(&layout)?;
+        let s3 = match settings.storage {
+            StorageKind::S3 => {
+                let tracker = Tracker { index: index.clone(), node: node_id.clone() };
+                let s3 = S3Store::new(&settings, Some(tracker))?;
+                let aborted = s3.abort_left_open(&index, &node_id)?;
+                if aborted > 0 {
+                    log::warn!("aborted {aborted} multipart upload(s) a previous run left open");
+                }
+                Some(Arc::new(s3))
+            }
+            StorageKind::Fs => None,
+        };
+        let store: Arc<dyn Store> = match &s3 {
+            Some(s3) => s3.clone(),
+            None => Arc::new(FsStore { layout: layout.clone() }),
+        };
+        let metrics = Arc::new(Metrics::new());
+        let mut signing_key = settings.signing_key.clone().filter(|k| !k.is_empty());
+        if signing_key.is_none() && index.is_shared() {
+            // Nodes sharing an index share the key their signed URLs use.
+            signing_key = Some(index.setting_or_insert("signing_key", &crate::access::random_key()?)?);
+        }
+        let access = crate::access::Access::new(&settings.tokens, signing_key.as_deref(), &layout.root)?;
+        let spooler = Spooler {
+            layout: layout.clone(),
+            budget: MemoryBudget::new(settings.spool_memory_budget.as_u64() as usize),
+            spool_memory: settings.spool_memory.as_u64() as usize,
+            max_size: settings.max_dataset_size.as_u64(),
+            stall_timeout: settings.stall_timeout(),
+            disk_reserve: settings.disk_reserve.as_u64(),
+            received_bytes: metrics.upload_bytes.clone(),
+            objects: s3.clone(),
+        };
+        log::info!(
+            "store: {}; index: {}",
+            match &s3 {
+                Some(s3) => format!("S3 bucket `{}` (parts of {} MiB)", s3.bucket(), s3.part_size() >> 20),
+                None => format!("files below {}", layout.datasets.display()),
+            },
+            if index.is_shared() { "PostgreSQL (shared)" } else { "SQLite" }
+        );
+        let node = Node {
+            node_id,
+            store,
+            s3,
+            uploads: Arc::new(Semaphore::new(settings.max_uploads)),
+            settings,
+            layout,
+            index,
+            spooler,
+            metrics,
+            access,
+            tus: Default::default(),
+            commit_lock: Mutex::new(()),
+            _lock: lock,
+        };
+        node.resolve_intents()?;
+        node.reconcile_on_start()?;
+        let (count, bytes) = node.index.count()?;
+        node.metrics.set_catalog(count, bytes);
+        let orphans = node.sweep_orphan_upload_files()?;
+        if !orphans.is_empty() {
+            log::warn!("removed {} resumable-upload file(s) without a row", orphans.len());
+        }
+        Ok(node)
+    }
+
+    /// Finishes or rolls back what a crash interrupted: an install whose file
+    /// is in place (same inode) gets its row; one whose rename never
+    /// happened is dropped; a removal is finished if its file is gone.
+    /// Runs on a blocking thread. With a shared index it holds the
+    /// cluster-wide commit lock, so no other node's commit is in flight and
+    /// every intent left is one a crash interrupted.
+    fn resolve_intents(&self) -> Result<()> {
+        let _cluster = self.index.commit_lock()?;
+        let handle = tokio::runtime::Handle::current();
+        for intent in self.index.pending_intents()? {
+            match &intent {
+                Intent::Install(v) => {
+                    let current = self.index.get(&v.key)?;
+                    match handle.block_on(self.store.landed(v, current.as_ref()))? {
+                        Some(version) => {
+                            log::warn!("finishing the interrupted commit of `{}`", v.key);
+                            let landed = Intent::Install(NewVersion { version, ..v.clone() });
+                            self.index.complete(&landed, &now())?;
+                        }
+                        None => {
+                            log::warn!("rolling back the interrupted commit of `{}`", v.key);
+                            self.index.abandon(&v.key)?;
+                        }
+                    }
+                }
+                Intent::Remove(key) if handle.block_on(self.store.version_of(key))?.is_none() => {
+                    log::warn!("finishing the interrupted delete of `{key}`");
+                    self.index.complete(&intent, &now())?;
+                }
+                Intent::Remove(key) => {
+                    log::warn!("rolling back the interrupted delete of `{key}`");
+                    self.index.abandon(key)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Existence and size of every indexed file; mismatches are logged
+    /// (`spillway fsck` explains and repairs them). Filesystem store only:
+    /// an object store is checked by `spillway reindex`.
+    fn reconcile_on_start(&self) -> Result<()> {
+        if self.s3.is_some() {
+            return Ok(());
+        }
+        let (mut checked, mut problems) = (0u64, 0u64);
+        self.index.for_each(|record| {
+            checked += 1;
+            let Ok(key) = Key::parse(&record.key) else {
+                return;
+            };
+            match self.layout.stat_of(&key) {
+                Some(stat) if stat.st_size as u64 == record.size => {}
+                Some(stat) => {
+                    problems += 1;
+                    log::warn!("reconcile: `{key}` is {} bytes on disk, {} in the index", stat.st_size, record.size);
+                }
+                None => {
+                    problems += 1;
+                    log::warn!("reconcile: `{key}` is indexed but its file is missing");
+                }
+            }
+        })?;
+        if problems > 0 {
+            log::warn!("reconcile: {problems} of {checked} datasets disagree with the index; run `spillway fsck`");
+        } else {
+            log::info!("reconcile: {checked} datasets match the index");
+        }
+        Ok(())
+    }
+}
+
+/// This node's name among nodes sharing an index (its resumable uploads'
+/// bytes and its open multipart uploads are its own): a random id kept in
+/// `data_dir/node.id`, made at the first start, so it outlives restarts and
+/// container re-creations as long as the data directory does.
+fn node_id(layout: &Layout) -> Result<String> {
+    let path = layout.root.join("node.id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::internal(format!("reading {}: {e}", path.display()))),
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let mut staged = layout.new_staging_file()?;
+    std::io::Write::write_all(&mut staged, id.as_bytes())?;
+    staged.as_file().sync_all()?;
+    staged.persist(&path).map_err(|e| Error::internal(e.error))?;
+    crate::datadir::fsync_dir(&layout.root)?;
+    Ok(id)
+}
