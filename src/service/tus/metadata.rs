@@ -1,0 +1,59 @@
+//! `Upload-Metadata`: comma-separated `key base64value` pairs.
+
+use base64::Engine;
+
+use super::super::UploadMeta;
+use crate::error::{Error, Result};
+use crate::key::Key;
+
+/// `Upload-Metadata`: comma-separated `key base64value` pairs.
+#[derive(Debug, Default)]
+pub struct Metadata(Vec<(String, Option<String>)>);
+
+impl Metadata {
+    pub fn parse(raw: Option<&str>) -> Result<Metadata> {
+        let mut pairs = Vec::new();
+        for pair in raw.unwrap_or("").split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let mut parts = pair.split_whitespace();
+            let name = parts.next().unwrap_or_default().to_string();
+            let value = match parts.next() {
+                None => None,
+                Some(b64) => {
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(b64)
+                        .map_err(|_| Error::BadRequest(format!("Upload-Metadata `{name}` is not valid base64")))?;
+                    Some(
+                        String::from_utf8(bytes)
+                            .map_err(|_| Error::BadRequest(format!("Upload-Metadata `{name}` is not valid UTF-8")))?,
+                    )
+                }
+            };
+            if parts.next().is_some() {
+                return Err(Error::BadRequest(format!("Upload-Metadata pair `{pair}` has extra parts")));
+            }
+            pairs.push((name, value));
+        }
+        Ok(Metadata(pairs))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.as_deref())
+    }
+
+    /// `key` wins over `filename`.
+    pub(super) fn key(&self) -> Result<Option<Key>> {
+        match self.get("key").or_else(|| self.get("filename")) {
+            Some(k) => Ok(Some(Key::parse(k)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub(super) fn upload_meta(&self) -> UploadMeta {
+        UploadMeta {
+            content_type: self.get("filetype").filter(|t| !t.is_empty()).map(str::to_owned),
+            name: self.get("name").map(str::to_owned),
+            description: self.get("description").map(str::to_owned),
+            ..UploadMeta::default()
+        }
+    }
+}
