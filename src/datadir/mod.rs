@@ -26,11 +26,18 @@ use std::sync::Arc;
 
 use rustix::fs::{fsync, mkdirat, openat, renameat, statat, unlinkat, AtFlags, FileType, Mode, OFlags, Stat, CWD};
 use rustix::io::Errno;
-use tempfile::{NamedTempFile, TempPath};
+use tempfile::NamedTempFile;
 
 use crate::config::Settings;
 use crate::error::Error;
 use crate::key::Key;
+
+mod resolve;
+
+pub use resolve::fsync_dir;
+use resolve::{
+    io_error, is_plain_name, is_symlink, open_dir, symlink_refused, temp_file_in, upload_name, upload_symlink, KeyPath,
+};
 
 /// Temp files we create in a spool directory start with this, so that a
 /// shared spool directory is only ever swept of our own files.
@@ -428,97 +435,4 @@ impl DataLock {
 
 pub fn conflict_with_folder(key: &Key) -> Error {
     Error::Conflict(format!("`{key}` holds other datasets below it, so it cannot be a dataset itself"))
-}
-
-/// A key's folders, each opened from the one before (the first is
-/// `datasets/`), and the name of its file in the last one.
-struct KeyPath<'k> {
-    dirs: Vec<OwnedFd>,
-    name: &'k str,
-    key: &'k Key,
-}
-
-impl KeyPath<'_> {
-    fn dir(&self) -> &OwnedFd {
-        self.dirs.last().expect("datasets/ is open")
-    }
-
-    /// What is at the key's path (not following a symlink), if anything.
-    fn kind(&self) -> Option<FileType> {
-        statat(self.dir(), self.name, AtFlags::SYMLINK_NOFOLLOW).ok().map(|s| FileType::from_raw_mode(s.st_mode))
-    }
-
-    fn refused(&self) -> Error {
-        symlink_refused(&self.key.segments().collect::<Vec<_>>())
-    }
-
-    /// Removes now-empty folders above a removed key (best effort: a folder
-    /// that just got a new entry stays), through the descriptors held, so
-    /// a folder swapped for a symlink meanwhile is not followed.
-    fn prune_empty_folders(self) {
-        let folders: Vec<&str> = self.key.segments().collect();
-        for (depth, parent) in self.dirs.iter().enumerate().take(self.dirs.len() - 1).rev() {
-            if unlinkat(parent, folders[depth], AtFlags::REMOVEDIR).is_err() {
-                break;
-            }
-            let _ = fsync(parent);
-        }
-    }
-}
-
-/// Opens a directory, not following a symlink at `path`'s last component.
-fn open_dir<P: rustix::path::Arg>(at: impl AsFd, path: P) -> Result<OwnedFd, Errno> {
-    openat(at, path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-}
-
-fn is_symlink(dir: impl AsFd, name: &str) -> bool {
-    statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Symlink)
-}
-
-fn is_plain_name(segment: &str) -> bool {
-    let mut components = Path::new(segment).components();
-    matches!((components.next(), components.next()), (Some(Component::Normal(_)), None))
-}
-
-/// An upload id as a file name (ids are validated by the caller: 32
-/// lowercase hex digits, so this stays inside `uploads/`).
-fn upload_name(id: &str) -> &str {
-    assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "bad upload id");
-    id
-}
-
-/// Creates a new temp file (`.spillway-<random>`, mode 0600) in `dir` as
-/// opened at start, never through a symlink; `path` is that folder's path,
-/// for the name the [`NamedTempFile`] carries.
-fn temp_file_in(dir: &OwnedFd, path: &Path) -> io::Result<NamedTempFile> {
-    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    loop {
-        let name = format!("{SPOOL_PREFIX}{}", uuid::Uuid::new_v4().simple());
-        match openat(dir, name.as_str(), flags, Mode::from_bits_truncate(0o600)) {
-            Ok(fd) => return Ok(NamedTempFile::from_parts(File::from(fd), TempPath::try_from_path(path.join(name))?)),
-            Err(Errno::EXIST) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-fn upload_symlink(id: &str) -> Error {
-    Error::SymlinkRefused(format!("the file of upload `{id}` is a symbolic link; the node does not follow one"))
-}
-
-fn io_error(e: Errno) -> Error {
-    Error::from_io(e.into())
-}
-
-/// The error for a symlink met at `segments` below `datasets/`.
-fn symlink_refused(segments: &[&str]) -> Error {
-    Error::SymlinkRefused(format!(
-        "`{}` below the data directory is a symbolic link; the node does not follow one",
-        segments.join("/")
-    ))
-}
-
-/// Makes a directory's entries durable.
-pub fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
