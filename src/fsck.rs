@@ -195,7 +195,7 @@ pub fn reindex(settings: &Settings) -> Result<Report> {
     let mut report = Report::default();
     let found = match settings.storage {
         StorageKind::Fs => found_files(&layout, &mut report)?,
-        StorageKind::S3 => found_objects(settings)?,
+        StorageKind::S3 => found_objects(settings, &layout)?,
     };
     report.checked = found.len() as u64;
     let stamp = now();
@@ -256,29 +256,14 @@ fn found_files(layout: &Layout, report: &mut Report) -> Result<Vec<FoundRow>> {
 
 /// The bucket's objects, with the blake3 their metadata holds, or (for an
 /// object written without it: streamed or directly uploaded) read through.
-fn found_objects(settings: &Settings) -> Result<Vec<FoundRow>> {
+fn found_objects(settings: &Settings, layout: &Layout) -> Result<Vec<FoundRow>> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(Error::internal)?;
-    let s3 = crate::store::s3::S3Store::new(settings, None)?;
-    runtime.block_on(async {
-        let objects = s3.list_datasets().await?;
-        let unhashed: u64 = objects.iter().filter(|o| o.blake3.is_none()).map(|o| o.size).sum();
-        let progress = progress_bar(unhashed, "hashing");
-        let mut found = Vec::with_capacity(objects.len());
-        for object in objects {
-            let blake3 = match object.blake3 {
-                Some(hash) => hash,
-                None => {
-                    let (hash, _) = s3.hash_object(&s3.object(&object.key)).await?;
-                    progress.inc(object.size);
-                    hash.to_hex().to_string()
-                }
-            };
-            found.push((object.key, object.size, object.version, blake3, object.content_type));
-        }
-        progress.finish_and_clear();
-        Ok(found)
-    })
+    let store = crate::store::open(settings, &std::sync::Arc::new(layout.clone()), None)?;
+    let progress = progress_bar(0, "hashing");
+    let found = runtime.block_on(store.inventory(&|bytes| progress.inc(bytes)))?;
+    progress.finish_and_clear();
+    Ok(found.into_iter().map(|f| (f.key, f.size, f.version, f.blake3.unwrap_or_default(), f.content_type)).collect())
 }
 
 /// Removes an SQLite database and its WAL and shared-memory files.

@@ -5,7 +5,8 @@
 //! - [`http`]: routes, guards and responders;
 //! - [`service`]: the node's operations (the commit protocol, reads,
 //!   deletes, resumable uploads), tying the three below together;
-//! - [`upload`]: the streaming spool (memory cap, spill, hashing, fsync);
+//! - [`ingest`]: reading upload bodies: the capped in-memory spool, the
+//!   spill to a file or into the store, hashing, fsync;
 //! - [`store`]: the byte stores (filesystem, S3) behind one trait;
 //! - [`index`]: the catalog (SQLite or PostgreSQL);
 //! - [`datadir`]: the data directory: its folders, lock, free space, and
@@ -22,12 +23,12 @@ pub mod error;
 pub mod fsck;
 pub mod http;
 pub mod index;
+pub mod ingest;
 pub mod key;
 pub mod metrics;
 pub mod service;
 pub mod store;
 pub mod timestamp;
-pub mod upload;
 
 use std::sync::Arc;
 

@@ -19,11 +19,11 @@ use super::{guard, header, KeyTail};
 use crate::access::{Caller, Scope, SignedParams};
 use crate::error::{Error, Result};
 use crate::index::Record;
+use crate::ingest::Expected;
 use crate::key::Key;
 use crate::service::{EtagList, Node, Precondition, UploadMeta, Want};
 use crate::store::Reader;
 use crate::store::CHUNK;
-use crate::upload::Expected;
 
 pub fn routes() -> Vec<Route> {
     rocket::routes![put_data, get_data, post_multipart]
@@ -198,11 +198,11 @@ async fn receive_form(
     let mut stream = ReaderStream::with_capacity(counted, CHUNK);
     let mut form = multer::Multipart::new(&mut stream, boundary);
 
-    let (mut key, mut spooled, mut file_name) = (None, None, None);
+    let (mut key, mut received, mut file_name) = (None, None, None);
     while let Some(field) = form.next_field().await.map_err(multipart_error)? {
         match field.name().unwrap_or_default() {
             "file" => {
-                if spooled.is_some() {
+                if received.is_some() {
                     return Err(Error::BadRequest("the form has more than one `file` part".into()));
                 }
                 file_name = field.file_name().map(str::to_owned);
@@ -211,7 +211,7 @@ async fn receive_form(
                 }
                 let reader = StreamReader::new(field.map_err(io::Error::other));
                 let expected = Expected { length: None, ..form_expected.clone() };
-                spooled = Some(node.spool(reader, &expected).await?);
+                received = Some(node.spool(reader, &expected).await?);
             }
             "key" => key = Some(text_field(field).await?),
             "name" => meta.name = Some(text_field(field).await?),
@@ -220,7 +220,7 @@ async fn receive_form(
         }
     }
     drop(form);
-    let spooled = spooled.ok_or_else(|| Error::BadRequest("the form has no `file` part".into()))?;
+    let received = received.ok_or_else(|| Error::BadRequest("the form has no `file` part".into()))?;
     ends_cleanly(&mut stream, node.stall_timeout()).await?;
     if read.load(std::sync::atomic::Ordering::Relaxed) >= limit {
         return Err(Error::TooLarge { limit: node.max_size() });
@@ -232,7 +232,7 @@ async fn receive_form(
     if meta.content_type.as_deref().is_none_or(|ct| ct.starts_with("multipart/")) {
         meta.content_type = None;
     }
-    node.commit(key, spooled, meta).await
+    node.commit(key, received, meta).await
 }
 
 /// multer stops reading at the closing boundary, but a body is whole only

@@ -14,9 +14,9 @@ use rocket::{Route, State};
 use super::{guard, header};
 use crate::access::{Caller, Scope};
 use crate::error::{Error, Result};
+use crate::ingest::{Algorithm, Digest};
 use crate::service::tus::{Concat, Creation, Patch, UploadInfo, CHECKSUM_ALGORITHMS, EXTENSIONS, TUS_VERSION};
 use crate::service::Node;
-use crate::upload::{Algorithm, Digest};
 
 pub fn routes() -> Vec<Route> {
     rocket::routes![discover, discover_upload, create, head_upload, patch_upload, terminate]

@@ -7,10 +7,9 @@ use super::{Acknowledge, Node, UploadMeta};
 use crate::blocking::blocking;
 use crate::error::{Error, Result};
 use crate::index::Record;
+use crate::ingest::Received;
 use crate::key::Key;
-use crate::store::s3::S3Store;
-use crate::store::Staged;
-use crate::upload::Spooled;
+use crate::store::Direct;
 
 impl Node {
     /// A URL that lets a client without a token do `method` on `key` until
@@ -24,7 +23,7 @@ impl Node {
         expires_in: u64,
         max_size: Option<u64>,
     ) -> Result<String> {
-        if method == "PUT" && self.s3.is_some() {
+        if method == "PUT" && self.store.direct().is_some() {
             return self.direct_upload_url(key, expires_in, max_size).await;
         }
         let query = self.access.sign(method, key, expires, max_size);
@@ -41,8 +40,8 @@ impl Node {
     }
 
     pub async fn acknowledge(&self, key: &Key, ack: Acknowledge) -> Result<Record> {
-        if let Some(s3) = &self.s3 {
-            self.acknowledge_direct(s3, key, &ack).await?;
+        if let Some(direct) = self.store.direct() {
+            self.acknowledge_direct(direct, key, &ack).await?;
         }
         let record = self.get(key).await?;
         if let Some(expected) = &ack.blake3 {
@@ -59,28 +58,15 @@ impl Node {
     /// A direct upload waiting at the key's incoming object is verified
     /// (size, blake3: the node reads it through) and committed like any
     /// upload. Nothing waiting: nothing to do.
-    async fn acknowledge_direct(&self, s3: &S3Store, key: &Key, ack: &Acknowledge) -> Result<()> {
-        let incoming = s3.incoming(key);
-        let Some((_, uploaded, content_type)) = s3.head(&incoming).await? else {
-            return Ok(());
-        };
-        // Check, hash and install one private copy, never the incoming
-        // object itself, which the client may still overwrite.
-        let Some((object, size)) = s3.stage_copy(&incoming).await? else {
-            return Ok(());
-        };
+    async fn acknowledge_direct(&self, direct: &dyn Direct, key: &Key, ack: &Acknowledge) -> Result<()> {
         let limit = self.direct_upload_limit(key).await?;
-        if size > limit {
-            s3.delete_if_unchanged(&incoming, &uploaded).await?;
-            return Err(Error::TooLarge { limit });
-        }
-        let (blake3, read) = s3.hash_object(object.path()).await?;
-        if read != size {
-            return Err(Error::Unavailable("the object store", format!("read {read} of {size} bytes")));
-        }
+        let Some(incoming) = direct.take(key, limit).await? else {
+            return Ok(());
+        };
+        let (size, blake3, uploaded) = (incoming.size, incoming.blake3, incoming.uploaded);
         if let Some(expected) = &ack.blake3 {
             if !expected.eq_ignore_ascii_case(&blake3.to_hex()) {
-                s3.delete_if_unchanged(&incoming, &uploaded).await?;
+                direct.release(key, &uploaded).await?;
                 return Err(Error::StoredDigestMismatch(format!(
                     "the uploaded object's blake3 is {}, not {expected}",
                     blake3.to_hex()
@@ -88,15 +74,15 @@ impl Node {
             }
         }
         let meta = UploadMeta {
-            content_type: content_type.filter(|t| !t.is_empty()),
+            content_type: incoming.content_type.filter(|t| !t.is_empty()),
             name: ack.metadata.name.clone(),
             description: ack.metadata.description.clone(),
             ..Default::default()
         };
         let started = std::time::Instant::now();
-        let committed = self.commit(key.clone(), Spooled { staged: Staged::Object(object), size, blake3 }, meta).await;
+        let committed = self.commit(key.clone(), Received { staged: incoming.staged, size, blake3 }, meta).await;
         self.upload_ended(started, committed)?;
-        s3.delete_if_unchanged(&incoming, &uploaded).await
+        direct.release(key, &uploaded).await
     }
 
     /// The size limit of a direct upload to `key`: the upload URL's
@@ -111,20 +97,21 @@ impl Node {
     /// A presigned PUT straight to the object store (the key's incoming
     /// object), for `POST /datasets/{key}/upload-url` with an S3 store.
     async fn direct_upload_url(&self, key: &Key, expires_in: u64, max_size: Option<u64>) -> Result<String> {
-        let s3 = self.s3.as_ref().ok_or_else(|| Error::internal("direct uploads need an object store"))?;
+        let direct = self.store.direct().ok_or_else(|| Error::internal("this store takes no direct uploads"))?;
         let (index, name) = (self.index.clone(), direct_upload_setting(key));
         let value = max_size.map_or_else(String::new, |m| m.to_string());
-        blocking(move || index.grant(&name, &value, std::time::Duration::from_secs(expires_in))).await?;
-        s3.presign("PUT", &s3.incoming(key), std::time::Duration::from_secs(expires_in)).await
+        let expires_in = std::time::Duration::from_secs(expires_in);
+        blocking(move || index.grant(&name, &value, expires_in)).await?;
+        direct.upload_url(key, expires_in).await
     }
 
     /// A presigned GET of the dataset's object (downloads = "redirect").
     async fn direct_download_url(&self, key: &Key, expires_in: u64) -> Result<Option<String>> {
-        let Some(s3) = &self.s3 else {
+        let Some(direct) = self.store.direct() else {
             return Ok(None);
         };
         self.get(key).await?;
-        s3.presign("GET", &s3.object(key), std::time::Duration::from_secs(expires_in)).await.map(Some)
+        direct.download_url(key, std::time::Duration::from_secs(expires_in)).await.map(Some)
     }
 }
 

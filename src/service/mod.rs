@@ -24,13 +24,12 @@ use crate::config::Settings;
 use crate::datadir::{conflict_with_folder, DataLock, Layout};
 use crate::error::{Error, Result};
 use crate::index::{Index, Intent, MetadataPatch, NewVersion, Record};
+use crate::ingest::{Expected, Received, Spooler};
 use crate::key::Key;
 use crate::metrics::{Metrics, Outcome};
 use crate::store::fs::writable;
-use crate::store::s3::S3Store;
 use crate::store::{Check, ObjectInfo, Reader, Staged, Store};
 use crate::timestamp::now;
-use crate::upload::{Expected, Spooled, Spooler};
 
 /// Everything about an upload except its bytes.
 #[derive(Debug, Clone, Default)]
@@ -69,8 +68,6 @@ pub struct Node {
     layout: Arc<Layout>,
     index: Index,
     store: Arc<dyn Store>,
-    /// The object store, when datasets live in one.
-    s3: Option<Arc<S3Store>>,
     /// Names this node among nodes sharing an index.
     node_id: String,
     spooler: Spooler,
@@ -106,7 +103,7 @@ impl Node {
     }
 
     /// Spools one body (a form's file part) through the upload pipeline.
-    pub async fn spool<R: AsyncRead + Unpin + Send>(&self, body: R, expected: &Expected) -> Result<Spooled> {
+    pub async fn spool<R: AsyncRead + Unpin + Send>(&self, body: R, expected: &Expected) -> Result<Received> {
         self.spooler.spool(body, expected).await
     }
 
@@ -191,11 +188,11 @@ impl Node {
     /// PUT: stream the body in, then commit it at `key`.
     pub async fn put<R: AsyncRead + Unpin>(&self, key: Key, body: R, meta: UploadMeta) -> Result<(Record, bool)> {
         self.precheck_upload(&key, &meta).await?;
-        let spooled = match self.spooler.spool_to(body, &meta.expected, Some(&key)).await {
-            Ok(spooled) => spooled,
+        let received = match self.spooler.spool_to(body, &meta.expected, Some(&key)).await {
+            Ok(received) => received,
             Err(e) => return Err(self.lost_to(&key, &meta.precondition, e).await),
         };
-        self.commit(key, spooled, meta).await
+        self.commit(key, received, meta).await
     }
 
     /// An upload dropped by the store because another write to its key won
@@ -222,21 +219,22 @@ impl Node {
     /// record the intent, install the bytes (a rename + directory fsync; a
     /// CompleteMultipartUpload), write the row. Returns the record and
     /// whether the key is new.
-    pub async fn commit(&self, key: Key, spooled: Spooled, meta: UploadMeta) -> Result<(Record, bool)> {
-        if let Staged::File(file) = &spooled.staged {
-            if self.s3.is_none() && !self.layout.spool_on_data_volume && file.path().starts_with(&self.layout.spool) {
+    pub async fn commit(&self, key: Key, received: Received, meta: UploadMeta) -> Result<(Record, bool)> {
+        if let Staged::File(file) = &received.staged {
+            if !self.store.remote() && !self.layout.spool_on_data_volume && file.path().starts_with(&self.layout.spool)
+            {
                 // It will be copied to the data volume first: that needs room too.
-                self.spooler.check_space(&self.layout.datasets, spooled.size)?;
+                self.spooler.check_space(&self.layout.datasets, received.size)?;
             }
         }
         let info = ObjectInfo {
-            size: spooled.size,
-            blake3: spooled.blake3.to_hex().to_string(),
+            size: received.size,
+            blake3: received.blake3.to_hex().to_string(),
             content_type: meta.content_type.clone().unwrap_or_else(|| "application/octet-stream".into()),
         };
-        // A copy across volumes, or the parts of a spooled file, go before
+        // A copy across volumes, or the parts of a received file, go before
         // the lock, so they never hold up other commits.
-        let prepared = match self.store.prepare(&key, spooled.staged, &info).await {
+        let prepared = match self.store.prepare(&key, received.staged, &info).await {
             Ok(prepared) => prepared,
             Err(e) => return Err(self.lost_to(&key, &meta.precondition, e).await),
         };
@@ -312,11 +310,7 @@ impl Node {
     /// uploads left in the object store because it was away when they
     /// failed (the next start would, too).
     pub async fn sweep_store(&self) -> Result<usize> {
-        let Some(s3) = self.s3.clone() else {
-            return Ok(0);
-        };
-        let (index, node) = (self.index.clone(), self.node_id.clone());
-        blocking(move || s3.abort_left_open(&index, &node)).await
+        self.store.sweep().await
     }
 
     /// Removes the bytes, then the row, under the commit lock.

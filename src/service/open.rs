@@ -7,17 +7,14 @@ use std::sync::Arc;
 use tokio::sync::{Mutex, Semaphore};
 
 use crate::blocking::blocking;
-use crate::config::{Settings, StorageKind};
+use crate::config::Settings;
 use crate::datadir::{DataLock, Layout};
 use crate::error::{Error, Result};
 use crate::index::{Index, Intent, NewVersion};
+use crate::ingest::{MemoryBudget, Spooler};
 use crate::key::Key;
 use crate::metrics::Metrics;
-use crate::store::fs::FsStore;
-use crate::store::s3::{S3Store, Tracker};
-use crate::store::Store;
 use crate::timestamp::now;
-use crate::upload::{MemoryBudget, Spooler};
 
 impl Node {
     /// Prepares the data directory, sweeps what a previous run left in the
@@ -43,22 +40,7 @@ impl Node {
         }
         let index = Index::open_configured(&settings, &layout.index_file)?;
         let node_id = node_id(&layout)?;
-        let s3 = match settings.storage {
-            StorageKind::S3 => {
-                let tracker = Tracker { index: index.clone(), node: node_id.clone() };
-                let s3 = S3Store::new(&settings, Some(tracker))?;
-                let aborted = s3.abort_left_open(&index, &node_id)?;
-                if aborted > 0 {
-                    log::warn!("aborted {aborted} multipart upload(s) a previous run left open");
-                }
-                Some(Arc::new(s3))
-            }
-            StorageKind::Fs => None,
-        };
-        let store: Arc<dyn Store> = match &s3 {
-            Some(s3) => s3.clone(),
-            None => Arc::new(FsStore { layout: layout.clone() }),
-        };
+        let store = crate::store::open(&settings, &layout, Some((index.clone(), node_id.clone())))?;
         let metrics = Arc::new(Metrics::new());
         let mut signing_key = settings.signing_key.clone().filter(|k| !k.is_empty());
         if signing_key.is_none() && index.is_shared() {
@@ -74,20 +56,16 @@ impl Node {
             stall_timeout: settings.stall_timeout(),
             disk_reserve: settings.disk_reserve.as_u64(),
             received_bytes: metrics.upload_bytes.clone(),
-            objects: s3.clone(),
+            store: store.clone(),
         };
         log::info!(
             "store: {}; index: {}",
-            match &s3 {
-                Some(s3) => format!("S3 bucket `{}` (parts of {} MiB)", s3.bucket(), s3.part_size() >> 20),
-                None => format!("files below {}", layout.datasets.display()),
-            },
+            store.describe(),
             if index.is_shared() { "PostgreSQL (shared)" } else { "SQLite" }
         );
         let node = Node {
             node_id,
             store,
-            s3,
             uploads: Arc::new(Semaphore::new(settings.max_uploads)),
             settings,
             layout,
@@ -152,7 +130,7 @@ impl Node {
     /// (`spillway fsck` explains and repairs them). Filesystem store only:
     /// an object store is checked by `spillway reindex`.
     fn reconcile_on_start(&self) -> Result<()> {
-        if self.s3.is_some() {
+        if self.store.remote() {
             return Ok(());
         }
         let (mut checked, mut problems) = (0u64, 0u64);

@@ -8,7 +8,7 @@
 //! that breaks off keeps (and fsyncs) what arrived. The blake3 state of each
 //! upload is kept in memory between PATCHes; after a restart the prefix is
 //! rehashed once from the file. When the last byte arrives the file becomes
-//! a [`Spooled`] upload and goes through [`Node::commit`], exactly like a PUT.
+//! a [`Received`] upload and goes through [`Node::commit`], exactly like a PUT.
 //!
 //! An upload belongs to the token that created it (its row's `owner`): to
 //! any other but an admin it does not exist. The in-memory side (one PATCH
@@ -32,10 +32,10 @@ use crate::access::Caller;
 use crate::blocking::blocking;
 use crate::error::{Error, Result};
 use crate::index::{Record, UploadRow};
+use crate::ingest::{ChunkReader, Digest, Hashing, OpenFile, Received, Writer};
 use crate::key::Key;
 use crate::store::Staged;
 use crate::timestamp::now;
-use crate::upload::{ChunkReader, Digest, Hashing, OpenFile, Spooled, Writer};
 pub use metadata::Metadata;
 pub use slots::Resumable;
 use slots::{take, HashState};
@@ -414,11 +414,11 @@ impl Node {
         let key = Key::parse(row.key.as_deref().unwrap_or_default())?;
         let file = self.layout.open_upload(&row.id, OFlags::RDONLY)?;
         let path = TempPath::try_from_path(path).map_err(Error::internal)?;
-        let spooled =
-            Spooled { staged: Staged::File(NamedTempFile::from_parts(file, path)), size, blake3: hasher.finalize() };
+        let received =
+            Received { staged: Staged::File(NamedTempFile::from_parts(file, path)), size, blake3: hasher.finalize() };
         let (index, id) = (self.index.clone(), row.id.clone());
         let started = std::time::Instant::now();
-        let committed = self.commit(key, spooled, metadata.upload_meta()).await;
+        let committed = self.commit(key, received, metadata.upload_meta()).await;
         match self.upload_ended(started, committed) {
             Ok((record, _)) => {
                 self.metrics.tus_event("finished");

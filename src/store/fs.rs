@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::index::{NewVersion, Record};
 use crate::key::Key;
 
+#[derive(Debug)]
 pub struct FsStore {
     pub layout: Arc<Layout>,
 }
@@ -26,6 +27,10 @@ pub struct FsStore {
 impl Store for FsStore {
     fn kind(&self) -> &'static str {
         "fs"
+    }
+
+    fn describe(&self) -> String {
+        format!("files below {}", self.layout.datasets.display())
     }
 
     async fn prepare(&self, _key: &Key, staged: Staged, _info: &ObjectInfo) -> Result<Prepared> {
@@ -41,9 +46,7 @@ impl Store for FsStore {
                     file.as_file().sync_all()?;
                     file
                 }
-                Staged::Multipart(_) | Staged::Object(_) => {
-                    return Err(Error::internal("only an object store takes multipart and direct uploads"))
-                }
+                Staged::Native(_) => return Err(Error::internal("staged bytes of another store")),
             };
             let inode = file.as_file().metadata()?.ino();
             Ok(Prepared { staged: Staged::File(file), version: Some(inode.to_string()) })

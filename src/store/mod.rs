@@ -17,20 +17,53 @@
 //!
 //! Dropping staged or prepared bytes abandons them (a temp file is deleted;
 //! a multipart upload is aborted), so every early exit leaves nothing.
+//!
+//! Nothing outside this folder names a store: [`open`] picks one from the
+//! settings, and what only one store understands (an S3 multipart upload, a
+//! staged object) travels as [`Staged::Native`], opaque to everyone else.
 
+mod direct;
 pub mod fs;
-pub mod s3;
+mod s3;
 
+use std::any::Any;
 use std::ops::RangeInclusive;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tempfile::NamedTempFile;
 use tokio::io::{AsyncRead, AsyncSeek, ReadBuf};
 
-use crate::error::Result;
-use crate::index::{NewVersion, Record};
+use crate::config::{Settings, StorageKind};
+use crate::datadir::Layout;
+use crate::error::{Error, Result};
+use crate::index::{Index, NewVersion, Record};
 use crate::key::Key;
+
+pub use direct::{Direct, Incoming};
+
+/// The store the settings name. `index` and `node`, when given, let a
+/// store note what it leaves open (S3 multipart uploads) so that a crash
+/// leaves nothing the next start does not remove; `open` removes what a
+/// previous run left.
+pub fn open(settings: &Settings, layout: &Arc<Layout>, noted_in: Option<(Index, String)>) -> Result<Arc<dyn Store>> {
+    Ok(match settings.storage {
+        StorageKind::Fs => Arc::new(fs::FsStore { layout: layout.clone() }),
+        StorageKind::S3 => Arc::new(s3::S3Store::open(settings, noted_in)?),
+    })
+}
+
+/// A dataset found in the store itself, for `spillway reindex`.
+#[derive(Debug)]
+pub struct Found {
+    pub key: Key,
+    pub size: u64,
+    pub version: String,
+    /// What the store recorded with the bytes, if it did.
+    pub blake3: Option<String>,
+    pub content_type: Option<String>,
+}
 
 /// Bytes of a complete, verified upload, not yet installed.
 pub enum Staged {
@@ -38,11 +71,22 @@ pub enum Staged {
     File(NamedTempFile),
     /// A small body still in memory (object stores take it in one PUT).
     Memory(Vec<Vec<u8>>),
-    /// An object store's multipart upload with every part uploaded.
-    Multipart(s3::PendingUpload),
-    /// A complete object in the store, to be copied to the key: a finished
-    /// multipart upload, or a direct upload's incoming object.
-    Object(s3::StagedObject),
+    /// Bytes already in the store, in a form only that store knows.
+    Native(Native),
+}
+
+/// A store's own staged bytes; dropped, they are abandoned like any other.
+pub struct Native(Box<dyn Any + Send>);
+
+impl Native {
+    pub(crate) fn new<T: Any + Send>(staged: T) -> Native {
+        Native(Box::new(staged))
+    }
+
+    /// The staged bytes as the store that made them knows them.
+    pub(crate) fn take<T: Any>(self) -> Result<T> {
+        self.0.downcast().map(|b| *b).map_err(|_| Error::internal("staged bytes of another store"))
+    }
 }
 
 impl std::fmt::Debug for Staged {
@@ -50,8 +94,7 @@ impl std::fmt::Debug for Staged {
         match self {
             Staged::File(file) => write!(f, "Staged::File({})", file.path().display()),
             Staged::Memory(chunks) => write!(f, "Staged::Memory({} chunks)", chunks.len()),
-            Staged::Multipart(_) => write!(f, "Staged::Multipart"),
-            Staged::Object(_) => write!(f, "Staged::Object"),
+            Staged::Native(_) => write!(f, "Staged::Native"),
         }
     }
 }
@@ -96,7 +139,7 @@ impl AsyncSeek for Reader {
 pub type Check = (&'static str, Option<String>);
 
 #[async_trait::async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// `fs` or `s3`, for logs and metrics.
     fn kind(&self) -> &'static str;
 
@@ -123,6 +166,43 @@ pub trait Store: Send + Sync + 'static {
 
     /// Readiness checks of the store.
     async fn checks(&self) -> Vec<Check>;
+
+    /// For the start-up log: where the bytes live.
+    fn describe(&self) -> String;
+
+    /// Whether the bytes live off this node. Then an upload whose key is
+    /// known streams into the store ([`Store::stream_to`]) once it outgrows
+    /// memory, a small one goes from memory, and no dataset takes room on
+    /// this node's disk.
+    fn remote(&self) -> bool {
+        false
+    }
+
+    /// Where the writer thread puts an upload to `key` once it outgrows
+    /// memory, when the store is [`Store::remote`].
+    async fn stream_to(&self, _key: &Key) -> Result<Box<dyn Streaming>> {
+        Err(Error::internal("this store takes uploads through a local file"))
+    }
+
+    /// Direct uploads and downloads between clients and the store, if the
+    /// store offers them.
+    fn direct(&self) -> Option<&dyn Direct> {
+        None
+    }
+
+    /// Removes what failed uploads left in the store while it was away
+    /// (the next start would, too). How many went.
+    async fn sweep(&self) -> Result<usize> {
+        Ok(0)
+    }
+
+    /// Every dataset in a [`Store::remote`] store, for `spillway reindex`
+    /// (`progress` gets the bytes read to hash what the store did not
+    /// record). The filesystem store's datasets are the data directory's
+    /// files, which `reindex` walks itself.
+    async fn inventory(&self, _progress: &(dyn Fn(u64) + Sync)) -> Result<Vec<Found>> {
+        Err(Error::internal("reindex walks the data directory of a local store"))
+    }
 }
 
 /// Bytes handed to the writer at once.
@@ -135,4 +215,19 @@ pub trait Target: std::io::Write + Send + 'static {
     fn sync(&mut self) -> std::io::Result<()>;
     /// The directory whose volume fills up as bytes arrive, if any.
     fn dir(&self) -> Option<std::path::PathBuf>;
+}
+
+/// A [`Target`] in the store itself; finished after [`Target::sync`].
+pub trait Streaming: Target {
+    fn finish(self: Box<Self>) -> Result<Staged>;
+}
+
+impl Target for Box<dyn Streaming> {
+    fn sync(&mut self) -> std::io::Result<()> {
+        (**self).sync()
+    }
+
+    fn dir(&self) -> Option<std::path::PathBuf> {
+        (**self).dir()
+    }
 }

@@ -14,9 +14,9 @@ use crate::access::Caller;
 use crate::blocking::blocking;
 use crate::error::{Error, Result};
 use crate::index::UploadRow;
+use crate::ingest::Received;
 use crate::key::Key;
 use crate::store::Staged;
-use crate::upload::Spooled;
 
 impl Node {
     /// `POST /uploads` with `Upload-Concat: final;...`: the partial uploads,
@@ -44,7 +44,7 @@ impl Node {
         self.spooler.check_space(&self.layout.staging, total)?;
         let (layout, part_ids) = (self.layout.clone(), parts.to_vec());
         let staging = self.layout.new_staging_file()?;
-        let spooled = blocking(move || {
+        let received = blocking(move || {
             let mut target = staging;
             let mut hasher = blake3::Hasher::new();
             let mut buf = vec![0u8; crate::store::CHUNK];
@@ -60,13 +60,13 @@ impl Node {
                 }
             }
             target.as_file().sync_all()?;
-            Ok(Spooled { staged: Staged::File(target), size: total, blake3: hasher.finalize() })
+            Ok(Received { staged: Staged::File(target), size: total, blake3: hasher.finalize() })
         })
         .await?;
         row.length = Some(total);
         row.completed = true;
         let started = std::time::Instant::now();
-        let committed = self.commit(key, spooled, metadata.upload_meta()).await;
+        let committed = self.commit(key, received, metadata.upload_meta()).await;
         let (record, _) = self.upload_ended(started, committed)?;
         self.metrics.tus_event("finished");
         let (index, layout, r, used) = (self.index.clone(), self.layout.clone(), row.clone(), parts.to_vec());

@@ -16,6 +16,7 @@
 
 mod bucket;
 mod copy;
+mod direct;
 mod metadata;
 mod multipart;
 mod staged;
@@ -38,12 +39,12 @@ use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::key::Key;
 
+use super::Found;
 use bucket::Bucket;
 use metadata::{etag, BLAKE3_META};
-pub use multipart::{PartSink, PendingUpload};
-pub use staged::StagedObject;
-pub use tracker::Tracker;
-use tracker::{Live, STAGED_OBJECT};
+use multipart::PendingUpload;
+use staged::StagedObject;
+use tracker::{Live, Tracker, STAGED_OBJECT};
 
 const MIB: usize = 1 << 20;
 
@@ -64,8 +65,34 @@ pub struct S3Store {
     live: Live,
 }
 
+/// What only this store stages: it travels as [`crate::store::Native`].
+enum S3Staged {
+    /// A multipart upload with every part uploaded.
+    Multipart(PendingUpload),
+    /// A complete private object, to be copied to the key: a finished
+    /// multipart upload, or a direct upload's copy.
+    Object(StagedObject),
+}
+
 impl S3Store {
-    pub fn new(settings: &Settings, tracker: Option<Tracker>) -> Result<S3Store> {
+    /// The store of `settings.s3`. With `noted_in` (the index and this
+    /// node's name), open multipart uploads are noted there, and those a
+    /// previous run left are aborted now.
+    pub fn open(settings: &Settings, noted_in: Option<(Index, String)>) -> Result<S3Store> {
+        let tracker = noted_in.map(|(index, node)| Tracker { index, node });
+        let store = S3Store::new(settings, tracker)?;
+        // Opened on a blocking thread of the node's runtime (or none: fsck).
+        let aborted = match tokio::runtime::Handle::try_current() {
+            Ok(handle) if store.tracker.is_some() => handle.block_on(store.abort_left_open())?,
+            _ => 0,
+        };
+        if aborted > 0 {
+            log::warn!("aborted {aborted} multipart upload(s) a previous run left open");
+        }
+        Ok(store)
+    }
+
+    fn new(settings: &Settings, tracker: Option<Tracker>) -> Result<S3Store> {
         let s3 = &settings.s3;
         let store = Bucket::new(s3)?;
         let part_size = s3.part_size(settings.max_dataset_size.as_u64());
@@ -85,26 +112,33 @@ impl S3Store {
 
     /// Aborts the multipart uploads and removes the staged objects this
     /// node noted and no longer uses: at start, what a crash left; later,
-    /// what an abort could not remove while the store was away. Runs on a
-    /// blocking thread. Returns how many went.
-    pub fn abort_left_open(&self, index: &Index, node: &str) -> Result<usize> {
-        let handle = tokio::runtime::Handle::current();
+    /// what an abort could not remove while the store was away. Returns
+    /// how many went.
+    pub(super) async fn abort_left_open(&self) -> Result<usize> {
+        let Some(Tracker { index, node }) = self.tracker.clone() else {
+            return Ok(0);
+        };
+        let noted = {
+            let index = index.clone();
+            crate::blocking::blocking(move || index.open_multiparts(&node)).await?
+        };
         let mut removed = 0;
-        for (id, path) in index.open_multiparts(node)? {
+        for (id, path) in noted {
             if self.live.contains(&id) {
                 continue;
             }
             let path = Path::from(path.as_str());
             let done = if id.starts_with(STAGED_OBJECT) {
-                handle.block_on(self.store.delete(&path))
+                self.store.delete(&path).await
             } else {
-                handle.block_on(self.store.abort_multipart(&path, &id))
+                self.store.abort_multipart(&path, &id).await
             };
             match done {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(s3_error(e)),
             }
-            index.forget_multipart(&id)?;
+            let index = index.clone();
+            crate::blocking::blocking(move || index.forget_multipart(&id)).await?;
             removed += 1;
         }
         Ok(removed)
@@ -112,19 +146,11 @@ impl S3Store {
 
     /// Deletes `path` if its version is still `version` (a direct upload
     /// the client has not replaced since).
-    pub async fn delete_if_unchanged(&self, path: &Path, version: &str) -> Result<()> {
+    pub(super) async fn delete_if_unchanged(&self, path: &Path, version: &str) -> Result<()> {
         match self.head(path).await? {
             Some((_, current, _)) if current == version => self.delete(path).await,
             _ => Ok(()),
         }
-    }
-
-    pub fn part_size(&self) -> usize {
-        self.part_size
-    }
-
-    pub fn bucket(&self) -> &str {
-        &self.bucket
     }
 
     fn under(&self, area: &str, key: &Key) -> Path {
@@ -136,7 +162,7 @@ impl S3Store {
     }
 
     /// Where a dataset's object lives.
-    pub fn object(&self, key: &Key) -> Path {
+    pub(super) fn object(&self, key: &Key) -> Path {
         self.under("datasets", key)
     }
 
@@ -151,7 +177,7 @@ impl S3Store {
     }
 
     /// Where a direct (presigned) upload lands before it is acknowledged.
-    pub fn incoming(&self, key: &Key) -> Path {
+    pub(super) fn incoming(&self, key: &Key) -> Path {
         self.under("incoming", key)
     }
 
@@ -165,14 +191,14 @@ impl S3Store {
     }
 
     /// A presigned URL for `method` on `path`.
-    pub async fn presign(&self, method: &str, path: &Path, expires_in: Duration) -> Result<String> {
+    pub(super) async fn presign(&self, method: &str, path: &Path, expires_in: Duration) -> Result<String> {
         let method = method.parse().map_err(Error::internal)?;
         let url = self.store.signed_url(method, path, expires_in).await.map_err(s3_error)?;
         Ok(url.to_string())
     }
 
     /// Size and content type of an object, if it exists.
-    pub async fn head(&self, path: &Path) -> Result<Option<(u64, String, Option<String>)>> {
+    pub(super) async fn head(&self, path: &Path) -> Result<Option<(u64, String, Option<String>)>> {
         let options = GetOptions { head: true, ..Default::default() };
         match self.store.get_opts(path, options).await {
             Ok(result) => {
@@ -187,7 +213,7 @@ impl S3Store {
 
     /// Reads an object through, hashing it with blake3 (on a blocking
     /// thread, chunk by chunk). Returns the hash and the size read.
-    pub async fn hash_object(&self, path: &Path) -> Result<(blake3::Hash, u64)> {
+    pub(super) async fn hash_object(&self, path: &Path) -> Result<(blake3::Hash, u64)> {
         let result = self.store.get(path).await.map_err(s3_error)?;
         let mut stream = result.into_stream();
         let mut hasher = blake3::Hasher::new();
@@ -224,7 +250,7 @@ impl S3Store {
 
     /// Every dataset object in the bucket, with what its metadata says
     /// (reindex).
-    pub async fn list_datasets(&self) -> Result<Vec<Found>> {
+    pub(super) async fn list_datasets(&self) -> Result<Vec<Found>> {
         let datasets = self.prefix.clone().join("datasets");
         let objects: Vec<_> = self.store.list(Some(&datasets)).try_collect().await.map_err(s3_error)?;
         let mut found = Vec::with_capacity(objects.len());
@@ -246,7 +272,7 @@ impl S3Store {
         Ok(found)
     }
 
-    pub async fn delete(&self, path: &Path) -> Result<()> {
+    pub(super) async fn delete(&self, path: &Path) -> Result<()> {
         match self.store.delete(path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(s3_error(e)),
@@ -254,21 +280,10 @@ impl S3Store {
     }
 }
 
-/// A dataset found in the store (reindex).
-#[derive(Debug, Clone)]
-pub struct Found {
-    pub key: Key,
-    pub size: u64,
-    pub version: String,
-    /// The blake3 the store recorded with the bytes, when it did.
-    pub blake3: Option<String>,
-    pub content_type: Option<String>,
-}
-
 /// S3 failures for the client: a missing object is 404, anything else means
 /// the store cannot serve us now (503 with Retry-After); the cause, which
 /// may hold the store's internals, goes to the log only.
-pub fn s3_error(e: object_store::Error) -> Error {
+pub(super) fn s3_error(e: object_store::Error) -> Error {
     match &e {
         object_store::Error::NotFound { .. } => {
             log::warn!("object store: {e}");

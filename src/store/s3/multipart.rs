@@ -53,7 +53,7 @@ impl S3Store {
 
     /// Starts a multipart upload at the key's object, to be fed while the
     /// body streams. Nothing appears at the key until the commit completes it.
-    pub async fn stream_to(&self, key: &Key) -> Result<PartSink> {
+    pub(super) async fn part_sink(&self, key: &Key) -> Result<PartSink> {
         let upload = self.open_multipart(self.upload_location(key), Attributes::new()).await?;
         let (tx, rx) = mpsc::channel(1);
         let (done_tx, done) = oneshot::channel();
@@ -166,7 +166,7 @@ async fn upload_parts(upload: Multipart, mut rx: mpsc::Receiver<Part>, in_flight
 
 /// A multipart upload whose parts are all uploaded. Dropped without
 /// [`PendingUpload::complete`], it is aborted, so no parts are orphaned.
-pub struct PendingUpload {
+pub(super) struct PendingUpload {
     upload: Option<Multipart>,
     parts: Vec<Option<PartId>>,
 }
@@ -250,7 +250,7 @@ impl Drop for PendingUpload {
 /// The writer thread's end of a streaming upload: fills part buffers and
 /// hands them to the uploader task (blocking while the parts in flight and
 /// the global part memory are spent, so a slow store slows the client).
-pub struct PartSink {
+pub(super) struct PartSink {
     buf: Vec<u8>,
     permit: Option<OwnedSemaphorePermit>,
     part_size: usize,
@@ -281,10 +281,13 @@ impl PartSink {
         };
         io::Error::other(error)
     }
+}
 
+impl crate::store::Streaming for PartSink {
     /// Every part uploaded, the upload ready to complete (after `sync`).
-    pub fn into_pending(mut self) -> Result<PendingUpload> {
-        self.pending.take().ok_or_else(|| Error::internal("the multipart upload was not finished"))
+    fn finish(mut self: Box<Self>) -> Result<crate::store::Staged> {
+        let pending = self.pending.take().ok_or_else(|| Error::internal("the multipart upload was not finished"))?;
+        Ok(crate::store::Staged::Native(crate::store::Native::new(super::S3Staged::Multipart(pending))))
     }
 }
 

@@ -18,7 +18,7 @@ impl S3Store {
     /// server-side: what the node then checks and hashes is exactly what it
     /// installs, whatever the client does to `from` meanwhile. `None` when
     /// `from` is gone (another acknowledge took it).
-    pub async fn stage_copy(&self, from: &Path) -> Result<Option<(StagedObject, u64)>> {
+    pub(super) async fn stage_copy(&self, from: &Path) -> Result<Option<(StagedObject, u64)>> {
         let path = self.prefix.clone().join("staging").join(uuid::Uuid::new_v4().simple().to_string());
         let noted = format!("{STAGED_OBJECT}{path}");
         if let Some(tracker) = &self.tracker {
@@ -42,7 +42,7 @@ impl S3Store {
 
 /// A complete private object (a finished staged upload, or the copy of a
 /// direct upload) waiting to be copied to its key; deleted if dropped.
-pub struct StagedObject {
+pub(super) struct StagedObject {
     pub(super) path: Option<Path>,
     pub(super) store: Arc<Bucket>,
     pub(super) tracker: Option<Tracker>,
@@ -50,7 +50,7 @@ pub struct StagedObject {
 }
 
 impl StagedObject {
-    pub fn path(&self) -> &Path {
+    pub(super) fn path(&self) -> &Path {
         self.path.as_ref().expect("the object is live")
     }
 

@@ -9,16 +9,46 @@ use object_store::{GetOptions, GetRange, ObjectStore, PutOptions, PutPayload};
 use tokio::io::AsyncReadExt;
 
 use super::metadata::{attributes, etag};
-use super::{s3_error, S3Store};
+use super::{s3_error, S3Staged, S3Store};
 use crate::error::{Error, Result};
 use crate::index::{NewVersion, Record};
 use crate::key::Key;
-use crate::store::{Check, ObjectInfo, Prepared, Reader, Staged, Store};
+use crate::store::{Check, Direct, Found, Native, ObjectInfo, Prepared, Reader, Staged, Store, Streaming};
 
 #[async_trait::async_trait]
 impl Store for S3Store {
     fn kind(&self) -> &'static str {
         "s3"
+    }
+
+    fn describe(&self) -> String {
+        format!("S3 bucket `{}` (parts of {} MiB)", self.bucket, self.part_size >> 20)
+    }
+
+    fn remote(&self) -> bool {
+        true
+    }
+
+    async fn stream_to(&self, key: &Key) -> Result<Box<dyn Streaming>> {
+        Ok(Box::new(self.part_sink(key).await?))
+    }
+
+    fn direct(&self) -> Option<&dyn Direct> {
+        Some(self)
+    }
+
+    async fn sweep(&self) -> Result<usize> {
+        self.abort_left_open().await
+    }
+
+    async fn inventory(&self, progress: &(dyn Fn(u64) + Sync)) -> Result<Vec<Found>> {
+        let mut found = self.list_datasets().await?;
+        for object in found.iter_mut().filter(|o| o.blake3.is_none()) {
+            let (hash, _) = self.hash_object(&self.object(&object.key)).await?;
+            progress(object.size);
+            object.blake3 = Some(hash.to_hex().to_string());
+        }
+        Ok(found)
     }
 
     async fn prepare(&self, key: &Key, staged: Staged, info: &ObjectInfo) -> Result<Prepared> {
@@ -30,17 +60,18 @@ impl Store for S3Store {
                     .read_to_end(&mut bytes)
                     .await
                     .map_err(Error::internal)?;
-                Staged::Memory(vec![bytes])
+                return Ok(Prepared { staged: Staged::Memory(vec![bytes]), version: None });
             }
-            Staged::File(file) => Staged::Multipart(self.upload_file(key, file, info).await?),
-            other => other,
+            Staged::File(file) => S3Staged::Multipart(self.upload_file(key, file, info).await?),
+            Staged::Memory(chunks) => return Ok(Prepared { staged: Staged::Memory(chunks), version: None }),
+            Staged::Native(native) => native.take::<S3Staged>()?,
         };
         let staged = match staged {
             // Completed outside the lock: a staging object is private.
-            Staged::Multipart(pending) if self.stage_uploads => Staged::Object(pending.complete().await?),
+            S3Staged::Multipart(pending) if self.stage_uploads => S3Staged::Object(pending.complete().await?),
             other => other,
         };
-        Ok(Prepared { staged, version: None })
+        Ok(Prepared { staged: Staged::Native(Native::new(staged)), version: None })
     }
 
     async fn install(&self, key: &Key, prepared: Prepared, info: &ObjectInfo) -> Result<String> {
@@ -52,8 +83,10 @@ impl Store for S3Store {
                 let result = self.store.put_opts(&location, payload, options).await.map_err(s3_error)?;
                 Ok(etag(result.e_tag.as_deref()))
             }
-            Staged::Object(object) => object.install(&location, &self.bucket, info).await,
-            Staged::Multipart(pending) => pending.complete_at_key().await,
+            Staged::Native(native) => match native.take::<S3Staged>()? {
+                S3Staged::Object(object) => object.install(&location, &self.bucket, info).await,
+                S3Staged::Multipart(pending) => pending.complete_at_key().await,
+            },
             Staged::File(_) => Err(Error::internal("a file must be prepared before it is installed")),
         }
     }

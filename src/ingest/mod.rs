@@ -2,7 +2,7 @@
 //! hashed with blake3 (and sha-256/512 when the client sent a digest) while
 //! the bytes pass, then fsynced. Every upload way (PUT, multipart, and later
 //! the end of a resumable upload) goes through [`Spooler::spool`]; the
-//! result is a complete, verified [`Spooled`] file ready for the commit.
+//! result is a complete, verified [`Received`] file ready for the commit.
 //!
 //! The async side only receives: it fills 256 KiB chunks and hands them over
 //! a bounded channel to one blocking writer thread, which hashes and writes.
@@ -30,9 +30,7 @@ pub use writer::{OpenFile, Writer, Written};
 use crate::datadir::Layout;
 use crate::error::{Error, Result};
 use crate::key::Key;
-use crate::store::s3::{PartSink, S3Store};
-use crate::store::Staged;
-use crate::store::CHUNK;
+use crate::store::{Staged, Store, Streaming, CHUNK};
 
 /// Chunks queued between the receiving task and the writer thread.
 const QUEUE: usize = 4;
@@ -94,7 +92,7 @@ impl Drop for Reservation {
 /// with an object store, the body in memory or in an uncompleted multipart
 /// upload (aborted if dropped).
 #[derive(Debug)]
-pub struct Spooled {
+pub struct Received {
     pub staged: Staged,
     pub size: u64,
     pub blake3: blake3::Hash,
@@ -159,19 +157,20 @@ pub struct Spooler {
     pub stall_timeout: Duration,
     pub disk_reserve: u64,
     pub received_bytes: prometheus::IntCounter,
-    /// With an object store, uploads whose key is known stream to it.
-    pub objects: Option<Arc<S3Store>>,
+    /// Where datasets live: a remote store takes uploads whose key is
+    /// known as they arrive.
+    pub store: Arc<dyn Store>,
 }
 
 enum Sink {
     Memory { chunks: Vec<Vec<u8>>, len: usize, reservation: Reservation },
     Disk(Writer<NamedTempFile>),
-    Object(Writer<PartSink>),
+    Store(Writer<Box<dyn Streaming>>),
 }
 
 impl Spooler {
     /// Streams `body` to a verified temp file. On any error nothing is left.
-    pub async fn spool<R: AsyncRead + Unpin>(&self, body: R, expected: &Expected) -> Result<Spooled> {
+    pub async fn spool<R: AsyncRead + Unpin>(&self, body: R, expected: &Expected) -> Result<Received> {
         self.spool_to(body, expected, None).await
     }
 
@@ -183,11 +182,8 @@ impl Spooler {
         body: R,
         expected: &Expected,
         key: Option<&Key>,
-    ) -> Result<Spooled> {
-        let target = match (&self.objects, key) {
-            (Some(objects), Some(key)) => Some((objects.clone(), key.clone())),
-            _ => None,
-        };
+    ) -> Result<Received> {
+        let target = key.filter(|_| self.store.remote());
         let max_size = expected.limit.map_or(self.max_size, |l| l.min(self.max_size));
         if let Some(length) = expected.length {
             if length > max_size {
@@ -202,7 +198,7 @@ impl Spooler {
         }
         let algorithms = expected.algorithms();
         let mut sink = match expected.length {
-            Some(length) if length > self.spool_memory as u64 => self.spill_writer(&algorithms, &target).await?,
+            Some(length) if length > self.spool_memory as u64 => self.spill_writer(&algorithms, target).await?,
             _ => Sink::Memory {
                 chunks: Vec::new(),
                 len: 0,
@@ -213,7 +209,7 @@ impl Spooler {
         let mut body = ChunkReader::new(body, self.stall_timeout, max_size, self.received_bytes.clone());
         let mut space = self.watch_space();
         while let Some(chunk) = body.next_chunk(sink.buffer()).await? {
-            sink = self.push(sink, chunk, &algorithms, &target).await?;
+            sink = self.push(sink, chunk, &algorithms, target).await?;
             if let Sink::Disk(Writer { dir: Some(dir), .. }) = &sink {
                 space.check(dir, body.received)?;
             }
@@ -227,12 +223,12 @@ impl Spooler {
 
         let writer = match sink {
             Sink::Disk(writer) => writer,
-            Sink::Object(writer) => {
+            Sink::Store(writer) => {
                 let mut written = writer.finish().await?;
                 written.hashing.verify(&expected.digests)?;
                 let blake3 = check_blake3(&mut written.hashing, expected)?;
-                let staged = Staged::Multipart(written.target.into_pending()?);
-                return Ok(Spooled { staged, size: written.size, blake3 });
+                let staged = written.target.finish()?;
+                return Ok(Received { staged, size: written.size, blake3 });
             }
             Sink::Memory { chunks, .. } if target.is_some() => {
                 // An object store takes a small body in one PUT, from memory.
@@ -246,7 +242,7 @@ impl Spooler {
                 .map_err(|e| Error::internal(format!("hashing failed: {e}")))?;
                 hashing.verify(&expected.digests)?;
                 let blake3 = check_blake3(&mut hashing, expected)?;
-                return Ok(Spooled { staged: Staged::Memory(chunks), size: received, blake3 });
+                return Ok(Received { staged: Staged::Memory(chunks), size: received, blake3 });
             }
             Sink::Memory { chunks, reservation, .. } => {
                 let file = self.layout.new_staging_file()?;
@@ -262,32 +258,26 @@ impl Spooler {
         debug_assert_eq!(written.size, received);
         written.hashing.verify(&expected.digests)?;
         let blake3 = check_blake3(&mut written.hashing, expected)?;
-        Ok(Spooled { staged: Staged::File(written.target), size: written.size, blake3 })
+        Ok(Received { staged: Staged::File(written.target), size: written.size, blake3 })
     }
 
-    async fn spill_writer(&self, algorithms: &[Algorithm], target: &Option<(Arc<S3Store>, Key)>) -> Result<Sink> {
+    async fn spill_writer(&self, algorithms: &[Algorithm], target: Option<&Key>) -> Result<Sink> {
         let hashing = Hashing::new(blake3::Hasher::new(), algorithms);
         Ok(match target {
-            Some((objects, key)) => Sink::Object(Writer::start(objects.stream_to(key).await?, hashing)),
+            Some(key) => Sink::Store(Writer::start(self.store.stream_to(key).await?, hashing)),
             None => Sink::Disk(Writer::start(self.layout.new_spool_file()?, hashing)),
         })
     }
 
-    async fn push(
-        &self,
-        sink: Sink,
-        chunk: Vec<u8>,
-        algorithms: &[Algorithm],
-        target: &Option<(Arc<S3Store>, Key)>,
-    ) -> Result<Sink> {
+    async fn push(&self, sink: Sink, chunk: Vec<u8>, algorithms: &[Algorithm], target: Option<&Key>) -> Result<Sink> {
         match sink {
             Sink::Disk(mut writer) => {
                 writer.send(chunk).await?;
                 Ok(Sink::Disk(writer))
             }
-            Sink::Object(mut writer) => {
+            Sink::Store(mut writer) => {
                 writer.send(chunk).await?;
-                Ok(Sink::Object(writer))
+                Ok(Sink::Store(writer))
             }
             Sink::Memory { mut chunks, len, mut reservation } => {
                 let grown = len + chunk.len();
@@ -303,7 +293,7 @@ impl Spooler {
                 for c in chunks.into_iter().chain([chunk]) {
                     match &mut sink {
                         Sink::Disk(writer) => writer.send(c).await?,
-                        Sink::Object(writer) => writer.send(c).await?,
+                        Sink::Store(writer) => writer.send(c).await?,
                         Sink::Memory { .. } => unreachable!("spill_writer spills"),
                     }
                 }
@@ -361,7 +351,7 @@ impl Sink {
     fn buffer(&mut self) -> Vec<u8> {
         match self {
             Sink::Disk(writer) => writer.buffer(),
-            Sink::Object(writer) => writer.buffer(),
+            Sink::Store(writer) => writer.buffer(),
             Sink::Memory { .. } => Vec::with_capacity(CHUNK),
         }
     }
