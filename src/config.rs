@@ -63,6 +63,46 @@ pub struct Settings {
     pub max_open_uploads: u64,
     /// Resumable uploads open at once per token.
     pub max_open_uploads_per_token: u64,
+    /// Versions kept per key, the current one included; 0 turns
+    /// versioning off (a replace or delete frees the old bytes at once).
+    pub keep_versions: u64,
+    /// How long a version is kept after it stopped being current.
+    pub keep_versions_for: Span,
+    /// How often the background scrub re-reads every blob; unset: never.
+    pub scrub_every: Option<Span>,
+    /// The background scrub's read rate, in MB/s.
+    pub scrub_rate: u64,
+}
+
+/// A duration: `30d`, `12h`, `5m`, `2s` (or any humantime form such as
+/// `1h 30m`), or plain seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span(pub Duration);
+
+impl Serialize for Span {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Seconds(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Seconds(secs) => Ok(Span(Duration::from_secs(secs))),
+            Raw::Text(text) => match text.trim().parse::<u64>() {
+                Ok(secs) => Ok(Span(Duration::from_secs(secs))),
+                Err(_) => humantime::parse_duration(text.trim()).map(Span).map_err(|e| {
+                    serde::de::Error::custom(format!("`{text}` is not a duration (30d, 12h, 5m, 2s or seconds): {e}"))
+                }),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,6 +218,10 @@ impl Default for Settings {
             postgres_tls: PostgresTls::Disable,
             max_open_uploads: 10_000,
             max_open_uploads_per_token: 1_000,
+            keep_versions: 10,
+            keep_versions_for: Span(Duration::from_secs(30 * 24 * 60 * 60)),
+            scrub_every: None,
+            scrub_rate: 100,
         }
     }
 }
@@ -248,6 +292,11 @@ impl Settings {
             return Err("invalid value for key `data_dir`: it is empty".into());
         }
         Ok(())
+    }
+
+    /// What the index keeps of each key's history.
+    pub fn retention(&self) -> crate::index::Retention {
+        crate::index::Retention { keep: self.keep_versions, keep_for: self.keep_versions_for.0 }
     }
 
     pub fn stall_timeout(&self) -> Duration {

@@ -42,6 +42,8 @@ pub enum Error {
     SymlinkRefused(String),
     #[error("another write to this key completed while this upload was in progress, and the store dropped this upload's unfinished parts; send it again")]
     Superseded,
+    #[error("{0}")]
+    CorruptData(String),
     #[error("the body is larger than the limit of {limit} bytes")]
     TooLarge { limit: u64 },
     #[error("the range `{range}` cannot be served from {size} bytes")]
@@ -132,7 +134,7 @@ impl Error {
             Error::PreconditionFailed(_) => Status::PreconditionFailed,
             Error::TooLarge { .. } => Status::PayloadTooLarge,
             Error::RangeNotSatisfiable { .. } => Status::RangeNotSatisfiable,
-            Error::Internal(_) => Status::InternalServerError,
+            Error::Internal(_) | Error::CorruptData(_) => Status::InternalServerError,
             Error::Busy { .. } => Status::ServiceUnavailable,
             Error::TooManyOpenUploads { .. } => Status::TooManyRequests,
             Error::InsufficientStorage(_) => Status::InsufficientStorage,
@@ -171,6 +173,7 @@ impl Error {
             Error::Busy { .. } => "too-many-uploads",
             Error::TooManyOpenUploads { .. } => "too-many-open-uploads",
             Error::Internal(_) => "internal",
+            Error::CorruptData(_) => "corrupt-data",
             Error::OffsetMismatch { .. } => "offset-mismatch",
             Error::ChecksumMismatch(_) => "checksum-mismatch",
             Error::Locked => "upload-locked",
@@ -205,6 +208,7 @@ impl Error {
             Error::Conflict(String::new()),
             Error::SymlinkRefused(String::new()),
             Error::Superseded,
+            Error::CorruptData(String::new()),
             Error::TooLarge { limit: 1 },
             Error::RangeNotSatisfiable { range: String::new(), size: 0 },
             Error::InsufficientStorage(String::new()),
@@ -241,6 +245,7 @@ impl Error {
                 | Error::Conflict(_)
                 | Error::SymlinkRefused(_)
                 | Error::Superseded
+                | Error::CorruptData(_)
                 | Error::TooLarge { .. }
                 | Error::RangeNotSatisfiable { .. }
                 | Error::InsufficientStorage(_)

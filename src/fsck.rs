@@ -117,7 +117,12 @@ pub fn fsck(settings: &Settings, repair: bool) -> Result<Report> {
             }
             Some(row) if row.version != file.inode.to_string() && repair => {
                 // Harmless (an index restored or rebuilt elsewhere): refresh.
-                index.upsert(&found_version(key, file, disk_hash, Some(&row)), &row.updated_at)?;
+                keep_as_blob(&layout, key, file, &disk_hash)?;
+                index.upsert(
+                    &found_version(key, file, disk_hash, Some(&row)),
+                    &row.updated_at,
+                    settings.retention(),
+                )?;
             }
             Some(_) => {}
         }
@@ -131,7 +136,7 @@ pub fn fsck(settings: &Settings, repair: bool) -> Result<Report> {
 
     if repair {
         for finding in &report.findings {
-            if repair_one(&index, &files, finding)? {
+            if repair_one(&index, &layout, settings, &files, finding)? {
                 report.repaired += 1;
             }
         }
@@ -139,7 +144,13 @@ pub fn fsck(settings: &Settings, repair: bool) -> Result<Report> {
     Ok(report)
 }
 
-fn repair_one(index: &Index, files: &[FoundFile], finding: &Finding) -> Result<bool> {
+fn repair_one(
+    index: &Index,
+    layout: &Layout,
+    settings: &Settings,
+    files: &[FoundFile],
+    finding: &Finding,
+) -> Result<bool> {
     let file_of = |key: &str| files.iter().find(|f| f.key.as_ref().is_some_and(|k| k.as_str() == key));
     match finding {
         Finding::MissingFile { key } => {
@@ -150,7 +161,8 @@ fn repair_one(index: &Index, files: &[FoundFile], finding: &Finding) -> Result<b
             let key = Key::parse(key)?;
             let hash = hash_file(&file.path, &ProgressBar::hidden())?;
             let current = index.get(&key)?;
-            index.upsert(&found_version(&key, file, hash, current.as_ref()), &now())?;
+            keep_as_blob(layout, &key, file, &hash)?;
+            index.upsert(&found_version(&key, file, hash, current.as_ref()), &now(), settings.retention())?;
         }
         Finding::StraySpool { path } => std::fs::remove_file(path).map_err(Error::internal)?,
         Finding::InvalidName { .. } | Finding::Symlink { .. } => return Ok(false),
@@ -165,9 +177,18 @@ fn found_version(key: &Key, file: &FoundFile, blake3: String, row: Option<&Recor
         blake3,
         content_type: row.map_or_else(|| "application/octet-stream".into(), |r| r.content_type.clone()),
         version: file.inode.to_string(),
+        blob_version: file.inode.to_string(),
         name: None,
         description: None,
+        uploaded_by: None,
     }
+}
+
+/// Links a dataset's file found on disk as the blob of its bytes, so that
+/// the version the index is given has its blob.
+fn keep_as_blob(layout: &Layout, key: &Key, file: &FoundFile, blake3: &str) -> Result<()> {
+    let opened = layout.open_dataset(key)?.ok_or_else(|| Error::internal("file vanished during fsck"))?;
+    layout.keep_file_as_blob(key, &opened, blake3, file.size)
 }
 
 /// Rebuilds the index from the store: the files below `datasets/`, hashing
@@ -213,6 +234,8 @@ pub fn reindex(settings: &Settings) -> Result<Report> {
                 key,
                 size,
                 blake3,
+                blob_version: String::new(),
+                uploaded_by: None,
                 version,
             }
         })

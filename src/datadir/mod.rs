@@ -6,7 +6,8 @@
 //! Layout below `data_dir`:
 //!
 //! ```text
-//! datasets/     one file per dataset, at the key's path
+//! datasets/     one file per dataset, at the key's path: a hard link to its blob
+//! blobs/        one read-only file per distinct content (see `blobs`)
 //! staging/      temp files on the data volume (small uploads, cross-volume copies, trash)
 //! spool/        default spool for uploads in flight (`spool_dir` may move it)
 //! uploads/      resumable (tus) uploads in progress, one file per upload id
@@ -32,6 +33,7 @@ use crate::config::Settings;
 use crate::error::Error;
 use crate::key::Key;
 
+mod blobs;
 mod resolve;
 
 pub use resolve::fsync_dir;
@@ -51,6 +53,7 @@ pub struct Layout {
     pub spool: PathBuf,
     pub index_file: PathBuf,
     pub uploads: PathBuf,
+    pub blobs: PathBuf,
     /// The spool is on the data volume: spilled files are renamed in place.
     pub spool_on_data_volume: bool,
     /// The device of the data volume.
@@ -72,6 +75,7 @@ pub struct Layout {
 
 #[derive(Debug)]
 struct Dirs {
+    blobs: OwnedFd,
     staging: OwnedFd,
     spool: OwnedFd,
     uploads: OwnedFd,
@@ -108,6 +112,7 @@ impl Layout {
         let datasets_fd = below_root(&["datasets".as_ref()])?;
         let staging_fd = below_root(&["staging".as_ref()])?;
         let uploads_fd = below_root(&["uploads".as_ref()])?;
+        let blobs_fd = below_root(&["blobs".as_ref()])?;
         let configured = settings.spool_dir();
         // The spool below data_dir (by default `data_dir/spool`) is opened
         // one folder at a time from data_dir, never through a symlink.
@@ -130,13 +135,14 @@ impl Layout {
         Ok(Layout {
             index_file: root.join("index.sqlite"),
             uploads: root.join("uploads"),
+            blobs: root.join("blobs"),
             datasets: root.join("datasets"),
             staging: root.join("staging"),
             root,
             spool,
             spool_on_data_volume,
             data_dev,
-            dirs: Arc::new(Dirs { staging: staging_fd, spool: spool_fd, uploads: uploads_fd }),
+            dirs: Arc::new(Dirs { blobs: blobs_fd, staging: staging_fd, spool: spool_fd, uploads: uploads_fd }),
         })
     }
 

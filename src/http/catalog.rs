@@ -175,7 +175,7 @@ async fn patch_record(
 #[rocket::delete("/datasets/<_..>")]
 async fn delete_record(node: &State<Arc<Node>>, caller: Caller, tail: KeyTail<'_>) -> Result<Status> {
     caller.require(Scope::Admin)?;
-    node.delete(&tail.key()?).await?;
+    node.delete(&tail.key()?, false).await?;
     Ok(Status::NoContent)
 }
 

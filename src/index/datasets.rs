@@ -26,6 +26,12 @@ pub struct Record {
     /// The file's inode (filesystem store) or the object's ETag (S3).
     #[serde(skip)]
     pub version: String,
+    /// Its number among the key's versions.
+    #[serde(skip)]
+    pub number: i64,
+    /// A scrub found its stored bytes damaged: they are not served.
+    #[serde(skip)]
+    pub corrupt: bool,
 }
 
 impl Record {
@@ -44,8 +50,14 @@ pub struct NewVersion {
     pub content_type: String,
     /// The store's version of the bytes (empty until the store knows it).
     pub version: String,
+    /// The store's version of the blob that keeps these bytes for older
+    /// versions (the same as `version` on the filesystem, where the key's
+    /// file is the blob).
+    pub blob_version: String,
     pub name: Option<String>,
     pub description: Option<String>,
+    /// The token that uploaded it, when tokens are configured.
+    pub uploaded_by: Option<String>,
 }
 
 /// Metadata a client may change.
@@ -57,7 +69,8 @@ pub struct MetadataPatch {
     pub tags: Option<Vec<String>>,
 }
 
-const COLUMNS: &str = "key, name, size, blake3, content_type, created_at, updated_at, description, tags, version";
+const COLUMNS: &str = "key, name, size, blake3, content_type, created_at, updated_at, description, tags, version, number,
+    coalesce((SELECT CAST(corrupt AS INTEGER) FROM blobs b WHERE b.blake3 = datasets.blake3 AND b.size = datasets.size), 0)";
 
 impl Index {
     pub fn get(&self, key: &Key) -> Result<Option<Record>> {
@@ -84,9 +97,10 @@ impl Index {
         self.with(|db| db.query(&sql, vals![lower, upper, limit as i64])?.iter().map(record_from_row).collect())
     }
 
-    /// Inserts or replaces a dataset's row (reindex, fsck repairs).
-    pub fn upsert(&self, v: &NewVersion, now: &str) -> Result<Record> {
-        self.tx(|db| upsert(db, v, now))
+    /// Inserts or replaces a dataset's row (reindex, fsck repairs) and
+    /// makes it a version.
+    pub fn upsert(&self, v: &NewVersion, now: &str, retention: super::Retention) -> Result<Record> {
+        self.tx(|db| upsert(db, v, now, retention).map(|(record, _)| record))
     }
 
     pub fn patch(&self, key: &Key, patch: &MetadataPatch, now: &str) -> Result<Option<Record>> {
@@ -136,6 +150,12 @@ impl Index {
         })
     }
 
+    /// Rows from before versions (no version number yet).
+    pub fn unversioned(&self) -> Result<Vec<Record>> {
+        let sql = format!("SELECT {COLUMNS} FROM datasets WHERE number = 0 ORDER BY key");
+        self.with(|db| db.query(&sql, &[])?.iter().map(record_from_row).collect())
+    }
+
     /// A trivial query: the database opens and answers.
     pub fn ping(&self) -> Result<()> {
         self.with(|db| db.query("SELECT count(*) FROM datasets WHERE key = ''", &[]).map(drop))
@@ -165,12 +185,16 @@ impl Index {
     }
 
     /// Replaces every dataset row with rows found in the store, in one
-    /// transaction (reindex); `old` rows lend their metadata.
+    /// transaction (reindex); `old` rows lend their metadata. History goes:
+    /// each row starts without versions, and the node's next start makes
+    /// it version 1 of its key, its bytes a blob.
     pub fn replace_all(&self, found: &[NewVersion], old: &BTreeMap<String, Record>, now: &str) -> Result<()> {
         self.tx(|db| {
             db.execute("DELETE FROM datasets", &[])?;
+            db.execute("DELETE FROM versions", &[])?;
+            db.execute("DELETE FROM blobs", &[])?;
             for v in found {
-                upsert(db, v, now)?;
+                insert(db, v, now, 0)?;
                 if let Some(row) = old.get(v.key.as_str()) {
                     db.execute(
                         "UPDATE datasets SET created_at = $2, tags = $3 WHERE key = $1",
@@ -187,19 +211,34 @@ impl Index {
     }
 }
 
-/// Inserts or replaces a row. Metadata of a replaced dataset is kept unless
-/// the new version sets it; `created_at` is kept.
-pub(super) fn upsert(db: &mut dyn Db, v: &NewVersion, now: &str) -> Result<Record> {
+/// Inserts or replaces a row, as a new version of the key (see
+/// [`super::versions::record`]). Metadata of a replaced dataset is kept
+/// unless the new version sets it; `created_at` is kept. Returns the record
+/// and the blobs that pruning doomed.
+pub(super) fn upsert(
+    db: &mut dyn Db,
+    v: &NewVersion,
+    now: &str,
+    retention: super::Retention,
+) -> Result<(Record, Vec<super::Blob>)> {
+    let blob_version = if v.blob_version.is_empty() { &v.version } else { &v.blob_version };
+    let (number, doomed) = super::versions::record(db, v, blob_version, retention, now, unix_now())?;
+    insert(db, v, now, number)?;
+    let record = get(db, v.key.as_str())?.ok_or_else(|| Error::internal("row vanished after upsert"))?;
+    Ok((record, doomed))
+}
+
+fn insert(db: &mut dyn Db, v: &NewVersion, now: &str, number: i64) -> Result<()> {
     let name = v.name.clone().unwrap_or_else(|| v.key.file_name().to_owned());
     db.execute(
-        "INSERT INTO datasets (key, name, size, blake3, content_type, created_at, updated_at, description, version)
-         VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8)
+        "INSERT INTO datasets (key, name, size, blake3, content_type, created_at, updated_at, description, version, number)
+         VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $10)
          ON CONFLICT (key) DO UPDATE SET
             name = CASE WHEN $9 THEN excluded.name ELSE datasets.name END,
             size = excluded.size, blake3 = excluded.blake3,
             content_type = excluded.content_type, updated_at = excluded.updated_at,
             description = coalesce(excluded.description, datasets.description),
-            version = excluded.version",
+            version = excluded.version, number = excluded.number",
         vals![
             v.key.as_str(),
             name,
@@ -209,10 +248,15 @@ pub(super) fn upsert(db: &mut dyn Db, v: &NewVersion, now: &str) -> Result<Recor
             now,
             &v.description,
             &v.version,
-            v.name.is_some()
+            v.name.is_some(),
+            number
         ],
-    )?;
-    get(db, v.key.as_str())?.ok_or_else(|| Error::internal("row vanished after upsert"))
+    )
+    .map(drop)
+}
+
+pub(super) fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 pub(super) fn remove(db: &mut dyn Db, key: &Key) -> Result<()> {
@@ -239,6 +283,8 @@ fn record_from_row(row: &DbRow) -> Result<Record> {
         description: row.opt_text(7),
         tags: serde_json::from_str(&row.text(8)).unwrap_or_default(),
         version: row.text(9),
+        number: row.int(10),
+        corrupt: row.bool(11),
         key,
     })
 }

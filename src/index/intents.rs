@@ -3,7 +3,7 @@
 
 use super::datasets::{self, NewVersion, Record};
 use super::db::vals;
-use super::Index;
+use super::{versions, Blob, Index, Retention};
 use crate::error::{Error, Result};
 use crate::key::Key;
 
@@ -15,8 +15,17 @@ use crate::key::Key;
 pub enum Intent {
     /// These bytes are being installed at the key.
     Install(NewVersion),
-    /// The key's file is being removed.
-    Remove(Key),
+    /// The key's file is being removed; with `purge`, its versions too.
+    Remove { key: Key, purge: bool },
+}
+
+/// What a completed intent changed in the index.
+#[derive(Debug)]
+pub struct Completed {
+    /// The new record (none for a removal).
+    pub record: Option<Record>,
+    /// Blobs no version refers to any more: their bytes are to go.
+    pub doomed: Vec<Blob>,
 }
 
 impl Index {
@@ -25,17 +34,28 @@ impl Index {
         self.with(|db| {
             match intent {
                 Intent::Install(v) => db.execute(
-                    "INSERT INTO intents (key, action, version, size, blake3, content_type, name, description)
-                     VALUES ($1, 'install', $2, $3, $4, $5, $6, $7)
+                    "INSERT INTO intents (key, action, version, size, blake3, content_type, name, description,
+                        uploaded_by)
+                     VALUES ($1, 'install', $2, $3, $4, $5, $6, $7, $8)
                      ON CONFLICT (key) DO UPDATE SET action = excluded.action, version = excluded.version,
                         size = excluded.size, blake3 = excluded.blake3, content_type = excluded.content_type,
-                        name = excluded.name, description = excluded.description",
-                    vals![v.key.as_str(), &v.version, v.size, &v.blake3, &v.content_type, &v.name, &v.description],
+                        name = excluded.name, description = excluded.description,
+                        uploaded_by = excluded.uploaded_by",
+                    vals![
+                        v.key.as_str(),
+                        &v.version,
+                        v.size,
+                        &v.blake3,
+                        &v.content_type,
+                        &v.name,
+                        &v.description,
+                        &v.uploaded_by
+                    ],
                 )?,
-                Intent::Remove(key) => db.execute(
-                    "INSERT INTO intents (key, action) VALUES ($1, 'remove')
-                     ON CONFLICT (key) DO UPDATE SET action = excluded.action",
-                    vals![key.as_str()],
+                Intent::Remove { key, purge } => db.execute(
+                    "INSERT INTO intents (key, action, purge) VALUES ($1, 'remove', $2)
+                     ON CONFLICT (key) DO UPDATE SET action = excluded.action, purge = excluded.purge",
+                    vals![key.as_str(), *purge],
                 )?,
             };
             Ok(())
@@ -47,19 +67,27 @@ impl Index {
         self.with(|db| db.execute("DELETE FROM intents WHERE key = $1", vals![key.as_str()]).map(drop))
     }
 
-    /// The change happened: the row follows and the intent goes, in one
-    /// transaction. Returns the new record (none for a removal).
-    pub fn complete(&self, intent: &Intent, now: &str) -> Result<Option<Record>> {
+    /// The change happened: the rows follow and the intent goes, in one
+    /// transaction.
+    pub fn complete(&self, intent: &Intent, now: &str, retention: Retention) -> Result<Completed> {
         self.tx(|db| {
-            let (key, record) = match intent {
-                Intent::Install(v) => (&v.key, Some(datasets::upsert(db, v, now)?)),
-                Intent::Remove(key) => {
+            let (key, completed) = match intent {
+                Intent::Install(v) => {
+                    let (record, doomed) = datasets::upsert(db, v, now, retention)?;
+                    (&v.key, Completed { record: Some(record), doomed })
+                }
+                Intent::Remove { key, purge } => {
                     datasets::remove(db, key)?;
-                    (key, None)
+                    let doomed = if *purge {
+                        versions::purge(db, key)?
+                    } else {
+                        versions::replaced(db, key, retention, datasets::unix_now())?
+                    };
+                    (key, Completed { record: None, doomed })
                 }
             };
             db.execute("DELETE FROM intents WHERE key = $1", vals![key.as_str()])?;
-            Ok(record)
+            Ok(completed)
         })
     }
 
@@ -67,7 +95,8 @@ impl Index {
     pub fn pending_intents(&self) -> Result<Vec<Intent>> {
         let rows = self.with(|db| {
             db.query(
-                "SELECT key, action, version, size, blake3, content_type, name, description FROM intents ORDER BY key",
+                "SELECT key, action, version, size, blake3, content_type, name, description, uploaded_by, purge
+                 FROM intents ORDER BY key",
                 &[],
             )
         })?;
@@ -81,8 +110,14 @@ impl Index {
                     content_type: r.text(5),
                     name: r.opt_text(6),
                     description: r.opt_text(7),
+                    uploaded_by: r.opt_text(8),
+                    blob_version: String::new(),
                 };
-                Ok(if r.text(1) == "remove" { Intent::Remove(version.key) } else { Intent::Install(version) })
+                Ok(if r.text(1) == "remove" {
+                    Intent::Remove { key: version.key, purge: r.bool(9) }
+                } else {
+                    Intent::Install(version)
+                })
             })
             .collect()
     }

@@ -18,6 +18,7 @@ mod postgres;
 mod settings;
 mod sqlite;
 mod uploads;
+mod versions;
 
 mod migrations {
     pub(super) mod postgres;
@@ -28,8 +29,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use datasets::{MetadataPatch, NewVersion, Record};
-pub use intents::Intent;
+pub use intents::{Completed, Intent};
 pub use uploads::{OpenUploads, UploadRow};
+pub use versions::{Blob, Retention, Totals, Version};
 
 use crate::config::PostgresTls;
 use crate::error::Result;

@@ -10,8 +10,10 @@ mod conditional;
 mod direct;
 mod open;
 pub mod tus;
+mod versions;
 
 pub use conditional::{EtagList, Precondition, Want};
+use versions::corrupt;
 
 use std::sync::Arc;
 
@@ -28,7 +30,7 @@ use crate::ingest::{Expected, Received, Spooler};
 use crate::key::Key;
 use crate::metrics::{Metrics, Outcome};
 use crate::store::fs::writable;
-use crate::store::{Check, ObjectInfo, Reader, Staged, Store};
+use crate::store::{Check, ObjectInfo, Prepared, Reader, Staged, Store};
 use crate::timestamp::now;
 
 /// Everything about an upload except its bytes.
@@ -39,6 +41,8 @@ pub struct UploadMeta {
     pub description: Option<String>,
     pub precondition: Precondition,
     pub expected: Expected,
+    /// The token's name, when tokens are configured.
+    pub uploaded_by: Option<String>,
 }
 
 /// The body of `POST /datasets/{key}/action/acknowledge`.
@@ -238,38 +242,62 @@ impl Node {
             Ok(prepared) => prepared,
             Err(e) => return Err(self.lost_to(&key, &meta.precondition, e).await),
         };
+        self.install(key, prepared, info, meta).await
+    }
+
+    /// Under the commit lock: re-check the preconditions and conflicts,
+    /// store the bytes once (reusing a blob of the same bytes), record the
+    /// intent, install, write the rows (the new version, the pruned ones),
+    /// then free the blobs pruning left unreferenced.
+    async fn install(
+        &self,
+        key: Key,
+        prepared: Prepared,
+        info: ObjectInfo,
+        meta: UploadMeta,
+    ) -> Result<(Record, bool)> {
         let _guard = self.commit_lock.lock().await;
         let (index, store, metrics) = (self.index.clone(), self.store.clone(), self.metrics.clone());
-        blocking(move || {
+        let retention = self.settings.retention();
+        let (record, created, doomed) = blocking(move || {
             let _cluster = index.commit_lock()?;
             let current = index.get(&key)?;
             meta.precondition.check(current.as_ref())?;
             check_conflicts(&index, &key)?;
+            let handle = tokio::runtime::Handle::current();
+            let kept = index.blob(&info.blake3, info.size)?;
+            let mut prepared = handle.block_on(store.reuse(prepared, &info, kept.as_ref()))?;
+            prepared.replace_blob = kept.as_ref().is_some_and(|b| b.corrupt);
             let mut version = NewVersion {
                 key: key.clone(),
                 size: info.size,
                 blake3: info.blake3.clone(),
                 content_type: info.content_type.clone(),
                 version: prepared.version.clone().unwrap_or_default(),
+                blob_version: String::new(),
                 name: meta.name,
                 description: meta.description,
+                uploaded_by: meta.uploaded_by,
             };
-            // Intent, install, then row: a crash anywhere leaves a state the
-            // next start finishes or rolls back (see `resolve_intents`).
+            // Intent, install, then rows: a crash anywhere leaves a state
+            // the next start finishes or rolls back (see `resolve_intents`).
             index.begin(&Intent::Install(version.clone()))?;
-            match tokio::runtime::Handle::current().block_on(store.install(&key, prepared, &info)) {
-                Ok(installed) => version.version = installed,
+            match handle.block_on(store.install(&key, prepared, &info)) {
+                Ok(installed) => (version.version, version.blob_version) = (installed.version, installed.blob),
                 Err(e) => {
                     let _ = index.abandon(&key);
                     return Err(e);
                 }
             }
-            let record = index.complete(&Intent::Install(version), &now())?.expect("an install has a record");
+            let completed = index.complete(&Intent::Install(version), &now(), retention)?;
+            let record = completed.record.expect("an install has a record");
             let old_size = current.as_ref().map_or(0, |r| r.size as i64);
             metrics.catalog_changed(i64::from(current.is_none()), record.size as i64 - old_size);
-            Ok((record, current.is_none()))
+            Ok((record, current.is_none(), completed.doomed))
         })
-        .await
+        .await?;
+        self.free(doomed).await;
+        Ok((record, created))
     }
 
     /// Opens a dataset for reading: `want` looks at the record and says
@@ -283,6 +311,9 @@ impl Node {
     ) -> Result<(Record, Want, Option<Reader>)> {
         for attempt in 0..4u64 {
             let record = self.get(key).await?;
+            if record.corrupt {
+                return Err(corrupt(key, record.number));
+            }
             let wanted = want(&record)?;
             let range = match &wanted {
                 Want::Nothing => return Ok((record, wanted, None)),
@@ -313,26 +344,34 @@ impl Node {
         self.store.sweep().await
     }
 
-    /// Removes the bytes, then the row, under the commit lock.
-    pub async fn delete(&self, key: &Key) -> Result<()> {
+    /// Removes the key's file, then its row, under the commit lock. Its
+    /// versions stay (until pruned) unless `purge`, or versioning is off.
+    /// A purge of a key no longer in the catalog removes its versions.
+    pub async fn delete(&self, key: &Key, purge: bool) -> Result<()> {
         let _guard = self.commit_lock.lock().await;
         let (index, store, metrics, k) = (self.index.clone(), self.store.clone(), self.metrics.clone(), key.clone());
-        blocking(move || {
+        let retention = self.settings.retention();
+        let doomed = blocking(move || {
             let _cluster = index.commit_lock()?;
             let Some(current) = index.get(&k)? else {
+                if purge && !index.versions(&k, None, 1)?.is_empty() {
+                    return index.purge_versions(&k);
+                }
                 return Err(Error::no_dataset(&k));
             };
-            let intent = Intent::Remove(k.clone());
+            let intent = Intent::Remove { key: k.clone(), purge };
             index.begin(&intent)?;
             if let Err(e) = tokio::runtime::Handle::current().block_on(store.remove(&k)) {
                 let _ = index.abandon(&k);
                 return Err(e);
             }
-            index.complete(&intent, &now())?;
+            let completed = index.complete(&intent, &now(), retention)?;
             metrics.catalog_changed(-1, -(current.size as i64));
-            Ok(())
+            Ok(completed.doomed)
         })
-        .await
+        .await?;
+        self.free(doomed).await;
+        Ok(())
     }
 }
 

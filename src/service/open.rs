@@ -78,6 +78,12 @@ impl Node {
             _lock: lock,
         };
         node.resolve_intents()?;
+        node.adopt_unversioned()?;
+        let handle = tokio::runtime::Handle::current();
+        let freed = handle.block_on(node.prune_versions())?;
+        if freed > 0 {
+            log::info!("freed {freed} stored blob(s) no version refers to");
+        }
         node.reconcile_on_start()?;
         let (count, bytes) = node.index.count()?;
         node.metrics.set_catalog(count, bytes);
@@ -102,26 +108,55 @@ impl Node {
                 Intent::Install(v) => {
                     let current = self.index.get(&v.key)?;
                     match handle.block_on(self.store.landed(v, current.as_ref()))? {
-                        Some(version) => {
+                        Some(installed) => {
                             log::warn!("finishing the interrupted commit of `{}`", v.key);
-                            let landed = Intent::Install(NewVersion { version, ..v.clone() });
-                            self.index.complete(&landed, &now())?;
+                            let landed = Intent::Install(NewVersion {
+                                version: installed.version,
+                                blob_version: installed.blob,
+                                ..v.clone()
+                            });
+                            // What it doomed is freed with the rest at start.
+                            self.index.complete(&landed, &now(), self.settings.retention())?;
                         }
                         None => {
                             log::warn!("rolling back the interrupted commit of `{}`", v.key);
+                            let kept = self.index.blob(&v.blake3, v.size)?;
+                            handle.block_on(self.store.unmade(v, kept.as_ref()))?;
                             self.index.abandon(&v.key)?;
                         }
                     }
                 }
-                Intent::Remove(key) if handle.block_on(self.store.version_of(key))?.is_none() => {
+                Intent::Remove { key, .. } if handle.block_on(self.store.version_of(key))?.is_none() => {
                     log::warn!("finishing the interrupted delete of `{key}`");
-                    self.index.complete(&intent, &now())?;
+                    self.index.complete(&intent, &now(), self.settings.retention())?;
                 }
-                Intent::Remove(key) => {
+                Intent::Remove { key, .. } => {
                     log::warn!("rolling back the interrupted delete of `{key}`");
                     self.index.abandon(key)?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Datasets from before versions (their row has no number) become
+    /// version 1 of their key, their bytes kept as a blob. Runs once per
+    /// dataset, on a blocking thread.
+    fn adopt_unversioned(&self) -> Result<()> {
+        let handle = tokio::runtime::Handle::current();
+        let mut adopted = 0u64;
+        for record in self.index.unversioned()? {
+            let Ok(key) = Key::parse(&record.key) else { continue };
+            match handle.block_on(self.store.adopt(&key, &record)) {
+                Ok(blob) => {
+                    self.index.adopt(&record, &blob)?;
+                    adopted += 1;
+                }
+                Err(e) => log::warn!("`{key}` stays without versions for now: {}", e.cause()),
+            }
+        }
+        if adopted > 0 {
+            log::info!("{adopted} dataset(s) from before versions are now version 1 of their key");
         }
         Ok(())
     }

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use tokio::io::AsyncReadExt;
 
 use super::CHUNK;
-use super::{Check, ObjectInfo, Prepared, Reader, Staged, Store};
+use super::{Check, Installed, Native, ObjectInfo, Prepared, Reader, Staged, Store};
 use crate::blocking::blocking;
 use crate::datadir::Layout;
 use crate::error::{Error, Result};
-use crate::index::{NewVersion, Record};
+use crate::index::{Blob, NewVersion, Record};
 use crate::key::Key;
 
 #[derive(Debug)]
@@ -49,24 +49,82 @@ impl Store for FsStore {
                 Staged::Native(_) => return Err(Error::internal("staged bytes of another store")),
             };
             let inode = file.as_file().metadata()?.ino();
-            Ok(Prepared { staged: Staged::File(file), version: Some(inode.to_string()) })
+            Ok(Prepared::new(Staged::File(file), Some(inode.to_string())))
         })
         .await
     }
 
-    async fn install(&self, key: &Key, prepared: Prepared, _info: &ObjectInfo) -> Result<String> {
-        let Staged::File(file) = prepared.staged else {
-            return Err(Error::internal("the filesystem store installs prepared files only"));
+    async fn reuse(&self, prepared: Prepared, info: &ObjectInfo, blob: Option<&Blob>) -> Result<Prepared> {
+        if blob.is_some_and(|b| b.corrupt) {
+            return Ok(prepared);
+        }
+        let (layout, blake3, size) = (self.layout.clone(), info.blake3.clone(), info.size);
+        let Some(kept) = blocking(move || layout.open_blob(&blake3, size)).await? else {
+            return Ok(prepared);
         };
-        let version = prepared.version.unwrap_or_default();
-        let (layout, key) = (self.layout.clone(), key.clone());
-        blocking(move || layout.place(file, &key)).await?;
-        Ok(version)
+        // The staged copy is dropped (deleted): the blob's inode is the
+        // version the key will have.
+        let inode = kept.metadata()?.ino();
+        Ok(Prepared::new(Staged::Native(Native::new(KeptBlob(kept))), Some(inode.to_string())))
     }
 
-    async fn landed(&self, intent: &NewVersion, _current: Option<&Record>) -> Result<Option<String>> {
+    async fn install(&self, key: &Key, prepared: Prepared, info: &ObjectInfo) -> Result<Installed> {
+        let version = prepared.version.unwrap_or_default();
+        let (layout, key, info) = (self.layout.clone(), key.clone(), info.clone());
+        blocking(move || {
+            let file = match prepared.staged {
+                Staged::File(file) => {
+                    layout.keep_as_blob(&file, &info.blake3, info.size)?;
+                    file
+                }
+                Staged::Native(native) => layout.link_blob(native.take::<KeptBlob>()?.0, &info.blake3, info.size)?,
+                Staged::Memory(_) => return Err(Error::internal("the filesystem store installs prepared files only")),
+            };
+            layout.place(file, &key)
+        })
+        .await?;
+        Ok(Installed { blob: version.clone(), version })
+    }
+
+    async fn landed(&self, intent: &NewVersion, _current: Option<&Record>) -> Result<Option<Installed>> {
         let version = self.version_of(&intent.key).await?;
-        Ok(version.filter(|v| *v == intent.version))
+        Ok(version.filter(|v| *v == intent.version).map(|v| Installed { blob: v.clone(), version: v }))
+    }
+
+    async fn unmade(&self, intent: &NewVersion, kept: Option<&Blob>) -> Result<()> {
+        if kept.is_some_and(|b| b.version == intent.version) {
+            return Ok(());
+        }
+        let (layout, v) = (self.layout.clone(), intent.clone());
+        blocking(move || layout.remove_blob(&v.blake3, v.size, &v.version)).await
+    }
+
+    async fn stage_blob(&self, blob: &Blob) -> Result<Prepared> {
+        let file =
+            self.open_blob_file(blob).await?.ok_or_else(|| Error::NotFound("the stored bytes are gone".into()))?;
+        Ok(Prepared::new(Staged::Native(Native::new(KeptBlob(file))), Some(blob.version.clone())))
+    }
+
+    async fn open_blob(&self, blob: &Blob, range: Option<RangeInclusive<u64>>) -> Result<Option<Reader>> {
+        Ok(self.open_blob_file(blob).await?.map(|file| reader(file, blob.size, range)))
+    }
+
+    async fn remove_blob(&self, blob: &Blob) -> Result<()> {
+        let (layout, blob) = (self.layout.clone(), blob.clone());
+        blocking(move || layout.remove_blob(&blob.blake3, blob.size, &blob.version)).await
+    }
+
+    async fn adopt(&self, key: &Key, record: &Record) -> Result<String> {
+        let (layout, key, record) = (self.layout.clone(), key.clone(), record.clone());
+        blocking(move || {
+            if let Some(blob) = layout.open_blob(&record.blake3, record.size)? {
+                return Ok(blob.metadata()?.ino().to_string());
+            }
+            let file = layout.open_dataset(&key)?.ok_or_else(|| Error::no_dataset(&key))?;
+            layout.keep_file_as_blob(&key, &file, &record.blake3, record.size)?;
+            Ok(file.metadata()?.ino().to_string())
+        })
+        .await
     }
 
     async fn version_of(&self, key: &Key) -> Result<Option<String>> {
@@ -81,14 +139,7 @@ impl Store for FsStore {
             Ok((meta.ino().to_string() == version && meta.len() == size).then_some(file))
         })
         .await?;
-        let Some(mut file) = file else {
-            return Ok(None);
-        };
-        let (start, len) = range.map_or((0, size), |r| (*r.start(), r.end() - r.start() + 1));
-        io::Seek::seek(&mut file, io::SeekFrom::Start(start)).map_err(Error::internal)?;
-        let mut file = tokio::fs::File::from_std(file);
-        file.set_max_buf_size(CHUNK);
-        Ok(Some(Reader(Box::new(file.take(len)))))
+        Ok(file.map(|file| reader(file, size, range)))
     }
 
     async fn remove(&self, key: &Key) -> Result<()> {
@@ -99,6 +150,32 @@ impl Store for FsStore {
     async fn checks(&self) -> Vec<Check> {
         vec![("data directory", writable(&self.layout.staging))]
     }
+}
+
+/// A blob opened for a key to link to.
+struct KeptBlob(File);
+
+impl FsStore {
+    /// A blob's file, if the one the index knows is there.
+    async fn open_blob_file(&self, blob: &Blob) -> Result<Option<File>> {
+        let (layout, blob) = (self.layout.clone(), blob.clone());
+        blocking(move || -> Result<Option<File>> {
+            let Some(file) = layout.open_blob(&blob.blake3, blob.size)? else { return Ok(None) };
+            let meta = file.metadata()?;
+            Ok((meta.ino().to_string() == blob.version && meta.len() == blob.size).then_some(file))
+        })
+        .await
+    }
+}
+
+/// `len` bytes of a file, or the range of them.
+fn reader(mut file: File, size: u64, range: Option<RangeInclusive<u64>>) -> Reader {
+    let (start, len) = range.map_or((0, size), |r| (*r.start(), r.end() - r.start() + 1));
+    // A seek of a regular file to an offset within it does not fail.
+    let _ = io::Seek::seek(&mut file, io::SeekFrom::Start(start));
+    let mut file = tokio::fs::File::from_std(file);
+    file.set_max_buf_size(CHUNK);
+    Reader(Box::new(file.take(len)))
 }
 
 /// A readiness check: a temp file can be created in `dir`.

@@ -38,7 +38,7 @@ use tokio::io::{AsyncRead, AsyncSeek, ReadBuf};
 use crate::config::{Settings, StorageKind};
 use crate::datadir::Layout;
 use crate::error::{Error, Result};
-use crate::index::{Index, NewVersion, Record};
+use crate::index::{Blob, Index, NewVersion, Record};
 use crate::key::Key;
 
 pub use direct::{Direct, Incoming};
@@ -112,6 +112,23 @@ pub struct ObjectInfo {
 pub struct Prepared {
     pub staged: Staged,
     pub version: Option<String>,
+    /// The blob of these bytes is corrupt: the new bytes replace it.
+    pub replace_blob: bool,
+}
+
+impl Prepared {
+    pub fn new(staged: Staged, version: Option<String>) -> Prepared {
+        Prepared { staged, version, replace_blob: false }
+    }
+}
+
+/// What an install left: the store's version of the bytes at the key, and
+/// of the blob that keeps them for older versions (on the filesystem the
+/// key's file is the blob: the two are one inode).
+#[derive(Debug, Clone)]
+pub struct Installed {
+    pub version: String,
+    pub blob: String,
 }
 
 /// A dataset's bytes (or a range of them), as the store hands them out.
@@ -146,13 +163,39 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Step 1 of the commit (see the module docs), outside the commit lock.
     async fn prepare(&self, key: &Key, staged: Staged, info: &ObjectInfo) -> Result<Prepared>;
 
-    /// Step 2: the bytes appear at `key`, replacing any previous version.
-    /// Returns their version.
-    async fn install(&self, key: &Key, prepared: Prepared, info: &ObjectInfo) -> Result<String>;
+    /// Under the commit lock, before the intent: bytes the store already
+    /// keeps as a blob (`blob`, the index's row of the same blake3 and size,
+    /// if any) take the place of the staged ones, so that they are stored
+    /// once. A corrupt blob is never reused: the new bytes replace it.
+    async fn reuse(&self, prepared: Prepared, _info: &ObjectInfo, _blob: Option<&Blob>) -> Result<Prepared> {
+        Ok(prepared)
+    }
 
-    /// After a crash: the version at `key` if the intent's bytes are there
+    /// Step 2: the bytes appear at `key`, replacing any previous version,
+    /// and are kept as their blob.
+    async fn install(&self, key: &Key, prepared: Prepared, info: &ObjectInfo) -> Result<Installed>;
+
+    /// After a crash: what is at `key` if the intent's bytes are there
     /// (`current` is the row the index still has).
-    async fn landed(&self, intent: &NewVersion, current: Option<&Record>) -> Result<Option<String>>;
+    async fn landed(&self, intent: &NewVersion, current: Option<&Record>) -> Result<Option<Installed>>;
+
+    /// After a crash that rolled an install back: removes the blob it may
+    /// have made, unless the index keeps one of these bytes (`kept`).
+    async fn unmade(&self, intent: &NewVersion, kept: Option<&Blob>) -> Result<()>;
+
+    /// A blob's bytes, staged to be installed at a key (a restore).
+    async fn stage_blob(&self, blob: &Blob) -> Result<Prepared>;
+
+    /// Opens a blob (an older version's bytes), or the range of it. `None`
+    /// when the store holds other bytes under its name.
+    async fn open_blob(&self, blob: &Blob, range: Option<RangeInclusive<u64>>) -> Result<Option<Reader>>;
+
+    /// Removes a doomed blob's bytes (nothing there is not an error).
+    async fn remove_blob(&self, blob: &Blob) -> Result<()>;
+
+    /// Makes the bytes at `key` (`record`, from before versions) a blob;
+    /// returns the blob's version.
+    async fn adopt(&self, key: &Key, record: &Record) -> Result<String>;
 
     /// The version at `key`, if anything is there.
     async fn version_of(&self, key: &Key) -> Result<Option<String>>;

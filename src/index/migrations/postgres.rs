@@ -58,4 +58,31 @@ pub const MIGRATIONS: &[&str] = &[
         FROM settings WHERE name LIKE 'direct-upload:%';
     DELETE FROM settings WHERE name LIKE 'direct-upload:%';
 "#,
+    // As SQLite's eighth.
+    r#"
+    CREATE TABLE versions (
+        key          TEXT NOT NULL COLLATE "C",
+        number       BIGINT NOT NULL,
+        blake3       TEXT NOT NULL,
+        size         BIGINT NOT NULL,
+        content_type TEXT NOT NULL,
+        created_at   TEXT NOT NULL,
+        replaced_at  BIGINT,
+        uploaded_by  TEXT,
+        PRIMARY KEY (key, number)
+    );
+    CREATE INDEX versions_blob ON versions (blake3, size);
+    CREATE INDEX versions_replaced ON versions (replaced_at);
+    CREATE TABLE blobs (
+        blake3   TEXT NOT NULL,
+        size     BIGINT NOT NULL,
+        version  TEXT NOT NULL,
+        corrupt  BOOLEAN NOT NULL DEFAULT FALSE,
+        doomed   BOOLEAN NOT NULL DEFAULT FALSE,
+        PRIMARY KEY (blake3, size)
+    );
+    ALTER TABLE datasets ADD COLUMN number BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE intents ADD COLUMN uploaded_by TEXT;
+    ALTER TABLE intents ADD COLUMN purge BOOLEAN NOT NULL DEFAULT FALSE;
+"#,
 ];

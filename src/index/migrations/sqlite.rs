@@ -71,4 +71,34 @@ pub const MIGRATIONS: &[&str] = &[
         FROM settings WHERE name LIKE 'direct-upload:%';
     DELETE FROM settings WHERE name LIKE 'direct-upload:%';
 "#,
+    // Versions: every commit to a key is a row here, numbered per key;
+    // identical bytes are one blob, referred to by blake3 and size. A blob
+    // no version refers to is `doomed` in the transaction that freed it,
+    // and its row goes once its bytes are gone.
+    r#"
+    CREATE TABLE versions (
+        key          TEXT NOT NULL,
+        number       INTEGER NOT NULL,
+        blake3       TEXT NOT NULL,
+        size         INTEGER NOT NULL,
+        content_type TEXT NOT NULL,
+        created_at   TEXT NOT NULL,
+        replaced_at  INTEGER,
+        uploaded_by  TEXT,
+        PRIMARY KEY (key, number)
+    ) WITHOUT ROWID;
+    CREATE INDEX versions_blob ON versions (blake3, size);
+    CREATE INDEX versions_replaced ON versions (replaced_at);
+    CREATE TABLE blobs (
+        blake3   TEXT NOT NULL,
+        size     INTEGER NOT NULL,
+        version  TEXT NOT NULL,
+        corrupt  INTEGER NOT NULL DEFAULT 0,
+        doomed   INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (blake3, size)
+    ) WITHOUT ROWID;
+    ALTER TABLE datasets ADD COLUMN number INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE intents ADD COLUMN uploaded_by TEXT;
+    ALTER TABLE intents ADD COLUMN purge INTEGER NOT NULL DEFAULT 0;
+"#,
 ];

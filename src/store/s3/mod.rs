@@ -14,6 +14,7 @@
 //! other. Create-only and compare-and-swap rules are enforced by the index,
 //! not the store: Garage, for one, ignores conditional PUTs.
 
+mod blobs;
 mod bucket;
 mod copy;
 mod direct;
@@ -72,6 +73,8 @@ enum S3Staged {
     /// A complete private object, to be copied to the key: a finished
     /// multipart upload, or a direct upload's copy.
     Object(StagedObject),
+    /// A blob, to be copied to the key (a restore); it stays.
+    Blob(object_store::path::Path),
 }
 
 impl S3Store {

@@ -8,12 +8,13 @@ use futures_util::stream::TryStreamExt;
 use object_store::{GetOptions, GetRange, ObjectStore, PutOptions, PutPayload};
 use tokio::io::AsyncReadExt;
 
+use super::copy::copy_with_metadata;
 use super::metadata::{attributes, etag};
 use super::{s3_error, S3Staged, S3Store};
 use crate::error::{Error, Result};
-use crate::index::{NewVersion, Record};
+use crate::index::{Blob, NewVersion, Record};
 use crate::key::Key;
-use crate::store::{Check, Direct, Found, Native, ObjectInfo, Prepared, Reader, Staged, Store, Streaming};
+use crate::store::{Check, Direct, Found, Installed, Native, ObjectInfo, Prepared, Reader, Staged, Store, Streaming};
 
 #[async_trait::async_trait]
 impl Store for S3Store {
@@ -60,10 +61,10 @@ impl Store for S3Store {
                     .read_to_end(&mut bytes)
                     .await
                     .map_err(Error::internal)?;
-                return Ok(Prepared { staged: Staged::Memory(vec![bytes]), version: None });
+                return Ok(Prepared::new(Staged::Memory(vec![bytes]), None));
             }
             Staged::File(file) => S3Staged::Multipart(self.upload_file(key, file, info).await?),
-            Staged::Memory(chunks) => return Ok(Prepared { staged: Staged::Memory(chunks), version: None }),
+            Staged::Memory(chunks) => return Ok(Prepared::new(Staged::Memory(chunks), None)),
             Staged::Native(native) => native.take::<S3Staged>()?,
         };
         let staged = match staged {
@@ -71,27 +72,36 @@ impl Store for S3Store {
             S3Staged::Multipart(pending) if self.stage_uploads => S3Staged::Object(pending.complete().await?),
             other => other,
         };
-        Ok(Prepared { staged: Staged::Native(Native::new(staged)), version: None })
+        Ok(Prepared::new(Staged::Native(Native::new(staged)), None))
     }
 
-    async fn install(&self, key: &Key, prepared: Prepared, info: &ObjectInfo) -> Result<String> {
+    async fn install(&self, key: &Key, prepared: Prepared, info: &ObjectInfo) -> Result<Installed> {
         let location = self.object(key);
-        match prepared.staged {
+        let version = match prepared.staged {
             Staged::Memory(chunks) => {
                 let payload: PutPayload = chunks.into_iter().map(Bytes::from).collect();
                 let options = PutOptions { attributes: attributes(info), ..Default::default() };
                 let result = self.store.put_opts(&location, payload, options).await.map_err(s3_error)?;
-                Ok(etag(result.e_tag.as_deref()))
+                etag(result.e_tag.as_deref())
             }
             Staged::Native(native) => match native.take::<S3Staged>()? {
-                S3Staged::Object(object) => object.install(&location, &self.bucket, info).await,
-                S3Staged::Multipart(pending) => pending.complete_at_key().await,
+                S3Staged::Object(object) => object.install(&location, &self.bucket, info).await?,
+                S3Staged::Multipart(pending) => pending.complete_at_key().await?,
+                S3Staged::Blob(blob) => {
+                    copy_with_metadata(&self.store, &self.bucket, &blob, &location, info).await?;
+                    let (_, version, _) =
+                        self.head(&location).await?.ok_or_else(|| Error::internal("a restored object vanished"))?;
+                    let blob = self.head(&blob).await?.map(|(_, v, _)| v).unwrap_or_default();
+                    return Ok(Installed { version, blob });
+                }
             },
-            Staged::File(_) => Err(Error::internal("a file must be prepared before it is installed")),
-        }
+            Staged::File(_) => return Err(Error::internal("a file must be prepared before it is installed")),
+        };
+        let blob = self.keep_blob(&location, info, prepared.replace_blob).await?;
+        Ok(Installed { version, blob })
     }
 
-    async fn landed(&self, intent: &NewVersion, current: Option<&Record>) -> Result<Option<String>> {
+    async fn landed(&self, intent: &NewVersion, current: Option<&Record>) -> Result<Option<Installed>> {
         let Some((size, version, _)) = self.head(&self.object(&intent.key)).await? else {
             return Ok(None);
         };
@@ -100,7 +110,39 @@ impl Store for S3Store {
         if current.is_some_and(|r| r.version == version) || size != intent.size {
             return Ok(None);
         }
-        Ok(Some(version))
+        let info = ObjectInfo { size, blake3: intent.blake3.clone(), content_type: intent.content_type.clone() };
+        let blob = self.keep_blob(&self.object(&intent.key), &info, false).await?;
+        Ok(Some(Installed { version, blob }))
+    }
+
+    async fn unmade(&self, _intent: &NewVersion, _kept: Option<&Blob>) -> Result<()> {
+        // A blob is copied only after its key's object is in place: an
+        // install rolled back made none.
+        Ok(())
+    }
+
+    async fn stage_blob(&self, blob: &Blob) -> Result<Prepared> {
+        let path =
+            self.blob_if_current(blob).await?.ok_or_else(|| Error::NotFound("the stored bytes are gone".into()))?;
+        Ok(Prepared::new(Staged::Native(Native::new(S3Staged::Blob(path))), None))
+    }
+
+    async fn open_blob(&self, blob: &Blob, range: Option<RangeInclusive<u64>>) -> Result<Option<Reader>> {
+        let path = self.blob_object(&blob.blake3, blob.size);
+        self.open_object(&path, &blob.version, blob.size, range).await
+    }
+
+    async fn remove_blob(&self, blob: &Blob) -> Result<()> {
+        match self.blob_if_current(blob).await? {
+            Some(path) => self.delete(&path).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn adopt(&self, key: &Key, record: &Record) -> Result<String> {
+        let info =
+            ObjectInfo { size: record.size, blake3: record.blake3.clone(), content_type: record.content_type.clone() };
+        self.keep_blob(&self.object(key), &info, false).await
     }
 
     async fn version_of(&self, key: &Key) -> Result<Option<String>> {
@@ -108,20 +150,7 @@ impl Store for S3Store {
     }
 
     async fn open(&self, record: &Record, key: &Key, range: Option<RangeInclusive<u64>>) -> Result<Option<Reader>> {
-        let options = GetOptions {
-            range: range.filter(|_| record.size > 0).map(|r| GetRange::Bounded(*r.start()..*r.end() + 1)),
-            ..Default::default()
-        };
-        let result = match self.store.get_opts(&self.object(key), options).await {
-            Ok(result) => result,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(s3_error(e)),
-        };
-        if etag(result.meta.e_tag.as_deref()) != record.version || result.meta.size != record.size {
-            return Ok(None);
-        }
-        let stream = result.into_stream().map_err(io::Error::other);
-        Ok(Some(Reader(Box::new(tokio_util::io::StreamReader::new(stream)))))
+        self.open_object(&self.object(key), &record.version, record.size, range).await
     }
 
     async fn remove(&self, key: &Key) -> Result<()> {
@@ -136,5 +165,32 @@ impl Store for S3Store {
             Err(_) => Some("it does not answer; the cause is in the log".to_string()),
         };
         vec![("object store", problem)]
+    }
+}
+
+impl S3Store {
+    /// An object's bytes (or a range), if it is still the `version` the
+    /// index knows.
+    async fn open_object(
+        &self,
+        path: &object_store::path::Path,
+        version: &str,
+        size: u64,
+        range: Option<RangeInclusive<u64>>,
+    ) -> Result<Option<Reader>> {
+        let options = GetOptions {
+            range: range.filter(|_| size > 0).map(|r| GetRange::Bounded(*r.start()..*r.end() + 1)),
+            ..Default::default()
+        };
+        let result = match self.store.get_opts(path, options).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(s3_error(e)),
+        };
+        if etag(result.meta.e_tag.as_deref()) != version || result.meta.size != size {
+            return Ok(None);
+        }
+        let stream = result.into_stream().map_err(io::Error::other);
+        Ok(Some(Reader(Box::new(tokio_util::io::StreamReader::new(stream)))))
     }
 }

@@ -1,0 +1,142 @@
+//! Versions: listing a key's history, reading and restoring an older
+//! version, and freeing the bytes no version refers to any more (after a
+//! commit or delete pruned them, by age in the background, or left by a
+//! crash). Freeing runs under the commit lock, so no commit can take up a
+//! blob while its bytes go.
+
+use super::{Node, UploadMeta, Want};
+
+use crate::blocking::blocking;
+use crate::error::{Error, Result};
+use crate::index::{Blob, Record, Version};
+use crate::key::Key;
+use crate::store::{ObjectInfo, Reader};
+
+/// The error for bytes a scrub found damaged.
+pub(super) fn corrupt(key: &Key, number: i64) -> Error {
+    Error::CorruptData(format!(
+        "the stored bytes of version {number} of `{key}` are damaged (found by a scrub); \
+         restore another version or upload the dataset again"
+    ))
+}
+
+impl Node {
+    /// A key's versions, newest first, older than `before`. A key that has
+    /// none is not found.
+    pub async fn versions(&self, key: &Key, before: Option<i64>, limit: usize) -> Result<Vec<Version>> {
+        let (index, k) = (self.index.clone(), key.clone());
+        let versions = blocking(move || index.versions(&k, before, limit)).await?;
+        if versions.is_empty() && before.is_none() {
+            return Err(Error::NotFound(format!("`{key}` has no versions")));
+        }
+        Ok(versions)
+    }
+
+    /// Opens version `number` of `key` like [`Node::open_dataset`]: the
+    /// record describes that version's bytes.
+    pub async fn open_version(
+        &self,
+        key: &Key,
+        number: i64,
+        want: impl Fn(&Record) -> Result<Want>,
+    ) -> Result<(Record, Want, Option<Reader>)> {
+        let (index, k) = (self.index.clone(), key.clone());
+        let Some((version, blob)) = blocking(move || index.version(&k, number)).await? else {
+            return Err(Error::NotFound(format!("`{key}` has no version {number}")));
+        };
+        if blob.corrupt {
+            return Err(corrupt(key, number));
+        }
+        let record = Record {
+            name: key.file_name().to_owned(),
+            path: key.url_path(),
+            key: key.to_string(),
+            size: version.size,
+            blake3: version.blake3,
+            content_type: version.content_type,
+            created_at: version.created_at.clone(),
+            updated_at: version.created_at,
+            description: None,
+            tags: Vec::new(),
+            version: blob.version.clone(),
+            number,
+            corrupt: false,
+        };
+        let wanted = want(&record)?;
+        let range = match &wanted {
+            Want::Nothing => return Ok((record, wanted, None)),
+            Want::All => None,
+            Want::Range(range) => Some(range.clone()),
+        };
+        match self.store.open_blob(&blob, range).await? {
+            Some(reader) => Ok((record, wanted, Some(reader))),
+            // Pruned between the row and the open.
+            None => Err(Error::NotFound(format!("`{key}` has no version {number}"))),
+        }
+    }
+
+    /// Makes version `number` of `key` current again, by a new commit of
+    /// its bytes (itself a version, so a restore can be undone). Works for
+    /// a key deleted from the catalog too.
+    pub async fn restore(&self, key: &Key, number: i64, uploaded_by: Option<String>) -> Result<Record> {
+        let (index, k) = (self.index.clone(), key.clone());
+        let Some((version, blob)) = blocking(move || index.version(&k, number)).await? else {
+            return Err(Error::NotFound(format!("`{key}` has no version {number}")));
+        };
+        if blob.corrupt {
+            return Err(corrupt(key, number));
+        }
+        let prepared = self.store.stage_blob(&blob).await?;
+        let info = ObjectInfo { size: blob.size, blake3: blob.blake3.clone(), content_type: version.content_type };
+        let meta = UploadMeta { content_type: Some(info.content_type.clone()), uploaded_by, ..Default::default() };
+        let started = std::time::Instant::now();
+        let installed = self.install(key.clone(), prepared, info, meta).await;
+        self.upload_ended(started, installed).map(|(record, _)| record)
+    }
+
+    /// Removes the bytes of blobs no version refers to, then their rows,
+    /// under the cluster's commit lock (the caller holds this node's). A
+    /// failure leaves the row doomed: the next sweep or start retries.
+    pub(super) async fn free(&self, doomed: Vec<Blob>) {
+        if doomed.is_empty() {
+            return;
+        }
+        let (index, store) = (self.index.clone(), self.store.clone());
+        let freed = blocking(move || {
+            let _cluster = index.commit_lock()?;
+            let handle = tokio::runtime::Handle::current();
+            for blob in doomed {
+                match handle.block_on(store.remove_blob(&blob)) {
+                    Ok(()) => index.forget_blob(&blob)?,
+                    Err(e) => log::warn!("freeing blob {}: {}", blob.blake3, e.cause()),
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = freed.await {
+            log::warn!("freeing blobs: {}", e.cause());
+        }
+    }
+
+    /// Prunes the versions that stopped being current longer ago than
+    /// `keep_versions_for`, and frees what a crash or a failed removal left
+    /// doomed. Returns how many blobs went.
+    pub async fn prune_versions(&self) -> Result<usize> {
+        let keep_for = self.settings.retention().keep_for;
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(keep_for)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs() as i64);
+        let _guard = self.commit_lock.lock().await;
+        let index = self.index.clone();
+        let doomed = blocking(move || {
+            let _cluster = index.commit_lock()?;
+            index.prune_replaced_before(cutoff)?;
+            index.doomed_blobs()
+        })
+        .await?;
+        let freed = doomed.len();
+        self.free(doomed).await;
+        Ok(freed)
+    }
+}
