@@ -305,11 +305,9 @@ fn head_data() {}
     request_body(content = super::access::UrlRequest),
     responses(
         (status = 200, description = "The signed URL (`method: PUT`): the node's (filesystem store) or a presigned one on the object store (`storage = \"s3\"`).", body = super::access::SignedUrl),
+        AccessErrors,
         (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 413, response = TooLarge),
-        (status = 421, response = Misdirected),
         (status = 503, response = Unavailable),
     ),
     security(("bearerAuth" = ["write"]), ()),
@@ -327,11 +325,9 @@ fn upload_url() {}
     request_body(content = DownloadUrlRequest),
     responses(
         (status = 200, description = "The signed URL (`method: GET`).", body = super::access::SignedUrl),
+        AccessErrors,
         (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 413, response = TooLarge),
-        (status = 421, response = Misdirected),
     ),
     security(("bearerAuth" = ["read"]), ()),
 )]

@@ -1,9 +1,13 @@
 //! The responses the handlers' `#[utoipa::path]` attributes name: one type
 //! per entry of `components/responses` in `openapi/protocol.json`
-//! (`response = openapi::NotFound`).
+//! (`response = openapi::NotFound`), and the sets of them that several
+//! operations answer alike (`responses(openapi::AccessErrors, ...)`), so
+//! that what such operations share is written once.
+
+use std::collections::BTreeMap;
 
 use serde_json::Value;
-use utoipa::openapi::{RefOr, Response};
+use utoipa::openapi::{Ref, RefOr, Response};
 
 /// The shared responses the handlers name (`response = openapi::NotFound`):
 /// `components/responses` in `openapi/protocol.json`.
@@ -79,3 +83,70 @@ shared_responses!(
     Unauthorized,
     Unavailable
 );
+
+/// A set of shared responses, by status: the same `$ref`s that
+/// `(status = 401, response = Unauthorized)` would give, for operations to
+/// list at once.
+macro_rules! response_sets {
+    ($($(#[$doc:meta])* $set:ident { $($status:literal => $response:ident),* $(,)? })*) => {$(
+        $(#[$doc])*
+        pub struct $set;
+
+        impl utoipa::IntoResponses for $set {
+            fn responses() -> BTreeMap<String, RefOr<Response>> {
+                BTreeMap::from([$((
+                    $status.to_string(),
+                    Ref::from_response_name(<$response as utoipa::ToResponse>::response().0).into(),
+                )),*])
+            }
+        }
+    )*};
+}
+
+response_sets! {
+    /// What any request that needs a token may be refused with: no token
+    /// or an unknown one, too small a scope (or, on an open node, a
+    /// cross-origin write), a `Host` an open node does not answer to.
+    AccessErrors { 401 => Unauthorized, 403 => Forbidden, 421 => Misdirected }
+
+    /// A request about the dataset at a key: the key is not valid (or
+    /// another header is not), no dataset is there, the index or the store
+    /// does not answer.
+    DatasetErrors { 400 => BadRequest, 404 => NotFound, 503 => Unavailable }
+
+    /// A dataset's bytes coming in (PUT, form): how an upload fails
+    /// besides access.
+    UploadErrors {
+        400 => BadRequest,
+        408 => RequestTimeout,
+        409 => Conflict,
+        412 => PreconditionFailed,
+        413 => TooLarge,
+        503 => Busy,
+        507 => InsufficientStorage,
+    }
+
+    /// A tus request that reaches for an upload (or, for a final
+    /// concatenation, its parts): a token, its owner, an upload not yet
+    /// expired, tus 1.0.0, this node.
+    TusAccessErrors {
+        401 => TusUnauthorized,
+        403 => TusForbidden,
+        404 => TusNotFound,
+        410 => TusGone,
+        412 => TusUnsupportedVersion,
+        421 => TusMisdirected,
+    }
+
+    /// A tus request with bytes (a PATCH, a creation with an upload): how
+    /// the bytes fail besides access.
+    TusBodyErrors {
+        400 => TusBadRequest,
+        408 => TusRequestTimeout,
+        409 => TusConflict,
+        413 => TusTooLarge,
+        460 => TusChecksumMismatch,
+        503 => TusBusy,
+        507 => TusInsufficientStorage,
+    }
+}

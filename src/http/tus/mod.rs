@@ -23,7 +23,7 @@ mod headers;
 mod reply;
 
 use headers::{CreationRequest, PatchRequest, TusResumable};
-use reply::{Discovery, Reply};
+use reply::{Discovery, DiscoveryResponses, Reply};
 
 pub fn routes() -> Vec<Route> {
     rocket::routes![discover, discover_upload, create, head_upload, patch_upload, terminate]
@@ -106,10 +106,7 @@ pub fn sweeper() -> AdHoc {
     tag = "resumable uploads",
     summary = "tus: what this server supports",
     description = "tus 1.0.0 with the extensions creation, creation-with-upload, creation-defer-length, termination, checksum (sha1, md5, sha256), expiration and concatenation. Needs no token and no `Tus-Resumable`.",
-    responses(
-        (status = 204, description = "The tus capabilities."),
-        (status = 421, response = super::openapi::TusMisdirected),
-    ),
+    responses(DiscoveryResponses),
     security(()),
 )]
 #[rocket::options("/uploads")]
@@ -124,10 +121,7 @@ fn discover(node: &State<Arc<Node>>) -> Discovery {
     tag = "resumable uploads",
     summary = "tus: what this server supports",
     description = "As `OPTIONS /uploads`.",
-    responses(
-        (status = 204, description = "The tus capabilities."),
-        (status = 421, response = super::openapi::TusMisdirected),
-    ),
+    responses(DiscoveryResponses),
     security(()),
 )]
 #[rocket::options("/uploads/<_>")]
@@ -148,20 +142,9 @@ fn body_limit(node: &Node) -> rocket::data::ByteUnit {
     description = "tus 1.0.0 with the extensions creation, creation-with-upload, creation-defer-length, termination, checksum (sha1, md5, sha256), expiration and concatenation. Needs `write`; the upload belongs to the token that creates it (only it, or an `admin` token, may HEAD, PATCH, terminate or concatenate it; to others it does not exist: `404`). At most `max_open_uploads` uploads, and `max_open_uploads_per_token` per token, are open at once (`429`). When the last byte arrives the upload is verified and committed as the dataset at its key exactly like a PUT. A body of type `application/offset+octet-stream` holds the first bytes (creation-with-upload).",
     responses(
         (status = 201, description = "Created; `Location` is the upload's URL. With a body (creation-with-upload), `Upload-Offset` says how much of it was kept; if that completed the upload, `Content-Location` and `ETag` name the committed dataset."),
-        (status = 400, response = super::openapi::TusBadRequest),
-        (status = 401, response = super::openapi::TusUnauthorized),
-        (status = 403, response = super::openapi::TusForbidden),
-        (status = 404, response = super::openapi::TusNotFound),
-        (status = 408, response = super::openapi::TusRequestTimeout),
-        (status = 409, response = super::openapi::TusConflict),
-        (status = 410, response = super::openapi::TusGone),
-        (status = 412, response = super::openapi::TusUnsupportedVersion),
-        (status = 413, response = super::openapi::TusTooLarge),
-        (status = 421, response = super::openapi::TusMisdirected),
+        super::openapi::TusAccessErrors,
+        super::openapi::TusBodyErrors,
         (status = 429, response = super::openapi::TusTooManyOpenUploads),
-        (status = 460, response = super::openapi::TusChecksumMismatch),
-        (status = 503, response = super::openapi::TusBusy),
-        (status = 507, response = super::openapi::TusInsufficientStorage),
     ),
     security(("bearerAuth" = ["write"]), ()),
 )]
@@ -270,21 +253,10 @@ async fn head_upload(
     description = "Appends the body at `Upload-Offset`. Needs `write`. Every byte of a PATCH that breaks off is kept (unless it carried `Upload-Checksum`); a chunk past the length is refused whole. A PATCH to an upload another PATCH is still writing takes it over.",
     responses(
         (status = 204, description = "The bytes are durable (they survive a crash of the node). When they completed the upload it was committed: `Content-Location` and `ETag` name the dataset."),
-        (status = 400, response = super::openapi::TusBadRequest),
-        (status = 401, response = super::openapi::TusUnauthorized),
-        (status = 403, response = super::openapi::TusForbidden),
-        (status = 404, response = super::openapi::TusNotFound),
-        (status = 408, response = super::openapi::TusRequestTimeout),
-        (status = 409, response = super::openapi::TusConflict),
-        (status = 410, response = super::openapi::TusGone),
-        (status = 412, response = super::openapi::TusUnsupportedVersion),
-        (status = 413, response = super::openapi::TusTooLarge),
+        super::openapi::TusAccessErrors,
+        super::openapi::TusBodyErrors,
         (status = 415, response = super::openapi::TusUnsupportedMediaType),
-        (status = 421, response = super::openapi::TusMisdirected),
         (status = 423, response = super::openapi::TusLocked),
-        (status = 460, response = super::openapi::TusChecksumMismatch),
-        (status = 503, response = super::openapi::TusBusy),
-        (status = 507, response = super::openapi::TusInsufficientStorage),
     ),
     security(("bearerAuth" = ["write"]), ()),
 )]
@@ -320,12 +292,7 @@ async fn patch_upload(
     description = "Stops any PATCH in progress and removes the upload. Needs `write`.",
     responses(
         (status = 204, description = "The upload and its bytes are gone."),
-        (status = 401, response = super::openapi::TusUnauthorized),
-        (status = 403, response = super::openapi::TusForbidden),
-        (status = 404, response = super::openapi::TusNotFound),
-        (status = 410, response = super::openapi::TusGone),
-        (status = 412, response = super::openapi::TusUnsupportedVersion),
-        (status = 421, response = super::openapi::TusMisdirected),
+        super::openapi::TusAccessErrors,
         (status = 423, response = super::openapi::TusLocked),
         (status = 503, response = super::openapi::TusUnavailable),
     ),

@@ -6,6 +6,7 @@ use rocket::http::{Header, Status};
 use rocket::request::Request;
 use rocket::response::{self, Responder, Response};
 
+use crate::http::openapi::TusMisdirected;
 use crate::service::tus::{UploadInfo, CHECKSUM_ALGORITHMS, EXTENSIONS, TUS_VERSION};
 
 /// A tus answer: a status and the upload's headers.
@@ -76,6 +77,17 @@ fn http_date(unix: i64) -> String {
 /// The answer to `OPTIONS`: what this server supports.
 pub struct Discovery {
     pub max_size: u64,
+}
+
+/// What a [`Discovery`] answer is, in the document (only utoipa reads it).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum DiscoveryResponses {
+    /// The tus capabilities.
+    #[response(status = 204)]
+    Capabilities,
+    #[response(status = 421)]
+    Misdirected(#[ref_response] TusMisdirected),
 }
 
 impl<'r> Responder<'r, 'static> for Discovery {
