@@ -86,7 +86,8 @@ shared_responses!(
 
 /// A set of shared responses, by status: the same `$ref`s that
 /// `(status = 401, response = Unauthorized)` would give, for operations to
-/// list at once.
+/// list at once. Of a status listed twice in one operation utoipa keeps the
+/// last silently, so an operation never names two sets that share one.
 macro_rules! response_sets {
     ($($(#[$doc:meta])* $set:ident { $($status:literal => $response:ident),* $(,)? })*) => {$(
         $(#[$doc])*
@@ -105,8 +106,9 @@ macro_rules! response_sets {
 
 response_sets! {
     /// What any request that needs a token may be refused with: no token
-    /// or an unknown one, too small a scope (or, on an open node, a
-    /// cross-origin write), a `Host` an open node does not answer to.
+    /// or an unknown one; too small a scope, a signed URL that does not fit
+    /// or has expired, or an open node's cross-origin write; a `Host` an
+    /// open node does not answer to.
     AccessErrors { 401 => Unauthorized, 403 => Forbidden, 421 => Misdirected }
 
     /// A request about the dataset at a key: the key is not valid (or
