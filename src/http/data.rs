@@ -70,6 +70,18 @@ pub struct Stored {
     pub created: bool,
 }
 
+/// What a [`Stored`] answer is, in the document (only utoipa reads it).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum StoredResponses {
+    /// Stored as a new dataset.
+    #[response(status = 201)]
+    Created(Record),
+    /// Stored, replacing the dataset that was at the key.
+    #[response(status = 200)]
+    Replaced(Record),
+}
+
 impl<'r> Responder<'r, 'static> for Stored {
     fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
         let status = if self.created { Status::Created } else { Status::Ok };
@@ -92,18 +104,9 @@ impl<'r> Responder<'r, 'static> for Stored {
         ("name" = Option<String>, Query, description = "Display name (default: the key's last segment)."),
     ),
     responses(
-        (status = 201, description = "Stored as a new dataset.", body = crate::index::Record),
-        (status = 200, description = "Stored, replacing the dataset that was at the key.", body = crate::index::Record),
-        (status = 400, response = super::openapi::BadRequest),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
-        (status = 408, response = super::openapi::RequestTimeout),
-        (status = 409, response = super::openapi::Conflict),
-        (status = 412, response = super::openapi::PreconditionFailed),
-        (status = 413, response = super::openapi::TooLarge),
-        (status = 421, response = super::openapi::Misdirected),
-        (status = 503, response = super::openapi::Busy),
-        (status = 507, response = super::openapi::InsufficientStorage),
+        StoredResponses,
+        super::openapi::AccessErrors,
+        super::openapi::UploadErrors,
     ),
     security(("bearerAuth" = ["write"]), ()),
 )]
@@ -141,18 +144,9 @@ async fn put_data(
     summary = "Upload a dataset with a browser form (multipart)",
     description = "`multipart/form-data`: a `file` part (with a filename), and optional `key` (default: the filename), `name`, `description`. Any other part, a second `file`, or a body that is not `multipart/form-data` with a boundary is `400`. Needs `write`. `If-Match`/`If-None-Match`, `Content-Digest`/`Repr-Digest` and `X-Blake3` apply to the file part. Upload rules (PUT, multipart and the last step of a resumable upload): the body streams through a small in-memory spool that spills to disk, never held whole in memory; `Content-Digest`/`Repr-Digest` (`sha-256`, `sha-512`) and `X-Blake3` are verified before commit; a body shorter than its `Content-Length` or a chunked body without its last chunk is never committed; on any failure nothing is left behind and an existing dataset at the key keeps serving; a replace is atomic; `201`/`200` means the bytes and the record are durable.",
     responses(
-        (status = 201, description = "Stored as a new dataset.", body = crate::index::Record),
-        (status = 200, description = "Stored, replacing the dataset that was at the key.", body = crate::index::Record),
-        (status = 400, response = super::openapi::BadRequest),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
-        (status = 408, response = super::openapi::RequestTimeout),
-        (status = 409, response = super::openapi::Conflict),
-        (status = 412, response = super::openapi::PreconditionFailed),
-        (status = 413, response = super::openapi::TooLarge),
-        (status = 421, response = super::openapi::Misdirected),
-        (status = 503, response = super::openapi::Busy),
-        (status = 507, response = super::openapi::InsufficientStorage),
+        StoredResponses,
+        super::openapi::AccessErrors,
+        super::openapi::UploadErrors,
     ),
     security(("bearerAuth" = ["write"]), ()),
 )]
@@ -347,14 +341,10 @@ pub enum Served {
         (status = 206, description = "One byte range of the dataset."),
         (status = 304, description = "`If-None-Match` matched the current ETag."),
         (status = 307, response = super::openapi::RedirectToStore),
-        (status = 400, response = super::openapi::BadRequest),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
-        (status = 404, response = super::openapi::NotFound),
+        super::openapi::AccessErrors,
+        super::openapi::DatasetErrors,
         (status = 409, response = super::openapi::Conflict),
         (status = 416, response = super::openapi::RangeNotSatisfiable),
-        (status = 421, response = super::openapi::Misdirected),
-        (status = 503, response = super::openapi::Unavailable),
     ),
     security(("bearerAuth" = ["read"]), ()),
 )]

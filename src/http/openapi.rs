@@ -5,17 +5,20 @@
 //! `/openapi.json`, and `tests/openapi.rs` fails when it is not exactly what
 //! [`json`] renders (`UPDATE_OPENAPI=1 cargo test --test openapi` rewrites
 //! it). What the types cannot say lives in `openapi/protocol.json`: the
-//! protocol's shared parameters, headers and error responses (referenced by
-//! name from the handlers' attributes), which of them each operation takes,
-//! links, non-JSON bodies, and the documentation and constraints of the
-//! schemas' fields. Every entry there must name an operation, status or
-//! field that exists, or [`document`] panics.
+//! protocol's shared parameters, headers and error responses (the handlers'
+//! attributes name the responses through the types of [`responses`]), which
+//! of them each operation takes, links, non-JSON bodies, and the
+//! documentation and constraints of the schemas' fields. Every entry there
+//! must name an operation, status or field that exists, or [`document`]
+//! panics.
 
 use serde_json::{Map, Value};
-use utoipa::openapi::{RefOr, Response};
 use utoipa::{OpenApi, ToSchema};
 
 use crate::error::Error;
+
+mod responses;
+pub use responses::*;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -240,81 +243,6 @@ fn merge(target: &mut Value, extra: &Value) {
     }
 }
 
-/// The shared responses the handlers name (`response = openapi::NotFound`):
-/// `components/responses` in `openapi/protocol.json`.
-macro_rules! shared_responses {
-    ($($name:ident),* $(,)?) => {$(
-        pub struct $name;
-
-        impl<'s> utoipa::ToResponse<'s> for $name {
-            fn response() -> (&'s str, RefOr<Response>) {
-                (stringify!($name), shared_response(stringify!($name)))
-            }
-        }
-    )*};
-}
-
-/// The response's description; the whole response (its headers are
-/// `$ref`s, which utoipa's `Response` cannot hold) is merged in by
-/// [`document`].
-fn shared_response(name: &str) -> RefOr<Response> {
-    let protocol: Value = serde_json::from_str(PROTOCOL).expect("openapi/protocol.json is JSON");
-    let response = protocol["components"]["responses"].get(name).unwrap_or_else(|| panic!("no response {name}"));
-    RefOr::T(Response::new(response["description"].as_str().unwrap_or_default()))
-}
-
-shared_responses!(
-    BadRequest,
-    Busy,
-    Conflict,
-    Forbidden,
-    HeadBadRequest,
-    HeadConflict,
-    HeadForbidden,
-    HeadMisdirected,
-    HeadNotFound,
-    HeadRangeNotSatisfiable,
-    HeadTusConflict,
-    HeadTusForbidden,
-    HeadTusGone,
-    HeadTusLocked,
-    HeadTusMisdirected,
-    HeadTusNotFound,
-    HeadTusUnauthorized,
-    HeadTusUnavailable,
-    HeadTusUnsupportedVersion,
-    HeadUnauthorized,
-    HeadUnavailable,
-    InsufficientStorage,
-    Misdirected,
-    NotFound,
-    NotReady,
-    PreconditionFailed,
-    RangeNotSatisfiable,
-    RedirectToStore,
-    RequestTimeout,
-    TooLarge,
-    TusBadRequest,
-    TusBusy,
-    TusChecksumMismatch,
-    TusConflict,
-    TusForbidden,
-    TusGone,
-    TusInsufficientStorage,
-    TusLocked,
-    TusMisdirected,
-    TusNotFound,
-    TusRequestTimeout,
-    TusTooLarge,
-    TusTooManyOpenUploads,
-    TusUnauthorized,
-    TusUnavailable,
-    TusUnsupportedMediaType,
-    TusUnsupportedVersion,
-    Unauthorized,
-    Unavailable
-);
-
 /// The body of `POST /datasets/{key}/download-url` (the handler reads it as
 /// an upload URL's request, and refuses `max_size`).
 #[derive(ToSchema)]
@@ -377,11 +305,9 @@ fn head_data() {}
     request_body(content = super::access::UrlRequest),
     responses(
         (status = 200, description = "The signed URL (`method: PUT`): the node's (filesystem store) or a presigned one on the object store (`storage = \"s3\"`).", body = super::access::SignedUrl),
+        AccessErrors,
         (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 413, response = TooLarge),
-        (status = 421, response = Misdirected),
         (status = 503, response = Unavailable),
     ),
     security(("bearerAuth" = ["write"]), ()),
@@ -399,11 +325,9 @@ fn upload_url() {}
     request_body(content = DownloadUrlRequest),
     responses(
         (status = 200, description = "The signed URL (`method: GET`).", body = super::access::SignedUrl),
+        AccessErrors,
         (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 413, response = TooLarge),
-        (status = 421, response = Misdirected),
     ),
     security(("bearerAuth" = ["read"]), ()),
 )]

@@ -85,9 +85,7 @@ impl<'r> Responder<'r, 'static> for Exposition {
     description = "Needs no token unless `metrics_token = true` (then `read`).",
     responses(
         (status = 200, description = "Prometheus text exposition format 0.0.4."),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
-        (status = 421, response = super::openapi::Misdirected),
+        super::openapi::AccessErrors,
     ),
     security((), ("bearerAuth" = ["read"])),
 )]

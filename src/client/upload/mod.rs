@@ -15,30 +15,31 @@
 //!    knows (`404`/`410`) starts again.
 //! 4. The last `PATCH` answers with `ETag: "<blake3>"` of the committed
 //!    dataset; it must equal the local blake3, or the command fails.
+//!
+//! Here: the command and the state machine that drives the upload through
+//! those steps. The requests and what their answers say are in [`tus`]; the
+//! chunks read from the file and its hash in [`file`].
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use base64::Engine;
 use bytes::Bytes;
-use futures_util::StreamExt;
-use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
-use reqwest::{Method, Response, Url};
-use sha2::Digest;
+use reqwest::Url;
 
 use super::progress::Progress;
 use super::state::{mtime_ns, unix_now, StateFile, UploadEntry};
 use super::{
-    backoff, etag_of, human_size, is_connect_error, is_network_error, parse_key, parse_size, ApiError, Connection,
-    Node, Transfer,
+    backoff, human_size, is_connect_error, is_network_error, parse_key, parse_size, ApiError, Connection, Node,
+    Transfer,
 };
 
-const TUS_VERSION: &str = "1.0.0";
-const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
-/// The body of a PATCH goes out in pieces this big (progress granularity).
-const PIECE: usize = 256 * 1024;
+mod file;
+mod tus;
+
+use file::{read_chunk, PrefixHasher};
+use tus::TusInfo;
+
 /// Chunk sizes outside this range are refused (a chunk is held in memory).
 const MIN_CHUNK: u64 = 1024;
 const MAX_CHUNK: u64 = 1024 * 1024 * 1024;
@@ -75,38 +76,6 @@ fn parse_chunk_size(raw: &str) -> Result<u64, String> {
     Ok(size)
 }
 
-/// What a tus answer says about the upload.
-#[derive(Debug, Clone, Default)]
-struct TusInfo {
-    offset: u64,
-    length: Option<u64>,
-    /// The committed dataset's blake3 (`ETag`), once the upload is complete.
-    etag: Option<String>,
-}
-
-impl TusInfo {
-    fn of(response: &Response) -> Result<TusInfo> {
-        let number = |name: &str| -> Result<Option<u64>> {
-            response
-                .headers()
-                .get(name)
-                .map(|v| {
-                    v.to_str()
-                        .ok()
-                        .and_then(|v| v.trim().parse().ok())
-                        .with_context(|| format!("the node sent a bad {name}"))
-                })
-                .transpose()
-        };
-        let completed = response.headers().contains_key(reqwest::header::CONTENT_LOCATION);
-        Ok(TusInfo {
-            offset: number("upload-offset")?.context("the node's tus answer has no Upload-Offset")?,
-            length: number("upload-length")?,
-            etag: if completed { etag_of(response) } else { None },
-        })
-    }
-}
-
 /// What to do after a failed request.
 enum Recovery {
     /// Wait, ask the node for the offset, go on.
@@ -140,46 +109,6 @@ fn recovery(e: &anyhow::Error) -> Recovery {
         return Recovery::Retry { after: None };
     }
     Recovery::Fatal
-}
-
-/// A blake3 of the file's first `at` bytes that can be moved forward.
-struct PrefixHasher {
-    hasher: blake3::Hasher,
-    at: u64,
-}
-
-impl PrefixHasher {
-    fn new() -> PrefixHasher {
-        PrefixHasher { hasher: blake3::Hasher::new(), at: 0 }
-    }
-
-    /// Hashes up to byte `to`, taking bytes from `chunk` (which starts at
-    /// `chunk_start`) where it covers them and reading the file elsewhere.
-    /// Moving backwards (the node lost bytes) starts over.
-    fn advance(&mut self, file: &mut File, to: u64, chunk_start: u64, chunk: &[u8]) -> Result<()> {
-        if to < self.at {
-            self.hasher.reset();
-            self.at = 0;
-        }
-        let chunk_end = chunk_start + chunk.len() as u64;
-        while self.at < to {
-            if (chunk_start..chunk_end).contains(&self.at) {
-                let end = to.min(chunk_end);
-                self.hasher.update(&chunk[(self.at - chunk_start) as usize..(end - chunk_start) as usize]);
-                self.at = end;
-                continue;
-            }
-            let end = if self.at < chunk_start { to.min(chunk_start) } else { to };
-            file.seek(SeekFrom::Start(self.at))?;
-            let mut reader = (&mut *file).take(end - self.at);
-            let copied = std::io::copy(&mut reader, &mut self.hasher)?;
-            if copied != end - self.at {
-                anyhow::bail!("the file got shorter while it was being uploaded");
-            }
-            self.at = end;
-        }
-        Ok(())
-    }
 }
 
 /// One upload in progress.
@@ -292,7 +221,7 @@ impl Upload<'_> {
                 }),
                 Step::Sync => {
                     let url = upload_url.as_ref().expect("an upload to sync");
-                    match self.head(url).await {
+                    match tus::head(self.node, url).await {
                         Ok(info) if info.length.is_some_and(|l| l != self.size) => {
                             // Not an upload of this file (any more).
                             self.forget();
@@ -333,7 +262,7 @@ impl Upload<'_> {
                         chunk = read_chunk(file, offset, end)?;
                         chunk_start = offset;
                     }
-                    match self.patch(url, offset, chunk.clone()).await {
+                    match tus::patch(self.node, url, offset, chunk.clone(), &self.progress).await {
                         Ok(info) if info.offset <= offset && info.etag.is_none() && !chunk.is_empty() => {
                             Err(NoProgress(offset).into())
                         }
@@ -397,7 +326,7 @@ impl Upload<'_> {
         }
 
         hasher.advance(file, self.size, chunk_start, &chunk)?;
-        let local = hasher.hasher.finalize().to_hex().to_string();
+        let local = hasher.finalize().to_hex().to_string();
         // The upload is over on the node's side, whatever we find now.
         self.forget();
         let blake3 = match etag {
@@ -438,102 +367,19 @@ impl Upload<'_> {
 
     /// `POST /uploads`: a new upload; its URL is remembered at once.
     async fn create(&self) -> Result<(Url, TusInfo)> {
-        let url = self.node.url("/uploads")?;
         let mut metadata = vec![("key", self.key.as_str())];
         let optional =
             [("name", &self.args.name), ("description", &self.args.description), ("filetype", &self.args.content_type)];
         metadata.extend(optional.iter().filter_map(|(k, v)| v.as_deref().map(|v| (*k, v))));
-        let request = self
-            .node
-            .request(Method::POST, url.clone())
-            .header("Tus-Resumable", TUS_VERSION)
-            .header("Upload-Length", self.size)
-            .header("Upload-Metadata", upload_metadata(&metadata))
-            .header(CONTENT_LENGTH, 0);
-        let response = self.node.send(request).await?;
-        let location = response
-            .headers()
-            .get(LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .context("the node created an upload but sent no Location")?;
-        let upload_url = Node::resolve(&url, location)?;
-        self.remember(&upload_url);
-        let info = TusInfo::of(&response).unwrap_or_default();
-        Ok((upload_url, info))
+        let (url, info) = tus::create(self.node, self.size, &metadata).await?;
+        self.remember(&url);
+        Ok((url, info))
     }
-
-    /// `HEAD /uploads/{id}`.
-    async fn head(&self, url: &Url) -> Result<TusInfo> {
-        let request = self.node.request(Method::HEAD, url.clone()).header("Tus-Resumable", TUS_VERSION);
-        TusInfo::of(&self.node.send(request).await?)
-    }
-
-    /// `PATCH /uploads/{id}` with one chunk.
-    async fn patch(&self, url: &Url, offset: u64, chunk: Bytes) -> Result<TusInfo> {
-        let checksum = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&chunk));
-        let length = chunk.len();
-        let pieces: Vec<Bytes> = (0..length).step_by(PIECE).map(|i| chunk.slice(i..(i + PIECE).min(length))).collect();
-        let progress = self.progress.clone();
-        let mut sent = offset;
-        let body = futures_util::stream::iter(pieces).map(move |piece| {
-            progress.set(sent);
-            sent += piece.len() as u64;
-            Ok::<_, std::io::Error>(piece)
-        });
-        let request = self
-            .node
-            .request(Method::PATCH, url.clone())
-            .header("Tus-Resumable", TUS_VERSION)
-            .header("Upload-Offset", offset)
-            .header("Upload-Checksum", format!("sha256 {checksum}"))
-            .header(CONTENT_TYPE, OFFSET_OCTET_STREAM)
-            .header(CONTENT_LENGTH, length)
-            .body(reqwest::Body::wrap_stream(body));
-        TusInfo::of(&self.node.send(request).await?)
-    }
-}
-
-/// Reads bytes `start..end` of the file.
-fn read_chunk(file: &mut File, start: u64, end: u64) -> Result<Bytes> {
-    let mut buffer = vec![0u8; (end - start) as usize];
-    file.seek(SeekFrom::Start(start))?;
-    file.read_exact(&mut buffer).context("the file got shorter while it was being uploaded")?;
-    Ok(Bytes::from(buffer))
-}
-
-/// `Upload-Metadata`: `key base64(value)` pairs, comma-separated.
-fn upload_metadata(pairs: &[(&str, &str)]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD;
-    pairs.iter().map(|(k, v)| format!("{k} {}", b64.encode(v.as_bytes()))).collect::<Vec<_>>().join(",")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-
-    #[test]
-    fn metadata_is_base64() {
-        assert_eq!(upload_metadata(&[("key", "a/b.csv"), ("name", "B")]), "key YS9iLmNzdg==,name Qg==");
-    }
-
-    #[test]
-    fn prefix_hasher_mixes_file_and_chunk() {
-        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        let mut temp = tempfile::NamedTempFile::new().unwrap();
-        temp.write_all(&data).unwrap();
-        let mut file = temp.reopen().unwrap();
-        let mut h = PrefixHasher::new();
-        h.advance(&mut file, 10_000, 0, &[]).unwrap();
-        let chunk = &data[20_000..50_000];
-        // 10,000..20,000 from the file, 20,000..45,000 from the chunk.
-        h.advance(&mut file, 45_000, 20_000, chunk).unwrap();
-        h.advance(&mut file, 100_000, 20_000, chunk).unwrap();
-        assert_eq!(h.hasher.finalize(), blake3::hash(&data));
-        // Backwards starts over.
-        h.advance(&mut file, 5, 0, &[]).unwrap();
-        assert_eq!(h.hasher.finalize(), blake3::hash(&data[..5]));
-    }
 
     #[test]
     fn chunk_sizes() {

@@ -1,28 +1,33 @@
 //! tus 1.0.0 over HTTP: `/uploads` and `/uploads/{id}`. The protocol's
-//! rules live in `crate::tus`; this file maps headers to them and back.
+//! rules live in `crate::service::tus`; here are the routes that call them,
+//! the fairing that makes every answer under `/uploads` a tus answer, and
+//! the expiry sweeper. The headers are read in [`headers`] and written in
+//! [`reply`].
 
 use std::sync::Arc;
 
-use base64::Engine;
 use rocket::data::{Data, ToByteUnit};
 use rocket::fairing::{AdHoc, Fairing, Info, Kind};
 use rocket::http::{Header, Method, Status};
-use rocket::request::{FromRequest, Outcome, Request};
-use rocket::response::{self, Responder, Response};
+use rocket::request::Request;
+use rocket::response::Response;
 use rocket::{Route, State};
 
-use super::{guard, header};
+use super::header;
 use crate::access::{Caller, Scope};
 use crate::error::{Error, Result};
-use crate::ingest::{Algorithm, Digest};
-use crate::service::tus::{Concat, Creation, Patch, UploadInfo, CHECKSUM_ALGORITHMS, EXTENSIONS, TUS_VERSION};
+use crate::service::tus::{Patch, TUS_VERSION};
 use crate::service::Node;
+
+mod headers;
+mod reply;
+
+use headers::{CreationRequest, PatchRequest, TusResumable};
+use reply::{Discovery, DiscoveryResponses, Reply};
 
 pub fn routes() -> Vec<Route> {
     rocket::routes![discover, discover_upload, create, head_upload, patch_upload, terminate]
 }
-
-const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
 
 /// Adds `Tus-Resumable` to every response under `/uploads` (errors
 /// included), and honours `X-HTTP-Method-Override` there.
@@ -94,88 +99,6 @@ pub fn sweeper() -> AdHoc {
     })
 }
 
-/// `Tus-Resumable: 1.0.0` must be on every request but `OPTIONS`.
-pub struct TusResumable;
-
-#[rocket::async_trait]
-impl<'r> FromRequest<'r> for TusResumable {
-    type Error = Error;
-
-    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Error> {
-        match header(req, "Tus-Resumable") {
-            Some(v) if v.trim() == TUS_VERSION => Outcome::Success(TusResumable),
-            other => {
-                let e = Error::TusVersion(other.unwrap_or("none").to_string());
-                Outcome::Error((e.status(), e))
-            }
-        }
-    }
-}
-
-/// A tus answer: a status and the upload's headers.
-pub struct Reply {
-    status: Status,
-    info: Option<UploadInfo>,
-    head: bool,
-}
-
-impl<'r> Responder<'r, 'static> for Reply {
-    fn respond_to(self, _req: &'r Request<'_>) -> response::Result<'static> {
-        let mut response = Response::build();
-        response.status(self.status);
-        if let Some(info) = self.info {
-            if self.status == Status::Created {
-                response.header(Header::new("Location", format!("/uploads/{}", info.id)));
-            }
-            response.header(Header::new("Upload-Offset", info.offset.to_string()));
-            match info.length {
-                Some(length) => response.header(Header::new("Upload-Length", length.to_string())),
-                None => response.header(Header::new("Upload-Defer-Length", "1")),
-            };
-            response.header(Header::new("Upload-Expires", http_date(info.expires_at)));
-            if self.head {
-                response.header(Header::new("Cache-Control", "no-store"));
-                if let Some(metadata) = info.metadata {
-                    response.header(Header::new("Upload-Metadata", metadata));
-                }
-                if info.concat != "none" {
-                    response.header(Header::new("Upload-Concat", info.concat));
-                }
-            }
-            if let Some(record) = info.record {
-                // The committed dataset: where it is and what it hashes to.
-                response.header(Header::new("ETag", record.etag()));
-                response.header(Header::new("Content-Location", record.path));
-            }
-        }
-        response.ok()
-    }
-}
-
-fn http_date(unix: i64) -> String {
-    let format = time::macros::format_description!(
-        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-    );
-    time::OffsetDateTime::from_unix_timestamp(unix).ok().and_then(|t| t.format(&format).ok()).unwrap_or_default()
-}
-
-/// The answer to `OPTIONS`: what this server supports.
-pub struct Discovery {
-    max_size: u64,
-}
-
-impl<'r> Responder<'r, 'static> for Discovery {
-    fn respond_to(self, _req: &'r Request<'_>) -> response::Result<'static> {
-        Response::build()
-            .status(Status::NoContent)
-            .header(Header::new("Tus-Version", TUS_VERSION))
-            .header(Header::new("Tus-Extension", EXTENSIONS))
-            .header(Header::new("Tus-Max-Size", self.max_size.to_string()))
-            .header(Header::new("Tus-Checksum-Algorithm", CHECKSUM_ALGORITHMS))
-            .ok()
-    }
-}
-
 #[utoipa::path(
     options,
     path = "/uploads",
@@ -183,10 +106,7 @@ impl<'r> Responder<'r, 'static> for Discovery {
     tag = "resumable uploads",
     summary = "tus: what this server supports",
     description = "tus 1.0.0 with the extensions creation, creation-with-upload, creation-defer-length, termination, checksum (sha1, md5, sha256), expiration and concatenation. Needs no token and no `Tus-Resumable`.",
-    responses(
-        (status = 204, description = "The tus capabilities."),
-        (status = 421, response = super::openapi::TusMisdirected),
-    ),
+    responses(DiscoveryResponses),
     security(()),
 )]
 #[rocket::options("/uploads")]
@@ -201,126 +121,12 @@ fn discover(node: &State<Arc<Node>>) -> Discovery {
     tag = "resumable uploads",
     summary = "tus: what this server supports",
     description = "As `OPTIONS /uploads`.",
-    responses(
-        (status = 204, description = "The tus capabilities."),
-        (status = 421, response = super::openapi::TusMisdirected),
-    ),
+    responses(DiscoveryResponses),
     security(()),
 )]
 #[rocket::options("/uploads/<_>")]
 fn discover_upload(node: &State<Arc<Node>>) -> Discovery {
     Discovery { max_size: node.max_size() }
-}
-
-fn number(req: &Request<'_>, name: &str) -> Result<Option<u64>> {
-    header(req, name)
-        .map(|v| v.trim().parse::<u64>())
-        .transpose()
-        .map_err(|_| Error::BadRequest(format!("{name} must be a whole number of bytes")))
-}
-
-/// The headers of a creation, read and checked.
-pub struct CreationRequest {
-    creation: Creation,
-    /// creation-with-upload: the body holds the first bytes.
-    with_body: bool,
-    /// `Upload-Checksum` of that first body.
-    checksum: Option<Digest>,
-}
-
-#[rocket::async_trait]
-impl<'r> FromRequest<'r> for CreationRequest {
-    type Error = Error;
-
-    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Error> {
-        guard(creation_request(req))
-    }
-}
-
-fn creation_request(req: &Request<'_>) -> Result<CreationRequest> {
-    let length = number(req, "Upload-Length")?;
-    let deferred = match header(req, "Upload-Defer-Length") {
-        None => false,
-        Some("1") => true,
-        Some(_) => return Err(Error::BadRequest("Upload-Defer-Length must be 1".into())),
-    };
-    let concat = match header(req, "Upload-Concat").map(str::trim) {
-        None => Concat::None,
-        Some("partial") => Concat::Partial,
-        Some(v) if v.starts_with("final;") => Concat::Final(
-            v["final;".len()..]
-                .split_whitespace()
-                .map(|url| url.trim_end_matches('/').rsplit('/').next().unwrap_or("").to_string())
-                .collect(),
-        ),
-        Some(v) => return Err(Error::BadRequest(format!("Upload-Concat `{v}` is not partial or final;..."))),
-    };
-    match (&concat, length, deferred) {
-        (Concat::Final(parts), None, false) if !parts.is_empty() => {}
-        (Concat::Final(_), _, _) => {
-            return Err(Error::BadRequest("a final upload lists its parts and sends no length".into()))
-        }
-        (_, Some(_), true) => {
-            return Err(Error::BadRequest("send Upload-Length or Upload-Defer-Length, not both".into()))
-        }
-        (_, None, false) => {
-            return Err(Error::BadRequest("Upload-Length (or Upload-Defer-Length: 1) is required".into()))
-        }
-        _ => {}
-    }
-    let with_body = content_type_is(req, OFFSET_OCTET_STREAM)
-        && (number(req, "Content-Length")?.unwrap_or(0) > 0 || header(req, "Transfer-Encoding").is_some());
-    Ok(CreationRequest {
-        creation: Creation { length, metadata: header(req, "Upload-Metadata").map(str::to_owned), concat },
-        with_body,
-        checksum: upload_checksum(req)?,
-    })
-}
-
-fn content_type_is(req: &Request<'_>, expected: &str) -> bool {
-    header(req, "Content-Type")
-        .is_some_and(|ct| ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case(expected))
-}
-
-/// The headers of a PATCH, read and checked.
-pub struct PatchRequest {
-    offset: u64,
-    length: Option<u64>,
-    checksum: Option<Digest>,
-}
-
-#[rocket::async_trait]
-impl<'r> FromRequest<'r> for PatchRequest {
-    type Error = Error;
-
-    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Error> {
-        guard(patch_request(req))
-    }
-}
-
-fn patch_request(req: &Request<'_>) -> Result<PatchRequest> {
-    if !content_type_is(req, OFFSET_OCTET_STREAM) {
-        return Err(Error::UnsupportedMediaType(format!("a PATCH body must be {OFFSET_OCTET_STREAM}")));
-    }
-    let offset = number(req, "Upload-Offset")?.ok_or_else(|| Error::BadRequest("Upload-Offset is required".into()))?;
-    Ok(PatchRequest { offset, length: number(req, "Upload-Length")?, checksum: upload_checksum(req)? })
-}
-
-/// `Upload-Checksum: <algorithm> <base64>`.
-fn upload_checksum(req: &Request<'_>) -> Result<Option<Digest>> {
-    let Some(value) = header(req, "Upload-Checksum") else {
-        return Ok(None);
-    };
-    let (name, b64) = value
-        .trim()
-        .split_once(' ')
-        .ok_or_else(|| Error::BadRequest("Upload-Checksum is `<algorithm> <base64>`".into()))?;
-    let algorithm = Algorithm::from_tus(name)
-        .ok_or_else(|| Error::BadRequest(format!("checksum algorithm `{name}` is not one of {CHECKSUM_ALGORITHMS}")))?;
-    let value = base64::engine::general_purpose::STANDARD
-        .decode(b64.trim())
-        .map_err(|_| Error::BadRequest("the Upload-Checksum value is not valid base64".into()))?;
-    Ok(Some(Digest { algorithm, value }))
 }
 
 fn body_limit(node: &Node) -> rocket::data::ByteUnit {
@@ -336,20 +142,9 @@ fn body_limit(node: &Node) -> rocket::data::ByteUnit {
     description = "tus 1.0.0 with the extensions creation, creation-with-upload, creation-defer-length, termination, checksum (sha1, md5, sha256), expiration and concatenation. Needs `write`; the upload belongs to the token that creates it (only it, or an `admin` token, may HEAD, PATCH, terminate or concatenate it; to others it does not exist: `404`). At most `max_open_uploads` uploads, and `max_open_uploads_per_token` per token, are open at once (`429`). When the last byte arrives the upload is verified and committed as the dataset at its key exactly like a PUT. A body of type `application/offset+octet-stream` holds the first bytes (creation-with-upload).",
     responses(
         (status = 201, description = "Created; `Location` is the upload's URL. With a body (creation-with-upload), `Upload-Offset` says how much of it was kept; if that completed the upload, `Content-Location` and `ETag` name the committed dataset."),
-        (status = 400, response = super::openapi::TusBadRequest),
-        (status = 401, response = super::openapi::TusUnauthorized),
-        (status = 403, response = super::openapi::TusForbidden),
-        (status = 404, response = super::openapi::TusNotFound),
-        (status = 408, response = super::openapi::TusRequestTimeout),
-        (status = 409, response = super::openapi::TusConflict),
-        (status = 410, response = super::openapi::TusGone),
-        (status = 412, response = super::openapi::TusUnsupportedVersion),
-        (status = 413, response = super::openapi::TusTooLarge),
-        (status = 421, response = super::openapi::TusMisdirected),
+        super::openapi::TusAccessErrors,
+        super::openapi::TusBodyErrors,
         (status = 429, response = super::openapi::TusTooManyOpenUploads),
-        (status = 460, response = super::openapi::TusChecksumMismatch),
-        (status = 503, response = super::openapi::TusBusy),
-        (status = 507, response = super::openapi::TusInsufficientStorage),
     ),
     security(("bearerAuth" = ["write"]), ()),
 )]
@@ -369,12 +164,12 @@ async fn create(
     let _permit = if request.with_body { Some(node.admit_upload()?) } else { None };
     let info = node.tus_create(request.creation, &caller).await?;
     if !request.with_body {
-        return Ok(Reply { status: Status::Created, info: Some(info), head: false });
+        return Ok(Reply::created(info));
     }
     let checksum = request.checksum;
     let patch = Patch { offset: 0, length: None, checksum, body: body.open(body_limit(node)) };
     match node.tus_patch(&info.id, patch, &caller).await {
-        Ok(info) => Ok(Reply { status: Status::Created, info: Some(info), head: false }),
+        Ok(info) => Ok(Reply::created(info)),
         Err(e) => failed_creation_with_upload(node, &info.id, &caller, e).await,
     }
 }
@@ -403,7 +198,7 @@ async fn failed_creation_with_upload(node: &Node, id: &str, caller: &Caller, err
     if matches!(error, Error::Disconnected(_) | Error::Truncated { .. } | Error::Stalled(_)) {
         match node.tus_info(id, caller).await {
             Ok(info) if info.record.is_none() && Some(info.offset) != info.length => {
-                return Ok(Reply { status: Status::Created, info: Some(info), head: false });
+                return Ok(Reply::created(info));
             }
             Ok(_) => {}
             Err(e) => log::warn!("upload {id} after its creation body failed: {}", e.cause()),
@@ -446,7 +241,7 @@ async fn head_upload(
     tus?;
     caller.require(Scope::Write)?;
     let info = node.tus_info(id, &caller).await?;
-    Ok(Reply { status: Status::Ok, info: Some(info), head: true })
+    Ok(Reply::head(info))
 }
 
 #[utoipa::path(
@@ -458,21 +253,10 @@ async fn head_upload(
     description = "Appends the body at `Upload-Offset`. Needs `write`. Every byte of a PATCH that breaks off is kept (unless it carried `Upload-Checksum`); a chunk past the length is refused whole. A PATCH to an upload another PATCH is still writing takes it over.",
     responses(
         (status = 204, description = "The bytes are durable (they survive a crash of the node). When they completed the upload it was committed: `Content-Location` and `ETag` name the dataset."),
-        (status = 400, response = super::openapi::TusBadRequest),
-        (status = 401, response = super::openapi::TusUnauthorized),
-        (status = 403, response = super::openapi::TusForbidden),
-        (status = 404, response = super::openapi::TusNotFound),
-        (status = 408, response = super::openapi::TusRequestTimeout),
-        (status = 409, response = super::openapi::TusConflict),
-        (status = 410, response = super::openapi::TusGone),
-        (status = 412, response = super::openapi::TusUnsupportedVersion),
-        (status = 413, response = super::openapi::TusTooLarge),
+        super::openapi::TusAccessErrors,
+        super::openapi::TusBodyErrors,
         (status = 415, response = super::openapi::TusUnsupportedMediaType),
-        (status = 421, response = super::openapi::TusMisdirected),
         (status = 423, response = super::openapi::TusLocked),
-        (status = 460, response = super::openapi::TusChecksumMismatch),
-        (status = 503, response = super::openapi::TusBusy),
-        (status = 507, response = super::openapi::TusInsufficientStorage),
     ),
     security(("bearerAuth" = ["write"]), ()),
 )]
@@ -496,7 +280,7 @@ async fn patch_upload(
         body: body.open(body_limit(node)),
     };
     let info = node.tus_patch(id, patch, &caller).await?;
-    Ok(Reply { status: Status::NoContent, info: Some(info), head: false })
+    Ok(Reply::patched(info))
 }
 
 #[utoipa::path(
@@ -508,12 +292,7 @@ async fn patch_upload(
     description = "Stops any PATCH in progress and removes the upload. Needs `write`.",
     responses(
         (status = 204, description = "The upload and its bytes are gone."),
-        (status = 401, response = super::openapi::TusUnauthorized),
-        (status = 403, response = super::openapi::TusForbidden),
-        (status = 404, response = super::openapi::TusNotFound),
-        (status = 410, response = super::openapi::TusGone),
-        (status = 412, response = super::openapi::TusUnsupportedVersion),
-        (status = 421, response = super::openapi::TusMisdirected),
+        super::openapi::TusAccessErrors,
         (status = 423, response = super::openapi::TusLocked),
         (status = 503, response = super::openapi::TusUnavailable),
     ),
@@ -530,14 +309,4 @@ async fn terminate(
     caller.require(Scope::Write)?;
     node.tus_terminate(id, &caller).await?;
     Ok(Status::NoContent)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn http_dates() {
-        assert_eq!(http_date(784111777), "Sun, 06 Nov 1994 08:49:37 GMT");
-    }
 }

@@ -1,0 +1,117 @@
+//! The tus 1.0.0 requests an upload makes (`POST /uploads`, `HEAD` and
+//! `PATCH` of the upload's URL) and what their answers say. What to do with
+//! an answer, or a failure, is the upload's business ([`super`]).
+
+use anyhow::{Context, Result};
+use base64::Engine;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use reqwest::{Method, Response, Url};
+use sha2::Digest;
+
+use crate::client::progress::Progress;
+use crate::client::{etag_of, Node};
+
+const TUS_VERSION: &str = "1.0.0";
+const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
+/// The body of a PATCH goes out in pieces this big (progress granularity).
+const PIECE: usize = 256 * 1024;
+
+/// What a tus answer says about the upload.
+#[derive(Debug, Clone, Default)]
+pub struct TusInfo {
+    pub offset: u64,
+    pub length: Option<u64>,
+    /// The committed dataset's blake3 (`ETag`), once the upload is complete.
+    pub etag: Option<String>,
+}
+
+impl TusInfo {
+    fn of(response: &Response) -> Result<TusInfo> {
+        let number = |name: &str| -> Result<Option<u64>> {
+            response
+                .headers()
+                .get(name)
+                .map(|v| {
+                    v.to_str()
+                        .ok()
+                        .and_then(|v| v.trim().parse().ok())
+                        .with_context(|| format!("the node sent a bad {name}"))
+                })
+                .transpose()
+        };
+        let completed = response.headers().contains_key(reqwest::header::CONTENT_LOCATION);
+        Ok(TusInfo {
+            offset: number("upload-offset")?.context("the node's tus answer has no Upload-Offset")?,
+            length: number("upload-length")?,
+            etag: if completed { etag_of(response) } else { None },
+        })
+    }
+}
+
+/// `POST /uploads`: a new upload of `size` bytes; its URL and state.
+pub async fn create(node: &Node, size: u64, metadata: &[(&str, &str)]) -> Result<(Url, TusInfo)> {
+    let url = node.url("/uploads")?;
+    let request = node
+        .request(Method::POST, url.clone())
+        .header("Tus-Resumable", TUS_VERSION)
+        .header("Upload-Length", size)
+        .header("Upload-Metadata", upload_metadata(metadata))
+        .header(CONTENT_LENGTH, 0);
+    let response = node.send(request).await?;
+    let location = response
+        .headers()
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .context("the node created an upload but sent no Location")?;
+    let upload_url = Node::resolve(&url, location)?;
+    let info = TusInfo::of(&response).unwrap_or_default();
+    Ok((upload_url, info))
+}
+
+/// `HEAD /uploads/{id}`.
+pub async fn head(node: &Node, url: &Url) -> Result<TusInfo> {
+    let request = node.request(Method::HEAD, url.clone()).header("Tus-Resumable", TUS_VERSION);
+    TusInfo::of(&node.send(request).await?)
+}
+
+/// `PATCH /uploads/{id}` with one chunk, which starts at `offset`; the
+/// progress moves as its pieces go out.
+pub async fn patch(node: &Node, url: &Url, offset: u64, chunk: Bytes, progress: &Progress) -> Result<TusInfo> {
+    let checksum = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&chunk));
+    let length = chunk.len();
+    let pieces: Vec<Bytes> = (0..length).step_by(PIECE).map(|i| chunk.slice(i..(i + PIECE).min(length))).collect();
+    let progress = progress.clone();
+    let mut sent = offset;
+    let body = futures_util::stream::iter(pieces).map(move |piece| {
+        progress.set(sent);
+        sent += piece.len() as u64;
+        Ok::<_, std::io::Error>(piece)
+    });
+    let request = node
+        .request(Method::PATCH, url.clone())
+        .header("Tus-Resumable", TUS_VERSION)
+        .header("Upload-Offset", offset)
+        .header("Upload-Checksum", format!("sha256 {checksum}"))
+        .header(CONTENT_TYPE, OFFSET_OCTET_STREAM)
+        .header(CONTENT_LENGTH, length)
+        .body(reqwest::Body::wrap_stream(body));
+    TusInfo::of(&node.send(request).await?)
+}
+
+/// `Upload-Metadata`: `key base64(value)` pairs, comma-separated.
+fn upload_metadata(pairs: &[(&str, &str)]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    pairs.iter().map(|(k, v)| format!("{k} {}", b64.encode(v.as_bytes()))).collect::<Vec<_>>().join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_is_base64() {
+        assert_eq!(upload_metadata(&[("key", "a/b.csv"), ("name", "B")]), "key YS9iLmNzdg==,name Qg==");
+    }
+}
