@@ -527,3 +527,45 @@ impl Rng {
         self.next() % n
     }
 }
+
+// ---------------------------------------------------------------------------
+// Helpers for the version and scrub tests (versions.rs, scrub.rs), added
+// with them.
+// ---------------------------------------------------------------------------
+
+impl TestNode {
+    /// A metric of `/metrics`, summed over its label sets; `None` when the
+    /// node does not export it.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let r = reply::send(self.client.get(self.url("/metrics")), "GET /metrics").await;
+        assert_eq!(r.status, 200, "GET /metrics: {}", r.describe());
+        let samples: Vec<f64> = r
+            .text()
+            .lines()
+            .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{')))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .collect();
+        (!samples.is_empty()).then(|| samples.iter().sum())
+    }
+}
+
+/// Polls `check` every 100 ms until it holds (`true`) or `within` has
+/// passed (`false`): the one way these tests wait for background work.
+pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `reply` is an RFC 9457 problem with this status and `code`.
+pub fn assert_problem(reply: &reply::Reply, status: u16, code: &str, what: &str) {
+    assert_eq!(reply.status, status, "{what}: {}", reply.describe());
+    assert_eq!(reply.code().as_deref(), Some(code), "{what}: {}", reply.describe());
+}
