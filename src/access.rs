@@ -88,6 +88,12 @@ impl Caller {
         }
     }
 
+    /// Who uploads, for a version's `uploaded_by`: the token's name, none
+    /// on an open node.
+    pub fn uploader(&self) -> Option<String> {
+        Some(self.owner_name()).filter(|n| !n.is_empty()).map(str::to_owned)
+    }
+
     /// Whether this caller may touch an upload `owner` created: its creator
     /// or an admin may, and anyone on an open node. An upload without an
     /// owner (made while the node was open) is an admin's to finish.
@@ -106,6 +112,9 @@ pub struct SignedParams {
     pub expires: Option<String>,
     pub max_size: Option<String>,
     pub sig: Option<String>,
+    /// The version of a download; signed with the rest when the URL was
+    /// minted for one (`None`: the current bytes, whatever they are then).
+    pub version: Option<String>,
 }
 
 impl SignedParams {
@@ -166,19 +175,30 @@ impl Access {
         }
     }
 
-    fn mac(&self, method: &str, key: &Key, expires: i64, max_size: Option<u64>) -> Hmac<Sha256> {
+    fn mac(&self, method: &str, key: &Key, expires: i64, max_size: Option<u64>, version: Option<&str>) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.signing_key).expect("HMAC takes any key length");
         let max = max_size.map(|m| m.to_string()).unwrap_or_default();
         mac.update(format!("{method}\n{key}\n{expires}\n{max}").as_bytes());
+        // Only URLs for a version sign one, so URLs minted before versions
+        // keep their signatures.
+        if let Some(version) = version {
+            mac.update(format!("\nversion={version}").as_bytes());
+        }
         mac
     }
 
-    /// The query string of a signed URL for `method` on `key`.
-    pub fn sign(&self, method: &str, key: &Key, expires: i64, max_size: Option<u64>) -> String {
-        let sig = URL_SAFE_NO_PAD.encode(self.mac(method, key, expires, max_size).finalize().into_bytes());
+    /// The query string of a signed URL for `method` on `key` (and, for a
+    /// download, one version of it).
+    pub fn sign(&self, method: &str, key: &Key, expires: i64, max_size: Option<u64>, version: Option<i64>) -> String {
+        let version = version.map(|v| v.to_string());
+        let mac = self.mac(method, key, expires, max_size, version.as_deref());
+        let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
         let mut query = format!("expires={expires}");
         if let Some(max) = max_size {
             query.push_str(&format!("&max_size={max}"));
+        }
+        if let Some(version) = version {
+            query.push_str(&format!("&version={version}"));
         }
         query.push_str(&format!("&sig={}", encode_query_value(&sig)));
         query
@@ -193,7 +213,8 @@ impl Access {
             Some(m) => Some(m.parse::<u64>().map_err(|_| forbidden())?),
         };
         let sig = params.sig.as_deref().and_then(|s| URL_SAFE_NO_PAD.decode(s).ok()).ok_or_else(forbidden)?;
-        self.mac(method, key, expires, max_size).verify_slice(&sig).map_err(|_| forbidden())?;
+        let version = params.version.as_deref();
+        self.mac(method, key, expires, max_size, version).verify_slice(&sig).map_err(|_| forbidden())?;
         if expires < now {
             return Err(Error::Expired("the signed URL has expired".into()));
         }

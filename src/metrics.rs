@@ -28,6 +28,14 @@ pub struct Metrics {
     pub tus_bytes: IntCounter,
     /// Resumable uploads whose state (lock, running hash) is held in memory.
     pub tus_in_memory: IntGauge,
+    /// Logical bytes: the sizes of every kept version.
+    pub version_bytes: IntGauge,
+    /// Physical bytes: the sizes of every stored blob (identical bytes once).
+    pub stored_bytes: IntGauge,
+    /// Blobs a scrub found damaged.
+    pub scrub_corrupt: IntCounter,
+    /// Bytes re-read and hashed by scrubs.
+    pub scrub_bytes: IntCounter,
     /// The catalog's totals, kept in step by commits and deletes.
     count: AtomicI64,
     bytes: AtomicI64,
@@ -114,6 +122,15 @@ impl Metrics {
                 "Resumable uploads whose state is held in memory",
             )
             .unwrap(),
+            version_bytes: IntGauge::new("spillway_version_bytes", "Bytes of every kept version (logical)").unwrap(),
+            stored_bytes: IntGauge::new(
+                "spillway_stored_bytes",
+                "Bytes of every stored blob, identical bytes counted once (physical)",
+            )
+            .unwrap(),
+            scrub_corrupt: IntCounter::new("spillway_scrub_corrupt_total", "Stored blobs a scrub found damaged")
+                .unwrap(),
+            scrub_bytes: IntCounter::new("spillway_scrub_bytes_total", "Bytes re-read and hashed by scrubs").unwrap(),
             count: AtomicI64::new(0),
             bytes: AtomicI64::new(0),
             registry,
@@ -132,6 +149,10 @@ impl Metrics {
             Box::new(m.tus_uploads.clone()),
             Box::new(m.tus_bytes.clone()),
             Box::new(m.tus_in_memory.clone()),
+            Box::new(m.version_bytes.clone()),
+            Box::new(m.stored_bytes.clone()),
+            Box::new(m.scrub_corrupt.clone()),
+            Box::new(m.scrub_bytes.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");
         }

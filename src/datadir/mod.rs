@@ -355,6 +355,13 @@ impl Layout {
             Some(FileType::Directory) => return Err(conflict_with_folder(key)),
             _ => {}
         }
+        // The same bytes again: the key's file is already this blob, and a
+        // rename between two links of one file does nothing (POSIX), which
+        // would leave the staged name behind. Dropping it removes it.
+        let at_key = statat(path.dir(), path.name, AtFlags::SYMLINK_NOFOLLOW).ok();
+        if at_key.is_some_and(|stat| stat.st_ino == named.st_ino && stat.st_dev == named.st_dev) {
+            return Ok(());
+        }
         renameat(at, name, path.dir(), path.name).map_err(io_error)?;
         // Renamed away: nothing is left for the guard to delete.
         drop(staged.into_temp_path().keep());

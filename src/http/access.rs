@@ -38,6 +38,7 @@ impl<'r> FromRequest<'r> for SignedParams {
                 "expires" => params.expires = value,
                 "max_size" => params.max_size = value,
                 "sig" => params.sig = value,
+                "version" => params.version = value,
                 _ => {}
             }
         }
@@ -74,6 +75,9 @@ pub fn authorize_data(
 pub struct UrlRequest {
     pub expires_in: Option<u64>,
     pub max_size: Option<u64>,
+    /// A download URL for this version of the key (see `GET /versions/{key}`).
+    #[schema(ignore)]
+    pub version: Option<i64>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -97,7 +101,14 @@ pub async fn mint(node: &Node, key: &Key, method: &'static str, request: UrlRequ
     if method == "GET" && request.max_size.is_some() {
         return Err(Error::BadRequest("max_size applies to upload URLs only".into()));
     }
+    if method == "PUT" && request.version.is_some() {
+        return Err(Error::BadRequest("version applies to download URLs only".into()));
+    }
+    if request.version.is_some_and(|v| v < 1) {
+        return Err(Error::BadRequest("version must be a positive whole number".into()));
+    }
     let expires = time::OffsetDateTime::now_utc() + time::Duration::seconds(expires_in as i64);
-    let url = node.signed_url(method, key, expires.unix_timestamp(), expires_in, request.max_size).await?;
+    let url =
+        node.signed_url(method, key, expires.unix_timestamp(), expires_in, request.max_size, request.version).await?;
     Ok(Json(SignedUrl { url, method, expires_at: crate::timestamp::format(expires) }))
 }

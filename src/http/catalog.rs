@@ -24,13 +24,13 @@ pub fn routes() -> Vec<Route> {
 pub const DEFAULT_LIMIT: usize = 1000;
 pub const MAX_LIMIT: usize = 10_000;
 
-/// A page of records with its `Link: rel="next"`.
-pub struct Page {
-    records: Vec<Record>,
-    next: Option<String>,
+/// A page of records (or versions) with its `Link: rel="next"`.
+pub struct Page<T: serde::Serialize = Record> {
+    pub(super) records: Vec<T>,
+    pub(super) next: Option<String>,
 }
 
-impl<'r> Responder<'r, 'static> for Page {
+impl<'r, T: serde::Serialize> Responder<'r, 'static> for Page<T> {
     fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
         let mut response = Response::build_from(Json(&self.records).respond_to(req)?);
         if let Some(next) = self.next {
@@ -69,17 +69,7 @@ async fn list(
     after: Option<String>,
 ) -> Result<Page> {
     caller.require(Scope::Read)?;
-    let limit = match limit {
-        None => DEFAULT_LIMIT,
-        Some(raw) => {
-            let digits = !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit());
-            if !digits || raw.bytes().all(|b| b == b'0') {
-                return Err(Error::BadRequest(format!("limit must be a positive whole number, not `{raw}`")));
-            }
-            // Above the maximum (however many digits) clamps to it.
-            raw.parse::<usize>().map_or(MAX_LIMIT, |n| n.min(MAX_LIMIT))
-        }
-    };
+    let limit = parse_limit(limit)?;
     let prefix = prefix.unwrap_or_default();
     let records = node.list(prefix.clone(), after, limit).await?;
     let next = (records.len() == limit).then(|| {
@@ -91,6 +81,17 @@ async fn list(
         format!("/datasets?{query}")
     });
     Ok(Page { records, next })
+}
+
+/// A page's `limit`: a positive whole number, clamped to [`MAX_LIMIT`].
+pub(super) fn parse_limit(limit: Option<&str>) -> Result<usize> {
+    let Some(raw) = limit else { return Ok(DEFAULT_LIMIT) };
+    let digits = !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit());
+    if !digits || raw.bytes().all(|b| b == b'0') {
+        return Err(Error::BadRequest(format!("limit must be a positive whole number, not `{raw}`")));
+    }
+    // Above the maximum (however many digits) clamps to it.
+    Ok(raw.parse::<usize>().map_or(MAX_LIMIT, |n| n.min(MAX_LIMIT)))
 }
 
 #[utoipa::path(
@@ -148,9 +149,12 @@ async fn patch_record(
     operation_id = "deleteDataset",
     tag = "catalog",
     summary = "Delete a dataset",
-    description = "Needs `admin`.",
+    description = "Needs `admin`. The key leaves the catalog and its current bytes are no longer served; its versions stay (`GET /versions/{key}`, restorable) until pruned by `keep_versions` / `keep_versions_for`, or at once with `keep_versions = 0`. `?versions=all` removes them too (also of a key already deleted).",
+    params(
+        ("versions" = Option<String>, Query, description = "`all`: remove every version as well."),
+    ),
     responses(
-        (status = 204, description = "The bytes and the record are gone."),
+        (status = 204, description = "The key is gone from the catalog (and with `versions=all`, its versions)."),
         super::openapi::AccessErrors,
         super::openapi::DatasetErrors,
         (status = 409, response = super::openapi::Conflict),
@@ -158,16 +162,38 @@ async fn patch_record(
     ),
     security(("bearerAuth" = ["admin"]), ()),
 )]
-#[rocket::delete("/datasets/<_..>")]
-async fn delete_record(node: &State<Arc<Node>>, caller: Caller, tail: KeyTail<'_>) -> Result<Status> {
+#[rocket::delete("/datasets/<_..>?<versions>")]
+async fn delete_record(
+    node: &State<Arc<Node>>,
+    caller: Caller,
+    tail: KeyTail<'_>,
+    versions: Option<&str>,
+) -> Result<Status> {
     caller.require(Scope::Admin)?;
-    node.delete(&tail.key()?, false).await?;
+    let purge = match versions {
+        None => false,
+        Some("all") => true,
+        Some(other) => return Err(Error::BadRequest(format!("versions may only be `all`, not `{other}`"))),
+    };
+    node.delete(&tail.key()?, purge).await?;
     Ok(Status::NoContent)
 }
 
 /// The `POST /datasets/{key}/...` actions, by path suffix.
-const ACTIONS: [(&str, Scope); 3] =
-    [("/action/acknowledge", Scope::Write), ("/upload-url", Scope::Write), ("/download-url", Scope::Read)];
+const ACTIONS: [(&str, Scope); 4] = [
+    ("/action/acknowledge", Scope::Write),
+    ("/action/restore", Scope::Write),
+    ("/upload-url", Scope::Write),
+    ("/download-url", Scope::Read),
+];
+
+/// The body of `POST /datasets/{key}/action/restore`.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Restore {
+    /// The version to make current again (see `GET /versions/{key}`).
+    pub version: i64,
+}
 
 /// `POST /datasets/{key}/action/acknowledge`, `.../upload-url` and
 /// `.../download-url`: the action is the path's suffix, so a key may itself
@@ -212,6 +238,10 @@ async fn post_action(
         "/action/acknowledge" => {
             let ack: Acknowledge = from_json(body)?;
             serde_json::to_value(node.acknowledge(&key, ack).await?)
+        }
+        "/action/restore" => {
+            let restore: Restore = from_json(body)?;
+            serde_json::to_value(node.restore(&key, restore.version, caller.uploader()).await?)
         }
         "/upload-url" => serde_json::to_value(mint(node, &key, "PUT", from_json(body)?).await?.0),
         _ => serde_json::to_value(mint(node, &key, "GET", from_json(body)?).await?.0),

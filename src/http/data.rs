@@ -126,6 +126,7 @@ async fn put_data(
     let mut meta = meta?;
     meta.name = name;
     meta.expected.limit = limit;
+    meta.uploaded_by = caller.uploader();
     let limit = node.max_size().saturating_add(1);
     let started = Instant::now();
     let stored = node.put(key, body.open(limit.bytes()), meta).await;
@@ -161,7 +162,8 @@ async fn post_multipart(
     caller.require(Scope::Write)?;
     let _permit = node.admit_upload()?;
     let started = Instant::now();
-    let stored = receive_form(node, content_type, meta?, body).await;
+    let meta = UploadMeta { uploaded_by: caller.uploader(), ..meta? };
+    let stored = receive_form(node, content_type, meta, body).await;
     let (record, created) = node.upload_ended(started, stored)?;
     Ok(Stored { record, created })
 }
@@ -335,7 +337,10 @@ pub enum Served {
     operation_id = "getData",
     tag = "bytes",
     summary = "Download a dataset's bytes",
-    description = "Needs `read`, or a signed GET URL (`expires`, `sig`). With no tokens configured the node is open (loopback only) and needs no `Authorization`. The bytes stream through the node (the filesystem store, or `s3.downloads = \"proxy\"`, the default); with `storage = \"s3\"` and `s3.downloads = \"redirect\"` the answer is a `307` to a presigned GET on the object store instead.",
+    description = "Needs `read`, or a signed GET URL (`expires`, `sig`, and `version` when it was minted for one). With no tokens configured the node is open (loopback only) and needs no `Authorization`. The bytes stream through the node (the filesystem store, or `s3.downloads = \"proxy\"`, the default); with `storage = \"s3\"` and `s3.downloads = \"redirect\"` the answer is a `307` to a presigned GET on the object store instead (not for `version`, which always streams through the node). `version` serves an older version (see `GET /versions/{key}`) with the same Range, ETag and conditional rules, also of a key deleted from the catalog while its versions are kept. Bytes a scrub found damaged are never served: `500 corrupt-data` until the dataset is restored or uploaded again.",
+    params(
+        ("version" = Option<i64>, Query, minimum = 1, description = "A version number of the key; anything but a positive whole number is `400`."),
+    ),
     responses(
         (status = 200, description = "The bytes, streamed, with the dataset's `Content-Type`."),
         (status = 206, description = "One byte range of the dataset."),
@@ -345,24 +350,39 @@ pub enum Served {
         super::openapi::DatasetErrors,
         (status = 409, response = super::openapi::Conflict),
         (status = 416, response = super::openapi::RangeNotSatisfiable),
+        (status = 500, description = "`corrupt-data`: a scrub found the stored bytes of this version damaged; they are not served until the dataset is restored or uploaded again.", body = crate::error::Problem, content_type = "application/problem+json"),
     ),
     security(("bearerAuth" = ["read"]), ()),
 )]
-#[rocket::get("/data/<_..>")]
+#[rocket::get("/data/<_..>?<version>")]
 async fn get_data(
     node: &State<Arc<Node>>,
     caller: Caller,
     signed: SignedParams,
     tail: KeyTail<'_>,
     cond: ReadConditions<'_>,
+    version: Option<&str>,
 ) -> Result<Served> {
     // HEAD runs this route too; a signed GET URL covers both.
     let (key, _) = authorize_data(node, &caller, &signed, "GET", &tail, Scope::Read)?;
+    if let Some(raw) = version {
+        let number = version_number(raw)?;
+        let (record, want, body) = node.open_version(&key, number, |record| plan(record, &cond)).await?;
+        return Ok(Served::Bytes(Download { body, record, want }));
+    }
     if let Some(url) = node.download_redirect(&key).await? {
         return Ok(Served::Redirect(Redirect::temporary(url)));
     }
     let (record, want, body) = node.open_dataset(&key, |record| plan(record, &cond)).await?;
     Ok(Served::Bytes(Download { body, record, want }))
+}
+
+/// A version number from a query: a positive whole number.
+pub fn version_number(raw: &str) -> Result<i64> {
+    match raw.parse::<i64>() {
+        Ok(n) if n >= 1 && raw.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+        _ => Err(Error::BadRequest(format!("version must be a positive whole number, not `{raw}`"))),
+    }
 }
 
 impl<'r> Responder<'r, 'static> for Download {

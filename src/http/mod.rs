@@ -20,6 +20,7 @@ pub mod openapi;
 mod ops;
 mod page;
 mod tus;
+mod versions;
 
 /// Mounts every route and the problem+json catchers.
 pub fn mount(rocket: Rocket<Build>) -> Rocket<Build> {
@@ -27,6 +28,7 @@ pub fn mount(rocket: Rocket<Build>) -> Rocket<Build> {
         .mount("/", host::routes())
         .mount("/", data::routes())
         .mount("/", catalog::routes())
+        .mount("/", versions::routes())
         .mount("/", tus::routes())
         .mount("/", ops::routes())
         .mount("/", page::routes())

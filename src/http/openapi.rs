@@ -51,6 +51,8 @@ pub use responses::*;
         super::catalog::post_action,
         upload_url,
         download_url,
+        restore,
+        super::versions::list_versions,
         super::tus::discover,
         super::tus::create,
         super::tus::discover_upload,
@@ -73,6 +75,8 @@ pub use responses::*;
         crate::service::Acknowledge,
         super::access::UrlRequest,
         DownloadUrlRequest,
+        super::catalog::Restore,
+        crate::index::Version,
         super::access::SignedUrl,
         Health,
         Ready,
@@ -249,6 +253,10 @@ fn merge(target: &mut Value, extra: &Value) {
 #[allow(dead_code)]
 pub struct DownloadUrlRequest {
     expires_in: Option<u64>,
+    /// A URL for this version of the key (`GET /versions/{key}`); the
+    /// version is signed with the rest.
+    #[schema(minimum = 1)]
+    version: Option<i64>,
 }
 
 /// `GET /health`'s body.
@@ -321,7 +329,7 @@ fn upload_url() {}
     operation_id = "createDownloadUrl",
     tag = "signed URLs",
     summary = "Mint a signed download (GET) URL",
-    description = "Needs `read`. `max_size` is refused (`400`): it applies to upload URLs only. The body may be empty (as `{}`); its Content-Type is not checked.",
+    description = "Needs `read`. `max_size` is refused (`400`): it applies to upload URLs only. The body may be empty (as `{}`); its Content-Type is not checked. With `version`, the URL serves that version (`/data/{key}?version=N&...`) and the version is signed: changing or removing it is `403`.",
     request_body(content = DownloadUrlRequest),
     responses(
         (status = 200, description = "The signed URL (`method: GET`).", body = super::access::SignedUrl),
@@ -333,3 +341,24 @@ fn upload_url() {}
 )]
 #[allow(dead_code)]
 fn download_url() {}
+
+#[utoipa::path(
+    post,
+    path = "/datasets/{key}/action/restore",
+    operation_id = "restoreVersion",
+    tag = "catalog",
+    summary = "Make an older version current again",
+    description = "Needs `write`. A new commit of that version's bytes (a new version number, the same blake3), so a restore can itself be undone; it works for a key deleted from the catalog while its versions are kept. Preconditions and key conflicts apply as for an upload.",
+    request_body(content = super::catalog::Restore),
+    responses(
+        (status = 200, description = "The key's record, now serving the restored bytes.", body = crate::index::Record),
+        AccessErrors,
+        DatasetErrors,
+        (status = 409, response = Conflict),
+        (status = 500, description = "`corrupt-data`: a scrub found that version's stored bytes damaged.", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 507, response = InsufficientStorage),
+    ),
+    security(("bearerAuth" = ["write"]), ()),
+)]
+#[allow(dead_code)]
+fn restore() {}

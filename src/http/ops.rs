@@ -90,11 +90,11 @@ impl<'r> Responder<'r, 'static> for Exposition {
     security((), ("bearerAuth" = ["read"])),
 )]
 #[rocket::get("/metrics")]
-fn metrics(node: &State<Arc<Node>>, caller: Caller) -> Result<Exposition> {
+async fn metrics(node: &State<Arc<Node>>, caller: Caller) -> Result<Exposition> {
     if node.settings().metrics_token {
         caller.require(Scope::Read)?;
     }
-    Ok(Exposition(node.render_metrics()))
+    Ok(Exposition(node.render_metrics().await))
 }
 
 /// Logs, counts and tags every request.

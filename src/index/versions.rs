@@ -128,22 +128,35 @@ impl Index {
         })
     }
 
-    /// Every stored blob, for scrubbing and fsck, in pages.
-    pub fn for_each_blob(&self, mut f: impl FnMut(Blob) -> Result<()>) -> Result<()> {
-        let mut after = (String::new(), -1i64);
-        loop {
-            let sql = format!(
-                "SELECT {BLOB_COLUMNS} FROM blobs WHERE doomed = FALSE AND (blake3 > $1 OR (blake3 = $1 AND size > $2))
-                 ORDER BY blake3, size LIMIT 1000"
-            );
-            let page: Vec<Blob> =
-                self.with(|db| Ok(db.query(&sql, vals![&after.0, after.1])?.iter().map(blob_from_row).collect()))?;
-            let Some(last) = page.last() else { return Ok(()) };
-            after = (last.blake3.clone(), last.size as i64);
-            for blob in page {
-                f(blob)?;
-            }
-        }
+    /// One page of the stored blobs in (blake3, size) order, after `after`
+    /// (scrub, fsck).
+    pub fn blobs_after(&self, after: Option<&Blob>, limit: usize) -> Result<Vec<Blob>> {
+        let (blake3, size) = after.map_or((String::new(), -1), |b| (b.blake3.clone(), b.size as i64));
+        let sql = format!(
+            "SELECT {BLOB_COLUMNS} FROM blobs
+             WHERE doomed = FALSE AND (blake3 > $1 OR (blake3 = $1 AND size > $2))
+             ORDER BY blake3, size LIMIT $3"
+        );
+        self.with(|db| Ok(db.query(&sql, vals![blake3, size, limit as i64])?.iter().map(blob_from_row).collect()))
+    }
+
+    /// Current keys whose row names these bytes under another store
+    /// version than `version` (still links to a blob's replaced bytes).
+    pub fn stale_links(&self, blake3: &str, size: u64, version: &str) -> Result<Vec<String>> {
+        self.with(|db| {
+            let rows = db.query(
+                "SELECT key FROM datasets WHERE blake3 = $1 AND size = $2 AND version <> $3 ORDER BY key",
+                vals![blake3, size, version],
+            )?;
+            Ok(rows.iter().map(|r| r.text(0)).collect())
+        })
+    }
+
+    /// The key's current file is now `version` (the same bytes, relinked).
+    pub fn set_current_version(&self, key: &Key, version: &str) -> Result<()> {
+        self.with(|db| {
+            db.execute("UPDATE datasets SET version = $2 WHERE key = $1", vals![key.as_str(), version]).map(drop)
+        })
     }
 
     /// Marks a blob corrupt (a scrub found other bytes), or clean again.

@@ -22,11 +22,12 @@ impl Node {
         expires: i64,
         expires_in: u64,
         max_size: Option<u64>,
+        version: Option<i64>,
     ) -> Result<String> {
         if method == "PUT" && self.store.direct().is_some() {
             return self.direct_upload_url(key, expires_in, max_size).await;
         }
-        let query = self.access.sign(method, key, expires, max_size);
+        let query = self.access.sign(method, key, expires, max_size, version);
         Ok(format!("{}?{query}", key.url_path()))
     }
 

@@ -9,6 +9,7 @@
 mod conditional;
 mod direct;
 mod open;
+pub mod scrub;
 pub mod tus;
 mod versions;
 
@@ -112,7 +113,15 @@ impl Node {
     }
 
     /// The Prometheus exposition, with the gauges read now.
-    pub fn render_metrics(&self) -> String {
+    pub async fn render_metrics(&self) -> String {
+        let index = self.index.clone();
+        match blocking(move || index.totals()).await {
+            Ok(totals) => {
+                self.metrics.version_bytes.set(totals.version_bytes as i64);
+                self.metrics.stored_bytes.set(totals.stored_bytes as i64);
+            }
+            Err(e) => log::warn!("metrics: the index does not answer: {}", e.cause()),
+        }
         let free = |dir: &std::path::Path| Layout::free_space(dir).ok();
         let volumes = [("data", free(&self.layout.datasets)), ("spool", free(&self.layout.spool))];
         self.metrics.tus_in_memory.set(self.tus.in_memory() as i64);

@@ -128,7 +128,7 @@ impl Node {
             })?),
         };
         if let Some(key) = &key {
-            self.precheck_upload(key, &metadata.upload_meta()).await?;
+            self.precheck_upload(key, &metadata.upload_meta("")).await?;
         }
         let id = uuid::Uuid::new_v4().simple().to_string();
         let row = UploadRow {
@@ -418,7 +418,7 @@ impl Node {
             Received { staged: Staged::File(NamedTempFile::from_parts(file, path)), size, blake3: hasher.finalize() };
         let (index, id) = (self.index.clone(), row.id.clone());
         let started = std::time::Instant::now();
-        let committed = self.commit(key, received, metadata.upload_meta()).await;
+        let committed = self.commit(key, received, metadata.upload_meta(&row.owner)).await;
         match self.upload_ended(started, committed) {
             Ok((record, _)) => {
                 self.metrics.tus_event("finished");

@@ -66,7 +66,7 @@ impl Node {
         row.length = Some(total);
         row.completed = true;
         let started = std::time::Instant::now();
-        let committed = self.commit(key, received, metadata.upload_meta()).await;
+        let committed = self.commit(key, received, metadata.upload_meta(&row.owner)).await;
         let (record, _) = self.upload_ended(started, committed)?;
         self.metrics.tus_event("finished");
         let (index, layout, r, used) = (self.index.clone(), self.layout.clone(), row.clone(), parts.to_vec());

@@ -48,11 +48,14 @@ impl Metadata {
         }
     }
 
-    pub(super) fn upload_meta(&self) -> UploadMeta {
+    /// What the commit records; `owner` is the token that created the
+    /// upload (`""` on an open node).
+    pub(super) fn upload_meta(&self, owner: &str) -> UploadMeta {
         UploadMeta {
             content_type: self.get("filetype").filter(|t| !t.is_empty()).map(str::to_owned),
             name: self.get("name").map(str::to_owned),
             description: self.get("description").map(str::to_owned),
+            uploaded_by: Some(owner.to_owned()).filter(|o| !o.is_empty()),
             ..UploadMeta::default()
         }
     }

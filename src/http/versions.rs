@@ -1,0 +1,58 @@
+//! `GET /versions/{key}`: a key's versions, newest first. It lives outside
+//! `/datasets/` so that no key can collide with it.
+
+use std::sync::Arc;
+
+use rocket::{Route, State};
+
+use super::catalog::{parse_limit, Page};
+use super::data::version_number;
+use super::KeyTail;
+use crate::access::{Caller, Scope};
+use crate::error::Result;
+use crate::index::Version;
+use crate::key::encode_query_value;
+use crate::service::Node;
+
+pub fn routes() -> Vec<Route> {
+    rocket::routes![list_versions]
+}
+
+#[utoipa::path(
+    get,
+    path = "/versions/{key}",
+    operation_id = "listVersions",
+    tag = "catalog",
+    summary = "A key's versions, newest first (paged)",
+    description = "Needs `read`. Every commit to a key (an upload, a restore) makes a version whose number grows by one; `current` marks the one `GET /data/{key}` serves (none, after the key was deleted). Versions are kept per `keep_versions` (the current one included) and `keep_versions_for` (after they stopped being current). Paged like the catalog: when a page is full, `Link: rel=\"next\"` gives the next page's URL. A key with no versions is `404`.",
+    params(
+        ("key" = String, Path, description = "The dataset key."),
+        ("limit" = Option<u64>, Query, minimum = 1, description = "Upper bound on the number of versions: default 1000, larger values are clamped to 10000."),
+        ("after" = Option<i64>, Query, minimum = 1, description = "Only versions older than this number: the paging cursor."),
+    ),
+    responses(
+        (status = 200, description = "The versions, newest first.", body = Vec<Version>),
+        super::openapi::AccessErrors,
+        super::openapi::DatasetErrors,
+    ),
+    security(("bearerAuth" = ["read"]), ()),
+)]
+#[rocket::get("/versions/<_..>?<limit>&<after>")]
+async fn list_versions(
+    node: &State<Arc<Node>>,
+    caller: Caller,
+    tail: KeyTail<'_>,
+    limit: Option<&str>,
+    after: Option<&str>,
+) -> Result<Page<Version>> {
+    caller.require(Scope::Read)?;
+    let key = tail.key()?;
+    let limit = parse_limit(limit)?;
+    let before = after.map(version_number).transpose()?;
+    let versions = node.versions(&key, before, limit).await?;
+    let next = (versions.len() == limit).then(|| {
+        let last = versions[versions.len() - 1].version;
+        format!("/versions/{}?limit={limit}&after={last}", encode_query_value(key.as_str()).replace("%2F", "/"))
+    });
+    Ok(Page { records: versions, next })
+}
