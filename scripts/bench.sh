@@ -24,6 +24,18 @@
 #   BENCH_TMPDIR     where the temp dir goes            ($TMPDIR or /tmp)
 #   BENCH_START_TIMEOUT  seconds to wait for the node to listen with all rows (900)
 #   BENCH_WARMUP     1: one uncounted upload of each kind first (1)
+#   BENCH_BASELINE   path of another spillway release binary (say, of the
+#                    previous main) to compare with, in the same run: the
+#                    single, conc and list sections then run it as a third
+#                    contender (not s3), started like the node (same
+#                    Rocket.toml from this checkout, same SPILLWAY_* env, its
+#                    own fresh data dir, an ephemeral port, the same checks),
+#                    interleaved with the node and nginx in every round; an
+#                    extra table gives its medians, ranges and the ratios
+#                    current/baseline (unset: no baseline, output as before).
+#                    The node's few SPILLWAY_* settings below exist at least
+#                    since commit 00d987d; an older binary may not know them.
+#                    The binary itself as its own baseline shows the noise.
 #
 # What it does: builds the node (cargo build --release), installs nginx (with
 # ngx_http_dav_module) and anything else missing from Debian's packages
@@ -46,6 +58,9 @@
 #           boto3 get_object stream); boto3 upload_file of the same file with
 #           the node's part size and parts in flight (scripts/bench/s3_client.py);
 #           and boto3 upload_file with boto3's defaults. Ratios are node/direct.
+# With BENCH_BASELINE, single and conc rotate the order of node, nginx and
+# baseline per round (without it, node and nginx alternate as before), and
+# list runs both nodes at once, their requests alternating.
 # Medians are printed in a table with the targets (S3: with min..max). Everything
 # lives in a temp dir removed on exit; only processes started here are stopped,
 # by PID.
@@ -120,6 +135,12 @@ WARMUP=${BENCH_WARMUP:-1}
 [[ $WARMUP == 0 || $WARMUP == 1 ]] || die "BENCH_WARMUP must be 0 or 1, not '$WARMUP'"
 TMP_PARENT=${BENCH_TMPDIR:-${TMPDIR:-/tmp}}
 ((SIZE > 0 && CONC_SIZE > 0 && S3_SIZE > 0)) || die "BENCH_SIZE, BENCH_CONC_SIZE and BENCH_S3_SIZE must be > 0"
+BASE_BIN=${BENCH_BASELINE:-}
+if [[ -n $BASE_BIN ]]; then
+    [[ -f $BASE_BIN && -x $BASE_BIN ]] || die "BENCH_BASELINE: '$BASE_BIN' is not an executable file"
+    BASE_BIN=$(readlink -f -- "$BASE_BIN") # absolute: the nodes start in $ROOT
+fi
+baseline() { [[ -n $BASE_BIN ]]; } # BENCH_BASELINE given
 
 SPOOL_MEMORY_MIB=8 # the node's default spool_memory, kept as is
 LIST_LIMIT=1000
@@ -247,10 +268,15 @@ BIN=""
 NODE_PID=""
 NODE_PORT=""
 
-start_node() { # data_dir log_prefix timeout_s [NAME=value...]: extra settings win
-    local dir=$1 logp=$2 timeout=$3 deadline line var
+start_node() { start_node_bin "$BIN" spillway "$@"; } # data_dir log_prefix timeout_s [NAME=value...]
+
+# The settings below are the same for the baseline binary (BENCH_BASELINE),
+# which gets no extra ones (only s3 passes those, and s3 runs no baseline):
+# keep these to keys an older binary knows (all exist at commit 00d987d).
+start_node_bin() { # binary what data_dir log_prefix timeout_s [NAME=value...]: extra settings win
+    local bin=$1 what=$2 dir=$3 logp=$4 timeout=$5 deadline line var
     local -a unset_env=()
-    shift 3
+    shift 5
     # Only this script's settings: no inherited SPILLWAY_* (tokens, spool...).
     for var in $(compgen -e); do
         if [[ $var == SPILLWAY_* ]]; then unset_env+=(-u "$var"); fi
@@ -263,10 +289,10 @@ start_node() { # data_dir log_prefix timeout_s [NAME=value...]: extra settings w
             SPILLWAY_DATA_DIR="$dir" SPILLWAY_DISK_RESERVE=0 \
             SPILLWAY_MAX_DATASET_SIZE=$((1 << 40)) \
             ROCKET_CLI_COLORS=false "$@" \
-            "$BIN" serve
+            "$bin" serve
     ) >"$logp.out" 2>"$logp.err" &
     NODE_PID=$!
-    LIVE[$NODE_PID]="spillway"
+    LIVE[$NODE_PID]=$what
     deadline=$((SECONDS + timeout))
     while :; do
         if line=$(grep -m1 -o 'spillway listening on http://[^[:space:]]*' "$logp.out" 2>/dev/null); then
@@ -275,9 +301,9 @@ start_node() { # data_dir log_prefix timeout_s [NAME=value...]: extra settings w
         if ! alive "$NODE_PID"; then
             tail -n 20 "$logp.out" "$logp.err" >&2 || true
             stop_pid "$NODE_PID"
-            die "the node exited before listening (log above)"
+            die "$(node_name "$what") exited before listening (log above)"
         fi
-        ((SECONDS < deadline)) || die "the node did not listen within ${timeout}s"
+        ((SECONDS < deadline)) || die "$(node_name "$what") did not listen within ${timeout}s"
         sleep 0.1
     done
     NODE_PORT=${line##*:}
@@ -285,6 +311,7 @@ start_node() { # data_dir log_prefix timeout_s [NAME=value...]: extra settings w
 }
 
 stop_node() { stop_pid "$NODE_PID" TERM; NODE_PID=""; }
+node_name() { if [[ $1 == spillway ]]; then echo "the node"; else echo "the $1 node"; fi; }
 
 # ---------------------------------------------------------------- nginx ----
 
@@ -388,20 +415,40 @@ S_NODE_MBS=() S_NODE_T=() S_NODE_RSS=() S_NODE_CPU=()
 S_NGX_MBS=() S_NGX_T=() S_NGX_RSS=() S_NGX_SYNC_MBS=() S_NGX_CPU=()
 C_NODE_MBS=() C_NODE_RSS=() C_NODE_CPU=()
 C_NGX_MBS=() C_NGX_RSS=() C_NGX_SYNC_MBS=() C_NGX_CPU=()
+# The baseline binary's (BENCH_BASELINE), one entry per round like the node's.
+S_BASE_MBS=() S_BASE_T=() S_BASE_RSS=() S_BASE_CPU=()
+C_BASE_MBS=() C_BASE_RSS=() C_BASE_CPU=()
 
-single_node() { # run
-    local dir="$TMPD/node-single-$1" key="bench/single-$1.bin" code speed t rss cpu
-    start_node "$dir" "$TMPD/logs/node-single-$1" 60
+# The binary, the name in messages and the prefix of dirs and logs: the node
+# built here, or (`base`) the baseline binary.
+NODE_KIND_BIN="" NODE_KIND_WHAT="" NODE_KIND_DIR=""
+node_kind() { # "" or base
+    if [[ $1 == base ]]; then
+        NODE_KIND_BIN=$BASE_BIN NODE_KIND_WHAT=baseline NODE_KIND_DIR=base
+    else
+        NODE_KIND_BIN=$BIN NODE_KIND_WHAT=spillway NODE_KIND_DIR=node
+    fi
+}
+
+single_node() { # run [base]
+    local key="bench/single-$1.bin" code speed t rss cpu mbs dir what
+    node_kind "${2:-}"
+    what=$NODE_KIND_WHAT dir="$TMPD/$NODE_KIND_DIR-single-$1"
+    start_node_bin "$NODE_KIND_BIN" "$what" "$dir" "$TMPD/logs/$NODE_KIND_DIR-single-$1" 60
     put_file "http://127.0.0.1:$NODE_PORT/data/$key" "$SRC" "$(max_time_for "$SIZE")" "$TMPD/logs/put"
     read -r code speed t <"$TMPD/logs/put"
-    check_code "spillway single upload" "$code"
+    check_code "$what single upload" "$code"
     rss=$(vmhwm_mib "$NODE_PID") cpu=$(cpu_s "$NODE_PID")
-    check_size "spillway single upload" "$dir/datasets/$key" "$SIZE"
+    check_size "$what single upload" "$dir/datasets/$key" "$SIZE"
     stop_node
     rm -rf -- "$dir"
-    S_NODE_MBS+=("$(awk -v s="$speed" 'BEGIN { printf "%.1f", s / 1e6 }')")
-    S_NODE_T+=("$t") S_NODE_RSS+=("$rss") S_NODE_CPU+=("$cpu")
-    log "single run $1 spillway: $code, ${S_NODE_MBS[-1]} MB/s, ${t}s, VmHWM ${rss} MiB, CPU ${cpu}s"
+    mbs=$(awk -v s="$speed" 'BEGIN { printf "%.1f", s / 1e6 }')
+    if [[ $what == baseline ]]; then
+        S_BASE_MBS+=("$mbs") S_BASE_T+=("$t") S_BASE_RSS+=("$rss") S_BASE_CPU+=("$cpu")
+    else
+        S_NODE_MBS+=("$mbs") S_NODE_T+=("$t") S_NODE_RSS+=("$rss") S_NODE_CPU+=("$cpu")
+    fi
+    log "single run $1 $what: $code, $mbs MB/s, ${t}s, VmHWM ${rss} MiB, CPU ${cpu}s"
 }
 
 single_nginx() { # run
@@ -452,20 +499,26 @@ conc_uploads() { # base_url key_prefix tag -> CONC_WALL (seconds); checks every 
     CONC_WALL=$(fsub "$t1" "$t0")
 }
 
-conc_node() { # run
-    local dir="$TMPD/node-conc-$1" wall rss cpu j
-    start_node "$dir" "$TMPD/logs/node-conc-$1" 60
-    conc_uploads "http://127.0.0.1:$NODE_PORT/data" "bench/conc-$1" spillway
+conc_node() { # run [base]
+    local wall rss cpu j mbs dir what
+    node_kind "${2:-}"
+    what=$NODE_KIND_WHAT dir="$TMPD/$NODE_KIND_DIR-conc-$1"
+    start_node_bin "$NODE_KIND_BIN" "$what" "$dir" "$TMPD/logs/$NODE_KIND_DIR-conc-$1" 60
+    conc_uploads "http://127.0.0.1:$NODE_PORT/data" "bench/conc-$1" "$what"
     wall=$CONC_WALL
     rss=$(vmhwm_mib "$NODE_PID") cpu=$(cpu_s "$NODE_PID")
     for ((j = 0; j < CONC; j++)); do
-        check_size "spillway concurrent upload $j" "$dir/datasets/bench/conc-$1-$j.bin" "$CONC_SIZE"
+        check_size "$what concurrent upload $j" "$dir/datasets/bench/conc-$1-$j.bin" "$CONC_SIZE"
     done
     stop_node
     rm -rf -- "$dir"
-    C_NODE_MBS+=("$(awk -v n=$((CONC * CONC_SIZE)) -v t="$wall" 'BEGIN { printf "%.1f", n / t / 1e6 }')")
-    C_NODE_RSS+=("$rss") C_NODE_CPU+=("$cpu")
-    log "concurrent run $1 spillway: ${CONC}x, ${C_NODE_MBS[-1]} MB/s aggregate, ${wall}s, VmHWM ${rss} MiB, CPU ${cpu}s"
+    mbs=$(awk -v n=$((CONC * CONC_SIZE)) -v t="$wall" 'BEGIN { printf "%.1f", n / t / 1e6 }')
+    if [[ $what == baseline ]]; then
+        C_BASE_MBS+=("$mbs") C_BASE_RSS+=("$rss") C_BASE_CPU+=("$cpu")
+    else
+        C_NODE_MBS+=("$mbs") C_NODE_RSS+=("$rss") C_NODE_CPU+=("$cpu")
+    fi
+    log "concurrent run $1 $what: ${CONC}x, $mbs MB/s aggregate, ${wall}s, VmHWM ${rss} MiB, CPU ${cpu}s"
 }
 
 conc_nginx() { # run
@@ -493,6 +546,9 @@ conc_nginx() { # run
 # -------------------------------------------------------------- listing ----
 
 L_FIRST_MS="" L_DEEP_MS="" L_START_S="" L_RSS=""
+# The baseline's (BENCH_BASELINE); the per-request times (ms) of both, in order.
+LB_START_S="" LB_RSS=""
+L_FIRST=() L_DEEP=() LB_FIRST=() LB_DEEP=()
 
 list_get() { # url tag -> "code ms"; body in $TMPD/list/tag.body, headers in .hdr
     local out code t
@@ -517,52 +573,97 @@ EOF
     fi
 }
 
-listing() {
-    local dir="$TMPD/node-list" width deep_i deep_key first_url deep_url i t0 n
-    local -a first=() deep=()
-    mkdir -p "$TMPD/list"
-    log "listing: creating the schema (node on an empty data dir)"
-    start_node "$dir" "$TMPD/logs/node-list-0" 60
+list_prepare() { # binary what data_dir log_prefix: the schema (by that binary), then ROWS rows
+    local bin=$1 what=$2 dir=$3 logp=$4 who="" t0 n
+    [[ $what == spillway ]] || who="$what: "
+    log "listing: ${who}creating the schema (node on an empty data dir)"
+    start_node_bin "$bin" "$what" "$dir" "$TMPD/logs/$logp-0" 60
     stop_node
-    log "listing: inserting $ROWS rows with python3 sqlite3"
+    log "listing: ${who}inserting $ROWS rows with python3 sqlite3"
     t0=$(now)
-    n=$(python3 "$HELPERS/populate_index.py" "$dir/index.sqlite" "$ROWS") || die "populating the index failed"
-    [[ $n == "$ROWS" ]] || die "the index holds $n rows, expected $ROWS"
-    log "listing: $n rows in $(fsub "$(now)" "$t0")s; restarting the node (start-up reconcile checks every row)"
-    t0=$(now)
-    start_node "$dir" "$TMPD/logs/node-list-1" "$START_TIMEOUT"
-    L_START_S=$(fsub "$(now)" "$t0")
-    log "listing: node listening after ${L_START_S}s"
+    n=$(python3 "$HELPERS/populate_index.py" "$dir/index.sqlite" "$ROWS") || die "${who}populating the index failed"
+    [[ $n == "$ROWS" ]] || die "${who}the index holds $n rows, expected $ROWS"
+    log "listing: ${who}$n rows in $(fsub "$(now)" "$t0")s; restarting the node (start-up reconcile checks every row)"
+}
 
+LIST_START_S=""
+list_start() { # binary what data_dir log_prefix -> NODE_PID, NODE_PORT, LIST_START_S
+    local who="" t0
+    [[ $2 == spillway ]] || who="$2: "
+    t0=$(now)
+    start_node_bin "$1" "$2" "$3" "$TMPD/logs/$4-1" "$START_TIMEOUT"
+    LIST_START_S=$(fsub "$(now)" "$t0")
+    log "listing: ${who}node listening after ${LIST_START_S}s"
+}
+
+list_check_pages() { # tag_prefix first_url deep_url width deep_i: warm-up and correctness of both pages
+    local p=$1 width=$4 deep_i=$5 n
+    list_get "$2" "${p}first" >/dev/null
+    check_page "${p}first" "$((ROWS < LIST_LIMIT ? ROWS : LIST_LIMIT))" "$(printf "bench/%0${width}d/file.bin" 0)"
+    list_get "$3" "${p}deep" >/dev/null
+    n=$((ROWS - deep_i - 1))
+    if ((n > LIST_LIMIT)); then n=$LIST_LIMIT; fi
+    if ((n > 0)); then
+        check_page "${p}deep" "$n" "$(printf "bench/%0${width}d/file.bin" $((deep_i + 1)))"
+    fi
+}
+
+# With a baseline, both nodes hold their own copy of the rows and run at
+# once; their requests alternate (which one goes first alternates too).
+listing() {
+    local dir="$TMPD/node-list" bdir="$TMPD/base-list" width deep_i deep_key first_url deep_url i n
+    local node_pid base_pid="" bfirst_url="" bdeep_url="" query
+    mkdir -p "$TMPD/list"
+    list_prepare "$BIN" spillway "$dir" node-list
+    if baseline; then list_prepare "$BASE_BIN" baseline "$bdir" base-list; fi
+    list_start "$BIN" spillway "$dir" node-list
+    L_START_S=$LIST_START_S node_pid=$NODE_PID
     # Same zero padding as populate_index.py: at least 7 digits.
     n=$((ROWS - 1))
     width=${#n}
     if ((width < 7)); then width=7; fi
     deep_i=$((ROWS * 9 / 10))
     deep_key=$(printf "bench/%0${width}d/file.bin" "$deep_i")
-    first_url="http://127.0.0.1:$NODE_PORT/datasets?limit=$LIST_LIMIT"
+    query="datasets?limit=$LIST_LIMIT"
+    first_url="http://127.0.0.1:$NODE_PORT/$query"
     deep_url="$first_url&after=${deep_key//\//%2F}"
-
-    # Warm-up and correctness of both pages.
-    list_get "$first_url" first >/dev/null
-    check_page first "$((ROWS < LIST_LIMIT ? ROWS : LIST_LIMIT))" "$(printf "bench/%0${width}d/file.bin" 0)"
-    list_get "$deep_url" deep >/dev/null
-    n=$((ROWS - deep_i - 1))
-    if ((n > LIST_LIMIT)); then n=$LIST_LIMIT; fi
-    if ((n > 0)); then
-        check_page deep "$n" "$(printf "bench/%0${width}d/file.bin" $((deep_i + 1)))"
+    if baseline; then
+        list_start "$BASE_BIN" baseline "$bdir" base-list
+        LB_START_S=$LIST_START_S base_pid=$NODE_PID
+        bfirst_url="http://127.0.0.1:$NODE_PORT/$query"
+        bdeep_url="$bfirst_url&after=${deep_key//\//%2F}"
     fi
+
+    list_check_pages "" "$first_url" "$deep_url" "$width" "$deep_i"
+    if baseline; then list_check_pages b "$bfirst_url" "$bdeep_url" "$width" "$deep_i"; fi
     for ((i = 0; i < LIST_RUNS; i++)); do
-        first+=("$(list_get "$first_url" first)")
-        deep+=("$(list_get "$deep_url" deep)")
+        if baseline && ((i % 2)); then
+            LB_FIRST+=("$(list_get "$bfirst_url" bfirst)")
+            LB_DEEP+=("$(list_get "$bdeep_url" bdeep)")
+        fi
+        L_FIRST+=("$(list_get "$first_url" first)")
+        L_DEEP+=("$(list_get "$deep_url" deep)")
+        if baseline && ((i % 2 == 0)); then
+            LB_FIRST+=("$(list_get "$bfirst_url" bfirst)")
+            LB_DEEP+=("$(list_get "$bdeep_url" bdeep)")
+        fi
     done
-    L_FIRST_MS=$(median "${first[@]}")
-    L_DEEP_MS=$(median "${deep[@]}")
-    L_RSS=$(vmhwm_mib "$NODE_PID")
-    log "listing first page ms: ${first[*]}"
-    log "listing deep page (after=$deep_key) ms: ${deep[*]}"
+    L_FIRST_MS=$(median "${L_FIRST[@]}")
+    L_DEEP_MS=$(median "${L_DEEP[@]}")
+    L_RSS=$(vmhwm_mib "$node_pid")
+    log "listing first page ms: ${L_FIRST[*]}"
+    log "listing deep page (after=$deep_key) ms: ${L_DEEP[*]}"
     log "listing page size: $(stat -c %s "$TMPD/list/first.body") bytes"
-    stop_node
+    if baseline; then
+        LB_RSS=$(vmhwm_mib "$base_pid")
+        log "listing baseline first page ms: ${LB_FIRST[*]}"
+        log "listing baseline deep page ms: ${LB_DEEP[*]}"
+        log "listing baseline page size: $(stat -c %s "$TMPD/list/bfirst.body") bytes"
+        stop_pid "$base_pid" TERM
+        rm -rf -- "$bdir"
+    fi
+    stop_pid "$node_pid" TERM
+    NODE_PID=""
     rm -rf -- "$dir"
 }
 
@@ -830,6 +931,88 @@ report_s3() {
     echo "get_object read in 1 MiB chunks and dropped. Client, node and Garage share the 2 cores."
 }
 
+# ------------------------------------------------------------ baseline ---
+
+baseline_checkout() { # ", built in the checkout <dir> (now at <commit>)" when
+    # BASE_BIN is <checkout>/target/release/spillway; the checkout may have
+    # moved on since the build, so this is a hint, not the binary's origin
+    local top
+    top=$(cd "$(dirname "$BASE_BIN")/../.." 2>/dev/null && pwd -P) || return 0
+    [[ $(git -C "$top" rev-parse --show-toplevel 2>/dev/null) == "$top" ]] || return 0
+    printf ', built in the checkout %s (now at %s%s)' "$top" \
+        "$(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo '?')" \
+        "$(git -C "$top" diff --quiet HEAD 2>/dev/null || echo '+changes')"
+}
+
+pair_ratios() { # name_a name_b (arrays of one value a run) -> the ratios a/b, run by run
+    local -n ra=$1 rb=$2
+    local k
+    for ((k = 0; k < ${#ra[@]} && k < ${#rb[@]}; k++)); do ratio "${ra[$k]}" "${rb[$k]}"; echo; done
+}
+
+per_gib() { # bytes values... -> each value per GiB of bytes (%.2f), one a line
+    local n=$1
+    shift
+    printf '%s\n' "$@" | awk -v n="$n" '{ printf "%.2f\n", $1 * 1073741824 / n }'
+}
+
+fmtf() { awk -v f="$1" -v a="$2" 'BEGIN { printf f, a }'; } # format value
+
+brow() { printf '%-44s %10s %10s %7s  %-15s %-15s %s\n' "$@"; }
+
+bline() { # metric format name_cur name_base: medians, their ratio and the ranges
+    local f=$2 cur base
+    local -n bc=$3 bb=$4
+    local -a rs
+    mapfile -t rs < <(pair_ratios "$3" "$4")
+    cur=$(median "${bc[@]}") base=$(median "${bb[@]}")
+    brow "$1" "$(fmtf "$f" "$cur")" "$(fmtf "$f" "$base")" "$(ratio "$cur" "$base")" \
+        "$(spread "$f" "${bc[@]}")" "$(spread "$f" "${bb[@]}")" "$(spread %s "${rs[@]}")"
+}
+
+# shellcheck disable=SC2034 # the *_cpu arrays: bline reads them by name
+report_baseline() {
+    local -a s_cur_cpu s_base_cpu c_cur_cpu c_base_cpu
+    echo
+    echo "Against the baseline: $BASE_BIN$(baseline_checkout)"
+    echo "  started like the node (this checkout's Rocket.toml, the same SPILLWAY_* env, a fresh data dir"
+    echo "  and port per run, the same checks)"
+    if selected single || selected conc; then
+        echo "  single and conc: node, nginx and baseline in every round, the order rotating per round;"
+        echo "  medians of $RUNS run(s) (ratio range: the per-round ratios)"
+    fi
+    if selected list; then
+        echo "  list: both nodes up at once, $LIST_RUNS requests each, alternating (ratio range: per request pair);"
+        echo "  start-up timed once each, the node first (polled every 0.1 s)"
+    fi
+    echo "  ratio = current / baseline: above 1 is better for MB/s, worse for time, RSS and CPU"
+    echo
+    brow "metric" "current" "baseline" "ratio" "current range" "baseline range" "ratio range"
+    brow "--------------------------------------------" "----------" "----------" "-------" "---------------" "---------------" "-----------"
+    if selected single; then
+        mapfile -t s_cur_cpu < <(per_gib "$SIZE" "${S_NODE_CPU[@]}")
+        mapfile -t s_base_cpu < <(per_gib "$SIZE" "${S_BASE_CPU[@]}")
+        bline "single upload, MB/s" %.1f S_NODE_MBS S_BASE_MBS
+        bline "single upload, time s" %.3f S_NODE_T S_BASE_T
+        bline "single upload, peak RSS MiB" %.1f S_NODE_RSS S_BASE_RSS
+        bline "single upload, server CPU s per GiB" %.2f s_cur_cpu s_base_cpu
+    fi
+    if selected conc; then
+        mapfile -t c_cur_cpu < <(per_gib $((CONC * CONC_SIZE)) "${C_NODE_CPU[@]}")
+        mapfile -t c_base_cpu < <(per_gib $((CONC * CONC_SIZE)) "${C_BASE_CPU[@]}")
+        bline "${CONC} concurrent uploads, aggregate MB/s" %.1f C_NODE_MBS C_BASE_MBS
+        bline "${CONC} concurrent uploads, peak RSS MiB" %.1f C_NODE_RSS C_BASE_RSS
+        bline "concurrent, server CPU s per GiB" %.2f c_cur_cpu c_base_cpu
+    fi
+    if selected list; then
+        bline "list first page (limit=$LIST_LIMIT), ms" %.3f L_FIRST LB_FIRST
+        bline "list deep page (after row 90%), ms" %.3f L_DEEP LB_DEEP
+        brow "node start-up with $ROWS rows, s (info)" "$(fmt3 "$L_START_S")" "$(fmt3 "$LB_START_S")" \
+            "$(ratio "$L_START_S" "$LB_START_S")" "" "" ""
+        brow "node peak RSS after listing, MiB (info)" "$L_RSS" "$LB_RSS" "$(ratio "$L_RSS" "$LB_RSS")" "" "" ""
+    fi
+}
+
 report() {
     local s_node s_ngx s_ngx_sync s_rss s_ngx_rss c_node c_ngx c_ngx_sync c_rss c_ngx_rss r
     echo
@@ -888,14 +1071,33 @@ report() {
         echo "'incl. fsync' rows: nginx time + fsync of its files). Uploads use curl -T (Content-Length)"
         echo "without Expect: 100-continue. The machine may be shared: compare within one invocation."
     fi
+    if baseline && { selected single || selected conc || selected list; }; then report_baseline; fi
     if selected s3; then report_s3; fi
 }
 
 # ------------------------------------------------------------------ main ---
 
+# The order of the contenders in round i (from 1), rotated by one place per
+# round: node nginx, then nginx node, ...; with a baseline node nginx base,
+# nginx base node, base node nginx, ...
+round_order() { # i
+    local -a order=(node nginx)
+    local j
+    if baseline; then order+=(base); fi
+    for ((j = 0; j < ${#order[@]}; j++)); do
+        printf '%s\n' "${order[(($1 - 1 + j) % ${#order[@]})]}"
+    done
+}
+
 main() {
-    local need avail i
+    local need avail i c
     ensure_deps
+    if baseline; then
+        if selected single || selected conc || selected list; then
+            log "baseline: $BASE_BIN$(baseline_checkout), a third contender in single, conc and list"
+        fi
+        if selected s3; then log "baseline: not run in the s3 section"; fi
+    fi
     log "building the node: cargo build --release"
     (cd "$ROOT" && cargo build --release) >&2 || die "cargo build --release failed"
     local target_dir=${CARGO_TARGET_DIR:-target}
@@ -919,6 +1121,7 @@ main() {
     fi
     need=$((bodies + stored + (512 << 20)))
     if selected list; then need=$((need + ROWS * 1024)); fi
+    if selected list && baseline; then need=$((need + ROWS * 1024)); fi
     avail=$(df -P -B1 "$TMP_PARENT" | awk 'NR == 2 { print $4 }')
     if ((avail < need)); then
         die "not enough free space in $TMP_PARENT: need $(numfmt --to=iec-i --suffix=B "$need"), have $(numfmt --to=iec-i --suffix=B "$avail") (set BENCH_TMPDIR or smaller BENCH_* sizes)"
@@ -948,11 +1151,19 @@ main() {
             log "warm-up: one uncounted single upload to each server"
             single_node 0
             single_nginx 0
+            if baseline; then single_node 0 base; fi
             S_NODE_MBS=() S_NODE_T=() S_NODE_RSS=() S_NODE_CPU=()
             S_NGX_MBS=() S_NGX_T=() S_NGX_RSS=() S_NGX_SYNC_MBS=() S_NGX_CPU=()
+            S_BASE_MBS=() S_BASE_T=() S_BASE_RSS=() S_BASE_CPU=()
         fi
         for ((i = 1; i <= RUNS; i++)); do
-            if ((i % 2)); then single_node "$i"; single_nginx "$i"; else single_nginx "$i"; single_node "$i"; fi
+            for c in $(round_order "$i"); do
+                case $c in
+                    node) single_node "$i" ;;
+                    nginx) single_nginx "$i" ;;
+                    base) single_node "$i" base ;;
+                esac
+            done
         done
         rm -f -- "$SRC"
     fi
@@ -961,11 +1172,19 @@ main() {
             log "warm-up: one uncounted round of concurrent uploads to each server"
             conc_node 0
             conc_nginx 0
+            if baseline; then conc_node 0 base; fi
             C_NODE_MBS=() C_NODE_RSS=() C_NODE_CPU=()
             C_NGX_MBS=() C_NGX_RSS=() C_NGX_SYNC_MBS=() C_NGX_CPU=()
+            C_BASE_MBS=() C_BASE_RSS=() C_BASE_CPU=()
         fi
         for ((i = 1; i <= RUNS; i++)); do
-            if ((i % 2)); then conc_node "$i"; conc_nginx "$i"; else conc_nginx "$i"; conc_node "$i"; fi
+            for c in $(round_order "$i"); do
+                case $c in
+                    node) conc_node "$i" ;;
+                    nginx) conc_nginx "$i" ;;
+                    base) conc_node "$i" base ;;
+                esac
+            done
         done
         rm -f -- "$CSRC"
     fi
