@@ -328,7 +328,7 @@ mod tests {
     fn signatures_bind_every_field() {
         let a = access();
         let key = Key::parse("a/b").unwrap();
-        let query = a.sign("PUT", &key, 2000, Some(10));
+        let query = a.sign("PUT", &key, 2000, Some(10), None);
         let params = |q: &str| {
             let mut p = SignedParams::default();
             for (k, v) in q.split('&').filter_map(|kv| kv.split_once('=')) {

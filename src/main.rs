@@ -28,6 +28,10 @@ enum Command {
     },
     /// Rebuild the index from the data directory, hashing every file.
     Reindex,
+    /// Re-read and hash every stored blob; exits 1 when any is damaged,
+    /// naming the keys and versions it backs. Never runs beside a node on
+    /// the same data directory (a running node scrubs with `scrub_every`).
+    Scrub,
     /// The client side: upload, get, ls, rm, url (talk HTTP to a node).
     #[command(flatten)]
     Client(spillway::client::Command),
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
             println!("indexed {} datasets", report.checked);
             ExitCode::SUCCESS
         }),
+        Command::Scrub => scrub(settings),
         Command::Serve | Command::Client(_) => unreachable!(),
     };
     result.unwrap_or_else(|e| fail(&e.cause()))
@@ -85,6 +90,23 @@ fn main() -> ExitCode {
 /// signed-URL signatures included) for unmatched routes; the access line
 /// covers every request without the query, and panics still reach stderr.
 const DEFAULT_LOG: &str = "info,rocket=error,rocket::server=off,_=error,hyper=warn";
+
+fn scrub(settings: spillway::config::Settings) -> spillway::error::Result<ExitCode> {
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(spillway::error::Error::internal)?;
+    runtime.block_on(async {
+        let node = spillway::service::Node::open(settings).await?;
+        let report = node.scrub(None).await?;
+        for damaged in &report.damaged {
+            println!("damaged: blake3 {} ({} bytes)", damaged.blob.blake3, damaged.blob.size);
+            for (key, version) in &damaged.referrers {
+                println!("  `{key}` version {version}");
+            }
+        }
+        println!("scrubbed {} blob(s), {} bytes: {} damaged", report.checked, report.bytes, report.damaged.len());
+        Ok(if report.damaged.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    })
+}
 
 fn fail(message: &str) -> ExitCode {
     eprintln!("spillway: {message}");

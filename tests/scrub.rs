@@ -88,6 +88,8 @@ fn scrub_finds_a_flipped_byte_and_the_key_serves_corrupt_data_until_reuploaded()
             store(&node, key, body).await;
         }
         store(&node, "scrub/good.bin", &good).await;
+        // Another key with the same bytes: one blob, damaged for both.
+        store(&node, "scrub/twin.bin", &bodies[6]).await;
     });
     node.kill9();
     flip_byte(&node.datasets_dir().join(key), FLIP_AT);
@@ -108,9 +110,17 @@ fn scrub_finds_a_flipped_byte_and_the_key_serves_corrupt_data_until_reuploaded()
         assert_eq!(r.status, 200, "GET {path}: {}", r.describe());
         assert_same_bytes(&r.body, &bodies[5], &format!("GET {path}"));
 
+        let r = send(node.client.get(node.url("/data/scrub/twin.bin")), "GET the twin").await;
+        assert_problem(&r, 500, "corrupt-data", "GET a key that shares the damaged blob");
+
+        // Good bytes again, under one key, repair both keys' files.
         store(&node, key, &bodies[6]).await;
         assert_serves(&node, key, &bodies[6]).await;
+        assert_serves(&node, "scrub/twin.bin", &bodies[6]).await;
     });
+    node.kill9();
+    let out = node.cli(&["scrub"]);
+    assert_eq!(out.code, Some(0), "scrub after the repair: {out:?}");
 }
 
 /// The background scrubber (`scrub_every`, `scrub_rate`) finds a byte

@@ -37,6 +37,7 @@ pub fn mount(rocket: Rocket<Build>) -> Rocket<Build> {
         .attach(ops::Telemetry)
         .attach(tus::fairing())
         .attach(tus::sweeper())
+        .attach(versions::sweepers())
         .register("/", rocket::catchers![crate::error::default_catcher])
 }
 

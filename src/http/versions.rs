@@ -2,7 +2,9 @@
 //! `/datasets/` so that no key can collide with it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use rocket::fairing::AdHoc;
 use rocket::{Route, State};
 
 use super::catalog::{parse_limit, Page};
@@ -16,6 +18,56 @@ use crate::service::Node;
 
 pub fn routes() -> Vec<Route> {
     rocket::routes![list_versions]
+}
+
+/// The background work of versions: pruning by age (a few times per
+/// `keep_versions_for`, at least once a minute) and, with `scrub_every`,
+/// the scrub at `scrub_rate`. Both stop at shutdown.
+pub fn sweepers() -> AdHoc {
+    AdHoc::on_liftoff("versions sweepers", |rocket| {
+        Box::pin(async move {
+            let Some(node) = rocket.state::<Arc<Node>>().cloned() else {
+                return;
+            };
+            let settings = node.settings().clone();
+            let prune_every = (settings.keep_versions_for.0 / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+            let (pruner, mut shutdown) = (node.clone(), rocket.shutdown());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(prune_every) => {}
+                        _ = &mut shutdown => return,
+                    }
+                    match pruner.prune_versions().await {
+                        Ok(0) => {}
+                        Ok(n) => log::info!("freed {n} stored blob(s) of pruned versions"),
+                        Err(e) => log::warn!("pruning versions: {}", e.cause()),
+                    }
+                }
+            });
+            let Some(every) = settings.scrub_every else { return };
+            let rate = settings.scrub_rate.saturating_mul(1_000_000);
+            let mut shutdown = rocket.shutdown();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(every.0) => {}
+                        _ = &mut shutdown => return,
+                    }
+                    tokio::select! {
+                        scrubbed = node.scrub(Some(rate)) => match scrubbed {
+                            Ok(report) => log::info!(
+                                "scrub: {} blob(s), {} bytes, {} damaged",
+                                report.checked, report.bytes, report.damaged.len()
+                            ),
+                            Err(e) => log::warn!("scrub: {}", e.cause()),
+                        },
+                        _ = &mut shutdown => return,
+                    }
+                }
+            });
+        })
+    })
 }
 
 #[utoipa::path(

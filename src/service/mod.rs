@@ -26,7 +26,7 @@ use crate::blocking::blocking;
 use crate::config::Settings;
 use crate::datadir::{conflict_with_folder, DataLock, Layout};
 use crate::error::{Error, Result};
-use crate::index::{Index, Intent, MetadataPatch, NewVersion, Record};
+use crate::index::{Blob, Index, Intent, MetadataPatch, NewVersion, Record};
 use crate::ingest::{Expected, Received, Spooler};
 use crate::key::Key;
 use crate::metrics::{Metrics, Outcome};
@@ -276,7 +276,8 @@ impl Node {
             let handle = tokio::runtime::Handle::current();
             let kept = index.blob(&info.blake3, info.size)?;
             let mut prepared = handle.block_on(store.reuse(prepared, &info, kept.as_ref()))?;
-            prepared.replace_blob = kept.as_ref().is_some_and(|b| b.corrupt);
+            let repairs = kept.as_ref().is_some_and(|b| b.corrupt);
+            prepared.replace_blob = repairs;
             let mut version = NewVersion {
                 key: key.clone(),
                 size: info.size,
@@ -298,8 +299,17 @@ impl Node {
                     return Err(e);
                 }
             }
+            let fresh = Blob {
+                blake3: version.blake3.clone(),
+                size: version.size,
+                version: version.blob_version.clone(),
+                corrupt: false,
+            };
             let completed = index.complete(&Intent::Install(version), &now(), retention)?;
             let record = completed.record.expect("an install has a record");
+            if repairs {
+                relink(&index, store.as_ref(), &fresh, &info)?;
+            }
             let old_size = current.as_ref().map_or(0, |r| r.size as i64);
             metrics.catalog_changed(i64::from(current.is_none()), record.size as i64 - old_size);
             Ok((record, current.is_none(), completed.doomed))
@@ -382,6 +392,21 @@ impl Node {
         self.free(doomed).await;
         Ok(())
     }
+}
+
+/// After good bytes replaced a corrupt blob: the other keys whose current
+/// file still holds the damaged bytes (on the filesystem, links to the old
+/// inode) get the good ones, as the same version. Under the commit lock.
+fn relink(index: &Index, store: &dyn Store, blob: &Blob, info: &ObjectInfo) -> Result<()> {
+    let handle = tokio::runtime::Handle::current();
+    for stale in index.stale_links(&blob.blake3, blob.size, &blob.version)? {
+        let Ok(key) = Key::parse(&stale) else { continue };
+        let prepared = handle.block_on(store.stage_blob(blob))?;
+        let installed = handle.block_on(store.install(&key, prepared, info))?;
+        index.set_current_version(&key, &installed.version)?;
+        log::info!("`{key}` serves the repaired bytes of blake3 {}", blob.blake3);
+    }
+    Ok(())
 }
 
 /// A key cannot be a dataset if a dataset sits at one of its ancestors, or

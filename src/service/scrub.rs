@@ -42,7 +42,7 @@ impl Node {
             for blob in page {
                 let good = self.reads_right(&blob, rate, started, &mut report.bytes).await?;
                 report.checked += 1;
-                if good == !blob.corrupt {
+                if good != blob.corrupt {
                     continue;
                 }
                 let (index, b) = (self.index.clone(), blob.clone());

@@ -8,8 +8,8 @@ use rocket::request::{FromRequest, Outcome, Request};
 
 use crate::error::{Error, Result};
 use crate::http::{guard, header};
-use crate::service::tus::{Concat, Creation, CHECKSUM_ALGORITHMS, TUS_VERSION};
 use crate::ingest::{Algorithm, Digest};
+use crate::service::tus::{Concat, Creation, CHECKSUM_ALGORITHMS, TUS_VERSION};
 
 pub const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
 
