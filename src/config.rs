@@ -294,11 +294,6 @@ impl Settings {
         Ok(())
     }
 
-    /// What the index keeps of each key's history.
-    pub fn retention(&self) -> crate::index::Retention {
-        crate::index::Retention { keep: self.keep_versions, keep_for: self.keep_versions_for.0 }
-    }
-
     pub fn stall_timeout(&self) -> Duration {
         Duration::from_secs(self.stall_timeout)
     }

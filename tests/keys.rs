@@ -376,13 +376,15 @@ fn dirs_below(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Asserts that everything in the temp root is where the node may write:
-/// `<data_dir>/datasets/**`, `<data_dir>/index.sqlite*`, the spool and
-/// staging directories, the node's log, or was there before the test.
+/// `<data_dir>/datasets/**`, `<data_dir>/blobs/**` (named by content, never
+/// by key), `<data_dir>/index.sqlite*`, the spool and staging directories,
+/// the node's log, or was there before the test.
 fn assert_nothing_outside_data_dir(node: &TestNode, baseline: &BTreeSet<PathBuf>) {
     let root = node.root.path();
     let datasets = node.datasets_dir();
     let allowed = |p: &Path| {
         p.starts_with(&datasets)
+            || blob_file(&node.data_dir, p)
             || (p.parent() == Some(node.data_dir.as_path())
                 && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("index.sqlite")))
             || p.starts_with(&node.spool_dir)
@@ -402,6 +404,22 @@ fn assert_nothing_outside_data_dir(node: &TestNode, baseline: &BTreeSet<PathBuf>
     let marker = escape_marker();
     for dir in [root.parent().unwrap(), root, node.data_dir.as_path()] {
         assert!(!dir.join(&marker).exists(), "a traversal wrote {}", dir.join(&marker).display());
+    }
+}
+
+/// A blob's file or folder: `blobs/HH/<64 hex>.<size>` with HH its first
+/// two digits, whatever key the bytes came with.
+fn blob_file(data_dir: &Path, p: &Path) -> bool {
+    let Ok(rel) = p.strip_prefix(data_dir.join("blobs")) else { return false };
+    let parts: Vec<&str> = rel.iter().filter_map(|s| s.to_str()).collect();
+    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    match parts.as_slice() {
+        [] => true,
+        [folder] => folder.len() == 2 && hex(folder),
+        [folder, name] => name.split_once('.').is_some_and(|(digest, size)| {
+            digest.len() == 64 && hex(digest) && digest.starts_with(folder) && size.parse::<u64>().is_ok()
+        }),
+        _ => false,
     }
 }
 

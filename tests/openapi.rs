@@ -58,8 +58,12 @@ fn the_snapshot_is_the_generated_document() {
 const DOCUMENTED_AUTO_HEAD: [&str; 1] = ["/data/{key}"];
 
 /// The `POST /datasets/<_..>` route serves these actions, by path suffix.
-const DATASET_ACTIONS: [&str; 3] =
-    ["/datasets/{key}/action/acknowledge", "/datasets/{key}/upload-url", "/datasets/{key}/download-url"];
+const DATASET_ACTIONS: [&str; 4] = [
+    "/datasets/{key}/action/acknowledge",
+    "/datasets/{key}/action/restore",
+    "/datasets/{key}/upload-url",
+    "/datasets/{key}/download-url",
+];
 
 fn document() -> Value {
     serde_json::from_str(DOCUMENT).expect("static/openapi.json is JSON")
@@ -87,6 +91,7 @@ fn operations_of(method: Method, rocket_path: &str) -> Vec<(String, String)> {
         "/data/<_..>" => vec!["/data/{key}".into()],
         "/datasets/<_..>" if method == "post" => DATASET_ACTIONS.iter().map(|p| p.to_string()).collect(),
         "/datasets/<_..>" => vec!["/datasets/{key}".into()],
+        "/versions/<_..>" => vec!["/versions/{key}".into()],
         "/uploads/<id>" | "/uploads/<_>" => vec!["/uploads/{id}".into()],
         // The catch-all OPTIONS (CORS preflights) for any other path.
         "/<_..>" if method == "options" => vec!["/{path}".into()],

@@ -86,10 +86,15 @@ impl Layout {
         let folder = self.blob_folder(sub, true)?.expect("created");
         let temp = format!("{SPOOL_PREFIX}{}", uuid::Uuid::new_v4().simple());
         linkat(at, at_name, &folder, temp.as_str(), AtFlags::empty()).map_err(io_error)?;
-        if let Err(e) = renameat(&folder, temp.as_str(), &folder, name.as_str()) {
-            let _ = unlinkat(&folder, temp.as_str(), AtFlags::empty());
-            return Err(io_error(e));
+        let renamed = renameat(&folder, temp.as_str(), &folder, name.as_str());
+        // When the name already links this very file, the rename does
+        // nothing (POSIX) and the temp name stays: it goes here, as it
+        // does when the rename failed.
+        match unlinkat(&folder, temp.as_str(), AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => log::warn!("removing a temporary blob link: {e}"),
         }
+        renamed.map_err(io_error)?;
         fsync(&folder).map_err(io_error)
     }
 

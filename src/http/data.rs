@@ -350,7 +350,7 @@ pub enum Served {
         super::openapi::DatasetErrors,
         (status = 409, response = super::openapi::Conflict),
         (status = 416, response = super::openapi::RangeNotSatisfiable),
-        (status = 500, description = "`corrupt-data`: a scrub found the stored bytes of this version damaged; they are not served until the dataset is restored or uploaded again.", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 500, response = super::openapi::CorruptData),
     ),
     security(("bearerAuth" = ["read"]), ()),
 )]

@@ -355,7 +355,7 @@ fn download_url() {}
         AccessErrors,
         DatasetErrors,
         (status = 409, response = Conflict),
-        (status = 500, description = "`corrupt-data`: a scrub found that version's stored bytes damaged.", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 500, response = CorruptData),
         (status = 507, response = InsufficientStorage),
     ),
     security(("bearerAuth" = ["write"]), ()),

@@ -78,7 +78,6 @@ pub fn sweepers() -> AdHoc {
     summary = "A key's versions, newest first (paged)",
     description = "Needs `read`. Every commit to a key (an upload, a restore) makes a version whose number grows by one; `current` marks the one `GET /data/{key}` serves (none, after the key was deleted). Versions are kept per `keep_versions` (the current one included) and `keep_versions_for` (after they stopped being current). Paged like the catalog: when a page is full, `Link: rel=\"next\"` gives the next page's URL. A key with no versions is `404`.",
     params(
-        ("key" = String, Path, description = "The dataset key."),
         ("limit" = Option<u64>, Query, minimum = 1, description = "Upper bound on the number of versions: default 1000, larger values are clamped to 10000."),
         ("after" = Option<i64>, Query, minimum = 1, description = "Only versions older than this number: the paging cursor."),
     ),

@@ -186,15 +186,20 @@ impl Index {
 
     /// Replaces every dataset row with rows found in the store, in one
     /// transaction (reindex); `old` rows lend their metadata. History goes:
-    /// each row starts without versions, and the node's next start makes
-    /// it version 1 of its key, its bytes a blob.
+    /// each row is version 1 of its key, its blob the one `blob_version`
+    /// names, or (none known yet) the node's next start makes it so.
     pub fn replace_all(&self, found: &[NewVersion], old: &BTreeMap<String, Record>, now: &str) -> Result<()> {
         self.tx(|db| {
             db.execute("DELETE FROM datasets", &[])?;
             db.execute("DELETE FROM versions", &[])?;
             db.execute("DELETE FROM blobs", &[])?;
+            let everything = super::Retention { keep: u64::MAX >> 2, keep_for: std::time::Duration::MAX };
             for v in found {
-                insert(db, v, now, 0)?;
+                if v.blob_version.is_empty() {
+                    insert(db, v, now, 0)?;
+                } else {
+                    upsert(db, v, now, everything)?;
+                }
                 if let Some(row) = old.get(v.key.as_str()) {
                     db.execute(
                         "UPDATE datasets SET created_at = $2, tags = $3 WHERE key = $1",

@@ -51,6 +51,11 @@ pub struct Retention {
 }
 
 impl Retention {
+    /// `keep_versions` and `keep_versions_for`.
+    pub fn of(settings: &crate::config::Settings) -> Retention {
+        Retention { keep: settings.keep_versions, keep_for: settings.keep_versions_for.0 }
+    }
+
     /// Versioning off: a replace or delete frees the old bytes at once.
     pub fn off(&self) -> bool {
         self.keep <= 1
@@ -111,6 +116,12 @@ impl Index {
         self.with(|db| Ok(db.query_opt(&sql, vals![blake3, size])?.as_ref().map(blob_from_row)))
     }
 
+    /// The blob of these bytes if it is doomed (fsck).
+    pub fn doomed_blob(&self, blake3: &str, size: u64) -> Result<Option<Blob>> {
+        let sql = format!("SELECT {BLOB_COLUMNS} FROM blobs WHERE blake3 = $1 AND size = $2 AND doomed = TRUE");
+        self.with(|db| Ok(db.query_opt(&sql, vals![blake3, size])?.as_ref().map(blob_from_row)))
+    }
+
     /// Blobs whose bytes are to be removed (freed, or left by a crash).
     pub fn doomed_blobs(&self) -> Result<Vec<Blob>> {
         let sql = format!("SELECT {BLOB_COLUMNS} FROM blobs WHERE doomed = TRUE");
@@ -156,6 +167,53 @@ impl Index {
     pub fn set_current_version(&self, key: &Key, version: &str) -> Result<()> {
         self.with(|db| {
             db.execute("UPDATE datasets SET version = $2 WHERE key = $1", vals![key.as_str(), version]).map(drop)
+        })
+    }
+
+    /// Blobs no version refers to that are not doomed (fsck).
+    pub fn unreferenced_blobs(&self) -> Result<Vec<Blob>> {
+        let sql = format!(
+            "SELECT {BLOB_COLUMNS} FROM blobs b WHERE doomed = FALSE
+               AND NOT EXISTS (SELECT 1 FROM versions v WHERE v.blake3 = b.blake3 AND v.size = b.size)"
+        );
+        self.with(|db| Ok(db.query(&sql, &[])?.iter().map(blob_from_row).collect()))
+    }
+
+    /// Versions whose bytes have no blob row (fsck): key and number.
+    pub fn versions_without_blob(&self) -> Result<Vec<(String, i64)>> {
+        self.with(|db| {
+            let rows = db.query(
+                "SELECT key, number FROM versions v WHERE NOT EXISTS
+                   (SELECT 1 FROM blobs b WHERE b.blake3 = v.blake3 AND b.size = v.size AND b.doomed = FALSE)
+                 ORDER BY key, number",
+                &[],
+            )?;
+            Ok(rows.iter().map(|r| (r.text(0), r.int(1))).collect())
+        })
+    }
+
+    /// Drops the versions of a blob whose bytes are gone, except a current
+    /// one; whether a current version still names it (fsck repair).
+    pub fn drop_versions_of_blob(&self, blob: &Blob) -> Result<bool> {
+        self.tx(|db| {
+            db.execute(
+                "DELETE FROM versions WHERE blake3 = $1 AND size = $2 AND NOT EXISTS
+                   (SELECT 1 FROM datasets d WHERE d.key = versions.key AND d.number = versions.number)",
+                vals![&blob.blake3, blob.size],
+            )?;
+            let left = db.query_opt(
+                "SELECT 1 FROM versions WHERE blake3 = $1 AND size = $2 LIMIT 1",
+                vals![&blob.blake3, blob.size],
+            )?;
+            Ok(left.is_some())
+        })
+    }
+
+    /// Marks the blob doomed (fsck found nothing refers to it).
+    pub fn doom_blob(&self, blob: &Blob) -> Result<()> {
+        self.with(|db| {
+            db.execute("UPDATE blobs SET doomed = TRUE WHERE blake3 = $1 AND size = $2", vals![&blob.blake3, blob.size])
+                .map(drop)
         })
     }
 

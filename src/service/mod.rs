@@ -267,7 +267,7 @@ impl Node {
     ) -> Result<(Record, bool)> {
         let _guard = self.commit_lock.lock().await;
         let (index, store, metrics) = (self.index.clone(), self.store.clone(), self.metrics.clone());
-        let retention = self.settings.retention();
+        let retention = crate::index::Retention::of(&self.settings);
         let (record, created, doomed) = blocking(move || {
             let _cluster = index.commit_lock()?;
             let current = index.get(&key)?;
@@ -369,7 +369,7 @@ impl Node {
     pub async fn delete(&self, key: &Key, purge: bool) -> Result<()> {
         let _guard = self.commit_lock.lock().await;
         let (index, store, metrics, k) = (self.index.clone(), self.store.clone(), self.metrics.clone(), key.clone());
-        let retention = self.settings.retention();
+        let retention = crate::index::Retention::of(&self.settings);
         let doomed = blocking(move || {
             let _cluster = index.commit_lock()?;
             let Some(current) = index.get(&k)? else {

@@ -116,7 +116,7 @@ impl Node {
                                 ..v.clone()
                             });
                             // What it doomed is freed with the rest at start.
-                            self.index.complete(&landed, &now(), self.settings.retention())?;
+                            self.index.complete(&landed, &now(), crate::index::Retention::of(&self.settings))?;
                         }
                         None => {
                             log::warn!("rolling back the interrupted commit of `{}`", v.key);
@@ -128,7 +128,7 @@ impl Node {
                 }
                 Intent::Remove { key, .. } if handle.block_on(self.store.version_of(key))?.is_none() => {
                     log::warn!("finishing the interrupted delete of `{key}`");
-                    self.index.complete(&intent, &now(), self.settings.retention())?;
+                    self.index.complete(&intent, &now(), crate::index::Retention::of(&self.settings))?;
                 }
                 Intent::Remove { key, .. } => {
                     log::warn!("rolling back the interrupted delete of `{key}`");

@@ -122,7 +122,7 @@ impl Node {
     /// `keep_versions_for`, and frees what a crash or a failed removal left
     /// doomed. Returns how many blobs went.
     pub async fn prune_versions(&self) -> Result<usize> {
-        let keep_for = self.settings.retention().keep_for;
+        let keep_for = crate::index::Retention::of(&self.settings).keep_for;
         let cutoff = std::time::SystemTime::now()
             .checked_sub(keep_for)
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())

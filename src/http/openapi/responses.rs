@@ -36,6 +36,7 @@ shared_responses!(
     BadRequest,
     Busy,
     Conflict,
+    CorruptData,
     Forbidden,
     HeadBadRequest,
     HeadConflict,

@@ -24,6 +24,8 @@ use crate::index::{Index, NewVersion, Record};
 use crate::key::Key;
 use crate::timestamp::now;
 
+mod blobs;
+
 /// One disagreement between the index, the files and the spool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finding {
@@ -44,11 +46,24 @@ pub enum Finding {
     /// keys answer `409 symlink-refused`). Not repaired: someone put it
     /// there by hand, and where it points is theirs to judge.
     Symlink { path: PathBuf },
+    /// A version whose bytes have no blob. Not repaired: restore the
+    /// index from its backup, or `reindex` (which drops history).
+    VersionWithoutBlob { key: String, number: i64 },
+    /// A blob row whose file is gone or is not the one it names (another
+    /// inode or size: edited in place, or removed by hand). Repair: the
+    /// versions that need it, which can never be read, go with it, unless
+    /// one is current.
+    MissingBlob { blake3: String, size: u64 },
+    /// A blob no version refers to. Repair: remove it.
+    UnreferencedBlob { blake3: String, size: u64 },
+    /// A file in `blobs/` no row names (a crash between its link and its
+    /// row). Repair: delete it.
+    StrayBlob { path: PathBuf },
 }
 
 impl Finding {
     pub fn repairable(&self) -> bool {
-        !matches!(self, Finding::InvalidName { .. } | Finding::Symlink { .. })
+        !matches!(self, Finding::InvalidName { .. } | Finding::Symlink { .. } | Finding::VersionWithoutBlob { .. })
     }
 }
 
@@ -67,6 +82,16 @@ impl fmt::Display for Finding {
             ),
             Finding::StraySpool { path } => write!(f, "stray spool file: {}", path.display()),
             Finding::Symlink { path } => write!(f, "symlink below the data directory: {}", path.display()),
+            Finding::VersionWithoutBlob { key, number } => {
+                write!(f, "version {number} of `{key}` has no stored blob")
+            }
+            Finding::MissingBlob { blake3, size } => {
+                write!(f, "blob {blake3} ({size} bytes) is missing or holds other bytes")
+            }
+            Finding::UnreferencedBlob { blake3, size } => {
+                write!(f, "blob {blake3} ({size} bytes) backs no version")
+            }
+            Finding::StrayBlob { path } => write!(f, "stray blob file: {}", path.display()),
         }
     }
 }
@@ -121,7 +146,7 @@ pub fn fsck(settings: &Settings, repair: bool) -> Result<Report> {
                 index.upsert(
                     &found_version(key, file, disk_hash, Some(&row)),
                     &row.updated_at,
-                    settings.retention(),
+                    crate::index::Retention::of(settings),
                 )?;
             }
             Some(_) => {}
@@ -133,6 +158,7 @@ pub fn fsck(settings: &Settings, repair: bool) -> Result<Report> {
         .findings
         .extend(layout.spool_files().map_err(Error::internal)?.into_iter().map(|path| Finding::StraySpool { path }));
     report.findings.extend(symlinks(&layout.root)?.into_iter().map(|path| Finding::Symlink { path }));
+    blobs::check(&index, &layout, &mut report)?;
 
     if repair {
         for finding in &report.findings {
@@ -162,10 +188,15 @@ fn repair_one(
             let hash = hash_file(&file.path, &ProgressBar::hidden())?;
             let current = index.get(&key)?;
             keep_as_blob(layout, &key, file, &hash)?;
-            index.upsert(&found_version(&key, file, hash, current.as_ref()), &now(), settings.retention())?;
+            index.upsert(
+                &found_version(&key, file, hash, current.as_ref()),
+                &now(),
+                crate::index::Retention::of(settings),
+            )?;
         }
         Finding::StraySpool { path } => std::fs::remove_file(path).map_err(Error::internal)?,
         Finding::InvalidName { .. } | Finding::Symlink { .. } => return Ok(false),
+        blob => return blobs::repair(index, layout, blob),
     }
     Ok(true)
 }
@@ -234,7 +265,9 @@ pub fn reindex(settings: &Settings) -> Result<Report> {
                 key,
                 size,
                 blake3,
-                blob_version: String::new(),
+                // On the filesystem the key's file is its blob; an object
+                // store's blob is copied at the node's next start.
+                blob_version: if settings.storage == StorageKind::Fs { version.clone() } else { String::new() },
                 uploaded_by: None,
                 version,
             }
@@ -266,11 +299,13 @@ fn found_files(layout: &Layout, report: &mut Report) -> Result<Vec<FoundRow>> {
     let progress = progress_bar(files.iter().map(|f| f.size).sum(), "hashing");
     let mut found = Vec::with_capacity(files.len());
     for file in files {
-        let Some(key) = file.key else {
+        let Some(key) = file.key.clone() else {
             report.findings.push(Finding::InvalidName { path: file.path.clone() });
             continue;
         };
         let hash = hash_file(&file.path, &progress)?;
+        // The file becomes the blob of its bytes: version 1 of its key.
+        keep_as_blob(layout, &key, &file, &hash)?;
         found.push((key, file.size, file.inode.to_string(), hash, None));
     }
     progress.finish_and_clear();
