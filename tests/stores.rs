@@ -177,6 +177,31 @@ impl Fx {
         record
     }
 
+    /// The stored blobs (versions' bytes, one per distinct content) → size.
+    async fn blobs(&self) -> BTreeMap<String, u64> {
+        match &self.garage {
+            None => files_below(&self.node.data_dir.join("blobs"))
+                .into_iter()
+                .map(|path| {
+                    let size = std::fs::metadata(&path).map_or(u64::MAX, |m| m.len());
+                    (path.file_name().unwrap().to_string_lossy().into_owned(), size)
+                })
+                .collect(),
+            Some(garage) => every_object(garage)
+                .await
+                .into_iter()
+                .filter_map(|(path, size)| path.strip_prefix("blobs/").map(|name| (name.to_owned(), size)))
+                .collect(),
+        }
+    }
+
+    /// `GET /versions/{key}`: the version numbers, newest first.
+    async fn versions(&self, key: &str) -> Vec<u64> {
+        let r = self.get(&format!("/versions/{}", encode_key(key)), &[]).await;
+        assert_eq!(r.status, 200, "GET /versions/{key}: {}", r.describe());
+        r.json().as_array().unwrap().iter().map(|v| v["version"].as_u64().unwrap()).collect()
+    }
+
     /// The record at `key`, or `None` on 404.
     async fn record(&self, key: &str) -> Option<Value> {
         let r = self.get(&record_path(key), &[]).await;
@@ -311,7 +336,14 @@ fn bucket_client(garage: &Garage) -> AmazonS3 {
 }
 
 /// Every object in the bucket → its size.
+/// The bucket's objects but the blobs (versions' bytes, by content):
+/// what uploads leave, by key.
 async fn bucket_objects(garage: &Garage) -> BTreeMap<String, u64> {
+    every_object(garage).await.into_iter().filter(|(path, _)| !path.starts_with("blobs/")).collect()
+}
+
+/// Every object in the bucket → size.
+async fn every_object(garage: &Garage) -> BTreeMap<String, u64> {
     let client = bucket_client(garage);
     let objects: Vec<object_store::ObjectMeta> = tokio::time::timeout(CALL, client.list(None).try_collect())
         .await
@@ -458,6 +490,62 @@ contract! {
     reindex_rebuilds_the_catalog => fs_reindex_rebuilds_the_catalog, s3_reindex_rebuilds_the_catalog, s3_unstaged_reindex_rebuilds_the_catalog;
     unusual_keys_round_trip => fs_unusual_keys_round_trip, s3_unusual_keys_round_trip;
     form_upload_commits => fs_form_upload_commits, s3_form_upload_commits;
+    versions_restore_prune_and_dedup => fs_versions_restore_prune_and_dedup, s3_versions_restore_prune_and_dedup, s3_unstaged_versions_restore_prune_and_dedup;
+}
+
+/// Versions on either store: older versions read back (whole and a range),
+/// a restore is a new version, a delete keeps them, pruning by count frees
+/// what no version needs, and identical bytes under two keys are one blob.
+async fn versions_restore_prune_and_dedup(kind: Kind) {
+    let fx = Fx::start(kind, &[("SPILLWAY_KEEP_VERSIONS", "3")]);
+    // One body past the part size (8 MiB), so S3 streams it in parts.
+    let bodies = [generated(64 * KIB, 91), generated(9 * MIB, 92), generated(3 * KIB, 93)];
+    fx.put_ok("ver/a", &bodies[0], Framing::Sized, &[]).await;
+    fx.put_ok("ver/a", &bodies[1], Framing::Chunked, &[]).await;
+    fx.put_ok("ver/twin", &bodies[0], Framing::Sized, &[]).await;
+    assert_eq!(fx.versions("ver/a").await, [2, 1]);
+    assert_eq!(fx.blobs().await.len(), 2, "two distinct contents, one blob each: {:?}", fx.blobs().await);
+
+    let old = fx.get("/data/ver/a?version=1", &[]).await;
+    assert_eq!(old.status, 200, "GET version 1: {}", old.describe());
+    assert_same_bytes(&old.body, &bodies[0], "version 1");
+    let range = fx.get("/data/ver/a?version=2", &[("Range", "bytes=8388600-8388615")]).await;
+    assert_eq!(range.status, 206, "a range of version 2: {}", range.describe());
+    assert_same_bytes(&range.body, &bodies[1][8_388_600..8_388_616], "a range of version 2");
+
+    let restored = fx.post_json("/datasets/ver/a/action/restore", &json!({"version": 1})).await;
+    assert_eq!(restored.status, 200, "restore: {}", restored.describe());
+    fx.assert_serves("ver/a", &bodies[0]).await;
+    assert_eq!(fx.versions("ver/a").await, [3, 2, 1]);
+
+    let deleted = fx.call("DELETE", &record_path("ver/a"), &[], None).await;
+    assert_eq!(deleted.status, 204, "DELETE: {}", deleted.describe());
+    assert_eq!(fx.get(&data_path("ver/a"), &[]).await.status, 404);
+    let back = fx.post_json("/datasets/ver/a/action/restore", &json!({"version": 2})).await;
+    assert_eq!(back.status, 200, "restore a deleted key: {}", back.describe());
+    fx.assert_serves("ver/a", &bodies[1]).await;
+    // Four commits with `keep_versions = 3`: version 1 is pruned; its bytes
+    // stay, since version 3 and the twin hold the same.
+    assert_eq!(fx.versions("ver/a").await, [4, 3, 2]);
+    fx.put_ok("ver/a", &bodies[2], Framing::Sized, &[]).await;
+    fx.put_ok("ver/a", &bodies[2], Framing::Sized, &[]).await;
+    assert_eq!(fx.versions("ver/a").await, [6, 5, 4]);
+    // Versions 1 to 3 are pruned; version 4 (the restore of 2) still
+    // holds the 9 MiB.
+    assert_eq!(fx.blobs().await.len(), 3, "{:?}", fx.blobs().await);
+    fx.put_ok("ver/a", &bodies[2], Framing::Sized, &[]).await;
+    assert_eq!(fx.versions("ver/a").await, [7, 6, 5]);
+    let sizes: Vec<u64> = fx.blobs().await.into_values().collect();
+    assert_eq!(fx.blobs().await.len(), 2, "the 9 MiB blob is freed with its last version: {sizes:?}");
+    fx.assert_serves("ver/twin", &bodies[0]).await;
+
+    for key in ["ver/a", "ver/twin"] {
+        let gone = fx.call("DELETE", &format!("{}?versions=all", record_path(key)), &[], None).await;
+        assert_eq!(gone.status, 204, "DELETE {key}?versions=all: {}", gone.describe());
+    }
+    assert!(fx.blobs().await.is_empty(), "no version left, no blob left: {:?}", fx.blobs().await);
+    fx.settle("after versions");
+    fx.assert_no_500();
 }
 
 /// An empty dataset, with `Content-Length: 0` and as a chunked body of only
