@@ -1,11 +1,12 @@
 // Spillway's web page: the catalog (list, search, pages, download, copy,
-// delete) and uploads through the node's tus 1.0.0 endpoint, in pieces,
+// delete, a dataset's versions with restore) and uploads through the node's tus 1.0.0 endpoint, in pieces,
 // resumable across reloads. Plain JavaScript, no libraries.
 "use strict";
 
 (() => {
   const CHUNK_SIZE = 8 * 1024 * 1024; // bytes per PATCH
   const PAGE_SIZE = 50; // datasets per page
+  const VERSIONS_PAGE = 20; // versions per request ("Show older versions" asks for more)
   const PARALLEL = 2; // uploads sent at once; the rest wait
   const RETRIES = 8; // attempts after a dropped connection before giving up
   const STALL_MS = 60000; // no upload progress for this long: reconnect
@@ -200,7 +201,8 @@
         : "This node needs a bearer token. It is kept for this tab only (sessionStorage).";
       box.classList.add("attention");
     } else if (status === 403) {
-      hint.textContent = "This token is valid but its scope does not allow that (deleting needs admin).";
+      hint.textContent =
+        "This token is valid but its scope does not allow that (uploading and restoring need write, deleting needs admin).";
     }
   }
 
@@ -345,6 +347,7 @@
     const body = $("rows");
     const template = $("row-template");
     const frag = document.createDocumentFragment();
+    const reopen = []; // rows whose versions were shown before this render
     for (const r of records) {
       const row = template.content.firstElementChild.cloneNode(true);
       row.dataset.key = r.key;
@@ -373,6 +376,10 @@
       download.setAttribute("download", r.key.split("/").pop());
       download.setAttribute("aria-label", `Download ${r.key}`);
       download.addEventListener("click", (e) => onDownload(e, r));
+      const versions = row.querySelector(".act-versions");
+      versions.setAttribute("aria-label", `Versions of ${r.key}`);
+      versions.addEventListener("click", () => toggleVersions(row, r, versions));
+      if (openVersions.has(r.key)) reopen.push([row, r, versions]);
       const copy = row.querySelector(".act-copy");
       copy.setAttribute("aria-label", `Copy path of ${r.key}`);
       copy.addEventListener("click", () => copyPath(path));
@@ -382,20 +389,23 @@
       frag.appendChild(row);
     }
     body.replaceChildren(frag);
+    for (const [row, r, button] of reopen) showVersions(row, r, button);
     $("empty").hidden = records.length > 0;
     $("datasets").classList.toggle("is-empty", records.length === 0);
   }
 
   // A plain link cannot carry a bearer token: with one, ask the node for a
-  // signed download URL and follow that instead.
-  async function onDownload(event, record) {
+  // signed download URL (of a version, when one is given) and follow that instead.
+  async function onDownload(event, record, version) {
     if (!token()) return;
     event.preventDefault();
     try {
+      const body = { expires_in: 300 };
+      if (version) body.version = version;
       const res = await request(`/datasets/${keyPath(record.key)}/download-url`, {
         method: "POST",
         headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ expires_in: 300 }),
+        body: JSON.stringify(body),
       });
       if (!res.ok) throw await errorFromResponse(res);
       const { url } = await res.json();
@@ -447,7 +457,12 @@
       const res = await request(`/datasets/${keyPath(key)}`, { method: "DELETE" });
       if (!res.ok && res.status !== 404) throw await errorFromResponse(res);
       const row = button.closest("tr");
-      if (row) row.remove();
+      if (row) {
+        const next = row.nextElementSibling;
+        if (next && next.classList.contains("versions-row")) next.remove();
+        row.remove();
+      }
+      openVersions.delete(key);
       announce(`Deleted ${key}`);
       toast(`Deleted ${key}`);
       await list.refresh();
@@ -455,6 +470,141 @@
     } catch (e) {
       button.disabled = false;
       toast(`Could not delete ${key}: ${e.message}`, "error");
+    }
+  }
+
+  // ---------------------------------------------------------------- versions
+
+  const openVersions = new Set(); // keys whose versions are shown (kept across re-renders)
+  let versionsCounter = 0; // ids of the panels (keys are untrusted: never in an id)
+  let focusVersionsOf = null; // after a restore: the key whose panel takes the focus
+
+  /** Shows or hides the versions of a row's dataset, in a row of its own below it. */
+  function toggleVersions(row, record, button) {
+    focusVersionsOf = null;
+    const next = row.nextElementSibling;
+    if (next && next.classList.contains("versions-row")) {
+      next.remove();
+      openVersions.delete(record.key);
+      button.setAttribute("aria-expanded", "false");
+      return;
+    }
+    openVersions.add(record.key);
+    showVersions(row, record, button);
+  }
+
+  function showVersions(row, record, button) {
+    const tr = $("versions-template").content.firstElementChild.cloneNode(true);
+    tr.id = `versions-${++versionsCounter}`;
+    tr.dataset.key = record.key;
+    const section = tr.querySelector(".versions");
+    const title = tr.querySelector(".versions-title");
+    title.id = `${tr.id}-title`;
+    title.textContent = `Versions of ${record.key}`;
+    section.setAttribute("aria-labelledby", title.id);
+    const hide = tr.querySelector(".versions-hide");
+    hide.setAttribute("aria-label", `Hide the versions of ${record.key}`);
+    hide.addEventListener("click", () => {
+      toggleVersions(row, record, button);
+      button.focus();
+    });
+    const more = tr.querySelector(".versions-more");
+    more.addEventListener("click", () => loadVersions(section, record, more.dataset.next, true));
+    button.setAttribute("aria-controls", tr.id);
+    button.setAttribute("aria-expanded", "true");
+    row.after(tr);
+    loadVersions(section, record, `/versions/${keyPath(record.key)}?limit=${VERSIONS_PAGE}`, false);
+  }
+
+  /** Loads a page of versions into a panel (appended for "Show older versions"). */
+  async function loadVersions(section, record, url, append) {
+    const status = section.querySelector(".versions-status");
+    const list = section.querySelector(".versions-list");
+    const more = section.querySelector(".versions-more");
+    section.setAttribute("aria-busy", "true");
+    status.classList.remove("is-error");
+    status.textContent = "Loading versions…";
+    status.hidden = false;
+    more.disabled = true;
+    try {
+      const res = await request(url, { headers: { Accept: "application/json" }, cache: "no-store" });
+      if (!res.ok) throw await errorFromResponse(res);
+      const versions = await res.json();
+      if (!section.isConnected) return;
+      const frag = document.createDocumentFragment();
+      for (const v of versions) frag.append(versionItem(v, record));
+      if (append) list.append(frag);
+      else list.replaceChildren(frag);
+      const next = versions.length > 0 ? nextLink(res.headers.get("Link")) : null;
+      more.dataset.next = next || "";
+      more.hidden = !next;
+      status.textContent = list.children.length ? "" : "No versions are kept of this dataset.";
+      status.hidden = list.children.length > 0;
+    } catch (e) {
+      if (!section.isConnected) return;
+      status.textContent = `Could not load the versions: ${e.message}`;
+      status.classList.add("is-error");
+    } finally {
+      section.removeAttribute("aria-busy");
+      more.disabled = false;
+      if (section.isConnected && focusVersionsOf === record.key) {
+        focusVersionsOf = null;
+        section.querySelector(".versions-title").focus();
+      }
+    }
+  }
+
+  /** One version: number, current marker, date, size, who, blake3, download and restore. */
+  function versionItem(v, record) {
+    const li = $("version-template").content.firstElementChild.cloneNode(true);
+    const what = `version ${v.version} of ${record.key}`;
+    li.dataset.version = String(v.version);
+    li.dataset.current = String(Boolean(v.current));
+    li.querySelector(".v-number").textContent = `Version ${v.version}`;
+    li.querySelector(".v-current").hidden = !v.current;
+    const date = li.querySelector(".v-date");
+    date.dateTime = v.created_at || "";
+    date.textContent = humanDate(v.created_at);
+    date.title = v.created_at || "";
+    const size = li.querySelector(".v-size");
+    size.textContent = humanBytes(v.size);
+    size.title = `${Number(v.size).toLocaleString()} bytes`;
+    const who = li.querySelector(".v-who");
+    who.textContent = v.uploaded_by ? `by ${v.uploaded_by}` : "";
+    who.hidden = !v.uploaded_by;
+    const hash = li.querySelector(".v-hash");
+    hash.textContent = (v.blake3 || "").slice(0, 12);
+    hash.title = v.blake3 || "";
+    const download = li.querySelector(".v-download");
+    download.href = `/data/${keyPath(record.key)}?version=${encodeURIComponent(v.version)}`;
+    download.setAttribute("download", record.key.split("/").pop());
+    download.setAttribute("aria-label", `Download ${what}`);
+    download.addEventListener("click", (e) => onDownload(e, record, v.version));
+    const restore = li.querySelector(".v-restore");
+    restore.hidden = Boolean(v.current);
+    restore.setAttribute("aria-label", `Restore ${what}`);
+    restore.title = "Make these bytes current again (as a new version)";
+    restore.addEventListener("click", () => restoreVersion(record.key, v.version, restore));
+    return li;
+  }
+
+  /** Makes a version current again (a new version with its bytes), then shows the result. */
+  async function restoreVersion(key, version, button) {
+    button.disabled = true;
+    try {
+      const res = await request(`/datasets/${keyPath(key)}/action/restore`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ version }),
+      });
+      if (!res.ok) throw await errorFromResponse(res);
+      announce(`Restored version ${version} of ${key}`);
+      toast(`Restored version ${version} of ${key}`);
+      focusVersionsOf = key;
+      await list.refresh();
+    } catch (e) {
+      button.disabled = false;
+      toast(`Could not restore version ${version} of ${key}: ${e.message}`, "error");
     }
   }
 

@@ -1,7 +1,8 @@
-//! The command-line client (`spillway upload`, `get`, `ls`, `rm`, `url`)
-//! against a live node: an upload and a download each SIGKILLed midway and
-//! resumed by running the same command again, paging in `ls`, auth errors,
-//! and signed URLs.
+//! The command-line client (`spillway upload`, `get`, `ls`, `rm`, `url`,
+//! `versions`, `restore`) against a live node: an upload and a download each
+//! SIGKILLed midway and resumed by running the same command again, paging in
+//! `ls`, auth errors, signed URLs, and a key's versions (listed, paged,
+//! downloaded and resumed, restored, deleted).
 //!
 //! The client runs as the real binary with a clean environment:
 //! `SPILLWAY_URL` is the node, `SPILLWAY_STATE_DIR` a temporary directory.
@@ -395,4 +396,126 @@ async fn signed_urls_work_without_a_token() {
     assert!(url.contains("max_size=1024"), "{url}");
     assert_eq!(node.client.put(url).body("x,y\n").send().await.unwrap().status(), 201);
     assert_eq!(node.client.put(url).body(vec![0u8; 2048]).send().await.unwrap().status(), 413);
+}
+
+const VERSION_TOKENS: &str = r#"[{name="reader",token="read-secret-1",scopes=["read"]},{name="writer",token="write-secret-1",scopes=["write"]},{name="boss",token="admin-secret-1",scopes=["admin"]}]"#;
+
+#[tokio::test]
+async fn versions_listed_downloaded_restored_and_removed() {
+    let node = TestNode::start_with(&[("SPILLWAY_TOKENS", VERSION_TOKENS)]);
+    let writer = Client::with_token(&node, "write-secret-1");
+    let key = "runs/model output.bin";
+    let (one, two) = (generated(3 * MIB as usize + 17, 21), generated(2 * MIB as usize + 5, 22));
+    let (b3_one, b3_two) = (b3(&one), b3(&two));
+    fs::write(writer.work_dir().join("one.bin"), &one).unwrap();
+    fs::write(writer.work_dir().join("two.bin"), &two).unwrap();
+    writer.run(&["upload", "one.bin", key]).ok();
+    writer.run(&["upload", "two.bin", key]).ok();
+
+    // The table: newest first, the current one marked, who uploaded it.
+    let reader = Client::with_token(&node, "read-secret-1");
+    let table = reader.run(&["versions", key]);
+    table.ok();
+    let lines: Vec<&str> = table.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "a header and two versions:\n{}", table.stdout);
+    for column in ["VERSION", "CURRENT", "SIZE", "CREATED", "BLAKE3", "UPLOADED BY"] {
+        assert!(lines[0].contains(column), "{column} in {}", lines[0]);
+    }
+    let fields = |line: &str| line.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    let newest = fields(lines[1]);
+    assert_eq!(newest[0], "2", "{}", table.stdout);
+    assert_eq!(newest[1], "*", "version 2 is current: {}", table.stdout);
+    assert!(lines[1].contains("2.0 MiB") && lines[1].contains(&b3_two[..12]), "{}", lines[1]);
+    assert!(lines[1].ends_with(" writer"), "{}", lines[1]);
+    let oldest = fields(lines[2]);
+    assert_eq!(oldest[0], "1");
+    assert!(!lines[2].contains('*'), "version 1 is not current: {}", lines[2]);
+    assert!(lines[2].contains("3.0 MiB") && lines[2].contains(&b3_one[..12]), "{}", lines[2]);
+    assert!(oldest.iter().any(|f| f.len() == 20 && f.ends_with('Z')), "a created_at: {}", lines[2]);
+
+    // JSON, one version per page: every page is fetched.
+    let pages_before = node.log().matches("route=/versions/").count();
+    let json = reader.run(&["versions", key, "--json", "--page-size", "1"]);
+    json.ok();
+    let listed: Value = serde_json::from_str(&json.stdout).unwrap();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{}", json.stdout);
+    assert_eq!((listed[0]["version"].as_i64(), listed[0]["current"].as_bool()), (Some(2), Some(true)));
+    assert_eq!((listed[1]["version"].as_i64(), listed[1]["current"].as_bool()), (Some(1), Some(false)));
+    assert_eq!(listed[1]["blake3"], b3_one.as_str());
+    assert_eq!(listed[1]["uploaded_by"], "writer");
+    assert!(node.log().matches("route=/versions/").count() - pages_before >= 2, "paged through Link");
+
+    // An older version, byte for byte, to a file and to stdout.
+    let got = reader.run(&["get", key, "--version", "1", "v1.bin"]);
+    got.ok();
+    assert!(got.stdout.contains("version 1") && got.stdout.contains(&b3_one), "{got:#?}");
+    assert_same_bytes(&fs::read(reader.work_dir().join("v1.bin")).unwrap(), &one, "get --version 1");
+    let child = reader.spawn("piped", &["get", key, "--version", "2", "-"]);
+    reader.wait("piped", child).ok();
+    assert_same_bytes(&fs::read(reader.dir.path().join("piped.out")).unwrap(), &two, "get --version 2 -");
+    let line = reader.run(&["get", key, "--version", "9", "v9.bin"]).failed_with_one_line().to_string();
+    assert!(line.contains("no version 9"), "{line}");
+    assert!(!reader.work_dir().join("v9.bin.part").exists());
+
+    // A version's `.part` file resumes with a Range, though the key's
+    // current bytes are others: a version never changes.
+    let part = reader.work_dir().join("resumed.bin.part");
+    let half = one.len() / 2;
+    fs::write(&part, &one[..half]).unwrap();
+    let state = serde_json::json!({"version": 1, "uploads": [], "downloads": [{
+        "part": part.to_str().unwrap(), "server": node.base, "key": key,
+        "etag": b3_one, "created_at": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(),
+    }]});
+    fs::create_dir_all(reader.state_dir()).unwrap();
+    fs::write(reader.state_dir().join("uploads.json"), state.to_string()).unwrap();
+    let ranged_before = node.log().matches("status=206").count();
+    let resumed = reader.run(&["get", key, "--version", "1", "resumed.bin"]);
+    resumed.ok();
+    assert!(resumed.stderr.contains("resuming at"), "{resumed:#?}");
+    assert_eq!(node.log().matches("status=206").count(), ranged_before + 1, "the rest came as a range");
+    assert_same_bytes(&fs::read(reader.work_dir().join("resumed.bin")).unwrap(), &one, "resumed version 1");
+    assert_eq!(reader.state()["downloads"], serde_json::json!([]));
+
+    // A signed download URL for a version works without a token.
+    let minted = reader.run(&["url", key, "--download", "--version", "1"]);
+    minted.ok();
+    let url = minted.stdout.trim();
+    assert!(url.contains("version=1"), "{url}");
+    let signed = node.client.get(url).send().await.unwrap();
+    assert_eq!(signed.status(), 200);
+    assert_same_bytes(&signed.bytes().await.unwrap(), &one, "signed URL of version 1");
+
+    // Restore: a reader may not; a writer makes version 1 current as version 3.
+    let line = reader.run(&["restore", key, "1"]).failed_with_one_line().to_string();
+    assert!(line.contains("403"), "{line}");
+    let restored = writer.run(&["restore", key, "1"]);
+    restored.ok();
+    assert_eq!(restored.stdout, format!("restored {key} version 1 as version 3\n"));
+    let current = reader.run(&["get", key, "current.bin"]);
+    current.ok();
+    assert_same_bytes(&fs::read(reader.work_dir().join("current.bin")).unwrap(), &one, "current after restore");
+    let listed: Value = serde_json::from_str(&reader.run(&["versions", key, "--json"]).stdout).unwrap();
+    assert_eq!(listed[0]["version"], 3);
+    assert_eq!(listed[0]["current"], true);
+    assert_eq!(listed[0]["blake3"], b3_one.as_str());
+    let line = writer.run(&["restore", key, "7"]).failed_with_one_line().to_string();
+    assert!(line.contains("404") && line.contains("no version 7"), "{line}");
+
+    // rm keeps the versions (restorable, downloadable); --all-versions does not.
+    let admin = Client::with_token(&node, "admin-secret-1");
+    admin.run(&["rm", key]).ok();
+    let listed: Value = serde_json::from_str(&admin.run(&["versions", key, "--json"]).stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 3);
+    assert!(listed.as_array().unwrap().iter().all(|v| v["current"] == false), "{listed}");
+    admin.run(&["get", key, "--version", "2", "after-rm.bin"]).ok();
+    assert_same_bytes(&fs::read(admin.work_dir().join("after-rm.bin")).unwrap(), &two, "a deleted key's version");
+    admin.run(&["rm", key, "--all-versions"]).ok();
+    let line = admin.run(&["versions", key]).failed_with_one_line().to_string();
+    assert!(line.contains("404") && line.contains("no versions"), "{line}");
+    let gone = node.client.get(node.url("/versions/runs/model%20output.bin")).bearer_auth("admin-secret-1");
+    assert_eq!(gone.send().await.unwrap().status(), 404);
+    let line = admin.run(&["get", key, "--version", "1", "late.bin"]).failed_with_one_line().to_string();
+    assert!(line.contains("no version 1"), "{line}");
 }

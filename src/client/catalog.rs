@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use reqwest::header::{HeaderMap, LINK};
 use reqwest::{Method, Url};
 
+use super::versions::parse_version;
 use super::{dataset_path, human_size, parse_key, parse_size, Connection, Node, Record};
 use crate::key::encode_query_value;
 
@@ -28,6 +29,10 @@ pub struct LsArgs {
 pub struct RmArgs {
     /// The dataset's key.
     pub key: String,
+    /// Remove every kept version as well (without it the versions stay,
+    /// restorable, until pruned).
+    #[arg(long)]
+    pub all_versions: bool,
     #[command(flatten)]
     pub connection: Connection,
 }
@@ -49,6 +54,9 @@ pub struct UrlArgs {
     /// Largest body the upload URL accepts (plain bytes or e.g. `1 GiB`).
     #[arg(long, conflicts_with = "download", value_parser = parse_size, value_name = "SIZE")]
     pub max_size: Option<u64>,
+    /// A download URL for this version (see `spillway versions KEY`).
+    #[arg(long, conflicts_with = "upload", value_parser = parse_version, value_name = "N")]
+    pub version: Option<i64>,
     #[command(flatten)]
     pub connection: Connection,
 }
@@ -107,7 +115,7 @@ pub async fn ls(args: LsArgs) -> Result<()> {
 }
 
 /// The `Link: <...>; rel="next"` target, resolved against the page's URL.
-fn next_link(page: &Url, headers: &HeaderMap) -> Result<Option<Url>> {
+pub(super) fn next_link(page: &Url, headers: &HeaderMap) -> Result<Option<Url>> {
     for value in headers.get_all(LINK) {
         let Ok(value) = value.to_str() else { continue };
         for link in value.split(',') {
@@ -125,11 +133,12 @@ fn next_link(page: &Url, headers: &HeaderMap) -> Result<Option<Url>> {
     Ok(None)
 }
 
-/// `rm KEY`: `DELETE /datasets/{key}`.
+/// `rm KEY`: `DELETE /datasets/{key}` (`?versions=all` with `--all-versions`).
 pub async fn rm(args: RmArgs) -> Result<()> {
     let node = Node::new(&args.connection)?;
     let key = parse_key(&args.key)?;
-    node.send(node.request(Method::DELETE, node.url(&dataset_path(&key))?))
+    let query = if args.all_versions { "?versions=all" } else { "" };
+    node.send(node.request(Method::DELETE, node.url(&format!("{}{query}", dataset_path(&key)))?))
         .await
         .with_context(|| format!("cannot delete `{key}`"))?;
     Ok(())
@@ -147,6 +156,9 @@ pub async fn url(args: UrlArgs) -> Result<()> {
     }
     if let Some(max_size) = args.max_size {
         body.insert("max_size".into(), max_size.into());
+    }
+    if let Some(version) = args.version {
+        body.insert("version".into(), version.into());
     }
     let response = node.send(node.request(Method::POST, endpoint.clone()).json(&body)).await?;
     let answer: serde_json::Value = response.json().await.map_err(|e| node.network_error(e))?;

@@ -1,4 +1,5 @@
-//! `spillway get KEY [OUT]`: a streamed, resumable, verified download.
+//! `spillway get KEY [OUT] [--version N]`: a streamed, resumable, verified
+//! download.
 //!
 //! The bytes go to `OUT.part`, which is renamed to `OUT` once complete and
 //! verified. The ETag (blake3) of the version being fetched is remembered
@@ -9,6 +10,11 @@
 //! if the dataset was replaced since (then the `.part` file starts over).
 //! The blake3 of every byte, the resumed prefix included (hashed from the
 //! `.part` file first), must equal the ETag of what was served.
+//!
+//! With `--version N` the bytes are those of version N
+//! (`GET /data/{key}?version=N`), whose size and blake3 come from the
+//! versions listing; a version never changes, so what was served must also
+//! hash to the listed blake3.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Write};
@@ -20,6 +26,7 @@ use reqwest::{Method, Response, StatusCode};
 
 use super::progress::Progress;
 use super::state::{unix_now, DownloadEntry, StateFile};
+use super::versions::{self, parse_version};
 use super::{
     backoff, etag_of, human_size, is_network_error, one_line, parse_key, ApiError, Connection, Node, Transfer,
 };
@@ -35,6 +42,10 @@ pub struct GetArgs {
     /// Replace OUT if it exists.
     #[arg(short, long)]
     pub force: bool,
+    /// Download this version (see `spillway versions KEY`), also of a
+    /// deleted dataset whose versions are kept.
+    #[arg(long, value_parser = parse_version, value_name = "N")]
+    pub version: Option<i64>,
     #[command(flatten)]
     pub transfer: Transfer,
     #[command(flatten)]
@@ -44,7 +55,10 @@ pub struct GetArgs {
 pub async fn run(args: GetArgs) -> Result<()> {
     let node = Node::new(&args.connection)?;
     let key = parse_key(&args.key)?;
-    let record = node.record(&key).await?;
+    let record = match args.version {
+        Some(number) => versions::find(&node, &key, number).await?.record(&key),
+        None => node.record(&key).await?,
+    };
     let last_segment = key.as_str().rsplit('/').next().unwrap_or(key.as_str()).to_string();
     let out = match &args.out {
         Some(out) if out.as_os_str() == "-" => None,
@@ -53,15 +67,23 @@ pub async fn run(args: GetArgs) -> Result<()> {
         None => Some(PathBuf::from(&last_segment)),
     };
     let quiet = args.transfer.quiet || out.is_none();
-    let mut fetch =
-        Fetch { node: &node, key: &key, record: &record, retries: args.transfer.retries, quiet, progress: None };
+    let mut fetch = Fetch {
+        node: &node,
+        key: &key,
+        version: args.version,
+        record: &record,
+        retries: args.transfer.retries,
+        quiet,
+        progress: None,
+    };
+    let what = fetch.what();
     let Some(out) = out else {
         // Stdout: no `.part` file and no resume across runs; the fetch
         // verifies what it wrote.
         let stdout = std::io::stdout();
         let mut target = Target::Stdout(BufWriter::with_capacity(1 << 20, stdout.lock()));
-        fetch.run(&mut target, 0, None, None).await?;
-        return Ok(());
+        let blake3 = fetch.run(&mut target, 0, None, None).await?;
+        return fetch.check_version(&blake3);
     };
     if out.exists() && !args.force {
         anyhow::bail!("{} exists; pass --force to replace it", out.display());
@@ -87,7 +109,12 @@ pub async fn run(args: GetArgs) -> Result<()> {
         Some(entry) if existing > 0 && entry.etag == record.blake3 => (existing, Some(entry.etag)),
         Some(_) if existing > 0 => {
             if !quiet {
-                eprintln!("get {key}: the dataset changed since {} was started; starting over", part.display());
+                match args.version {
+                    Some(_) => eprintln!("get {what}: {} holds other bytes; starting over", part.display()),
+                    None => {
+                        eprintln!("get {key}: the dataset changed since {} was started; starting over", part.display())
+                    }
+                }
             }
             (0, None)
         }
@@ -106,7 +133,7 @@ pub async fn run(args: GetArgs) -> Result<()> {
         target.hash_existing(have).with_context(|| format!("cannot read {}", part.display()))?;
         if !quiet {
             eprintln!(
-                "get {key}: resuming at {} of {} ({})",
+                "get {what}: resuming at {} of {} ({})",
                 human_size(have),
                 human_size(record.size),
                 part.display()
@@ -145,7 +172,7 @@ pub async fn run(args: GetArgs) -> Result<()> {
             }
         }
     };
-    if let Err(e) = check(&blake3, &local, &key) {
+    if let Err(e) = check(&blake3, &local, &key).and_then(|()| fetch.check_version(&blake3)) {
         // The `.part` file is worthless: start over next time.
         let _ = std::fs::remove_file(&part);
         forget();
@@ -162,9 +189,10 @@ pub async fn run(args: GetArgs) -> Result<()> {
     }
     if !quiet {
         let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
-        println!("downloaded {key} to {} ({}, blake3 {blake3})", out.display(), human_size(size));
+        println!("downloaded {what} to {} ({}, blake3 {blake3})", out.display(), human_size(size));
     }
     if blake3 != record.blake3 && !quiet {
+        // (A version's bytes never change: check_version refused that.)
         eprintln!("get {key}: the dataset was replaced while it was fetched; this is the newer version");
     }
     Ok(())
@@ -249,7 +277,9 @@ impl Target<'_> {
 struct Fetch<'a> {
     node: &'a Node,
     key: &'a Key,
-    /// The record read before the download.
+    /// The version asked for (`?version=N`), or the current bytes.
+    version: Option<i64>,
+    /// The record read before the download (of the version, if one).
     record: &'a super::Record,
     retries: u32,
     quiet: bool,
@@ -257,6 +287,27 @@ struct Fetch<'a> {
 }
 
 impl Fetch<'_> {
+    /// How messages name what is fetched: the key, and the version if one.
+    fn what(&self) -> String {
+        match self.version {
+            Some(number) => format!("{} version {number}", self.key),
+            None => self.key.to_string(),
+        }
+    }
+
+    /// A version's bytes are those the listing named: anything else is an
+    /// error, not a newer dataset.
+    fn check_version(&self, served: &str) -> Result<()> {
+        match self.version {
+            Some(number) if served != self.record.blake3 => anyhow::bail!(
+                "blake3 mismatch: version {number} of `{}` is listed as {}, the node served {served}",
+                self.key,
+                self.record.blake3
+            ),
+            _ => Ok(()),
+        }
+    }
+
     /// Fetches into `target` from byte `have` (of the version `etag`, when
     /// resuming) to the end; returns the ETag (blake3) of what was served.
     /// `on_etag` learns each version that starts being written.
@@ -275,7 +326,10 @@ impl Fetch<'_> {
         let mut stdout_hasher = blake3::Hasher::new();
         let mut remembered: Option<String> = etag.clone();
         let mut failures = 0u32;
-        let url = self.node.url(&self.key.url_path())?;
+        let url = match self.version {
+            Some(number) => self.node.url(&format!("{}?version={number}", self.key.url_path()))?,
+            None => self.node.url(&self.key.url_path())?,
+        };
         loop {
             let mut request = self.node.request(Method::GET, url.clone());
             if let (true, Some(etag)) = (have > 0, &etag) {
@@ -339,7 +393,7 @@ impl Fetch<'_> {
             let wait = retry_after.map_or_else(|| backoff(failures), |s| std::time::Duration::from_secs(s.min(60)));
             let message = format!(
                 "get {}: {}; retrying in {:.1} s ({failures} of {})",
-                self.key,
+                self.what(),
                 one_line(&format!("{e:#}")),
                 wait.as_secs_f64(),
                 self.retries
@@ -360,7 +414,7 @@ impl Fetch<'_> {
                 progress.clone()
             }
             _ => {
-                let progress = Progress::new(&format!("get {}", self.key), total, have, self.quiet);
+                let progress = Progress::new(&format!("get {}", self.what()), total, have, self.quiet);
                 self.progress = Some(progress.clone());
                 progress
             }

@@ -1,12 +1,15 @@
-//! The command-line client: `spillway upload`, `get`, `ls`, `rm` and `url`,
-//! subcommands of the same binary that talk HTTP to a running node.
+//! The command-line client: `spillway upload`, `get`, `ls`, `rm`, `url`,
+//! `versions` and `restore`, subcommands of the same binary that talk HTTP
+//! to a running node.
 //!
 //! - [`upload`]: resumable uploads over tus 1.0.0 (chunked, retried, resumed
 //!   after a crash of the client from a small [`state`] file, verified with
 //!   blake3);
 //! - [`download`]: streamed downloads, resumed with `Range` + `If-Range`,
-//!   verified with blake3;
+//!   verified with blake3 (the current bytes, or a version's);
 //! - [`catalog`]: `ls` (following `Link` pagination), `rm` and `url`;
+//! - [`versions`]: `versions` (a key's versions, paged the same way) and
+//!   `restore`;
 //! - [`progress`]: an indicatif bar on a terminal, quiet lines otherwise.
 //!
 //! Errors are `anyhow` chains; [`run`] prints one line, `spillway: ...`, and
@@ -18,6 +21,7 @@ pub mod download;
 pub mod progress;
 pub mod state;
 pub mod upload;
+pub mod versions;
 
 use std::fmt;
 use std::process::ExitCode;
@@ -33,14 +37,20 @@ use crate::key::{encode_path, Key};
 pub enum Command {
     /// Upload a file as a dataset (resumable, verified with blake3).
     Upload(upload::UploadArgs),
-    /// Download a dataset to a file (resumable, verified with blake3).
+    /// Download a dataset (or one of its versions) to a file (resumable,
+    /// verified with blake3).
     Get(download::GetArgs),
     /// List datasets, as a table or as JSON.
     Ls(catalog::LsArgs),
-    /// Delete a dataset (needs an `admin` token).
+    /// Delete a dataset (needs an `admin` token); its versions stay unless
+    /// `--all-versions`.
     Rm(catalog::RmArgs),
     /// Print a signed URL that works without a token.
     Url(catalog::UrlArgs),
+    /// List a dataset's versions, newest first, as a table or as JSON.
+    Versions(versions::VersionsArgs),
+    /// Make an older version of a dataset current again (needs `write`).
+    Restore(versions::RestoreArgs),
 }
 
 /// Where the node is and how to prove who we are.
@@ -79,6 +89,8 @@ pub fn run(command: Command) -> ExitCode {
             Command::Ls(args) => catalog::ls(args).await,
             Command::Rm(args) => catalog::rm(args).await,
             Command::Url(args) => catalog::url(args).await,
+            Command::Versions(args) => versions::versions(args).await,
+            Command::Restore(args) => versions::restore(args).await,
         }
     });
     match result {

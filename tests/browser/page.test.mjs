@@ -6,7 +6,8 @@
 //   BROWSER_OUT                where screenshots go (test-output/browser)
 //   BROWSER_WORK               a temp dir for generated files
 //   CHROMIUM                   the browser (/usr/bin/chromium)
-// The tests run in order and share one page: 1 uploads what 3 deletes.
+// The tests run in order and share one page: 1 uploads what 3 deletes; 7
+// uploads two versions of one key, restores the first and removes them all.
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -532,16 +533,124 @@ test("6. paging follows the node's Link header", { timeout: 60000 }, async () =>
   }
 });
 
-test("7. no console errors or page errors during the run", async () => {
+test("7. versions: two uploads of one key, the versions view, restore version 1, the download serves it", { timeout: 60000 }, async () => {
+  const name = "versioned.bin";
+  const key = `versions/${name}`;
+  // Two files of one name (so one key), of different sizes (so the page does not take one for the other).
+  const bodies = [crypto.randomBytes(64 * 1024), crypto.randomBytes(96 * 1024 + 3)];
+  const b3s = [];
+  for (const [i, body] of bodies.entries()) {
+    const hasher = await createBLAKE3();
+    hasher.init();
+    hasher.update(body);
+    b3s.push(hasher.digest("hex"));
+    fs.mkdirSync(path.join(WORK, `v${i + 1}`), { recursive: true });
+  }
+  const sameBytes = (file, body, what) => assert.ok(fs.readFileSync(file).equals(body), `${what}: the bytes of the right version`);
+
+  await page.fill("#search", "");
+  await page.fill("#key-prefix", "versions/");
+  for (const [i, body] of bodies.entries()) {
+    const file = path.join(WORK, `v${i + 1}`, name);
+    fs.writeFileSync(file, body);
+    const items = page.locator(`#uploads li.upload[data-file="${name}"]`);
+    const before = await items.count();
+    await page.setInputFiles("#file-input", file);
+    await until(`upload ${i + 1} listed`, async () => (await items.count()) === before + 1);
+    await until(`upload ${i + 1} to finish`, async () => (await items.first().getAttribute("data-state")) === "done");
+    const record = await (await node(`/datasets/${keyPath(key)}`)).json();
+    assert.equal(record.blake3, b3s[i], `upload ${i + 1} is the current version`);
+  }
+  await page.fill("#key-prefix", "");
+
+  // The row shows version 2; its Versions button opens the list below it.
+  const r = row(key);
+  await until("the row to show version 2", async () => (await r.locator(".c-hash code").getAttribute("title")) === b3s[1]);
+  const toggle = r.locator("button.act-versions");
+  assert.equal(await toggle.getAttribute("aria-expanded"), "false");
+  assert.equal(await toggle.getAttribute("aria-label"), `Versions of ${key}`);
+  await toggle.click();
+  assert.equal(await toggle.getAttribute("aria-expanded"), "true");
+  const panel = page.locator(`tr.versions-row[data-key="${key}"]`);
+  assert.equal(await toggle.getAttribute("aria-controls"), await panel.getAttribute("id"));
+  const items = panel.locator("li.version");
+  await until("two versions listed", async () => (await items.count()) === 2);
+  assert.deepEqual(await items.evaluateAll((lis) => lis.map((li) => li.dataset.version)), ["2", "1"], "newest first");
+  const version = (n) => panel.locator(`li.version[data-version="${n}"]`);
+  assert.ok(await version(2).locator(".v-current").isVisible(), "version 2 is marked current");
+  assert.ok(await version(1).locator(".v-current").isHidden(), "version 1 is not");
+  assert.ok(await version(2).locator("button.v-restore").isHidden(), "no restore for the current version");
+  assert.ok(await version(1).locator("button.v-restore").isVisible(), "restore for version 1");
+  assert.equal(await version(1).locator("button.v-restore").getAttribute("aria-label"), `Restore version 1 of ${key}`);
+  assert.equal((await version(1).locator(".v-size").textContent()).trim(), "64.0 KiB");
+  assert.equal((await version(2).locator(".v-size").textContent()).trim(), "96.0 KiB");
+  assert.equal((await version(1).locator(".v-hash").textContent()).trim(), b3s[0].slice(0, 12));
+  assert.match(await version(1).locator(".v-date").getAttribute("datetime"), /^\d{4}-\d\d-\d\dT/);
+  const link = version(1).locator("a.v-download");
+  assert.equal(await link.getAttribute("href"), `/data/${keyPath(key)}?version=1`);
+  const wide = await page.evaluate(() => {
+    const wrap = document.querySelector(".table-wrap");
+    return wrap.scrollWidth - wrap.clientWidth;
+  });
+  assert.ok(wide <= 0, `the table fits at 1280 px with the versions open (${wide} px too wide)`);
+  await panel.scrollIntoViewIfNeeded();
+  await shot("8-versions-1280x800.png");
+
+  // Version 1's own link serves version 1, while version 2 is current.
+  const [old] = await Promise.all([page.waitForEvent("download"), link.click()]);
+  sameBytes(await old.path(), bodies[0], "version 1's link");
+
+  // Restore version 1: a new version 3 with its bytes; the list follows, the focus lands on it.
+  await version(1).locator("button.v-restore").click();
+  await until("version 3 current", async () => (await panel.locator('li.version[data-version="3"][data-current="true"]').count()) === 1);
+  assert.equal(await items.count(), 3);
+  assert.ok(await panel.locator('li.version[data-version="2"] button.v-restore').isVisible(), "version 2 may be restored now");
+  assert.equal(await r.locator("button.act-versions").getAttribute("aria-expanded"), "true", "still open after the refresh");
+  await until("the focus on the versions", () =>
+    page.evaluate(() => document.activeElement && document.activeElement.classList.contains("versions-title"))
+  );
+  const record = await (await node(`/datasets/${keyPath(key)}`)).json();
+  assert.equal(record.blake3, b3s[0], "the node's current bytes are version 1's");
+  assert.equal(await r.locator(".c-hash code").getAttribute("title"), b3s[0], "the row shows it");
+
+  // The dataset's own Download link now serves version 1's bytes.
+  const [current] = await Promise.all([page.waitForEvent("download"), r.locator("a.act-download").click()]);
+  assert.equal(current.suggestedFilename(), name);
+  sameBytes(await current.path(), bodies[0], "the restored dataset");
+
+  // Phone size: the versions fit.
+  await page.setViewportSize(PHONE);
+  await sleep(200);
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `no sideways scrolling at 390 px with the versions open (${overflow} px too wide)`);
+  await panel.scrollIntoViewIfNeeded();
+  await shot("9-versions-390x844.png");
+  await page.setViewportSize(DESKTOP);
+
+  // Hide: the row goes, the button says so and has the focus.
+  await panel.locator("button.versions-hide").click();
+  await panel.waitFor({ state: "detached" });
+  assert.equal(await r.locator("button.act-versions").getAttribute("aria-expanded"), "false");
+  assert.ok(await r.locator("button.act-versions").evaluate((b) => b === document.activeElement), "the focus is back on Versions");
+
+  const gone = await node(`/datasets/${keyPath(key)}?versions=all`, { method: "DELETE" });
+  assert.equal(gone.status, 204);
+  await page.click("#refresh");
+  await r.waitFor({ state: "detached" });
+});
+
+test("8. no console errors or page errors during the run", async () => {
   assert.deepEqual(consoleErrors, []);
 });
 
-test("8. screenshots were saved", async () => {
+test("9. screenshots were saved", async () => {
   const want = [
     "1-empty-1280x800.png",
     "2-uploading-1280x800.png",
     "3-listed-1280x800.png",
     "4-listed-390x844.png",
+    "8-versions-1280x800.png",
+    "9-versions-390x844.png",
   ];
   for (const f of want) {
     const p = path.join(OUT, f);
