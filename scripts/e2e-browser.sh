@@ -14,7 +14,8 @@
 # SPILLWAY_MAX_DATASET_SIZE=150MiB) and runs the tests against it: upload
 # 20 MiB through the page and download it back; a 100 MiB upload cut by a
 # page reload and resumed (bytes received once, blake3); delete; a too-large
-# upload shows the node's problem detail; no console errors. Screenshots go
+# upload shows the node's problem detail; a dataset's versions listed,
+# downloaded and restored; no console errors. Screenshots go
 # to test-output/browser/ (git-ignored).
 #
 # Knobs (environment):

@@ -32,7 +32,8 @@ enum Command {
     /// naming the keys and versions it backs. Never runs beside a node on
     /// the same data directory (a running node scrubs with `scrub_every`).
     Scrub,
-    /// The client side: upload, get, ls, rm, url (talk HTTP to a node).
+    /// The client side: upload, get, ls, rm, url, versions, restore (talk
+    /// HTTP to a node).
     #[command(flatten)]
     Client(spillway::client::Command),
 }
