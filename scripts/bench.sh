@@ -2,20 +2,24 @@
 # Spillway upload and listing benchmark, against nginx + WebDAV as reference,
 # and of uploads into an S3 store (Garage), against boto3 straight to it.
 #
-#   scripts/bench.sh                 # full run (4 GiB single, 16 x 256 MiB, 1M rows, 1 GiB S3)
-#   BENCH_QUICK=1 scripts/bench.sh   # quick check (256 MiB, 8 x 32 MiB, 20k rows, 256 MiB S3, 1 run)
+#   scripts/bench.sh                 # full run (4 GiB single, 16 x 256 MiB, 1M rows,
+#                                    # 1 GiB replace x 5, 1 GiB S3)
+#   BENCH_QUICK=1 scripts/bench.sh   # quick check (256 MiB, 8 x 32 MiB, 20k rows,
+#                                    # 128 MiB replace x 1, 256 MiB S3, 1 run)
 #   scripts/bench.sh s3              # some sections only (same as BENCH_ONLY=s3)
 #   BENCH_ONLY="single list" scripts/bench.sh
 #
 # Knobs (environment; sizes take K/M/G/T, binary, e.g. 4G, 256MiB, or bytes):
-#   BENCH_ONLY       sections to run: single conc list s3 (default: all; the
-#                    script's arguments, if any, take its place)
+#   BENCH_ONLY       sections to run: single conc list replace s3 (default:
+#                    all; the script's arguments, if any, take its place)
 #   BENCH_SIZE       single-stream upload size          (4G;    quick 256M)
 #   BENCH_CONC       concurrent uploads                 (16;    quick 8)
 #   BENCH_CONC_SIZE  size of each concurrent upload     (256M;  quick 32M)
 #   BENCH_RUNS       runs per upload measurement        (3;     quick 1)
 #   BENCH_ROWS       catalog rows for the listing test  (1000000; quick 20000)
 #   BENCH_LIST_RUNS  requests per listing measurement   (11)
+#   BENCH_REPLACE_SIZE  size of the replaced dataset    (1G;    quick 128M)
+#   BENCH_REPLACE_RUNS  replace rounds                  (5;     quick 1)
 #   BENCH_S3_SIZE    object size for the S3 section     (1G;    quick 256M)
 #   BENCH_S3_PARTS_IN_FLIGHT  multipart parts in flight per upload, for the
 #                    node (SPILLWAY_S3__PARTS_IN_FLIGHT) and boto3's
@@ -27,7 +31,7 @@
 #   BENCH_BASELINE   path of another spillway release binary (say, of the
 #                    previous main) to compare with, in the same run: the
 #                    single, conc and list sections then run it as a third
-#                    contender (not s3), started like the node (same
+#                    contender (not replace or s3), started like the node (same
 #                    Rocket.toml from this checkout, same SPILLWAY_* env, its
 #                    own fresh data dir, an ephemeral port, the same checks),
 #                    interleaved with the node and nginx in every round; an
@@ -49,6 +53,21 @@
 #   list    GET /datasets?limit=1000, first page and a deep page (after= the
 #           key of row 90%), on a node whose index holds BENCH_ROWS rows
 #           (inserted with python3's sqlite3 while the node is stopped);
+#   replace the cost of versions: two fresh nodes at once, each its own data
+#           dir, one with the default settings (versions on, keep_versions
+#           10) and one with SPILLWAY_KEEP_VERSIONS=0 (off: a replace frees
+#           the old bytes at once); key `r` PUT once (uncounted), then
+#           replaced BENCH_REPLACE_RUNS times on each, the order alternating
+#           per round (on off, off on, ...), with curl -T as single does:
+#           MB/s of each, and time(on)/time(off) against <= 1.05. Every PUT
+#           sends bytes never sent before (one random body, its first 32
+#           bytes stamped with a sequence number before each PUT): the same
+#           bytes again would be deduplicated and measure nothing, and two
+#           bodies alternating would be too on the versions-on node, whose
+#           older versions keep them. After the rounds (nodes stopped),
+#           du -sk of each data dir, in bodies: about min(runs+1, 10) with
+#           versions on, about 1 with them off (proof that versions were
+#           kept, and freed);
 #   s3      a fresh single-node Garage per measurement (`garage server
 #           --single-node --default-bucket`, metadata_fsync and data_fsync at
 #           their defaults, false), and in turn (the order rotates per run):
@@ -61,9 +80,9 @@
 # With BENCH_BASELINE, single and conc rotate the order of node, nginx and
 # baseline per round (without it, node and nginx alternate as before), and
 # list runs both nodes at once, their requests alternating.
-# Medians are printed in a table with the targets (S3: with min..max). Everything
-# lives in a temp dir removed on exit; only processes started here are stopped,
-# by PID.
+# Medians are printed in a table with the targets (replace, S3: with min..max).
+# Everything lives in a temp dir removed on exit; only processes started here
+# are stopped, by PID.
 #
 # Not controlled: the page cache cannot be dropped (not allowed here), so the
 # bodies are read from the page cache and writes land in it; the machine may
@@ -103,13 +122,13 @@ positive_int() { # name value
     echo "$2"
 }
 
-SECTIONS_ALL="single conc list s3"
+SECTIONS_ALL="single conc list replace s3"
 declare -A SECTION=()
 sections=${BENCH_ONLY:-$SECTIONS_ALL}
 if (($#)); then sections="$*"; fi
 for s in $sections; do
     case $s in
-        single | conc | list | s3) SECTION[$s]=1 ;;
+        single | conc | list | replace | s3) SECTION[$s]=1 ;;
         *) die "unknown section '$s' (BENCH_ONLY or arguments: some of $SECTIONS_ALL)" ;;
     esac
 done
@@ -118,8 +137,10 @@ selected() { [[ -n ${SECTION[$1]:-} ]]; } # section name
 
 if [[ ${BENCH_QUICK:-0} == 1 ]]; then
     d_size=256M d_conc=8 d_conc_size=32M d_runs=1 d_rows=20000 d_s3_size=256M
+    d_replace_size=128M d_replace_runs=1
 else
     d_size=4G d_conc=16 d_conc_size=256M d_runs=3 d_rows=1000000 d_s3_size=1G
+    d_replace_size=1G d_replace_runs=5
 fi
 SIZE=$(to_bytes "${BENCH_SIZE:-$d_size}")
 CONC=$(positive_int BENCH_CONC "${BENCH_CONC:-$d_conc}")
@@ -129,12 +150,15 @@ ROWS=$(positive_int BENCH_ROWS "${BENCH_ROWS:-$d_rows}")
 LIST_RUNS=$(positive_int BENCH_LIST_RUNS "${BENCH_LIST_RUNS:-11}")
 START_TIMEOUT=$(positive_int BENCH_START_TIMEOUT "${BENCH_START_TIMEOUT:-900}")
 S3_SIZE=$(to_bytes "${BENCH_S3_SIZE:-$d_s3_size}")
+REPLACE_SIZE=$(to_bytes "${BENCH_REPLACE_SIZE:-$d_replace_size}")
+REPLACE_RUNS=$(positive_int BENCH_REPLACE_RUNS "${BENCH_REPLACE_RUNS:-$d_replace_runs}")
 S3_CONC=$(positive_int BENCH_S3_PARTS_IN_FLIGHT "${BENCH_S3_PARTS_IN_FLIGHT:-2}")
 VENV=${BENCH_VENV:-$ROOT/target/bench-venv}
 WARMUP=${BENCH_WARMUP:-1}
 [[ $WARMUP == 0 || $WARMUP == 1 ]] || die "BENCH_WARMUP must be 0 or 1, not '$WARMUP'"
 TMP_PARENT=${BENCH_TMPDIR:-${TMPDIR:-/tmp}}
 ((SIZE > 0 && CONC_SIZE > 0 && S3_SIZE > 0)) || die "BENCH_SIZE, BENCH_CONC_SIZE and BENCH_S3_SIZE must be > 0"
+((REPLACE_SIZE >= 4096)) || die "BENCH_REPLACE_SIZE must be at least 4 KiB (each upload stamps its first 32 bytes)"
 BASE_BIN=${BENCH_BASELINE:-}
 if [[ -n $BASE_BIN ]]; then
     [[ -f $BASE_BIN && -x $BASE_BIN ]] || die "BENCH_BASELINE: '$BASE_BIN' is not an executable file"
@@ -149,6 +173,8 @@ T_RATIO=0.9
 T_RSS_SINGLE=64
 T_RSS_CONC=$((CONC * SPOOL_MEMORY_MIB + 64))
 T_LIST_MS=10
+T_REPLACE_RATIO=1.05 # replace time, versions on / off
+KEEP_VERSIONS_DEFAULT=10 # the node's default keep_versions (the versions-on node runs with it)
 
 # S3: the node's max_dataset_size, and the multipart part size that follows
 # from it (S3Settings::part_size: max_dataset_size in 10,000 parts, whole
@@ -667,6 +693,86 @@ listing() {
     rm -rf -- "$dir"
 }
 
+# -------------------------------------------------------------- replace ----
+
+# One node with versions on (the defaults) and one with them off, both up
+# for the whole section; per round each replaces key `r` once.
+declare -A R_PID=() R_PORT=() R_DIR=()
+R_ON_MBS=() R_ON_T=() R_OFF_MBS=() R_OFF_T=() R_RATIO=()
+R_ON_KIB="" R_OFF_KIB="" R_ON_BODIES="" R_OFF_BODIES="" R_ON_BLOBS="" R_OFF_BLOBS=""
+R_STAMP=""
+R_SEQ=0
+
+# Makes the body's next PUT bytes never sent before in this run: its first
+# 32 bytes become a sequence number (the rest, random, stays in the page
+# cache). Done, and made durable, outside the timed upload.
+replace_stamp() {
+    R_SEQ=$((R_SEQ + 1))
+    printf -v R_STAMP 'spillway-bench-replace-%09d' "$R_SEQ" # 32 bytes
+    printf '%s' "$R_STAMP" | dd of="$RSRC" conv=notrunc,fsync status=none ||
+        die "cannot stamp the replace body $RSRC"
+}
+
+replace_start() { # on|off
+    local which=$1 dir="$TMPD/node-replace-$1"
+    local -a extra=()
+    if [[ $which == off ]]; then extra=(SPILLWAY_KEEP_VERSIONS=0); fi
+    start_node "$dir" "$TMPD/logs/node-replace-$which" 60 "${extra[@]}"
+    R_PID[$which]=$NODE_PID R_PORT[$which]=$NODE_PORT R_DIR[$which]=$dir
+    NODE_PID=""
+}
+
+replace_put() { # on|off run: run 0 is the first upload (201, not counted), later ones replace it (200)
+    local which=$1 run=$2 code speed t want=200 mbs head
+    local what="versions-$1 node, replace run $2"
+    if ((run == 0)); then want=201 what="versions-$1 node, first upload"; fi
+    replace_stamp
+    put_file "http://127.0.0.1:${R_PORT[$which]}/data/r" "$RSRC" "$(max_time_for "$REPLACE_SIZE")" "$TMPD/logs/put"
+    read -r code speed t <"$TMPD/logs/put"
+    [[ $code == "$want" ]] || die "$what: HTTP $code, expected $want"
+    check_size "$what" "${R_DIR[$which]}/datasets/r" "$REPLACE_SIZE"
+    head=$(head -c ${#R_STAMP} "${R_DIR[$which]}/datasets/r")
+    [[ $head == "$R_STAMP" ]] || die "$what: the key's file starts with '$head', not the bytes just sent ('$R_STAMP')"
+    mbs=$(awk -v s="$speed" 'BEGIN { printf "%.1f", s / 1e6 }')
+    if ((run > 0)); then
+        if [[ $which == on ]]; then R_ON_MBS+=("$mbs") R_ON_T+=("$t"); else R_OFF_MBS+=("$mbs") R_OFF_T+=("$t"); fi
+    fi
+    log "replace run $run versions $(printf '%-4s' "$which:") $code, $mbs MB/s, ${t}s"
+}
+
+replace_du() { # on|off -> "KiB bodies blobs" of the node's data dir (node stopped)
+    local dir=${R_DIR[$1]} kib blobs
+    kib=$(du -sk -- "$dir" | awk '{ print $1 }') # hard links counted once
+    blobs=$(find "$dir/blobs" -type f 2>/dev/null | wc -l)
+    echo "$kib $(awk -v k="$kib" -v n="$REPLACE_SIZE" 'BEGIN { printf "%.2f", k * 1024 / n }') $blobs"
+}
+
+replace_section() {
+    local i c
+    log "replace: $(numfmt --to=iec-i --suffix=B "$REPLACE_SIZE") dataset, $REPLACE_RUNS round(s); versions on (keep_versions $KEEP_VERSIONS_DEFAULT, the default) vs off (SPILLWAY_KEEP_VERSIONS=0)"
+    replace_start on
+    replace_start off
+    # The first upload of `r` to each (uncounted; also the section's warm-up).
+    replace_put on 0
+    replace_put off 0
+    for ((i = 1; i <= REPLACE_RUNS; i++)); do
+        for c in $(if ((i % 2)); then echo on off; else echo off on; fi); do
+            replace_put "$c" "$i"
+        done
+        R_RATIO+=("$(awk -v a="${R_ON_T[-1]}" -v b="${R_OFF_T[-1]}" 'BEGIN { printf "%.3f", a / b }')")
+    done
+    # Measured with both nodes stopped: nothing in flight, nothing pending.
+    for c in on off; do stop_pid "${R_PID[$c]}" TERM; done
+    read -r R_ON_KIB R_ON_BODIES R_ON_BLOBS <<<"$(replace_du on)"
+    read -r R_OFF_KIB R_OFF_BODIES R_OFF_BLOBS <<<"$(replace_du off)"
+    log "replace: data dir after versions on: $R_ON_KIB KiB ($R_ON_BODIES bodies, $R_ON_BLOBS blob files); versions off: $R_OFF_KIB KiB ($R_OFF_BODIES bodies, $R_OFF_BLOBS blob files)"
+    rm -rf -- "${R_DIR[on]}" "${R_DIR[off]}"
+}
+
+replace_kept() { # bodies expected: within a quarter of a body
+    awk -v b="$1" -v e="$2" 'BEGIN { d = b - e; if (d < 0) d = -d; print (d <= 0.25 ? "ok" : "UNEXPECTED") }'
+}
+
 # ------------------------------------------------------------------- s3 ----
 
 GARAGE_PID=""
@@ -886,8 +992,37 @@ fmt3() { awk -v a="$1" 'BEGIN { printf "%.3f", a }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 ok_ge() { awk -v a="$1" -v b="$2" 'BEGIN { print (a >= b ? "PASS" : "FAIL") }'; }
 ok_lt() { awk -v a="$1" -v b="$2" 'BEGIN { print (a < b ? "PASS" : "FAIL") }'; }
+ok_le() { awk -v a="$1" -v b="$2" 'BEGIN { print (a <= b ? "PASS" : "FAIL") }'; }
 
-row() { printf '%-44s %12s %12s %7s  %-20s %s\n' "$@"; }
+row() { # metric spillway nginx ratio target result [ranges]
+    if (($# > 6)); then
+        printf '%-44s %12s %12s %7s  %-20s %-6s  %s\n' "$@"
+    else
+        printf '%-44s %12s %12s %7s  %-20s %s\n' "$@"
+    fi
+}
+
+# The replace section's rows in the main table, below their own column
+# names (both columns are the node: versions on, versions off).
+report_replace() {
+    local on off ton toff r_mbs r_t e_on kept_on kept_off kept
+    on=$(median "${R_ON_MBS[@]}") off=$(median "${R_OFF_MBS[@]}")
+    ton=$(median "${R_ON_T[@]}") toff=$(median "${R_OFF_T[@]}")
+    r_mbs=$(ratio "$on" "$off")
+    r_t=$(awk -v a="$ton" -v b="$toff" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }')
+    e_on=$((REPLACE_RUNS + 1))
+    if ((e_on > KEEP_VERSIONS_DEFAULT)); then e_on=$KEEP_VERSIONS_DEFAULT; fi
+    kept_on=$(replace_kept "$R_ON_BODIES" "$e_on") kept_off=$(replace_kept "$R_OFF_BODIES" 1)
+    if [[ $kept_on == ok && $kept_off == ok ]]; then kept=ok; else kept="UNEXPECTED (on: $kept_on, off: $kept_off)"; fi
+    row "replace $(numfmt --to=iec-i --suffix=B "$REPLACE_SIZE"), $REPLACE_RUNS round(s), the node:" "versions on" "versions off" "on/off" "" "" \
+        "ranges (min..max): on | off | on/off per round"
+    row "replace, MB/s" "$(fmtf %.1f "$on")" "$(fmtf %.1f "$off")" "$r_mbs" "" "" \
+        "$(spread %.1f "${R_ON_MBS[@]}") | $(spread %.1f "${R_OFF_MBS[@]}") | $(spread %s "$(pair_ratios R_ON_MBS R_OFF_MBS)")"
+    row "replace, time s" "$(fmt3 "$ton")" "$(fmt3 "$toff")" "$r_t" "<= ${T_REPLACE_RATIO}" "$(ok_le "$r_t" "$T_REPLACE_RATIO")" \
+        "$(spread %.3f "${R_ON_T[@]}") | $(spread %.3f "${R_OFF_T[@]}") | $(spread %.3f "${R_RATIO[@]}")"
+    row "replace, data dir after, bodies (info)" "$R_ON_BODIES" "$R_OFF_BODIES" "" "~$e_on | ~1" "$kept" \
+        "du -sk: $R_ON_KIB | $R_OFF_KIB KiB; blob files: $R_ON_BLOBS | $R_OFF_BLOBS"
+}
 
 spread() { # format values... -> "min..max", each printed with the printf format
     local f=$1
@@ -1022,15 +1157,24 @@ report() {
     local warm="" list=""
     if ((WARMUP)); then warm=", after 1 uncounted warm-up upload of each kind"; fi
     if selected list; then list=" (listing: of $LIST_RUNS requests)"; fi
-    echo "  medians of $RUNS run(s)$warm$list"
-    echo "  MB = 10^6 bytes; RSS = VmHWM of a fresh server process per run; node and reference alternate"
+    if selected single || selected conc || selected list || selected s3; then
+        echo "  medians of $RUNS run(s)$warm$list"
+    fi
+    if selected replace; then
+        echo "  replace: medians of $REPLACE_RUNS round(s), after 1 uncounted first upload to each node"
+    fi
+    if selected single || selected conc || selected list || selected s3; then
+        echo "  MB = 10^6 bytes; RSS = VmHWM of a fresh server process per run; node and reference alternate"
+    else
+        echo "  MB = 10^6 bytes"
+    fi
     if selected single || selected conc || selected list; then
         echo "  single: $(numfmt --to=iec-i --suffix=B "$SIZE"); concurrent: $CONC x $(numfmt --to=iec-i --suffix=B "$CONC_SIZE"); rows: $ROWS"
     fi
     if selected single || selected conc; then
         echo "  nginx: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //') from Debian package '$NGINX_PKG' (dav module compiled in), single process"
     fi
-    if selected single || selected conc || selected list; then
+    if selected single || selected conc || selected list || selected replace; then
         echo
         row "metric" "spillway" "nginx" "ratio" "target" "result"
         row "--------------------------------------------" "------------" "------------" "-------" "--------------------" "------"
@@ -1064,12 +1208,22 @@ report() {
         row "node start-up with $ROWS rows, s (info)" "$(fmt3 "$L_START_S")" "-" "" "" ""
         row "node peak RSS after listing, MiB (info)" "$L_RSS" "-" "" "" ""
     fi
+    if selected replace; then report_replace; fi
     if selected single || selected conc || selected list; then
         echo
         echo "Notes: the page cache was not dropped (not allowed here): bodies are read from it and"
         echo "writes land in it. Spillway fsyncs each upload before answering; nginx does not (see the"
         echo "'incl. fsync' rows: nginx time + fsync of its files). Uploads use curl -T (Content-Length)"
         echo "without Expect: 100-continue. The machine may be shared: compare within one invocation."
+    fi
+    if selected replace; then
+        echo
+        echo "Notes (replace): two nodes up at once, fresh data dirs: versions on (the defaults, keep_versions"
+        echo "$KEEP_VERSIONS_DEFAULT) and off (SPILLWAY_KEEP_VERSIONS=0); key r uploaded once to each, then replaced on both"
+        echo "each round, the order alternating (on off, off on, ...), with curl -T (Content-Length, no"
+        echo "Expect: 100-continue). Every upload sends bytes never sent before (one random body, its first"
+        echo "32 bytes stamped per upload), so none is deduplicated. Bodies = du -sk of the data dir, both"
+        echo "nodes stopped, / the body's size: versions kept with them on, freed with them off. Both fsync."
     fi
     if baseline && { selected single || selected conc || selected list; }; then report_baseline; fi
     if selected s3; then report_s3; fi
@@ -1096,6 +1250,7 @@ main() {
         if selected single || selected conc || selected list; then
             log "baseline: $BASE_BIN$(baseline_checkout), a third contender in single, conc and list"
         fi
+        if selected replace; then log "baseline: not run in the replace section"; fi
         if selected s3; then log "baseline: not run in the s3 section"; fi
     fi
     log "building the node: cargo build --release"
@@ -1107,13 +1262,21 @@ main() {
 
     mkdir -p "$TMP_PARENT"
     # Room: the bodies, the largest of (one single upload, all concurrent
-    # uploads, one S3 object in Garage) stored at a time, the index (~1 KiB
-    # a row with its WAL), plus 512 MiB of slack.
-    local bodies=0 stored=0
+    # uploads, both replace nodes' data dirs, one S3 object in Garage)
+    # stored at a time, the index (~1 KiB a row with its WAL), plus 512 MiB
+    # of slack. Replace: the versions-on node holds min(runs, keep) bodies
+    # and the one coming in, the off node the old one and the new one.
+    local bodies=0 stored=0 r_kept
     if selected single; then bodies=$((bodies + SIZE)) stored=$SIZE; fi
     if selected conc; then
         bodies=$((bodies + CONC_SIZE))
         if ((CONC * CONC_SIZE > stored)); then stored=$((CONC * CONC_SIZE)); fi
+    fi
+    if selected replace; then
+        bodies=$((bodies + REPLACE_SIZE))
+        r_kept=$REPLACE_RUNS
+        if ((r_kept > KEEP_VERSIONS_DEFAULT)); then r_kept=$KEEP_VERSIONS_DEFAULT; fi
+        if (((r_kept + 3) * REPLACE_SIZE > stored)); then stored=$(((r_kept + 3) * REPLACE_SIZE)); fi
     fi
     if selected s3; then
         bodies=$((bodies + S3_SIZE))
@@ -1134,9 +1297,11 @@ main() {
     SRC="$TMPD/single.bin"
     CSRC="$TMPD/conc.bin"
     S3SRC="$TMPD/s3.bin"
+    RSRC="$TMPD/replace.bin"
     local -a bodies_made=()
     if selected single; then bodies_made+=("$SRC:$SIZE"); fi
     if selected conc; then bodies_made+=("$CSRC:$CONC_SIZE"); fi
+    if selected replace; then bodies_made+=("$RSRC:$REPLACE_SIZE"); fi
     if selected s3; then bodies_made+=("$S3SRC:$S3_SIZE"); fi
     for i in "${bodies_made[@]}"; do
         log "generating $(numfmt --to=iec-i --suffix=B "${i##*:}") of random body (${i%:*})"
@@ -1189,6 +1354,10 @@ main() {
         rm -f -- "$CSRC"
     fi
     if selected list; then listing; fi
+    if selected replace; then
+        replace_section
+        rm -f -- "$RSRC"
+    fi
     if selected s3; then
         s3_section
         rm -f -- "$S3SRC"
