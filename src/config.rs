@@ -161,6 +161,10 @@ pub struct S3Settings {
     pub stage_uploads: bool,
     /// Memory for part buffers across all uploads; uploads wait for it.
     pub part_memory_budget: ByteUnit,
+    /// Server-side copies of objects larger than this are made in parts
+    /// (UploadPartCopy, parts of this size up to 1 GiB) rather than by one
+    /// CopyObject, which AWS S3 refuses past 5 GiB. From 5 MiB to 5 GiB.
+    pub copy_part_threshold: ByteUnit,
 }
 
 impl Default for S3Settings {
@@ -178,6 +182,7 @@ impl Default for S3Settings {
             parts_in_flight: 2,
             stage_uploads: true,
             part_memory_budget: ByteUnit::Mebibyte(512),
+            copy_part_threshold: ByteUnit::Gibibyte(5),
         }
     }
 }
@@ -279,6 +284,14 @@ impl Settings {
                     "invalid value for key `s3.part_memory_budget`: it must hold at least one part ({part} bytes)"
                 ));
             }
+            // A copy part is at least 5 MiB (S3's smallest part) and one
+            // CopyObject at most 5 GiB (S3's largest).
+            let threshold = self.s3.copy_part_threshold;
+            if threshold < ByteUnit::Mebibyte(5) || threshold > ByteUnit::Gibibyte(5) {
+                return Err(format!(
+                    "invalid value for key `s3.copy_part_threshold`: {threshold} is not between 5 MiB and 5 GiB"
+                ));
+            }
         }
         if self.index == IndexKind::Postgres && self.postgres_url.as_deref().is_none_or(str::is_empty) {
             return Err("invalid value for key `postgres_url`: index = \"postgres\" needs a URL".into());
@@ -345,5 +358,14 @@ mod tests {
             Figment::from(Serialized::defaults(Settings::default())).merge(("allowed_hosts", ["http://files.lan/"]));
         let err = Settings::from_figment(&figment).unwrap_err();
         assert!(err.contains("allowed_hosts"), "{err}");
+
+        for bad in ["4 MiB", "6 GiB"] {
+            let figment = Figment::from(Serialized::defaults(Settings::default()))
+                .merge(("storage", "s3"))
+                .merge(("s3.bucket", "b"))
+                .merge(("s3.copy_part_threshold", bad));
+            let err = Settings::from_figment(&figment).unwrap_err();
+            assert!(err.contains("`s3.copy_part_threshold`"), "{bad}: {err}");
+        }
     }
 }

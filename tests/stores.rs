@@ -1788,3 +1788,138 @@ async fn s3_objects_carry_blake3_size_and_type() {
     assert!(staged.is_empty(), "nothing but datasets is left in the bucket: {staged:?}");
     fx.assert_no_500();
 }
+
+// ---------------------------------------------------------------------------
+// Server-side copies in parts (UploadPartCopy) past `s3.copy_part_threshold`.
+// ---------------------------------------------------------------------------
+
+/// Settings that make every server-side copy of more than 5 MiB go in
+/// parts (of 5 MiB, Garage's smallest part but the last).
+const COPY_IN_PARTS: [(&str, &str); 1] = [("SPILLWAY_S3__COPY_PART_THRESHOLD", "5 MiB")];
+
+/// The S3 ETag of `body` uploaded (or copied) in parts of `part` bytes:
+/// the md5 of the parts' md5s, `-{parts}`.
+fn multipart_etag(body: &[u8], part: usize) -> String {
+    let mut md5s = md5::Md5::new();
+    for chunk in body.chunks(part) {
+        md5s.update(md5::Md5::digest(chunk));
+    }
+    format!("{:x}-{}", md5s.finalize(), body.chunks(part).count())
+}
+
+/// The object at `path` holds `body` with its blake3 and size as metadata
+/// and `content_type`; returns its ETag.
+async fn assert_object_carries(garage: &Garage, path: &str, body: &[u8], content_type: &str) -> String {
+    let client = bucket_client(garage);
+    let options = object_store::GetOptions { head: true, ..Default::default() };
+    let head = tokio::time::timeout(CALL, client.get_opts(&object_store::path::Path::from(path), options))
+        .await
+        .expect("HEAD timed out")
+        .unwrap_or_else(|e| panic!("HEAD {path}: {e}"));
+    let attribute = |a: object_store::Attribute| head.attributes.get(&a).map(|v| v.to_string());
+    assert_eq!(attribute(object_store::Attribute::Metadata("blake3".into())), Some(b3(body)), "{path}: blake3");
+    assert_eq!(attribute(object_store::Attribute::Metadata("size".into())), Some(body.len().to_string()), "{path}");
+    assert_eq!(attribute(object_store::Attribute::ContentType).as_deref(), Some(content_type), "{path}: type");
+    assert_eq!(head.meta.size, body.len() as u64, "{path}: object size");
+    head.meta.e_tag.unwrap_or_default().trim_matches('"').to_string()
+}
+
+/// The node's log says it copied `from` to `to` (both may be prefixes) in
+/// `parts`.
+fn assert_copied_in_parts(fx: &Fx, from: &str, to: &str, parts: u64) {
+    let log = fx.node.log();
+    let (from_, to_, parts_) = (format!("copied {from}"), format!(" to {to}"), format!(" in {parts} parts"));
+    let copied = log.lines().any(|l| l.contains(&from_) && l.contains(&to_) && l.contains(&parts_));
+    assert!(copied, "no copy of {from}… to {to}… in {parts} parts\n{}", log_tail(&fx.node));
+}
+
+/// With the threshold at 5 MiB, a 12 MiB upload is copied in three parts
+/// (staged: from its staging object to the key, then to its blob;
+/// unstaged: to its blob), a restore of it copies the blob back to the key
+/// in three parts, and each copy serves byte-exact with its blake3, size
+/// and content type, leaving no multipart upload and no staging object.
+async fn copies_past_the_threshold_go_in_parts(kind: Kind) {
+    let Some(fx) = Fx::on_garage(kind, &COPY_IN_PARTS) else {
+        return;
+    };
+    let big = generated(12 * MIB, 501);
+    let small = generated(10 * KIB, 502);
+    let (key, object) = ("parts/big.bin", "datasets/parts/big.bin");
+    let blob = format!("blobs/{}.{}", b3(&big), big.len());
+    fx.put_ok(key, &big, Framing::Chunked, &[("Content-Type", "application/x-big")]).await;
+    fx.settle("a 12 MiB PUT copied in parts");
+    fx.assert_serves(key, &big).await;
+    let blob_etag = assert_object_carries(fx.garage(), &blob, &big, "application/x-big").await;
+    // Uploaded in parts of 8 MiB, copied in parts of 5 MiB.
+    assert_eq!(blob_etag, multipart_etag(&big, 5 * MIB), "the blob is a copy in parts");
+    assert_copied_in_parts(&fx, object, &blob, 3);
+    if kind == Kind::S3 {
+        let etag = assert_object_carries(fx.garage(), object, &big, "application/x-big").await;
+        assert_eq!(etag, multipart_etag(&big, 5 * MIB), "the key's object is a copy in parts");
+        assert_copied_in_parts(&fx, "staging/", object, 3);
+    } else {
+        // The upload itself, completed at the key: opened before its blake3
+        // was known, it carries none (README, S3 limits).
+        let etag = object_etag(fx.garage(), object).await;
+        assert_eq!(etag, multipart_etag(&big, 8 * MIB), "the key's object is the upload itself");
+    }
+
+    fx.put_ok(key, &small, Framing::Sized, &[("Content-Type", "text/x-small")]).await;
+    fx.assert_serves(key, &small).await;
+    let restored = fx.post_json(&format!("{}/action/restore", record_path(key)), &json!({"version": 1})).await;
+    assert_eq!(restored.status, 200, "restore: {}", restored.describe());
+    assert_eq!(restored.json()["blake3"], b3(&big), "{}", restored.describe());
+    fx.settle("a restore of 12 MiB copied in parts");
+    fx.assert_serves(key, &big).await;
+    let etag = assert_object_carries(fx.garage(), object, &big, "application/x-big").await;
+    assert_eq!(etag, multipart_etag(&big, 5 * MIB));
+    assert_copied_in_parts(&fx, &blob, object, 3);
+    assert_eq!(fx.versions(key).await, [3, 2, 1]);
+    let old = fx.get(&format!("{}?version=1", data_path(key)), &[]).await;
+    assert_eq!(old.status, 200, "GET version 1: {}", old.describe());
+    assert_same_bytes(&old.body, &big, "version 1");
+
+    let expected: BTreeMap<String, u64> = [(object.to_string(), big.len() as u64)].into();
+    assert_eq!(fx.stored().await, expected, "no staging object left");
+    fx.assert_no_500();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_copies_past_the_threshold_go_in_parts() {
+    copies_past_the_threshold_go_in_parts(Kind::S3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_unstaged_copies_past_the_threshold_go_in_parts() {
+    copies_past_the_threshold_go_in_parts(Kind::S3Unstaged).await;
+}
+
+/// A 12 MiB direct upload (one PUT, so its ETag is a plain md5) is staged,
+/// installed and kept as a blob by copies in parts: the key's object and
+/// its blob are copies in three parts, with blake3, size and the content
+/// type the client sent; nothing is left in `incoming/` or `staging/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_direct_upload_past_the_threshold_copies_in_parts() {
+    let Some(fx) = Fx::on_garage(Kind::S3, &COPY_IN_PARTS) else {
+        return;
+    };
+    let body = generated(12 * MIB + 5, 511);
+    let (key, object) = ("parts/direct.bin", "datasets/parts/direct.bin");
+    let url = mint_upload_url(&fx, key, json!({})).await;
+    direct_put(&url, &body, "application/x-direct").await;
+    let r = fx.post_json(&format!("{}/action/acknowledge", record_path(key)), &json!({"blake3": b3(&body)})).await;
+    assert_eq!(r.status, 200, "acknowledge: {}", r.describe());
+    assert_eq!(r.json()["content_type"], "application/x-direct", "{}", r.describe());
+    fx.settle("an acknowledge of 12 MiB copied in parts");
+    fx.assert_serves(key, &body).await;
+    let etag = assert_object_carries(fx.garage(), object, &body, "application/x-direct").await;
+    assert_eq!(etag, multipart_etag(&body, 5 * MIB), "the key's object is a copy in parts");
+    let blob = format!("blobs/{}.{}", b3(&body), body.len());
+    let blob_etag = assert_object_carries(fx.garage(), &blob, &body, "application/x-direct").await;
+    assert_eq!(blob_etag, multipart_etag(&body, 5 * MIB));
+    assert_copied_in_parts(&fx, "incoming/parts/direct.bin", "staging/", 3);
+    assert_copied_in_parts(&fx, "staging/", object, 3);
+    let expected: BTreeMap<String, u64> = [(object.to_string(), body.len() as u64)].into();
+    assert_eq!(fx.stored().await, expected, "nothing left in incoming/ or staging/");
+    fx.assert_no_500();
+}

@@ -6,7 +6,6 @@
 
 use object_store::path::Path;
 
-use super::copy::copy_with_metadata;
 use super::S3Store;
 use crate::error::{Error, Result};
 use crate::index::Blob;
@@ -29,7 +28,7 @@ impl S3Store {
                 }
             }
         }
-        copy_with_metadata(&self.store, &self.bucket, object, &blob, info).await?;
+        self.copy_object(object, &blob, info.size, Some(info)).await?;
         let (_, version, _) =
             self.head(&blob).await?.ok_or_else(|| Error::internal("a blob vanished right after its copy"))?;
         Ok(version)

@@ -1,5 +1,5 @@
 //! The bucket's two clients: object_store's, and the pooled HTTP client it
-//! shares with our own CopyObject.
+//! shares with our own CopyObject and UploadPartCopy.
 
 use std::time::Duration;
 
@@ -10,7 +10,8 @@ use crate::config::S3Settings;
 use crate::error::{Error, Result};
 
 /// The bucket through object_store, plus the same pooled HTTP client for
-/// the one call object_store lacks (a CopyObject that replaces metadata).
+/// the calls object_store lacks (a CopyObject that replaces metadata, an
+/// UploadPartCopy of a byte range).
 #[derive(Debug)]
 pub(super) struct Bucket {
     api: AmazonS3,
@@ -19,7 +20,7 @@ pub(super) struct Bucket {
 
 impl Bucket {
     pub(super) fn new(s3: &S3Settings) -> Result<Bucket> {
-        // One pooled client for object_store and for our CopyObject, so
+        // One pooled client for object_store and for our copies, so
         // both trust the same (the operating system's) certificates.
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))

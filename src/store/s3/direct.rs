@@ -20,12 +20,12 @@ impl Direct for S3Store {
 
     async fn take(&self, key: &Key, limit: u64) -> Result<Option<Incoming>> {
         let incoming = self.incoming(key);
-        let Some((_, uploaded, content_type)) = self.head(&incoming).await? else {
+        let Some((seen, uploaded, content_type)) = self.head(&incoming).await? else {
             return Ok(None);
         };
         // Check, hash and install one private copy, never the incoming
         // object itself, which the client may still overwrite.
-        let Some((object, size)) = self.stage_copy(&incoming).await? else {
+        let Some((object, size)) = self.stage_copy(&incoming, seen).await? else {
             return Ok(None);
         };
         if size > limit {

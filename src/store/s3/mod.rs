@@ -8,7 +8,8 @@
 //! at most `parts_in_flight` per upload, part buffers drawn from a global
 //! `part_memory_budget`) at a private `{prefix}/staging/{uuid}` object,
 //! aborted on any failure; at the commit, under the commit lock, it is
-//! copied into place server-side. A multipart upload is never opened at the
+//! copied into place server-side (one CopyObject, or UploadPartCopy requests
+//! past `copy_part_threshold`). A multipart upload is never opened at the
 //! key itself: Garage drops an upload still in progress when another
 //! version of its key lands, so two writers of one key would break each
 //! other. Create-only and compare-and-swap rules are enforced by the index,
@@ -20,6 +21,7 @@ mod copy;
 mod direct;
 mod metadata;
 mod multipart;
+mod part_copy;
 mod staged;
 mod store_impl;
 mod tracker;
@@ -61,6 +63,8 @@ pub struct S3Store {
     /// Where this node notes its multipart uploads while they are open.
     tracker: Option<Tracker>,
     stage_uploads: bool,
+    /// Copies of objects larger than this are made in parts.
+    copy_part_threshold: u64,
     /// Noted uploads and staged objects in use right now: the sweeper
     /// leaves these alone and retries the rest (an abort that failed).
     live: Live,
@@ -109,6 +113,7 @@ impl S3Store {
             part_memory: Arc::new(Semaphore::new(budget_mib)),
             tracker,
             stage_uploads: s3.stage_uploads,
+            copy_part_threshold: s3.copy_part_threshold.as_u64(),
             live: Live::default(),
         })
     }

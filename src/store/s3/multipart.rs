@@ -43,6 +43,13 @@ impl S3Store {
         Ok(upload)
     }
 
+    /// Opens a multipart upload at `location` whose parts the caller puts
+    /// there itself (server-side part copies); aborted if dropped unfinished.
+    pub(super) async fn open_pending(&self, location: Path, attributes: Attributes) -> Result<PendingUpload> {
+        let upload = self.open_multipart(location, attributes).await?;
+        Ok(PendingUpload { upload: Some(upload), parts: Vec::new() })
+    }
+
     async fn part_permit(&self) -> OwnedSemaphorePermit {
         self.part_memory
             .clone()
@@ -172,7 +179,14 @@ pub(super) struct PendingUpload {
 }
 
 impl PendingUpload {
-    fn set_part(&mut self, idx: usize, part: PartId) {
+    /// Where the upload is open, and its id.
+    pub(super) fn target(&self) -> (&Path, &str) {
+        let upload = self.upload.as_ref().expect("the upload is live");
+        (&upload.location, &upload.id)
+    }
+
+    /// Part `idx` (from 0) is uploaded as `part`.
+    pub(super) fn set_part(&mut self, idx: usize, part: PartId) {
         if self.parts.len() <= idx {
             self.parts.resize(idx + 1, None);
         }
@@ -196,9 +210,10 @@ impl PendingUpload {
         }
     }
 
-    /// Completes an upload opened at its key (under the commit lock): the
-    /// object appears; returns its version.
-    pub(super) async fn complete_at_key(self) -> Result<String> {
+    /// Completes an upload where it is open (at its key under the commit
+    /// lock, or a part copy's destination): the object appears; returns its
+    /// version.
+    pub(super) async fn complete_in_place(self) -> Result<String> {
         let (upload, version) = self.complete_parts().await?;
         if let Some(tracker) = &upload.tracker {
             if let Err(e) = tracker.forget(&upload.id).await {
@@ -222,6 +237,13 @@ impl PendingUpload {
             tracker.completed(&upload.id, &upload.location).await?;
         }
         Ok(object)
+    }
+
+    /// Aborts the upload now (rather than in the background, as a drop does).
+    pub(super) async fn abort(mut self) {
+        if let Some(upload) = self.upload.take() {
+            abort(upload).await;
+        }
     }
 }
 

@@ -6,19 +6,19 @@ use object_store::path::Path;
 use object_store::ObjectStoreExt;
 
 use super::bucket::Bucket;
-use super::copy::copy_with_metadata;
 use super::metadata::etag;
 use super::tracker::{LiveGuard, Tracker, STAGED_OBJECT};
 use super::{s3_error, S3Store};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::store::ObjectInfo;
 
 impl S3Store {
     /// A private copy of `from` (a direct upload's incoming object), made
     /// server-side: what the node then checks and hashes is exactly what it
     /// installs, whatever the client does to `from` meanwhile. `None` when
-    /// `from` is gone (another acknowledge took it).
-    pub(super) async fn stage_copy(&self, from: &Path) -> Result<Option<(StagedObject, u64)>> {
+    /// `from` is gone (another acknowledge took it). `size`: what `from`
+    /// held when last seen (it chooses a copy in parts).
+    pub(super) async fn stage_copy(&self, from: &Path, size: u64) -> Result<Option<(StagedObject, u64)>> {
         let path = self.prefix.clone().join("staging").join(uuid::Uuid::new_v4().simple().to_string());
         let noted = format!("{STAGED_OBJECT}{path}");
         if let Some(tracker) = &self.tracker {
@@ -30,10 +30,10 @@ impl S3Store {
             tracker: self.tracker.clone(),
             _live: Some(self.live.hold(noted)),
         };
-        match self.store.copy(from, &path).await {
+        match self.copy_object(from, &path, size, None).await {
             Ok(()) => {}
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(s3_error(e)),
+            Err(Error::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
         }
         let size = self.store.head(&path).await.map_err(s3_error)?.size;
         Ok(Some((object, size)))
@@ -56,9 +56,9 @@ impl StagedObject {
 
     /// Copies it to `to` (server-side, with `info` as the copy's content
     /// type and metadata) and removes it; the copy's version.
-    pub(super) async fn install(mut self, to: &Path, bucket: &str, info: &ObjectInfo) -> Result<String> {
+    pub(super) async fn install(mut self, s3: &S3Store, to: &Path, info: &ObjectInfo) -> Result<String> {
         let from = self.path.take().expect("the object is live");
-        let copied = copy_with_metadata(&self.store, bucket, &from, to, info).await;
+        let copied = s3.copy_object(&from, to, info.size, Some(info)).await;
         let result = match copied {
             Ok(()) => match self.store.head(to).await {
                 Ok(meta) => Ok(etag(meta.e_tag.as_deref())),

@@ -8,7 +8,6 @@ use futures_util::stream::TryStreamExt;
 use object_store::{GetOptions, GetRange, ObjectStore, PutOptions, PutPayload};
 use tokio::io::AsyncReadExt;
 
-use super::copy::copy_with_metadata;
 use super::metadata::{attributes, etag};
 use super::{s3_error, S3Staged, S3Store};
 use crate::error::{Error, Result};
@@ -85,10 +84,10 @@ impl Store for S3Store {
                 etag(result.e_tag.as_deref())
             }
             Staged::Native(native) => match native.take::<S3Staged>()? {
-                S3Staged::Object(object) => object.install(&location, &self.bucket, info).await?,
-                S3Staged::Multipart(pending) => pending.complete_at_key().await?,
+                S3Staged::Object(object) => object.install(self, &location, info).await?,
+                S3Staged::Multipart(pending) => pending.complete_in_place().await?,
                 S3Staged::Blob(blob) => {
-                    copy_with_metadata(&self.store, &self.bucket, &blob, &location, info).await?;
+                    self.copy_object(&blob, &location, info.size, Some(info)).await?;
                     let (_, version, _) =
                         self.head(&location).await?.ok_or_else(|| Error::internal("a restored object vanished"))?;
                     let blob = self.head(&blob).await?.map(|(_, v, _)| v).unwrap_or_default();
