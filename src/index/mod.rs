@@ -106,12 +106,16 @@ impl Index {
         }
     }
 
-    /// Runs `f` in one transaction, committed if it returns `Ok`.
+    /// Runs `f` in one transaction, committed if it returns `Ok`. With
+    /// SQLite it takes the write lock at its start (IMMEDIATE): a deferred
+    /// transaction that reads, then writes while another connection
+    /// writes, fails at once with "database is locked" instead of waiting
+    /// (SQLite cannot wait there without risking a deadlock).
     fn tx<T>(&self, f: impl FnOnce(&mut dyn Db) -> Result<T>) -> Result<T> {
         match &self.backend {
             Backend::Sqlite(pool) => {
                 let mut conn = sqlite::conn(pool)?;
-                let tx = conn.transaction()?;
+                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 let out = f(&mut Lite(&tx))?;
                 tx.commit()?;
                 Ok(out)
