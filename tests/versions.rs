@@ -847,3 +847,48 @@ async fn signed_download_url_for_a_version() {
     assert_eq!(r.status, 200, "{}", r.describe());
     assert_same_bytes(&r.body, &v2, "a signed URL without a version");
 }
+
+/// A data directory from before versions (datasets rows without a number,
+/// no versions, no blobs, plain writable files) is adopted after a restart:
+/// each dataset becomes version 1 of its key, its file read-only and its
+/// blob, and a replace then keeps it as an older version.
+#[tokio::test]
+async fn datasets_from_before_versions_are_adopted() {
+    let mut node = TestNode::start();
+    let (old_a, old_b, newer) = (b"before versions: a".to_vec(), b"before versions: b".to_vec(), b"after".to_vec());
+    put_ok(&node, "old/a.csv", &old_a).await;
+    put_ok(&node, "old/b.csv", &old_b).await;
+    node.kill9();
+    // What a node from before versions left: rows without a number, and
+    // files that are nobody's blob.
+    let db = rusqlite::Connection::open(node.data_dir.join("index.sqlite")).unwrap();
+    db.execute_batch("DELETE FROM versions; DELETE FROM blobs; UPDATE datasets SET number = 0;").unwrap();
+    drop(db);
+    fs::remove_dir_all(node.data_dir.join("blobs")).unwrap();
+    for key in ["old/a.csv", "old/b.csv"] {
+        let path = node.datasets_dir().join(key);
+        let mut perms = fs::metadata(&path).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+        fs::set_permissions(&path, perms).unwrap();
+    }
+
+    node.launch();
+    let adopted = eventually(Duration::from_secs(30), async || {
+        let r = versions_as(&node, "old/b.csv", None).await;
+        r.status == 200
+    })
+    .await;
+    assert!(adopted, "old/b.csv was not adopted within 30 s:\n{}", node.log());
+    for (key, body) in [("old/a.csv", &old_a), ("old/b.csv", &old_b)] {
+        let list = versions(&node, key).await;
+        assert_eq!((numbers(&list), currents(&list)), (vec![1], vec![true]), "{key}: {list:?}");
+        assert_read_only(&node, key);
+        assert_version_serves(&node, key, 1, body).await;
+    }
+    put_ok(&node, "old/a.csv", &newer).await;
+    assert_eq!(numbers(&versions(&node, "old/a.csv").await), [2, 1]);
+    assert_version_serves(&node, "old/a.csv", 1, &old_a).await;
+    node.kill9();
+    let fsck = node.cli(&["fsck"]);
+    assert_eq!(fsck.code, Some(0), "fsck after the adoption: {fsck:?}");
+}

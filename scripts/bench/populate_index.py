@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Fills a Spillway catalog (table `datasets`, see src/index.rs) with N rows.
+"""Fills a Spillway catalog (table `datasets`, see src/index/) with N rows.
 
 Usage: populate_index.py INDEX_SQLITE ROWS
 
@@ -8,6 +8,10 @@ and must be stopped. Rows are inserted in key order in one transaction:
 keys `bench/0000000/file.bin`, ... (zero-padded to at least 7 digits), so
 the key of row i is predictable for deep-page queries. No files are created:
 the node's start-up reconcile will report them missing, which is expected.
+A catalog with versions (tables `versions` and `blobs`, since the versions
+change) gets each row as version 1 of its key with its blob row, as the node
+writes them, so that it starts with nothing from before versions to adopt;
+an older schema (BENCH_BASELINE's binary) gets the plain rows.
 """
 
 import hashlib
@@ -55,12 +59,22 @@ def main() -> int:
                 str(1_000_000 + i),
             )
 
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    versioned = "versions" in tables and "blobs" in tables and "number" in cols
     conn.execute("BEGIN")
     conn.executemany(
         "INSERT INTO datasets (key, name, size, blake3, content_type, created_at,"
         " updated_at, description, tags, version) VALUES (?,?,?,?,?,?,?,?,?,?)",
         gen(),
     )
+    if versioned:
+        conn.execute("UPDATE datasets SET number = 1")
+        conn.execute(
+            "INSERT INTO versions (key, number, blake3, size, content_type, created_at)"
+            " SELECT key, 1, blake3, size, content_type, created_at FROM datasets")
+        conn.execute(
+            "INSERT OR IGNORE INTO blobs (blake3, size, version)"
+            " SELECT blake3, size, version FROM datasets")
     conn.execute("COMMIT")
     (count,) = conn.execute("SELECT count(*) FROM datasets").fetchone()
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

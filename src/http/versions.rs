@@ -30,6 +30,12 @@ pub fn sweepers() -> AdHoc {
                 return;
             };
             let settings = node.settings().clone();
+            let adopter = node.clone();
+            tokio::spawn(async move {
+                if let Err(e) = adopter.adopt_unversioned().await {
+                    log::warn!("adopting datasets from before versions: {}", e.cause());
+                }
+            });
             let prune_every = (settings.keep_versions_for.0 / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
             let (pruner, mut shutdown) = (node.clone(), rocket.shutdown());
             tokio::spawn(async move {

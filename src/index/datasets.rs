@@ -150,10 +150,11 @@ impl Index {
         })
     }
 
-    /// Rows from before versions (no version number yet).
-    pub fn unversioned(&self) -> Result<Vec<Record>> {
-        let sql = format!("SELECT {COLUMNS} FROM datasets WHERE number = 0 ORDER BY key");
-        self.with(|db| db.query(&sql, &[])?.iter().map(record_from_row).collect())
+    /// A page of the rows from before versions (no version number yet),
+    /// in key order after `after`.
+    pub fn unversioned(&self, after: Option<&str>, limit: usize) -> Result<Vec<Record>> {
+        let sql = format!("SELECT {COLUMNS} FROM datasets WHERE number = 0 AND key > $1 ORDER BY key LIMIT $2");
+        self.with(|db| db.query(&sql, vals![after.unwrap_or(""), limit as i64])?.iter().map(record_from_row).collect())
     }
 
     /// A trivial query: the database opens and answers.

@@ -78,7 +78,6 @@ impl Node {
             _lock: lock,
         };
         node.resolve_intents()?;
-        node.adopt_unversioned()?;
         let handle = tokio::runtime::Handle::current();
         let freed = handle.block_on(node.prune_versions())?;
         if freed > 0 {
@@ -135,28 +134,6 @@ impl Node {
                     self.index.abandon(key)?;
                 }
             }
-        }
-        Ok(())
-    }
-
-    /// Datasets from before versions (their row has no number) become
-    /// version 1 of their key, their bytes kept as a blob. Runs once per
-    /// dataset, on a blocking thread.
-    fn adopt_unversioned(&self) -> Result<()> {
-        let handle = tokio::runtime::Handle::current();
-        let mut adopted = 0u64;
-        for record in self.index.unversioned()? {
-            let Ok(key) = Key::parse(&record.key) else { continue };
-            match handle.block_on(self.store.adopt(&key, &record)) {
-                Ok(blob) => {
-                    self.index.adopt(&record, &blob)?;
-                    adopted += 1;
-                }
-                Err(e) => log::warn!("`{key}` stays without versions for now: {}", e.cause()),
-            }
-        }
-        if adopted > 0 {
-            log::info!("{adopted} dataset(s) from before versions are now version 1 of their key");
         }
         Ok(())
     }

@@ -118,6 +118,54 @@ impl Node {
         }
     }
 
+    /// Datasets from before versions (their row has no number) become
+    /// version 1 of their key, their bytes kept as a blob. Runs in the
+    /// background after start, a page at a time under the commit lock (so
+    /// no commit changes a key while its bytes are adopted), each row once
+    /// per start: one whose bytes cannot be adopted (its file is gone,
+    /// which fsck reports) is counted, not retried. How many were adopted.
+    pub async fn adopt_unversioned(&self) -> Result<u64> {
+        let (mut adopted, mut failed, mut after) = (0u64, 0u64, None::<String>);
+        loop {
+            let _guard = self.commit_lock.lock().await;
+            let (index, store, cursor) = (self.index.clone(), self.store.clone(), after.clone());
+            let (done, missed, last) = blocking(move || {
+                let _cluster = index.commit_lock()?;
+                let handle = tokio::runtime::Handle::current();
+                let page = index.unversioned(cursor.as_deref(), 200)?;
+                let (mut done, mut missed) = (0u64, 0u64);
+                for record in &page {
+                    let Ok(key) = Key::parse(&record.key) else { continue };
+                    match handle.block_on(store.adopt(&key, record)) {
+                        Ok(blob) => {
+                            index.adopt(record, &blob)?;
+                            done += 1;
+                        }
+                        Err(e) => {
+                            missed += 1;
+                            log::debug!("`{key}` stays without versions: {}", e.cause());
+                        }
+                    }
+                }
+                Ok((done, missed, page.last().map(|r| r.key.clone())))
+            })
+            .await?;
+            adopted += done;
+            failed += missed;
+            match last {
+                Some(last) => after = Some(last),
+                None => break,
+            }
+        }
+        if adopted > 0 {
+            log::info!("{adopted} dataset(s) from before versions are now version 1 of their key");
+        }
+        if failed > 0 {
+            log::warn!("{failed} dataset(s) from before versions could not be adopted (their bytes are missing?); run `spillway fsck`");
+        }
+        Ok(adopted)
+    }
+
     /// Prunes the versions that stopped being current longer ago than
     /// `keep_versions_for`, and frees what a crash or a failed removal left
     /// doomed. Returns how many blobs went.
