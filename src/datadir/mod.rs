@@ -58,7 +58,7 @@ pub struct Layout {
     pub spool_on_data_volume: bool,
     /// The device of the data volume.
     data_dev: u64,
-    /// `staging/`, the spool and `uploads/`, opened at start (never through
+    /// `datasets/`, `blobs/`, `staging/`, the spool and `uploads/`, opened at start (never through
     /// a symlink): files in them are created, opened, renamed and removed
     /// relative to these, so a folder swapped for a symlink after start is
     /// never followed. What still goes by path: a temp file dropped on an
@@ -75,6 +75,7 @@ pub struct Layout {
 
 #[derive(Debug)]
 struct Dirs {
+    datasets: OwnedFd,
     blobs: OwnedFd,
     staging: OwnedFd,
     spool: OwnedFd,
@@ -142,7 +143,13 @@ impl Layout {
             spool,
             spool_on_data_volume,
             data_dev,
-            dirs: Arc::new(Dirs { blobs: blobs_fd, staging: staging_fd, spool: spool_fd, uploads: uploads_fd }),
+            dirs: Arc::new(Dirs {
+                datasets: datasets_fd,
+                blobs: blobs_fd,
+                staging: staging_fd,
+                spool: spool_fd,
+                uploads: uploads_fd,
+            }),
         })
     }
 
@@ -156,7 +163,9 @@ impl Layout {
     fn resolve<'k>(&self, key: &'k Key, create: bool) -> Result<Option<KeyPath<'k>>, Error> {
         let segments: Vec<&str> = key.segments().collect();
         let (name, folders) = segments.split_last().expect("a key has a segment");
-        let mut dirs = vec![open_dir(CWD, self.datasets.as_path()).map_err(io_error)?];
+        // `datasets/` as opened at start: a copy of its descriptor, not a
+        // walk of its path again for every key.
+        let mut dirs = vec![rustix::io::fcntl_dupfd_cloexec(&self.dirs.datasets, 0).map_err(io_error)?];
         for (depth, segment) in folders.iter().enumerate() {
             assert!(is_plain_name(segment), "key segment {segment:?} is not a plain file name");
             let parent = dirs.last().expect("datasets/ is open");

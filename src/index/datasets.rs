@@ -69,8 +69,12 @@ pub struct MetadataPatch {
     pub tags: Option<Vec<String>>,
 }
 
-const COLUMNS: &str = "key, name, size, blake3, content_type, created_at, updated_at, description, tags, version, number,
-    coalesce((SELECT CAST(corrupt AS INTEGER) FROM blobs b WHERE b.blake3 = datasets.blake3 AND b.size = datasets.size), 0)";
+const COLUMNS: &str =
+    "key, name, size, blake3, content_type, created_at, updated_at, description, tags, version, number";
+/// Whether a scrub found the row's bytes damaged: asked only where the
+/// bytes are about to be served (one row), not for catalog pages.
+const CORRUPT: &str = "coalesce((SELECT CAST(corrupt AS INTEGER) FROM blobs b
+    WHERE b.blake3 = datasets.blake3 AND b.size = datasets.size), 0)";
 
 impl Index {
     pub fn get(&self, key: &Key) -> Result<Option<Record>> {
@@ -270,7 +274,7 @@ pub(super) fn remove(db: &mut dyn Db, key: &Key) -> Result<()> {
 }
 
 fn get(db: &mut dyn Db, key: &str) -> Result<Option<Record>> {
-    db.query_opt(&format!("SELECT {COLUMNS} FROM datasets WHERE key = $1"), vals![key])?
+    db.query_opt(&format!("SELECT {COLUMNS}, {CORRUPT} FROM datasets WHERE key = $1"), vals![key])?
         .as_ref()
         .map(record_from_row)
         .transpose()
@@ -290,7 +294,7 @@ fn record_from_row(row: &DbRow) -> Result<Record> {
         tags: serde_json::from_str(&row.text(8)).unwrap_or_default(),
         version: row.text(9),
         number: row.int(10),
-        corrupt: row.bool(11),
+        corrupt: row.0.len() > 11 && row.bool(11),
         key,
     })
 }

@@ -81,6 +81,7 @@ pub const MIGRATIONS: &[&str] = &[
         doomed   BOOLEAN NOT NULL DEFAULT FALSE,
         PRIMARY KEY (blake3, size)
     );
+    CREATE INDEX blobs_doomed ON blobs (doomed) WHERE doomed = TRUE;
     ALTER TABLE datasets ADD COLUMN number BIGINT NOT NULL DEFAULT 0;
     ALTER TABLE intents ADD COLUMN uploaded_by TEXT;
     ALTER TABLE intents ADD COLUMN purge BOOLEAN NOT NULL DEFAULT FALSE;

@@ -97,6 +97,7 @@ pub const MIGRATIONS: &[&str] = &[
         doomed   INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (blake3, size)
     ) WITHOUT ROWID;
+    CREATE INDEX blobs_doomed ON blobs (doomed) WHERE doomed = TRUE;
     ALTER TABLE datasets ADD COLUMN number INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE intents ADD COLUMN uploaded_by TEXT;
     ALTER TABLE intents ADD COLUMN purge INTEGER NOT NULL DEFAULT 0;
