@@ -1122,3 +1122,53 @@ async fn postgres_tls_require_checks_the_server_certificate() {
     assert!(status.success(), "the node exited with {status} on SIGTERM:\n{}", node.log());
     assert_no_panic(&node, "postgres_tls_require_checks_the_server_certificate");
 }
+
+/// Versions on a shared PostgreSQL index: commits through either node
+/// number one history; each node lists, reads and restores it; a blob both
+/// keys share is one; pruning by count frees what no version needs, and a
+/// purge of both keys leaves no blob row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_on_a_shared_index() {
+    let Some(pair) = two_nodes(&[("SPILLWAY_KEEP_VERSIONS", "2")]) else {
+        return;
+    };
+    let (a, b) = (&pair.a, &pair.b);
+    let (v1, v2, v3) = (generated(40 * KIB, 31), generated(50 * KIB, 32), generated(60 * KIB, 33));
+    assert_eq!(put_ok(a, "ver/k", &v1, &[]).await.status, 201);
+    assert_eq!(put_ok(b, "ver/k", &v2, &[]).await.status, 200);
+    assert_eq!(put_ok(b, "ver/twin", &v1, &[]).await.status, 201);
+    for node in [a, b] {
+        let r = call(node, "GET", "/versions/ver/k", &[], None).await;
+        assert_eq!(r.status, 200, "{}", r.describe());
+        let listed: Vec<(u64, bool)> = r
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| (v["version"].as_u64().unwrap(), v["current"].as_bool().unwrap()))
+            .collect();
+        assert_eq!(listed, [(2, true), (1, false)], "versions on {}", node.base);
+        let old = call(node, "GET", "/data/ver/k?version=1", &[], None).await;
+        assert_eq!(old.status, 200, "{}", old.describe());
+        assert_same_bytes(&old.body, &v1, "version 1");
+    }
+    let restored = call(a, "POST", "/datasets/ver/k/action/restore", &[], Some(br#"{"version": 1}"#.to_vec())).await;
+    assert_eq!(restored.status, 200, "{}", restored.describe());
+    let now = call(b, "GET", "/data/ver/k", &[], None).await;
+    assert_same_bytes(&now.body, &v1, "after the restore, through B");
+    // keep_versions = 2: version 1 goes; its bytes stay (version 3, the twin).
+    assert_eq!(put_ok(b, "ver/k", &v3, &[]).await.status, 200);
+    let r = call(a, "GET", "/versions/ver/k", &[], None).await;
+    let numbers: Vec<u64> = r.json().as_array().unwrap().iter().map(|v| v["version"].as_u64().unwrap()).collect();
+    assert_eq!(numbers, [4, 3]);
+    let metrics = call(a, "GET", "/metrics", &[], None).await.text();
+    let stored = metrics.lines().find(|l| l.starts_with("spillway_stored_bytes ")).unwrap_or_default().to_owned();
+    let expected = (v1.len() + v3.len()) as u64;
+    assert_eq!(stored, format!("spillway_stored_bytes {expected}"), "v2's blob is freed, v1's and v3's stay");
+    for key in ["ver/k", "ver/twin"] {
+        let gone = call(b, "DELETE", &format!("/datasets/{key}?versions=all"), &[], None).await;
+        assert_eq!(gone.status, 204, "{}", gone.describe());
+    }
+    let metrics = call(a, "GET", "/metrics", &[], None).await.text();
+    assert!(metrics.lines().any(|l| l == "spillway_stored_bytes 0"), "no blob left:\n{metrics}");
+}
