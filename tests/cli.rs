@@ -519,3 +519,22 @@ async fn versions_listed_downloaded_restored_and_removed() {
     let line = admin.run(&["get", key, "--version", "1", "late.bin"]).failed_with_one_line().to_string();
     assert!(line.contains("no version 1"), "{line}");
 }
+
+/// `spillway upload two/*.csv` with two matches must not store the first
+/// file's bytes under the second's name: a KEY that names a local file is
+/// refused before anything is sent.
+#[tokio::test]
+async fn a_key_that_names_a_local_file_is_refused() {
+    let node = TestNode::start();
+    let client = Client::new(&node);
+    fs::create_dir_all(client.work_dir().join("two")).unwrap();
+    fs::write(client.work_dir().join("two/part1.csv"), "a,b\n1,2\n").unwrap();
+    fs::write(client.work_dir().join("two/part2.csv"), "a,b\n3,4\n").unwrap();
+    let line = client.run(&["upload", "two/part1.csv", "two/part2.csv"]).failed_with_one_line().to_string();
+    assert!(line.contains("two/part2.csv") && line.contains("local file"), "{line}");
+    let listed = node.json("/datasets").await;
+    assert_eq!(listed, serde_json::json!([]), "nothing may be stored");
+    // A key that is no local path still works.
+    client.run(&["upload", "two/part1.csv", "parts/one.csv"]).ok();
+    assert_eq!(node.json("/datasets/parts/one.csv").await["blake3"], b3(b"a,b\n1,2\n").as_str());
+}

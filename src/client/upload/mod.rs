@@ -131,6 +131,12 @@ pub async fn run(args: UploadArgs) -> Result<()> {
         anyhow::bail!("{} is not a regular file", args.file.display());
     }
     let key = match &args.key {
+        // `spillway upload dir/*.csv` with two matches puts the second
+        // file where KEY goes: its bytes would be stored under that name.
+        Some(key) if std::fs::symlink_metadata(key).is_ok() => anyhow::bail!(
+            "the KEY `{key}` names a local file: upload one file at a time (`spillway upload FILE [KEY]`), \
+             and leave KEY out to use the file's name"
+        ),
         Some(key) => key.clone(),
         None => path
             .file_name()
