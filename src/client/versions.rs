@@ -8,20 +8,9 @@ use anyhow::{Context, Result};
 use reqwest::Method;
 
 use super::catalog::next_link;
+pub use super::catalog::parse_version;
 use super::{dataset_path, human_size, parse_key, Connection, Node, Record};
 use crate::key::{encode_path, Key};
-
-/// Highest version number the client accepts: the node's are `i64`, and
-/// looking one up asks for those below `N + 1`.
-const MAX_VERSION: i64 = i64::MAX - 1;
-
-/// Parses a version number given on the command line: a positive whole number.
-pub fn parse_version(raw: &str) -> Result<i64, String> {
-    match raw.trim().parse::<i64>() {
-        Ok(n) if (1..=MAX_VERSION).contains(&n) => Ok(n),
-        _ => Err(format!("`{raw}` is not a version number (1, 2, 3...)")),
-    }
-}
 
 #[derive(Debug, clap::Args)]
 pub struct VersionsArgs {

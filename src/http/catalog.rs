@@ -54,9 +54,9 @@ impl<'r, T: serde::Serialize> Responder<'r, 'static> for Page<T> {
     ),
     responses(
         (status = 200, description = "Full records ordered by key, bytewise (UTF-8 byte order).", body = Vec<crate::index::Record>),
-        super::openapi::AccessErrors,
-        (status = 400, response = super::openapi::BadRequest),
-        (status = 503, response = super::openapi::Unavailable),
+        super::openapi::responses::AccessErrors,
+        (status = 400, response = super::openapi::responses::BadRequest),
+        (status = 503, response = super::openapi::responses::Unavailable),
     ),
     security(("bearerAuth" = ["read"]), ()),
 )]
@@ -103,8 +103,8 @@ pub(super) fn parse_limit(limit: Option<&str>) -> Result<usize> {
     description = "Needs `read`. With no tokens configured the node is open (loopback only) and needs no `Authorization`.",
     responses(
         (status = 200, description = "The record.", body = crate::index::Record),
-        super::openapi::AccessErrors,
-        super::openapi::DatasetErrors,
+        super::openapi::responses::AccessErrors,
+        super::openapi::responses::DatasetErrors,
     ),
     security(("bearerAuth" = ["read"]), ()),
 )]
@@ -124,10 +124,10 @@ async fn get_record(node: &State<Arc<Node>>, caller: Caller, tail: KeyTail<'_>) 
     request_body(content = crate::index::MetadataPatch),
     responses(
         (status = 200, description = "The updated record.", body = crate::index::Record),
-        super::openapi::AccessErrors,
-        super::openapi::DatasetErrors,
-        (status = 413, response = super::openapi::TooLarge),
-        (status = 507, response = super::openapi::InsufficientStorage),
+        super::openapi::responses::AccessErrors,
+        super::openapi::responses::DatasetErrors,
+        (status = 413, response = super::openapi::responses::TooLarge),
+        (status = 507, response = super::openapi::responses::InsufficientStorage),
     ),
     security(("bearerAuth" = ["write"]), ()),
 )]
@@ -155,10 +155,10 @@ async fn patch_record(
     ),
     responses(
         (status = 204, description = "The key is gone from the catalog (and with `versions=all`, its versions)."),
-        super::openapi::AccessErrors,
-        super::openapi::DatasetErrors,
-        (status = 409, response = super::openapi::Conflict),
-        (status = 507, response = super::openapi::InsufficientStorage),
+        super::openapi::responses::AccessErrors,
+        super::openapi::responses::DatasetErrors,
+        (status = 409, response = super::openapi::responses::Conflict),
+        (status = 507, response = super::openapi::responses::InsufficientStorage),
     ),
     security(("bearerAuth" = ["admin"]), ()),
 )]
@@ -209,12 +209,12 @@ pub struct Restore {
     responses(
         (status = 200, description = "The record: of the dataset just installed from a direct upload, or the updated one.", body = crate::index::Record),
         (status = 400, description = "`invalid-key`, or `invalid-body` (the JSON body does not fit).", body = crate::error::Problem, content_type = "application/problem+json"),
-        super::openapi::AccessErrors,
+        super::openapi::responses::AccessErrors,
         (status = 404, description = "`not-found`: no dataset at this key, and no direct upload waiting for it.", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "`digest-mismatch`: the bytes' blake3 is not the one given: a waiting direct upload's (it is deleted; nothing at the key changed) or the stored dataset's; or `key-conflict`: a waiting direct upload cannot be installed because a dataset sits at one of the key's ancestors, or datasets sit below it.", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 413, description = "`too-large`: the waiting direct upload is larger than its upload URL's `max_size` or than `max_dataset_size` (the upload is deleted; nothing at the key changed), or the JSON body is over 64 KiB.", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, response = super::openapi::Unavailable),
-        (status = 507, response = super::openapi::InsufficientStorage),
+        (status = 503, response = super::openapi::responses::Unavailable),
+        (status = 507, response = super::openapi::responses::InsufficientStorage),
     ),
     security(("bearerAuth" = ["write"]), ()),
 )]

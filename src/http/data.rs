@@ -105,8 +105,8 @@ impl<'r> Responder<'r, 'static> for Stored {
     ),
     responses(
         StoredResponses,
-        super::openapi::AccessErrors,
-        super::openapi::UploadErrors,
+        super::openapi::responses::AccessErrors,
+        super::openapi::responses::UploadErrors,
     ),
     security(("bearerAuth" = ["write"]), ()),
 )]
@@ -146,8 +146,8 @@ async fn put_data(
     description = "`multipart/form-data`: a `file` part (with a filename), and optional `key` (default: the filename), `name`, `description`. Any other part, a second `file`, or a body that is not `multipart/form-data` with a boundary is `400`. Needs `write`. `If-Match`/`If-None-Match`, `Content-Digest`/`Repr-Digest` and `X-Blake3` apply to the file part. Upload rules (PUT, multipart and the last step of a resumable upload): the body streams through a small in-memory spool that spills to disk, never held whole in memory; `Content-Digest`/`Repr-Digest` (`sha-256`, `sha-512`) and `X-Blake3` are verified before commit; a body shorter than its `Content-Length` or a chunked body without its last chunk is never committed; on any failure nothing is left behind and an existing dataset at the key keeps serving; a replace is atomic; `201`/`200` means the bytes and the record are durable.",
     responses(
         StoredResponses,
-        super::openapi::AccessErrors,
-        super::openapi::UploadErrors,
+        super::openapi::responses::AccessErrors,
+        super::openapi::responses::UploadErrors,
     ),
     security(("bearerAuth" = ["write"]), ()),
 )]
@@ -345,12 +345,12 @@ pub enum Served {
         (status = 200, description = "The bytes, streamed, with the dataset's `Content-Type`."),
         (status = 206, description = "One byte range of the dataset."),
         (status = 304, description = "`If-None-Match` matched the current ETag."),
-        (status = 307, response = super::openapi::RedirectToStore),
-        super::openapi::AccessErrors,
-        super::openapi::DatasetErrors,
-        (status = 409, response = super::openapi::Conflict),
-        (status = 416, response = super::openapi::RangeNotSatisfiable),
-        (status = 500, response = super::openapi::CorruptData),
+        (status = 307, response = super::openapi::responses::RedirectToStore),
+        super::openapi::responses::AccessErrors,
+        super::openapi::responses::DatasetErrors,
+        (status = 409, response = super::openapi::responses::Conflict),
+        (status = 416, response = super::openapi::responses::RangeNotSatisfiable),
+        (status = 500, response = super::openapi::responses::CorruptData),
     ),
     security(("bearerAuth" = ["read"]), ()),
 )]

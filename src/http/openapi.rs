@@ -17,7 +17,7 @@ use utoipa::{OpenApi, ToSchema};
 
 use crate::error::Error;
 
-mod responses;
+pub mod responses;
 pub use responses::*;
 
 #[derive(OpenApi)]
@@ -257,20 +257,6 @@ pub struct DownloadUrlRequest {
     /// version is signed with the rest.
     #[schema(minimum = 1)]
     version: Option<i64>,
-}
-
-/// `GET /health`'s body.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct Health {
-    status: String,
-}
-
-/// `GET /ready`'s body.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct Ready {
-    status: String,
 }
 
 // Operations that no handler of their own serves: Rocket answers HEAD with

@@ -30,7 +30,7 @@ pub fn routes() -> Vec<Route> {
     tag = "operations",
     summary = "Liveness",
     responses(
-        (status = 200, description = "The process serves.", body = super::openapi::Health),
+        (status = 200, description = "The process serves.", body = super::openapi::responses::Health),
     ),
     security(()),
 )]
@@ -48,9 +48,9 @@ fn health() -> Json<Value> {
     tag = "operations",
     summary = "Readiness",
     responses(
-        (status = 200, description = "The index answers, the data and spool directories are writable and free space is above the reserve on each volume.", body = super::openapi::Ready),
-        (status = 421, response = super::openapi::Misdirected),
-        (status = 503, response = super::openapi::NotReady),
+        (status = 200, description = "The index answers, the data and spool directories are writable and free space is above the reserve on each volume.", body = super::openapi::responses::Ready),
+        (status = 421, response = super::openapi::responses::Misdirected),
+        (status = 503, response = super::openapi::responses::NotReady),
     ),
     security(()),
 )]
@@ -85,7 +85,7 @@ impl<'r> Responder<'r, 'static> for Exposition {
     description = "Needs no token unless `metrics_token = true` (then `read`).",
     responses(
         (status = 200, description = "Prometheus text exposition format 0.0.4."),
-        super::openapi::AccessErrors,
+        super::openapi::responses::AccessErrors,
     ),
     security((), ("bearerAuth" = ["read"])),
 )]

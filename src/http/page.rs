@@ -16,7 +16,7 @@ pub fn routes() -> Vec<Route> {
     summary = "The web page",
     responses(
         (status = 200, description = "List, search, drag-and-drop upload with progress and resume, download, delete."),
-        (status = 421, response = super::openapi::Misdirected),
+        (status = 421, response = super::openapi::responses::Misdirected),
     ),
     security(()),
 )]
@@ -33,7 +33,7 @@ fn index() -> (ContentType, &'static str) {
     summary = "The web page's script",
     responses(
         (status = 200, description = "JavaScript."),
-        (status = 421, response = super::openapi::Misdirected),
+        (status = 421, response = super::openapi::responses::Misdirected),
     ),
     security(()),
 )]
@@ -50,7 +50,7 @@ fn script() -> (ContentType, &'static str) {
     summary = "The web page's style sheet",
     responses(
         (status = 200, description = "CSS."),
-        (status = 421, response = super::openapi::Misdirected),
+        (status = 421, response = super::openapi::responses::Misdirected),
     ),
     security(()),
 )]
@@ -70,7 +70,7 @@ fn style() -> (ContentType, &'static str) {
     summary = "This document",
     responses(
         (status = 200, description = "The OpenAPI document."),
-        (status = 421, response = super::openapi::Misdirected),
+        (status = 421, response = super::openapi::responses::Misdirected),
     ),
     security(()),
 )]

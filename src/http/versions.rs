@@ -89,8 +89,8 @@ pub fn sweepers() -> AdHoc {
     ),
     responses(
         (status = 200, description = "The versions, newest first.", body = Vec<Version>),
-        super::openapi::AccessErrors,
-        super::openapi::DatasetErrors,
+        super::openapi::responses::AccessErrors,
+        super::openapi::responses::DatasetErrors,
     ),
     security(("bearerAuth" = ["read"]), ()),
 )]

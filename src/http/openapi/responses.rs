@@ -153,3 +153,17 @@ response_sets! {
         507 => TusInsufficientStorage,
     }
 }
+
+/// `GET /health`'s body.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct Health {
+    status: String,
+}
+
+/// `GET /ready`'s body.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct Ready {
+    status: String,
+}

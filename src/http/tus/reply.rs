@@ -6,7 +6,7 @@ use rocket::http::{Header, Status};
 use rocket::request::Request;
 use rocket::response::{self, Responder, Response};
 
-use crate::http::openapi::TusMisdirected;
+use crate::http::openapi::responses::TusMisdirected;
 use crate::service::tus::{UploadInfo, CHECKSUM_ALGORITHMS, EXTENSIONS, TUS_VERSION};
 
 /// A tus answer: a status and the upload's headers.
