@@ -11,3 +11,8 @@ pub fn format(t: OffsetDateTime) -> String {
 pub fn now() -> String {
     format(OffsetDateTime::now_utc())
 }
+
+/// Now in Unix seconds: expiry times and when versions were replaced.
+pub fn unix_now() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}

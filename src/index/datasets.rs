@@ -232,7 +232,7 @@ pub(super) fn upsert(
     retention: super::Retention,
 ) -> Result<(Record, Vec<super::Blob>)> {
     let blob_version = if v.blob_version.is_empty() { &v.version } else { &v.blob_version };
-    let (number, doomed) = super::versions::record(db, v, blob_version, retention, now, unix_now())?;
+    let (number, doomed) = super::versions::record(db, v, blob_version, retention, now, crate::timestamp::unix_now())?;
     insert(db, v, now, number)?;
     let record = get(db, v.key.as_str())?.ok_or_else(|| Error::internal("row vanished after upsert"))?;
     Ok((record, doomed))
@@ -263,10 +263,6 @@ fn insert(db: &mut dyn Db, v: &NewVersion, now: &str, number: i64) -> Result<()>
         ],
     )
     .map(drop)
-}
-
-pub(super) fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 pub(super) fn remove(db: &mut dyn Db, key: &Key) -> Result<()> {

@@ -3,11 +3,12 @@
 //! Grants were once kept in `settings` and never removed; now each grant
 //! expires, and each new one sweeps the expired.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use super::db::vals;
 use super::Index;
 use crate::error::Result;
+use crate::timestamp::unix_now;
 
 /// How long a grant outlives what it was granted for: an upload to a
 /// presigned URL may start just before the URL expires, and finish and be
@@ -39,10 +40,6 @@ impl Index {
     pub fn granted(&self, name: &str) -> Result<Option<String>> {
         self.with(|db| Ok(db.query_opt("SELECT value FROM grants WHERE name = $1", vals![name])?.map(|r| r.text(0))))
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 #[cfg(test)]

@@ -81,7 +81,7 @@ impl Index {
                     let doomed = if *purge {
                         versions::purge(db, key)?
                     } else {
-                        versions::replaced(db, key, retention, datasets::unix_now())?
+                        versions::replaced(db, key, retention, crate::timestamp::unix_now())?
                     };
                     (key, Completed { record: None, doomed })
                 }

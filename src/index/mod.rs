@@ -106,31 +106,26 @@ impl Index {
         }
     }
 
-    /// Runs `f` in one transaction, committed if it returns `Ok`. With
-    /// SQLite it takes the write lock at its start (IMMEDIATE): a deferred
-    /// transaction that reads, then writes while another connection
-    /// writes, fails at once with "database is locked" instead of waiting
-    /// (SQLite cannot wait there without risking a deadlock).
+    /// Runs `f` in one transaction, committed if it returns `Ok` (with
+    /// SQLite an IMMEDIATE one, as [`Index::serial_tx`] says why).
     fn tx<T>(&self, f: impl FnOnce(&mut dyn Db) -> Result<T>) -> Result<T> {
-        match &self.backend {
-            Backend::Sqlite(pool) => {
-                let mut conn = sqlite::conn(pool)?;
-                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                let out = f(&mut Lite(&tx))?;
-                tx.commit()?;
-                Ok(out)
-            }
-            Backend::Postgres(pool) => pool.tx(None, f),
-        }
+        self.run_tx(None, f)
     }
 
     /// Runs `f` in one transaction that writers take one at a time from
     /// its first read on, so that what it writes may depend on what it read
-    /// (a count checked before an insert): SQLite's IMMEDIATE transaction;
+    /// (a count checked before an insert): SQLite's IMMEDIATE transaction
+    /// (which every transaction is: a deferred one that reads, then writes
+    /// while another connection writes, fails at once with "database is
+    /// locked", since SQLite cannot wait there without risking a deadlock);
     /// with PostgreSQL (nodes sharing it too) the transaction-scoped
     /// advisory lock `lock`, since READ COMMITTED lets two transactions
     /// count the same rows and both insert.
     fn serial_tx<T>(&self, lock: i64, f: impl FnOnce(&mut dyn Db) -> Result<T>) -> Result<T> {
+        self.run_tx(Some(lock), f)
+    }
+
+    fn run_tx<T>(&self, lock: Option<i64>, f: impl FnOnce(&mut dyn Db) -> Result<T>) -> Result<T> {
         match &self.backend {
             Backend::Sqlite(pool) => {
                 let mut conn = sqlite::conn(pool)?;
@@ -139,7 +134,7 @@ impl Index {
                 tx.commit()?;
                 Ok(out)
             }
-            Backend::Postgres(pool) => pool.tx(Some(lock), f),
+            Backend::Postgres(pool) => pool.tx(lock, f),
         }
     }
 }

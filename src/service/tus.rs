@@ -36,6 +36,7 @@ use crate::ingest::{ChunkReader, Digest, Hashing, OpenFile, Received, Writer};
 use crate::key::Key;
 use crate::store::Staged;
 use crate::timestamp::now;
+use crate::timestamp::unix_now;
 pub use metadata::Metadata;
 pub use slots::Resumable;
 use slots::{take, HashState};
@@ -107,10 +108,6 @@ fn sync_upload_file(layout: &crate::datadir::Layout, id: &str) {
 
 pub fn is_upload_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-fn unix_now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 impl Node {

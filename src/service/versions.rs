@@ -171,10 +171,7 @@ impl Node {
     /// doomed. Returns how many blobs went.
     pub async fn prune_versions(&self) -> Result<usize> {
         let keep_for = crate::index::Retention::of(&self.settings).keep_for;
-        let cutoff = std::time::SystemTime::now()
-            .checked_sub(keep_for)
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_secs() as i64);
+        let cutoff = crate::timestamp::unix_now().saturating_sub(keep_for.as_secs().min(i64::MAX as u64) as i64);
         let _guard = self.commit_lock.lock().await;
         let index = self.index.clone();
         let doomed = blocking(move || {

@@ -9,7 +9,7 @@ use rustix::fs::OFlags;
 
 use super::super::Node;
 use super::slots::take;
-use super::{is_upload_id, unix_now, Metadata, UploadInfo};
+use super::{is_upload_id, Metadata, UploadInfo};
 use crate::access::Caller;
 use crate::blocking::blocking;
 use crate::error::{Error, Result};
@@ -17,6 +17,7 @@ use crate::index::UploadRow;
 use crate::ingest::Received;
 use crate::key::Key;
 use crate::store::Staged;
+use crate::timestamp::unix_now;
 
 impl Node {
     /// `POST /uploads` with `Upload-Concat: final;...`: the partial uploads,
