@@ -24,7 +24,8 @@ const READ_ONLY: u32 = 0o444;
 
 /// A blob's folder and file name.
 fn blob_name(blake3: &str, size: u64) -> Result<(&str, String), Error> {
-    let valid = blake3.len() == 64 && blake3.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    // Lowercase, as blake3 writes it: the name must be the one hex form.
+    let valid = blake3::Hash::from_hex(blake3).is_ok() && !blake3.bytes().any(|b| b.is_ascii_uppercase());
     if !valid {
         return Err(Error::internal(format!("not a blake3 hex digest: {blake3:?}")));
     }

@@ -13,7 +13,7 @@ use super::KeyTail;
 use crate::access::{Caller, Scope};
 use crate::error::Result;
 use crate::index::Version;
-use crate::key::encode_query_value;
+use crate::key::encode_path;
 use crate::service::Node;
 
 pub fn routes() -> Vec<Route> {
@@ -109,7 +109,7 @@ async fn list_versions(
     let versions = node.versions(&key, before, limit).await?;
     let next = (versions.len() == limit).then(|| {
         let last = versions[versions.len() - 1].version;
-        format!("/versions/{}?limit={limit}&after={last}", encode_query_value(key.as_str()).replace("%2F", "/"))
+        format!("/versions/{}?limit={limit}&after={last}", encode_path(key.as_str()))
     });
     Ok(Page { records: versions, next })
 }
