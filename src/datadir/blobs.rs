@@ -9,11 +9,11 @@ use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
-use rustix::fs::{fchmod, fsync, linkat, mkdirat, openat, renameat, statat, unlinkat, AtFlags, Mode, OFlags};
+use rustix::fs::{fchmod, fsync, linkat, mkdirat, openat, statat, unlinkat, AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 use tempfile::{NamedTempFile, TempPath};
 
-use super::resolve::{io_error, open_dir};
+use super::resolve::{io_error, open_dir, rename_over};
 use super::{Layout, SPOOL_PREFIX};
 use crate::error::Error;
 use crate::key::Key;
@@ -87,15 +87,10 @@ impl Layout {
         let folder = self.blob_folder(sub, true)?.expect("created");
         let temp = format!("{SPOOL_PREFIX}{}", uuid::Uuid::new_v4().simple());
         linkat(at, at_name, &folder, temp.as_str(), AtFlags::empty()).map_err(io_error)?;
-        let renamed = renameat(&folder, temp.as_str(), &folder, name.as_str());
-        // When the name already links this very file, the rename does
-        // nothing (POSIX) and the temp name stays: it goes here, as it
-        // does when the rename failed.
-        match unlinkat(&folder, temp.as_str(), AtFlags::empty()) {
-            Ok(()) | Err(Errno::NOENT) => {}
-            Err(e) => log::warn!("removing a temporary blob link: {e}"),
+        if let Err(e) = rename_over(&folder, &temp, &folder, &name) {
+            let _ = unlinkat(&folder, temp.as_str(), AtFlags::empty());
+            return Err(io_error(e));
         }
-        renamed.map_err(io_error)?;
         fsync(&folder).map_err(io_error)
     }
 

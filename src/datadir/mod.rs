@@ -38,7 +38,8 @@ mod resolve;
 
 pub use resolve::fsync_dir;
 use resolve::{
-    io_error, is_plain_name, is_symlink, open_dir, symlink_refused, temp_file_in, upload_name, upload_symlink, KeyPath,
+    io_error, is_plain_name, is_symlink, open_dir, rename_over, symlink_refused, temp_file_in, upload_name,
+    upload_symlink, KeyPath,
 };
 
 /// Temp files we create in a spool directory start with this, so that a
@@ -364,14 +365,7 @@ impl Layout {
             Some(FileType::Directory) => return Err(conflict_with_folder(key)),
             _ => {}
         }
-        // The same bytes again: the key's file is already this blob, and a
-        // rename between two links of one file does nothing (POSIX), which
-        // would leave the staged name behind. Dropping it removes it.
-        let at_key = statat(path.dir(), path.name, AtFlags::SYMLINK_NOFOLLOW).ok();
-        if at_key.is_some_and(|stat| stat.st_ino == named.st_ino && stat.st_dev == named.st_dev) {
-            return Ok(());
-        }
-        renameat(at, name, path.dir(), path.name).map_err(io_error)?;
+        rename_over(at, name, path.dir(), path.name).map_err(io_error)?;
         // Renamed away: nothing is left for the guard to delete.
         drop(staged.into_temp_path().keep());
         fsync(path.dir()).map_err(io_error)?;

@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Component, Path};
 
-use rustix::fs::{fsync, openat, statat, unlinkat, AtFlags, FileType, Mode, OFlags};
+use rustix::fs::{fsync, openat, renameat, statat, unlinkat, AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 use tempfile::{NamedTempFile, TempPath};
 
@@ -88,6 +88,22 @@ pub(super) fn temp_file_in(dir: &OwnedFd, path: &Path) -> io::Result<NamedTempFi
 
 pub(super) fn upload_symlink(id: &str) -> Error {
     Error::SymlinkRefused(format!("the file of upload `{id}` is a symbolic link; the node does not follow one"))
+}
+
+/// Moves the name `from` over `to`. When both already name one file (the
+/// same bytes again, a blob linked to itself) a rename does nothing and
+/// leaves `from` (POSIX): it is unlinked then, so the name moves either way.
+pub(super) fn rename_over<P: rustix::path::Arg + Copy>(
+    from_dir: impl AsFd,
+    from: P,
+    to_dir: impl AsFd,
+    to: &str,
+) -> Result<(), Errno> {
+    renameat(&from_dir, from, to_dir, to)?;
+    match unlinkat(from_dir, from, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 pub(super) fn io_error(e: Errno) -> Error {
