@@ -270,10 +270,11 @@ pub(super) fn remove(db: &mut dyn Db, key: &Key) -> Result<()> {
 }
 
 fn get(db: &mut dyn Db, key: &str) -> Result<Option<Record>> {
-    db.query_opt(&format!("SELECT {COLUMNS}, {CORRUPT} FROM datasets WHERE key = $1"), vals![key])?
-        .as_ref()
-        .map(record_from_row)
-        .transpose()
+    let Some(row) = db.query_opt(&format!("SELECT {COLUMNS}, {CORRUPT} FROM datasets WHERE key = $1"), vals![key])?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Record { corrupt: row.bool(11), ..record_from_row(&row)? }))
 }
 
 fn record_from_row(row: &DbRow) -> Result<Record> {
@@ -290,7 +291,8 @@ fn record_from_row(row: &DbRow) -> Result<Record> {
         tags: serde_json::from_str(&row.text(8)).unwrap_or_default(),
         version: row.text(9),
         number: row.int(10),
-        corrupt: row.0.len() > 11 && row.bool(11),
+        // Asked by `get` only (see CORRUPT).
+        corrupt: false,
         key,
     })
 }

@@ -106,7 +106,7 @@ impl Store for FsStore {
     }
 
     async fn open_blob(&self, blob: &Blob, range: Option<RangeInclusive<u64>>) -> Result<Option<Reader>> {
-        Ok(self.open_blob_file(blob).await?.map(|file| reader(file, blob.size, range)))
+        self.open_blob_file(blob).await?.map(|file| reader(file, blob.size, range)).transpose()
     }
 
     async fn remove_blob(&self, blob: &Blob) -> Result<()> {
@@ -139,7 +139,7 @@ impl Store for FsStore {
             Ok((meta.ino().to_string() == version && meta.len() == size).then_some(file))
         })
         .await?;
-        Ok(file.map(|file| reader(file, size, range)))
+        file.map(|file| reader(file, size, range)).transpose()
     }
 
     async fn remove(&self, key: &Key) -> Result<()> {
@@ -169,13 +169,12 @@ impl FsStore {
 }
 
 /// `len` bytes of a file, or the range of them.
-fn reader(mut file: File, size: u64, range: Option<RangeInclusive<u64>>) -> Reader {
+fn reader(mut file: File, size: u64, range: Option<RangeInclusive<u64>>) -> Result<Reader> {
     let (start, len) = range.map_or((0, size), |r| (*r.start(), r.end() - r.start() + 1));
-    // A seek of a regular file to an offset within it does not fail.
-    let _ = io::Seek::seek(&mut file, io::SeekFrom::Start(start));
+    io::Seek::seek(&mut file, io::SeekFrom::Start(start)).map_err(Error::internal)?;
     let mut file = tokio::fs::File::from_std(file);
     file.set_max_buf_size(CHUNK);
-    Reader(Box::new(file.take(len)))
+    Ok(Reader(Box::new(file.take(len))))
 }
 
 /// A readiness check: a temp file can be created in `dir`.
