@@ -68,46 +68,54 @@ pub async fn ls(args: LsArgs) -> Result<()> {
     if let Some(prefix) = args.prefix.as_deref().filter(|p| !p.is_empty()) {
         query = format!("prefix={}&{query}", encode_query_value(prefix));
     }
-    let mut next = Some(node.url(&format!("/datasets?{query}"))?);
+    let first = node.url(&format!("/datasets?{query}"))?;
+    print_pages(&node, first, args.json, "catalog page", |out, value, first| {
+        let record = Record::from_json(value)?;
+        if first {
+            writeln!(out, "{:>10}  {:<20}  {:<12}  KEY", "SIZE", "UPDATED", "BLAKE3")?;
+        }
+        let short = record.blake3.get(..12).unwrap_or(&record.blake3);
+        writeln!(out, "{:>10}  {:<20}  {:<12}  {}", human_size(record.size), record.updated_at, short, record.key)?;
+        Ok(())
+    })
+    .await
+}
+
+/// Every page from `first` on, following `Link: rel="next"`, streamed to
+/// stdout as it arrives: one JSON array of the items, or (`table_row`,
+/// told whether it writes the first row) a table.
+pub(super) async fn print_pages(
+    node: &Node,
+    first: Url,
+    json: bool,
+    what: &str,
+    mut table_row: impl FnMut(&mut dyn Write, &serde_json::Value, bool) -> Result<()>,
+) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut count = 0usize;
-    if args.json {
-        out.write_all(b"[")?;
-    }
+    let mut next = Some(first);
     while let Some(url) = next.take() {
         let response = node.send(node.request(Method::GET, url.clone())).await?;
         next = next_link(&url, response.headers())?;
         let page: serde_json::Value = response.json().await.map_err(|e| node.network_error(e))?;
-        let records = page.as_array().context("the node's catalog page is not a JSON array")?;
-        for value in records {
-            if args.json {
-                out.write_all(if count == 0 { b"\n  " } else { b",\n  " })?;
+        let items = page.as_array().with_context(|| format!("the node's {what} is not a JSON array"))?;
+        for value in items {
+            if json {
+                out.write_all(if count == 0 { b"[\n  " } else { b",\n  " })?;
                 serde_json::to_writer(&mut out, value)?;
             } else {
-                let record = Record::from_json(value)?;
-                if count == 0 {
-                    writeln!(out, "{:>10}  {:<20}  {:<12}  KEY", "SIZE", "UPDATED", "BLAKE3")?;
-                }
-                let short = record.blake3.get(..12).unwrap_or(&record.blake3);
-                writeln!(
-                    out,
-                    "{:>10}  {:<20}  {:<12}  {}",
-                    human_size(record.size),
-                    record.updated_at,
-                    short,
-                    record.key
-                )?;
+                table_row(&mut out, value, count == 0)?;
             }
             count += 1;
         }
-        if records.is_empty() {
+        if items.is_empty() {
             // A page that is empty ends the listing whatever the links say.
             break;
         }
     }
-    if args.json {
-        out.write_all(if count == 0 { b"]\n" } else { b"\n]\n" })?;
+    if json {
+        out.write_all(if count == 0 { b"[]\n" } else { b"\n]\n" })?;
     }
     out.flush()?;
     Ok(())

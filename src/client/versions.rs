@@ -2,13 +2,11 @@
 //! commit to a key is one, numbered 1, 2, 3...) and making an old one
 //! current again.
 
-use std::io::Write;
-
 use anyhow::{Context, Result};
 use reqwest::Method;
 
-use super::catalog::next_link;
 pub use super::catalog::parse_version;
+use super::catalog::print_pages;
 use super::{dataset_path, human_size, parse_key, Connection, Node, Record};
 use crate::key::{encode_path, Key};
 
@@ -99,51 +97,30 @@ pub async fn find(node: &Node, key: &Key, number: i64) -> Result<Version> {
 pub async fn versions(args: VersionsArgs) -> Result<()> {
     let node = Node::new(&args.connection)?;
     let key = parse_key(&args.key)?;
-    let mut next = Some(node.url(&versions_path(&key, args.page_size))?);
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut count = 0usize;
-    while let Some(url) = next.take() {
-        let response = node.send(node.request(Method::GET, url.clone())).await?;
-        next = next_link(&url, response.headers())?;
-        let page: serde_json::Value = response.json().await.map_err(|e| node.network_error(e))?;
-        let versions = page.as_array().context("the node's list of versions is not a JSON array")?;
-        for value in versions {
-            if args.json {
-                out.write_all(if count == 0 { b"[\n  " } else { b",\n  " })?;
-                serde_json::to_writer(&mut out, value)?;
-            } else {
-                let v = Version::from_json(value)?;
-                if count == 0 {
-                    writeln!(
-                        out,
-                        "{:>7}  {:<7}  {:>10}  {:<20}  {:<12}  UPLOADED BY",
-                        "VERSION", "CURRENT", "SIZE", "CREATED", "BLAKE3"
-                    )?;
-                }
-                let short = v.blake3.get(..12).unwrap_or(&v.blake3);
-                writeln!(
-                    out,
-                    "{:>7}  {:<7}  {:>10}  {:<20}  {:<12}  {}",
-                    v.version,
-                    if v.current { "*" } else { "" },
-                    human_size(v.size),
-                    v.created_at,
-                    short,
-                    v.uploaded_by.as_deref().unwrap_or("-")
-                )?;
-            }
-            count += 1;
+    let first = node.url(&versions_path(&key, args.page_size))?;
+    print_pages(&node, first, args.json, "list of versions", |out, value, first| {
+        let v = Version::from_json(value)?;
+        if first {
+            writeln!(
+                out,
+                "{:>7}  {:<7}  {:>10}  {:<20}  {:<12}  UPLOADED BY",
+                "VERSION", "CURRENT", "SIZE", "CREATED", "BLAKE3"
+            )?;
         }
-        if versions.is_empty() {
-            break;
-        }
-    }
-    if args.json {
-        out.write_all(if count == 0 { b"[]\n" } else { b"\n]\n" })?;
-    }
-    out.flush()?;
-    Ok(())
+        let short = v.blake3.get(..12).unwrap_or(&v.blake3);
+        writeln!(
+            out,
+            "{:>7}  {:<7}  {:>10}  {:<20}  {:<12}  {}",
+            v.version,
+            if v.current { "*" } else { "" },
+            human_size(v.size),
+            v.created_at,
+            short,
+            v.uploaded_by.as_deref().unwrap_or("-")
+        )?;
+        Ok(())
+    })
+    .await
 }
 
 /// `restore KEY N`: `POST /datasets/{key}/action/restore`, then one line
