@@ -286,7 +286,8 @@ test("1. upload 20 MiB through the file input, see it listed, download it back",
 
   // Phone size.
   await page.setViewportSize(PHONE);
-  await sleep(200);
+  // Reading scrollWidth lays the page out at the new width.
+  await until("the page at phone width", async () => (await page.evaluate(() => window.innerWidth)) === PHONE.width);
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   assert.ok(overflow <= 0, `no sideways scrolling at 390 px (${overflow} px too wide)`);
   await shot("4-listed-390x844.png");
@@ -620,7 +621,8 @@ test("7. versions: two uploads of one key, the versions view, restore version 1,
 
   // Phone size: the versions fit.
   await page.setViewportSize(PHONE);
-  await sleep(200);
+  // Reading scrollWidth lays the page out at the new width.
+  await until("the page at phone width", async () => (await page.evaluate(() => window.innerWidth)) === PHONE.width);
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   assert.ok(overflow <= 0, `no sideways scrolling at 390 px with the versions open (${overflow} px too wide)`);
   await panel.scrollIntoViewIfNeeded();
