@@ -282,16 +282,13 @@ impl Index {
         })
     }
 
-    /// Logical and physical bytes.
+    /// Logical and physical bytes (kept by the schema's triggers).
     pub fn totals(&self) -> Result<Totals> {
         self.with(|db| {
-            let sum = |db: &mut dyn Db, sql: &str| -> Result<u64> {
-                Ok(db.query_opt(sql, &[])?.map_or(0, |r| r.int(0)) as u64)
-            };
-            Ok(Totals {
-                version_bytes: sum(db, "SELECT CAST(coalesce(sum(size), 0) AS BIGINT) FROM versions")?,
-                stored_bytes: sum(db, "SELECT CAST(coalesce(sum(size), 0) AS BIGINT) FROM blobs WHERE doomed = FALSE")?,
-            })
+            let row = db
+                .query_opt("SELECT version_bytes, stored_bytes FROM totals WHERE id = 1", &[])?
+                .ok_or_else(|| crate::error::Error::internal("the totals row is missing"))?;
+            Ok(Totals { version_bytes: row.int(0) as u64, stored_bytes: row.int(1) as u64 })
         })
     }
 }

@@ -86,4 +86,38 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE intents ADD COLUMN uploaded_by TEXT;
     ALTER TABLE intents ADD COLUMN purge BOOLEAN NOT NULL DEFAULT FALSE;
 "#,
+    // As SQLite's ninth: totals kept by triggers.
+    r#"
+    CREATE TABLE totals (
+        id            INTEGER PRIMARY KEY CHECK (id = 1),
+        version_bytes BIGINT NOT NULL,
+        stored_bytes  BIGINT NOT NULL
+    );
+    INSERT INTO totals VALUES (1,
+        (SELECT coalesce(sum(size), 0) FROM versions),
+        (SELECT coalesce(sum(size), 0) FROM blobs WHERE NOT doomed));
+    CREATE FUNCTION totals_versions() RETURNS trigger LANGUAGE plpgsql AS $f$
+    BEGIN
+        IF TG_OP = 'INSERT' THEN
+            UPDATE totals SET version_bytes = version_bytes + NEW.size;
+        ELSE
+            UPDATE totals SET version_bytes = version_bytes - OLD.size;
+        END IF;
+        RETURN NULL;
+    END $f$;
+    CREATE FUNCTION totals_blobs() RETURNS trigger LANGUAGE plpgsql AS $f$
+    BEGIN
+        IF TG_OP IN ('INSERT', 'UPDATE') AND NOT NEW.doomed THEN
+            UPDATE totals SET stored_bytes = stored_bytes + NEW.size;
+        END IF;
+        IF TG_OP IN ('DELETE', 'UPDATE') AND NOT OLD.doomed THEN
+            UPDATE totals SET stored_bytes = stored_bytes - OLD.size;
+        END IF;
+        RETURN NULL;
+    END $f$;
+    CREATE TRIGGER totals_versions AFTER INSERT OR DELETE ON versions
+        FOR EACH ROW EXECUTE FUNCTION totals_versions();
+    CREATE TRIGGER totals_blobs AFTER INSERT OR DELETE OR UPDATE OF doomed ON blobs
+        FOR EACH ROW EXECUTE FUNCTION totals_blobs();
+"#,
 ];

@@ -102,4 +102,27 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE intents ADD COLUMN uploaded_by TEXT;
     ALTER TABLE intents ADD COLUMN purge INTEGER NOT NULL DEFAULT 0;
 "#,
+    // Logical and physical bytes, kept by triggers in the transactions that
+    // change versions and blobs, so /metrics reads one row instead of
+    // summing every version at each scrape.
+    r#"
+    CREATE TABLE totals (
+        id            INTEGER PRIMARY KEY CHECK (id = 1),
+        version_bytes INTEGER NOT NULL,
+        stored_bytes  INTEGER NOT NULL
+    );
+    INSERT INTO totals VALUES (1,
+        (SELECT coalesce(sum(size), 0) FROM versions),
+        (SELECT coalesce(sum(size), 0) FROM blobs WHERE doomed = FALSE));
+    CREATE TRIGGER totals_version_in AFTER INSERT ON versions
+        BEGIN UPDATE totals SET version_bytes = version_bytes + NEW.size; END;
+    CREATE TRIGGER totals_version_out AFTER DELETE ON versions
+        BEGIN UPDATE totals SET version_bytes = version_bytes - OLD.size; END;
+    CREATE TRIGGER totals_blob_in AFTER INSERT ON blobs WHEN NEW.doomed = FALSE
+        BEGIN UPDATE totals SET stored_bytes = stored_bytes + NEW.size; END;
+    CREATE TRIGGER totals_blob_out AFTER DELETE ON blobs WHEN OLD.doomed = FALSE
+        BEGIN UPDATE totals SET stored_bytes = stored_bytes - OLD.size; END;
+    CREATE TRIGGER totals_blob_doomed AFTER UPDATE OF doomed ON blobs WHEN OLD.doomed <> NEW.doomed
+        BEGIN UPDATE totals SET stored_bytes = stored_bytes + CASE WHEN NEW.doomed THEN -NEW.size ELSE NEW.size END; END;
+"#,
 ];
