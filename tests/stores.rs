@@ -699,7 +699,7 @@ async fn replace_is_atomic(kind: Kind) {
     fx.put_ok("rep/data", &versions[0], Framing::Sized, &[]).await;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let readers: Vec<_> = (0..2)
+    let readers: Vec<_> = (0..4)
         .map(|_| {
             let (client, url, hashes, stop) =
                 (fx.node.client.clone(), fx.node.url("/data/rep/data"), hashes.clone(), stop.clone());
@@ -726,7 +726,7 @@ async fn replace_is_atomic(kind: Kind) {
             })
         })
         .collect();
-    for round in 1..=6 {
+    for round in 1..=40 {
         let version = &versions[round % 2];
         let r = fx.put("rep/data", version.clone(), &[]).await;
         assert_eq!(r.status, 200, "replace {round}: {}", r.describe());

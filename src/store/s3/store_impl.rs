@@ -128,7 +128,7 @@ impl Store for S3Store {
 
     async fn open_blob(&self, blob: &Blob, range: Option<RangeInclusive<u64>>) -> Result<Option<Reader>> {
         let path = self.blob_object(&blob.blake3, blob.size);
-        self.open_object(&path, &blob.version, blob.size, range).await
+        self.open_object(&path, Some(&blob.version), blob.size, range).await
     }
 
     async fn remove_blob(&self, blob: &Blob) -> Result<()> {
@@ -149,7 +149,16 @@ impl Store for S3Store {
     }
 
     async fn open(&self, record: &Record, key: &Key, range: Option<RangeInclusive<u64>>) -> Result<Option<Reader>> {
-        self.open_object(&self.object(key), &record.version, record.size, range).await
+        // The blob first: a replace overwrites the key's object, and an
+        // object store may end a GET of the overwritten object early
+        // (Garage drops the old version's block list), while the blob of
+        // these bytes is never overwritten with other bytes. Rows from
+        // before versions have no blob until adopted: the key's object.
+        let blob = self.blob_object(&record.blake3, record.size);
+        if let Some(reader) = self.open_object(&blob, None, record.size, range.clone()).await? {
+            return Ok(Some(reader));
+        }
+        self.open_object(&self.object(key), Some(&record.version), record.size, range).await
     }
 
     async fn remove(&self, key: &Key) -> Result<()> {
@@ -169,11 +178,11 @@ impl Store for S3Store {
 
 impl S3Store {
     /// An object's bytes (or a range), if it is still the `version` the
-    /// index knows.
+    /// index knows (any version of a blob: its name says its bytes).
     async fn open_object(
         &self,
         path: &object_store::path::Path,
-        version: &str,
+        version: Option<&str>,
         size: u64,
         range: Option<RangeInclusive<u64>>,
     ) -> Result<Option<Reader>> {
@@ -186,7 +195,8 @@ impl S3Store {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(s3_error(e)),
         };
-        if etag(result.meta.e_tag.as_deref()) != version || result.meta.size != size {
+        let other_version = version.is_some_and(|v| etag(result.meta.e_tag.as_deref()) != v);
+        if other_version || result.meta.size != size {
             return Ok(None);
         }
         let stream = result.into_stream().map_err(io::Error::other);
