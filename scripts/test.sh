@@ -40,6 +40,7 @@ log "no cycles between the top-level modules of src/"
 python3 scripts/lib/module_cycles.py src
 log "cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --all-targets --locked --features failpoints -- -D warnings
 
 # --- tests -----------------------------------------------------------------------
 # Integration tests start the real binary on 127.0.0.1:0 with their own temp
@@ -48,7 +49,7 @@ cargo clippy --all-targets --locked -- -D warnings
 # a suite that needs Garage or PostgreSQL fails instead of skipping when
 # either is missing.
 log "cargo test"
-SPILLWAY_REQUIRE_CLUSTER=1 cargo test --all-targets --locked -- --test-threads="${TEST_THREADS:-2}"
+SPILLWAY_REQUIRE_CLUSTER=1 cargo test --all-targets --locked --features failpoints -- --test-threads="${TEST_THREADS:-2}"
 
 log "end-to-end: tus with tuspy and tus-js-client"
 scripts/e2e.sh

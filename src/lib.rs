@@ -12,7 +12,8 @@
 //! - [`datadir`]: the data directory: its folders, lock, free space, and
 //!   the symlink-safe way from a key to its file;
 //! - [`key`]: the key rules; [`error`]: the one error enum;
-//!   [`blocking`], [`timestamp`]: small shared helpers.
+//!   [`blocking`], [`timestamp`]: small shared helpers; [`failpoint`]:
+//!   test-only pauses.
 
 pub mod access;
 pub mod blocking;
@@ -20,6 +21,7 @@ pub mod client;
 pub mod config;
 pub mod datadir;
 pub mod error;
+pub mod failpoint;
 pub mod fsck;
 pub mod http;
 pub mod index;

@@ -42,6 +42,8 @@ fn main() -> ExitCode {
     // Our logger, installed before Rocket's (which then stays out): one
     // filter for everything, `SPILLWAY_LOG` (env_logger syntax).
     env_logger::Builder::from_env(env_logger::Env::new().filter_or("SPILLWAY_LOG", DEFAULT_LOG)).init();
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve);
     let command = match command {

@@ -1172,3 +1172,37 @@ async fn versions_on_a_shared_index() {
     let metrics = call(a, "GET", "/metrics", &[], None).await.text();
     assert!(metrics.lines().any(|l| l == "spillway_stored_bytes 0"), "no blob left:\n{metrics}");
 }
+
+/// Across nodes, as on one: node A's install of `slow/one` held for
+/// seconds (a failpoint) does not hold up node B's commits of other keys,
+/// while B's commit of a key below it waits for A, then meets the conflict.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_install_on_one_node_holds_up_only_its_key_on_the_other() {
+    let Some(pair) = two_nodes(&[("FAILPOINTS", "commit.install=return(slow/one@8000)")]) else {
+        return;
+    };
+    let Pair { a, b, _garage, _pg } = pair;
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let timed = |node: Arc<TestNode>, key: &'static str, body: Vec<u8>| async move {
+        let r = put(&node, key, &body, &[]).await;
+        (r.status, Instant::now())
+    };
+    let held = tokio::spawn(timed(a.clone(), "slow/one", generated(20 * KIB, 1)));
+    let seen =
+        eventually(Duration::from_secs(60), async || a.log().contains("failpoint commit.install: `slow/one` waits"))
+            .await;
+    assert!(seen, "node A never reached the failpoint:\n{}", a.log());
+    let below = tokio::spawn(timed(b.clone(), "slow/one/below", generated(10 * KIB, 2)));
+    for i in 0..10u64 {
+        let key = format!("slow/sibling{i}");
+        let body = generated(16 * KIB, 10 + i);
+        put_ok(&b, &key, &body, &[]).await;
+        assert!(!held.is_finished(), "`{key}` through B was committed only after A's held install ended");
+    }
+    let (status, slow_done) = held.await.unwrap();
+    assert_eq!(status, 201, "the held PUT on A");
+    let (status, below_done) = below.await.unwrap();
+    assert!(below_done >= slow_done, "B's PUT below `slow/one` was answered before A's install ended");
+    assert_eq!(status, 409, "B's PUT below `slow/one`");
+}

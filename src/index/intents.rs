@@ -31,8 +31,9 @@ pub struct Completed {
 impl Index {
     /// Records an intent durably (one commit) before the change it names.
     pub fn begin(&self, intent: &Intent) -> Result<()> {
-        self.with(|db| {
-            match intent {
+        let intent = intent.clone();
+        self.batched(move |db| {
+            match &intent {
                 Intent::Install(v) => db.execute(
                     "INSERT INTO intents (key, action, version, size, blake3, content_type, name, description,
                         uploaded_by)
@@ -64,14 +65,17 @@ impl Index {
 
     /// Drops an intent whose change did not happen.
     pub fn abandon(&self, key: &Key) -> Result<()> {
-        self.with(|db| db.execute("DELETE FROM intents WHERE key = $1", vals![key.as_str()]).map(drop))
+        let key = key.clone();
+        self.batched(move |db| db.execute("DELETE FROM intents WHERE key = $1", vals![key.as_str()]).map(drop))
     }
 
     /// The change happened: the rows follow and the intent goes, in one
     /// transaction.
     pub fn complete(&self, intent: &Intent, now: &str, retention: Retention) -> Result<Completed> {
-        self.tx(|db| {
-            let (key, completed) = match intent {
+        let (intent, now) = (intent.clone(), now.to_string());
+        self.batched(move |db| {
+            let now = now.as_str();
+            let (key, completed) = match &intent {
                 Intent::Install(v) => {
                     let (record, doomed) = datasets::upsert(db, v, now, retention)?;
                     (&v.key, Completed { record: Some(record), doomed })

@@ -9,6 +9,7 @@
 //! `db`); `sqlite` and `postgres` hold what differs, and `migrations` each
 //! dialect's schema.
 
+mod batch;
 mod datasets;
 mod db;
 mod grants;
@@ -41,7 +42,7 @@ use sqlite::{Lite, SqlitePool};
 
 #[derive(Clone)]
 enum Backend {
-    Sqlite(SqlitePool),
+    Sqlite(SqlitePool, batch::Batcher),
     Postgres(Arc<PgPool>),
 }
 
@@ -50,8 +51,18 @@ pub struct Index {
     backend: Backend,
 }
 
-/// Held while a node commits: other nodes on the same PostgreSQL index wait
-/// for it (with SQLite there is one node, and its own lock suffices).
+/// How a lock is held: by any number of holders at once, or by one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    Shared,
+    Exclusive,
+}
+
+/// Advisory locks by id, in the order they are taken.
+pub type LockSet = Vec<(i64, LockMode)>;
+
+/// Locks that nodes sharing a PostgreSQL index hold while they commit
+/// (with SQLite there is one node, and its own locks suffice).
 pub struct CommitLock(Option<postgres::HeldLock>);
 
 impl Drop for CommitLock {
@@ -65,7 +76,9 @@ impl Drop for CommitLock {
 impl Index {
     /// The SQLite catalog in the data directory.
     pub fn open(path: &Path) -> Result<Index> {
-        Ok(Index { backend: Backend::Sqlite(sqlite::open(path)?) })
+        let pool = sqlite::open(path)?;
+        let batcher = batch::Batcher::start(pool.clone())?;
+        Ok(Index { backend: Backend::Sqlite(pool, batcher) })
     }
 
     /// A catalog in PostgreSQL, shared by every node configured with it.
@@ -90,18 +103,28 @@ impl Index {
         matches!(self.backend, Backend::Postgres(_))
     }
 
-    /// Takes the cluster-wide commit lock (a no-op with SQLite).
-    pub fn commit_lock(&self) -> Result<CommitLock> {
+    /// Takes `locks` among the nodes sharing this index, in order, until
+    /// the returned value is dropped (a no-op with SQLite).
+    pub fn lock(&self, locks: &LockSet) -> Result<CommitLock> {
         match &self.backend {
-            Backend::Sqlite(_) => Ok(CommitLock(None)),
-            Backend::Postgres(pool) => Ok(CommitLock(Some(pool.lock_commits()?))),
+            Backend::Sqlite(..) => Ok(CommitLock(None)),
+            Backend::Postgres(pool) => Ok(CommitLock(Some(pool.lock(locks)?))),
+        }
+    }
+
+    /// Takes `locks` like [`Index::lock`] if no other node holds any of
+    /// them now.
+    pub fn try_lock(&self, locks: &LockSet) -> Result<Option<CommitLock>> {
+        match &self.backend {
+            Backend::Sqlite(..) => Ok(Some(CommitLock(None))),
+            Backend::Postgres(pool) => Ok(pool.try_lock(locks)?.map(|held| CommitLock(Some(held)))),
         }
     }
 
     /// Runs `f` on a connection, each statement committing on its own.
     fn with<T>(&self, f: impl FnOnce(&mut dyn Db) -> Result<T>) -> Result<T> {
         match &self.backend {
-            Backend::Sqlite(pool) => f(&mut Lite(&*sqlite::conn(pool)?)),
+            Backend::Sqlite(pool, _) => f(&mut Lite(&*sqlite::conn(pool)?)),
             Backend::Postgres(pool) => pool.with(f),
         }
     }
@@ -125,9 +148,19 @@ impl Index {
         self.run_tx(Some(lock), f)
     }
 
+    /// Runs `f` in one transaction like [`Index::tx`]; with SQLite in the
+    /// writer's next batch, shared with the other writes waiting (group
+    /// commit, see `batch`). For the writes of the commit path.
+    fn batched<T: Send + 'static>(&self, f: impl FnOnce(&mut dyn Db) -> Result<T> + Send + 'static) -> Result<T> {
+        match &self.backend {
+            Backend::Sqlite(_, batcher) => batcher.run(f),
+            Backend::Postgres(pool) => pool.tx(None, f),
+        }
+    }
+
     fn run_tx<T>(&self, lock: Option<i64>, f: impl FnOnce(&mut dyn Db) -> Result<T>) -> Result<T> {
         match &self.backend {
-            Backend::Sqlite(pool) => {
+            Backend::Sqlite(pool, _) => {
                 let mut conn = sqlite::conn(pool)?;
                 let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 let out = f(&mut Lite(&tx))?;

@@ -18,20 +18,23 @@ use super::migrations;
 use crate::config::PostgresTls;
 use crate::error::{Error, Result};
 
-/// Advisory lock ids: migrations, and the commit section that several
-/// nodes must take in turn.
+/// Advisory lock ids: migrations (the commit locks are hashes of what
+/// they lock, see `service::locks`).
 const MIGRATION_LOCK: i64 = 0x5350_494c_0001;
-const COMMIT_LOCK: i64 = 0x5350_494c_0002;
 /// Taken by each creation of a resumable upload, for its count and insert.
 pub(super) const UPLOADS_LOCK: i64 = 0x5350_494c_0003;
 
 /// As long as a request waits for a connection, or for a new one to open,
 /// before the index counts as unavailable (503).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connections to PostgreSQL per node.
+const POOL_SIZE: usize = 16;
 
 pub(super) struct PgPool {
     pool: Pool,
     handle: Handle,
+    /// Connections that may hold commit locks at once.
+    lock_slots: std::sync::Arc<tokio::sync::Semaphore>,
     /// The runtime of an offline command, shut down with the pool.
     owned: Option<Runtime>,
 }
@@ -78,14 +81,15 @@ impl PgPool {
         let pool = {
             let _entered = handle.enter();
             Pool::builder(manager)
-                .max_size(16)
+                .max_size(POOL_SIZE)
                 .runtime(deadpool_postgres::Runtime::Tokio1)
                 .wait_timeout(Some(CONNECT_TIMEOUT))
                 .create_timeout(Some(CONNECT_TIMEOUT))
                 .build()
                 .map_err(|e| Error::internal(format!("PostgreSQL pool: {e}")))?
         };
-        let pool = PgPool { pool, handle, owned };
+        let lock_slots = std::sync::Arc::new(tokio::sync::Semaphore::new(POOL_SIZE / 2));
+        let pool = PgPool { pool, handle, owned, lock_slots };
         pool.migrate()?;
         Ok(pool)
     }
@@ -114,12 +118,73 @@ impl PgPool {
         Ok(out)
     }
 
-    /// Takes the session-level commit lock on a connection of its own,
-    /// held until the returned value is dropped (or the session ends).
-    pub(super) fn lock_commits(&self) -> Result<HeldLock> {
+    /// Takes `locks` at session level on a connection of its own, held
+    /// until the returned value is dropped (or the session ends). At most
+    /// half the pool holds locks, so the transactions of those holding
+    /// them always find a connection.
+    pub(super) fn lock(&self, locks: &super::LockSet) -> Result<HeldLock> {
+        let slot = self
+            .handle
+            .block_on(tokio::time::timeout(CONNECT_TIMEOUT * 10, self.lock_slots.clone().acquire_owned()))
+            .map_err(|_| {
+                Error::Unavailable("the index", "every connection to PostgreSQL for commit locks is taken".into())
+            })?
+            .expect("the semaphore is never closed");
         let conn = self.conn()?;
-        self.handle.block_on(conn.execute("SELECT pg_advisory_lock($1)", &[&COMMIT_LOCK]))?;
-        Ok(HeldLock { conn, handle: self.handle.clone() })
+        let held = HeldLock { conn, handle: self.handle.clone(), _slot: slot };
+        for (id, mode) in locks {
+            if let Err(e) = self.take(&held.conn, *id, *mode) {
+                held.release();
+                return Err(e);
+            }
+        }
+        Ok(held)
+    }
+
+    /// A shared lock waits in PostgreSQL's queue; an exclusive one is
+    /// tried again and again instead, as on one node (`service::locks`):
+    /// queued, it would make every later shared request queue behind it.
+    fn take(&self, conn: &Object, id: i64, mode: super::LockMode) -> Result<()> {
+        if mode == super::LockMode::Shared {
+            self.handle.block_on(conn.execute("SELECT pg_advisory_lock_shared($1)", &[&id]))?;
+            return Ok(());
+        }
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let row = self.handle.block_on(conn.query_one("SELECT pg_try_advisory_lock($1)", &[&id]))?;
+            if row.get::<_, bool>(0) {
+                return Ok(());
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// Takes `locks` like [`PgPool::lock`] if no other session holds any
+    /// of them now.
+    pub(super) fn try_lock(&self, locks: &super::LockSet) -> Result<Option<HeldLock>> {
+        let Ok(slot) = self.lock_slots.clone().try_acquire_owned() else {
+            return Ok(None);
+        };
+        let held = HeldLock { conn: self.conn()?, handle: self.handle.clone(), _slot: slot };
+        for (id, mode) in locks {
+            let sql = match mode {
+                super::LockMode::Shared => "SELECT pg_try_advisory_lock_shared($1)",
+                super::LockMode::Exclusive => "SELECT pg_try_advisory_lock($1)",
+            };
+            match self.handle.block_on(held.conn.query_one(sql, &[id])).map(|row| row.get::<_, bool>(0)) {
+                Ok(true) => {}
+                Ok(false) => {
+                    held.release();
+                    return Ok(None);
+                }
+                Err(e) => {
+                    held.release();
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(Some(held))
     }
 
     fn migrate(&self) -> Result<()> {
@@ -162,15 +227,16 @@ fn pool_error(e: deadpool_postgres::PoolError) -> Error {
     }
 }
 
-/// The commit lock, held on a pooled connection of its own.
+/// Commit locks, held on a pooled connection of its own.
 pub(super) struct HeldLock {
     conn: Object,
     handle: Handle,
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl HeldLock {
     pub(super) fn release(self) {
-        let unlocked = self.handle.block_on(self.conn.execute("SELECT pg_advisory_unlock($1)", &[&COMMIT_LOCK]));
+        let unlocked = self.handle.block_on(self.conn.execute("SELECT pg_advisory_unlock_all()", &[]));
         if let Err(e) = unlocked {
             log::error!("releasing the commit lock: {e}");
             // Not back to the pool with the lock maybe still held: closing

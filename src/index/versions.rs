@@ -128,6 +128,26 @@ impl Index {
         self.with(|db| Ok(db.query(&sql, &[])?.iter().map(blob_from_row).collect()))
     }
 
+    /// Whether the bytes of this doomed blob may go now: its row is still
+    /// doomed, as this version, and no version refers to it. A doomed row
+    /// that a version refers to (pruning read the versions before a commit
+    /// that took the blob up wrote its row) is revived. The caller holds
+    /// the blob's lock, so no commit is between taking it up and its row.
+    pub fn confirm_doomed(&self, blob: &Blob) -> Result<bool> {
+        self.tx(|db| {
+            let referred = "SELECT 1 FROM versions WHERE blake3 = $1 AND size = $2 LIMIT 1";
+            if !db.query(referred, vals![&blob.blake3, blob.size])?.is_empty() {
+                db.execute(
+                    "UPDATE blobs SET doomed = FALSE WHERE blake3 = $1 AND size = $2",
+                    vals![&blob.blake3, blob.size],
+                )?;
+                return Ok(false);
+            }
+            let doomed = "SELECT 1 FROM blobs WHERE blake3 = $1 AND size = $2 AND version = $3 AND doomed = TRUE";
+            Ok(!db.query(doomed, vals![&blob.blake3, blob.size, &blob.version])?.is_empty())
+        })
+    }
+
     /// A doomed blob's bytes are gone: its row goes too.
     pub fn forget_blob(&self, blob: &Blob) -> Result<()> {
         self.with(|db| {

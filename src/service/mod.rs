@@ -1,13 +1,13 @@
 //! The node: coordinates the byte store (`store`: the filesystem or an
 //! object store), the catalog (`index`) and the upload pipeline (`upload`).
-//! HTTP handlers call these methods and nothing below them. Mutations of the
-//! catalog and the store (install, delete) are serialised by one commit
-//! lock (and, with a shared PostgreSQL index, by a cluster-wide one); uploads
-//! stream in parallel and only take the lock for the short install + index
-//! step.
+//! HTTP handlers call these methods and nothing below them. Uploads stream
+//! in parallel; a commit or delete holds the locks of its key (and of its
+//! bytes, see `locks`) for the install + index step, so commits of
+//! different keys never wait for each other.
 
 mod conditional;
 mod direct;
+mod locks;
 mod open;
 pub mod scrub;
 pub mod tus;
@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use tokio::io::AsyncRead;
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::blocking::blocking;
 use crate::config::Settings;
@@ -79,7 +79,7 @@ pub struct Node {
     metrics: Arc<Metrics>,
     access: crate::access::Access,
     tus: crate::service::tus::Resumable,
-    commit_lock: Mutex<()>,
+    locks: locks::Locks,
     uploads: Arc<Semaphore>,
     _lock: DataLock,
 }
@@ -214,14 +214,13 @@ impl Node {
         if !matches!(e, Error::Superseded) {
             return e;
         }
-        // The winner may still be between its install and its row: the
-        // commit lock waits for it.
-        let _guard = self.commit_lock.lock().await;
-        let (index, k) = (self.index.clone(), key.clone());
-        let current = blocking(move || {
-            let _cluster = index.commit_lock()?;
-            index.get(&k)
-        });
+        // The winner may still be between its install and its row: its
+        // key's lock waits for it.
+        let current = async {
+            let _held = self.locks.take(&locks::Claim::key(key), &self.index).await?;
+            let (index, k) = (self.index.clone(), key.clone());
+            blocking(move || index.get(&k)).await
+        };
         match current.await {
             Ok(current) => precondition.check(current.as_ref()).err().unwrap_or(e),
             Err(_) => e,
@@ -265,11 +264,12 @@ impl Node {
         info: ObjectInfo,
         meta: UploadMeta,
     ) -> Result<(Record, bool)> {
-        let _guard = self.commit_lock.lock().await;
-        let (index, store, metrics) = (self.index.clone(), self.store.clone(), self.metrics.clone());
+        let claim = locks::Claim::key(&key).and(locks::Name::of_bytes(&info.blake3, info.size));
+        let held = self.locks.take(&claim, &self.index).await?;
+        let (index, store, metrics, locks) =
+            (self.index.clone(), self.store.clone(), self.metrics.clone(), self.locks.clone());
         let retention = crate::index::Retention::of(&self.settings);
         let (record, created, doomed) = blocking(move || {
-            let _cluster = index.commit_lock()?;
             let current = index.get(&key)?;
             meta.precondition.check(current.as_ref())?;
             check_conflicts(&index, &key)?;
@@ -292,6 +292,7 @@ impl Node {
             // Intent, install, then rows: a crash anywhere leaves a state
             // the next start finishes or rolls back (see `resolve_intents`).
             index.begin(&Intent::Install(version.clone()))?;
+            crate::failpoint::delay_key("commit.install", key.as_str());
             match handle.block_on(store.install(&key, prepared, &info)) {
                 Ok(installed) => (version.version, version.blob_version) = (installed.version, installed.blob),
                 Err(e) => {
@@ -308,13 +309,15 @@ impl Node {
             let completed = index.complete(&Intent::Install(version), &now(), retention)?;
             let record = completed.record.expect("an install has a record");
             if repairs {
-                relink(&index, store.as_ref(), &fresh, &info)?;
+                relink(&index, &locks, store.as_ref(), &fresh, &info)?;
             }
             let old_size = current.as_ref().map_or(0, |r| r.size as i64);
             metrics.catalog_changed(i64::from(current.is_none()), record.size as i64 - old_size);
             Ok((record, current.is_none(), completed.doomed))
         })
         .await?;
+        // Freeing takes each blob's lock: not while holding one.
+        drop(held);
         self.free(doomed).await;
         Ok((record, created))
     }
@@ -344,7 +347,7 @@ impl Node {
             }
             // A commit or delete is between its bytes and its row: wait for
             // it (here, or on another node sharing the index).
-            drop(self.commit_lock.lock().await);
+            drop(self.locks.take(&locks::Claim::key(key), &self.index).await?);
             tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
         }
         log::error!("`{key}`: the stored bytes do not match the index row; run `spillway fsck`");
@@ -367,11 +370,10 @@ impl Node {
     /// versions stay (until pruned) unless `purge`, or versioning is off.
     /// A purge of a key no longer in the catalog removes its versions.
     pub async fn delete(&self, key: &Key, purge: bool) -> Result<()> {
-        let _guard = self.commit_lock.lock().await;
+        let held = self.locks.take(&locks::Claim::key(key), &self.index).await?;
         let (index, store, metrics, k) = (self.index.clone(), self.store.clone(), self.metrics.clone(), key.clone());
         let retention = crate::index::Retention::of(&self.settings);
         let doomed = blocking(move || {
-            let _cluster = index.commit_lock()?;
             let Some(current) = index.get(&k)? else {
                 if purge && !index.versions(&k, None, 1)?.is_empty() {
                     return index.purge_versions(&k);
@@ -389,6 +391,7 @@ impl Node {
             Ok(completed.doomed)
         })
         .await?;
+        drop(held);
         self.free(doomed).await;
         Ok(())
     }
@@ -396,11 +399,17 @@ impl Node {
 
 /// After good bytes replaced a corrupt blob: the other keys whose current
 /// file still holds the damaged bytes (on the filesystem, links to the old
-/// inode) get the good ones, as the same version. Under the commit lock.
-fn relink(index: &Index, store: &dyn Store, blob: &Blob, info: &ObjectInfo) -> Result<()> {
+/// inode) get the good ones, as the same version. Under the blob's lock,
+/// so another key's lock is only tried (taking it would break the order of
+/// `locks`): a key busy now keeps its link, which the next scrub reports.
+fn relink(index: &Index, locks: &locks::Locks, store: &dyn Store, blob: &Blob, info: &ObjectInfo) -> Result<()> {
     let handle = tokio::runtime::Handle::current();
     for stale in index.stale_links(&blob.blake3, blob.size, &blob.version)? {
         let Ok(key) = Key::parse(&stale) else { continue };
+        let Some(_held) = locks.try_take(&locks::Claim::key(&key), index)? else {
+            log::warn!("`{key}` is busy: it keeps the damaged bytes of blake3 {} for now", blob.blake3);
+            continue;
+        };
         let prepared = handle.block_on(store.stage_blob(blob))?;
         let installed = handle.block_on(store.install(&key, prepared, info))?;
         index.set_current_version(&key, &installed.version)?;

@@ -4,7 +4,7 @@
 use super::Node;
 use std::sync::Arc;
 
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::blocking::blocking;
 use crate::config::Settings;
@@ -74,7 +74,7 @@ impl Node {
             metrics,
             access,
             tus: Default::default(),
-            commit_lock: Mutex::new(()),
+            locks: Default::default(),
             _lock: lock,
         };
         node.resolve_intents()?;
@@ -97,11 +97,11 @@ impl Node {
     /// is in place (same inode) gets its row; one whose rename never
     /// happened is dropped; a removal is finished if its file is gone.
     /// Runs on a blocking thread. With a shared index it holds the
-    /// cluster-wide commit lock, so no other node's commit is in flight and
+    /// whole catalog's lock, so no other node's commit is in flight and
     /// every intent left is one a crash interrupted.
     fn resolve_intents(&self) -> Result<()> {
-        let _cluster = self.index.commit_lock()?;
         let handle = tokio::runtime::Handle::current();
+        let _held = handle.block_on(self.locks.take(&super::locks::Claim::all(), &self.index))?;
         for intent in self.index.pending_intents()? {
             match &intent {
                 Intent::Install(v) => {

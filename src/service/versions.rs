@@ -1,9 +1,10 @@
 //! Versions: listing a key's history, reading and restoring an older
 //! version, and freeing the bytes no version refers to any more (after a
 //! commit or delete pruned them, by age in the background, or left by a
-//! crash). Freeing runs under the commit lock, so no commit can take up a
-//! blob while its bytes go.
+//! crash). Freeing a blob holds its lock, so no commit can take it up
+//! while its bytes go.
 
+use super::locks::{Claim, Name};
 use super::{Node, UploadMeta, Want};
 
 use crate::blocking::blocking;
@@ -95,26 +96,25 @@ impl Node {
     }
 
     /// Removes the bytes of blobs no version refers to, then their rows,
-    /// under the cluster's commit lock (the caller holds this node's). A
-    /// failure leaves the row doomed: the next sweep or start retries.
+    /// each under its blob's lock (the caller holds none). A failure leaves
+    /// the row doomed: the next sweep or start retries.
     pub(super) async fn free(&self, doomed: Vec<Blob>) {
-        if doomed.is_empty() {
-            return;
-        }
-        let (index, store) = (self.index.clone(), self.store.clone());
-        let freed = blocking(move || {
-            let _cluster = index.commit_lock()?;
-            let handle = tokio::runtime::Handle::current();
-            for blob in doomed {
-                match handle.block_on(store.remove_blob(&blob)) {
-                    Ok(()) => index.forget_blob(&blob)?,
-                    Err(e) => log::warn!("freeing blob {}: {}", blob.blake3, e.cause()),
-                }
+        for blob in doomed {
+            let freed = async {
+                let _held = self.locks.take(&Claim::bytes(Name::blob(&blob)), &self.index).await?;
+                let (index, store) = (self.index.clone(), self.store.clone());
+                blocking(move || {
+                    if !index.confirm_doomed(&blob)? {
+                        return Ok(());
+                    }
+                    tokio::runtime::Handle::current().block_on(store.remove_blob(&blob))?;
+                    index.forget_blob(&blob)
+                })
+                .await
+            };
+            if let Err(e) = freed.await {
+                log::warn!("freeing a blob: {}", e.cause());
             }
-            Ok(())
-        });
-        if let Err(e) = freed.await {
-            log::warn!("freeing blobs: {}", e.cause());
         }
     }
 
@@ -127,10 +127,10 @@ impl Node {
     pub async fn adopt_unversioned(&self) -> Result<u64> {
         let (mut adopted, mut failed, mut after) = (0u64, 0u64, None::<String>);
         loop {
-            let _guard = self.commit_lock.lock().await;
+            // The whole catalog for a page: few rows, once after an upgrade.
+            let _held = self.locks.take(&Claim::all(), &self.index).await?;
             let (index, store, cursor) = (self.index.clone(), self.store.clone(), after.clone());
             let (done, missed, last) = blocking(move || {
-                let _cluster = index.commit_lock()?;
                 let handle = tokio::runtime::Handle::current();
                 let page = index.unversioned(cursor.as_deref(), 200)?;
                 let (mut done, mut missed) = (0u64, 0u64);
@@ -172,10 +172,8 @@ impl Node {
     pub async fn prune_versions(&self) -> Result<usize> {
         let keep_for = crate::index::Retention::of(&self.settings).keep_for;
         let cutoff = crate::timestamp::unix_now().saturating_sub(keep_for.as_secs().min(i64::MAX as u64) as i64);
-        let _guard = self.commit_lock.lock().await;
         let index = self.index.clone();
         let doomed = blocking(move || {
-            let _cluster = index.commit_lock()?;
             index.prune_replaced_before(cutoff)?;
             index.doomed_blobs()
         })

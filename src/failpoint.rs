@@ -1,0 +1,32 @@
+//! Places where a test can make the node wait (the `failpoints` feature,
+//! with the `fail` crate's `FAILPOINTS` variable): a batch held open for a
+//! kill -9, one key's install slowed while others commit. Without the
+//! feature these compile to nothing.
+
+/// Runs the action configured for `name` (say `sleep(50)`), if any.
+pub fn hold(name: &str) {
+    #[cfg(feature = "failpoints")]
+    if fail::list().iter().any(|(configured, _)| configured == name) {
+        // A test waits for this line before it acts (a kill -9, say).
+        log::info!("failpoint {name}: reached");
+        fail::eval(name, |_| ());
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
+}
+
+/// Sleeps when `name` is configured as `return(KEY@MILLISECONDS)` and
+/// `key` is KEY.
+pub fn delay_key(name: &str, key: &str) {
+    #[cfg(feature = "failpoints")]
+    if let Some(Some(arg)) = fail::eval(name, |arg| arg) {
+        if let Some((slow, ms)) = arg.rsplit_once('@') {
+            if slow == key {
+                log::info!("failpoint {name}: `{key}` waits {ms} ms");
+                std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(0)));
+            }
+        }
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = (name, key);
+}

@@ -1,0 +1,133 @@
+//! Commits under concurrency, on the real binary built with the
+//! `failpoints` feature (scripts/test.sh builds it so): one key's install
+//! held for seconds does not hold up commits of other keys, while the same
+//! key, a key below it and its folder wait their turn (and the conflict
+//! rule still holds); a kill -9 while a batch of index writes is open
+//! (group commit) leaves every key whole or absent.
+#![cfg(feature = "failpoints")]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const KIB: usize = 1024;
+/// How long the slow key's install is held: far longer than the other
+/// commits take even on a loaded machine, and asserted on by order, not
+/// by time.
+const HOLD_MS: u64 = 8000;
+
+/// Waits (bounded) until the node's log has `line`.
+async fn log_shows(node: &TestNode, line: &str) {
+    let seen = eventually(Duration::from_secs(60), async || node.log().contains(line)).await;
+    assert!(seen, "the node never logged `{line}`:\n{}", node.log());
+}
+
+/// PUTs `body` at `key`; the status and when the answer came.
+async fn timed_put(node: &TestNode, key: &str, body: Vec<u8>) -> (u16, Instant) {
+    let resp = node.put(key, body).await;
+    let status = resp.status().as_u16();
+    let _ = resp.bytes().await;
+    (status, Instant::now())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_install_holds_up_only_its_own_key_and_its_folder() {
+    let slow = format!("return(slow/one@{HOLD_MS})");
+    let node = TestNode::start_with(&[("FAILPOINTS", &format!("commit.install={slow}"))]);
+    let client = std::sync::Arc::new(node);
+    let first = generated(20 * KIB, 1);
+    let held = {
+        let (node, body) = (client.clone(), first.clone());
+        tokio::spawn(async move { timed_put(&node, "slow/one", body).await })
+    };
+    log_shows(&client, "failpoint commit.install: `slow/one` waits").await;
+
+    // Waiting their turn behind it: the same key, a key below it, its folder.
+    let waiting: Vec<_> = [("slow/one", 2u64), ("slow/one/below", 3), ("slow", 4)]
+        .into_iter()
+        .map(|(key, seed)| {
+            let node = client.clone();
+            tokio::spawn(async move { (key, timed_put(&node, key, generated(10 * KIB, seed)).await) })
+        })
+        .collect();
+
+    // Meanwhile, other keys (a sibling, another tree) commit at once.
+    for i in 0..20u64 {
+        let key = if i % 2 == 0 { format!("slow/sibling{i}") } else { format!("other/k{i}") };
+        let body = generated(16 * KIB, 100 + i);
+        let resp = client.put(&key, body.clone()).await;
+        assert_eq!(resp.status().as_u16(), 201, "PUT {key} while `slow/one` is held");
+        assert!(!held.is_finished(), "`{key}` was committed only after the held install ended");
+        assert_serves(&client, &key, &body).await;
+    }
+
+    let (status, slow_done) = held.await.unwrap();
+    assert_eq!(status, 201, "the held PUT");
+    for task in waiting {
+        let (key, (status, done)) = task.await.unwrap();
+        assert!(done >= slow_done, "`{key}` was answered before the held install of `slow/one` ended");
+        match key {
+            // The second write of the key replaced the first.
+            "slow/one" => assert_eq!(status, 200, "the second PUT of slow/one"),
+            // `slow/one` is a dataset: nothing can sit below it, nor can
+            // its folder `slow` (holding siblings) become a dataset.
+            _ => assert_eq!(status, 409, "PUT {key}"),
+        }
+    }
+    let listed: Vec<String> = client.list_all().await.iter().map(|r| r["key"].as_str().unwrap().to_string()).collect();
+    assert!(listed.contains(&"slow/one".to_string()), "{listed:?}");
+    assert!(!listed.iter().any(|k| k == "slow" || k == "slow/one/below"), "{listed:?}");
+    assert_eq!(listed.len(), 21, "{listed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_inside_an_open_batch_leaves_every_key_whole_or_absent() {
+    // Every batch of index writes waits before its commit: the kill lands
+    // with writes in it (the intents of some uploads, the rows of others).
+    let mut node = TestNode::start_with(&[("FAILPOINTS", "index.batch.before_commit=sleep(1500)")]);
+    let bodies: Vec<Vec<u8>> = (0..8u64).map(|i| generated(24 * KIB, 200 + i)).collect();
+    let client = node.client.clone();
+    let uploads: Vec<_> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, body)| {
+            let (client, url, body) = (client.clone(), node.url(&format!("/data/batch/k{i}")), body.clone());
+            tokio::spawn(async move { client.put(url).body(body).send().await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+    log_shows(&node, "failpoint index.batch.before_commit: reached").await;
+    node.kill9();
+    let mut acknowledged = Vec::new();
+    for (i, upload) in uploads.into_iter().enumerate() {
+        if let Ok(Ok(status)) = upload.await {
+            if status == 201 {
+                acknowledged.push(format!("batch/k{i}"));
+            }
+        }
+    }
+
+    node.set_setting("FAILPOINTS", None);
+    node.launch();
+    let listed = node.list_all().await;
+    for (i, body) in bodies.iter().enumerate() {
+        let key = format!("batch/k{i}");
+        match listed.iter().find(|r| r["key"] == key.as_str()) {
+            Some(record) => {
+                assert_eq!(record["blake3"], b3(body), "{key}");
+                assert_serves(&node, &key, body).await;
+            }
+            None => {
+                assert!(!acknowledged.contains(&key), "`{key}` was acknowledged, then lost");
+                let get = node.get(&format!("/data/{key}")).await;
+                assert_eq!(get.status().as_u16(), 404, "{key} has no row but is served");
+            }
+        }
+    }
+    let files = node.dataset_files();
+    assert_eq!(files.len(), listed.len(), "a file for each row, no more: {files:?}\n{listed:?}");
+    node.terminate();
+    let fsck = node.cli(&["fsck"]);
+    assert_eq!(fsck.code, Some(0), "fsck after the kill:\n{}{}", fsck.stdout, fsck.stderr);
+}
