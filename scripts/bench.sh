@@ -1257,7 +1257,7 @@ report_baseline() {
         bline "concurrent, server CPU s per GiB" %.2f c_cur_cpu c_base_cpu
     fi
     if selected small; then
-        for c in "$SMALL_CLIENTS" 1; do
+        for c in $(small_variants); do
             mapfile -t sm_cur < <(small_rates node "$c")
             mapfile -t sm_base < <(small_rates base "$c")
             bline "small PUTs, $c client(s), files/s" %.0f sm_cur sm_base

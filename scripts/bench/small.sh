@@ -116,6 +116,10 @@ small_one() { # contender round clients: one measurement, logged and kept (round
     log "small round $r, $c client(s), $(printf '%-5s' "$who:") $SM_OUT files/s"
 }
 
+small_variants() { # the client counts measured: SMALL_CLIENTS, then 1 (once if it is 1)
+    if ((SMALL_CLIENTS > 1)); then echo "$SMALL_CLIENTS 1"; else echo 1; fi
+}
+
 small_section() {
     local i c w
     local -a order=(node nginx disk)
@@ -127,7 +131,7 @@ small_section() {
     start_nginx
     for ((i = 1 - WARMUP; i <= SMALL_RUNS; i++)); do
         ((i > 0)) || log "warm-up: one uncounted small round"
-        for c in "$SMALL_CLIENTS" 1; do
+        for c in $(small_variants); do
             small_bodies
             for w in $(rotated "$((i < 1 ? 1 : i))" "${order[@]}"); do small_one "$w" "$i" "$c"; done
         done
@@ -150,7 +154,7 @@ small_rates() { # contender clients -> that variant's files/s, one a line
 report_small() { # rows of the reads-and-small-writes table
     local c node disk ngx r target t_label
     local -a n d g rs
-    for c in "$SMALL_CLIENTS" 1; do
+    for c in $(small_variants); do
         mapfile -t n < <(small_rates node "$c")
         mapfile -t d < <(small_rates disk "$c")
         mapfile -t g < <(small_rates nginx "$c")
