@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# Spillway upload and listing benchmark, against nginx + WebDAV as reference,
-# and of uploads into an S3 store (Garage), against boto3 straight to it.
+# Spillway upload, read and listing benchmark, against nginx + WebDAV (and
+# dd, and the disk's own durable rate for small files) as references, and
+# of uploads into an S3 store (Garage), against boto3 straight to it.
 #
-#   scripts/bench.sh                 # full run (4 GiB single, 16 x 256 MiB, 1M rows,
+#   scripts/bench.sh                 # full run (4 GiB single, 16 x 256 MiB,
+#                                    # 2,000 x 16 KiB x 5 rounds, 2,000 64 KiB
+#                                    # ranges x 5, 2 GiB GET x 5, 1M rows,
 #                                    # 1 GiB replace x 5, 1 GiB S3)
-#   BENCH_QUICK=1 scripts/bench.sh   # quick check (256 MiB, 8 x 32 MiB, 20k rows,
-#                                    # 128 MiB replace x 1, 256 MiB S3, 1 run)
+#   BENCH_QUICK=1 scripts/bench.sh   # quick check (256 MiB, 8 x 32 MiB,
+#                                    # 200 x 16 KiB, 500 ranges in 64 MiB, 128 MiB
+#                                    # GET, 20k rows, 128 MiB replace x 1,
+#                                    # 256 MiB S3, 1 run/round each)
 #   scripts/bench.sh s3              # some sections only (same as BENCH_ONLY=s3)
 #   BENCH_ONLY="single list" scripts/bench.sh
 #
 # Knobs (environment; sizes take K/M/G/T, binary, e.g. 4G, 256MiB, or bytes):
-#   BENCH_ONLY       sections to run: single conc list replace s3 (default:
-#                    all; the script's arguments, if any, take its place)
+#   BENCH_ONLY       sections to run: single conc small ranges get list
+#                    replace s3 (default: all; the script's arguments, if
+#                    any, take its place)
 #   BENCH_SIZE       single-stream upload size          (4G;    quick 256M)
 #   BENCH_CONC       concurrent uploads                 (16;    quick 8)
 #   BENCH_CONC_SIZE  size of each concurrent upload     (256M;  quick 32M)
@@ -20,6 +26,18 @@
 #   BENCH_LIST_RUNS  requests per listing measurement   (11)
 #   BENCH_REPLACE_SIZE  size of the replaced dataset    (1G;    quick 128M)
 #   BENCH_REPLACE_RUNS  replace rounds                  (5;     quick 1)
+#   BENCH_SMALL_COUNT    small PUTs per run             (2000;  quick 200)
+#   BENCH_SMALL_CLIENTS  clients at once (and 1)        (16)
+#   BENCH_SMALL_SIZE     size of each small PUT         (16K)
+#   BENCH_SMALL_RUNS     small rounds                   (5;     quick 1)
+#   BENCH_RANGE_FILE_SIZE  the file ranges are read from (1G;   quick 64M)
+#   BENCH_RANGE_COUNT    range GETs per run             (2000;  quick 500)
+#   BENCH_RANGE_LEN      bytes per range GET            (64K)
+#   BENCH_RANGE_CONC     range GETs at once             (16)
+#   BENCH_RANGE_RUNS     ranges rounds                  (5;     quick 1)
+#   BENCH_RANGE_SEED     seed of the random offsets     (1)
+#   BENCH_GET_SIZE       the dataset of the whole GET   (2G;    quick 128M)
+#   BENCH_GET_RUNS       get rounds                     (5;     quick 1)
 #   BENCH_S3_SIZE    object size for the S3 section     (1G;    quick 256M)
 #   BENCH_S3_PARTS_IN_FLIGHT  multipart parts in flight per upload, for the
 #                    node (SPILLWAY_S3__PARTS_IN_FLIGHT) and boto3's
@@ -30,8 +48,9 @@
 #   BENCH_WARMUP     1: one uncounted upload of each kind first (1)
 #   BENCH_BASELINE   path of another spillway release binary (say, of the
 #                    previous main) to compare with, in the same run: the
-#                    single, conc and list sections then run it as a third
-#                    contender (not replace or s3), started like the node (same
+#                    single, conc, small, ranges, get and list sections then
+#                    run it as one more contender (not replace or s3),
+#                    started like the node (same
 #                    Rocket.toml from this checkout, same SPILLWAY_* env, its
 #                    own fresh data dir, an ephemeral port, the same checks),
 #                    interleaved with the node and nginx in every round; an
@@ -46,10 +65,30 @@
 # (Garage with `cargo install` and boto3 in a venv, for the S3 section),
 # generates the upload bodies once in a temp dir, then measures, node and
 # reference interleaved, each on 127.0.0.1 only:
-#   single  one upload of BENCH_SIZE with curl -T (Content-Length): MB/s, and
-#           the peak RSS (VmHWM) of a fresh server process per run;
+#   single  one upload of BENCH_SIZE with curl -T (Content-Length): MB/s, the
+#           peak RSS (VmHWM) of a fresh server process per run (< 64 MiB),
+#           and the server's CPU seconds (user + system, /proc/PID/stat)
+#           per GiB (<= 1.0); in the same round, `dd bs=8M conv=fdatasync`
+#           of the same body into the data dirs' filesystem, a third
+#           reference: node >= 0.9x the lower of nginx and dd;
 #   conc    BENCH_CONC curl uploads of BENCH_CONC_SIZE at once: aggregate MB/s
-#           (total bytes / wall time) and peak RSS;
+#           (total bytes / wall time, >= 0.9x nginx) and peak RSS;
+#   small   (scripts/bench/small.sh) BENCH_SMALL_COUNT PUTs of
+#           BENCH_SMALL_SIZE, fresh keys and bytes each round, by
+#           BENCH_SMALL_CLIENTS clients at once (curl --parallel), then by 1:
+#           files/s of the node, of nginx WebDAV (no fsync, informative) and
+#           of the disk's own durable rate (scripts/bench/durable_rate.c:
+#           write, fsync, rename, directory fsync; as many threads as
+#           clients, same filesystem): node >= 0.8x disk with many clients,
+#           >= 0.5x with 1; every code checked, three keys a run read back;
+#   ranges  (scripts/bench/ranges.sh) one BENCH_RANGE_FILE_SIZE file on the
+#           node and as a static file in nginx; BENCH_RANGE_COUNT random
+#           (seeded, same offsets for both) Range GETs of BENCH_RANGE_LEN,
+#           BENCH_RANGE_CONC at once, by scripts/bench/range_get.c (each
+#           answer checked 206 and its length; its CPU per request shown):
+#           requests/s, node >= 0.8x nginx;
+#   get     (scripts/bench/ranges.sh) one GET of a BENCH_GET_SIZE dataset,
+#           curl -o /dev/null: MB/s, node >= 1.0x nginx (sendfile on);
 #   list    GET /datasets?limit=1000, first page and a deep page (after= the
 #           key of row 90%), on a node whose index holds BENCH_ROWS rows
 #           (inserted with python3's sqlite3 while the node is stopped);
@@ -77,10 +116,14 @@
 #           boto3 get_object stream); boto3 upload_file of the same file with
 #           the node's part size and parts in flight (scripts/bench/s3_client.py);
 #           and boto3 upload_file with boto3's defaults. Ratios are node/direct.
-# With BENCH_BASELINE, single and conc rotate the order of node, nginx and
-# baseline per round (without it, node and nginx alternate as before), and
-# list runs both nodes at once, their requests alternating.
-# Medians are printed in a table with the targets (replace, S3: with min..max).
+# Every section with rounds rotates the order of its contenders per round
+# (single: node nginx dd [baseline]; small: node nginx disk [baseline];
+# conc, ranges, get: node nginx [baseline]); list runs both nodes at once,
+# their requests alternating.
+# Medians are printed in tables with the targets (replace, S3, small, ranges,
+# get: with min..max). small, ranges and get keep their servers up for the
+# whole section (fresh data dirs), as a node in service; single and conc
+# start a fresh server per run.
 # Everything lives in a temp dir removed on exit; only processes started here
 # are stopped, by PID.
 #
@@ -122,13 +165,13 @@ positive_int() { # name value
     echo "$2"
 }
 
-SECTIONS_ALL="single conc list replace s3"
+SECTIONS_ALL="single conc small ranges get list replace s3"
 declare -A SECTION=()
 sections=${BENCH_ONLY:-$SECTIONS_ALL}
 if (($#)); then sections="$*"; fi
 for s in $sections; do
     case $s in
-        single | conc | list | replace | s3) SECTION[$s]=1 ;;
+        single | conc | small | ranges | get | list | replace | s3) SECTION[$s]=1 ;;
         *) die "unknown section '$s' (BENCH_ONLY or arguments: some of $SECTIONS_ALL)" ;;
     esac
 done
@@ -138,9 +181,13 @@ selected() { [[ -n ${SECTION[$1]:-} ]]; } # section name
 if [[ ${BENCH_QUICK:-0} == 1 ]]; then
     d_size=256M d_conc=8 d_conc_size=32M d_runs=1 d_rows=20000 d_s3_size=256M
     d_replace_size=128M d_replace_runs=1
+    d_small_count=200 d_small_runs=1 d_range_file=64M d_range_count=500 d_range_runs=1
+    d_get_size=128M d_get_runs=1
 else
     d_size=4G d_conc=16 d_conc_size=256M d_runs=3 d_rows=1000000 d_s3_size=1G
     d_replace_size=1G d_replace_runs=5
+    d_small_count=2000 d_small_runs=5 d_range_file=1G d_range_count=2000 d_range_runs=5
+    d_get_size=2G d_get_runs=5
 fi
 SIZE=$(to_bytes "${BENCH_SIZE:-$d_size}")
 CONC=$(positive_int BENCH_CONC "${BENCH_CONC:-$d_conc}")
@@ -153,12 +200,26 @@ S3_SIZE=$(to_bytes "${BENCH_S3_SIZE:-$d_s3_size}")
 REPLACE_SIZE=$(to_bytes "${BENCH_REPLACE_SIZE:-$d_replace_size}")
 REPLACE_RUNS=$(positive_int BENCH_REPLACE_RUNS "${BENCH_REPLACE_RUNS:-$d_replace_runs}")
 S3_CONC=$(positive_int BENCH_S3_PARTS_IN_FLIGHT "${BENCH_S3_PARTS_IN_FLIGHT:-2}")
+SMALL_COUNT=$(positive_int BENCH_SMALL_COUNT "${BENCH_SMALL_COUNT:-$d_small_count}")
+SMALL_CLIENTS=$(positive_int BENCH_SMALL_CLIENTS "${BENCH_SMALL_CLIENTS:-16}")
+SMALL_SIZE=$(to_bytes "${BENCH_SMALL_SIZE:-16K}")
+SMALL_RUNS=$(positive_int BENCH_SMALL_RUNS "${BENCH_SMALL_RUNS:-$d_small_runs}")
+RANGE_FILE_SIZE=$(to_bytes "${BENCH_RANGE_FILE_SIZE:-$d_range_file}")
+RANGE_COUNT=$(positive_int BENCH_RANGE_COUNT "${BENCH_RANGE_COUNT:-$d_range_count}")
+RANGE_LEN=$(to_bytes "${BENCH_RANGE_LEN:-64K}")
+RANGE_CONC=$(positive_int BENCH_RANGE_CONC "${BENCH_RANGE_CONC:-16}")
+RANGE_RUNS=$(positive_int BENCH_RANGE_RUNS "${BENCH_RANGE_RUNS:-$d_range_runs}")
+RANGE_SEED=$(positive_int BENCH_RANGE_SEED "${BENCH_RANGE_SEED:-1}")
+GET_SIZE=$(to_bytes "${BENCH_GET_SIZE:-$d_get_size}")
+GET_RUNS=$(positive_int BENCH_GET_RUNS "${BENCH_GET_RUNS:-$d_get_runs}")
 VENV=${BENCH_VENV:-$ROOT/target/bench-venv}
 WARMUP=${BENCH_WARMUP:-1}
 [[ $WARMUP == 0 || $WARMUP == 1 ]] || die "BENCH_WARMUP must be 0 or 1, not '$WARMUP'"
 TMP_PARENT=${BENCH_TMPDIR:-${TMPDIR:-/tmp}}
 ((SIZE > 0 && CONC_SIZE > 0 && S3_SIZE > 0)) || die "BENCH_SIZE, BENCH_CONC_SIZE and BENCH_S3_SIZE must be > 0"
 ((REPLACE_SIZE >= 4096)) || die "BENCH_REPLACE_SIZE must be at least 4 KiB (each upload stamps its first 32 bytes)"
+((SMALL_SIZE > 0 && GET_SIZE > 0)) || die "BENCH_SMALL_SIZE and BENCH_GET_SIZE must be > 0"
+((RANGE_LEN > 0 && RANGE_FILE_SIZE >= RANGE_LEN)) || die "BENCH_RANGE_LEN must be > 0 and at most BENCH_RANGE_FILE_SIZE"
 BASE_BIN=${BENCH_BASELINE:-}
 if [[ -n $BASE_BIN ]]; then
     [[ -f $BASE_BIN && -x $BASE_BIN ]] || die "BENCH_BASELINE: '$BASE_BIN' is not an executable file"
@@ -174,6 +235,12 @@ T_RSS_SINGLE=64
 T_RSS_CONC=$((CONC * SPOOL_MEMORY_MIB + 64))
 T_LIST_MS=10
 T_REPLACE_RATIO=1.05 # replace time, versions on / off
+T_SINGLE_MIN=0.9 # single upload, node / the lower of nginx and dd conv=fdatasync
+T_CPU_GIB=1.0    # single upload, the node's CPU seconds per GiB
+T_SMALL_N=0.8    # small PUTs, SMALL_CLIENTS clients: node / disk's durable rate (as many threads)
+T_SMALL_1=0.5    # small PUTs, 1 client: node / disk's serial durable rate
+T_RANGE=0.8      # random range GETs: node / nginx
+T_GET=1.0        # one whole GET: node / nginx (sendfile on)
 KEEP_VERSIONS_DEFAULT=10 # the node's default keep_versions (the versions-on node runs with it)
 
 # S3: the node's max_dataset_size, and the multipart part size that follows
@@ -196,6 +263,12 @@ TMPD=""
 STOP_WAIT_TENTHS=150 # nginx and a node with 1M rows may take a while to stop
 # shellcheck source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+# The sections of issue 16's workloads, in files of their own (this one
+# would pass 1,700 lines with them); they use the helpers defined below.
+# shellcheck source=bench/small.sh
+source "$HELPERS/small.sh"
+# shellcheck source=bench/ranges.sh
+source "$HELPERS/ranges.sh"
 
 cleanup() {
     local rc=$?
@@ -256,7 +329,11 @@ ensure_deps() {
         ensure_garage
         setup_python
     fi
-    selected single || selected conc || return 0
+    if selected small || selected ranges; then
+        # durable_rate.c and range_get.c are compiled by the sections.
+        command -v cc >/dev/null || apt_install gcc libc6-dev || die "cannot install gcc"
+    fi
+    selected single || selected conc || selected small || selected ranges || selected get || return 0
     if ! find_nginx; then
         # On Debian 12 the `nginx` package is the binary (with the dav module
         # compiled in); nginx-light/-core/-full/-extras are metapackages on it.
@@ -424,6 +501,23 @@ put_file() { # url file max_time result_file: one upload, waited for in the
     ((rc == 0)) || die "PUT $1: curl exit $rc: $(cat "$4.err")"
 }
 
+RUN_SECS=""
+run_timed() { # timeout_s logfile what cmd...: like run_bounded, but waited
+    # for with `wait` (run_bounded polls every 0.1 s, too coarse for runs of
+    # a fraction of a second), bounded by timeout(1); RUN_SECS = its wall
+    # time. Returns the command's status (124: timed out).
+    local t=$1 logf=$2 what=$3 pid rc=0 t0
+    shift 3
+    t0=$(now)
+    timeout -k 5 "$t" "$@" >"$logf" 2>&1 &
+    pid=$!
+    LIVE[$pid]="$what (timeout)"
+    wait "$pid" || rc=$?
+    RUN_SECS=$(fsub "$(now)" "$t0")
+    unset "LIVE[$pid]"
+    return "$rc"
+}
+
 check_code() { # what code
     case $2 in
         200 | 201 | 204) ;;
@@ -439,6 +533,7 @@ check_size() { # what file expected
 
 S_NODE_MBS=() S_NODE_T=() S_NODE_RSS=() S_NODE_CPU=()
 S_NGX_MBS=() S_NGX_T=() S_NGX_RSS=() S_NGX_SYNC_MBS=() S_NGX_CPU=()
+S_DD_MBS=() S_DD_T=() # dd conv=fdatasync of the same body, one a round
 C_NODE_MBS=() C_NODE_RSS=() C_NODE_CPU=()
 C_NGX_MBS=() C_NGX_RSS=() C_NGX_SYNC_MBS=() C_NGX_CPU=()
 # The baseline binary's (BENCH_BASELINE), one entry per round like the node's.
@@ -496,6 +591,23 @@ single_nginx() { # run
     S_NGX_SYNC_MBS+=("$(awk -v n="$SIZE" -v t="$t" -v st="$st" 'BEGIN { printf "%.1f", n / (t + st) / 1e6 }')")
     S_NGX_T+=("$t") S_NGX_RSS+=("$rss") S_NGX_CPU+=("$cpu")
     log "single run $1 nginx:    $code, ${S_NGX_MBS[-1]} MB/s, ${t}s, VmHWM ${rss} MiB, CPU ${cpu}s (+fsync ${st}s)"
+}
+
+# The disk's own rate for the single upload's bytes, in the round: dd
+# from the body (in the page cache, as curl reads it) to a file in the temp
+# dir's filesystem, where the node's data dir is, fdatasync before dd stops
+# its clock. Time and MB/s as dd reports them (coreutils' dd, LC_ALL=C).
+single_dd() { # run
+    local out="$TMPD/dd-single.bin" rc=0 t
+    run_timed "$(max_time_for "$SIZE")" "$TMPD/logs/dd" dd \
+        dd if="$SRC" of="$out" bs=8M conv=fdatasync || rc=$?
+    ((rc == 0)) || die "dd: exit $rc: $(tail -n 2 "$TMPD/logs/dd")"
+    check_size "dd" "$out" "$SIZE"
+    rm -f -- "$out"
+    t=$(sed -n 's/.* copied, \([0-9.e+-]*\) s,.*/\1/p' "$TMPD/logs/dd" | tail -n 1)
+    [[ -n $t ]] || die "dd: cannot read its time from: $(tail -n 1 "$TMPD/logs/dd")"
+    S_DD_MBS+=("$(mbs "$SIZE" "$t")") S_DD_T+=("$t")
+    log "single run $1 dd:       ${S_DD_MBS[-1]} MB/s, ${t}s (bs=8M conv=fdatasync)"
 }
 
 CONC_WALL=""
@@ -1107,7 +1219,8 @@ bline() { # metric format name_cur name_base: medians, their ratio and the range
 
 # shellcheck disable=SC2034 # the *_cpu arrays: bline reads them by name
 report_baseline() {
-    local -a s_cur_cpu s_base_cpu c_cur_cpu c_base_cpu
+    local -a s_cur_cpu s_base_cpu c_cur_cpu c_base_cpu sm_cur sm_base
+    local c
     echo
     echo "Against the baseline: $BASE_BIN$(baseline_checkout)"
     echo "  started like the node (this checkout's Rocket.toml, the same SPILLWAY_* env, a fresh data dir"
@@ -1115,6 +1228,10 @@ report_baseline() {
     if selected single || selected conc; then
         echo "  single and conc: node, nginx and baseline in every round, the order rotating per round;"
         echo "  medians of $RUNS run(s) (ratio range: the per-round ratios)"
+    fi
+    if selected small || selected ranges || selected get; then
+        echo "  small, ranges, get: the baseline one more contender in each round's rotation, its own"
+        echo "  node up for the section as the current one; medians of each section's rounds"
     fi
     if selected list; then
         echo "  list: both nodes up at once, $LIST_RUNS requests each, alternating (ratio range: per request pair);"
@@ -1138,6 +1255,23 @@ report_baseline() {
         bline "${CONC} concurrent uploads, aggregate MB/s" %.1f C_NODE_MBS C_BASE_MBS
         bline "${CONC} concurrent uploads, peak RSS MiB" %.1f C_NODE_RSS C_BASE_RSS
         bline "concurrent, server CPU s per GiB" %.2f c_cur_cpu c_base_cpu
+    fi
+    if selected small; then
+        for c in $(small_variants); do
+            mapfile -t sm_cur < <(small_rates node "$c")
+            mapfile -t sm_base < <(small_rates base "$c")
+            bline "small PUTs, $c client(s), files/s" %.0f sm_cur sm_base
+        done
+    fi
+    if selected ranges; then
+        mapfile -t sm_cur < <(reads_values RG_RATE node)
+        mapfile -t sm_base < <(reads_values RG_RATE base)
+        bline "ranges $((RANGE_LEN >> 10)) KiB x$RANGE_CONC, requests/s" %.0f sm_cur sm_base
+    fi
+    if selected get; then
+        mapfile -t sm_cur < <(reads_values GT_MBS node)
+        mapfile -t sm_base < <(reads_values GT_MBS base)
+        bline "GET $(numfmt --to=iec-i --suffix=B "$GET_SIZE") whole, MB/s" %.1f sm_cur sm_base
     fi
     if selected list; then
         bline "list first page (limit=$LIST_LIMIT), ms" %.3f L_FIRST LB_FIRST
@@ -1171,7 +1305,7 @@ report() {
     if selected single || selected conc || selected list; then
         echo "  single: $(numfmt --to=iec-i --suffix=B "$SIZE"); concurrent: $CONC x $(numfmt --to=iec-i --suffix=B "$CONC_SIZE"); rows: $ROWS"
     fi
-    if selected single || selected conc; then
+    if selected single || selected conc || selected small || selected ranges || selected get; then
         echo "  nginx: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //') from Debian package '$NGINX_PKG' (dav module compiled in), single process"
     fi
     if selected single || selected conc || selected list || selected replace; then
@@ -1190,6 +1324,7 @@ report() {
         row "single, nginx incl. fsync, MB/s (info)" "$s_node" "$s_ngx_sync" "$(ratio "$s_node" "$s_ngx_sync")" "" ""
         row "single upload, server CPU s (info)" "$(median "${S_NODE_CPU[@]}")" "$(median "${S_NGX_CPU[@]}")" \
             "$(ratio "$(median "${S_NODE_CPU[@]}")" "$(median "${S_NGX_CPU[@]}")")" "" ""
+        report_single_more "$s_node" "$s_ngx"
     fi
     if selected conc; then
         c_node=$(median "${C_NODE_MBS[@]}") c_ngx=$(median "${C_NGX_MBS[@]}")
@@ -1225,8 +1360,65 @@ report() {
         echo "32 bytes stamped per upload), so none is deduplicated. Bodies = du -sk of the data dir, both"
         echo "nodes stopped, / the body's size: versions kept with them on, freed with them off. Both fsync."
     fi
-    if baseline && { selected single || selected conc || selected list; }; then report_baseline; fi
+    if selected small || selected ranges || selected get; then report_issue16; fi
+    if baseline && { selected single || selected conc || selected small || selected ranges || selected get || selected list; }; then
+        report_baseline
+    fi
     if selected s3; then report_s3; fi
+}
+
+# The single section's rows against dd and per GiB of CPU (issue 16).
+# shellcheck disable=SC2034 # the *_gib arrays: median reads them
+report_single_more() { # node_mbs nginx_mbs (medians)
+    local dd lo r cn cg
+    local -a n_gib g_gib
+    dd=$(median "${S_DD_MBS[@]}")
+    lo=$(awk -v a="$2" -v b="$dd" 'BEGIN { print (a < b ? a : b) }')
+    r=$(ratio "$1" "$lo")
+    row "single vs min(nginx, dd), MB/s" "$1" "$lo" "$r" ">= ${T_SINGLE_MIN}x the lower" "$(ok_ge "$r" "$T_SINGLE_MIN")"
+    row "single, dd bs=8M conv=fdatasync, MB/s (info)" "$1" "$dd" "$(ratio "$1" "$dd")" "" "" \
+        "dd $(spread %.1f "${S_DD_MBS[@]}")"
+    mapfile -t n_gib < <(per_gib "$SIZE" "${S_NODE_CPU[@]}")
+    mapfile -t g_gib < <(per_gib "$SIZE" "${S_NGX_CPU[@]}")
+    cn=$(median "${n_gib[@]}") cg=$(median "${g_gib[@]}")
+    row "single upload, server CPU s per GiB" "$cn" "$cg" "" "<= ${T_CPU_GIB} s/GiB" "$(ok_le "$cn" "$T_CPU_GIB")" \
+        "node $(spread %.2f "${n_gib[@]}")"
+}
+
+# Issue 16's reads and small writes: their own table, each row against its
+# own reference (the disk's durable rate for small PUTs, nginx otherwise).
+report_issue16() {
+    echo
+    echo "Small writes and reads: medians; the last column: min..max of node | reference | per-round ratio"
+    if selected small; then
+        echo "  small: $SMALL_COUNT PUTs of $(numfmt --to=iec-i --suffix=B "$SMALL_SIZE") (fresh keys and bytes) per round, $SMALL_RUNS round(s);"
+        echo "         reference: durable_rate (C; write, fsync, rename, directory fsync; threads = clients)"
+    fi
+    if selected ranges; then
+        echo "  ranges: $RANGE_COUNT GETs of $(numfmt --to=iec-i --suffix=B "$RANGE_LEN") at seeded random offsets in $(numfmt --to=iec-i --suffix=B "$RANGE_FILE_SIZE"), $RANGE_CONC at once, $RANGE_RUNS round(s)"
+    fi
+    if selected get; then
+        echo "  get: one GET of $(numfmt --to=iec-i --suffix=B "$GET_SIZE") with curl -o /dev/null, $GET_RUNS round(s)"
+    fi
+    echo
+    row "metric" "spillway" "reference" "ratio" "target" "result" "min..max: node | reference | ratio"
+    row "--------------------------------------------" "------------" "------------" "-------" "--------------------" "------" "----------------------------------"
+    if selected small; then report_small; fi
+    report_reads
+    echo
+    if selected small; then
+        echo "Notes (small): PUTs by curl (--parallel --parallel-max N, keep-alive; 1 client: one connection,"
+        echo "one PUT at a time), every answer checked 201, three keys per run read back and compared. The"
+        echo "disk's rate is measured in the temp dir's filesystem, where the nodes' data dirs are. nginx"
+        echo "WebDAV does not fsync (informative)."
+    fi
+    if selected ranges; then
+        echo "Notes (ranges): range_get (C, epoll, keep-alive, one thread; every answer checked 206 and its"
+        echo "length, a sample compared with the file); its CPU per request gives its ceiling on one core."
+    fi
+    if selected ranges || selected get; then
+        echo "Notes (reads): the file is read from the page cache on every side; nginx: sendfile on, one worker."
+    fi
 }
 
 # ------------------------------------------------------------------ main ---
@@ -1236,10 +1428,15 @@ report() {
 # nginx base node, base node nginx, ...
 round_order() { # i
     local -a order=(node nginx)
-    local j
     if baseline; then order+=(base); fi
-    for ((j = 0; j < ${#order[@]}; j++)); do
-        printf '%s\n' "${order[(($1 - 1 + j) % ${#order[@]})]}"
+    rotated "$1" "${order[@]}"
+}
+
+rotated() { # i item...: the items, rotated left by i-1 places, one a line
+    local i=$1 j
+    shift
+    for ((j = 0; j < $#; j++)); do
+        printf '%s\n' "${@:$(((i - 1 + j) % $# + 1)):1}"
     done
 }
 
@@ -1247,8 +1444,8 @@ main() {
     local need avail i c
     ensure_deps
     if baseline; then
-        if selected single || selected conc || selected list; then
-            log "baseline: $BASE_BIN$(baseline_checkout), a third contender in single, conc and list"
+        if selected single || selected conc || selected small || selected ranges || selected get || selected list; then
+            log "baseline: $BASE_BIN$(baseline_checkout), one more contender in single, conc, small, ranges, get and list"
         fi
         if selected replace; then log "baseline: not run in the replace section"; fi
         if selected s3; then log "baseline: not run in the s3 section"; fi
@@ -1282,6 +1479,22 @@ main() {
         bodies=$((bodies + S3_SIZE))
         if ((S3_SIZE > stored)); then stored=$S3_SIZE; fi
     fi
+    # small: every round's files stay on each server (node, nginx, baseline)
+    # for the section; ranges and get: one copy per server.
+    local servers=2 n
+    if baseline; then servers=3; fi
+    if selected small; then
+        n=$((2 * (SMALL_RUNS + 1) * SMALL_COUNT * (SMALL_SIZE + 4096) * servers + 2 * SMALL_COUNT * SMALL_SIZE))
+        if ((n > stored)); then stored=$n; fi
+    fi
+    if selected ranges; then
+        bodies=$((bodies + RANGE_FILE_SIZE))
+        if ((servers * RANGE_FILE_SIZE > stored)); then stored=$((servers * RANGE_FILE_SIZE)); fi
+    fi
+    if selected get; then
+        bodies=$((bodies + GET_SIZE))
+        if ((servers * GET_SIZE > stored)); then stored=$((servers * GET_SIZE)); fi
+    fi
     need=$((bodies + stored + (512 << 20)))
     if selected list; then need=$((need + ROWS * 1024)); fi
     if selected list && baseline; then need=$((need + ROWS * 1024)); fi
@@ -1298,10 +1511,14 @@ main() {
     CSRC="$TMPD/conc.bin"
     S3SRC="$TMPD/s3.bin"
     RSRC="$TMPD/replace.bin"
+    RGSRC="$TMPD/ranges.bin"
+    GSRC="$TMPD/get.bin"
     local -a bodies_made=()
     if selected single; then bodies_made+=("$SRC:$SIZE"); fi
     if selected conc; then bodies_made+=("$CSRC:$CONC_SIZE"); fi
     if selected replace; then bodies_made+=("$RSRC:$REPLACE_SIZE"); fi
+    if selected ranges; then bodies_made+=("$RGSRC:$RANGE_FILE_SIZE"); fi
+    if selected get; then bodies_made+=("$GSRC:$GET_SIZE"); fi
     if selected s3; then bodies_made+=("$S3SRC:$S3_SIZE"); fi
     for i in "${bodies_made[@]}"; do
         log "generating $(numfmt --to=iec-i --suffix=B "${i##*:}") of random body (${i%:*})"
@@ -1316,16 +1533,22 @@ main() {
             log "warm-up: one uncounted single upload to each server"
             single_node 0
             single_nginx 0
+            single_dd 0
             if baseline; then single_node 0 base; fi
             S_NODE_MBS=() S_NODE_T=() S_NODE_RSS=() S_NODE_CPU=()
             S_NGX_MBS=() S_NGX_T=() S_NGX_RSS=() S_NGX_SYNC_MBS=() S_NGX_CPU=()
+            S_DD_MBS=() S_DD_T=()
             S_BASE_MBS=() S_BASE_T=() S_BASE_RSS=() S_BASE_CPU=()
         fi
+        # dd joins the rotation: node nginx dd [base], then nginx dd [base] node, ...
+        local -a s_order=(node nginx dd)
+        if baseline; then s_order+=(base); fi
         for ((i = 1; i <= RUNS; i++)); do
-            for c in $(round_order "$i"); do
+            for c in $(rotated "$i" "${s_order[@]}"); do
                 case $c in
                     node) single_node "$i" ;;
                     nginx) single_nginx "$i" ;;
+                    dd) single_dd "$i" ;;
                     base) single_node "$i" base ;;
                 esac
             done
@@ -1352,6 +1575,15 @@ main() {
             done
         done
         rm -f -- "$CSRC"
+    fi
+    if selected small; then small_section; fi
+    if selected ranges; then
+        ranges_section
+        rm -f -- "$RGSRC"
+    fi
+    if selected get; then
+        get_section
+        rm -f -- "$GSRC"
     fi
     if selected list; then listing; fi
     if selected replace; then
