@@ -106,7 +106,9 @@ impl Store for FsStore {
     }
 
     async fn open_blob(&self, blob: &Blob, range: Option<RangeInclusive<u64>>) -> Result<Option<Reader>> {
-        self.open_blob_file(blob).await?.map(|file| reader(file, blob.size, range)).transpose()
+        let Some(file) = self.open_blob_file(blob).await? else { return Ok(None) };
+        let size = blob.size;
+        blocking(move || reader(file, size, range).map(Some)).await
     }
 
     async fn remove_blob(&self, blob: &Blob) -> Result<()> {
@@ -133,13 +135,15 @@ impl Store for FsStore {
 
     async fn open(&self, record: &Record, key: &Key, range: Option<RangeInclusive<u64>>) -> Result<Option<Reader>> {
         let (layout, k, version, size) = (self.layout.clone(), key.clone(), record.version.clone(), record.size);
-        let file = blocking(move || -> Result<Option<File>> {
+        blocking(move || -> Result<Option<Reader>> {
             let Some(file) = layout.open_dataset(&k)? else { return Ok(None) };
             let meta = file.metadata()?;
-            Ok((meta.ino().to_string() == version && meta.len() == size).then_some(file))
+            if meta.ino().to_string() != version || meta.len() != size {
+                return Ok(None);
+            }
+            reader(file, size, range).map(Some)
         })
-        .await?;
-        file.map(|file| reader(file, size, range)).transpose()
+        .await
     }
 
     async fn remove(&self, key: &Key) -> Result<()> {
@@ -169,8 +173,19 @@ impl FsStore {
 }
 
 /// `len` bytes of a file, or the range of them.
+/// The most bytes read at once, on the thread that opened the file, rather
+/// than streamed: a small range then costs no more hops to the blocking
+/// pool than the open did.
+const READ_AT_ONCE: u64 = 256 * 1024;
+
+/// Runs on a blocking thread (it may read).
 fn reader(mut file: File, size: u64, range: Option<RangeInclusive<u64>>) -> Result<Reader> {
     let (start, len) = range.map_or((0, size), |r| (*r.start(), r.end() - r.start() + 1));
+    if len <= READ_AT_ONCE {
+        let mut bytes = vec![0; len as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, start).map_err(Error::internal)?;
+        return Ok(Reader(Box::new(io::Cursor::new(bytes))));
+    }
     io::Seek::seek(&mut file, io::SeekFrom::Start(start)).map_err(Error::internal)?;
     let mut file = tokio::fs::File::from_std(file);
     file.set_max_buf_size(CHUNK);
