@@ -91,7 +91,7 @@ impl Layout {
             let _ = unlinkat(&folder, temp.as_str(), AtFlags::empty());
             return Err(io_error(e));
         }
-        fsync(&folder).map_err(io_error)
+        Ok(self.syncs.sync(&folder)?)
     }
 
     /// A new name in staging for a blob, to be placed at a key with

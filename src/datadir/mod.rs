@@ -34,6 +34,7 @@ use crate::error::Error;
 use crate::key::Key;
 
 mod blobs;
+mod dirsync;
 mod resolve;
 
 pub use resolve::fsync_dir;
@@ -72,6 +73,8 @@ pub struct Layout {
     /// a spool file with `NamedTempFile::reopen` (by path, checked to be the
     /// same inode).
     dirs: Arc<Dirs>,
+    /// Folder fsyncs after renames, shared by concurrent commits.
+    syncs: Arc<dirsync::DirSyncs>,
 }
 
 #[derive(Debug)]
@@ -144,6 +147,7 @@ impl Layout {
             spool,
             spool_on_data_volume,
             data_dev,
+            syncs: Default::default(),
             dirs: Arc::new(Dirs {
                 datasets: datasets_fd,
                 blobs: blobs_fd,
@@ -368,7 +372,7 @@ impl Layout {
         rename_over(at, name, path.dir(), path.name).map_err(io_error)?;
         // Renamed away: nothing is left for the guard to delete.
         drop(staged.into_temp_path().keep());
-        fsync(path.dir()).map_err(io_error)?;
+        self.syncs.sync(path.dir())?;
         Ok(())
     }
 
