@@ -5,8 +5,14 @@ use spillway::config::Settings;
 
 /// A storage node for datasets far bigger than RAM, over plain HTTP.
 ///
-/// Configuration comes from Rocket.toml and SPILLWAY_* environment variables
-/// (see the README); every subcommand reads the same settings.
+/// The node (serve, fsck, reindex, scrub) reads Rocket.toml and SPILLWAY_*
+/// environment variables (see the README). The client subcommands find the
+/// node by, in order: --url, SPILLWAY_URL, the profile (--profile,
+/// SPILLWAY_PROFILE, else `default`) of the client config file
+/// (SPILLWAY_CONFIG, else ~/.config/spillway/config.toml), the node
+/// settings of the working directory (Rocket.toml, SPILLWAY_ADDRESS,
+/// SPILLWAY_PORT), then http://127.0.0.1:8000; the token is --token, else
+/// SPILLWAY_TOKEN, else the profile's `token`.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {

@@ -17,6 +17,7 @@
 //! which carries the status and the problem detail's `code` and `detail`.
 
 pub mod catalog;
+pub mod config;
 pub mod download;
 pub mod progress;
 pub mod state;
@@ -53,15 +54,26 @@ pub enum Command {
     Restore(versions::RestoreArgs),
 }
 
-/// Where the node is and how to prove who we are.
+/// Where the node is and how to prove who we are (the order is in
+/// [`config`]).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Connection {
-    /// The node's base URL.
-    #[arg(long = "url", env = "SPILLWAY_URL", default_value = "http://127.0.0.1:8000", value_name = "URL")]
-    pub url: String,
-    /// Bearer token (scopes `read`, `write` or `admin`).
+    /// The node's URL (`http://host:port`, or `host:port`). Else, in order:
+    /// SPILLWAY_URL, the profile's `url` in the client config file, the node
+    /// settings of the working directory (Rocket.toml, SPILLWAY_ADDRESS,
+    /// SPILLWAY_PORT), http://127.0.0.1:8000.
+    #[arg(long = "url", env = "SPILLWAY_URL", value_name = "URL")]
+    pub url: Option<String>,
+    /// Bearer token (scopes `read`, `write` or `admin`). Else SPILLWAY_TOKEN,
+    /// else the profile's `token`.
     #[arg(long, env = "SPILLWAY_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     pub token: Option<String>,
+    /// Profile of the client config file ($SPILLWAY_CONFIG, else
+    /// $XDG_CONFIG_HOME/spillway/config.toml, else
+    /// ~/.config/spillway/config.toml): a `[NAME]` table with `url` and
+    /// `token`.
+    #[arg(long, env = "SPILLWAY_PROFILE", value_name = "NAME")]
+    pub profile: Option<String>,
 }
 
 /// How a transfer (upload or download) behaves.
@@ -166,7 +178,13 @@ impl fmt::Display for ApiError {
         let detail = self.detail.as_deref().unwrap_or_else(|| self.status.canonical_reason().unwrap_or("error"));
         match status {
             401 if self.had_token => write!(f, "the node refused the token (401): {detail}"),
-            401 => write!(f, "the node wants a token (401): {detail}; pass --token or set SPILLWAY_TOKEN"),
+            401 => write!(
+                f,
+                "the node wants a token (401): {detail}; pass --token, set SPILLWAY_TOKEN, or put `token = \"...\"` \
+                 in a profile of the client config file ({})",
+                config::config_path()
+                    .map_or_else(|| "~/.config/spillway/config.toml".into(), |p| p.display().to_string())
+            ),
             403 => write!(f, "the token is not allowed to do this (403): {detail}"),
             _ => match &self.code {
                 Some(code) => write!(f, "{detail} ({status} {code})"),
@@ -231,6 +249,8 @@ pub fn is_network_error(e: &anyhow::Error) -> bool {
 pub struct Node {
     /// The base URL without a trailing slash.
     base: String,
+    /// Where the URL came from (see [`config`]), for a failure to connect.
+    source: String,
     token: Option<String>,
     http: reqwest::Client,
 }
@@ -243,10 +263,10 @@ const READ_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl Node {
     pub fn new(connection: &Connection) -> Result<Node> {
-        let base = connection.url.trim().trim_end_matches('/').to_string();
-        let parsed = Url::parse(&base).with_context(|| format!("`{base}` is not a URL (--url / SPILLWAY_URL)"))?;
+        let config::Resolved { url: base, token, source } = config::resolve(connection)?;
+        let parsed = Url::parse(&base).with_context(|| format!("`{base}` is not a URL (from {source})"))?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            anyhow::bail!("`{base}` is not an http:// URL (--url / SPILLWAY_URL)");
+            anyhow::bail!("`{base}` is not an http:// URL (from {source})");
         }
         let http = reqwest::Client::builder()
             .user_agent(concat!("spillway/", env!("CARGO_PKG_VERSION")))
@@ -254,8 +274,7 @@ impl Node {
             .read_timeout(READ_TIMEOUT)
             .build()
             .context("cannot set up the HTTP client")?;
-        let token = connection.token.clone().filter(|t| !t.trim().is_empty());
-        Ok(Node { base, token, http })
+        Ok(Node { base, source, token, http })
     }
 
     /// The node's base URL, as given (no trailing slash).
@@ -317,7 +336,22 @@ impl Node {
             source = cause.source();
         }
         let cause = causes.last().cloned().unwrap_or_else(|| e.to_string());
-        NetworkError { message: format!("{what} at {} ({cause})", self.base), source: e }.into()
+        let message = if self.base.starts_with("https:") && causes.iter().any(|c| speaks_plain_http(c)) {
+            format!(
+                "the node at {} speaks plain HTTP, not HTTPS: use an http:// URL (--url or SPILLWAY_URL; this one \
+                 came from {})",
+                self.base, self.source
+            )
+        } else if e.is_connect() {
+            format!(
+                "{what} at {} ({cause}); is it running there? Give its URL with --url or SPILLWAY_URL (this one \
+                 came from {})",
+                self.base, self.source
+            )
+        } else {
+            format!("{what} at {} ({cause})", self.base)
+        };
+        NetworkError { message, source: e }.into()
     }
 
     /// `GET /datasets/{key}`: the record.
@@ -326,6 +360,14 @@ impl Node {
         let value: serde_json::Value = response.json().await.map_err(|e| self.network_error(e))?;
         Record::from_json(&value)
     }
+}
+
+/// Whether a TLS failure's text says the peer answered in plain HTTP.
+fn speaks_plain_http(cause: &str) -> bool {
+    let cause = cause.to_ascii_lowercase();
+    ["corrupt message", "invalidcontenttype", "invalid content type", "wrong version number", "http request"]
+        .iter()
+        .any(|sign| cause.contains(sign))
 }
 
 /// `/datasets/{key}`, percent-encoded.
