@@ -81,6 +81,29 @@ pub async fn ls(args: LsArgs) -> Result<()> {
     .await
 }
 
+/// Every record whose key starts with `prefix` (all pages).
+pub async fn records_under(node: &Node, prefix: &str) -> Result<Vec<Record>> {
+    let mut query = "limit=10000".to_string();
+    if !prefix.is_empty() {
+        query = format!("prefix={}&{query}", encode_query_value(prefix));
+    }
+    let mut records = Vec::new();
+    let mut next = Some(node.url(&format!("/datasets?{query}"))?);
+    while let Some(url) = next.take() {
+        let response = node.send(node.request(Method::GET, url.clone())).await?;
+        next = next_link(&url, response.headers())?;
+        let page: serde_json::Value = response.json().await.map_err(|e| node.network_error(e))?;
+        let items = page.as_array().context("the node's catalog page is not a JSON array")?;
+        if items.is_empty() {
+            break;
+        }
+        for value in items {
+            records.push(Record::from_json(value)?);
+        }
+    }
+    Ok(records)
+}
+
 /// Every page from `first` on, following `Link: rel="next"`, streamed to
 /// stdout as it arrives: one JSON array of the items, or (`table_row`,
 /// told whether it writes the first row) a table.
