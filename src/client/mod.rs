@@ -19,6 +19,7 @@
 pub mod catalog;
 pub mod config;
 pub mod download;
+pub mod get_tree;
 pub mod progress;
 pub mod state;
 pub mod upload;
