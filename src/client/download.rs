@@ -65,9 +65,6 @@ pub struct GetArgs {
 
 pub async fn run(args: GetArgs) -> Result<()> {
     let node = Node::new(&args.connection)?;
-    if args.recursive {
-        return super::get_tree::run(&node, &args).await;
-    }
     let key = parse_key(&args.key)?;
     let record = match args.version {
         Some(number) => versions::find(&node, &key, number).await?.record(&key),
@@ -212,7 +209,7 @@ pub async fn fetch_one(
             }
         }
     };
-    if let Err(e) = check(&blake3, &local, &key).and_then(|()| fetch.check_version(&blake3)) {
+    if let Err(e) = check(&blake3, &local, key).and_then(|()| fetch.check_version(&blake3)) {
         // The `.part` file is worthless: start over next time.
         let _ = std::fs::remove_file(&part);
         forget();

@@ -13,7 +13,8 @@ use super::catalog::records_under;
 use super::download::{fetch_one, GetArgs, GetOptions};
 use super::{human_size, one_line, parse_key, Node, Record};
 
-pub async fn run(node: &Node, args: &GetArgs) -> Result<()> {
+pub async fn run(args: GetArgs) -> Result<()> {
+    let node = &Node::new(&args.connection)?;
     let prefix = args.key.as_str();
     anyhow::ensure!(
         prefix.ends_with('/') || prefix.is_empty(),

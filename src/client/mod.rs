@@ -7,7 +7,11 @@
 //!   blake3);
 //! - [`download`]: streamed downloads, resumed with `Range` + `If-Range`,
 //!   verified with blake3 (the current bytes, or a version's);
-//! - [`catalog`]: `ls` (following `Link` pagination), `rm` and `url`;
+//! - [`get_tree`]: `get -r`, every dataset below a prefix;
+//! - [`catalog`]: `ls` (following `Link` pagination) and `url`;
+//! - [`remove`]: `rm`, of a key or (confirmed) of a prefix;
+//! - [`config`]: which node, and which token (flags, environment, the
+//!   client config file, the working directory's node settings);
 //! - [`versions`]: `versions` (a key's versions, paged the same way) and
 //!   `restore`;
 //! - [`progress`]: an indicatif bar on a terminal, quiet lines otherwise.
@@ -21,6 +25,7 @@ pub mod config;
 pub mod download;
 pub mod get_tree;
 pub mod progress;
+pub mod remove;
 pub mod state;
 pub mod upload;
 pub mod versions;
@@ -37,16 +42,17 @@ use crate::key::{encode_path, Key};
 /// The client's subcommands (flattened into the binary's own).
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Upload a file as a dataset (resumable, verified with blake3).
+    /// Upload files as datasets: one, several into a prefix, or a tree with
+    /// -r (resumable, verified with blake3; same bytes are skipped).
     Upload(upload::UploadArgs),
-    /// Download a dataset (or one of its versions) to a file (resumable,
-    /// verified with blake3).
+    /// Download a dataset (or one of its versions), or with -r every dataset
+    /// below a prefix (resumable, verified with blake3).
     Get(download::GetArgs),
     /// List datasets, as a table or as JSON.
     Ls(catalog::LsArgs),
-    /// Delete a dataset (needs an `admin` token); its versions stay unless
-    /// `--all-versions`.
-    Rm(catalog::RmArgs),
+    /// Delete a dataset, or with -r every dataset below a prefix (needs an
+    /// `admin` token); versions stay unless `--all-versions`.
+    Rm(remove::RmArgs),
     /// Print a signed URL that works without a token.
     Url(catalog::UrlArgs),
     /// List a dataset's versions, newest first, as a table or as JSON.
@@ -98,9 +104,10 @@ pub fn run(command: Command) -> ExitCode {
     let result = runtime.block_on(async move {
         match command {
             Command::Upload(args) => upload::run(args).await,
+            Command::Get(args) if args.recursive => get_tree::run(args).await,
             Command::Get(args) => download::run(args).await,
             Command::Ls(args) => catalog::ls(args).await,
-            Command::Rm(args) => catalog::rm(args).await,
+            Command::Rm(args) => remove::rm(args).await,
             Command::Url(args) => catalog::url(args).await,
             Command::Versions(args) => versions::versions(args).await,
             Command::Restore(args) => versions::restore(args).await,
