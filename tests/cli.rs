@@ -24,7 +24,7 @@ async fn upload_killed_midway_resumes_and_verifies() {
     let file = client.dir.path().join("big.bin");
     let expected = write_generated(&file, size, 7);
     let file_arg = file.to_str().unwrap();
-    let args = ["upload", file_arg, "raw/big.bin", "--name", "Big", "--description", "generated"];
+    let args = ["upload", file_arg, "raw/big.bin", "--name", "Big", "--description", "generated", "--parts", "1"];
 
     let started = Instant::now();
     let mut child = client.spawn("first", &args);
@@ -376,4 +376,45 @@ async fn a_key_that_names_a_local_file_is_refused() {
     // A key that is no local path still works.
     client.run(&["upload", "two/part1.csv", "parts/one.csv"]).ok();
     assert_eq!(node.json("/datasets/parts/one.csv").await["blake3"], b3(b"a,b\n1,2\n").as_str());
+}
+
+/// A big file goes as parallel tus parts joined on the node: killed midway,
+/// each part resumes from the state file where the node is, and the
+/// dataset is the whole file (the node's blake3 against the local one).
+#[tokio::test]
+async fn a_big_file_in_parallel_parts_resumes_and_verifies() {
+    let node = TestNode::start();
+    let client = Client::new(&node);
+    let size = 100 * MIB + 12345;
+    let file = client.dir.path().join("parts.bin");
+    let expected = write_generated(&file, size, 11);
+    let file_arg = file.to_str().unwrap();
+    let args = ["upload", file_arg, "raw/parts.bin", "--parts", "3", "--chunk-size", "4 MiB"];
+
+    let mut child = client.spawn("first", &args);
+    let remembered =
+        || client.state()["uploads"].as_array().map_or(0, |u| u.iter().filter(|e| e["part"].is_string()).count());
+    until_killable(&mut child, "24 MiB at the node and every part remembered", async || {
+        metric(&node, TUS_BYTES).await >= (24 * MIB) as f64 && remembered() == 3
+    })
+    .await;
+    kill9(child);
+    let state = client.state();
+    let parts: Vec<&str> = state["uploads"].as_array().unwrap().iter().filter_map(|e| e["part"].as_str()).collect();
+    assert_eq!(parts.len(), 3, "{state}");
+
+    let mut json_args = args.to_vec();
+    json_args.push("--json");
+    let second = client.run(&json_args);
+    let report: Value = serde_json::from_str(&second.ok().stdout).unwrap();
+    assert_eq!(report["files"][0]["outcome"], "created", "{report}");
+    assert_eq!(report["files"][0]["blake3"], expected.as_str());
+    assert!(report["bytes"].as_u64().unwrap() < size, "the resumed bytes are not counted again: {report}");
+    let record = node.json("/datasets/raw/parts.bin").await;
+    assert_eq!((record["size"].as_u64(), record["blake3"].as_str()), (Some(size), Some(expected.as_str())));
+    let received = metric(&node, TUS_BYTES).await;
+    assert!(received < 1.1 * size as f64, "the node received {received} bytes for {size}: the resume re-sent too much");
+    assert_eq!(client.state()["uploads"], serde_json::json!([]));
+    let created = metric(&node, "spillway_resumable_uploads_total{event=\"created\"}").await;
+    assert_eq!(created, 3.0, "one partial upload per part, each created once (the kill did not lose one)");
 }

@@ -31,8 +31,13 @@ struct Inner {
     display: Display,
     /// The overall bar of a run of many files, which this one's bytes move.
     parent: Option<ProgressBar>,
-    /// The last position handed on to `parent`.
+    /// The last position handed on to `parent` or `whole`.
     reported: AtomicU64,
+    /// The transfer this one is a part of (a part of a file sent in parts):
+    /// this part's bytes move it.
+    whole: Option<Progress>,
+    /// Bytes the parts of this transfer moved (see `whole`).
+    of_parts: AtomicU64,
 }
 
 /// State of the line-based display.
@@ -74,14 +79,40 @@ impl Progress {
     }
 
     fn with(label: &str, total: u64, start: u64, display: Display, parent: Option<ProgressBar>) -> Progress {
-        let inner = Inner { label: label.to_string(), total, display, parent, reported: AtomicU64::new(start) };
+        let inner = Inner {
+            label: label.to_string(),
+            total,
+            display,
+            parent,
+            reported: AtomicU64::new(start),
+            whole: None,
+            of_parts: AtomicU64::new(0),
+        };
         Progress { inner: Arc::new(inner) }
+    }
+
+    /// The display of one part (`total` bytes) of this transfer: it shows
+    /// nothing itself and moves this one.
+    pub fn part(&self, total: u64) -> Progress {
+        let mut part = Progress::with(&self.inner.label, total, 0, Display::Quiet, None);
+        Arc::get_mut(&mut part.inner).expect("a new display").whole = Some(self.clone());
+        part
     }
 
     /// Hands the bytes moved since the last call on to the overall bar; a
     /// resume's jump (`jump`) shrinks the overall total instead, so it
     /// counts as neither sent nor still to send.
     fn report(&self, position: u64, jump: bool) {
+        if let Some(whole) = &self.inner.whole {
+            let before = self.inner.reported.swap(position, Ordering::Relaxed);
+            let moved = position.saturating_sub(before);
+            let at = whole.inner.of_parts.fetch_add(moved, Ordering::Relaxed) + moved;
+            match jump {
+                true => whole.resume_at(at),
+                false => whole.set(at),
+            }
+            return;
+        }
         let Some(parent) = &self.inner.parent else { return };
         let before = self.inner.reported.swap(position, Ordering::Relaxed);
         let moved = position.saturating_sub(before);
@@ -139,6 +170,9 @@ impl Progress {
 
     /// A message that must not be torn by the bar.
     pub fn note(&self, message: &str) {
+        if let Some(whole) = &self.inner.whole {
+            return whole.note(message);
+        }
         match &self.inner.display {
             Display::Bar(bar) => bar.suspend(|| eprintln!("{message}")),
             Display::Lines(_) => eprintln!("{message}"),
@@ -289,6 +323,22 @@ mod tests {
         // The overall bar: 100 bytes sent of the 400 this run has to send.
         assert_eq!((parent.position(), parent.length()), (100, Some(400)));
         assert_eq!(rate(lines.position - lines.start, Duration::from_secs(1)), 100);
+    }
+
+    /// Parts move the whole: their bytes add up, a part's resume is a jump
+    /// of the whole.
+    #[test]
+    fn parts_add_up() {
+        let whole = Progress::with("t", 300, 0, Display::Bar(ProgressBar::hidden()), Some(ProgressBar::hidden()));
+        let overall = whole.inner.parent.clone().unwrap();
+        overall.set_length(300);
+        let (a, b) = (whole.part(100), whole.part(200));
+        a.resume_at(50);
+        b.set(20);
+        a.set(60);
+        let Display::Bar(bar) = &whole.inner.display else { unreachable!() };
+        assert_eq!(bar.position(), 80);
+        assert_eq!((overall.position(), overall.length()), (30, Some(250)));
     }
 
     /// The same for a terminal's bar: the estimator starts again at the

@@ -71,11 +71,16 @@ pub struct UploadEntry {
     pub upload_url: String,
     /// Unix seconds.
     pub created_at: u64,
+    /// A part of the file sent as a tus partial upload: `I/N` (absent for
+    /// a whole file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<String>,
 }
 
 impl UploadEntry {
     fn same_upload(&self, other: &UploadEntry) -> bool {
-        self.path == other.path
+        self.part == other.part
+            && self.path == other.path
             && self.size == other.size
             && self.mtime_ns == other.mtime_ns
             && self.server == other.server
@@ -228,6 +233,7 @@ mod tests {
             key: "k".into(),
             upload_url: url.into(),
             created_at: unix_now(),
+            part: None,
         }
     }
 

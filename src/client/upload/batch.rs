@@ -11,14 +11,15 @@ use anyhow::{Context, Result};
 use futures_util::StreamExt;
 use serde::Serialize;
 
+use super::parts::part_count;
 use super::plan::{Item, Plan};
 use super::put::{Put, PutRequest};
 use super::resumable::Resumable;
-use super::UploadArgs;
+use super::{worth_retrying, UploadArgs};
 use crate::client::catalog::records_under;
 use crate::client::progress::{rate, Overall, Progress};
 use crate::client::state::StateFile;
-use crate::client::{backoff, human_size, is_network_error, one_line, parse_key, ApiError, Node, Record};
+use crate::client::{backoff, human_size, one_line, parse_key, Node, Record};
 
 /// How one file ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -261,7 +262,7 @@ impl Batch<'_> {
                 }
             });
         }
-        let sent = Resumable {
+        let resumable = Resumable {
             node: self.node,
             args: self.args,
             state: self.state.as_ref(),
@@ -269,20 +270,14 @@ impl Batch<'_> {
             path: &item.path,
             key: item.key.clone(),
             content_type,
-        }
-        .send(progress)
-        .await?;
+        };
+        let sent = match part_count(item.size, self.args.parts) {
+            1 => resumable.send(progress).await?,
+            parts => resumable.send_in_parts(parts, progress).await?,
+        };
         report.sent = item.size - sent.resumed_from;
         report.blake3 = Some(sent.blake3);
         Ok(replaced)
-    }
-}
-
-/// Failures a PUT is sent again for.
-fn worth_retrying(e: &anyhow::Error) -> bool {
-    match e.downcast_ref::<ApiError>() {
-        Some(api) => matches!(api.status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504),
-        None => is_network_error(e),
     }
 }
 

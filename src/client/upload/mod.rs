@@ -21,16 +21,18 @@
 //! 4. The last `PATCH` answers with `ETag: "<blake3>"` of the committed
 //!    dataset; it must equal the local blake3, or the command fails.
 //!
-//! The state machine that drives a resumable upload through those steps is
-//! in [`resumable`]; the requests and what their answers say in [`tus`]; the
+//! A file of 64 MiB or more goes as `--parts` tus partial uploads at once,
+//! concatenated on the node ([`parts`]). The state machine that drives a
+//! resumable upload (or part) through those steps is in [`resumable`]; the requests and what their answers say in [`tus`]; the
 //! chunks read from the file and its hash in [`file`].
 
 use anyhow::Result;
 
-use super::{human_size, parse_key, parse_size, Connection, Node, Transfer};
+use super::{human_size, is_network_error, parse_key, parse_size, ApiError, Connection, Node, Transfer};
 
 mod batch;
 mod file;
+mod parts;
 mod plan;
 mod put;
 mod resumable;
@@ -56,6 +58,10 @@ pub struct UploadArgs {
     /// Files sent at once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64), value_name = "N")]
     pub parallel: u16,
+    /// A file of 64 MiB or more goes as up to N tus parts sent at once
+    /// (each at least 32 MiB), joined on the node (1: one upload).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64), value_name = "N")]
+    pub parts: u16,
     /// Never replace a dataset: a key that is taken is skipped
     /// (`If-None-Match: *`).
     #[arg(long)]
@@ -101,6 +107,14 @@ pub async fn run(args: UploadArgs) -> Result<()> {
     let plan = plan::plan(&args.paths, args.recursive)?;
     let node = Node::new(&args.connection)?;
     batch::run(&node, &args, plan).await
+}
+
+/// Failures a request is sent again for (after a wait).
+fn worth_retrying(e: &anyhow::Error) -> bool {
+    match e.downcast_ref::<ApiError>() {
+        Some(api) => matches!(api.status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504),
+        None => is_network_error(e),
+    }
 }
 
 /// `upload - KEY`: standard input, streamed in one PUT (nothing to resume).

@@ -51,6 +51,7 @@ impl Resumable<'_> {
             key: self.key.clone(),
             upload_url: String::new(),
             created_at: unix_now(),
+            part: None,
         };
         let mut upload = Upload {
             node: self.node,
@@ -63,6 +64,8 @@ impl Resumable<'_> {
             entry,
             progress,
             resumed_from: 0,
+            part: None,
+            part_url: None,
         };
         let result = upload.run(&mut file).await;
         if result.is_err() {
@@ -122,20 +125,26 @@ fn recovery(e: &anyhow::Error) -> Recovery {
     Recovery::Fatal
 }
 
-/// One upload in progress.
-struct Upload<'a> {
-    node: &'a Node,
-    args: &'a UploadArgs,
+/// One upload in progress: of a whole file, or (`part`) of one byte range
+/// of it, a tus partial upload to be concatenated ([`super::parts`]).
+pub(super) struct Upload<'a> {
+    pub(super) node: &'a Node,
+    pub(super) args: &'a UploadArgs,
     /// The file as the user named it, for messages.
-    shown: String,
-    key: String,
-    content_type: Option<String>,
-    size: u64,
-    state: Option<&'a StateFile>,
-    entry: UploadEntry,
-    progress: Progress,
+    pub(super) shown: String,
+    pub(super) key: String,
+    pub(super) content_type: Option<String>,
+    pub(super) size: u64,
+    pub(super) state: Option<&'a StateFile>,
+    pub(super) entry: UploadEntry,
+    pub(super) progress: Progress,
     /// Where this run started: the node's offset when it resumed.
-    resumed_from: u64,
+    pub(super) resumed_from: u64,
+    /// A part: where its bytes start in the file (the whole file is hashed
+    /// elsewhere, and the upload is not committed on its own).
+    pub(super) part: Option<u64>,
+    /// A part's upload URL, once every byte of it is in.
+    pub(super) part_url: Option<Url>,
 }
 
 /// The next step of the upload's state machine.
@@ -150,7 +159,7 @@ enum Step {
 
 impl Upload<'_> {
     /// Runs the upload to its end; returns the node's blake3 and the local one.
-    async fn run(&mut self, file: &mut File) -> Result<(String, String)> {
+    pub(super) async fn run(&mut self, file: &mut File) -> Result<(String, String)> {
         let mut hasher = PrefixHasher::new();
         let mut upload_url: Option<Url> = self.remembered();
         let mut step = if upload_url.is_some() { Step::Sync } else { Step::Create };
@@ -166,6 +175,12 @@ impl Upload<'_> {
         let mut contacted = false;
 
         while etag.is_none() {
+            if self.part.is_some() && offset >= self.size && upload_url.is_some() && !matches!(step, Step::Sync) {
+                // A part is complete when its last byte is in; the final
+                // upload commits the whole.
+                self.part_url = upload_url;
+                return Ok((String::new(), String::new()));
+            }
             let attempt: Result<()> = match step {
                 Step::Create => self.create().await.map(|(url, info)| {
                     upload_url = Some(url);
@@ -214,7 +229,8 @@ impl Upload<'_> {
                     // upload, and a completed one answers with its ETag.
                     let end = self.size.min(offset + self.args.chunk_size);
                     if chunk_start != offset || chunk.len() as u64 != end - offset {
-                        chunk = read_chunk(file, offset, end)?;
+                        let base = self.part.unwrap_or(0);
+                        chunk = read_chunk(file, base + offset, base + end)?;
                         chunk_start = offset;
                     }
                     match tus::patch(self.node, url, offset, chunk.clone(), &self.progress).await {
@@ -232,7 +248,9 @@ impl Upload<'_> {
                     }
                 }
             };
-            hasher.advance(file, offset.min(self.size), chunk_start, &chunk)?;
+            if self.part.is_none() {
+                hasher.advance(file, offset.min(self.size), chunk_start, &chunk)?;
+            }
             self.progress.set(offset);
             let Err(e) = attempt else {
                 contacted = true;
@@ -312,7 +330,7 @@ impl Upload<'_> {
         }
     }
 
-    fn forget(&self) {
+    pub(super) fn forget(&self) {
         if let Some(state) = &self.state {
             if let Err(e) = state.forget_upload(&self.entry) {
                 self.progress.note(&format!("spillway: warning: {e:#}"));
@@ -322,12 +340,20 @@ impl Upload<'_> {
 
     /// `POST /uploads`: a new upload; its URL is remembered at once.
     async fn create(&self) -> Result<(Url, TusInfo)> {
+        let (url, info) = match self.part {
+            Some(_) => tus::create(self.node, Some(self.size), &[], Some("partial")).await?,
+            None => tus::create(self.node, Some(self.size), &self.metadata(), None).await?,
+        };
+        self.remember(&url);
+        Ok((url, info))
+    }
+
+    /// `Upload-Metadata` of the dataset: its key, name, description, type.
+    pub(super) fn metadata(&self) -> Vec<(&'static str, &str)> {
         let mut metadata = vec![("key", self.key.as_str())];
         let optional =
             [("name", &self.args.name), ("description", &self.args.description), ("filetype", &self.content_type)];
         metadata.extend(optional.iter().filter_map(|(k, v)| v.as_deref().map(|v| (*k, v))));
-        let (url, info) = tus::create(self.node, self.size, &metadata).await?;
-        self.remember(&url);
-        Ok((url, info))
+        metadata
     }
 }
