@@ -265,9 +265,12 @@ impl Overall {
         }
     }
 
-    /// Whether bars are drawn (lines then go above them, on stderr).
-    pub fn is_drawn(&self) -> bool {
-        self.multi.is_some()
+    /// A line of output (stdout) that must not be torn by the bars.
+    pub fn println(&self, line: &str) {
+        match &self.multi {
+            Some(multi) => multi.suspend(|| println!("{line}")),
+            None => println!("{line}"),
+        }
     }
 
     /// Bytes that will not be sent after all (a file skipped or failed).

@@ -179,10 +179,7 @@ impl Batch<'_> {
             }
         };
         if !self.args.transfer.quiet {
-            match self.overall.is_drawn() {
-                true => self.overall.note(&line),
-                false => println!("{line}"),
-            }
+            self.overall.println(&line);
         }
     }
 
