@@ -85,14 +85,19 @@ impl Resumable<'_> {
         anyhow::ensure!(urls.len() as u64 == parts, "a part of {} has no upload URL", self.shown);
         let concat = format!("final;{}", urls.join(" "));
         let dataset = uploads[0].metadata();
+        // Hashed beside the parts' transfer; done by now, as a rule.
+        let local = whole.await??;
         let mut failures = 0;
-        let info = loop {
+        let etag = loop {
             match tus::create(self.node, None, &dataset, Some(&concat)).await {
-                Ok((_, info)) => break info,
+                Ok((_, info)) => break info.etag,
                 Err(e) if failures < self.args.transfer.retries && worth_retrying(&e) => {
                     failures += 1;
                     tokio::time::sleep(backoff(failures)).await;
                 }
+                // A final upload that failed on the way may have been
+                // committed (its parts are then gone): the catalog says.
+                Err(_) if failures > 0 && self.holds(&local).await => break Some(local.clone()),
                 Err(e) => {
                     progress.abandon();
                     return Err(e.context(format!("cannot join the parts of {}", self.shown)));
@@ -103,11 +108,10 @@ impl Resumable<'_> {
         for upload in &uploads {
             upload.forget();
         }
-        let blake3 = match info.etag {
+        let blake3 = match etag {
             Some(etag) => etag,
             None => self.node.record(&parse_key(&self.key)?).await?.blake3,
         };
-        let local = whole.await??;
         let now = std::fs::metadata(self.path).context("the file went away during the upload")?;
         if now.len() != size || mtime_ns(now.modified()?) != mtime {
             anyhow::bail!(
@@ -120,6 +124,12 @@ impl Resumable<'_> {
         }
         progress.finish();
         Ok(Sent { blake3, resumed_from: uploads.iter().map(|u| u.resumed_from).sum() })
+    }
+
+    /// Whether the key holds the bytes whose blake3 is `blake3`.
+    async fn holds(&self, blake3: &str) -> bool {
+        let Ok(key) = parse_key(&self.key) else { return false };
+        self.node.record(&key).await.is_ok_and(|r| r.blake3 == blake3)
     }
 }
 
