@@ -273,3 +273,30 @@ async fn the_node_is_found_by_flag_then_env_then_config_then_rocket_toml() {
     let line = client.run(&["ls", "--url", &https]).failed_with_one_line().to_string();
     assert!(line.contains("plain HTTP") && line.contains("http://"), "{line}");
 }
+
+/// A node whose port is taken says which port and which settings choose
+/// it, not Rocket's "binding failed".
+#[tokio::test]
+async fn a_port_in_use_is_named_with_its_setting() {
+    let node = TestNode::start();
+    let dir = tempfile::tempdir().unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SPILLWAY_DATA_DIR", dir.path().join("data"))
+        .env("SPILLWAY_DISK_RESERVE", "0")
+        .env("SPILLWAY_PORT", node.port.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(fs::File::create(dir.path().join("out")).unwrap())
+        .stderr(fs::File::create(dir.path().join("err")).unwrap())
+        .spawn()
+        .unwrap();
+    let status = wait_bounded(child, RUN_TIMEOUT, "a second node on a taken port");
+    assert!(!status.success());
+    let err = fs::read_to_string(dir.path().join("err")).unwrap();
+    let line = err.lines().last().unwrap_or_default();
+    assert!(line.contains(&format!("port {}", node.port)) && line.contains("SPILLWAY_PORT"), "{err}");
+    assert!(!line.contains("binding failed"), "{err}");
+}
