@@ -385,7 +385,7 @@ async fn a_key_that_names_a_local_file_is_refused() {
 async fn a_big_file_in_parallel_parts_resumes_and_verifies() {
     let node = TestNode::start();
     let client = Client::new(&node);
-    let size = 100 * MIB + 12345;
+    let size = 192 * MIB + 12345;
     let file = client.dir.path().join("parts.bin");
     let expected = write_generated(&file, size, 11);
     let file_arg = file.to_str().unwrap();
