@@ -300,3 +300,22 @@ async fn a_port_in_use_is_named_with_its_setting() {
     assert!(line.contains(&format!("port {}", node.port)) && line.contains("SPILLWAY_PORT"), "{err}");
     assert!(!line.contains("binding failed"), "{err}");
 }
+
+/// A file the node refuses fails alone: the others are stored, the run
+/// exits non-zero and names it.
+#[tokio::test]
+async fn a_failed_file_is_named_and_the_exit_code_says_so() {
+    let node = TestNode::start_with(&[("SPILLWAY_MAX_DATASET_SIZE", "1000")]);
+    let client = Client::new(&node);
+    let dir = client.work_dir().join("mixed");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("small-1.txt"), "one").unwrap();
+    fs::write(dir.join("small-2.txt"), "two").unwrap();
+    fs::write(dir.join("too-big.bin"), generated(5000, 1)).unwrap();
+    let out = client.run(&["upload", "-r", "mixed", "m/"]);
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    let last = out.stderr.lines().last().unwrap();
+    assert!(last.starts_with("spillway: 1 of 3 files failed: mixed/too-big.bin"), "{out:#?}");
+    assert!(out.stderr.contains("failed 1"), "the summary counts it: {out:#?}");
+    assert_eq!(node.list_all().await.len(), 2);
+}
