@@ -1,11 +1,12 @@
 //! The command-line client (`spillway upload`, `get`, `ls`, `rm`, `url`,
-//! `versions`, `restore`) against a live node: an upload and a download each
-//! SIGKILLed midway and resumed by running the same command again, paging in
+//! `versions`, `restore`) against a live node: an upload (whole, and in
+//! parallel parts) and a download each SIGKILLed midway and resumed by
+//! running the same command again, paging in
 //! `ls`, auth errors, signed URLs, and a key's versions (listed, paged,
 //! downloaded and resumed, restored, deleted).
 //!
-//! The client runs as the real binary with a clean environment:
-//! `SPILLWAY_URL` is the node, `SPILLWAY_STATE_DIR` a temporary directory.
+//! The client runs as the real binary with a clean environment
+//! (`common::client`); folders and many files are in `cli_folders.rs`.
 
 mod common;
 
