@@ -2,9 +2,10 @@
 //! `versions` and `restore`, subcommands of the same binary that talk HTTP
 //! to a running node.
 //!
-//! - [`upload`]: resumable uploads over tus 1.0.0 (chunked, retried, resumed
-//!   after a crash of the client from a small [`state`] file, verified with
-//!   blake3);
+//! - [`upload`]: one file, several, or a tree (skipping what the node holds,
+//!   several at once); resumable uploads over tus 1.0.0 (chunked, retried,
+//!   resumed after a crash of the client from a small [`state`] file,
+//!   verified with blake3), big files in parallel parts;
 //! - [`download`]: streamed downloads, resumed with `Range` + `If-Range`,
 //!   verified with blake3 (the current bytes, or a version's);
 //! - [`get_tree`]: `get -r`, every dataset below a prefix;
@@ -18,11 +19,13 @@
 //!
 //! Errors are `anyhow` chains; [`run`] prints one line, `spillway: ...`, and
 //! exits non-zero. Answers of the node that are errors become [`ApiError`],
-//! which carries the status and the problem detail's `code` and `detail`.
+//! which carries the status and the problem detail's `code` and `detail`
+//! (both in `error.rs`, with [`NetworkError`]).
 
 pub mod catalog;
 pub mod config;
 pub mod download;
+mod error;
 pub mod get_tree;
 pub mod progress;
 pub mod remove;
@@ -30,12 +33,13 @@ pub mod state;
 pub mod upload;
 pub mod versions;
 
-use std::fmt;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
+use reqwest::{Method, RequestBuilder, Response, Url};
+
+pub use error::{is_connect_error, is_network_error, ApiError, NetworkError};
 
 use crate::key::{encode_path, Key};
 
@@ -135,122 +139,6 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 /// Collapses whitespace runs (newlines included) so a reason stays on one line.
 pub fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// An answer of the node that is an error: the status and, when the body is
-/// an RFC 9457 problem detail, its `code` and `detail`.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: Option<String>,
-    pub detail: Option<String>,
-    /// Whether the request carried a token (for the 401 message).
-    pub had_token: bool,
-    /// `Retry-After`, in seconds, when the node sent one.
-    pub retry_after: Option<u64>,
-    /// `Upload-Offset` (tus: the offset the node is really at).
-    pub upload_offset: Option<u64>,
-}
-
-impl ApiError {
-    /// Reads an error answer, body included (bounded).
-    pub async fn from_response(response: Response, had_token: bool) -> ApiError {
-        let status = response.status();
-        let header_number =
-            |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
-        let retry_after = header_number("retry-after");
-        let upload_offset = header_number("upload-offset");
-        let body = read_bounded(response, 64 * 1024).await.unwrap_or_default();
-        let problem: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
-        let field = |name: &str| problem.as_ref().and_then(|p| p[name].as_str()).map(one_line);
-        let detail = field("detail").or_else(|| field("title")).or_else(|| {
-            // Not problem+json (a proxy's page, say): a short plain body.
-            let text = one_line(&String::from_utf8_lossy(&body));
-            (!text.is_empty() && text.len() <= 200 && !text.starts_with('<')).then_some(text)
-        });
-        ApiError { status, code: field("code"), detail, had_token, retry_after, upload_offset }
-    }
-
-    pub fn is(&self, status: u16) -> bool {
-        self.status.as_u16() == status
-    }
-
-    pub fn code_is(&self, code: &str) -> bool {
-        self.code.as_deref() == Some(code)
-    }
-}
-
-impl fmt::Display for ApiError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let status = self.status.as_u16();
-        let detail = self.detail.as_deref().unwrap_or_else(|| self.status.canonical_reason().unwrap_or("error"));
-        match status {
-            401 if self.had_token => write!(f, "the node refused the token (401): {detail}"),
-            401 => write!(
-                f,
-                "the node wants a token (401): {detail}; pass --token, set SPILLWAY_TOKEN, or put `token = \"...\"` \
-                 in a profile of the client config file ({})",
-                config::config_path()
-                    .map_or_else(|| "~/.config/spillway/config.toml".into(), |p| p.display().to_string())
-            ),
-            403 => write!(f, "the token is not allowed to do this (403): {detail}"),
-            _ => match &self.code {
-                Some(code) => write!(f, "{detail} ({status} {code})"),
-                None => write!(f, "{detail} ({status})"),
-            },
-        }
-    }
-}
-
-impl std::error::Error for ApiError {}
-
-/// Reads at most `limit` bytes of a body (error bodies are small; a
-/// misbehaving server's are not read whole).
-async fn read_bounded(mut response: Response, limit: usize) -> Result<Vec<u8>> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        let room = limit - body.len();
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() >= limit {
-            break;
-        }
-    }
-    Ok(body)
-}
-
-/// A request that failed on the way (connect, timeout, broken connection):
-/// worth retrying. Its message already names the innermost cause.
-#[derive(Debug)]
-pub struct NetworkError {
-    message: String,
-    source: reqwest::Error,
-}
-
-impl NetworkError {
-    /// The underlying HTTP client error.
-    pub fn reqwest(&self) -> &reqwest::Error {
-        &self.source
-    }
-}
-
-impl fmt::Display for NetworkError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-// No `source()`: the message says it all, on one line.
-impl std::error::Error for NetworkError {}
-
-/// Whether an error is a failure to connect at all (the node is down, or
-/// the URL is wrong).
-pub fn is_connect_error(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| cause.downcast_ref::<NetworkError>().is_some_and(|n| n.source.is_connect()))
-}
-
-/// Whether an error is (or was caused by) a network failure.
-pub fn is_network_error(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| cause.is::<NetworkError>() || cause.is::<reqwest::Error>())
 }
 
 /// A node to talk to: its base URL, the token, and one HTTP client.
@@ -359,7 +247,7 @@ impl Node {
         } else {
             format!("{what} at {} ({cause})", self.base)
         };
-        NetworkError { message, source: e }.into()
+        NetworkError::new(message, e).into()
     }
 
     /// `GET /datasets/{key}`: the record.
@@ -488,7 +376,7 @@ mod tests {
     #[test]
     fn error_lines() {
         let e = ApiError {
-            status: StatusCode::UNAUTHORIZED,
+            status: reqwest::StatusCode::UNAUTHORIZED,
             code: Some("unauthorized".into()),
             detail: Some("unknown token".into()),
             had_token: true,
