@@ -49,7 +49,7 @@ pub struct UploadArgs {
     /// The files, then where they go: `FILE [KEY]` (KEY defaults to the
     /// file's name), `PATH... DEST/` (each file as DEST/NAME), `-r DIR
     /// DEST/` (keys relative to DIR), or `- KEY` (standard input).
-    #[arg(required = true, value_name = "PATH... [DEST]")]
+    #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<String>,
     /// Upload every file below each DIR (symbolic links only to files
     /// inside DIR; others are skipped and named).
