@@ -16,8 +16,8 @@
 #
 # Knobs (environment; sizes take K/M/G/T, binary, e.g. 4G, 256MiB, or bytes):
 #   BENCH_ONLY       sections to run: single conc small ranges get list
-#                    replace s3 (default: all; the script's arguments, if
-#                    any, take its place)
+#                    replace s3 cli (default: all; the script's arguments,
+#                    if any, take its place)
 #   BENCH_SIZE       single-stream upload size          (4G;    quick 256M)
 #   BENCH_CONC       concurrent uploads                 (16;    quick 8)
 #   BENCH_CONC_SIZE  size of each concurrent upload     (256M;  quick 32M)
@@ -42,6 +42,9 @@
 #   BENCH_S3_PARTS_IN_FLIGHT  multipart parts in flight per upload, for the
 #                    node (SPILLWAY_S3__PARTS_IN_FLIGHT) and boto3's
 #                    max_concurrency alike (2, the node's default)
+#   BENCH_CLI_SIZE   file size for the cli section      (1G;    quick 128M)
+#   BENCH_CLI_RUNS   cli rounds (medians)               (5;     quick 1)
+#   BENCH_CLI_PARTS  `spillway upload --parts` (4, the client's default)
 #   BENCH_VENV       the Python venv with boto3         (target/bench-venv)
 #   BENCH_TMPDIR     where the temp dir goes            ($TMPDIR or /tmp)
 #   BENCH_START_TIMEOUT  seconds to wait for the node to listen with all rows (900)
@@ -116,6 +119,15 @@
 #           boto3 get_object stream); boto3 upload_file of the same file with
 #           the node's part size and parts in flight (scripts/bench/s3_client.py);
 #           and boto3 upload_file with boto3's defaults. Ratios are node/direct.
+#   cli     the command-line client against curl: one node (versions off,
+#           so replaced bytes are freed), and per round, the order
+#           alternating (curl first, then the client first, ...): curl -T of
+#           BENCH_CLI_SIZE to a fresh key, and `spillway upload` of the same
+#           file to another (the whole command: start, local blake3, tus
+#           parts in parallel, the node's concatenation and commit). Each
+#           upload's first 32 bytes are stamped with a sequence number first,
+#           so nothing is deduplicated; both keys are deleted after the round.
+#           MB/s of each, and client/curl against >= 0.9.
 # Every section with rounds rotates the order of its contenders per round
 # (single: node nginx dd [baseline]; small: node nginx disk [baseline];
 # conc, ranges, get: node nginx [baseline]); list runs both nodes at once,
@@ -165,13 +177,13 @@ positive_int() { # name value
     echo "$2"
 }
 
-SECTIONS_ALL="single conc small ranges get list replace s3"
+SECTIONS_ALL="single conc small ranges get list replace s3 cli"
 declare -A SECTION=()
 sections=${BENCH_ONLY:-$SECTIONS_ALL}
 if (($#)); then sections="$*"; fi
 for s in $sections; do
     case $s in
-        single | conc | small | ranges | get | list | replace | s3) SECTION[$s]=1 ;;
+        single | conc | small | ranges | get | list | replace | s3 | cli) SECTION[$s]=1 ;;
         *) die "unknown section '$s' (BENCH_ONLY or arguments: some of $SECTIONS_ALL)" ;;
     esac
 done
@@ -180,12 +192,12 @@ selected() { [[ -n ${SECTION[$1]:-} ]]; } # section name
 
 if [[ ${BENCH_QUICK:-0} == 1 ]]; then
     d_size=256M d_conc=8 d_conc_size=32M d_runs=1 d_rows=20000 d_s3_size=256M
-    d_replace_size=128M d_replace_runs=1
+    d_replace_size=128M d_replace_runs=1 d_cli_size=128M d_cli_runs=1
     d_small_count=200 d_small_runs=1 d_range_file=64M d_range_count=500 d_range_runs=1
     d_get_size=128M d_get_runs=1
 else
     d_size=4G d_conc=16 d_conc_size=256M d_runs=3 d_rows=1000000 d_s3_size=1G
-    d_replace_size=1G d_replace_runs=5
+    d_replace_size=1G d_replace_runs=5 d_cli_size=1G d_cli_runs=5
     d_small_count=2000 d_small_runs=5 d_range_file=1G d_range_count=2000 d_range_runs=5
     d_get_size=2G d_get_runs=5
 fi
@@ -199,6 +211,9 @@ START_TIMEOUT=$(positive_int BENCH_START_TIMEOUT "${BENCH_START_TIMEOUT:-900}")
 S3_SIZE=$(to_bytes "${BENCH_S3_SIZE:-$d_s3_size}")
 REPLACE_SIZE=$(to_bytes "${BENCH_REPLACE_SIZE:-$d_replace_size}")
 REPLACE_RUNS=$(positive_int BENCH_REPLACE_RUNS "${BENCH_REPLACE_RUNS:-$d_replace_runs}")
+CLI_SIZE=$(to_bytes "${BENCH_CLI_SIZE:-$d_cli_size}")
+CLI_RUNS=$(positive_int BENCH_CLI_RUNS "${BENCH_CLI_RUNS:-$d_cli_runs}")
+CLI_PARTS=$(positive_int BENCH_CLI_PARTS "${BENCH_CLI_PARTS:-4}")
 S3_CONC=$(positive_int BENCH_S3_PARTS_IN_FLIGHT "${BENCH_S3_PARTS_IN_FLIGHT:-2}")
 SMALL_COUNT=$(positive_int BENCH_SMALL_COUNT "${BENCH_SMALL_COUNT:-$d_small_count}")
 SMALL_CLIENTS=$(positive_int BENCH_SMALL_CLIENTS "${BENCH_SMALL_CLIENTS:-16}")
@@ -217,6 +232,7 @@ WARMUP=${BENCH_WARMUP:-1}
 [[ $WARMUP == 0 || $WARMUP == 1 ]] || die "BENCH_WARMUP must be 0 or 1, not '$WARMUP'"
 TMP_PARENT=${BENCH_TMPDIR:-${TMPDIR:-/tmp}}
 ((SIZE > 0 && CONC_SIZE > 0 && S3_SIZE > 0)) || die "BENCH_SIZE, BENCH_CONC_SIZE and BENCH_S3_SIZE must be > 0"
+((CLI_SIZE >= 4096)) || die "BENCH_CLI_SIZE must be at least 4 KiB (each upload stamps its first 32 bytes)"
 ((REPLACE_SIZE >= 4096)) || die "BENCH_REPLACE_SIZE must be at least 4 KiB (each upload stamps its first 32 bytes)"
 ((SMALL_SIZE > 0 && GET_SIZE > 0)) || die "BENCH_SMALL_SIZE and BENCH_GET_SIZE must be > 0"
 ((RANGE_LEN > 0 && RANGE_FILE_SIZE >= RANGE_LEN)) || die "BENCH_RANGE_LEN must be > 0 and at most BENCH_RANGE_FILE_SIZE"
@@ -241,6 +257,7 @@ T_SMALL_N=0.8    # small PUTs, SMALL_CLIENTS clients: node / disk's durable rate
 T_SMALL_1=0.5    # small PUTs, 1 client: node / disk's serial durable rate
 T_RANGE=0.8      # random range GETs: node / nginx
 T_GET=1.0        # one whole GET: node / nginx (sendfile on)
+T_CLI_RATIO=0.9      # spillway upload / curl -T, MB/s
 KEEP_VERSIONS_DEFAULT=10 # the node's default keep_versions (the versions-on node runs with it)
 
 # S3: the node's max_dataset_size, and the multipart part size that follows
@@ -1098,6 +1115,101 @@ s3_section() {
 garage_version() { timeout 10 "$GARAGE_BIN" --version 2>/dev/null | head -n 1 | sed 's/^garage //; s/^cargo://; s/ *\[.*//' || true; }
 boto3_version() { "$VENV/bin/python" -c 'import boto3; print(boto3.__version__)' 2>/dev/null || echo '?'; }
 
+# ------------------------------------------------------------------ cli ----
+
+CLI_CURL_MBS=() CLI_SPW_MBS=() CLI_RATIO=()
+CLI_SEQ=0
+CLI_PORT=""
+
+cli_stamp() { # the next upload's bytes are new (see replace_stamp)
+    local stamp
+    CLI_SEQ=$((CLI_SEQ + 1))
+    printf -v stamp 'spillway-bench-cli-----%09d' "$CLI_SEQ" # 32 bytes
+    printf '%s' "$stamp" | dd of="$CLISRC" conv=notrunc,fsync status=none || die "cannot stamp $CLISRC"
+}
+
+cli_size_of() { # key -> the node's record size
+    curl -sS --max-time 30 "http://127.0.0.1:$CLI_PORT/datasets/$1" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["size"])'
+}
+
+cli_curl() { # run
+    local key="cli/curl-$1" code speed t
+    cli_stamp
+    put_file "http://127.0.0.1:$CLI_PORT/data/$key" "$CLISRC" "$(max_time_for "$CLI_SIZE")" "$TMPD/logs/cli-put"
+    read -r code speed t <"$TMPD/logs/cli-put"
+    [[ $code == 201 ]] || die "cli run $1 curl: HTTP $code, expected 201"
+    CLI_CURL_MBS+=("$(mbs "$CLI_SIZE" "$t")")
+    log "cli run $1 curl -T:          ${CLI_CURL_MBS[-1]} MB/s, ${t}s"
+}
+
+cli_spillway() { # run: the whole command, as a user runs it
+    local key="cli/spillway-$1" t0 t1 t pid rc=0 var
+    local -a unset_env=()
+    for var in $(compgen -e); do
+        if [[ $var == SPILLWAY_* ]]; then unset_env+=(-u "$var"); fi
+    done
+    cli_stamp
+    t0=$(now)
+    env "${unset_env[@]}" SPILLWAY_URL="http://127.0.0.1:$CLI_PORT" SPILLWAY_STATE_DIR="$TMPD/cli-state" \
+        SPILLWAY_CONFIG="$TMPD/no-client-config.toml" \
+        "$BIN" upload "$CLISRC" "$key" --quiet --parts "$CLI_PARTS" >"$TMPD/logs/cli-upload.out" 2>"$TMPD/logs/cli-upload.err" &
+    pid=$!
+    LIVE[$pid]="spillway upload"
+    wait "$pid" || rc=$?
+    unset "LIVE[$pid]"
+    t1=$(now)
+    ((rc == 0)) || die "cli run $1: spillway upload exit $rc: $(cat "$TMPD/logs/cli-upload.err")"
+    t=$(fsub "$t1" "$t0")
+    [[ $(cli_size_of "$key") == "$CLI_SIZE" ]] || die "cli run $1: the node's record of $key is not $CLI_SIZE bytes"
+    CLI_SPW_MBS+=("$(mbs "$CLI_SIZE" "$t")")
+    log "cli run $1 spillway upload:  ${CLI_SPW_MBS[-1]} MB/s, ${t}s (--parts $CLI_PARTS)"
+}
+
+cli_section() {
+    local i c
+    log "cli: $(numfmt --to=iec-i --suffix=B "$CLI_SIZE") file, $CLI_RUNS round(s), spillway upload --parts $CLI_PARTS vs curl -T"
+    start_node "$TMPD/node-cli" "$TMPD/logs/node-cli" 60 SPILLWAY_KEEP_VERSIONS=0
+    CLI_PORT=$NODE_PORT
+    if ((WARMUP)); then
+        log "warm-up: one uncounted upload each way"
+        cli_curl 0
+        cli_spillway 0
+        CLI_CURL_MBS=() CLI_SPW_MBS=()
+    fi
+    for ((i = 1; i <= CLI_RUNS; i++)); do
+        for c in $(if ((i % 2)); then echo curl spillway; else echo spillway curl; fi); do
+            "cli_$c" "$i"
+        done
+        CLI_RATIO+=("$(ratio "${CLI_SPW_MBS[-1]}" "${CLI_CURL_MBS[-1]}")")
+        for c in curl spillway; do
+            curl -sS --max-time 60 -o /dev/null -X DELETE "http://127.0.0.1:$CLI_PORT/datasets/cli/$c-$i?versions=all" ||
+                die "cannot delete cli/$c-$i"
+        done
+    done
+    if ((WARMUP)); then
+        for c in curl spillway; do
+            curl -sS --max-time 60 -o /dev/null -X DELETE "http://127.0.0.1:$CLI_PORT/datasets/cli/$c-0?versions=all" || true
+        done
+    fi
+    stop_node
+}
+
+report_cli() {
+    local spw curl r
+    spw=$(median "${CLI_SPW_MBS[@]}") curl=$(median "${CLI_CURL_MBS[@]}")
+    r=$(ratio "$spw" "$curl")
+    echo
+    echo "cli: $(numfmt --to=iec-i --suffix=B "$CLI_SIZE") file, medians of $CLI_RUNS round(s), order alternating per round"
+    row "metric" "spw upload" "curl -T" "ratio" "target" "result" "ranges (ratio)"
+    row "--------------------------------------------" "------------" "------------" "-------" "--------------------" "------" "--------------"
+    row "upload of one file, MB/s (--parts $CLI_PARTS)" "$spw" "$curl" "$r" ">= $T_CLI_RATIO x curl" "$(ok_ge "$r" "$T_CLI_RATIO")" \
+        "$(printf '%s\n' "${CLI_RATIO[@]}" | sort -g | sed -n '1p;$p' | paste -sd' ' | sed 's/ /../')"
+    echo "Notes (cli): the client's time is the whole command (process start, local blake3 of the file,"
+    echo "tus parts in parallel, the node's concatenation and commit); curl's is its transfer (-T, no"
+    echo "Expect: 100-continue). Both uploads are fsynced by the node before it answers."
+}
+
 # ---------------------------------------------------------------- report ---
 
 fmt3() { awk -v a="$1" 'BEGIN { printf "%.3f", a }'; }
@@ -1365,6 +1477,7 @@ report() {
         report_baseline
     fi
     if selected s3; then report_s3; fi
+    if selected cli; then report_cli; fi
 }
 
 # The single section's rows against dd and per GiB of CPU (issue 16).
@@ -1495,6 +1608,11 @@ main() {
         bodies=$((bodies + GET_SIZE))
         if ((servers * GET_SIZE > stored)); then stored=$((servers * GET_SIZE)); fi
     fi
+    if selected cli; then
+        # Two uploads a round, the parts and their concatenation in flight.
+        bodies=$((bodies + CLI_SIZE))
+        if ((4 * CLI_SIZE > stored)); then stored=$((4 * CLI_SIZE)); fi
+    fi
     need=$((bodies + stored + (512 << 20)))
     if selected list; then need=$((need + ROWS * 1024)); fi
     if selected list && baseline; then need=$((need + ROWS * 1024)); fi
@@ -1513,6 +1631,7 @@ main() {
     RSRC="$TMPD/replace.bin"
     RGSRC="$TMPD/ranges.bin"
     GSRC="$TMPD/get.bin"
+    CLISRC="$TMPD/cli.bin"
     local -a bodies_made=()
     if selected single; then bodies_made+=("$SRC:$SIZE"); fi
     if selected conc; then bodies_made+=("$CSRC:$CONC_SIZE"); fi
@@ -1520,6 +1639,7 @@ main() {
     if selected ranges; then bodies_made+=("$RGSRC:$RANGE_FILE_SIZE"); fi
     if selected get; then bodies_made+=("$GSRC:$GET_SIZE"); fi
     if selected s3; then bodies_made+=("$S3SRC:$S3_SIZE"); fi
+    if selected cli; then bodies_made+=("$CLISRC:$CLI_SIZE"); fi
     for i in "${bodies_made[@]}"; do
         log "generating $(numfmt --to=iec-i --suffix=B "${i##*:}") of random body (${i%:*})"
         head -c "${i##*:}" /dev/urandom >"${i%:*}"
@@ -1593,6 +1713,10 @@ main() {
     if selected s3; then
         s3_section
         rm -f -- "$S3SRC"
+    fi
+    if selected cli; then
+        cli_section
+        rm -f -- "$CLISRC"
     fi
     report
 }

@@ -5,8 +5,14 @@ use spillway::config::Settings;
 
 /// A storage node for datasets far bigger than RAM, over plain HTTP.
 ///
-/// Configuration comes from Rocket.toml and SPILLWAY_* environment variables
-/// (see the README); every subcommand reads the same settings.
+/// The node (serve, fsck, reindex, scrub) reads Rocket.toml and SPILLWAY_*
+/// environment variables (see the README). The client subcommands find the
+/// node by, in order: --url, SPILLWAY_URL, the profile (--profile,
+/// SPILLWAY_PROFILE, else `default`) of the client config file
+/// (SPILLWAY_CONFIG, else ~/.config/spillway/config.toml), the node
+/// settings of the working directory (Rocket.toml, SPILLWAY_ADDRESS,
+/// SPILLWAY_PORT), then http://127.0.0.1:8000; the token is --token, else
+/// SPILLWAY_TOKEN, else the profile's `token`.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
@@ -122,9 +128,24 @@ fn serve() -> ExitCode {
             Ok(rocket) => rocket,
             Err(message) => return fail(&format!("cannot start: {message}")),
         };
+        let figment = rocket.figment();
+        let address = figment.extract_inner::<std::net::IpAddr>("address").map_or("?".into(), |a| a.to_string());
+        let port = figment.extract_inner::<u16>("port").map_or("?".into(), |p| p.to_string());
         match rocket.launch().await {
             Ok(_) => ExitCode::SUCCESS,
-            Err(e) => fail(&e.to_string()),
+            // Rocket says "binding failed": name the address and the settings
+            // that choose it instead.
+            Err(e) => match e.kind() {
+                rocket::error::ErrorKind::Bind(io) if io.kind() == std::io::ErrorKind::AddrInUse => fail(&format!(
+                    "cannot listen on {address} port {port}: the port is in use; choose another with `port` in \
+                     Rocket.toml or SPILLWAY_PORT (0: any free port)"
+                )),
+                rocket::error::ErrorKind::Bind(io) => fail(&format!(
+                    "cannot listen on {address} port {port} ({io}); see `address` and `port` in Rocket.toml, or \
+                     SPILLWAY_ADDRESS and SPILLWAY_PORT"
+                )),
+                _ => fail(&e.to_string()),
+            },
         }
     })
 }

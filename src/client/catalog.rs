@@ -1,4 +1,5 @@
-//! `spillway ls`, `spillway rm` and `spillway url`.
+//! `spillway ls` and `spillway url`, and the listing of a prefix that
+//! `upload`, `get -r` and `rm -r` start from.
 
 use std::io::Write;
 
@@ -25,18 +26,6 @@ pub struct LsArgs {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct RmArgs {
-    /// The dataset's key.
-    pub key: String,
-    /// Remove every kept version as well (without it the versions stay,
-    /// restorable, until pruned).
-    #[arg(long)]
-    pub all_versions: bool,
-    #[command(flatten)]
-    pub connection: Connection,
-}
-
-#[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("method").required(true).args(["upload", "download"])))]
 pub struct UrlArgs {
     /// The dataset's key.
@@ -56,6 +45,9 @@ pub struct UrlArgs {
     /// A download URL for this version (see `spillway versions KEY`).
     #[arg(long, conflicts_with = "upload", value_parser = parse_version, value_name = "N")]
     pub version: Option<i64>,
+    /// Print `{url, method, expires_at}` as JSON.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub connection: Connection,
 }
@@ -69,7 +61,7 @@ pub async fn ls(args: LsArgs) -> Result<()> {
         query = format!("prefix={}&{query}", encode_query_value(prefix));
     }
     let first = node.url(&format!("/datasets?{query}"))?;
-    print_pages(&node, first, args.json, "catalog page", |out, value, first| {
+    let count = print_pages(&node, first, args.json, "catalog page", |out, value, first| {
         let record = Record::from_json(value)?;
         if first {
             writeln!(out, "{:>10}  {:<20}  {:<12}  KEY", "SIZE", "UPDATED", "BLAKE3")?;
@@ -78,7 +70,37 @@ pub async fn ls(args: LsArgs) -> Result<()> {
         writeln!(out, "{:>10}  {:<20}  {:<12}  {}", human_size(record.size), record.updated_at, short, record.key)?;
         Ok(())
     })
-    .await
+    .await?;
+    if count == 0 && !args.json {
+        match args.prefix.as_deref().filter(|p| !p.is_empty()) {
+            Some(prefix) => println!("no datasets below `{prefix}`"),
+            None => println!("no datasets"),
+        }
+    }
+    Ok(())
+}
+
+/// Every record whose key starts with `prefix` (all pages).
+pub async fn records_under(node: &Node, prefix: &str) -> Result<Vec<Record>> {
+    let mut query = "limit=10000".to_string();
+    if !prefix.is_empty() {
+        query = format!("prefix={}&{query}", encode_query_value(prefix));
+    }
+    let mut records = Vec::new();
+    let mut next = Some(node.url(&format!("/datasets?{query}"))?);
+    while let Some(url) = next.take() {
+        let response = node.send(node.request(Method::GET, url.clone())).await?;
+        next = next_link(&url, response.headers())?;
+        let page: serde_json::Value = response.json().await.map_err(|e| node.network_error(e))?;
+        let items = page.as_array().context("the node's catalog page is not a JSON array")?;
+        if items.is_empty() {
+            break;
+        }
+        for value in items {
+            records.push(Record::from_json(value)?);
+        }
+    }
+    Ok(records)
 }
 
 /// Every page from `first` on, following `Link: rel="next"`, streamed to
@@ -90,7 +112,7 @@ pub(super) async fn print_pages(
     json: bool,
     what: &str,
     mut table_row: impl FnMut(&mut dyn Write, &serde_json::Value, bool) -> Result<()>,
-) -> Result<()> {
+) -> Result<usize> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut count = 0usize;
@@ -118,7 +140,7 @@ pub(super) async fn print_pages(
         out.write_all(if count == 0 { b"[]\n" } else { b"\n]\n" })?;
     }
     out.flush()?;
-    Ok(())
+    Ok(count)
 }
 
 /// Highest version number the client accepts: the node's are `i64`, and
@@ -152,17 +174,6 @@ pub(super) fn next_link(page: &Url, headers: &HeaderMap) -> Result<Option<Url>> 
     Ok(None)
 }
 
-/// `rm KEY`: `DELETE /datasets/{key}` (`?versions=all` with `--all-versions`).
-pub async fn rm(args: RmArgs) -> Result<()> {
-    let node = Node::new(&args.connection)?;
-    let key = parse_key(&args.key)?;
-    let query = if args.all_versions { "?versions=all" } else { "" };
-    node.send(node.request(Method::DELETE, node.url(&format!("{}{query}", dataset_path(&key)))?))
-        .await
-        .with_context(|| format!("cannot delete `{key}`"))?;
-    Ok(())
-}
-
 /// `url KEY --upload|--download`: mints a signed URL and prints it absolute.
 pub async fn url(args: UrlArgs) -> Result<()> {
     let node = Node::new(&args.connection)?;
@@ -182,7 +193,14 @@ pub async fn url(args: UrlArgs) -> Result<()> {
     let response = node.send(node.request(Method::POST, endpoint.clone()).json(&body)).await?;
     let answer: serde_json::Value = response.json().await.map_err(|e| node.network_error(e))?;
     let url = answer["url"].as_str().context("the node's answer has no `url`")?;
-    println!("{}", Node::resolve(&endpoint, url)?);
+    let url = Node::resolve(&endpoint, url)?;
+    if args.json {
+        let method = answer["method"].as_str().unwrap_or(if args.upload { "PUT" } else { "GET" });
+        let report = serde_json::json!({"url": url.as_str(), "method": method, "expires_at": answer["expires_at"]});
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{url}");
+    }
     Ok(())
 }
 

@@ -44,8 +44,19 @@ pub struct GetArgs {
     pub force: bool,
     /// Download this version (see `spillway versions KEY`), also of a
     /// deleted dataset whose versions are kept.
-    #[arg(long, value_parser = parse_version, value_name = "N")]
+    #[arg(long, value_parser = parse_version, value_name = "N", conflicts_with = "recursive")]
     pub version: Option<i64>,
+    /// KEY is a prefix ending in `/`: download every dataset below it into
+    /// the directory OUT (default: the current one), paths relative to the
+    /// prefix; files that already hold the same bytes are skipped.
+    #[arg(short, long)]
+    pub recursive: bool,
+    /// Files fetched at once (with -r).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64), value_name = "N")]
+    pub parallel: u16,
+    /// Print a JSON report (key, path, size, blake3) instead of lines.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub transfer: Transfer,
     #[command(flatten)]
@@ -66,16 +77,41 @@ pub async fn run(args: GetArgs) -> Result<()> {
         Some(out) => Some(out.clone()),
         None => Some(PathBuf::from(&last_segment)),
     };
-    let quiet = args.transfer.quiet || out.is_none();
-    let mut fetch = Fetch {
-        node: &node,
-        key: &key,
-        version: args.version,
-        record: &record,
-        retries: args.transfer.retries,
-        quiet,
-        progress: None,
-    };
+    let options =
+        GetOptions { force: args.force, retries: args.transfer.retries, quiet: args.transfer.quiet || args.json };
+    let blake3 = fetch_one(&node, &key, &record, args.version, out.clone(), &options).await?;
+    if args.json {
+        let path = out.map_or_else(|| "-".to_string(), |p| p.display().to_string());
+        let report = serde_json::json!({
+            "key": key.as_str(), "path": path, "size": record.size, "blake3": blake3, "version": args.version,
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}
+
+/// How one download behaves.
+pub struct GetOptions {
+    /// Replace an existing file.
+    pub force: bool,
+    pub retries: u32,
+    /// No progress and no lines.
+    pub quiet: bool,
+}
+
+/// Downloads `record` (of `key`, or its `version`) to `out` (stdout when
+/// `None`), resuming its `.part` file; returns the blake3 of what was
+/// written, which it checked.
+pub async fn fetch_one(
+    node: &Node,
+    key: &Key,
+    record: &super::Record,
+    version: Option<i64>,
+    out: Option<PathBuf>,
+    options: &GetOptions,
+) -> Result<String> {
+    let quiet = options.quiet || out.is_none();
+    let mut fetch = Fetch { node, key, version, record, retries: options.retries, quiet, progress: None };
     let what = fetch.what();
     let Some(out) = out else {
         // Stdout: no `.part` file and no resume across runs; the fetch
@@ -83,9 +119,10 @@ pub async fn run(args: GetArgs) -> Result<()> {
         let stdout = std::io::stdout();
         let mut target = Target::Stdout(BufWriter::with_capacity(1 << 20, stdout.lock()));
         let blake3 = fetch.run(&mut target, 0, None, None).await?;
-        return fetch.check_version(&blake3);
+        fetch.check_version(&blake3)?;
+        return Ok(blake3);
     };
-    if out.exists() && !args.force {
+    if out.exists() && !options.force {
         anyhow::bail!("{} exists; pass --force to replace it", out.display());
     }
     let part = part_path(&out);
@@ -109,7 +146,7 @@ pub async fn run(args: GetArgs) -> Result<()> {
         Some(entry) if existing > 0 && entry.etag == record.blake3 => (existing, Some(entry.etag)),
         Some(_) if existing > 0 => {
             if !quiet {
-                match args.version {
+                match version {
                     Some(_) => eprintln!("get {what}: {} holds other bytes; starting over", part.display()),
                     None => {
                         eprintln!("get {key}: the dataset changed since {} was started; starting over", part.display())
@@ -172,7 +209,7 @@ pub async fn run(args: GetArgs) -> Result<()> {
             }
         }
     };
-    if let Err(e) = check(&blake3, &local, &key).and_then(|()| fetch.check_version(&blake3)) {
+    if let Err(e) = check(&blake3, &local, key).and_then(|()| fetch.check_version(&blake3)) {
         // The `.part` file is worthless: start over next time.
         let _ = std::fs::remove_file(&part);
         forget();
@@ -195,7 +232,7 @@ pub async fn run(args: GetArgs) -> Result<()> {
         // (A version's bytes never change: check_version refused that.)
         eprintln!("get {key}: the dataset was replaced while it was fetched; this is the newer version");
     }
-    Ok(())
+    Ok(blake3)
 }
 
 fn check(node: &str, local: &str, key: &Key) -> Result<()> {

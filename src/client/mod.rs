@@ -2,49 +2,61 @@
 //! `versions` and `restore`, subcommands of the same binary that talk HTTP
 //! to a running node.
 //!
-//! - [`upload`]: resumable uploads over tus 1.0.0 (chunked, retried, resumed
-//!   after a crash of the client from a small [`state`] file, verified with
-//!   blake3);
+//! - [`upload`]: one file, several, or a tree (skipping what the node holds,
+//!   several at once); resumable uploads over tus 1.0.0 (chunked, retried,
+//!   resumed after a crash of the client from a small [`state`] file,
+//!   verified with blake3), big files in parallel parts;
 //! - [`download`]: streamed downloads, resumed with `Range` + `If-Range`,
 //!   verified with blake3 (the current bytes, or a version's);
-//! - [`catalog`]: `ls` (following `Link` pagination), `rm` and `url`;
+//! - [`get_tree`]: `get -r`, every dataset below a prefix;
+//! - [`catalog`]: `ls` (following `Link` pagination) and `url`;
+//! - [`remove`]: `rm`, of a key or (confirmed) of a prefix;
+//! - [`config`]: which node, and which token (flags, environment, the
+//!   client config file, the working directory's node settings);
 //! - [`versions`]: `versions` (a key's versions, paged the same way) and
 //!   `restore`;
 //! - [`progress`]: an indicatif bar on a terminal, quiet lines otherwise.
 //!
 //! Errors are `anyhow` chains; [`run`] prints one line, `spillway: ...`, and
 //! exits non-zero. Answers of the node that are errors become [`ApiError`],
-//! which carries the status and the problem detail's `code` and `detail`.
+//! which carries the status and the problem detail's `code` and `detail`
+//! (both in `error.rs`, with [`NetworkError`]).
 
 pub mod catalog;
+pub mod config;
 pub mod download;
+mod error;
+pub mod get_tree;
 pub mod progress;
+pub mod remove;
 pub mod state;
 pub mod upload;
 pub mod versions;
 
-use std::fmt;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
+use reqwest::{Method, RequestBuilder, Response, Url};
+
+pub use error::{is_connect_error, is_network_error, ApiError, NetworkError};
 
 use crate::key::{encode_path, Key};
 
 /// The client's subcommands (flattened into the binary's own).
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Upload a file as a dataset (resumable, verified with blake3).
+    /// Upload files as datasets: one, several into a prefix, or a tree with
+    /// -r (resumable, verified with blake3; same bytes are skipped).
     Upload(upload::UploadArgs),
-    /// Download a dataset (or one of its versions) to a file (resumable,
-    /// verified with blake3).
+    /// Download a dataset (or one of its versions), or with -r every dataset
+    /// below a prefix (resumable, verified with blake3).
     Get(download::GetArgs),
     /// List datasets, as a table or as JSON.
     Ls(catalog::LsArgs),
-    /// Delete a dataset (needs an `admin` token); its versions stay unless
-    /// `--all-versions`.
-    Rm(catalog::RmArgs),
+    /// Delete a dataset, or with -r every dataset below a prefix (needs an
+    /// `admin` token); versions stay unless `--all-versions`.
+    Rm(remove::RmArgs),
     /// Print a signed URL that works without a token.
     Url(catalog::UrlArgs),
     /// List a dataset's versions, newest first, as a table or as JSON.
@@ -53,15 +65,26 @@ pub enum Command {
     Restore(versions::RestoreArgs),
 }
 
-/// Where the node is and how to prove who we are.
+/// Where the node is and how to prove who we are (the order is in
+/// [`config`]).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Connection {
-    /// The node's base URL.
-    #[arg(long = "url", env = "SPILLWAY_URL", default_value = "http://127.0.0.1:8000", value_name = "URL")]
-    pub url: String,
-    /// Bearer token (scopes `read`, `write` or `admin`).
+    /// The node's URL (`http://host:port`, or `host:port`). Else, in order:
+    /// SPILLWAY_URL, the profile's `url` in the client config file, the node
+    /// settings of the working directory (Rocket.toml, SPILLWAY_ADDRESS,
+    /// SPILLWAY_PORT), http://127.0.0.1:8000.
+    #[arg(long = "url", env = "SPILLWAY_URL", value_name = "URL")]
+    pub url: Option<String>,
+    /// Bearer token (scopes `read`, `write` or `admin`). Else SPILLWAY_TOKEN,
+    /// else the profile's `token`.
     #[arg(long, env = "SPILLWAY_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     pub token: Option<String>,
+    /// Profile of the client config file ($SPILLWAY_CONFIG, else
+    /// $XDG_CONFIG_HOME/spillway/config.toml, else
+    /// ~/.config/spillway/config.toml): a `[NAME]` table with `url` and
+    /// `token`.
+    #[arg(long, env = "SPILLWAY_PROFILE", value_name = "NAME")]
+    pub profile: Option<String>,
 }
 
 /// How a transfer (upload or download) behaves.
@@ -85,9 +108,10 @@ pub fn run(command: Command) -> ExitCode {
     let result = runtime.block_on(async move {
         match command {
             Command::Upload(args) => upload::run(args).await,
+            Command::Get(args) if args.recursive => get_tree::run(args).await,
             Command::Get(args) => download::run(args).await,
             Command::Ls(args) => catalog::ls(args).await,
-            Command::Rm(args) => catalog::rm(args).await,
+            Command::Rm(args) => remove::rm(args).await,
             Command::Url(args) => catalog::url(args).await,
             Command::Versions(args) => versions::versions(args).await,
             Command::Restore(args) => versions::restore(args).await,
@@ -117,120 +141,12 @@ pub fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// An answer of the node that is an error: the status and, when the body is
-/// an RFC 9457 problem detail, its `code` and `detail`.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: Option<String>,
-    pub detail: Option<String>,
-    /// Whether the request carried a token (for the 401 message).
-    pub had_token: bool,
-    /// `Retry-After`, in seconds, when the node sent one.
-    pub retry_after: Option<u64>,
-    /// `Upload-Offset` (tus: the offset the node is really at).
-    pub upload_offset: Option<u64>,
-}
-
-impl ApiError {
-    /// Reads an error answer, body included (bounded).
-    pub async fn from_response(response: Response, had_token: bool) -> ApiError {
-        let status = response.status();
-        let header_number =
-            |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
-        let retry_after = header_number("retry-after");
-        let upload_offset = header_number("upload-offset");
-        let body = read_bounded(response, 64 * 1024).await.unwrap_or_default();
-        let problem: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
-        let field = |name: &str| problem.as_ref().and_then(|p| p[name].as_str()).map(one_line);
-        let detail = field("detail").or_else(|| field("title")).or_else(|| {
-            // Not problem+json (a proxy's page, say): a short plain body.
-            let text = one_line(&String::from_utf8_lossy(&body));
-            (!text.is_empty() && text.len() <= 200 && !text.starts_with('<')).then_some(text)
-        });
-        ApiError { status, code: field("code"), detail, had_token, retry_after, upload_offset }
-    }
-
-    pub fn is(&self, status: u16) -> bool {
-        self.status.as_u16() == status
-    }
-
-    pub fn code_is(&self, code: &str) -> bool {
-        self.code.as_deref() == Some(code)
-    }
-}
-
-impl fmt::Display for ApiError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let status = self.status.as_u16();
-        let detail = self.detail.as_deref().unwrap_or_else(|| self.status.canonical_reason().unwrap_or("error"));
-        match status {
-            401 if self.had_token => write!(f, "the node refused the token (401): {detail}"),
-            401 => write!(f, "the node wants a token (401): {detail}; pass --token or set SPILLWAY_TOKEN"),
-            403 => write!(f, "the token is not allowed to do this (403): {detail}"),
-            _ => match &self.code {
-                Some(code) => write!(f, "{detail} ({status} {code})"),
-                None => write!(f, "{detail} ({status})"),
-            },
-        }
-    }
-}
-
-impl std::error::Error for ApiError {}
-
-/// Reads at most `limit` bytes of a body (error bodies are small; a
-/// misbehaving server's are not read whole).
-async fn read_bounded(mut response: Response, limit: usize) -> Result<Vec<u8>> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        let room = limit - body.len();
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() >= limit {
-            break;
-        }
-    }
-    Ok(body)
-}
-
-/// A request that failed on the way (connect, timeout, broken connection):
-/// worth retrying. Its message already names the innermost cause.
-#[derive(Debug)]
-pub struct NetworkError {
-    message: String,
-    source: reqwest::Error,
-}
-
-impl NetworkError {
-    /// The underlying HTTP client error.
-    pub fn reqwest(&self) -> &reqwest::Error {
-        &self.source
-    }
-}
-
-impl fmt::Display for NetworkError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-// No `source()`: the message says it all, on one line.
-impl std::error::Error for NetworkError {}
-
-/// Whether an error is a failure to connect at all (the node is down, or
-/// the URL is wrong).
-pub fn is_connect_error(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| cause.downcast_ref::<NetworkError>().is_some_and(|n| n.source.is_connect()))
-}
-
-/// Whether an error is (or was caused by) a network failure.
-pub fn is_network_error(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| cause.is::<NetworkError>() || cause.is::<reqwest::Error>())
-}
-
 /// A node to talk to: its base URL, the token, and one HTTP client.
 pub struct Node {
     /// The base URL without a trailing slash.
     base: String,
+    /// Where the URL came from (see [`config`]), for a failure to connect.
+    source: String,
     token: Option<String>,
     http: reqwest::Client,
 }
@@ -243,10 +159,10 @@ const READ_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl Node {
     pub fn new(connection: &Connection) -> Result<Node> {
-        let base = connection.url.trim().trim_end_matches('/').to_string();
-        let parsed = Url::parse(&base).with_context(|| format!("`{base}` is not a URL (--url / SPILLWAY_URL)"))?;
+        let config::Resolved { url: base, token, source } = config::resolve(connection)?;
+        let parsed = Url::parse(&base).with_context(|| format!("`{base}` is not a URL (from {source})"))?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            anyhow::bail!("`{base}` is not an http:// URL (--url / SPILLWAY_URL)");
+            anyhow::bail!("`{base}` is not an http:// URL (from {source})");
         }
         let http = reqwest::Client::builder()
             .user_agent(concat!("spillway/", env!("CARGO_PKG_VERSION")))
@@ -254,8 +170,7 @@ impl Node {
             .read_timeout(READ_TIMEOUT)
             .build()
             .context("cannot set up the HTTP client")?;
-        let token = connection.token.clone().filter(|t| !t.trim().is_empty());
-        Ok(Node { base, token, http })
+        Ok(Node { base, source, token, http })
     }
 
     /// The node's base URL, as given (no trailing slash).
@@ -317,7 +232,22 @@ impl Node {
             source = cause.source();
         }
         let cause = causes.last().cloned().unwrap_or_else(|| e.to_string());
-        NetworkError { message: format!("{what} at {} ({cause})", self.base), source: e }.into()
+        let message = if self.base.starts_with("https:") && causes.iter().any(|c| speaks_plain_http(c)) {
+            format!(
+                "the node at {} speaks plain HTTP, not HTTPS: use an http:// URL (--url or SPILLWAY_URL; this one \
+                 came from {})",
+                self.base, self.source
+            )
+        } else if e.is_connect() {
+            format!(
+                "{what} at {} ({cause}); is it running there? Give its URL with --url or SPILLWAY_URL (this one \
+                 came from {})",
+                self.base, self.source
+            )
+        } else {
+            format!("{what} at {} ({cause})", self.base)
+        };
+        NetworkError::new(message, e).into()
     }
 
     /// `GET /datasets/{key}`: the record.
@@ -326,6 +256,14 @@ impl Node {
         let value: serde_json::Value = response.json().await.map_err(|e| self.network_error(e))?;
         Record::from_json(&value)
     }
+}
+
+/// Whether a TLS failure's text says the peer answered in plain HTTP.
+fn speaks_plain_http(cause: &str) -> bool {
+    let cause = cause.to_ascii_lowercase();
+    ["corrupt message", "invalidcontenttype", "invalid content type", "wrong version number", "http request"]
+        .iter()
+        .any(|sign| cause.contains(sign))
 }
 
 /// `/datasets/{key}`, percent-encoded.
@@ -438,7 +376,7 @@ mod tests {
     #[test]
     fn error_lines() {
         let e = ApiError {
-            status: StatusCode::UNAUTHORIZED,
+            status: reqwest::StatusCode::UNAUTHORIZED,
             code: Some("unauthorized".into()),
             detail: Some("unknown token".into()),
             had_token: true,

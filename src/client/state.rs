@@ -39,6 +39,10 @@ use serde::{Deserialize, Serialize};
 
 const FILE_NAME: &str = "uploads.json";
 const VERSION: u32 = 1;
+/// Changes made by the tasks of one process (`upload --parallel`) go one at
+/// a time, so that none undoes another's (between processes, see above).
+static CHANGES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Entries older than this (seconds) are dropped when the file is written.
 pub const MAX_AGE: u64 = 30 * 24 * 60 * 60;
 
@@ -67,11 +71,16 @@ pub struct UploadEntry {
     pub upload_url: String,
     /// Unix seconds.
     pub created_at: u64,
+    /// A part of the file sent as a tus partial upload: `I/N` (absent for
+    /// a whole file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<String>,
 }
 
 impl UploadEntry {
     fn same_upload(&self, other: &UploadEntry) -> bool {
-        self.path == other.path
+        self.part == other.part
+            && self.path == other.path
             && self.size == other.size
             && self.mtime_ns == other.mtime_ns
             && self.server == other.server
@@ -155,6 +164,7 @@ impl StateFile {
 
     /// Remembers an upload (replacing any entry for the same file, node and key).
     pub fn remember_upload(&self, entry: &UploadEntry) -> Result<()> {
+        let _one_at_a_time = CHANGES.lock().unwrap_or_else(|e| e.into_inner());
         let mut contents = self.load()?;
         contents.uploads.retain(|e| !e.same_upload(entry));
         contents.uploads.push(entry.clone());
@@ -163,6 +173,7 @@ impl StateFile {
 
     /// Forgets the upload for this file, node and key.
     pub fn forget_upload(&self, entry: &UploadEntry) -> Result<()> {
+        let _one_at_a_time = CHANGES.lock().unwrap_or_else(|e| e.into_inner());
         let mut contents = self.load()?;
         let before = contents.uploads.len();
         contents.uploads.retain(|e| !e.same_upload(entry));
@@ -179,6 +190,7 @@ impl StateFile {
 
     /// Remembers a download (one entry per `.part` file).
     pub fn remember_download(&self, entry: &DownloadEntry) -> Result<()> {
+        let _one_at_a_time = CHANGES.lock().unwrap_or_else(|e| e.into_inner());
         let mut contents = self.load()?;
         contents.downloads.retain(|e| e.part != entry.part);
         contents.downloads.push(entry.clone());
@@ -187,6 +199,7 @@ impl StateFile {
 
     /// Forgets the download into this `.part` file.
     pub fn forget_download(&self, part: &str) -> Result<()> {
+        let _one_at_a_time = CHANGES.lock().unwrap_or_else(|e| e.into_inner());
         let mut contents = self.load()?;
         let before = contents.downloads.len();
         contents.downloads.retain(|e| e.part != part);
@@ -220,6 +233,7 @@ mod tests {
             key: "k".into(),
             upload_url: url.into(),
             created_at: unix_now(),
+            part: None,
         }
     }
 

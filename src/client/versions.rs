@@ -120,7 +120,8 @@ pub async fn versions(args: VersionsArgs) -> Result<()> {
         )?;
         Ok(())
     })
-    .await
+    .await?;
+    Ok(())
 }
 
 /// `restore KEY N`: `POST /datasets/{key}/action/restore`, then one line

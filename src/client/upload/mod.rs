@@ -1,4 +1,9 @@
-//! `spillway upload FILE [KEY]`: a resumable upload over tus 1.0.0.
+//! `spillway upload FILE [KEY]`, `upload PATH... DEST/`, `upload -r DIR
+//! DEST/`, `upload - KEY`. Which files go to which keys is decided first
+//! ([`plan`]); a run over them ([`batch`]) skips what the node already
+//! holds and sends the rest, `--parallel` at once: a file of one chunk or
+//! less in one `PUT` ([`put`], as is standard input), a bigger one as a
+//! resumable upload over tus 1.0.0 ([`resumable`]):
 //!
 //! 1. The upload URL of an unfinished upload of the same file (canonical
 //!    path, size, mtime), node and key is looked up in the [state
@@ -16,29 +21,24 @@
 //! 4. The last `PATCH` answers with `ETag: "<blake3>"` of the committed
 //!    dataset; it must equal the local blake3, or the command fails.
 //!
-//! Here: the command and the state machine that drives the upload through
-//! those steps. The requests and what their answers say are in [`tus`]; the
+//! A file of 64 MiB or more goes as `--parts` tus partial uploads at once,
+//! concatenated on the node ([`parts`]). The state machine that drives a
+//! resumable upload (or part) through those steps is in [`resumable`]; the requests and what their answers say in [`tus`]; the
 //! chunks read from the file and its hash in [`file`].
 
-use std::fs::File;
-use std::path::PathBuf;
+use anyhow::Result;
 
-use anyhow::{Context, Result};
-use bytes::Bytes;
-use reqwest::Url;
+use super::{human_size, is_network_error, parse_key, parse_size, ApiError, Connection, Node, Transfer};
 
-use super::progress::Progress;
-use super::state::{mtime_ns, unix_now, StateFile, UploadEntry};
-use super::{
-    backoff, human_size, is_connect_error, is_network_error, parse_key, parse_size, ApiError, Connection, Node,
-    Transfer,
-};
-
+mod batch;
 mod file;
+mod parts;
+mod plan;
+mod put;
+mod resumable;
 mod tus;
 
-use file::{read_chunk, PrefixHasher};
-use tus::TusInfo;
+use put::{Put, PutRequest};
 
 /// Chunk sizes outside this range are refused (a chunk is held in memory).
 const MIN_CHUNK: u64 = 1024;
@@ -46,20 +46,42 @@ const MAX_CHUNK: u64 = 1024 * 1024 * 1024;
 
 #[derive(Debug, clap::Args)]
 pub struct UploadArgs {
-    /// The file to upload.
-    pub file: PathBuf,
-    /// The dataset's key, e.g. `sales/2024/q1.csv` (default: the file's name).
-    pub key: Option<String>,
+    /// The files, then where they go: `FILE [KEY]` (KEY defaults to the
+    /// file's name), `PATH... DEST/` (each file as DEST/NAME), `-r DIR
+    /// DEST/` (keys relative to DIR), or `- KEY` (standard input).
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<String>,
+    /// Upload every file below each DIR (symbolic links only to files
+    /// inside DIR; others are skipped and named).
+    #[arg(short, long)]
+    pub recursive: bool,
+    /// Files sent at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64), value_name = "N")]
+    pub parallel: u16,
+    /// A file of 64 MiB or more goes as up to N tus parts sent at once
+    /// (each at least 32 MiB), joined on the node (1: one upload).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64), value_name = "N")]
+    pub parts: u16,
+    /// Never replace a dataset: a key that is taken is skipped
+    /// (`If-None-Match: *`).
+    #[arg(long)]
+    pub no_clobber: bool,
+    /// Print a JSON report (each file's outcome, key, size, blake3, and the
+    /// totals) instead of lines.
+    #[arg(long)]
+    pub json: bool,
     /// Display name of the dataset.
     #[arg(long)]
     pub name: Option<String>,
     /// Description of the dataset.
     #[arg(long)]
     pub description: Option<String>,
-    /// Content type to store with the dataset (tus `filetype`).
+    /// Content type to store with the dataset (default: guessed from the
+    /// key's extension).
     #[arg(long, value_name = "TYPE")]
     pub content_type: Option<String>,
     /// Bytes per PATCH request (plain bytes or e.g. `8 MiB`); held in memory.
+    /// Files this small or smaller go in one PUT.
     #[arg(long, default_value = "8 MiB", value_parser = parse_chunk_size, value_name = "SIZE")]
     pub chunk_size: u64,
     #[command(flatten)]
@@ -76,311 +98,52 @@ fn parse_chunk_size(raw: &str) -> Result<u64, String> {
     Ok(size)
 }
 
-/// What to do after a failed request.
-enum Recovery {
-    /// Wait, ask the node for the offset, go on.
-    Retry { after: Option<u64> },
-    /// The node no longer knows the upload: create a new one.
-    Restart,
-    /// Give up with this error.
-    Fatal,
-}
-
-/// A PATCH that was answered but moved the offset not at all.
-#[derive(Debug, thiserror::Error)]
-#[error("the node took none of the chunk at offset {0}")]
-struct NoProgress(u64);
-
-fn recovery(e: &anyhow::Error) -> Recovery {
-    if e.is::<NoProgress>() {
-        return Recovery::Retry { after: None };
-    }
-    if let Some(api) = e.downcast_ref::<ApiError>() {
-        return match api.status.as_u16() {
-            404 | 410 => Recovery::Restart,
-            // An offset mismatch is retried (after a HEAD); a key conflict
-            // or a digest mismatch at the commit is final.
-            409 if api.code.is_none() || api.code_is("offset-mismatch") => Recovery::Retry { after: None },
-            408 | 423 | 429 | 460 | 500 | 502 | 503 | 504 => Recovery::Retry { after: api.retry_after },
-            _ => Recovery::Fatal,
-        };
-    }
-    if is_network_error(e) {
-        return Recovery::Retry { after: None };
-    }
-    Recovery::Fatal
-}
-
-/// One upload in progress.
-struct Upload<'a> {
-    node: &'a Node,
-    args: &'a UploadArgs,
-    key: String,
-    size: u64,
-    state: Option<StateFile>,
-    entry: UploadEntry,
-    progress: Progress,
-}
-
 pub async fn run(args: UploadArgs) -> Result<()> {
+    if args.paths.first().is_some_and(|p| p == "-") {
+        return from_stdin(args).await;
+    }
+    // Every refusal (a glob's second file taken for a key, say) comes
+    // before the first request.
+    let plan = plan::plan(&args.paths, args.recursive)?;
     let node = Node::new(&args.connection)?;
-    let path = std::fs::canonicalize(&args.file).with_context(|| format!("cannot open {}", args.file.display()))?;
-    let mut file = File::open(&path).with_context(|| format!("cannot open {}", args.file.display()))?;
-    let metadata = file.metadata().with_context(|| format!("cannot read {}", args.file.display()))?;
-    if !metadata.is_file() {
-        anyhow::bail!("{} is not a regular file", args.file.display());
-    }
-    let key = match &args.key {
-        // `spillway upload dir/*.csv` with two matches puts the second
-        // file where KEY goes: its bytes would be stored under that name.
-        Some(key) if std::fs::symlink_metadata(key).is_ok() => anyhow::bail!(
-            "the KEY `{key}` names a local file: upload one file at a time (`spillway upload FILE [KEY]`), \
-             and leave KEY out to use the file's name"
-        ),
-        Some(key) => key.clone(),
-        None => path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .with_context(|| format!("{} has no UTF-8 file name; give a KEY", args.file.display()))?
-            .to_string(),
-    };
-    let key = parse_key(&key)?.to_string();
-    let size = metadata.len();
-    let mtime = mtime_ns(metadata.modified().context("the file has no modification time")?);
-    let state = match StateFile::locate() {
-        Ok(state) => Some(state),
-        Err(e) => {
-            eprintln!("spillway: warning: {e:#}; this upload cannot resume after a crash");
-            None
-        }
-    };
-    let entry = UploadEntry {
-        path: path.to_string_lossy().into_owned(),
-        size,
-        mtime_ns: mtime,
-        server: node.base().to_string(),
-        key: key.clone(),
-        upload_url: String::new(),
-        created_at: unix_now(),
-    };
-    let progress = Progress::new(&format!("upload {key}"), size, 0, args.transfer.quiet);
-    let mut upload = Upload { node: &node, args: &args, key, size, state, entry, progress };
-    let result = upload.run(&mut file).await;
-    if result.is_err() {
-        upload.progress.abandon();
-    }
-    let (blake3, local) = result?;
+    batch::run(&node, &args, plan).await
+}
 
-    // The file must not have changed under us (the hash covers what was
-    // read, but a resumed prefix came from an earlier run).
-    let now = std::fs::metadata(&path).context("the file went away during the upload")?;
-    if now.len() != size || mtime_ns(now.modified()?) != mtime {
-        anyhow::bail!(
-            "{} changed while it was being uploaded; the node stored what was read (blake3 {blake3})",
-            args.file.display()
-        );
+/// Failures a request is sent again for (after a wait).
+fn worth_retrying(e: &anyhow::Error) -> bool {
+    match e.downcast_ref::<ApiError>() {
+        Some(api) => matches!(api.status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504),
+        None => is_network_error(e),
     }
-    if blake3 != local {
-        anyhow::bail!("blake3 mismatch: the node stored {blake3} at `{}`, the file hashes to {local}", upload.key);
-    }
-    upload.progress.finish();
-    if !args.transfer.quiet {
-        println!("uploaded {} as {} ({}, blake3 {})", args.file.display(), upload.key, human_size(size), blake3);
+}
+
+/// `upload - KEY`: standard input, streamed in one PUT (nothing to resume).
+async fn from_stdin(args: UploadArgs) -> Result<()> {
+    let key = match args.paths.as_slice() {
+        [_, key] if !key.ends_with('/') => parse_key(key)?,
+        _ => anyhow::bail!("standard input needs one KEY: `spillway upload - KEY`"),
+    };
+    let node = Node::new(&args.connection)?;
+    let content_type = args.content_type.clone().or_else(|| batch::guess_content_type(key.as_str()));
+    let request =
+        PutRequest { node: &node, key: &key, content_type: content_type.as_deref(), no_clobber: args.no_clobber };
+    let (put, size, blake3) = request.stdin().await?;
+    let outcome = match put {
+        Put::Created => "created",
+        Put::Replaced => "replaced",
+        Put::Exists => "skipped-exists",
+    };
+    if args.json {
+        let report =
+            serde_json::json!({"path": "-", "key": key.as_str(), "outcome": outcome, "size": size, "blake3": blake3});
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if !args.transfer.quiet {
+        match put {
+            Put::Exists => println!("skipped standard input: {key} exists (--no-clobber)"),
+            _ => println!("uploaded standard input as {key} ({}, blake3 {blake3})", human_size(size)),
+        }
     }
     Ok(())
-}
-
-/// The next step of the upload's state machine.
-enum Step {
-    /// Create a new upload on the node.
-    Create,
-    /// Ask the node where the upload is (`HEAD`).
-    Sync,
-    /// Send the next chunk.
-    Send,
-}
-
-impl Upload<'_> {
-    /// Runs the upload to its end; returns the node's blake3 and the local one.
-    async fn run(&mut self, file: &mut File) -> Result<(String, String)> {
-        let mut hasher = PrefixHasher::new();
-        let mut upload_url: Option<Url> = self.remembered();
-        let mut step = if upload_url.is_some() { Step::Sync } else { Step::Create };
-        let mut offset = 0u64;
-        let mut etag: Option<String> = None;
-        let mut failures = 0u32;
-        // Whether an empty PATCH at the end was answered (see `Step::Send`).
-        let mut probed_end = false;
-        let mut chunk = Bytes::new();
-        let mut chunk_start = 0u64;
-        let mut resumed_noted = false;
-        // Whether a request of this run has succeeded.
-        let mut contacted = false;
-
-        while etag.is_none() {
-            let attempt: Result<()> = match step {
-                Step::Create => self.create().await.map(|(url, info)| {
-                    upload_url = Some(url);
-                    offset = info.offset;
-                    etag = info.etag;
-                    step = Step::Send;
-                }),
-                Step::Sync => {
-                    let url = upload_url.as_ref().expect("an upload to sync");
-                    match tus::head(self.node, url).await {
-                        Ok(info) if info.length.is_some_and(|l| l != self.size) => {
-                            // Not an upload of this file (any more).
-                            self.forget();
-                            step = Step::Create;
-                            continue;
-                        }
-                        Ok(info) => {
-                            if !resumed_noted && info.offset > 0 && info.offset < self.size {
-                                resumed_noted = true;
-                                self.progress.note(&format!(
-                                    "upload {}: resuming at {} of {} ({url})",
-                                    self.key,
-                                    human_size(info.offset),
-                                    human_size(self.size)
-                                ));
-                                self.progress.resume_at(info.offset);
-                            }
-                            offset = info.offset;
-                            etag = info.etag;
-                            step = Step::Send;
-                            Ok(())
-                        }
-                        Err(e) => Err(e),
-                    }
-                }
-                Step::Send if offset >= self.size && probed_end => {
-                    // Every byte is in but the node names no dataset (it
-                    // was replaced or removed since): ask the catalog.
-                    break;
-                }
-                Step::Send => {
-                    let url = upload_url.as_ref().expect("an upload to send to");
-                    // At the end, an empty PATCH learns the outcome: it
-                    // commits an empty (or fully received, uncommitted)
-                    // upload, and a completed one answers with its ETag.
-                    let end = self.size.min(offset + self.args.chunk_size);
-                    if chunk_start != offset || chunk.len() as u64 != end - offset {
-                        chunk = read_chunk(file, offset, end)?;
-                        chunk_start = offset;
-                    }
-                    match tus::patch(self.node, url, offset, chunk.clone(), &self.progress).await {
-                        Ok(info) if info.offset <= offset && info.etag.is_none() && !chunk.is_empty() => {
-                            Err(NoProgress(offset).into())
-                        }
-                        Ok(info) => {
-                            failures = 0;
-                            probed_end |= chunk.is_empty();
-                            offset = info.offset;
-                            etag = info.etag;
-                            Ok(())
-                        }
-                        Err(e) => Err(e),
-                    }
-                }
-            };
-            hasher.advance(file, offset.min(self.size), chunk_start, &chunk)?;
-            self.progress.set(offset);
-            let Err(e) = attempt else {
-                contacted = true;
-                continue;
-            };
-            let wait = match (recovery(&e), &step) {
-                // The node was never reached in this run: say so at once
-                // rather than after a minute of retries.
-                _ if !contacted && is_connect_error(&e) => return Err(e),
-                (Recovery::Fatal, _) | (Recovery::Restart, Step::Create) => {
-                    return Err(e.context(format!("upload of {} failed", self.args.file.display())));
-                }
-                (Recovery::Restart, Step::Sync) => {
-                    self.forget();
-                    self.progress
-                        .note(&format!("upload {}: the node no longer knows the upload; starting over", self.key));
-                    step = Step::Create;
-                    offset = 0;
-                    None
-                }
-                // A PATCH that found no upload: a HEAD confirms (a PATCH
-                // that raced a committing one may see it gone).
-                (Recovery::Restart, Step::Send) => {
-                    step = Step::Sync;
-                    None
-                }
-                (Recovery::Retry { after }, Step::Create) => after,
-                (Recovery::Retry { after }, _) => {
-                    step = Step::Sync;
-                    after
-                }
-            };
-            failures += 1;
-            if failures > self.args.transfer.retries {
-                return Err(e.context(format!("giving up after {failures} failed attempts")));
-            }
-            let wait = wait.map_or_else(|| backoff(failures), |s| std::time::Duration::from_secs(s.min(60)));
-            self.progress.note(&format!(
-                "upload {}: {}; retrying in {:.1} s ({failures} of {})",
-                self.key,
-                super::one_line(&format!("{e:#}")),
-                wait.as_secs_f64(),
-                self.args.transfer.retries
-            ));
-            tokio::time::sleep(wait).await;
-        }
-
-        hasher.advance(file, self.size, chunk_start, &chunk)?;
-        let local = hasher.finalize().to_hex().to_string();
-        // The upload is over on the node's side, whatever we find now.
-        self.forget();
-        let blake3 = match etag {
-            Some(etag) => etag,
-            None => self.node.record(&parse_key(&self.key)?).await?.blake3,
-        };
-        Ok((blake3, local))
-    }
-
-    /// The remembered upload URL for this file, node and key.
-    fn remembered(&self) -> Option<Url> {
-        let state = self.state.as_ref()?;
-        match state.find_upload(&self.entry) {
-            Ok(found) => found.and_then(|e| Url::parse(&e.upload_url).ok()),
-            Err(e) => {
-                eprintln!("spillway: warning: {e:#}");
-                None
-            }
-        }
-    }
-
-    fn remember(&self, url: &Url) {
-        if let Some(state) = &self.state {
-            let entry = UploadEntry { upload_url: url.to_string(), created_at: unix_now(), ..self.entry.clone() };
-            if let Err(e) = state.remember_upload(&entry) {
-                self.progress.note(&format!("spillway: warning: {e:#}; this upload cannot resume after a crash"));
-            }
-        }
-    }
-
-    fn forget(&self) {
-        if let Some(state) = &self.state {
-            if let Err(e) = state.forget_upload(&self.entry) {
-                self.progress.note(&format!("spillway: warning: {e:#}"));
-            }
-        }
-    }
-
-    /// `POST /uploads`: a new upload; its URL is remembered at once.
-    async fn create(&self) -> Result<(Url, TusInfo)> {
-        let mut metadata = vec![("key", self.key.as_str())];
-        let optional =
-            [("name", &self.args.name), ("description", &self.args.description), ("filetype", &self.args.content_type)];
-        metadata.extend(optional.iter().filter_map(|(k, v)| v.as_deref().map(|v| (*k, v))));
-        let (url, info) = tus::create(self.node, self.size, &metadata).await?;
-        self.remember(&url);
-        Ok((url, info))
-    }
 }
 
 #[cfg(test)]

@@ -50,15 +50,26 @@ impl TusInfo {
     }
 }
 
-/// `POST /uploads`: a new upload of `size` bytes; its URL and state.
-pub async fn create(node: &Node, size: u64, metadata: &[(&str, &str)]) -> Result<(Url, TusInfo)> {
+/// `POST /uploads`: a new upload of `size` bytes (none for a final
+/// concatenation, which names its parts in `concat`); its URL and state.
+pub async fn create(
+    node: &Node,
+    size: Option<u64>,
+    metadata: &[(&str, &str)],
+    concat: Option<&str>,
+) -> Result<(Url, TusInfo)> {
     let url = node.url("/uploads")?;
-    let request = node
-        .request(Method::POST, url.clone())
-        .header("Tus-Resumable", TUS_VERSION)
-        .header("Upload-Length", size)
-        .header("Upload-Metadata", upload_metadata(metadata))
-        .header(CONTENT_LENGTH, 0);
+    let mut request = node.request(Method::POST, url.clone()).header("Tus-Resumable", TUS_VERSION);
+    if let Some(size) = size {
+        request = request.header("Upload-Length", size);
+    }
+    if !metadata.is_empty() {
+        request = request.header("Upload-Metadata", upload_metadata(metadata));
+    }
+    if let Some(concat) = concat {
+        request = request.header("Upload-Concat", concat);
+    }
+    let request = request.header(CONTENT_LENGTH, 0);
     let response = node.send(request).await?;
     let location = response
         .headers()
