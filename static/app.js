@@ -6,6 +6,7 @@
 (() => {
   const CHUNK_SIZE = 8 * 1024 * 1024; // bytes per PATCH
   const PAGE_SIZE = 50; // datasets per page
+  const SORT_LIMIT = 10000; // records fetched to sort by anything but the key (the node's order)
   const VERSIONS_PAGE = 20; // versions per request ("Show older versions" asks for more)
   const PARALLEL = 2; // uploads sent at once; the rest wait
   const RETRIES = 8; // attempts after a dropped connection before giving up
@@ -220,29 +221,37 @@
       }
       $("auth").classList.remove("attention");
       toast(value ? "Token saved for this tab" : "Token cleared");
-      list.load(list.pages[list.index]);
+      list.refresh();
       refreshPending();
     });
     $("token-clear").addEventListener("click", () => {
       if (session) session.removeItem(TOKEN_KEY);
       $("token").value = "";
       toast("Token forgotten");
-      list.load(list.pages[list.index]);
+      list.refresh();
     });
   }
 
   // ---------------------------------------------------------------- catalog
 
+  // The node lists by key (bytewise). Any other order needs every record under
+  // the prefix, so the page fetches them all (up to SORT_LIMIT) and pages itself.
+  const sort = { by: "key", dir: "ascending" };
+  const SORT_FIRST = { name: "ascending", key: "ascending", size: "descending", created: "descending" };
+  const nodeOrder = () => sort.by === "key" && sort.dir === "ascending";
+
   const list = {
     prefix: "",
-    pages: [], // the URL of each page visited so far (page 1 first)
+    pages: [], // the URL of each page visited so far (page 1 first), in the node's order
     index: 0,
     next: null,
     generation: 0,
     records: [],
+    all: null, // sorted here: every record under the prefix (null in the node's order)
+    truncated: false, // sorted here, and the prefix holds more than SORT_LIMIT records
 
-    firstUrl() {
-      let url = `/datasets?limit=${PAGE_SIZE}`;
+    firstUrl(limit = PAGE_SIZE) {
+      let url = `/datasets?limit=${limit}`;
       if (this.prefix) url += `&prefix=${encodeURIComponent(this.prefix)}`;
       return url;
     },
@@ -250,11 +259,13 @@
     reset() {
       this.pages = [this.firstUrl()];
       this.index = 0;
-      return this.load(this.pages[0]);
+      return nodeOrder() ? this.load(this.pages[0]) : this.loadAll();
     },
 
+    /** One page as the node orders it. */
     async load(url, lastPage = false) {
       const generation = ++this.generation;
+      this.all = null;
       const table = $("datasets");
       table.setAttribute("aria-busy", "true");
       try {
@@ -271,23 +282,70 @@
           await this.load(this.pages[this.index], true);
           return;
         }
-        this.records = records;
-        $("list-error").hidden = true;
-        render(records);
+        this.show(records);
       } catch (e) {
-        if (generation !== this.generation) return;
-        const box = $("list-error");
-        box.textContent = `Could not load the datasets: ${e.message}`;
-        box.hidden = false;
-        render([]);
-        $("empty").hidden = true;
-        this.next = null;
+        if (generation === this.generation) this.failed(e);
       } finally {
         if (generation === this.generation) {
           table.removeAttribute("aria-busy");
           this.updatePager();
         }
       }
+    },
+
+    /** Every record under the prefix (following Link), sorted here; shows page `index`. */
+    async loadAll() {
+      const generation = ++this.generation;
+      const table = $("datasets");
+      table.setAttribute("aria-busy", "true");
+      try {
+        const all = [];
+        let url = this.firstUrl(1000);
+        while (url && all.length < SORT_LIMIT) {
+          const res = await request(url, { headers: { Accept: "application/json" }, cache: "no-store" });
+          if (!res.ok) throw await errorFromResponse(res);
+          const records = await res.json();
+          if (generation !== this.generation) return;
+          all.push(...records);
+          url = records.length > 0 ? nextLink(res.headers.get("Link")) : null;
+        }
+        this.truncated = Boolean(url) || all.length > SORT_LIMIT;
+        all.length = Math.min(all.length, SORT_LIMIT);
+        this.all = all.sort(compareRecords);
+        this.index = Math.max(0, Math.min(this.index, Math.ceil(all.length / PAGE_SIZE) - 1));
+        this.showLocal();
+      } catch (e) {
+        if (generation === this.generation) {
+          this.all = null;
+          this.failed(e);
+        }
+      } finally {
+        if (generation === this.generation) {
+          table.removeAttribute("aria-busy");
+          this.updatePager();
+        }
+      }
+    },
+
+    showLocal() {
+      const from = this.index * PAGE_SIZE;
+      this.next = from + PAGE_SIZE < this.all.length ? "local" : null;
+      this.show(this.all.slice(from, from + PAGE_SIZE));
+    },
+
+    show(records) {
+      this.records = records;
+      $("list-error").hidden = true;
+      render(records);
+    },
+
+    failed(e) {
+      const box = $("list-error");
+      box.textContent = `Could not load the datasets: ${e.message}`;
+      box.hidden = false;
+      render([]);
+      $("empty").hidden = true;
+      this.next = null;
     },
 
     updatePager() {
@@ -299,13 +357,21 @@
       let info;
       if (n === 0) info = this.prefix ? `Nothing under “${this.prefix}”` : "";
       else if (this.index === 0 && !this.next) info = `${n} dataset${n === 1 ? "" : "s"}`;
+      else if (this.all) info = `${from}–${from + n - 1} of ${this.all.length.toLocaleString()}${this.truncated ? "+" : ""}`;
       else info = `${from}–${from + n - 1}${this.next ? "" : " (last page)"}`;
+      if (this.all && this.truncated) info += ` (sorted among the first ${SORT_LIMIT.toLocaleString()} keys)`;
       $("page-info").textContent = info;
       document.querySelector(".pager").hidden = this.index === 0 && !this.next;
     },
 
     nextPage() {
       if (!this.next) return;
+      if (this.all) {
+        this.index += 1;
+        this.showLocal();
+        this.updatePager();
+        return;
+      }
       this.pages.length = this.index + 1;
       this.pages.push(this.next);
       this.index += 1;
@@ -315,13 +381,59 @@
     prevPage() {
       if (this.index === 0) return;
       this.index -= 1;
+      if (this.all) {
+        this.showLocal();
+        this.updatePager();
+        return;
+      }
       return this.load(this.pages[this.index]);
     },
 
+    firstPage() {
+      this.index = 0;
+      if (this.all) {
+        this.showLocal();
+        this.updatePager();
+        return;
+      }
+      return this.load(this.pages[0]);
+    },
+
     refresh() {
+      if (!nodeOrder()) return this.loadAll();
       return this.load(this.pages[this.index] || this.firstUrl());
     },
   };
+
+  const byteOrder = (a, b) => (a < b ? -1 : a > b ? 1 : 0);
+  const displayName = (r) => r.name || r.key.split("/").pop();
+  const SORT_KEYS = {
+    key: (a, b) => byteOrder(a.key, b.key),
+    name: (a, b) => displayName(a).localeCompare(displayName(b), undefined, { numeric: true, sensitivity: "base" }),
+    size: (a, b) => Number(a.size) - Number(b.size),
+    created: (a, b) => (Date.parse(a.created_at) || 0) - (Date.parse(b.created_at) || 0),
+  };
+
+  /** The chosen order; ties go by key, so equal rows keep a stable place. */
+  function compareRecords(a, b) {
+    const c = SORT_KEYS[sort.by](a, b);
+    const first = c !== 0 ? c : byteOrder(a.key, b.key);
+    return sort.dir === "descending" ? -first : first;
+  }
+
+  /** Sorts the table by a column (the headers' buttons and, on phones, the select). */
+  function setSort(by, dir) {
+    sort.by = by;
+    sort.dir = dir;
+    for (const th of document.querySelectorAll("#datasets th[data-sort]")) {
+      if (th.dataset.sort === by) th.setAttribute("aria-sort", dir);
+      else th.removeAttribute("aria-sort");
+    }
+    $("sort").value = `${by}:${dir}`;
+    const label = { key: "key", name: "name", size: "size", created: "date created" }[by];
+    announce(`Sorted by ${label}, ${dir}`);
+    list.reset();
+  }
 
   /** The target of `rel="next"` in a Link header, or null. */
   function nextLink(header) {
@@ -348,10 +460,11 @@
     const template = $("row-template");
     const frag = document.createDocumentFragment();
     const reopen = []; // rows whose versions were shown before this render
+    const reopenDetails = []; // rows whose details were shown
     for (const r of records) {
       const row = template.content.firstElementChild.cloneNode(true);
       row.dataset.key = r.key;
-      row.querySelector(".c-name").textContent = r.name || r.key.split("/").pop();
+      row.querySelector(".c-name").textContent = displayName(r);
       setBreakable(row.querySelector(".c-key code"), r.key);
       const size = row.querySelector(".c-size");
       size.textContent = humanBytes(r.size);
@@ -376,6 +489,10 @@
       download.setAttribute("download", r.key.split("/").pop());
       download.setAttribute("aria-label", `Download ${r.key}`);
       download.addEventListener("click", (e) => onDownload(e, r));
+      const details = row.querySelector(".act-details");
+      details.setAttribute("aria-label", `Details of ${r.key}: full blake3 and download commands`);
+      details.addEventListener("click", () => toggleDetails(row, r, details));
+      if (openDetails.has(r.key)) reopenDetails.push([row, r, details]);
       const versions = row.querySelector(".act-versions");
       versions.setAttribute("aria-label", `Versions of ${r.key}`);
       versions.addEventListener("click", () => toggleVersions(row, r, versions));
@@ -389,6 +506,7 @@
       frag.appendChild(row);
     }
     body.replaceChildren(frag);
+    for (const [row, r, button] of reopenDetails) showDetails(row, r, button);
     for (const [row, r, button] of reopen) showVersions(row, r, button);
     $("empty").hidden = records.length > 0;
     $("datasets").classList.toggle("is-empty", records.length === 0);
@@ -422,10 +540,16 @@
 
   async function copyPath(path) {
     const url = new URL(path, window.location.href).href;
+    const copied = await copyText(url);
+    toast(copied ? `Copied ${url}` : `Copy this URL: ${url}`, copied ? "info" : "warn");
+  }
+
+  /** Puts text on the clipboard (the API where allowed, else a selected textarea); whether it worked. */
+  async function copyText(text) {
     let copied = false;
     try {
       if (navigator.clipboard && window.isSecureContext) {
-        await navigator.clipboard.writeText(url);
+        await navigator.clipboard.writeText(text);
         copied = true;
       }
     } catch {
@@ -433,7 +557,7 @@
     }
     if (!copied) {
       const area = document.createElement("textarea");
-      area.value = url;
+      area.value = text;
       area.setAttribute("readonly", "");
       area.className = "visually-hidden";
       const focused = document.activeElement;
@@ -447,7 +571,7 @@
       area.remove();
       if (focused && focused.focus) focused.focus();
     }
-    toast(copied ? `Copied ${url}` : `Copy this URL: ${url}`, copied ? "info" : "warn");
+    return copied;
   }
 
   async function removeDataset(key, button) {
@@ -458,11 +582,11 @@
       if (!res.ok && res.status !== 404) throw await errorFromResponse(res);
       const row = button.closest("tr");
       if (row) {
-        const next = row.nextElementSibling;
-        if (next && next.classList.contains("versions-row")) next.remove();
+        while (row.nextElementSibling && row.nextElementSibling.classList.contains("panel-row")) row.nextElementSibling.remove();
         row.remove();
       }
       openVersions.delete(key);
+      openDetails.delete(key);
       announce(`Deleted ${key}`);
       toast(`Deleted ${key}`);
       await list.refresh();
@@ -471,6 +595,82 @@
       button.disabled = false;
       toast(`Could not delete ${key}: ${e.message}`, "error");
     }
+  }
+
+  /** The panel row of a kind (versions, details) shown below a dataset's row, or null. */
+  function panelOf(row, kind) {
+    for (let n = row.nextElementSibling; n && n.classList.contains("panel-row"); n = n.nextElementSibling) {
+      if (n.classList.contains(kind)) return n;
+    }
+    return null;
+  }
+
+  // ----------------------------------------------------------------- details
+
+  const openDetails = new Set(); // keys whose details are shown (kept across re-renders)
+
+  /** A word for a POSIX shell: single-quoted unless it is plainly safe. */
+  function shellQuote(word) {
+    return /^[A-Za-z0-9_./:@%+=,-]+$/.test(word) ? word : `'${word.replace(/'/g, "'\\''")}'`;
+  }
+
+  /** The commands that fetch a dataset: curl (plain HTTP) and `spillway get` (resumable, checks blake3). */
+  function downloadCommands(record) {
+    const origin = window.location.origin;
+    const url = new URL(record.path || `/data/${keyPath(record.key)}`, window.location.href).href;
+    const out = record.key.split("/").pop();
+    // The token is a secret: the commands name the variable, never its value.
+    const auth = token() ? ' -H "Authorization: Bearer $SPILLWAY_TOKEN"' : "";
+    const curl = `curl -fL${auth} -o ${shellQuote(out)} ${shellQuote(url)}`;
+    const dash = record.key.startsWith("-") ? "-- " : "";
+    const spillway = `spillway get --url ${shellQuote(origin)} ${dash}${shellQuote(record.key)}`;
+    return { curl, spillway };
+  }
+
+  function toggleDetails(row, record, button) {
+    const shown = panelOf(row, "details-row");
+    if (shown) {
+      shown.remove();
+      openDetails.delete(record.key);
+      button.setAttribute("aria-expanded", "false");
+      return;
+    }
+    openDetails.add(record.key);
+    showDetails(row, record, button).querySelector(".details-title").focus();
+  }
+
+  function showDetails(row, record, button) {
+    const tr = $("details-template").content.firstElementChild.cloneNode(true);
+    tr.id = `details-${++versionsCounter}`;
+    tr.dataset.key = record.key;
+    const title = tr.querySelector(".details-title");
+    title.id = `${tr.id}-title`;
+    title.textContent = `Get ${record.key}`;
+    tr.querySelector(".details").setAttribute("aria-labelledby", title.id);
+    const { curl, spillway } = downloadCommands(record);
+    const values = { blake3: record.blake3 || "", curl, spillway };
+    tr.querySelector(".d-blake3").textContent = values.blake3;
+    tr.querySelector(".d-curl").textContent = curl;
+    tr.querySelector(".d-spillway").textContent = spillway;
+    tr.querySelector(".d-token-hint").hidden = !token();
+    for (const copy of tr.querySelectorAll(".d-copy")) {
+      const what = copy.dataset.what;
+      copy.setAttribute("aria-label", `Copy the ${what === "blake3" ? "blake3" : `${what} command`} of ${record.key}`);
+      copy.addEventListener("click", async () => {
+        const ok = await copyText(values[what]);
+        toast(ok ? `Copied the ${what === "blake3" ? "blake3" : `${what} command`}` : `Copy this: ${values[what]}`, ok ? "info" : "warn");
+      });
+    }
+    const hide = tr.querySelector(".details-hide");
+    hide.setAttribute("aria-label", `Hide the details of ${record.key}`);
+    hide.addEventListener("click", () => {
+      toggleDetails(row, record, button);
+      button.focus();
+    });
+    button.setAttribute("aria-controls", tr.id);
+    button.setAttribute("aria-expanded", "true");
+    row.after(tr);
+    return tr;
   }
 
   // ---------------------------------------------------------------- versions
@@ -482,8 +682,8 @@
   /** Shows or hides the versions of a row's dataset, in a row of its own below it. */
   function toggleVersions(row, record, button) {
     focusVersionsOf = null;
-    const next = row.nextElementSibling;
-    if (next && next.classList.contains("versions-row")) {
+    const next = panelOf(row, "versions-row");
+    if (next) {
       next.remove();
       openVersions.delete(record.key);
       button.setAttribute("aria-expanded", "false");
@@ -626,9 +826,17 @@
     $("refresh").addEventListener("click", () => list.refresh());
     $("next-page").addEventListener("click", () => list.nextPage());
     $("prev-page").addEventListener("click", () => list.prevPage());
-    $("first-page").addEventListener("click", () => {
-      list.index = 0;
-      list.load(list.pages[0]);
+    $("first-page").addEventListener("click", () => list.firstPage());
+    for (const th of document.querySelectorAll("#datasets th[data-sort]")) {
+      th.querySelector("button").addEventListener("click", () => {
+        const by = th.dataset.sort;
+        const dir = sort.by === by ? (sort.dir === "ascending" ? "descending" : "ascending") : SORT_FIRST[by];
+        setSort(by, dir);
+      });
+    }
+    $("sort").addEventListener("change", () => {
+      const [by, dir] = $("sort").value.split(":");
+      setSort(by, dir);
     });
     list.reset();
   }

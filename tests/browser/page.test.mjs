@@ -7,7 +7,8 @@
 //   BROWSER_WORK               a temp dir for generated files
 //   CHROMIUM                   the browser (/usr/bin/chromium)
 // The tests run in order and share one page: 1 uploads what 3 deletes; 7
-// uploads two versions of one key, restores the first and removes them all.
+// uploads two versions of one key, restores the first and removes them all;
+// 8 sorts the table.
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -181,10 +182,7 @@ for (const signal of ["SIGTERM", "SIGINT"]) {
 /** Upload throughput of the page, in bytes per second (null: unthrottled). */
 let cdp;
 async function throttle(bytesPerSecond) {
-  if (!cdp) {
-    cdp = await context.newCDPSession(page);
-    await cdp.send("Network.enable");
-  }
+  await cdpSession();
   await cdp.send("Network.emulateNetworkConditions", {
     offline: false,
     latency: 0,
@@ -641,11 +639,131 @@ test("7. versions: two uploads of one key, the versions view, restore version 1,
   await r.waitFor({ state: "detached" });
 });
 
-test("8. no console errors or page errors during the run", async () => {
+// ------------------------------------------------------ sorting, details
+
+/** The page's CDP session (also used by throttle()). */
+async function cdpSession() {
+  if (!cdp) {
+    cdp = await context.newCDPSession(page);
+    await cdp.send("Network.enable");
+  }
+  return cdp;
+}
+
+async function blake3Of(bytes) {
+  const h = await createBLAKE3();
+  h.init();
+  h.update(bytes);
+  return h.digest("hex");
+}
+
+test("8. sorting by name, key, size and date, across pages; a dataset's full blake3 and download commands", { timeout: 90000 }, async () => {
+  // zz-big sorts last by key (page 2 of 53 rows), first by size; it is the oldest.
+  const put = async (key, body, name) => {
+    const res = await node(`/data/${keyPath(key)}${name ? `?name=${encodeURIComponent(name)}` : ""}`, { method: "PUT", body });
+    assert.equal(res.status, 201, `PUT ${key}`);
+    return res.json();
+  };
+  const big = await put("sorting/zz-big.bin", crypto.randomBytes(5000), "Mike");
+  // A later second for the rest (created_at has whole seconds): wait for the clock, not a fixed time.
+  await until("the next second", async () => new Date().toISOString().slice(0, 19) + "Z" > big.created_at, 3000, 20);
+  await put("sorting/a.bin", crypto.randomBytes(300), "Zulu");
+  await put("sorting/b.bin", crypto.randomBytes(10), "alpha");
+  const fillers = Array.from({ length: 50 }, (_, i) => `sorting/f-${String(i).padStart(3, "0")}.txt`);
+  for (const key of fillers) await put(key, `${key}\n`);
+
+  await page.fill("#search", "sorting/");
+  await until("page 1 in key order", async () => (await page.locator("#rows tr").count()) === 50);
+  const header = (label) => page.locator("#datasets thead th", { hasText: label });
+  assert.equal(await header("Key").getAttribute("aria-sort"), "ascending", "the node's order: by key");
+  const firstKey = () => page.locator("#rows tr").first().getAttribute("data-key");
+  const column = (sel, attr) =>
+    page.locator(`#rows tr ${sel}`).evaluateAll((els, a) => els.map((e) => (a ? e.getAttribute(a) : e.textContent.trim())), attr);
+  const sorted = (values, cmp) => values.every((v, i) => i === 0 || cmp(values[i - 1], v) <= 0);
+  const bytesOf = (t) => Number(t.replace(/\D/g, ""));
+
+  const sortBy = async (label, dir, first) => {
+    await header(label).locator("button").click();
+    await until(`${label} ${dir}`, async () => (await header(label).getAttribute("aria-sort")) === dir && (await firstKey()) === first);
+    const others = await page.locator("#datasets thead th[aria-sort]").count();
+    assert.equal(others, 1, "aria-sort on one header only");
+  };
+
+  await sortBy("Size", "descending", "sorting/zz-big.bin"); // from page 2 in key order
+  assert.ok(sorted(await column(".c-size", "title"), (a, b) => bytesOf(b) - bytesOf(a)), "sizes largest first");
+  await shot("16-sorted-size-1280x800.png");
+  await sortBy("Size", "ascending", "sorting/b.bin");
+  assert.ok(sorted(await column(".c-size", "title"), (a, b) => bytesOf(a) - bytesOf(b)), "sizes smallest first");
+  assert.match(await page.locator("#page-info").textContent(), /1–50 of 53/);
+  await page.click("#next-page");
+  await until("page 2 of the sorted rows", async () => (await firstKey()) !== "sorting/b.bin" && (await page.locator("#rows tr").count()) === 3);
+  assert.equal(await page.locator("#rows tr").last().getAttribute("data-key"), "sorting/zz-big.bin", "the largest is last");
+  await page.click("#first-page");
+
+  await sortBy("Name", "ascending", "sorting/b.bin"); // "alpha"
+  const names = await column(".c-name");
+  assert.ok(sorted(names, (a, b) => a.localeCompare(b, undefined, { numeric: true, sensitivity: "base" })), "names A to Z");
+  await sortBy("Name", "descending", "sorting/a.bin"); // "Zulu"
+
+  // Dates (and sizes) start with the newest (largest) first.
+  await header("Created").locator("button").click();
+  await until("newest first", async () => (await header("Created").getAttribute("aria-sort")) === "descending" && (await firstKey()) !== "sorting/a.bin");
+  assert.ok(sorted(await column(".c-created time", "datetime"), (a, b) => Date.parse(b) - Date.parse(a)), "newest first");
+  await sortBy("Created", "ascending", "sorting/zz-big.bin"); // the oldest
+  assert.ok(sorted(await column(".c-created time", "datetime"), (a, b) => Date.parse(a) - Date.parse(b)), "oldest first");
+
+  await sortBy("Key", "ascending", "sorting/a.bin");
+  await sortBy("Key", "descending", "sorting/zz-big.bin");
+
+  // At phone width the headers are gone; the select sorts.
+  await page.setViewportSize(PHONE);
+  await until("the page at phone width", async () => (await page.evaluate(() => window.innerWidth)) === PHONE.width);
+  assert.ok(await page.locator("#sort").isVisible(), "a sort select at 390 px");
+  await page.selectOption("#sort", "size:descending");
+  await until("largest first from the select", async () => (await firstKey()) === "sorting/zz-big.bin");
+  assert.equal(await header("Size").getAttribute("aria-sort"), "descending", "the headers follow the select");
+
+  // Details: the full blake3 and the commands, copyable.
+  const r = row("sorting/zz-big.bin");
+  const toggle = r.locator("button.act-details");
+  await toggle.click();
+  assert.equal(await toggle.getAttribute("aria-expanded"), "true");
+  const panel = page.locator(`tr.details-row[data-key="sorting/zz-big.bin"]`);
+  assert.equal(await toggle.getAttribute("aria-controls"), await panel.getAttribute("id"));
+  assert.equal((await panel.locator(".d-blake3").textContent()).trim(), big.blake3, "the full blake3");
+  const curl = (await panel.locator(".d-curl").textContent()).trim();
+  assert.equal(curl, `curl -fL -o zz-big.bin ${BASE}/data/sorting/zz-big.bin`);
+  assert.equal((await panel.locator(".d-spillway").textContent()).trim(), `spillway get --url ${BASE} sorting/zz-big.bin`);
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `no sideways scrolling at 390 px with the details open (${overflow} px too wide)`);
+  await panel.scrollIntoViewIfNeeded();
+  await shot("17-details-390x844.png");
+  await page.setViewportSize(DESKTOP);
+  await panel.scrollIntoViewIfNeeded();
+  await shot("18-details-1280x800.png");
+
+  // The curl command works as shown (run here by fetch: same URL, same bytes).
+  const got = Buffer.from(await (await node(new URL(curl.split(" ").pop()).pathname)).arrayBuffer());
+  assert.equal(await blake3Of(got), big.blake3);
+  await panel.locator('button.d-copy[data-what="spillway"]').click();
+  await until("the copy message", async () => /spillway/.test(await page.locator("#toast").textContent()));
+  await panel.locator("button.details-hide").click();
+  await panel.waitFor({ state: "detached" });
+  assert.ok(await toggle.evaluate((b) => b === document.activeElement), "the focus is back on Details");
+
+  await header("Key").locator("button").click();
+  await until("the node's order again", async () => (await header("Key").getAttribute("aria-sort")) === "ascending");
+  for (const key of ["sorting/zz-big.bin", "sorting/a.bin", "sorting/b.bin", ...fillers]) {
+    await node(`/datasets/${keyPath(key)}`, { method: "DELETE" });
+  }
+  await page.fill("#search", "");
+});
+
+test("9. no console errors or page errors during the run", async () => {
   assert.deepEqual(consoleErrors, []);
 });
 
-test("9. screenshots were saved", async () => {
+test("10. screenshots were saved", async () => {
   const want = [
     "1-empty-1280x800.png",
     "2-uploading-1280x800.png",
@@ -653,6 +771,9 @@ test("9. screenshots were saved", async () => {
     "4-listed-390x844.png",
     "8-versions-1280x800.png",
     "9-versions-390x844.png",
+    "16-sorted-size-1280x800.png",
+    "17-details-390x844.png",
+    "18-details-1280x800.png",
   ];
   for (const f of want) {
     const p = path.join(OUT, f);
