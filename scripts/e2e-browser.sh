@@ -18,6 +18,7 @@
 # downloaded and restored; a folder of 50 nested files dragged onto the page
 # (a real directory drop) and checked byte by byte, with uploads in
 # parallel; the folder picker and the replace question answered each way;
+# a folder cut by a reload, resumed;
 # sorting by every column, and a dataset's blake3 and download commands;
 # no console errors. Screenshots (desktop and phone width) go to
 # test-output/browser/ (git-ignored).

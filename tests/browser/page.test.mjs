@@ -9,7 +9,8 @@
 // The tests run in order and share one page: 1 uploads what 3 deletes; 7
 // uploads two versions of one key, restores the first and removes them all;
 // 8-11 upload folders (a real drag of a directory, and the folder picker),
-// answer the replace question both ways and sort the table.
+// resume one cut by a reload, answer the replace question both ways; 12
+// sorts the table.
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -755,7 +756,7 @@ async function nextBatch(start) {
   return batches.first();
 }
 
-test("8. a folder of 50 files in nested folders, dragged onto the page: every file under its path, byte-exact, several at once", { timeout: 180000 }, async () => {
+test("8. a folder of 50 files in nested folders, dragged onto the page: every file under its path, byte-exact, several at once", { timeout: 180000 }, async (t) => {
   // 50 files, three levels deep, of sizes from 0 bytes to 2 big ones (>= 8 MiB, one PATCH each is not enough).
   const files = {};
   const dirs = ["", "year=2024/", "year=2024/month=01/", "year=2024/month=02/", "year=2025/month=01/day=07/", "images/cats/", "images/dogs/"];
@@ -807,6 +808,7 @@ test("8. a folder of 50 files in nested folders, dragged onto the page: every fi
   assert.deepEqual(new Set(states.map(([k]) => k)), new Set(Object.keys(files).map(keyOf)), "the keys: prefix, folder name, path in the folder");
   assert.ok(states.every(([, s]) => s === "done"), `every file done (${states.filter(([, s]) => s !== "done").map(([k, s]) => `${k}: ${s}`).join(", ")})`);
 
+  t.diagnostic(`PATCHes at once: at most ${parallel.count} (${parallel.big} big; weight ${parallel.weight} of 6), ${parallel.patches} in all`);
   // Uploads ran side by side: more than two small files at once, never more than two big ones.
   assert.ok(parallel.count >= 3, `at least 3 PATCHes at once (at most ${parallel.count} were)`);
   assert.ok(parallel.weight <= 6, `small files count 1, big ones 3, at most 6 in all (${parallel.weight})`);
@@ -913,7 +915,89 @@ test("9. the folder picker, and the replace question for a folder: one question,
   }
 });
 
-test("10. replacing one file: the page asks, Keep keeps the node's bytes, Replace replaces them", { timeout: 60000 }, async () => {
+test("10. a folder cut by a reload resumes: the finished files are kept, the cut ones continue from the node's offset", { timeout: 180000 }, async (t) => {
+  const files = {
+    "t1.txt": crypto.randomBytes(10 * 1024),
+    "t2.txt": crypto.randomBytes(11 * 1024),
+    "t3.txt": crypto.randomBytes(12 * 1024),
+    "big/x.bin": crypto.randomBytes(6 * MiB),
+    "big/y.bin": crypto.randomBytes(6 * MiB + 5),
+  };
+  const total = Object.values(files).reduce((n, b) => n + b.length, 0);
+  const root = path.join(WORK, "resumable");
+  writeTree(path.join(root, "resumable"), files);
+  const keyOf = (rel) => `${FOLDER_PREFIX}/resumable/${rel}`;
+  await page.fill("#key-prefix", FOLDER_PREFIX);
+  const before = await receivedBytes();
+  const urls = {};
+  try {
+    await throttle(3 * MiB);
+    const batch = await nextBatch(() => page.setInputFiles("#folder-input", path.join(root, "resumable")));
+    // Midway, as the node's metrics see it: the small files done, the big ones cut.
+    await until("the small files done and 4 MiB of the big ones received", async () => {
+      const small = await batch.locator('li.upload[data-state="done"]').count();
+      const got = (await receivedBytes()) - before;
+      return small >= 3 && got >= 4 * MiB && got < total - 2 * MiB;
+    }, 60000, 50);
+    for (const rel of ["big/x.bin", "big/y.bin"]) {
+      const saved = await savedUpload(path.basename(rel));
+      assert.ok(saved && saved.key === keyOf(rel), `the resume state of ${rel} is kept`);
+      urls[rel] = saved.url;
+    }
+    await page.reload({ waitUntil: "load" });
+  } finally {
+    await throttle(null);
+  }
+
+  // The node keeps what arrived; wait for each cut PATCH to end.
+  const offsets = {};
+  for (const [rel, url] of Object.entries(urls)) {
+    let last = -1;
+    await until(`the node's offset of ${rel} to settle`, async () => {
+      const h = await headUpload(url);
+      const same = h.offset === last;
+      last = h.offset;
+      return same && h.status === 200;
+    }, 20000, 300);
+    assert.ok(last > 0 && last < files[rel].length, `${rel} cut midway (${last} of ${files[rel].length})`);
+    offsets[rel] = last;
+  }
+  const pending = page.locator("#pending-list li");
+  await until("both cut files offered for resuming", async () => (await pending.count()) === 2);
+  assert.match(await pending.first().textContent(), /resumable\/big\//);
+
+  // Choosing the folder again (with the same key prefix: the reload emptied the
+  // field): the finished files exist (keep them), the cut ones go on.
+  await page.fill("#key-prefix", FOLDER_PREFIX);
+  const firstPatch = {};
+  const onRequest = (req) => {
+    if (req.method() !== "PATCH") return;
+    const rel = Object.keys(urls).find((r) => new URL(urls[r]).pathname === new URL(req.url()).pathname);
+    if (rel && !(rel in firstPatch)) firstPatch[rel] = Number(req.headers()["upload-offset"]);
+  };
+  page.on("request", onRequest);
+  try {
+    const batch = await nextBatch(() => page.setInputFiles("#folder-input", path.join(root, "resumable")));
+    await page.locator("#replace-dialog[open]").waitFor();
+    assert.match(await page.locator("#replace-text").textContent(), /3 of the 5 files/);
+    await page.click("#replace-skip");
+    await until("the folder to finish", async () => (await batch.getAttribute("data-state")) === "done", 90000);
+    assert.match(await batch.locator(".batch-status").textContent(), /2 files uploaded.*3 kept as they were/);
+  } finally {
+    page.off("request", onRequest);
+    await page.fill("#key-prefix", "");
+  }
+  assert.deepEqual(firstPatch, offsets, "each cut file's first PATCH after the reload starts at the node's offset");
+  assert.equal(await pending.count(), 0, "nothing left to resume");
+  for (const [rel, bytes] of Object.entries(files)) await assertStored(keyOf(rel), bytes);
+  const received = (await receivedBytes()) - before;
+  t.diagnostic(`cut at ${JSON.stringify(offsets)}; resumed at ${JSON.stringify(firstPatch)}; received ${received} for ${total}`);
+  assert.ok(received >= total, `the node received every byte (${received} of ${total})`);
+  assert.ok(received <= total + MiB, `the node received ${received} bytes for ${total}: the cut files were not sent again`);
+  await page.locator("#uploads li.batch").first().locator(".batch-dismiss").click();
+});
+
+test("11. replacing one file: the page asks, Keep keeps the node's bytes, Replace replaces them", { timeout: 60000 }, async () => {
   const key = "replace/report.csv";
   const old = Buffer.from("the node's bytes\n");
   assert.equal((await node(`/data/${keyPath(key)}`, { method: "PUT", body: old })).status, 201);
@@ -966,7 +1050,7 @@ test("10. replacing one file: the page asks, Keep keeps the node's bytes, Replac
   }
 });
 
-test("11. sorting by name, key, size and date, across pages; a dataset's full blake3 and download commands", { timeout: 90000 }, async () => {
+test("12. sorting by name, key, size and date, across pages; a dataset's full blake3 and download commands", { timeout: 90000 }, async () => {
   // zz-big sorts last by key (page 2 of 53 rows), first by size; it is the oldest.
   const put = async (key, body, name) => {
     const res = await node(`/data/${keyPath(key)}${name ? `?name=${encodeURIComponent(name)}` : ""}`, { method: "PUT", body });
@@ -1068,11 +1152,11 @@ test("11. sorting by name, key, size and date, across pages; a dataset's full bl
   await page.fill("#search", "");
 });
 
-test("12. no console errors or page errors during the run", async () => {
+test("13. no console errors or page errors during the run", async () => {
   assert.deepEqual(consoleErrors, []);
 });
 
-test("13. screenshots were saved", async () => {
+test("14. screenshots were saved", async () => {
   const want = [
     "1-empty-1280x800.png",
     "2-uploading-1280x800.png",
