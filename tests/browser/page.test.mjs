@@ -822,14 +822,15 @@ test("8. a folder of 50 files in nested folders, dragged onto the page: every fi
   await until("50 rows", async () => (await page.locator("#rows tr").count()) === 50);
   const listed = await page.locator("#rows tr").evaluateAll((trs) => trs.map((tr) => tr.dataset.key));
   assert.deepEqual(new Set(listed), new Set(Object.keys(files).map(keyOf)));
-  await batch.scrollIntoViewIfNeeded();
+  const toTop = () => batch.evaluate((b) => b.scrollIntoView({ block: "start" })); // its overall bar in the picture
+  await toTop();
   await shot("11-folder-done-1280x800.png");
 
   await page.setViewportSize(PHONE);
   await until("the page at phone width", async () => (await page.evaluate(() => window.innerWidth)) === PHONE.width);
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   assert.ok(overflow <= 0, `no sideways scrolling at 390 px with a folder's uploads shown (${overflow} px too wide)`);
-  await batch.scrollIntoViewIfNeeded();
+  await toTop();
   await shot("12-folder-390x844.png");
   await page.setViewportSize(DESKTOP);
   await batch.locator(".batch-dismiss").click();
