@@ -15,8 +15,13 @@
 # 20 MiB through the page and download it back; a 100 MiB upload cut by a
 # page reload and resumed (bytes received once, blake3); delete; a too-large
 # upload shows the node's problem detail; a dataset's versions listed,
-# downloaded and restored; no console errors. Screenshots go
-# to test-output/browser/ (git-ignored).
+# downloaded and restored; a folder of 50 nested files dragged onto the page
+# (a real directory drop) and checked byte by byte, with uploads in
+# parallel; the folder picker and the replace question answered each way;
+# a folder cut by a reload, resumed;
+# sorting by every column, and a dataset's blake3 and download commands;
+# no console errors. Screenshots (desktop and phone width) go to
+# test-output/browser/ (git-ignored).
 #
 # Knobs (environment):
 #   BROWSER_TEST_TIMEOUT  seconds the whole test run may take   (300)

@@ -1,13 +1,21 @@
-// Spillway's web page: the catalog (list, search, pages, download, copy,
-// delete, a dataset's versions with restore) and uploads through the node's tus 1.0.0 endpoint, in pieces,
-// resumable across reloads. Plain JavaScript, no libraries.
+// Spillway's web page: the catalog (list, search, pages, sorting, download,
+// copy, delete, a dataset's versions with restore, its blake3 and download
+// commands) and uploads of files and whole folders through the node's tus
+// 1.0.0 endpoint, in pieces, several at once, resumable across reloads, asking
+// before a key that holds a dataset is replaced. Plain JavaScript, no libraries.
 "use strict";
 
 (() => {
   const CHUNK_SIZE = 8 * 1024 * 1024; // bytes per PATCH
   const PAGE_SIZE = 50; // datasets per page
+  const SORT_LIMIT = 10000; // records fetched to sort by anything but the key (the node's order)
   const VERSIONS_PAGE = 20; // versions per request ("Show older versions" asks for more)
-  const PARALLEL = 2; // uploads sent at once; the rest wait
+  // Uploads sent at once: a file that fits in one PATCH spends most of its time
+  // on round trips, so six of those run together; a big one takes half of the
+  // slots (two at a time), as its PATCHes already keep the connection busy.
+  const SLOTS = 6;
+  const BIG_WEIGHT = 3;
+  const CHECK_PARALLEL = 6; // catalog look-ups at once when checking keys one by one
   const RETRIES = 8; // attempts after a dropped connection before giving up
   const STALL_MS = 60000; // no upload progress for this long: reconnect
   const RESUME_PREFIX = "spillway.upload:"; // localStorage: fingerprint -> upload URL
@@ -220,29 +228,37 @@
       }
       $("auth").classList.remove("attention");
       toast(value ? "Token saved for this tab" : "Token cleared");
-      list.load(list.pages[list.index]);
+      list.refresh();
       refreshPending();
     });
     $("token-clear").addEventListener("click", () => {
       if (session) session.removeItem(TOKEN_KEY);
       $("token").value = "";
       toast("Token forgotten");
-      list.load(list.pages[list.index]);
+      list.refresh();
     });
   }
 
   // ---------------------------------------------------------------- catalog
 
+  // The node lists by key (bytewise). Any other order needs every record under
+  // the prefix, so the page fetches them all (up to SORT_LIMIT) and pages itself.
+  const sort = { by: "key", dir: "ascending" };
+  const SORT_FIRST = { name: "ascending", key: "ascending", size: "descending", created: "descending" };
+  const nodeOrder = () => sort.by === "key" && sort.dir === "ascending";
+
   const list = {
     prefix: "",
-    pages: [], // the URL of each page visited so far (page 1 first)
+    pages: [], // the URL of each page visited so far (page 1 first), in the node's order
     index: 0,
     next: null,
     generation: 0,
     records: [],
+    all: null, // sorted here: every record under the prefix (null in the node's order)
+    truncated: false, // sorted here, and the prefix holds more than SORT_LIMIT records
 
-    firstUrl() {
-      let url = `/datasets?limit=${PAGE_SIZE}`;
+    firstUrl(limit = PAGE_SIZE) {
+      let url = `/datasets?limit=${limit}`;
       if (this.prefix) url += `&prefix=${encodeURIComponent(this.prefix)}`;
       return url;
     },
@@ -250,11 +266,13 @@
     reset() {
       this.pages = [this.firstUrl()];
       this.index = 0;
-      return this.load(this.pages[0]);
+      return nodeOrder() ? this.load(this.pages[0]) : this.loadAll();
     },
 
+    /** One page as the node orders it. */
     async load(url, lastPage = false) {
       const generation = ++this.generation;
+      this.all = null;
       const table = $("datasets");
       table.setAttribute("aria-busy", "true");
       try {
@@ -271,23 +289,70 @@
           await this.load(this.pages[this.index], true);
           return;
         }
-        this.records = records;
-        $("list-error").hidden = true;
-        render(records);
+        this.show(records);
       } catch (e) {
-        if (generation !== this.generation) return;
-        const box = $("list-error");
-        box.textContent = `Could not load the datasets: ${e.message}`;
-        box.hidden = false;
-        render([]);
-        $("empty").hidden = true;
-        this.next = null;
+        if (generation === this.generation) this.failed(e);
       } finally {
         if (generation === this.generation) {
           table.removeAttribute("aria-busy");
           this.updatePager();
         }
       }
+    },
+
+    /** Every record under the prefix (following Link), sorted here; shows page `index`. */
+    async loadAll() {
+      const generation = ++this.generation;
+      const table = $("datasets");
+      table.setAttribute("aria-busy", "true");
+      try {
+        const all = [];
+        let url = this.firstUrl(1000);
+        while (url && all.length < SORT_LIMIT) {
+          const res = await request(url, { headers: { Accept: "application/json" }, cache: "no-store" });
+          if (!res.ok) throw await errorFromResponse(res);
+          const records = await res.json();
+          if (generation !== this.generation) return;
+          all.push(...records);
+          url = records.length > 0 ? nextLink(res.headers.get("Link")) : null;
+        }
+        this.truncated = Boolean(url) || all.length > SORT_LIMIT;
+        all.length = Math.min(all.length, SORT_LIMIT);
+        this.all = all.sort(compareRecords);
+        this.index = Math.max(0, Math.min(this.index, Math.ceil(all.length / PAGE_SIZE) - 1));
+        this.showLocal();
+      } catch (e) {
+        if (generation === this.generation) {
+          this.all = null;
+          this.failed(e);
+        }
+      } finally {
+        if (generation === this.generation) {
+          table.removeAttribute("aria-busy");
+          this.updatePager();
+        }
+      }
+    },
+
+    showLocal() {
+      const from = this.index * PAGE_SIZE;
+      this.next = from + PAGE_SIZE < this.all.length ? "local" : null;
+      this.show(this.all.slice(from, from + PAGE_SIZE));
+    },
+
+    show(records) {
+      this.records = records;
+      $("list-error").hidden = true;
+      render(records);
+    },
+
+    failed(e) {
+      const box = $("list-error");
+      box.textContent = `Could not load the datasets: ${e.message}`;
+      box.hidden = false;
+      render([]);
+      $("empty").hidden = true;
+      this.next = null;
     },
 
     updatePager() {
@@ -299,13 +364,21 @@
       let info;
       if (n === 0) info = this.prefix ? `Nothing under “${this.prefix}”` : "";
       else if (this.index === 0 && !this.next) info = `${n} dataset${n === 1 ? "" : "s"}`;
+      else if (this.all) info = `${from}–${from + n - 1} of ${this.all.length.toLocaleString()}${this.truncated ? "+" : ""}`;
       else info = `${from}–${from + n - 1}${this.next ? "" : " (last page)"}`;
+      if (this.all && this.truncated) info += ` (sorted among the first ${SORT_LIMIT.toLocaleString()} keys)`;
       $("page-info").textContent = info;
       document.querySelector(".pager").hidden = this.index === 0 && !this.next;
     },
 
     nextPage() {
       if (!this.next) return;
+      if (this.all) {
+        this.index += 1;
+        this.showLocal();
+        this.updatePager();
+        return;
+      }
       this.pages.length = this.index + 1;
       this.pages.push(this.next);
       this.index += 1;
@@ -315,13 +388,59 @@
     prevPage() {
       if (this.index === 0) return;
       this.index -= 1;
+      if (this.all) {
+        this.showLocal();
+        this.updatePager();
+        return;
+      }
       return this.load(this.pages[this.index]);
     },
 
+    firstPage() {
+      this.index = 0;
+      if (this.all) {
+        this.showLocal();
+        this.updatePager();
+        return;
+      }
+      return this.load(this.pages[0]);
+    },
+
     refresh() {
+      if (!nodeOrder()) return this.loadAll();
       return this.load(this.pages[this.index] || this.firstUrl());
     },
   };
+
+  const byteOrder = (a, b) => (a < b ? -1 : a > b ? 1 : 0);
+  const displayName = (r) => r.name || r.key.split("/").pop();
+  const SORT_KEYS = {
+    key: (a, b) => byteOrder(a.key, b.key),
+    name: (a, b) => displayName(a).localeCompare(displayName(b), undefined, { numeric: true, sensitivity: "base" }),
+    size: (a, b) => Number(a.size) - Number(b.size),
+    created: (a, b) => (Date.parse(a.created_at) || 0) - (Date.parse(b.created_at) || 0),
+  };
+
+  /** The chosen order; ties go by key, so equal rows keep a stable place. */
+  function compareRecords(a, b) {
+    const c = SORT_KEYS[sort.by](a, b);
+    const first = c !== 0 ? c : byteOrder(a.key, b.key);
+    return sort.dir === "descending" ? -first : first;
+  }
+
+  /** Sorts the table by a column (the headers' buttons and, on phones, the select). */
+  function setSort(by, dir) {
+    sort.by = by;
+    sort.dir = dir;
+    for (const th of document.querySelectorAll("#datasets th[data-sort]")) {
+      if (th.dataset.sort === by) th.setAttribute("aria-sort", dir);
+      else th.removeAttribute("aria-sort");
+    }
+    $("sort").value = `${by}:${dir}`;
+    const label = { key: "key", name: "name", size: "size", created: "date created" }[by];
+    announce(`Sorted by ${label}, ${dir}`);
+    list.reset();
+  }
 
   /** The target of `rel="next"` in a Link header, or null. */
   function nextLink(header) {
@@ -348,10 +467,11 @@
     const template = $("row-template");
     const frag = document.createDocumentFragment();
     const reopen = []; // rows whose versions were shown before this render
+    const reopenDetails = []; // rows whose details were shown
     for (const r of records) {
       const row = template.content.firstElementChild.cloneNode(true);
       row.dataset.key = r.key;
-      row.querySelector(".c-name").textContent = r.name || r.key.split("/").pop();
+      row.querySelector(".c-name").textContent = displayName(r);
       setBreakable(row.querySelector(".c-key code"), r.key);
       const size = row.querySelector(".c-size");
       size.textContent = humanBytes(r.size);
@@ -376,6 +496,10 @@
       download.setAttribute("download", r.key.split("/").pop());
       download.setAttribute("aria-label", `Download ${r.key}`);
       download.addEventListener("click", (e) => onDownload(e, r));
+      const details = row.querySelector(".act-details");
+      details.setAttribute("aria-label", `Details of ${r.key}: full blake3 and download commands`);
+      details.addEventListener("click", () => toggleDetails(row, r, details));
+      if (openDetails.has(r.key)) reopenDetails.push([row, r, details]);
       const versions = row.querySelector(".act-versions");
       versions.setAttribute("aria-label", `Versions of ${r.key}`);
       versions.addEventListener("click", () => toggleVersions(row, r, versions));
@@ -389,6 +513,7 @@
       frag.appendChild(row);
     }
     body.replaceChildren(frag);
+    for (const [row, r, button] of reopenDetails) showDetails(row, r, button);
     for (const [row, r, button] of reopen) showVersions(row, r, button);
     $("empty").hidden = records.length > 0;
     $("datasets").classList.toggle("is-empty", records.length === 0);
@@ -422,10 +547,16 @@
 
   async function copyPath(path) {
     const url = new URL(path, window.location.href).href;
+    const copied = await copyText(url);
+    toast(copied ? `Copied ${url}` : `Copy this URL: ${url}`, copied ? "info" : "warn");
+  }
+
+  /** Puts text on the clipboard (the API where allowed, else a selected textarea); whether it worked. */
+  async function copyText(text) {
     let copied = false;
     try {
       if (navigator.clipboard && window.isSecureContext) {
-        await navigator.clipboard.writeText(url);
+        await navigator.clipboard.writeText(text);
         copied = true;
       }
     } catch {
@@ -433,7 +564,7 @@
     }
     if (!copied) {
       const area = document.createElement("textarea");
-      area.value = url;
+      area.value = text;
       area.setAttribute("readonly", "");
       area.className = "visually-hidden";
       const focused = document.activeElement;
@@ -447,7 +578,7 @@
       area.remove();
       if (focused && focused.focus) focused.focus();
     }
-    toast(copied ? `Copied ${url}` : `Copy this URL: ${url}`, copied ? "info" : "warn");
+    return copied;
   }
 
   async function removeDataset(key, button) {
@@ -458,11 +589,11 @@
       if (!res.ok && res.status !== 404) throw await errorFromResponse(res);
       const row = button.closest("tr");
       if (row) {
-        const next = row.nextElementSibling;
-        if (next && next.classList.contains("versions-row")) next.remove();
+        while (row.nextElementSibling && row.nextElementSibling.classList.contains("panel-row")) row.nextElementSibling.remove();
         row.remove();
       }
       openVersions.delete(key);
+      openDetails.delete(key);
       announce(`Deleted ${key}`);
       toast(`Deleted ${key}`);
       await list.refresh();
@@ -471,6 +602,82 @@
       button.disabled = false;
       toast(`Could not delete ${key}: ${e.message}`, "error");
     }
+  }
+
+  /** The panel row of a kind (versions, details) shown below a dataset's row, or null. */
+  function panelOf(row, kind) {
+    for (let n = row.nextElementSibling; n && n.classList.contains("panel-row"); n = n.nextElementSibling) {
+      if (n.classList.contains(kind)) return n;
+    }
+    return null;
+  }
+
+  // ----------------------------------------------------------------- details
+
+  const openDetails = new Set(); // keys whose details are shown (kept across re-renders)
+
+  /** A word for a POSIX shell: single-quoted unless it is plainly safe. */
+  function shellQuote(word) {
+    return /^[A-Za-z0-9_./:@%+=,-]+$/.test(word) ? word : `'${word.replace(/'/g, "'\\''")}'`;
+  }
+
+  /** The commands that fetch a dataset: curl (plain HTTP) and `spillway get` (resumable, checks blake3). */
+  function downloadCommands(record) {
+    const origin = window.location.origin;
+    const url = new URL(record.path || `/data/${keyPath(record.key)}`, window.location.href).href;
+    const out = record.key.split("/").pop();
+    // The token is a secret: the commands name the variable, never its value.
+    const auth = token() ? ' -H "Authorization: Bearer $SPILLWAY_TOKEN"' : "";
+    const curl = `curl -fL${auth} -o ${shellQuote(out)} ${shellQuote(url)}`;
+    const dash = record.key.startsWith("-") ? "-- " : "";
+    const spillway = `spillway get --url ${shellQuote(origin)} ${dash}${shellQuote(record.key)}`;
+    return { curl, spillway };
+  }
+
+  function toggleDetails(row, record, button) {
+    const shown = panelOf(row, "details-row");
+    if (shown) {
+      shown.remove();
+      openDetails.delete(record.key);
+      button.setAttribute("aria-expanded", "false");
+      return;
+    }
+    openDetails.add(record.key);
+    showDetails(row, record, button).querySelector(".details-title").focus();
+  }
+
+  function showDetails(row, record, button) {
+    const tr = $("details-template").content.firstElementChild.cloneNode(true);
+    tr.id = `details-${++versionsCounter}`;
+    tr.dataset.key = record.key;
+    const title = tr.querySelector(".details-title");
+    title.id = `${tr.id}-title`;
+    title.textContent = `Get ${record.key}`;
+    tr.querySelector(".details").setAttribute("aria-labelledby", title.id);
+    const { curl, spillway } = downloadCommands(record);
+    const values = { blake3: record.blake3 || "", curl, spillway };
+    tr.querySelector(".d-blake3").textContent = values.blake3;
+    tr.querySelector(".d-curl").textContent = curl;
+    tr.querySelector(".d-spillway").textContent = spillway;
+    tr.querySelector(".d-token-hint").hidden = !token();
+    for (const copy of tr.querySelectorAll(".d-copy")) {
+      const what = copy.dataset.what;
+      copy.setAttribute("aria-label", `Copy the ${what === "blake3" ? "blake3" : `${what} command`} of ${record.key}`);
+      copy.addEventListener("click", async () => {
+        const ok = await copyText(values[what]);
+        toast(ok ? `Copied the ${what === "blake3" ? "blake3" : `${what} command`}` : `Copy this: ${values[what]}`, ok ? "info" : "warn");
+      });
+    }
+    const hide = tr.querySelector(".details-hide");
+    hide.setAttribute("aria-label", `Hide the details of ${record.key}`);
+    hide.addEventListener("click", () => {
+      toggleDetails(row, record, button);
+      button.focus();
+    });
+    button.setAttribute("aria-controls", tr.id);
+    button.setAttribute("aria-expanded", "true");
+    row.after(tr);
+    return tr;
   }
 
   // ---------------------------------------------------------------- versions
@@ -482,8 +689,8 @@
   /** Shows or hides the versions of a row's dataset, in a row of its own below it. */
   function toggleVersions(row, record, button) {
     focusVersionsOf = null;
-    const next = row.nextElementSibling;
-    if (next && next.classList.contains("versions-row")) {
+    const next = panelOf(row, "versions-row");
+    if (next) {
       next.remove();
       openVersions.delete(record.key);
       button.setAttribute("aria-expanded", "false");
@@ -626,9 +833,17 @@
     $("refresh").addEventListener("click", () => list.refresh());
     $("next-page").addEventListener("click", () => list.nextPage());
     $("prev-page").addEventListener("click", () => list.prevPage());
-    $("first-page").addEventListener("click", () => {
-      list.index = 0;
-      list.load(list.pages[0]);
+    $("first-page").addEventListener("click", () => list.firstPage());
+    for (const th of document.querySelectorAll("#datasets th[data-sort]")) {
+      th.querySelector("button").addEventListener("click", () => {
+        const by = th.dataset.sort;
+        const dir = sort.by === by ? (sort.dir === "ascending" ? "descending" : "ascending") : SORT_FIRST[by];
+        setSort(by, dir);
+      });
+    }
+    $("sort").addEventListener("change", () => {
+      const [by, dir] = $("sort").value.split(":");
+      setSort(by, dir);
     });
     list.reset();
   }
@@ -641,9 +856,15 @@
 
   // ------------------------------------------------------------ resume state
 
-  /** Uploads are remembered by file name, size and modification time. */
-  function fingerprint(file) {
-    return RESUME_PREFIX + JSON.stringify([file.name, file.size, file.lastModified]);
+  /**
+   * Uploads are remembered by file name, size and modification time, and for
+   * a file of a folder by its path in the folder too (a folder may hold many
+   * files of one name, size and time: shards, `.keep` files).
+   */
+  function fingerprint(file, rel) {
+    const parts = [file.name, file.size, file.lastModified];
+    if (rel) parts.push(rel);
+    return RESUME_PREFIX + JSON.stringify(parts);
   }
 
   function readSaved(fp) {
@@ -698,12 +919,15 @@
   let counter = 0;
 
   class Upload {
-    constructor(file, key, name) {
+    constructor(file, key, name, rel = null) {
       this.id = `u${++counter}`;
       this.file = file;
       this.key = key;
       this.name = name;
-      this.fp = fingerprint(file);
+      this.rel = rel; // the path from the dropped or chosen folder (its name first), or null
+      this.label = rel || file.name; // how the page names this file
+      this.batch = null;
+      this.fp = fingerprint(file, rel);
       this.url = null;
       this.offset = 0; // what the node has, as far as we know
       this.sent = 0; // what the browser has sent (for the bar)
@@ -721,10 +945,11 @@
       const li = $("upload-template").content.firstElementChild.cloneNode(true);
       li.id = this.id;
       li.dataset.file = this.file.name;
-      li.querySelector(".up-name").textContent = this.file.name;
+      li.dataset.key = this.key;
+      li.querySelector(".up-name").textContent = this.label;
       li.querySelector(".up-key").textContent = `→ ${this.key}`;
       const bar = li.querySelector(".up-bar");
-      bar.setAttribute("aria-label", `Upload of ${this.file.name}`);
+      bar.setAttribute("aria-label", `Upload of ${this.label}`);
       const status = li.querySelector(".up-status");
       status.id = `${this.id}-status`;
       bar.setAttribute("aria-describedby", status.id);
@@ -733,7 +958,7 @@
       li.querySelector(".up-cancel").addEventListener("click", () => this.cancel());
       li.querySelector(".up-dismiss").addEventListener("click", () => this.dismiss());
       for (const b of li.querySelectorAll("button")) {
-        b.setAttribute("aria-label", `${b.textContent} ${this.file.name}`);
+        b.setAttribute("aria-label", `${b.textContent} ${this.label}`);
       }
       return li;
     }
@@ -748,9 +973,9 @@
       q(".up-pause").hidden = !active;
       q(".up-resume").hidden = !(state === "paused" || (state === "error" && this.retryable));
       q(".up-resume").textContent = state === "error" ? "Retry" : "Resume";
-      q(".up-resume").setAttribute("aria-label", `${q(".up-resume").textContent} ${this.file.name}`);
+      q(".up-resume").setAttribute("aria-label", `${q(".up-resume").textContent} ${this.label}`);
       q(".up-cancel").hidden = !(active || state === "paused" || (state === "error" && this.url));
-      q(".up-dismiss").hidden = !(state === "done" || state === "cancelled" || state === "error");
+      q(".up-dismiss").hidden = !FINISHED.includes(state);
       if (state !== "error") q(".up-error").hidden = true;
       if (message !== undefined) this.say([message], true);
       else this.paint();
@@ -771,6 +996,11 @@
       this.paint();
     }
 
+    /** Bytes this upload still counts for in its folder's overall bar. */
+    counted() {
+      return this.state === "cancelled" || this.state === "skipped" ? 0 : this.file.size;
+    }
+
     rate() {
       if (this.samples.length < 2) return 0;
       const [t0, b0] = this.samples[0];
@@ -786,6 +1016,12 @@
       const bytes = `${humanBytes(this.sent)} of ${humanBytes(size)}`;
       let parts;
       switch (this.state) {
+        case "checking":
+          parts = ["Checking the catalog", humanBytes(size)];
+          break;
+        case "skipped":
+          parts = ["Not sent: kept the dataset already at this key"];
+          break;
         case "queued":
           parts = ["Waiting", humanBytes(size)];
           break;
@@ -815,6 +1051,7 @@
           parts = [];
       }
       this.say(parts);
+      if (this.batch) this.batch.changed();
     }
 
     /** The status line: parts joined by " · ", each kept on one line. */
@@ -841,35 +1078,35 @@
 
     // --- the controls
 
-    pause() {
+    pause(focus = true) {
       if (this.state !== "queued" && this.state !== "uploading") return;
       this.setState("paused");
       this.abortRequest();
       this.heartbeat(true);
       pump();
-      this.el.querySelector(".up-resume").focus();
+      if (focus) this.el.querySelector(".up-resume").focus();
     }
 
-    resume() {
+    resume(focus = true) {
       if (this.state !== "paused" && this.state !== "error") return;
       this.samples = [];
       this.setState("queued");
       pump();
-      this.el.querySelector(".up-pause").focus();
+      if (focus) this.el.querySelector(".up-pause").focus();
     }
 
-    async cancel() {
-      const was = this.state;
-      if (was === "done" || was === "cancelled") return;
+    async cancel(focus = true) {
+      // Nothing to cancel once done, and nothing sent yet while checking or when skipped.
+      if (["done", "cancelled", "skipped", "checking"].includes(this.state)) return;
       this.setState("cancelled", "Cancelling…");
       this.abortRequest();
       forget(this.fp);
       const url = this.url || (readSaved(this.fp) || {}).url;
       if (url) await terminate(url);
       this.setState("cancelled");
-      announce(`Cancelled ${this.file.name}`);
+      if (!this.batch) announce(`Cancelled ${this.label}`);
       pump();
-      this.el.querySelector(".up-dismiss").focus();
+      if (focus) this.el.querySelector(".up-dismiss").focus();
     }
 
     dismiss() {
@@ -877,6 +1114,7 @@
       if (i >= 0) uploads.splice(i, 1);
       const next = this.el.nextElementSibling || this.el.previousElementSibling;
       this.el.remove();
+      if (this.batch) this.batch.forget(this);
       const target = next && next.querySelector("button:not([hidden])");
       (target || $("choose")).focus();
     }
@@ -992,7 +1230,7 @@
       writeSaved(this.fp, {
         url: this.url,
         key: this.key,
-        name: this.file.name,
+        name: this.label,
         size: this.file.size,
         lastModified: this.file.lastModified,
         started: Date.now(),
@@ -1103,7 +1341,8 @@
       this.sent = this.file.size;
       this.setState("done");
       this.el.querySelector(".up-bar").value = 100;
-      announce(`Uploaded ${this.file.name} as ${this.key}`);
+      // A folder says so once, when its last file is done.
+      if (!this.batch) announce(`Uploaded ${this.label} as ${this.key}`);
       refreshSoon();
     }
 
@@ -1124,7 +1363,8 @@
       this.heartbeat(true);
       this.setState("error");
       this.showError(message);
-      announce(`${this.file.name}: ${message}`);
+      announce(`${this.label}: ${message}`);
+      if (this.batch) this.batch.failedOne();
     }
   }
 
@@ -1142,13 +1382,18 @@
     return false;
   }
 
-  /** Starts waiting uploads while fewer than PARALLEL are running. */
+  const FINISHED = ["done", "cancelled", "error", "skipped"];
+  const weight = (u) => (u.file.size < CHUNK_SIZE ? 1 : BIG_WEIGHT);
+
+  /** Starts waiting uploads while slots are free: six small files at once, or two big ones. */
   function pump() {
-    let running = uploads.filter((u) => u.state === "uploading").length;
+    let used = 0;
+    for (const u of uploads) if (u.state === "uploading") used += weight(u);
     for (const u of uploads) {
-      if (running >= PARALLEL) break;
-      if (u.state === "queued") {
-        running += 1;
+      if (used >= SLOTS) break;
+      // A big file waits for room; small ones behind it may go first.
+      if (u.state === "queued" && used + weight(u) <= SLOTS) {
+        used += weight(u);
         u.run().finally(pump);
       }
     }
@@ -1162,38 +1407,431 @@
       .join("/");
   }
 
-  function addFiles(fileList) {
-    const files = Array.from(fileList || []);
-    if (files.length === 0) return;
+  // ------------------------------------------------------- folders, batches
+
+  /**
+   * The files of one drop or one choice: a folder's (or several files'), with
+   * one overall bar above a bar per file.
+   */
+  class Batch {
+    constructor(label, target) {
+      this.label = label;
+      this.uploads = [];
+      this.samples = [];
+      this.announced = false;
+      this.timer = 0;
+      const li = $("batch-template").content.firstElementChild.cloneNode(true);
+      li.id = `b${++counter}`;
+      li.querySelector(".batch-name").textContent = label;
+      li.querySelector(".batch-key").textContent = target ? `→ ${target}` : "";
+      const bar = li.querySelector(".batch-bar");
+      bar.setAttribute("aria-label", `Upload of ${label}, overall`);
+      const status = li.querySelector(".batch-status");
+      status.id = `${li.id}-status`;
+      bar.setAttribute("aria-describedby", status.id);
+      li.querySelector(".batch-pause").addEventListener("click", () => {
+        for (const u of this.uploads) u.pause(false);
+        li.querySelector(".batch-resume").focus();
+      });
+      li.querySelector(".batch-resume").addEventListener("click", () => {
+        for (const u of this.uploads) if (u.state === "paused" || (u.state === "error" && u.retryable)) u.resume(false);
+        li.querySelector(".batch-pause").focus();
+      });
+      li.querySelector(".batch-cancel").addEventListener("click", async () => {
+        await Promise.all(this.uploads.map((u) => u.cancel(false)));
+        announce(`Cancelled ${label}`);
+        li.querySelector(".batch-dismiss").focus();
+      });
+      li.querySelector(".batch-dismiss").addEventListener("click", () => this.dismiss());
+      for (const b of li.querySelectorAll(".up-buttons button")) {
+        b.setAttribute("aria-label", `${b.textContent} of ${label}`);
+      }
+      this.el = li;
+    }
+
+    add(upload) {
+      upload.batch = this;
+      this.uploads.push(upload);
+      this.el.querySelector(".batch-list").append(upload.el);
+    }
+
+    /** A file of the batch changed: repaint soon (many files report many times a second). */
+    changed() {
+      if (this.timer) return;
+      this.timer = setTimeout(() => {
+        this.timer = 0;
+        this.paint();
+      }, 100);
+    }
+
+    failedOne() {
+      // A failure is worth seeing: show the files.
+      this.el.querySelector(".batch-files").open = true;
+    }
+
+    forget(upload) {
+      const i = this.uploads.indexOf(upload);
+      if (i >= 0) this.uploads.splice(i, 1);
+      if (this.uploads.length === 0) this.el.remove();
+      else this.paint();
+    }
+
+    dismiss() {
+      for (const u of this.uploads) {
+        const i = uploads.indexOf(u);
+        if (i >= 0) uploads.splice(i, 1);
+      }
+      const next = this.el.nextElementSibling || this.el.previousElementSibling;
+      this.el.remove();
+      const target = next && next.querySelector("button:not([hidden])");
+      (target || $("choose")).focus();
+    }
+
+    paint() {
+      const count = (...states) => this.uploads.filter((u) => states.includes(u.state)).length;
+      const n = this.uploads.length;
+      const done = count("done");
+      const failed = count("error");
+      const skipped = count("skipped");
+      const cancelled = count("cancelled");
+      const active = count("queued", "uploading");
+      const paused = count("paused");
+      const checking = count("checking");
+      let total = 0;
+      let sent = 0;
+      for (const u of this.uploads) {
+        const size = u.counted();
+        total += size;
+        sent += size === 0 ? 0 : u.state === "done" ? size : Math.min(u.sent, size);
+      }
+      const now = performance.now();
+      this.samples.push([now, sent]);
+      while (this.samples.length > 2 && now - this.samples[0][0] > 5000) this.samples.shift();
+      let state;
+      if (checking) state = "checking";
+      else if (active) state = "uploading";
+      else if (paused) state = "paused";
+      else if (failed) state = "error";
+      else if (done === 0 && cancelled > 0) state = "cancelled";
+      else state = "done";
+      this.el.dataset.state = state;
+      const bar = this.el.querySelector(".batch-bar");
+      const toSend = n - skipped - cancelled;
+      bar.value = total === 0 ? (state === "done" ? 100 : 0) : Math.min(100, Math.floor((sent / total) * 1000) / 10);
+      const files = (k) => `${k} file${k === 1 ? "" : "s"}`;
+      const parts = [];
+      if (state === "checking") parts.push(`Checking ${files(n)} against the catalog`);
+      else if (state === "done" || state === "error" || state === "cancelled") {
+        parts.push(`${files(done)} uploaded`, humanBytes(sent));
+        if (this.startedAt && done > 0) parts.push(`in ${humanDuration((now - this.startedAt) / 1000)}`);
+      } else {
+        if (!this.startedAt) this.startedAt = now;
+        parts.push(`${done} of ${files(toSend)}`, `${humanBytes(sent)} of ${humanBytes(total)}`);
+        const [t0, b0] = this.samples[0];
+        const rate = now - t0 >= 250 ? ((sent - b0) * 1000) / (now - t0) : 0;
+        if (state === "uploading" && rate > 0) parts.push(`${humanBytes(rate)}/s`, `${humanDuration((total - sent) / rate)} left`);
+        if (state === "paused") parts.push("paused");
+      }
+      if (skipped) parts.push(`${skipped} kept as they were`);
+      if (cancelled) parts.push(`${cancelled} cancelled`);
+      if (failed) parts.push(`${failed} failed`);
+      const status = this.el.querySelector(".batch-status");
+      status.replaceChildren();
+      parts.forEach((part, i) => {
+        if (i > 0) status.append(" · ");
+        const span = document.createElement("span");
+        span.className = "part";
+        span.textContent = part;
+        status.append(span);
+      });
+      this.el.querySelector(".batch-summary").textContent = `Files (${n})`;
+      const q = (sel) => this.el.querySelector(sel);
+      q(".batch-pause").hidden = !active;
+      q(".batch-resume").hidden = !(paused || this.uploads.some((u) => u.state === "error" && u.retryable));
+      q(".batch-resume").textContent = paused ? "Resume all" : "Retry failed";
+      q(".batch-resume").setAttribute("aria-label", `${q(".batch-resume").textContent} of ${this.label}`);
+      q(".batch-cancel").hidden = !(active || paused);
+      q(".batch-dismiss").hidden = !(state === "done" || state === "error" || state === "cancelled");
+      if ((state === "done" || state === "error") && !this.announced) {
+        this.announced = true;
+        announce(`${this.label}: ${parts.join(", ")}`);
+      }
+      if (state === "uploading" || state === "paused") this.announced = false;
+    }
+  }
+
+  /**
+   * Every file under what was dropped: a folder is walked (webkitGetAsEntry),
+   * its files keyed by their path from the drop (the folder's name first).
+   * `taken` must come from the drop event itself: the browser empties the
+   * DataTransfer once the event handler returns.
+   */
+  async function walkDrop(taken) {
+    const found = [];
+    const unreadable = [];
+    const fileOf = (entry) => new Promise((resolve, reject) => entry.file(resolve, reject));
+    const readAll = async (dir) => {
+      const reader = dir.createReader();
+      const out = [];
+      // readEntries answers in batches (100 at a time in Chromium) until an empty one.
+      for (;;) {
+        const batch = await new Promise((resolve, reject) => reader.readEntries(resolve, reject));
+        if (batch.length === 0) return out;
+        out.push(...batch);
+      }
+    };
+    const walk = async (entry) => {
+      const rel = entry.fullPath.replace(/^\/+/, "");
+      if (entry.isFile) {
+        try {
+          found.push({ file: await fileOf(entry), rel });
+        } catch {
+          unreadable.push(rel);
+        }
+        return;
+      }
+      let children;
+      try {
+        children = await readAll(entry);
+      } catch {
+        unreadable.push(`${rel}/`);
+        return;
+      }
+      await Promise.all(children.map(walk));
+    };
+    const folders = [];
+    for (const { entry, file } of taken) {
+      if (entry && entry.isDirectory) {
+        folders.push(entry.name);
+        await walk(entry);
+      } else if (file) {
+        found.push({ file, rel: null });
+      }
+    }
+    return { found, unreadable, folders };
+  }
+
+  /** What a drop or a choice holds, in words: `shards/`, `2 folders, 1 file`, `3 files`. */
+  function describeFiles(found, folders) {
+    const loose = found.filter((f) => !f.rel).length;
+    const words = [];
+    if (folders.length === 1 && loose === 0) return `${folders[0]}/`;
+    if (folders.length) words.push(`${folders.length} folder${folders.length === 1 ? "" : "s"}`);
+    if (loose) words.push(`${loose} file${loose === 1 ? "" : "s"}`);
+    return words.join(", ");
+  }
+
+  /** `found`: [{file, rel}], rel the path from a dropped or chosen folder, or null for a file on its own. */
+  async function addFiles(found, folders = []) {
+    if (found.length === 0) {
+      if (folders.length) toast(`No files in ${folders.join(", ")}`, "warn");
+      return;
+    }
     const prefix = normalisePrefix($("key-prefix").value);
-    const name = files.length === 1 ? $("display-name").value.trim() : "";
+    const single = found.length === 1 && !found[0].rel;
+    const name = single ? $("display-name").value.trim() : "";
     if (name) $("display-name").value = ""; // it named this file; the next one keeps its own
-    const batch = document.createDocumentFragment();
-    for (const file of files) {
-      const fp = fingerprint(file);
-      const same = uploads.find((u) => u.fp === fp && !["done", "cancelled", "error"].includes(u.state));
+    const fresh = [];
+    for (const { file, rel } of found.sort((a, b) => byteOrder(a.rel || a.file.name, b.rel || b.file.name))) {
+      const fp = fingerprint(file, rel);
+      const same = uploads.find((u) => u.fp === fp && !FINISHED.includes(u.state));
       if (same) {
         if (same.state === "paused") same.resume();
-        else toast(`${file.name} is already being uploaded`);
+        else toast(`${rel || file.name} is already being uploaded`);
         continue;
       }
-      const key = prefix ? `${prefix}/${file.name}` : file.name;
-      const upload = new Upload(file, key, name);
-      uploads.push(upload);
-      batch.append(upload.el);
-      upload.setState("queued");
+      const key = [prefix, rel || file.name].filter(Boolean).join("/");
+      fresh.push(new Upload(file, key, name, rel));
     }
-    $("uploads").prepend(batch); // the latest files on top, each batch in the order chosen
+    if (fresh.length === 0) return;
+    let batch = null;
+    if (fresh.length > 1 || folders.length) {
+      const target = folders.length === 1 && fresh.every((u) => u.rel) ? [prefix, folders[0]].filter(Boolean).join("/") : prefix;
+      batch = new Batch(describeFiles(found, folders), target ? `${target}/` : "");
+      for (const u of fresh) batch.add(u);
+      // A few files are shown at once; a folder's many files fold away under the overall bar.
+      batch.el.querySelector(".batch-files").open = fresh.length <= 8;
+      $("uploads").prepend(batch.el);
+    } else {
+      $("uploads").prepend(fresh[0].el); // the latest on top
+    }
+    for (const u of fresh) {
+      uploads.push(u);
+      u.setState("checking");
+    }
+
+    // Ask before replacing: the node's tus uploads take no precondition, so
+    // the page looks the keys up first (a key created between this look-up
+    // and the commit is still replaced).
+    let choice = "replace";
+    let existing = new Map();
+    try {
+      existing = await existingKeys(fresh.map((u) => u.key));
+      if (existing.size > 0) choice = await askReplace(fresh, existing, null);
+    } catch (e) {
+      choice = await askReplace(fresh, existing, e);
+    }
+    if (choice === "cancel") {
+      for (const u of fresh) {
+        const i = uploads.indexOf(u);
+        if (i >= 0) uploads.splice(i, 1);
+      }
+      (batch ? batch.el : fresh[0].el).remove();
+      const kept = existing.size;
+      toast(kept ? `Nothing uploaded: kept ${kept === 1 ? [...existing.keys()][0] : `${kept} existing datasets`}` : "Upload cancelled");
+      return;
+    }
+    for (const u of fresh) {
+      if (choice === "skip" && existing.has(u.key)) u.setState("skipped");
+      else u.setState("queued");
+    }
+    if (batch) batch.paint();
     pump();
+  }
+
+  /** The records already at these keys (a Map key -> record). */
+  async function existingKeys(keys) {
+    const wanted = new Set(keys);
+    const found = new Map();
+    const unsure = [];
+    // Many keys under one folder: list that prefix (in key order) rather than ask key by key.
+    const dir = commonFolder(keys);
+    if (keys.length > 8 && dir) {
+      let url = `/datasets?limit=1000&prefix=${encodeURIComponent(dir)}`;
+      let last = null;
+      // Bounded: a prefix with far more datasets than files to send is looked up key by key past this.
+      for (let pages = 0; url && pages < Math.max(5, Math.ceil(keys.length / 500)); pages += 1) {
+        const res = await request(url, { headers: { Accept: "application/json" }, cache: "no-store" });
+        if (!res.ok) throw await errorFromResponse(res);
+        const records = await res.json();
+        for (const r of records) if (wanted.has(r.key)) found.set(r.key, r);
+        if (records.length) last = records[records.length - 1].key;
+        url = records.length ? nextLink(res.headers.get("Link")) : null;
+      }
+      // Listed up to `last`: only keys after it are still open.
+      if (url) for (const k of keys) if (!found.has(k) && last !== null && byteOrder(k, last) > 0) unsure.push(k);
+    } else {
+      unsure.push(...keys);
+    }
+    let next = 0;
+    const worker = async () => {
+      while (next < unsure.length) {
+        const key = unsure[next++];
+        // A listing from the key itself (it sorts first under its own prefix):
+        // a new key answers 200 [], not a 404 that the console would log.
+        const url = `/datasets?limit=1&prefix=${encodeURIComponent(key)}`;
+        const res = await request(url, { headers: { Accept: "application/json" }, cache: "no-store" });
+        if (!res.ok) throw await errorFromResponse(res);
+        const [first] = await res.json();
+        if (first && first.key === key) found.set(key, first);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(CHECK_PARALLEL, unsure.length) }, worker));
+    return found;
+  }
+
+  /** The folder (ending in `/`) every key is under, or "". */
+  function commonFolder(keys) {
+    let common = keys[0].slice(0, keys[0].lastIndexOf("/") + 1);
+    for (const k of keys) {
+      while (common && !k.startsWith(common)) common = common.slice(0, common.lastIndexOf("/", common.length - 2) + 1);
+    }
+    return common;
+  }
+
+  let asking = Promise.resolve(); // one question at a time
+
+  /**
+   * Asks, in the page's own dialog, whether to replace the datasets at these
+   * keys: "replace", "skip" (send only the new files) or "cancel". One question
+   * for all of a folder. With `failure`, the look-up failed: upload anyway?
+   */
+  function askReplace(fresh, existing, failure) {
+    const question = asking.then(
+      () =>
+        new Promise((resolve) => {
+          const dialog = $("replace-dialog");
+          const conflicts = fresh.filter((u) => existing.has(u.key));
+          const fresher = fresh.length - conflicts.length;
+          const listEl = $("replace-list");
+          listEl.replaceChildren();
+          const skip = $("replace-skip");
+          const confirm = $("replace-confirm");
+          const cancel = $("replace-cancel");
+          if (failure) {
+            $("replace-title").textContent = "Could not check for existing datasets";
+            $("replace-text").textContent = `${failure.message}. Upload anyway? A file whose key already holds a dataset replaces it.`;
+            confirm.textContent = "Upload anyway";
+            skip.hidden = true;
+          } else {
+            const many = conflicts.length > 1;
+            $("replace-title").textContent = many ? `Replace ${conflicts.length} datasets?` : "Replace a dataset?";
+            $("replace-text").textContent = many
+              ? `${conflicts.length} of the ${fresh.length} files would replace datasets already on the node:`
+              : `${conflicts[0].key} already holds a dataset:`;
+            const shown = conflicts.slice(0, 8);
+            for (const u of shown) {
+              const r = existing.get(u.key);
+              const li = document.createElement("li");
+              const code = document.createElement("code");
+              code.textContent = u.key;
+              const what = document.createElement("span");
+              what.className = "replace-what";
+              what.textContent = `on the node: ${humanBytes(r.size)}, ${humanDate(r.created_at)} · new: ${humanBytes(u.file.size)}, ${u.label}`;
+              li.append(code, what);
+              listEl.append(li);
+            }
+            if (conflicts.length > shown.length) {
+              const li = document.createElement("li");
+              li.textContent = `and ${conflicts.length - shown.length} more`;
+              listEl.append(li);
+            }
+            confirm.textContent = many ? `Replace ${conflicts.length}` : "Replace";
+            skip.textContent = `Upload only the ${fresher} new file${fresher === 1 ? "" : "s"}`;
+            // Keeping the existing ones is the same as cancelling when every file has one.
+            skip.hidden = fresher === 0;
+            cancel.textContent = fresher === 0 ? (many ? "Keep them" : "Keep it") : "Cancel upload";
+          }
+          const focused = document.activeElement;
+          dialog.returnValue = "";
+          dialog.addEventListener(
+            "close",
+            () => {
+              if (focused && focused.isConnected && focused.focus) focused.focus();
+              else $("choose").focus();
+              resolve(["replace", "skip"].includes(dialog.returnValue) ? dialog.returnValue : "cancel");
+            },
+            { once: true }
+          );
+          dialog.showModal();
+          // The safe answer has the focus, as Enter may follow out of habit.
+          (skip.hidden ? cancel : skip).focus();
+        })
+    );
+    asking = question.catch(() => {});
+    return question;
   }
 
   function initUploads() {
     const input = $("file-input");
     $("choose").addEventListener("click", () => input.click());
     input.addEventListener("change", () => {
-      addFiles(input.files);
+      addFiles(Array.from(input.files || [], (file) => ({ file, rel: null })));
       input.value = "";
     });
+    const folderInput = $("folder-input");
+    if ("webkitdirectory" in folderInput) {
+      $("choose-folder").addEventListener("click", () => folderInput.click());
+      folderInput.addEventListener("change", () => {
+        // Each file's webkitRelativePath starts with the chosen folder's name.
+        const found = Array.from(folderInput.files || [], (file) => ({ file, rel: file.webkitRelativePath || null }));
+        const folders = [...new Set(found.filter((f) => f.rel).map((f) => f.rel.split("/")[0]))];
+        addFiles(found, folders);
+        folderInput.value = "";
+      });
+    } else {
+      $("choose-folder").hidden = true; // no folder picker here (dropping a folder may still work)
+    }
 
     const zone = $("dropzone");
     const hasFiles = (e) => e.dataTransfer && Array.from(e.dataTransfer.types || []).includes("Files");
@@ -1217,7 +1855,20 @@
       e.preventDefault();
       depth = 0;
       zone.classList.remove("over");
-      addFiles(e.dataTransfer.files);
+      const items = Array.from(e.dataTransfer.items || []).filter((i) => i.kind === "file");
+      if (items.length === 0) {
+        addFiles(Array.from(e.dataTransfer.files || [], (file) => ({ file, rel: null })));
+        return;
+      }
+      // Now, inside the event: the items are gone once it returns.
+      const taken = items.map((i) => ({ entry: i.webkitGetAsEntry ? i.webkitGetAsEntry() : null, file: i.getAsFile() }));
+      walkDrop(taken).then(({ found, unreadable, folders }) => {
+        if (unreadable.length) {
+          const some = unreadable.slice(0, 3).join(", ");
+          toast(`Could not read ${unreadable.length} item${unreadable.length === 1 ? "" : "s"}: ${some}${unreadable.length > 3 ? ", …" : ""}`, "error");
+        }
+        addFiles(found, folders);
+      });
     });
     // A file dropped next to the zone must not replace the page.
     window.addEventListener("dragover", (e) => {
@@ -1230,6 +1881,7 @@
     const example = () => {
       const prefix = normalisePrefix($("key-prefix").value);
       $("key-example").textContent = prefix ? `${prefix}/‹file name›` : "‹file name›";
+      $("key-example-folder").textContent = prefix ? `${prefix}/‹folder›/‹path in it›` : "‹folder›/‹path in it›";
     };
     $("key-prefix").addEventListener("input", example);
     example();
