@@ -256,6 +256,7 @@ T_CPU_GIB=1.0    # single upload, the node's CPU seconds per GiB
 T_SMALL_N=0.8    # small PUTs, SMALL_CLIENTS clients: node / disk's durable rate (as many threads)
 T_SMALL_1=0.5    # small PUTs, 1 client: node / disk's serial durable rate
 T_RANGE=0.8      # random range GETs: node / nginx
+T_LIST_UNDER_WRITES_MS=20 # GET /datasets?limit=1000 p99 while SMALL_CLIENTS writers upload
 T_GET=1.0        # one whole GET: node / nginx (sendfile on)
 T_CLI_RATIO=0.9      # spillway upload / curl -T, MB/s
 KEEP_VERSIONS_DEFAULT=10 # the node's default keep_versions (the versions-on node runs with it)

@@ -1221,6 +1221,7 @@
           ...TUS,
           "Upload-Length": String(this.file.size),
           "Upload-Metadata": meta.map(([k, v]) => `${k} ${base64Utf8(v)}`).join(","),
+          ...(this.createOnly ? { "If-None-Match": "*" } : {}),
         },
       });
       if (res.status !== 201) throw await errorFromResponse(res);
@@ -1660,17 +1661,20 @@
       u.setState("checking");
     }
 
-    // Ask before replacing: the node's tus uploads take no precondition, so
-    // the page looks the keys up first (a key created between this look-up
-    // and the commit is still replaced).
+    // Ask before replacing: the page looks the keys up first. A key found
+    // free is uploaded create-only (If-None-Match: *), so a dataset created
+    // there between this look-up and the commit is never replaced (412).
     let choice = "replace";
     let existing = new Map();
+    let looked = false;
     try {
       existing = await existingKeys(fresh.map((u) => u.key));
+      looked = true;
       if (existing.size > 0) choice = await askReplace(fresh, existing, null);
     } catch (e) {
       choice = await askReplace(fresh, existing, e);
     }
+    if (looked) for (const u of fresh) u.createOnly = !existing.has(u.key);
     if (choice === "cancel") {
       for (const u of fresh) {
         const i = uploads.indexOf(u);

@@ -1787,3 +1787,42 @@ async fn foreign_entries_in_uploads_are_kept_and_do_not_stop_the_start() {
     patch_all(&node, &loc, BODY10, 0, 10).await;
     assert_dataset(&node, "tus/kept.bin", BODY10).await;
 }
+
+/// `POST /uploads` of 5 bytes for `key` with `If-None-Match: if_none_match`.
+async fn create_if_none_match(node: &TestNode, key: &str, if_none_match: &str) -> Reply {
+    let metadata = meta(&[("key", key)]);
+    let headers = [
+        ("Tus-Resumable", "1.0.0"),
+        ("Upload-Length", "5"),
+        ("Upload-Metadata", metadata.as_str()),
+        ("If-None-Match", if_none_match),
+    ];
+    call(node, "POST", "/uploads", &headers, None).await
+}
+
+/// `If-None-Match: *` on a creation makes the upload create its key only:
+/// refused (412) when the key is taken at creation, and again at the last
+/// PATCH when another upload took it meanwhile, which then keeps its bytes.
+/// Any other `If-None-Match` on a creation is a 400.
+#[tokio::test]
+async fn a_create_only_upload_never_replaces_a_dataset() {
+    let node = TestNode::start();
+    assert_eq!(node.put("taken", b"first".to_vec()).await.status(), 201);
+    let r = create_if_none_match(&node, "taken", "*").await;
+    assert_problem(&r, 412, "precondition-failed", "create-only upload of a taken key");
+
+    let r = create_if_none_match(&node, "raced", "*").await;
+    assert_eq!(r.status, 201, "create-only upload of a free key: {}", r.describe());
+    let loc = location(&r);
+    assert_eq!(node.put("raced", b"other".to_vec()).await.status(), 201);
+    let r = patch(&node, &loc, 0, b"mine!", &[]).await;
+    assert_problem(&r, 412, "precondition-failed", "the last PATCH after another upload took the key");
+    assert_dataset(&node, "raced", b"other").await;
+
+    let loc = location(&create_if_none_match(&node, "fresh", "*").await);
+    patch_all(&node, &loc, b"fresh", 0, 5).await;
+    assert_dataset(&node, "fresh", b"fresh").await;
+
+    let r = create_if_none_match(&node, "etag", "\"abc\"").await;
+    assert_eq!(r.status, 400, "If-None-Match other than * on a creation: {}", r.describe());
+}

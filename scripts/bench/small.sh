@@ -23,6 +23,7 @@ SM_DIR=""       # this round's body files (SM_DIR/f000000 ...)
 SM_BIN=""       # durable_rate, compiled into the temp dir
 declare -A SM_RATE=() # "node 16" etc. -> space-separated files/s, one a round
 declare -A SM_PID=() SM_PORT=() SM_DATA=()
+SM_LIST_MS=() # listing latencies (ms) under writes
 
 small_build() { # durable_rate from scripts/bench/durable_rate.c
     SM_BIN="$TMPD/durable_rate"
@@ -136,6 +137,7 @@ small_section() {
             for w in $(rotated "$((i < 1 ? 1 : i))" "${order[@]}"); do small_one "$w" "$i" "$c"; done
         done
     done
+    small_listing_under_writes
     stop_nginx
     rm -rf -- "$NGX" "$SM_DIR"
     for w in node base; do
@@ -143,6 +145,30 @@ small_section() {
         stop_pid "${SM_PID[$w]}" TERM
         rm -rf -- "${SM_DATA[$w]}"
     done
+}
+
+# One more round on the node alone, not counted in the rates: while
+# SMALL_CLIENTS writers upload, one client lists the first page of
+# GET /datasets?limit=1000 again and again (at most 100,000 times, each
+# bounded by 10 s); SM_LIST_MS gets the latencies in ms.
+small_listing_under_writes() {
+    local r=$((SMALL_RUNS + 1)) out="$TMPD/logs/small-list.times" lister
+    ((SMALL_CLIENTS > 1)) || return 0
+    small_bodies
+    : >"$out"
+    (
+        for ((k = 0; k < 100000; k++)); do
+            curl -s -o /dev/null --max-time 10 -w '%{http_code} %{time_total}\n' \
+                "http://127.0.0.1:${SM_PORT[node]}/datasets?limit=1000" || break
+        done >>"$out"
+    ) &
+    lister=$!
+    LIVE["$lister"]="listing loop"
+    small_put_all node "http://127.0.0.1:${SM_PORT[node]}/data" "$r" "$SMALL_CLIENTS"
+    stop_pid "$lister" TERM
+    grep -qv '^200 ' "$out" && die "small: a listing under writes did not answer 200: $(grep -v '^200 ' "$out" | head -n 2)"
+    mapfile -t SM_LIST_MS < <(awk '{ printf "%.2f\n", $2 * 1000 }' "$out")
+    log "small: ${#SM_LIST_MS[@]} listings during $SMALL_COUNT PUTs by $SMALL_CLIENTS clients ($SM_OUT files/s)"
 }
 
 small_rates() { # contender clients -> that variant's files/s, one a line
@@ -171,4 +197,16 @@ report_small() { # rows of the reads-and-small-writes table
             "$(ratio "$node" "$ngx")" "" "" \
             "$(spread %.0f "${n[@]}") | $(spread %.0f "${g[@]}") | $(spread %s "${rs[@]}")"
     done
+    if ((${#SM_LIST_MS[@]} > 0)); then
+        local p50 p99
+        p50=$(percentile 50 "${SM_LIST_MS[@]}") p99=$(percentile 99 "${SM_LIST_MS[@]}")
+        row "GET /datasets p99 under $SMALL_CLIENTS writers, ms" "$p99" "" "" "< ${T_LIST_UNDER_WRITES_MS} ms" \
+            "$(ok_le "$p99" "$T_LIST_UNDER_WRITES_MS")" "${#SM_LIST_MS[@]} listings, p50 $p50 ms"
+    fi
+}
+
+percentile() { # p values... -> the p-th percentile (nearest rank)
+    local p=$1
+    shift
+    printf '%s\n' "$@" | sort -g | awk -v p="$p" '{ v[NR] = $1 } END { i = int((p * NR + 99) / 100); if (i < 1) i = 1; print v[i] }'
 }

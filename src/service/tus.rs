@@ -37,7 +37,7 @@ use crate::key::Key;
 use crate::store::Staged;
 use crate::timestamp::now;
 use crate::timestamp::unix_now;
-pub use metadata::Metadata;
+pub use metadata::{Metadata, CREATE_ONLY};
 pub use slots::Resumable;
 use slots::{take, HashState};
 

@@ -354,6 +354,10 @@ impl Upload<'_> {
         let optional =
             [("name", &self.args.name), ("description", &self.args.description), ("filetype", &self.content_type)];
         metadata.extend(optional.iter().filter_map(|(k, v)| v.as_deref().map(|v| (*k, v))));
+        if self.args.no_clobber {
+            // The node checks it when the upload is created and committed.
+            metadata.push(("ifnonematch", "*"));
+        }
         metadata
     }
 }

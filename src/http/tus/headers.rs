@@ -9,7 +9,7 @@ use rocket::request::{FromRequest, Outcome, Request};
 use crate::error::{Error, Result};
 use crate::http::{guard, header};
 use crate::ingest::{Algorithm, Digest};
-use crate::service::tus::{Concat, Creation, CHECKSUM_ALGORITHMS, TUS_VERSION};
+use crate::service::tus::{Concat, Creation, CHECKSUM_ALGORITHMS, CREATE_ONLY, TUS_VERSION};
 
 pub const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
 
@@ -79,11 +79,21 @@ fn creation_request(req: &Request<'_>) -> Result<CreationRequest> {
     }
     let with_body = content_type_is(req, OFFSET_OCTET_STREAM)
         && (number(req, "Content-Length")?.unwrap_or(0) > 0 || header(req, "Transfer-Encoding").is_some());
-    Ok(CreationRequest {
-        creation: Creation { length, metadata: header(req, "Upload-Metadata").map(str::to_owned), concat },
-        with_body,
-        checksum: upload_checksum(req)?,
-    })
+    let mut metadata = header(req, "Upload-Metadata").map(str::to_owned);
+    match header(req, "If-None-Match").map(str::trim) {
+        None => {}
+        // Kept with the upload (its metadata is what the commit reads):
+        // the key must still be free when the upload completes.
+        Some("*") => {
+            let pair = format!("{CREATE_ONLY} {}", base64::engine::general_purpose::STANDARD.encode("*"));
+            metadata = Some(match metadata.filter(|m| !m.trim().is_empty()) {
+                Some(m) => format!("{m},{pair}"),
+                None => pair,
+            });
+        }
+        Some(_) => return Err(Error::BadRequest("on POST /uploads, If-None-Match can only be `*`".into())),
+    }
+    Ok(CreationRequest { creation: Creation { length, metadata, concat }, with_body, checksum: upload_checksum(req)? })
 }
 
 fn number(req: &Request<'_>, name: &str) -> Result<Option<u64>> {

@@ -6,6 +6,11 @@ use super::super::UploadMeta;
 use crate::error::{Error, Result};
 use crate::key::Key;
 
+/// The metadata pair that makes an upload create its key only (`*`), as
+/// `If-None-Match: *` on its creation does: checked when it is created and
+/// again when it is committed.
+pub const CREATE_ONLY: &str = "ifnonematch";
+
 /// `Upload-Metadata`: comma-separated `key base64value` pairs.
 #[derive(Debug, Default)]
 pub struct Metadata(Vec<(String, Option<String>)>);
@@ -51,7 +56,13 @@ impl Metadata {
     /// What the commit records; `owner` is the token that created the
     /// upload (`""` on an open node).
     pub(super) fn upload_meta(&self, owner: &str) -> UploadMeta {
+        let create_only = self.get(CREATE_ONLY) == Some("*");
         UploadMeta {
+            precondition: if create_only {
+                crate::service::Precondition::IfNoneMatch(crate::service::EtagList::Any)
+            } else {
+                crate::service::Precondition::None
+            },
             content_type: self.get("filetype").filter(|t| !t.is_empty()).map(str::to_owned),
             name: self.get("name").map(str::to_owned),
             description: self.get("description").map(str::to_owned),
