@@ -15,6 +15,9 @@ pub(super) type SqlitePool = Pool<SqliteConnectionManager>;
 
 pub(super) fn open(path: &Path) -> Result<SqlitePool> {
     let manager = SqliteConnectionManager::file(path).with_init(|c| {
+        // The catalog has more distinct statements than rusqlite's default
+        // cache of 16 holds: each evicted one is parsed again on its use.
+        c.set_prepared_statement_cache_capacity(128);
         c.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;

@@ -179,8 +179,16 @@ impl Node {
     }
 
     pub async fn get(&self, key: &Key) -> Result<Record> {
-        let (index, k) = (self.index.clone(), key.clone());
-        blocking(move || index.get(&k)).await?.ok_or_else(|| Error::no_dataset(key))
+        let record = if self.index.is_shared() {
+            let (index, k) = (self.index.clone(), key.clone());
+            blocking(move || index.get(&k)).await?
+        } else {
+            // A point lookup in SQLite's page cache takes microseconds, less
+            // than a hop to the blocking pool and back; a read never waits
+            // for a writer (WAL).
+            self.index.get(key)?
+        };
+        record.ok_or_else(|| Error::no_dataset(key))
     }
 
     pub async fn list(&self, prefix: String, after: Option<String>, limit: usize) -> Result<Vec<Record>> {
@@ -191,11 +199,17 @@ impl Node {
     /// Checks what can be known before the body is read, so a doomed upload
     /// is refused without spooling it: preconditions and key conflicts.
     pub async fn precheck_upload(&self, key: &Key, meta: &UploadMeta) -> Result<()> {
-        let (index, k) = (self.index.clone(), key.clone());
-        let current = blocking(move || index.get(&k)).await?;
-        meta.precondition.check(current.as_ref())?;
-        let (index, k) = (self.index.clone(), key.clone());
-        blocking(move || check_conflicts(&index, &k)).await
+        let check = move |index: &Index, key: &Key, precondition: &Precondition| -> Result<()> {
+            precondition.check(index.get(key)?.as_ref())?;
+            check_conflicts(index, key)
+        };
+        if !self.index.is_shared() {
+            // A few point lookups in SQLite: cheaper here than a hop to the
+            // blocking pool (see `Node::get`).
+            return check(&self.index, key, &meta.precondition);
+        }
+        let (index, k, precondition) = (self.index.clone(), key.clone(), meta.precondition.clone());
+        blocking(move || check(&index, &k, &precondition)).await
     }
 
     /// PUT: stream the body in, then commit it at `key`.

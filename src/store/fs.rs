@@ -135,15 +135,23 @@ impl Store for FsStore {
 
     async fn open(&self, record: &Record, key: &Key, range: Option<RangeInclusive<u64>>) -> Result<Option<Reader>> {
         let (layout, k, version, size) = (self.layout.clone(), key.clone(), record.version.clone(), record.size);
-        blocking(move || -> Result<Option<Reader>> {
+        let small = range.as_ref().map_or(size, |r| r.end() - r.start() + 1) <= READ_AT_ONCE;
+        let open = move || -> Result<Option<Reader>> {
             let Some(file) = layout.open_dataset(&k)? else { return Ok(None) };
             let meta = file.metadata()?;
             if meta.ino().to_string() != version || meta.len() != size {
                 return Ok(None);
             }
             reader(file, size, range).map(Some)
-        })
-        .await
+        };
+        if small {
+            // As nginx does: an open and one read of at most READ_AT_ONCE,
+            // mostly from the page cache, cost less here than two thread
+            // switches to the blocking pool and back.
+            open()
+        } else {
+            blocking(open).await
+        }
     }
 
     async fn remove(&self, key: &Key) -> Result<()> {
