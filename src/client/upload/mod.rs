@@ -21,7 +21,7 @@
 //! 4. The last `PATCH` answers with `ETag: "<blake3>"` of the committed
 //!    dataset; it must equal the local blake3, or the command fails.
 //!
-//! A file of 64 MiB or more goes as `--parts` tus partial uploads at once,
+//! With `--parts N`, a file of 64 MiB or more goes as N tus partial uploads at once,
 //! concatenated on the node ([`parts`]). The state machine that drives a
 //! resumable upload (or part) through those steps is in [`resumable`]; the requests and what their answers say in [`tus`]; the
 //! chunks read from the file and its hash in [`file`].
@@ -59,8 +59,10 @@ pub struct UploadArgs {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64), value_name = "N")]
     pub parallel: u16,
     /// A file of 64 MiB or more goes as up to N tus parts sent at once
-    /// (each at least 32 MiB), joined on the node (1: one upload).
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64), value_name = "N")]
+    /// (each at least 32 MiB), joined on the node (1: one upload). Worth it
+    /// only where one connection is slower than the node's disk: the node
+    /// copies the parts into one file at the end.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64), value_name = "N")]
     pub parts: u16,
     /// Never replace a dataset: a key that is taken is skipped
     /// (`If-None-Match: *`).
