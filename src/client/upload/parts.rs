@@ -112,16 +112,7 @@ impl Resumable<'_> {
             Some(etag) => etag,
             None => self.node.record(&parse_key(&self.key)?).await?.blake3,
         };
-        let now = std::fs::metadata(self.path).context("the file went away during the upload")?;
-        if now.len() != size || mtime_ns(now.modified()?) != mtime {
-            anyhow::bail!(
-                "{} changed while it was being uploaded; the node stored what was read (blake3 {blake3})",
-                self.shown
-            );
-        }
-        if blake3 != local {
-            anyhow::bail!("blake3 mismatch: the node stored {blake3} at `{}`, the file hashes to {local}", self.key);
-        }
+        super::resumable::check_stored(self.path, &self.shown, (size, mtime), &self.key, &blake3, &local)?;
         progress.finish();
         Ok(Sent { blake3, resumed_from: uploads.iter().map(|u| u.resumed_from).sum() })
     }

@@ -73,18 +73,7 @@ impl Resumable<'_> {
         }
         let (blake3, local) = result?;
 
-        // The file must not have changed under us (the hash covers what was
-        // read, but a resumed prefix came from an earlier run).
-        let now = std::fs::metadata(self.path).context("the file went away during the upload")?;
-        if now.len() != size || mtime_ns(now.modified()?) != mtime {
-            anyhow::bail!(
-                "{} changed while it was being uploaded; the node stored what was read (blake3 {blake3})",
-                self.shown
-            );
-        }
-        if blake3 != local {
-            anyhow::bail!("blake3 mismatch: the node stored {blake3} at `{}`, the file hashes to {local}", upload.key);
-        }
+        check_stored(self.path, &self.shown, (size, mtime), &upload.key, &blake3, &local)?;
         upload.progress.finish();
         Ok(Sent { blake3, resumed_from: upload.resumed_from })
     }
@@ -123,6 +112,27 @@ fn recovery(e: &anyhow::Error) -> Recovery {
         return Recovery::Retry { after: None };
     }
     Recovery::Fatal
+}
+
+/// After an upload: the file must not have changed under us (the hash
+/// covers what was read, but a resumed prefix came from an earlier run),
+/// and the node must have stored the bytes the file hashes to.
+pub(super) fn check_stored(
+    path: &std::path::Path,
+    shown: &str,
+    (size, mtime): (u64, u64),
+    key: &str,
+    blake3: &str,
+    local: &str,
+) -> Result<()> {
+    let now = std::fs::metadata(path).context("the file went away during the upload")?;
+    if now.len() != size || mtime_ns(now.modified()?) != mtime {
+        anyhow::bail!("{shown} changed while it was being uploaded; the node stored what was read (blake3 {blake3})");
+    }
+    if blake3 != local {
+        anyhow::bail!("blake3 mismatch: the node stored {blake3} at `{key}`, the file hashes to {local}");
+    }
+    Ok(())
 }
 
 /// One upload in progress: of a whole file, or (`part`) of one byte range
