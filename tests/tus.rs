@@ -1826,3 +1826,38 @@ async fn a_create_only_upload_never_replaces_a_dataset() {
     let r = create_if_none_match(&node, "etag", "\"abc\"").await;
     assert_eq!(r.status, 400, "If-None-Match other than * on a creation: {}", r.describe());
 }
+
+/// An upload created with the whole file's blake3 (`blake3` in
+/// `Upload-Metadata`, as the CLI sends it instead of a checksum per PATCH)
+/// commits only those bytes: other bytes are refused at the last PATCH
+/// (`digest-mismatch`) and leave nothing; a value that is not 64 hex digits
+/// is refused at creation.
+#[tokio::test]
+async fn an_upload_created_with_its_blake3_commits_only_those_bytes() {
+    let node = TestNode::start();
+    let good = b"the right bytes";
+    let loc = create(&node, good.len() as u64, &meta(&[("key", "b3/ok"), ("blake3", &b3(good))])).await;
+    patch_all(&node, &loc, good, 0, 5).await;
+    assert_dataset(&node, "b3/ok", good).await;
+
+    let wrong = b"the wrong bytes";
+    let loc = create(&node, wrong.len() as u64, &meta(&[("key", "b3/bad"), ("blake3", &b3(good))])).await;
+    let r = patch(&node, &loc, 0, wrong, &[]).await;
+    assert_problem(&r, 400, "digest-mismatch", "the last PATCH of bytes with another blake3");
+    assert_eq!(node.get("/datasets/b3/bad").await.status(), 404, "nothing is committed");
+    assert_eq!(head(&node, &loc).await.status, 404, "the upload is gone");
+
+    let r = call(
+        &node,
+        "POST",
+        "/uploads",
+        &[
+            ("Tus-Resumable", "1.0.0"),
+            ("Upload-Length", "5"),
+            ("Upload-Metadata", &meta(&[("key", "b3/x"), ("blake3", "beef")])),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 400, "a blake3 that is not 64 hex digits: {}", r.describe());
+}

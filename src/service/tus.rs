@@ -118,6 +118,7 @@ impl Node {
     /// `POST /uploads`: the upload belongs to `caller`.
     pub async fn tus_create(&self, creation: Creation, caller: &Caller) -> Result<UploadInfo> {
         let metadata = Metadata::parse(creation.metadata.as_deref())?;
+        metadata.expected_blake3()?;
         let key = match creation.concat {
             Concat::Partial => None,
             _ => Some(metadata.key()?.ok_or_else(|| {

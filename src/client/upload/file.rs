@@ -1,8 +1,6 @@
-//! The local file's side of an upload: the chunks read from it, and the
-//! blake3 of the prefix the node holds, which must equal the committed
-//! dataset's `ETag` at the end. A resumed upload's prefix was sent by an
-//! earlier run, so it is hashed from the file; bytes this run sends are
-//! hashed from the chunk in memory, not read twice.
+//! The local file's side of an upload: the chunks read from it, and its
+//! blake3, which the node checks before it commits and which must equal
+//! the committed dataset's `ETag`.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -10,49 +8,12 @@ use std::io::{Read, Seek, SeekFrom};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 
-/// A blake3 of the file's first `at` bytes that can be moved forward.
-pub struct PrefixHasher {
-    hasher: blake3::Hasher,
-    at: u64,
-}
-
-impl PrefixHasher {
-    pub fn new() -> PrefixHasher {
-        PrefixHasher { hasher: blake3::Hasher::new(), at: 0 }
-    }
-
-    /// The blake3 of the bytes hashed so far.
-    pub fn finalize(&self) -> blake3::Hash {
-        self.hasher.finalize()
-    }
-
-    /// Hashes up to byte `to`, taking bytes from `chunk` (which starts at
-    /// `chunk_start`) where it covers them and reading the file elsewhere.
-    /// Moving backwards (the node lost bytes) starts over.
-    pub fn advance(&mut self, file: &mut File, to: u64, chunk_start: u64, chunk: &[u8]) -> Result<()> {
-        if to < self.at {
-            self.hasher.reset();
-            self.at = 0;
-        }
-        let chunk_end = chunk_start + chunk.len() as u64;
-        while self.at < to {
-            if (chunk_start..chunk_end).contains(&self.at) {
-                let end = to.min(chunk_end);
-                self.hasher.update(&chunk[(self.at - chunk_start) as usize..(end - chunk_start) as usize]);
-                self.at = end;
-                continue;
-            }
-            let end = if self.at < chunk_start { to.min(chunk_start) } else { to };
-            file.seek(SeekFrom::Start(self.at))?;
-            let mut reader = (&mut *file).take(end - self.at);
-            let copied = std::io::copy(&mut reader, &mut self.hasher)?;
-            if copied != end - self.at {
-                anyhow::bail!("the file got shorter while it was being uploaded");
-            }
-            self.at = end;
-        }
-        Ok(())
-    }
+/// The blake3 (hex) of the file at `path` (`shown` names it in errors).
+pub fn blake3_of(path: &std::path::Path, shown: &str) -> Result<String> {
+    let mut hasher = blake3::Hasher::new();
+    let file = File::open(path).with_context(|| format!("cannot open {shown}"))?;
+    hasher.update_reader(file).with_context(|| format!("cannot read {shown}"))?;
+    Ok(hasher.finalize().to_hex().to_string())
 }
 
 /// Reads bytes `start..end` of the file.
@@ -69,20 +30,12 @@ mod tests {
     use std::io::Write;
 
     #[test]
-    fn prefix_hasher_mixes_file_and_chunk() {
+    fn blake3_of_a_file_and_a_chunk_of_it() {
         let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let mut temp = tempfile::NamedTempFile::new().unwrap();
         temp.write_all(&data).unwrap();
+        assert_eq!(blake3_of(temp.path(), "the file").unwrap(), blake3::hash(&data).to_hex().to_string());
         let mut file = temp.reopen().unwrap();
-        let mut h = PrefixHasher::new();
-        h.advance(&mut file, 10_000, 0, &[]).unwrap();
-        let chunk = &data[20_000..50_000];
-        // 10,000..20,000 from the file, 20,000..45,000 from the chunk.
-        h.advance(&mut file, 45_000, 20_000, chunk).unwrap();
-        h.advance(&mut file, 100_000, 20_000, chunk).unwrap();
-        assert_eq!(h.finalize(), blake3::hash(&data));
-        // Backwards starts over.
-        h.advance(&mut file, 5, 0, &[]).unwrap();
-        assert_eq!(h.finalize(), blake3::hash(&data[..5]));
+        assert_eq!(&read_chunk(&mut file, 20_000, 50_000).unwrap()[..], &data[20_000..50_000]);
     }
 }

@@ -9,10 +9,12 @@
 //!    path, size, mtime), node and key is looked up in the [state
 //!    file](super::state); the node's `HEAD` tells how far it got. Otherwise
 //!    `POST /uploads` creates one (`Upload-Length`, `Upload-Metadata` with
-//!    `key`, `name`, `description`, `filetype`) and its URL is remembered.
-//! 2. The prefix the node already has is hashed from the local file, then
-//!    the rest is sent in chunks (`PATCH`, `Upload-Offset`,
-//!    `Upload-Checksum: sha256`), each hashed with blake3 as it goes.
+//!    `key`, `name`, `description`, `filetype` and the file's `blake3`,
+//!    hashed first) and its URL is remembered.
+//! 2. The rest of the file goes in one `PATCH` (`Upload-Offset`), streamed
+//!    from the file: the node fsyncs once, keeps what arrived if the
+//!    request breaks off, and commits only bytes with the `blake3` the
+//!    upload was created with, so no checksum per request is needed.
 //! 3. Network errors and `5xx`/`408`/`409`/`423`/`460` answers are retried
 //!    with exponential backoff (bounded by `--retries` consecutive
 //!    failures); after each, a `HEAD` learns the node's offset, since a
@@ -82,8 +84,9 @@ pub struct UploadArgs {
     /// key's extension).
     #[arg(long, value_name = "TYPE")]
     pub content_type: Option<String>,
-    /// Bytes per PATCH request (plain bytes or e.g. `8 MiB`); held in memory.
-    /// Files this small or smaller go in one PUT.
+    /// Files this small or smaller go in one PUT (plain bytes or e.g.
+    /// `8 MiB`); also the bytes per PATCH of a part (`--parts`), held in
+    /// memory.
     #[arg(long, default_value = "8 MiB", value_parser = parse_chunk_size, value_name = "SIZE")]
     pub chunk_size: u64,
     #[command(flatten)]

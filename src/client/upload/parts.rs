@@ -36,11 +36,7 @@ impl Resumable<'_> {
         let mtime = mtime_ns(metadata.modified().context("the file has no modification time")?);
         let path = self.path.to_path_buf();
         let shown = self.shown.clone();
-        let whole = tokio::task::spawn_blocking(move || -> Result<String> {
-            let mut hasher = blake3::Hasher::new();
-            hasher.update_reader(File::open(&path)?).with_context(|| format!("cannot read {shown}"))?;
-            Ok(hasher.finalize().to_hex().to_string())
-        });
+        let whole = tokio::task::spawn_blocking(move || super::file::blake3_of(&path, &shown));
 
         let part_len = size.div_ceil(parts);
         let mut uploads: Vec<Upload> = (0..parts)
@@ -68,6 +64,7 @@ impl Resumable<'_> {
                     progress: progress.part(len),
                     resumed_from: 0,
                     part: Some(start),
+                    whole: None,
                     part_url: None,
                 }
             })

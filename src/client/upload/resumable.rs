@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use reqwest::Url;
 
-use super::file::{read_chunk, PrefixHasher};
+use super::file::{blake3_of, read_chunk};
 use super::tus::{self, TusInfo};
 use super::UploadArgs;
 use crate::client::progress::Progress;
@@ -66,7 +66,10 @@ impl Resumable<'_> {
             resumed_from: 0,
             part: None,
             part_url: None,
+            whole: None,
         };
+        let (path, shown) = (self.path.to_path_buf(), self.shown.clone());
+        upload.whole = Some(tokio::task::spawn_blocking(move || blake3_of(&path, &shown)).await??);
         let result = upload.run(&mut file).await;
         if result.is_err() {
             upload.progress.abandon();
@@ -155,6 +158,9 @@ pub(super) struct Upload<'a> {
     pub(super) part: Option<u64>,
     /// A part's upload URL, once every byte of it is in.
     pub(super) part_url: Option<Url>,
+    /// The whole file's blake3 (not for a part), hashed before the upload
+    /// is created: the node checks the committed bytes against it.
+    pub(super) whole: Option<String>,
 }
 
 /// The next step of the upload's state machine.
@@ -170,7 +176,6 @@ enum Step {
 impl Upload<'_> {
     /// Runs the upload to its end; returns the node's blake3 and the local one.
     pub(super) async fn run(&mut self, file: &mut File) -> Result<(String, String)> {
-        let mut hasher = PrefixHasher::new();
         let mut upload_url: Option<Url> = self.remembered();
         let mut step = if upload_url.is_some() { Step::Sync } else { Step::Create };
         let mut offset = 0u64;
@@ -232,6 +237,21 @@ impl Upload<'_> {
                     // was replaced or removed since): ask the catalog.
                     break;
                 }
+                Step::Send if self.part.is_none() && offset < self.size => {
+                    // The rest of the file in one request: the node fsyncs
+                    // once, and keeps what arrived if it breaks off.
+                    let url = upload_url.as_ref().expect("an upload to send to");
+                    match tus::patch_from(self.node, url, file, (offset, self.size), &self.progress).await {
+                        Ok(info) if info.offset <= offset && info.etag.is_none() => Err(NoProgress(offset).into()),
+                        Ok(info) => {
+                            failures = 0;
+                            offset = info.offset;
+                            etag = info.etag;
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
                 Step::Send => {
                     let url = upload_url.as_ref().expect("an upload to send to");
                     // At the end, an empty PATCH learns the outcome: it
@@ -258,9 +278,6 @@ impl Upload<'_> {
                     }
                 }
             };
-            if self.part.is_none() {
-                hasher.advance(file, offset.min(self.size), chunk_start, &chunk)?;
-            }
             self.progress.set(offset);
             let Err(e) = attempt else {
                 contacted = true;
@@ -308,8 +325,7 @@ impl Upload<'_> {
             tokio::time::sleep(wait).await;
         }
 
-        hasher.advance(file, self.size, chunk_start, &chunk)?;
-        let local = hasher.finalize().to_hex().to_string();
+        let local = self.whole.clone().unwrap_or_default();
         // The upload is over on the node's side, whatever we find now.
         self.forget();
         let blake3 = match etag {
@@ -364,6 +380,9 @@ impl Upload<'_> {
         let optional =
             [("name", &self.args.name), ("description", &self.args.description), ("filetype", &self.content_type)];
         metadata.extend(optional.iter().filter_map(|(k, v)| v.as_deref().map(|v| (*k, v))));
+        if let Some(whole) = &self.whole {
+            metadata.push(("blake3", whole.as_str()));
+        }
         if self.args.no_clobber {
             // The node checks it when the upload is created and committed.
             metadata.push(("ifnonematch", "*"));

@@ -111,6 +111,39 @@ pub async fn patch(node: &Node, url: &Url, offset: u64, chunk: Bytes, progress: 
     TusInfo::of(&node.send(request).await?)
 }
 
+/// `PATCH` of bytes `offset..end` of `file`, streamed from it in pieces
+/// (never held whole), with no checksum per request: the upload was created
+/// with the whole file's blake3, which the node checks before it commits.
+pub async fn patch_from(
+    node: &Node,
+    url: &Url,
+    file: &std::fs::File,
+    (offset, end): (u64, u64),
+    progress: &Progress,
+) -> Result<TusInfo> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut reader = tokio::fs::File::from_std(file.try_clone()?);
+    reader.seek(std::io::SeekFrom::Start(offset)).await?;
+    let pieces = tokio_util::io::ReaderStream::with_capacity(reader.take(end - offset), PIECE);
+    let progress = progress.clone();
+    let mut sent = offset;
+    let body = pieces.map(move |piece| {
+        if let Ok(piece) = &piece {
+            sent += piece.len() as u64;
+            progress.set(sent);
+        }
+        piece
+    });
+    let request = node
+        .request(Method::PATCH, url.clone())
+        .header("Tus-Resumable", TUS_VERSION)
+        .header("Upload-Offset", offset)
+        .header(CONTENT_TYPE, OFFSET_OCTET_STREAM)
+        .header(CONTENT_LENGTH, end - offset)
+        .body(reqwest::Body::wrap_stream(body));
+    TusInfo::of(&node.send(request).await?)
+}
+
 /// `Upload-Metadata`: `key base64(value)` pairs, comma-separated.
 fn upload_metadata(pairs: &[(&str, &str)]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD;

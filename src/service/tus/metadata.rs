@@ -11,6 +11,9 @@ use crate::key::Key;
 /// again when it is committed.
 pub const CREATE_ONLY: &str = "ifnonematch";
 
+/// The metadata pair with the blake3 (hex) the whole upload must have.
+pub const EXPECTED_BLAKE3: &str = "blake3";
+
 /// `Upload-Metadata`: comma-separated `key base64value` pairs.
 #[derive(Debug, Default)]
 pub struct Metadata(Vec<(String, Option<String>)>);
@@ -55,9 +58,22 @@ impl Metadata {
 
     /// What the commit records; `owner` is the token that created the
     /// upload (`""` on an open node).
+    /// The blake3 the whole upload must have (`blake3`, hex): a client
+    /// that hashed its file first lets the node refuse to commit other
+    /// bytes, with no checksum per PATCH.
+    pub fn expected_blake3(&self) -> Result<Option<blake3::Hash>> {
+        self.get(EXPECTED_BLAKE3)
+            .map(|hex| {
+                blake3::Hash::from_hex(hex)
+                    .map_err(|_| Error::BadRequest(format!("Upload-Metadata `{EXPECTED_BLAKE3}` is not 64 hex digits")))
+            })
+            .transpose()
+    }
+
     pub(super) fn upload_meta(&self, owner: &str) -> UploadMeta {
         let create_only = self.get(CREATE_ONLY) == Some("*");
         UploadMeta {
+            expected: crate::ingest::Expected { blake3: self.expected_blake3().ok().flatten(), ..Default::default() },
             precondition: if create_only {
                 crate::service::Precondition::IfNoneMatch(crate::service::EtagList::Any)
             } else {
@@ -67,7 +83,6 @@ impl Metadata {
             name: self.get("name").map(str::to_owned),
             description: self.get("description").map(str::to_owned),
             uploaded_by: Some(owner.to_owned()).filter(|o| !o.is_empty()),
-            ..UploadMeta::default()
         }
     }
 }
