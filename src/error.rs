@@ -24,7 +24,7 @@ pub enum Error {
     BadRequest(String),
     #[error("{0}")]
     InvalidBody(String),
-    #[error("the request body ended after {received} of {expected} bytes")]
+    #[error("the request body ended after {} of {}", readable(*received), readable(*expected))]
     Truncated { received: u64, expected: u64 },
     #[error("the request body broke off: {0}")]
     Disconnected(String),
@@ -44,7 +44,7 @@ pub enum Error {
     Superseded,
     #[error("{0}")]
     CorruptData(String),
-    #[error("the body is larger than the limit of {limit} bytes")]
+    #[error("the body is larger than the limit of {}", readable(*limit))]
     TooLarge { limit: u64 },
     #[error("the range `{range}` cannot be served from {size} bytes")]
     RangeNotSatisfiable { range: String, size: u64 },
@@ -302,6 +302,14 @@ impl Error {
             _ => None,
         }
     }
+}
+
+/// A size as people read it, with the exact count: `8MiB (8388608 bytes)`.
+pub fn readable(bytes: u64) -> String {
+    if bytes < 1024 {
+        return format!("{bytes} bytes");
+    }
+    format!("{:.1} ({bytes} bytes)", rocket::data::ByteUnit::from(bytes))
 }
 
 /// True for ENOSPC and EDQUOT, the errors of a full volume.

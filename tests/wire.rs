@@ -318,6 +318,14 @@ fn refusals_come_from_the_headers_alone() {
     let node = TestNode::start_with(&[("SPILLWAY_MAX_DATASET_SIZE", "10MiB")]);
     let rt = runtime();
     rt.block_on(async { assert_eq!(node.put("taken.bin", b"x".to_vec()).await.status(), 201) });
+    // The limit is said in the units people read, with the exact count.
+    let mut s = node.raw();
+    s.write_all(
+        b"PUT /data/big.bin HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 20971520\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let resp = read_response(&mut s, Duration::from_secs(15)).unwrap();
+    assert!(resp.text().contains("10MiB (10485760 bytes)"), "the 413's detail: {}", resp.text());
     let id = "0123456789abcdef0123456789abcdef";
     assert_refused_from_headers(
         &node,

@@ -314,7 +314,9 @@ impl Spooler {
         let free = Layout::free_space(dir).map_err(Error::internal)?;
         if free < incoming.saturating_add(self.disk_reserve) {
             return Err(Error::InsufficientStorage(format!(
-                "storing {incoming} more bytes would leave less than the configured reserve free"
+                "storing {} more would leave less than the configured reserve ({}) free",
+                crate::error::readable(incoming),
+                crate::error::readable(self.disk_reserve)
             )));
         }
         Ok(())

@@ -132,9 +132,11 @@ impl Node {
     /// Runs on a blocking thread (it drives the store's checks).
     pub fn readiness(&self) -> Vec<Check> {
         let space = |dir: &std::path::Path| match Layout::free_space(dir) {
-            Ok(free) if free < self.spooler.disk_reserve => {
-                Some(format!("{free} bytes free, below the reserve of {}", self.spooler.disk_reserve))
-            }
+            Ok(free) if free < self.spooler.disk_reserve => Some(format!(
+                "{} free, below the reserve of {}",
+                crate::error::readable(free),
+                crate::error::readable(self.spooler.disk_reserve)
+            )),
             Ok(_) => None,
             Err(e) => {
                 log::warn!("readiness: cannot read free space of {}: {e}", dir.display());
