@@ -8,14 +8,13 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
 const KIB: usize = 1024;
 /// How long the slow key's install is held: far longer than the other
-/// commits take even on a loaded machine, and asserted on by order, not
-/// by time.
+/// commits take even on a loaded machine (nothing is asserted on time).
 const HOLD_MS: u64 = 8000;
 
 /// Waits (bounded) until the node's log has `line`.
@@ -24,12 +23,12 @@ async fn log_shows(node: &TestNode, line: &str) {
     assert!(seen, "the node never logged `{line}`:\n{}", node.log());
 }
 
-/// PUTs `body` at `key`; the status and when the answer came.
-async fn timed_put(node: &TestNode, key: &str, body: Vec<u8>) -> (u16, Instant) {
+/// PUTs `body` at `key`; the status.
+async fn status_of_put(node: &TestNode, key: &str, body: Vec<u8>) -> u16 {
     let resp = node.put(key, body).await;
     let status = resp.status().as_u16();
     let _ = resp.bytes().await;
-    (status, Instant::now())
+    status
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,7 +39,7 @@ async fn a_slow_install_holds_up_only_its_own_key_and_its_folder() {
     let first = generated(20 * KIB, 1);
     let held = {
         let (node, body) = (client.clone(), first.clone());
-        tokio::spawn(async move { timed_put(&node, "slow/one", body).await })
+        tokio::spawn(async move { status_of_put(&node, "slow/one", body).await })
     };
     log_shows(&client, "failpoint commit.install: `slow/one` waits").await;
 
@@ -49,7 +48,7 @@ async fn a_slow_install_holds_up_only_its_own_key_and_its_folder() {
         .into_iter()
         .map(|(key, seed)| {
             let node = client.clone();
-            tokio::spawn(async move { (key, timed_put(&node, key, generated(10 * KIB, seed)).await) })
+            tokio::spawn(async move { (key, status_of_put(&node, key, generated(10 * KIB, seed)).await) })
         })
         .collect();
 
@@ -63,11 +62,11 @@ async fn a_slow_install_holds_up_only_its_own_key_and_its_folder() {
         assert_serves(&client, &key, &body).await;
     }
 
-    let (status, slow_done) = held.await.unwrap();
-    assert_eq!(status, 201, "the held PUT");
+    assert_eq!(held.await.unwrap(), 201, "the held PUT");
+    // Their answers say they committed after it (the order of the answers
+    // on the wire would not: its locks go just before its answer does).
     for task in waiting {
-        let (key, (status, done)) = task.await.unwrap();
-        assert!(done >= slow_done, "`{key}` was answered before the held install of `slow/one` ended");
+        let (key, status) = task.await.unwrap();
         match key {
             // The second write of the key replaced the first.
             "slow/one" => assert_eq!(status, 200, "the second PUT of slow/one"),

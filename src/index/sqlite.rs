@@ -25,7 +25,9 @@ pub(super) fn open(path: &Path) -> Result<SqlitePool> {
         )
     });
     let pool = Pool::builder()
-        .max_size(8)
+        // Record lookups run on the async workers (see `Node::get`): enough
+        // connections that they rarely wait for one behind blocking work.
+        .max_size(16)
         .build(manager)
         .map_err(|e| Error::internal(format!("index {}: {e}", path.display())))?;
     migrate(&pool)?;
