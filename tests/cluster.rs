@@ -1179,7 +1179,7 @@ async fn versions_on_a_shared_index() {
 #[cfg(feature = "failpoints")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_install_on_one_node_holds_up_only_its_key_on_the_other() {
-    let Some(pair) = two_nodes(&[("FAILPOINTS", "commit.install=return(slow/one@8000)")]) else {
+    let Some(pair) = two_nodes(&[("FAILPOINTS", "commit.install=return(slow/one@12000)")]) else {
         return;
     };
     let Pair { a, b, _garage, _pg } = pair;

@@ -15,7 +15,7 @@ use common::*;
 const KIB: usize = 1024;
 /// How long the slow key's install is held: far longer than the other
 /// commits take even on a loaded machine (nothing is asserted on time).
-const HOLD_MS: u64 = 8000;
+const HOLD_MS: u64 = 12_000;
 
 /// Waits (bounded) until the node's log has `line`.
 async fn log_shows(node: &TestNode, line: &str) {
