@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use super::resumable::{Resumable, Sent, Upload};
 use super::{tus, worth_retrying};
 use crate::client::progress::Progress;
-use crate::client::state::{mtime_ns, unix_now, UploadEntry};
+use crate::client::state::mtime_ns;
 use crate::client::{backoff, parse_key};
 
 /// Parts are at least this big: below it a part's own requests cost more
@@ -51,16 +51,7 @@ impl Resumable<'_> {
                     content_type: self.content_type.clone(),
                     size: len,
                     state: self.state,
-                    entry: UploadEntry {
-                        path: self.path.to_string_lossy().into_owned(),
-                        size,
-                        mtime_ns: mtime,
-                        server: self.node.base().to_string(),
-                        key: self.key.clone(),
-                        upload_url: String::new(),
-                        created_at: unix_now(),
-                        part: Some(format!("{}/{parts}", i + 1)),
-                    },
+                    entry: self.entry((size, mtime), Some(format!("{}/{parts}", i + 1))),
                     progress: progress.part(len),
                     resumed_from: 0,
                     part: Some(start),

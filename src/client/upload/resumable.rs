@@ -36,14 +36,9 @@ pub struct Resumable<'a> {
 }
 
 impl Resumable<'_> {
-    /// Sends the file (resuming a remembered upload of it) and checks that
-    /// the node stored exactly its bytes.
-    pub async fn send(self, progress: Progress) -> Result<Sent> {
-        let mut file = File::open(self.path).with_context(|| format!("cannot open {}", self.shown))?;
-        let metadata = file.metadata().with_context(|| format!("cannot read {}", self.shown))?;
-        let size = metadata.len();
-        let mtime = mtime_ns(metadata.modified().context("the file has no modification time")?);
-        let entry = UploadEntry {
+    /// How the state file finds this upload (or one of its parts) again.
+    pub(super) fn entry(&self, (size, mtime): (u64, u64), part: Option<String>) -> UploadEntry {
+        UploadEntry {
             path: self.path.to_string_lossy().into_owned(),
             size,
             mtime_ns: mtime,
@@ -51,8 +46,18 @@ impl Resumable<'_> {
             key: self.key.clone(),
             upload_url: String::new(),
             created_at: unix_now(),
-            part: None,
-        };
+            part,
+        }
+    }
+
+    /// Sends the file (resuming a remembered upload of it) and checks that
+    /// the node stored exactly its bytes.
+    pub async fn send(self, progress: Progress) -> Result<Sent> {
+        let mut file = File::open(self.path).with_context(|| format!("cannot open {}", self.shown))?;
+        let metadata = file.metadata().with_context(|| format!("cannot read {}", self.shown))?;
+        let size = metadata.len();
+        let mtime = mtime_ns(metadata.modified().context("the file has no modification time")?);
+        let entry = self.entry((size, mtime), None);
         let mut upload = Upload {
             node: self.node,
             args: self.args,
