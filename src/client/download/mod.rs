@@ -16,8 +16,8 @@
 //! versions listing; a version never changes, so what was served must also
 //! hash to the listed blake3.
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Read, Write};
+use std::fs::OpenOptions;
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -31,6 +31,9 @@ use super::{
     backoff, etag_of, human_size, is_network_error, one_line, parse_key, ApiError, Connection, Node, Transfer,
 };
 use crate::key::Key;
+use target::Target;
+
+mod target;
 
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
@@ -201,7 +204,7 @@ pub async fn fetch_one(
             return Err(e);
         }
     };
-    let local = target_hash(&mut target);
+    let local = target.hash();
     let forget = || {
         if let Some(state) = &state {
             if let Err(e) = state.forget_download(&part_name) {
@@ -242,72 +245,11 @@ fn check(node: &str, local: &str, key: &Key) -> Result<()> {
     Ok(())
 }
 
-fn target_hash(target: &mut Target) -> String {
-    match target {
-        Target::File { hasher, .. } => hasher.finalize().to_hex().to_string(),
-        Target::Stdout(_) => unreachable!("stdout is hashed by the fetch"),
-    }
-}
-
 /// `OUT.part`.
 fn part_path(out: &Path) -> PathBuf {
     let mut name = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(".part");
     out.with_file_name(name)
-}
-
-/// Where the bytes go.
-enum Target<'a> {
-    File { writer: BufWriter<File>, hasher: Box<blake3::Hasher> },
-    Stdout(BufWriter<std::io::StdoutLock<'a>>),
-}
-
-impl Target<'_> {
-    fn hash_existing(&mut self, len: u64) -> Result<()> {
-        if let Target::File { writer, hasher } = self {
-            let mut file = writer.get_ref().try_clone()?;
-            use std::io::Seek;
-            file.seek(std::io::SeekFrom::Start(0))?;
-            let copied = std::io::copy(&mut (&mut file).take(len), hasher.as_mut())?;
-            anyhow::ensure!(copied == len, "the .part file got shorter");
-            writer.get_mut().seek(std::io::SeekFrom::Start(len))?;
-        }
-        Ok(())
-    }
-
-    /// Starts over from byte 0 (a whole new body is coming).
-    fn restart(&mut self) -> Result<()> {
-        match self {
-            Target::File { writer, hasher } => {
-                use std::io::Seek;
-                writer.flush()?;
-                writer.get_mut().set_len(0)?;
-                writer.get_mut().seek(std::io::SeekFrom::Start(0))?;
-                hasher.reset();
-                Ok(())
-            }
-            Target::Stdout(_) => anyhow::bail!("the dataset was replaced during the download to stdout"),
-        }
-    }
-
-    fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        match self {
-            Target::File { writer, hasher } => {
-                hasher.update(bytes);
-                writer.write_all(bytes).context("cannot write the download")?;
-            }
-            Target::Stdout(out) => out.write_all(bytes)?,
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        match self {
-            Target::File { writer, .. } => writer.flush().context("cannot write the download")?,
-            Target::Stdout(out) => out.flush()?,
-        }
-        Ok(())
-    }
 }
 
 /// The transfer loop, shared by files and stdout.
