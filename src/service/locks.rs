@@ -114,6 +114,14 @@ pub struct Held {
     table: Table,
 }
 
+impl Held {
+    /// Notes `slot` as taken or waited for (its entry goes with `self`).
+    fn enter(&mut self, slot: Arc<Slot>, name: &Name) -> Arc<Slot> {
+        self.slots.push((name.clone(), slot.clone()));
+        slot
+    }
+}
+
 impl Drop for Held {
     fn drop(&mut self) {
         if let Some(cluster) = self._cluster.take() {
@@ -164,8 +172,7 @@ impl Locks {
     pub async fn take_here(&self, claim: &Claim) -> Held {
         let mut held = self.held();
         for (name, mode) in &claim.0 {
-            let slot = self.slot(name);
-            held.slots.push((name.clone(), slot.clone()));
+            let slot = held.enter(self.slot(name), name);
             held.guards.push(match mode {
                 LockMode::Shared => Guard::Shared(slot.lock.clone().read_owned().await),
                 LockMode::Exclusive => Guard::Exclusive(exclusive(&slot).await),
@@ -178,8 +185,7 @@ impl Locks {
     pub fn try_take_here(&self, claim: &Claim) -> Option<Held> {
         let mut held = self.held();
         for (name, mode) in &claim.0 {
-            let slot = self.slot(name);
-            held.slots.push((name.clone(), slot.clone()));
+            let slot = held.enter(self.slot(name), name);
             held.guards.push(match mode {
                 LockMode::Shared => Guard::Shared(slot.lock.clone().try_read_owned().ok()?),
                 LockMode::Exclusive => Guard::Exclusive(slot.lock.clone().try_write_owned().ok()?),
