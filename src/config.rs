@@ -34,6 +34,10 @@ pub struct Settings {
     pub max_uploads: usize,
     /// Seconds a resumable upload lives after its creation or last PATCH.
     pub upload_expiry: u64,
+    /// Seconds a request writing a resumable upload kept in an object store
+    /// holds it without renewing (it renews every second): how long a
+    /// client resuming through another node waits when the writer's node died.
+    pub tus_lease: u64,
     /// Bearer tokens; none means the node is open (and loopback only).
     pub tokens: Vec<crate::access::TokenConfig>,
     /// Secret for signed URLs; generated and kept in `data_dir` when unset.
@@ -210,6 +214,7 @@ impl Default for Settings {
             header_timeout: 30,
             max_uploads: 64,
             upload_expiry: 24 * 60 * 60,
+            tus_lease: 10,
             tokens: Vec::new(),
             signing_key: None,
             cors_origins: Vec::new(),
@@ -257,6 +262,7 @@ impl Settings {
             ("header_timeout", self.header_timeout),
             ("max_uploads", self.max_uploads as u64),
             ("upload_expiry", self.upload_expiry),
+            ("tus_lease", self.tus_lease),
             ("max_open_uploads", self.max_open_uploads),
             ("max_open_uploads_per_token", self.max_open_uploads_per_token),
         ];

@@ -63,6 +63,8 @@ pub enum Error {
     ChecksumMismatch(String),
     #[error("another request is writing to this upload")]
     Locked,
+    #[error("another request is writing to this upload; HEAD it to take it over, then resume")]
+    UploadInUse,
     #[error("another request (a HEAD or PATCH of a resuming client) took this upload over; HEAD it for the offset")]
     TakenOver,
     #[error("{0}")]
@@ -141,6 +143,7 @@ impl Error {
             Error::OffsetMismatch { .. } => Status::Conflict,
             Error::ChecksumMismatch(_) => Status::new(460),
             Error::Locked => Status::Locked,
+            Error::UploadInUse => Status::Conflict,
             Error::TakenOver => Status::Conflict,
             Error::Gone(_) => Status::Gone,
             Error::UnsupportedMediaType(_) => Status::UnsupportedMediaType,
@@ -177,6 +180,7 @@ impl Error {
             Error::OffsetMismatch { .. } => "offset-mismatch",
             Error::ChecksumMismatch(_) => "checksum-mismatch",
             Error::Locked => "upload-locked",
+            Error::UploadInUse => "upload-in-use",
             Error::TakenOver => "upload-taken-over",
             Error::Gone(_) => "upload-expired",
             Error::UnsupportedMediaType(_) => "unsupported-media-type",
@@ -218,6 +222,7 @@ impl Error {
             Error::OffsetMismatch { current: 0, sent: 1 },
             Error::ChecksumMismatch(String::new()),
             Error::Locked,
+            Error::UploadInUse,
             Error::TakenOver,
             Error::Gone(String::new()),
             Error::UnsupportedMediaType(String::new()),
@@ -255,6 +260,7 @@ impl Error {
                 | Error::OffsetMismatch { .. }
                 | Error::ChecksumMismatch(_)
                 | Error::Locked
+                | Error::UploadInUse
                 | Error::TakenOver
                 | Error::Gone(_)
                 | Error::UnsupportedMediaType(_)

@@ -16,3 +16,8 @@ pub fn now() -> String {
 pub fn unix_now() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
 }
+
+/// Now in Unix milliseconds: leases, which last seconds.
+pub fn unix_now_ms() -> i64 {
+    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}

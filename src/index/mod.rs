@@ -18,6 +18,7 @@ mod multiparts;
 mod postgres;
 mod settings;
 mod sqlite;
+mod upload_parts;
 mod uploads;
 mod versions;
 
@@ -31,6 +32,7 @@ use std::sync::Arc;
 
 pub use datasets::{MetadataPatch, NewVersion, Record};
 pub use intents::{Completed, Intent};
+pub use upload_parts::{LeaseState, StoredPart, StoredUpload};
 pub use uploads::{OpenUploads, UploadRow};
 pub use versions::{Blob, Retention, Totals, Version};
 
@@ -211,6 +213,8 @@ mod tests {
             completed: false,
             node: "n".into(),
             owner: String::new(),
+            stored_offset: None,
+            part_size: None,
         };
         index.create_upload(&row).unwrap();
         index.set_upload_length("u1", 42).unwrap();

@@ -4,8 +4,8 @@ use super::db::{vals, Db, DbRow};
 use super::Index;
 use crate::error::{Error, Result};
 
-/// A resumable upload's row. Its offset is not stored: it is the length of
-/// its data file (or `length` once completed).
+/// A resumable upload's row. On the filesystem its offset is not stored: it
+/// is the length of its data file (or `length` once completed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadRow {
     pub id: String,
@@ -25,6 +25,11 @@ pub struct UploadRow {
     pub node: String,
     /// The name of the token that created it (`""`: none, an open node).
     pub owner: String,
+    /// The offset durable in the object store, for an upload kept there as
+    /// it arrives (see `upload_parts`); `None` for one in a local file.
+    pub stored_offset: Option<u64>,
+    /// The size of its parts (a power of two), for an upload kept in the store.
+    pub part_size: Option<u64>,
 }
 
 /// Resumable uploads that hold a place: neither completed nor expired.
@@ -35,7 +40,8 @@ pub struct OpenUploads {
     pub owner: u64,
 }
 
-const COLUMNS: &str = "id, length, metadata, key, concat, created_at, expires_at, completed, node, owner";
+const COLUMNS: &str =
+    "id, length, metadata, key, concat, created_at, expires_at, completed, node, owner, stored_offset, part_size";
 
 impl Index {
     pub fn create_upload(&self, u: &UploadRow) -> Result<()> {
@@ -80,19 +86,29 @@ impl Index {
     }
 
     pub fn complete_upload(&self, id: &str) -> Result<()> {
-        self.with(|db| db.execute("UPDATE uploads SET completed = $2 WHERE id = $1", vals![id, true]).map(drop))
+        self.tx(|db| {
+            db.execute("DELETE FROM upload_parts WHERE upload = $1", vals![id])?;
+            db.execute("UPDATE uploads SET completed = $2, lease = NULL WHERE id = $1", vals![id, true]).map(drop)
+        })
     }
 
     pub fn delete_upload(&self, id: &str) -> Result<bool> {
-        self.with(|db| Ok(db.execute("DELETE FROM uploads WHERE id = $1", vals![id])? > 0))
+        self.tx(|db| {
+            db.execute("DELETE FROM upload_parts WHERE upload = $1", vals![id])?;
+            Ok(db.execute("DELETE FROM uploads WHERE id = $1", vals![id])? > 0)
+        })
     }
 
-    /// This node's uploads whose expiry passed before `now` (Unix seconds).
-    /// Rows from before nodes had names (`''`) are this node's.
+    /// The uploads this node may sweep whose expiry passed before `now`
+    /// (Unix seconds): its own, and any kept in the object store. Rows from
+    /// before nodes had names (`''`) are this node's.
     pub fn expired_uploads(&self, node: &str, now: i64) -> Result<Vec<String>> {
         self.with(|db| {
-            let rows = db
-                .query("SELECT id FROM uploads WHERE (node = $1 OR node = '') AND expires_at < $2", vals![node, now])?;
+            let rows = db.query(
+                "SELECT id FROM uploads
+                 WHERE (node = $1 OR node = '' OR stored_offset IS NOT NULL) AND expires_at < $2",
+                vals![node, now],
+            )?;
             Ok(rows.iter().map(|r| r.text(0)).collect())
         })
     }
@@ -108,7 +124,7 @@ impl Index {
 
 fn insert(db: &mut dyn Db, u: &UploadRow) -> Result<()> {
     db.execute(
-        &format!("INSERT INTO uploads ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
+        &format!("INSERT INTO uploads ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"),
         vals![
             &u.id,
             u.length,
@@ -119,7 +135,9 @@ fn insert(db: &mut dyn Db, u: &UploadRow) -> Result<()> {
             u.expires_at,
             u.completed,
             &u.node,
-            &u.owner
+            &u.owner,
+            u.stored_offset,
+            u.part_size
         ],
     )
     .map(drop)
@@ -137,5 +155,7 @@ fn from_row(row: &DbRow) -> UploadRow {
         completed: row.bool(7),
         node: row.text(8),
         owner: row.text(9),
+        stored_offset: row.opt_int(10).map(|o| o as u64),
+        part_size: row.opt_int(11).map(|p| p as u64),
     }
 }

@@ -124,7 +124,7 @@ impl Hashing {
         Hashing { blake3, extra: algorithms.iter().map(|a| (*a, a.hasher())).collect() }
     }
 
-    pub(super) fn update(&mut self, data: &[u8]) {
+    pub fn update(&mut self, data: &[u8]) {
         self.blake3.update(data);
         for (_, h) in &mut self.extra {
             h.update(data);

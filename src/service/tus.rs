@@ -10,6 +10,10 @@
 //! rehashed once from the file. When the last byte arrives the file becomes
 //! a [`Received`] upload and goes through [`Node::commit`], exactly like a PUT.
 //!
+//! With an object store that keeps parts (S3), an upload is kept there
+//! instead, as it arrives, and any node sharing the index can continue it
+//! (`stored`).
+//!
 //! An upload belongs to the token that created it (its row's `owner`): to
 //! any other but an admin it does not exist. The in-memory side (one PATCH
 //! at a time, the running hashes) is in `slots`; the caps on open uploads
@@ -17,8 +21,11 @@
 
 mod admission;
 mod ending;
+mod lease;
 mod metadata;
 mod slots;
+mod stored;
+mod tree;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -140,20 +147,34 @@ impl Node {
             completed: false,
             node: self.node_id.clone(),
             owner: caller.owner_name().to_owned(),
+            stored_offset: None,
+            part_size: None,
         };
         if let Concat::Final(parts) = &creation.concat {
             let key = key.expect("final uploads have a key");
             return self.tus_concatenate(row, parts, key, metadata, caller).await;
         }
+        let mut row = row;
+        // Partial uploads stay in a local file: concatenation reads them back.
+        let parts = self.store.parts().filter(|_| creation.concat == Concat::None);
+        if let Some(parts) = parts {
+            stored::keep_in_store(&mut row, parts);
+        }
         if let Some(length) = creation.length {
             if length > self.spooler.max_size {
                 return Err(Error::TooLarge { limit: self.spooler.max_size });
             }
-            self.spooler.check_space(&self.layout.uploads, length)?;
+            if parts.is_none() {
+                self.spooler.check_space(&self.layout.uploads, length)?;
+            }
         }
         let (layout, index, caps) = (self.layout.clone(), self.index.clone(), admission::Caps::of(&self.settings));
         let r = row.clone();
+        let local = parts.is_none();
         blocking(move || {
+            if !local {
+                return index.create_upload_admitted(&r, unix_now(), |open| caps.admit(open, &r.owner));
+            }
             layout.open_upload(&r.id, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL)?.sync_all()?;
             layout.sync_uploads_dir()?;
             let admitted = index.create_upload_admitted(&r, unix_now(), |open| caps.admit(open, &r.owner));
@@ -168,8 +189,13 @@ impl Node {
         if row.length == Some(0) && row.concat == "none" {
             // Nothing to send: clients (tus-js-client, Uppy) send no PATCH
             // for an empty file, so it is complete now.
-            let path = self.layout.upload_path(&row.id);
-            let record = self.tus_commit(&row, path, 0, blake3::Hasher::new()).await?;
+            let record = if local {
+                let path = self.layout.upload_path(&row.id);
+                self.tus_commit(&row, path, 0, blake3::Hasher::new()).await?
+            } else {
+                let received = Received { staged: Staged::Memory(Vec::new()), size: 0, blake3: blake3::hash(&[]) };
+                self.tus_commit_received(&row, received).await?
+            };
             return Ok(self.info_of(&row, 0, Some(record)));
         }
         Ok(self.info_of(&row, 0, None))
@@ -202,7 +228,8 @@ impl Node {
         if row.expires_at < unix_now() {
             return Err(Error::Gone(format!("upload `{id}` expired")));
         }
-        if !row.completed && !row.node.is_empty() && row.node != self.node_id {
+        let local = row.stored_offset.is_none();
+        if local && !row.completed && !row.node.is_empty() && row.node != self.node_id {
             // Nodes sharing an index keep uploads in progress on their own
             // disks: a balancer should route `/uploads/{id}` by id. A retry
             // may reach the right node.
@@ -212,10 +239,14 @@ impl Node {
         Ok(row)
     }
 
-    /// The upload's offset: its data file's length, or its length once done.
+    /// The upload's offset: its data file's length (or what the store
+    /// holds), or its length once done.
     async fn offset_of(&self, row: &UploadRow) -> Result<u64> {
         if row.completed {
             return Ok(row.length.unwrap_or(0));
+        }
+        if let Some(offset) = row.stored_offset {
+            return Ok(offset);
         }
         let (layout, id) = (self.layout.clone(), row.id.clone());
         match blocking(move || layout.upload_len(&id)).await? {
@@ -230,8 +261,12 @@ impl Node {
     /// most likely a dead connection), so the offset it reports is final.
     pub async fn tus_info(&self, id: &str, caller: &Caller) -> Result<UploadInfo> {
         let row = self.upload_row(id, caller).await?;
+        if row.stored_offset.is_some() && !row.completed {
+            lease::wait_free(&self.index, id, self.tus_lease()).await?;
+        }
         let slot = self.tus.slot(id);
-        let _held = if row.completed { None } else { Some(take(&slot).await?) };
+        let local = row.stored_offset.is_none() && !row.completed;
+        let _held = if local { Some(take(&slot).await?) } else { None };
         // Read again under the lock: a PATCH may have finished meanwhile.
         let row = self.upload_row(id, caller).await?;
         let offset = self.offset_of(&row).await?;
@@ -254,32 +289,16 @@ impl Node {
         if row.concat == "final" {
             return Err(Error::Forbidden("a final (concatenated) upload takes no PATCH".into()));
         }
+        if row.stored_offset.is_some() {
+            return self.stored_patch(id, patch, caller).await;
+        }
         let slot = self.tus.slot(id);
         let (mut state, cancel) = take(&slot).await?;
         // Read again under the lock: the PATCH we waited for may have
         // completed (and committed) the upload.
         row = self.upload_row(id, caller).await?;
         let offset = self.offset_of(&row).await?;
-        if patch.offset != offset {
-            return Err(Error::OffsetMismatch { current: offset, sent: patch.offset });
-        }
-        match (row.length, patch.length) {
-            (Some(known), Some(sent)) if known != sent => {
-                return Err(Error::BadRequest(format!("Upload-Length is {known}, not {sent}")));
-            }
-            (None, Some(sent)) => {
-                if sent < offset {
-                    return Err(Error::BadRequest(format!("Upload-Length {sent} is below the offset {offset}")));
-                }
-                if sent > self.spooler.max_size {
-                    return Err(Error::TooLarge { limit: self.spooler.max_size });
-                }
-                let (index, i) = (self.index.clone(), id.to_owned());
-                blocking(move || index.set_upload_length(&i, sent)).await?;
-                row.length = Some(sent);
-            }
-            _ => {}
-        }
+        self.settle_patch(&mut row, &patch, offset).await?;
         if row.completed {
             // Nothing more to take; a repeated final PATCH just learns so.
             return self.tus_info(id, caller).await;
@@ -388,6 +407,32 @@ impl Node {
         Ok(self.info_of(&row, new_offset, record))
     }
 
+    /// Checks a PATCH's offset against the upload's, and settles a deferred
+    /// length with its `Upload-Length`.
+    async fn settle_patch<R>(&self, row: &mut UploadRow, patch: &Patch<R>, offset: u64) -> Result<()> {
+        if patch.offset != offset {
+            return Err(Error::OffsetMismatch { current: offset, sent: patch.offset });
+        }
+        match (row.length, patch.length) {
+            (Some(known), Some(sent)) if known != sent => {
+                return Err(Error::BadRequest(format!("Upload-Length is {known}, not {sent}")));
+            }
+            (None, Some(sent)) => {
+                if sent < offset {
+                    return Err(Error::BadRequest(format!("Upload-Length {sent} is below the offset {offset}")));
+                }
+                if sent > self.spooler.max_size {
+                    return Err(Error::TooLarge { limit: self.spooler.max_size });
+                }
+                let (index, i) = (self.index.clone(), row.id.clone());
+                blocking(move || index.set_upload_length(&i, sent)).await?;
+                row.length = Some(sent);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// Rehashes the first `offset` bytes of an upload (once after a restart).
     async fn rehash(&self, id: &str, offset: u64) -> Result<blake3::Hasher> {
         if offset > 0 {
@@ -404,16 +449,20 @@ impl Node {
         .await
     }
 
-    /// Commits a complete upload's file as its dataset. On failure the
-    /// upload is gone (its file was consumed), so a later HEAD cannot
-    /// claim success.
+    /// Commits a complete upload's file as its dataset.
     async fn tus_commit(&self, row: &UploadRow, path: PathBuf, size: u64, hasher: blake3::Hasher) -> Result<Record> {
-        let metadata = Metadata::parse(row.metadata.as_deref())?;
-        let key = Key::parse(row.key.as_deref().unwrap_or_default())?;
         let file = self.layout.open_upload(&row.id, OFlags::RDONLY)?;
         let path = TempPath::try_from_path(path).map_err(Error::internal)?;
-        let received =
-            Received { staged: Staged::File(NamedTempFile::from_parts(file, path)), size, blake3: hasher.finalize() };
+        let staged = Staged::File(NamedTempFile::from_parts(file, path));
+        self.tus_commit_received(row, Received { staged, size, blake3: hasher.finalize() }).await
+    }
+
+    /// Commits a complete upload's bytes as its dataset. On failure the
+    /// upload is gone (its bytes were consumed), so a later HEAD cannot
+    /// claim success.
+    async fn tus_commit_received(&self, row: &UploadRow, received: Received) -> Result<Record> {
+        let metadata = Metadata::parse(row.metadata.as_deref())?;
+        let key = Key::parse(row.key.as_deref().unwrap_or_default())?;
         let (index, id) = (self.index.clone(), row.id.clone());
         let started = std::time::Instant::now();
         let committed = self.commit(key, received, metadata.upload_meta(&row.owner)).await;

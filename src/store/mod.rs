@@ -24,6 +24,7 @@
 
 mod direct;
 pub mod fs;
+mod parts;
 mod s3;
 
 use std::any::Any;
@@ -42,6 +43,7 @@ use crate::index::{Blob, Index, NewVersion, Record};
 use crate::key::Key;
 
 pub use direct::{Direct, Incoming};
+pub use parts::Parts;
 
 /// The store the settings name. `index` and `node`, when given, let a
 /// store note what it leaves open (S3 multipart uploads) so that a crash
@@ -230,6 +232,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Direct uploads and downloads between clients and the store, if the
     /// store offers them.
     fn direct(&self) -> Option<&dyn Direct> {
+        None
+    }
+
+    /// Where resumable uploads keep their bytes as they arrive, if the store
+    /// keeps them itself (an object store); else they go to a local file.
+    fn parts(&self) -> Option<&dyn Parts> {
         None
     }
 

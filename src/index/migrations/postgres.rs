@@ -120,4 +120,21 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER totals_blobs AFTER INSERT OR DELETE OR UPDATE OF doomed ON blobs
         FOR EACH ROW EXECUTE FUNCTION totals_blobs();
 "#,
+    // As SQLite's tenth.
+    r#"
+    ALTER TABLE uploads ADD COLUMN stored_offset BIGINT;
+    ALTER TABLE uploads ADD COLUMN part_size BIGINT;
+    ALTER TABLE uploads ADD COLUMN multipart TEXT;
+    ALTER TABLE uploads ADD COLUMN tail TEXT;
+    ALTER TABLE uploads ADD COLUMN lease TEXT;
+    ALTER TABLE uploads ADD COLUMN lease_until BIGINT;
+    ALTER TABLE uploads ADD COLUMN lease_wanted BOOLEAN NOT NULL DEFAULT FALSE;
+    CREATE TABLE upload_parts (
+        upload TEXT NOT NULL,
+        number BIGINT NOT NULL,
+        etag   TEXT NOT NULL,
+        cv     TEXT NOT NULL,
+        PRIMARY KEY (upload, number)
+    );
+"#,
 ];

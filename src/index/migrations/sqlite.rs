@@ -125,4 +125,24 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER totals_blob_doomed AFTER UPDATE OF doomed ON blobs WHEN OLD.doomed <> NEW.doomed
         BEGIN UPDATE totals SET stored_bytes = stored_bytes + CASE WHEN NEW.doomed THEN -NEW.size ELSE NEW.size END; END;
 "#,
+    // Resumable uploads kept in an object store as they arrive: the offset
+    // durable there, the part size, the multipart upload and the object
+    // holding the bytes after the last whole part; each part's ETag and
+    // blake3 chaining value; and the lease of the one request writing it.
+    r#"
+    ALTER TABLE uploads ADD COLUMN stored_offset INTEGER;
+    ALTER TABLE uploads ADD COLUMN part_size INTEGER;
+    ALTER TABLE uploads ADD COLUMN multipart TEXT;
+    ALTER TABLE uploads ADD COLUMN tail TEXT;
+    ALTER TABLE uploads ADD COLUMN lease TEXT;
+    ALTER TABLE uploads ADD COLUMN lease_until INTEGER;
+    ALTER TABLE uploads ADD COLUMN lease_wanted INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE upload_parts (
+        upload TEXT NOT NULL,
+        number INTEGER NOT NULL,
+        etag   TEXT NOT NULL,
+        cv     TEXT NOT NULL,
+        PRIMARY KEY (upload, number)
+    ) WITHOUT ROWID;
+"#,
 ];

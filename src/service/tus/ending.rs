@@ -91,6 +91,14 @@ impl Node {
     /// upload's bytes and row.
     pub async fn tus_terminate(&self, id: &str, caller: &Caller) -> Result<()> {
         let row = self.upload_row(id, caller).await?;
+        if row.stored_offset.is_some() {
+            super::lease::wait_free(&self.index, id, self.tus_lease()).await?;
+            if !self.remove_stored(id).await? {
+                return Err(Error::UploadInUse);
+            }
+            self.metrics.tus_event("terminated");
+            return Ok(());
+        }
         let slot = self.tus.slot(id);
         let (_state, _) = take(&slot).await?;
         self.remove_upload(&row.id).await?;
@@ -115,6 +123,16 @@ impl Node {
         let expired = blocking(move || index.expired_uploads(&node, unix_now())).await?;
         let mut removed = 0;
         for id in expired {
+            let (index, i) = (self.index.clone(), id.clone());
+            let stored = blocking(move || index.get_upload(&i)).await?.is_some_and(|r| r.stored_offset.is_some());
+            if stored {
+                // Any node sweeps these; one being written is left alone.
+                if self.remove_stored(&id).await? {
+                    self.metrics.tus_event("expired");
+                    removed += 1;
+                }
+                continue;
+            }
             let slot = self.tus.slot(&id);
             let Ok(_state) = slot.state.try_lock() else {
                 continue;

@@ -22,6 +22,7 @@ mod direct;
 mod metadata;
 mod multipart;
 mod part_copy;
+mod parts;
 mod staged;
 mod store_impl;
 mod tracker;
@@ -60,6 +61,8 @@ pub struct S3Store {
     parts_in_flight: usize,
     /// Part buffers, in MiB, across all uploads.
     part_memory: Arc<Semaphore>,
+    /// The budget's size, in MiB.
+    part_budget_mib: u32,
     /// Where this node notes its multipart uploads while they are open.
     tracker: Option<Tracker>,
     stage_uploads: bool,
@@ -111,6 +114,7 @@ impl S3Store {
             part_size,
             parts_in_flight: s3.parts_in_flight,
             part_memory: Arc::new(Semaphore::new(budget_mib)),
+            part_budget_mib: budget_mib as u32,
             tracker,
             stage_uploads: s3.stage_uploads,
             copy_part_threshold: s3.copy_part_threshold.as_u64(),

@@ -106,7 +106,7 @@ impl S3Store {
 /// An error of a part upload or a completion. Its upload gone means it was
 /// dropped by the store: Garage drops an unfinished multipart upload of a key
 /// when another write to that key lands (with `stage_uploads = false`).
-fn multipart_error(e: object_store::Error) -> Error {
+pub(super) fn multipart_error(e: object_store::Error) -> Error {
     match &e {
         object_store::Error::NotFound { .. } => {
             log::warn!("object store dropped a multipart upload: {e}");

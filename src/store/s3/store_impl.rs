@@ -13,7 +13,9 @@ use super::{s3_error, S3Staged, S3Store};
 use crate::error::{Error, Result};
 use crate::index::{Blob, NewVersion, Record};
 use crate::key::Key;
-use crate::store::{Check, Direct, Found, Installed, Native, ObjectInfo, Prepared, Reader, Staged, Store, Streaming};
+use crate::store::{
+    Check, Direct, Found, Installed, Native, ObjectInfo, Parts, Prepared, Reader, Staged, Store, Streaming,
+};
 
 #[async_trait::async_trait]
 impl Store for S3Store {
@@ -34,6 +36,10 @@ impl Store for S3Store {
     }
 
     fn direct(&self) -> Option<&dyn Direct> {
+        Some(self)
+    }
+
+    fn parts(&self) -> Option<&dyn Parts> {
         Some(self)
     }
 

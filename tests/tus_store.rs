@@ -1,0 +1,266 @@
+//! Resumable uploads kept in the object store (a real Garage), on one node:
+//! bytes go to the store as they arrive (whole parts, and a tail object for
+//! the bytes after the last part), the offset and the parts' blake3 state
+//! live in the index, and what the store holds of an upload goes when it
+//! completes, is terminated or expires. What several nodes add (any node
+//! continues any upload) is in `cluster_tus.rs`.
+//!
+//! Each test skips (with a line on stderr) when Garage is not installed,
+//! unless `SPILLWAY_REQUIRE_CLUSTER=1`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::Shutdown;
+use std::time::Duration;
+
+use common::cluster::{self, Garage};
+use common::reply::Reply;
+use common::*;
+use futures_util::stream::TryStreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::ObjectStore;
+
+const MIB: usize = 1024 * 1024;
+const TUS: (&str, &str) = ("Tus-Resumable", "1.0.0");
+const OCTET: (&str, &str) = ("Content-Type", "application/offset+octet-stream");
+/// Bound on one HTTP call, and on what must happen in the background.
+const CALL: Duration = Duration::from_secs(60);
+
+/// A node on a Garage of its own, with 8 MiB parts; `None` (the test
+/// skips) where Garage is not installed.
+fn on_garage(extra: &[(&str, &str)]) -> Option<(TestNode, Garage)> {
+    if cluster::skip_without_garage() {
+        return None;
+    }
+    let garage = Garage::single();
+    let mut settings = garage.settings();
+    settings.push(("SPILLWAY_MAX_DATASET_SIZE".into(), "1 GiB".into()));
+    settings.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Some((TestNode::start_with(&pairs), garage))
+}
+
+fn bucket(garage: &Garage) -> AmazonS3 {
+    AmazonS3Builder::new()
+        .with_endpoint(garage.endpoint())
+        .with_region(&garage.region)
+        .with_bucket_name(&garage.bucket)
+        .with_access_key_id(&garage.access_key)
+        .with_secret_access_key(&garage.secret_key)
+        .with_virtual_hosted_style_request(false)
+        .with_allow_http(true)
+        .build()
+        .expect("an S3 client for the test's Garage")
+}
+
+/// Every object under `tus/` (what uploads in progress keep) → size.
+async fn upload_objects(garage: &Garage) -> BTreeMap<String, u64> {
+    let objects: Vec<object_store::ObjectMeta> = tokio::time::timeout(CALL, bucket(garage).list(None).try_collect())
+        .await
+        .expect("listing the bucket timed out")
+        .expect("listing the bucket");
+    objects
+        .into_iter()
+        .filter(|o| o.location.as_ref().starts_with("tus/"))
+        .map(|o| (o.location.to_string(), o.size))
+        .collect()
+}
+
+/// Unfinished multipart uploads in the bucket (Garage's admin API).
+fn unfinished(garage: &Garage) -> u64 {
+    let url = format!("{}/v2/GetBucketInfo?globalAlias={}", garage.admin_endpoint_of(0), garage.bucket);
+    let token = format!("Bearer {}", garage.admin_token);
+    let (status, body) = cluster::http_get(&url, &[("Authorization", &token)], Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("GetBucketInfo: {e}"));
+    assert_eq!(status, 200, "GetBucketInfo: {body}");
+    let info: serde_json::Value = serde_json::from_str(&body).expect("GetBucketInfo is JSON");
+    info["unfinishedMultipartUploads"].as_u64().expect("unfinishedMultipartUploads")
+}
+
+/// Nothing of any upload is left in the bucket (waiting, bounded, for
+/// removals the node makes in the background).
+async fn assert_nothing_left(garage: &Garage, what: &str) {
+    let clean = eventually(CALL, async || upload_objects(garage).await.is_empty() && unfinished(garage) == 0).await;
+    assert!(
+        clean,
+        "{what}: left {:?} and {} unfinished multipart uploads",
+        upload_objects(garage).await,
+        unfinished(garage)
+    );
+}
+
+async fn call(node: &TestNode, method: &str, path: &str, headers: &[(&str, &str)], body: Option<Vec<u8>>) -> Reply {
+    let mut req = reqwest::Client::new().request(method.parse().unwrap(), node.url(path)).timeout(CALL);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if let Some(body) = body {
+        req = req.body(body);
+    }
+    common::reply::send(req, &format!("{method} {path}")).await
+}
+
+fn meta(pairs: &[(&str, &str)]) -> String {
+    use base64::Engine;
+    let b64 = |v: &str| base64::engine::general_purpose::STANDARD.encode(v);
+    pairs.iter().map(|(k, v)| format!("{k} {}", b64(v))).collect::<Vec<_>>().join(",")
+}
+
+async fn create(node: &TestNode, key: &str, length: usize) -> String {
+    let (len, metadata) = (length.to_string(), meta(&[("key", key)]));
+    let r = call(node, "POST", "/uploads", &[TUS, ("Upload-Length", &len), ("Upload-Metadata", &metadata)], None).await;
+    assert_eq!(r.status, 201, "POST /uploads: {}", r.describe());
+    let loc = r.header("location").expect("Location").to_string();
+    loc.find("/uploads/").map(|at| loc[at..].to_string()).expect("a /uploads/ Location")
+}
+
+async fn patch(node: &TestNode, loc: &str, offset: usize, bytes: &[u8], extra: &[(&str, &str)]) -> Reply {
+    let offset = offset.to_string();
+    let mut headers = vec![TUS, OCTET, ("Upload-Offset", offset.as_str())];
+    headers.extend_from_slice(extra);
+    call(node, "PATCH", loc, &headers, Some(bytes.to_vec())).await
+}
+
+async fn offset_of(node: &TestNode, loc: &str) -> usize {
+    let r = call(node, "HEAD", loc, &[TUS], None).await;
+    assert_eq!(r.status, 200, "HEAD {loc}: {}", r.describe());
+    r.header("upload-offset").expect("Upload-Offset").parse().expect("a number")
+}
+
+/// A PATCH whose body is `sent`, of a declared `declared` bytes, left open.
+fn raw_patch(node: &TestNode, loc: &str, offset: usize, declared: usize, sent: &[u8]) -> std::net::TcpStream {
+    let mut s = node.raw();
+    let head = format!(
+        "PATCH {loc} HTTP/1.1\r\nHost: 127.0.0.1\r\nTus-Resumable: 1.0.0\r\n\
+         Content-Type: application/offset+octet-stream\r\nUpload-Offset: {offset}\r\nContent-Length: {declared}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(sent).unwrap();
+    s.flush().unwrap();
+    s
+}
+
+/// PATCHes of every size around a part (8 MiB): below, across one and two
+/// part boundaries, a single byte; the dataset is byte-exact, its blake3
+/// (merged from the parts' chaining values) is the bytes' own, and nothing
+/// of the upload stays in the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_of_every_size_complete_in_the_store() {
+    let Some((node, garage)) = on_garage(&[]) else { return };
+    let data = generated(20 * MIB + 333, 7);
+    let loc = create(&node, "stored/round.bin", data.len()).await;
+    let mut at = 0;
+    for size in [3 * MIB, 5 * MIB, 9 * MIB, 1, 2 * MIB] {
+        let r = patch(&node, &loc, at, &data[at..at + size], &[]).await;
+        assert_eq!(r.status, 204, "PATCH at {at}: {}", r.describe());
+        at += size;
+        assert_eq!(offset_of(&node, &loc).await, at, "after a PATCH of {size}");
+    }
+    assert!(!upload_objects(&garage).await.is_empty(), "the bytes so far are in the store");
+    let r = patch(&node, &loc, at, &data[at..], &[]).await;
+    assert_eq!(r.status, 204, "last PATCH: {}", r.describe());
+    let record = node.json("/datasets/stored/round.bin").await;
+    assert_eq!(record["blake3"], b3(&data), "{record}");
+    assert_serves(&node, "stored/round.bin", &data).await;
+    assert_nothing_left(&garage, "after the upload completed").await;
+
+    // One PATCH of everything, and an upload smaller than a part.
+    for (key, len) in [("stored/one.bin", 17 * MIB + 5), ("stored/small.bin", 1000)] {
+        let data = generated(len, len as u64);
+        let loc = create(&node, key, data.len()).await;
+        let r = patch(&node, &loc, 0, &data, &[]).await;
+        assert_eq!(r.status, 204, "PATCH {key}: {}", r.describe());
+        assert_serves(&node, key, &data).await;
+    }
+    assert_nothing_left(&garage, "after two more uploads").await;
+}
+
+/// A PATCH that breaks off keeps every byte that arrived, in the store: a
+/// node restarted from scratch (kill -9) reports the same offset, and the
+/// upload resumes there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_off_patch_keeps_its_bytes_across_a_restart() {
+    let Some((mut node, garage)) = on_garage(&[]) else { return };
+    let data = generated(19 * MIB, 9);
+    let loc = create(&node, "stored/broken.bin", data.len()).await;
+    let sent = 10 * MIB + 77;
+    let s = raw_patch(&node, &loc, 0, data.len(), &data[..sent]);
+    s.shutdown(Shutdown::Both).unwrap();
+    let settled = eventually(CALL, async || offset_of(&node, &loc).await == sent).await;
+    assert!(settled, "the offset after a broken-off PATCH is {}, not {sent}", offset_of(&node, &loc).await);
+    node.kill9();
+    node.restart();
+    assert_eq!(offset_of(&node, &loc).await, sent, "after a restart");
+    let r = patch(&node, &loc, sent, &data[sent..], &[]).await;
+    assert_eq!(r.status, 204, "resuming PATCH: {}", r.describe());
+    assert_serves(&node, "stored/broken.bin", &data).await;
+    assert_nothing_left(&garage, "after the resumed upload").await;
+}
+
+/// A chunk whose checksum does not match is not kept, even past a part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_failing_its_checksum_is_not_kept() {
+    let Some((node, _garage)) = on_garage(&[]) else { return };
+    let data = generated(12 * MIB, 3);
+    let loc = create(&node, "stored/checked.bin", data.len()).await;
+    let r = patch(&node, &loc, 0, &data[..MIB], &[]).await;
+    assert_eq!(r.status, 204, "{}", r.describe());
+    let wrong = "sha1 AAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let r = patch(&node, &loc, MIB, &data[MIB..], &[("Upload-Checksum", wrong)]).await;
+    assert_eq!(r.status, 460, "a wrong checksum: {}", r.describe());
+    assert_eq!(offset_of(&node, &loc).await, MIB);
+    let r = patch(&node, &loc, MIB, &data[MIB..], &[]).await;
+    assert_eq!(r.status, 204, "{}", r.describe());
+    assert_serves(&node, "stored/checked.bin", &data).await;
+}
+
+/// A second PATCH while one is writing is 409 `upload-in-use` at once; a
+/// HEAD takes the upload over from a stalled writer and reports the bytes
+/// it kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_writer_at_a_time_and_head_takes_over() {
+    let Some((node, garage)) = on_garage(&[("SPILLWAY_STALL_TIMEOUT", "300")]) else { return };
+    let data = generated(10 * MIB, 4);
+    let loc = create(&node, "stored/race.bin", data.len()).await;
+    let first = 3 * MIB;
+    let _stalled = raw_patch(&node, &loc, 0, data.len(), &data[..first]);
+    let busy = eventually(CALL, async || {
+        let r = patch(&node, &loc, 0, &data[..10], &[]).await;
+        r.status == 409 && r.code().as_deref() == Some("upload-in-use")
+    })
+    .await;
+    assert!(busy, "a second PATCH while one writes is not 409 upload-in-use");
+    // The stalled writer lets go for the HEAD, keeping what it received.
+    assert_eq!(offset_of(&node, &loc).await, first, "HEAD after taking over");
+    let r = patch(&node, &loc, first, &data[first..], &[]).await;
+    assert_eq!(r.status, 204, "{}", r.describe());
+    assert_serves(&node, "stored/race.bin", &data).await;
+    assert_nothing_left(&garage, "after the race").await;
+}
+
+/// Termination and expiry remove what the store held of an upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn termination_and_expiry_leave_nothing_in_the_store() {
+    let Some((node, garage)) = on_garage(&[("SPILLWAY_UPLOAD_EXPIRY", "3")]) else { return };
+    let data = generated(9 * MIB + 1, 5);
+    for key in ["stored/terminated.bin", "stored/expired.bin"] {
+        let loc = create(&node, key, 20 * MIB).await;
+        let r = patch(&node, &loc, 0, &data, &[]).await;
+        assert_eq!(r.status, 204, "{}", r.describe());
+        assert!(unfinished(&garage) > 0 || !upload_objects(&garage).await.is_empty());
+        if key.contains("terminated") {
+            let r = call(&node, "DELETE", &loc, &[TUS], None).await;
+            assert_eq!(r.status, 204, "DELETE: {}", r.describe());
+        } else {
+            let gone = eventually(CALL, async || {
+                let r = call(&node, "HEAD", &loc, &[TUS], None).await;
+                r.status == 404 || r.status == 410
+            })
+            .await;
+            assert!(gone, "the expired upload was not swept");
+        }
+        assert_nothing_left(&garage, key).await;
+    }
+}
