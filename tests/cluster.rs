@@ -1044,7 +1044,7 @@ async fn a_slow_install_on_one_node_holds_up_only_its_key_on_the_other() {
     let Some(pair) = two_nodes(&[("FAILPOINTS", "commit.install=return(slow/one@12000)")]) else {
         return;
     };
-    let Pair { a, b, _garage, _pg } = pair;
+    let Pair { a, b, garage: _garage, pg: _pg } = pair;
     let (a, b) = (Arc::new(a), Arc::new(b));
     let timed =
         |node: Arc<TestNode>, key: &'static str, body: Vec<u8>| async move { put(&node, key, &body, &[]).await.status };

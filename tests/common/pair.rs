@@ -37,8 +37,8 @@ pub fn start(settings: &[(String, String)]) -> TestNode {
 pub struct Pair {
     pub a: TestNode,
     pub b: TestNode,
-    pub _garage: Garage,
-    pub _pg: Postgres,
+    pub garage: Garage,
+    pub pg: Postgres,
 }
 
 /// [`Pair`] with `extra` settings; `None` (the test skips) where Garage or
@@ -50,7 +50,7 @@ pub fn two_nodes(extra: &[(&str, &str)]) -> Option<Pair> {
     let garage = Garage::single();
     let pg = Postgres::start();
     let s = settings(Some(&garage), Some(&pg), extra);
-    Some(Pair { a: start(&s), b: start(&s), _garage: garage, _pg: pg })
+    Some(Pair { a: start(&s), b: start(&s), garage, pg })
 }
 
 /// A request to `path` on `node`, with `headers`.
@@ -144,4 +144,67 @@ pub fn location_path(reply: &Reply) -> String {
     };
     assert!(path.starts_with("/uploads/"), "Location {loc}");
     path.to_string()
+}
+
+// ---------------------------------------------------------------------------
+// What the bucket holds
+// ---------------------------------------------------------------------------
+
+/// How long the bucket may take to settle after the last answer: Garage
+/// updates its bucket counters asynchronously, and a node may remove what
+/// an upload left behind just after it answers.
+pub const BUCKET_SETTLES: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// What is wrong with the bucket if it should hold exactly `datasets`
+/// (key, bytes) below `prefix` (`""`: none) and nothing else: for each, its
+/// object `datasets/<key>` and its blob `blobs/<blake3>.<size>`. Reported:
+/// objects left over (under `tus/`, `staging/` or anywhere else), objects
+/// missing, and unfinished uploads as Garage counts them (multipart or
+/// not). Empty when the bucket is clean.
+pub async fn bucket_problems(garage: &Garage, prefix: &str, datasets: &[(&str, &[u8])]) -> Vec<String> {
+    let under = |rest: String| if prefix.is_empty() { rest } else { format!("{prefix}/{rest}") };
+    let mut expected = std::collections::BTreeSet::new();
+    for (key, bytes) in datasets {
+        expected.insert(under(format!("datasets/{key}")));
+        expected.insert(under(format!("blobs/{}.{}", b3(bytes), bytes.len())));
+    }
+    let listed = garage.list_objects("").await;
+    let mut problems: Vec<String> = listed
+        .iter()
+        .filter(|k| !expected.contains(*k))
+        .map(|k| {
+            let area = ["tus/", "staging/"].into_iter().find(|a| k.starts_with(&under(a.to_string())));
+            format!("object `{k}` left in the bucket{}", area.map_or(String::new(), |a| format!(" (under {a})")))
+        })
+        .collect();
+    problems.extend(expected.iter().filter(|k| !listed.contains(*k)).map(|k| format!("object `{k}` is missing")));
+    match garage.bucket_info() {
+        Ok(info) => {
+            for field in ["unfinishedUploads", "unfinishedMultipartUploads"] {
+                if info[field].as_u64() != Some(0) {
+                    problems.push(format!("Garage counts {field} = {}", info[field]));
+                }
+            }
+        }
+        Err(e) => problems.push(format!("cannot read the bucket's counters: {e}")),
+    }
+    problems
+}
+
+/// The bucket holds exactly `datasets` below `prefix` and no unfinished
+/// upload, within [`BUCKET_SETTLES`] (see [`bucket_problems`]).
+pub async fn assert_bucket_holds_only(garage: &Garage, prefix: &str, datasets: &[(&str, &[u8])], when: &str) {
+    let mut problems = Vec::new();
+    let settled = super::eventually(BUCKET_SETTLES, async || {
+        problems = bucket_problems(garage, prefix, datasets).await;
+        problems.is_empty()
+    })
+    .await;
+    assert!(
+        settled,
+        "{when}: the bucket is not clean after {BUCKET_SETTLES:?}:\n  {}\nobjects: {:?}\ncounters: {:?}",
+        problems.join("\n  "),
+        garage.list_objects("").await,
+        garage.bucket_info()
+    );
 }
