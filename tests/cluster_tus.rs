@@ -2,8 +2,9 @@
 //! shared PostgreSQL index, a tus upload's bytes go to the bucket as they
 //! arrive and its offset, hash state and lease live in the index, so:
 //! PATCHes of one upload may go to any node in turn and make one exact
-//! dataset; a client whose node died mid-PATCH resumes through another
-//! after at most `tus_lease`; two PATCHes of one upload at once let one
+//! dataset; a HEAD through another node takes an upload over from a live
+//! PATCH at once, and a client whose node died mid-PATCH resumes through
+//! another after at most `tus_lease`; two PATCHes of one upload at once let one
 //! through and refuse the other with 409 at once, never a wrong offset;
 //! any node sweeps an expired upload of a dead node; and nothing of a
 //! finished, terminated or swept upload stays in the bucket (no object
@@ -372,6 +373,60 @@ async fn a_client_resumes_through_b_after_a_dies_mid_patch() {
     assert_bucket_holds_only(&pair.garage, PREFIX, &[(key, &data)], "after the upload resumed through B").await;
     assert_no_panic(&pair.a, "A");
     assert_no_panic(&pair.b, "B");
+}
+
+/// The other half of a resume through another node: A is alive, its PATCH
+/// stalled mid-body (9 MiB of 14 sent and read, the client gone silent).
+/// A HEAD on B asks A to stop and answers in about a second, well before
+/// `tus_lease` (10 s, the default) would run out, with an offset between 0
+/// and what A read; the client finishes through B from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_on_b_takes_an_upload_over_from_a_live_patch_on_a() {
+    const LEASE: Duration = Duration::from_secs(10);
+    // A must not end the stalled PATCH by itself meanwhile.
+    let Some(pair) = two_nodes(&[WITH_PREFIX, ("SPILLWAY_STALL_TIMEOUT", "60"), ("SPILLWAY_TUS_LEASE", "10")]) else {
+        return;
+    };
+    let (a, b, garage) = (&pair.a, &pair.b, &pair.garage);
+    let data = generated(14 * MIB + 99, 125);
+    let key = "takeover/across.bin";
+    let loc = create(a, key, data.len()).await;
+    let sent = 9 * MIB + 5;
+    let read_before = tus_bytes_read(a).await;
+    let mut stalled = FedPatch::start(a, "A", &loc, 0, data.len());
+    assert!(stalled.feed(&data[..sent]).await, "A answered the PATCH before its body ended");
+    let read = eventually(REQUEST_TIMEOUT, async || tus_bytes_read(a).await >= read_before + sent as u64).await;
+    eprintln!("A read all {sent} bytes sent before the HEAD on B: {read}");
+
+    let started = Instant::now();
+    let r = head(b, &loc).await;
+    let took = started.elapsed();
+    eprintln!("HEAD on B while A's PATCH stalls: {} in {took:?}", r.describe());
+    assert_eq!(
+        r.status,
+        200,
+        "HEAD {loc} on B while A's PATCH stalls: {}\n--- B's warnings ---\n{}",
+        r.describe(),
+        log_lines(b, &["WARN", "ERROR"])
+    );
+    let offset = r.offset().unwrap_or_else(|| panic!("HEAD on B: no Upload-Offset: {}", r.describe())) as usize;
+    assert!(offset <= sent, "HEAD on B: offset {offset}, past the {sent} bytes sent");
+    assert!(
+        took < LEASE - Duration::from_secs(2),
+        "HEAD on B took {took:?}: A, alive, was not asked to stop (the lease is {LEASE:?})"
+    );
+    stalled.answered().await;
+    let cut = stalled.answer().await;
+    eprintln!("the stalled PATCH on A, taken over: {}", outcome(&cut));
+    assert!(cut.as_ref().map_or(true, |r| r.status != 204), "the stalled PATCH on A: {}", outcome(&cut));
+
+    let r = patch_ok(b, "B", &loc, offset, &data[offset..]).await;
+    assert_eq!(r.etag(), Some(b3(&data)), "the last PATCH on B: ETag: {}", r.describe());
+    assert_downloads(a, key, &data, &[]).await;
+    assert_downloads(b, key, &data, &[]).await;
+    assert_bucket_holds_only(garage, PREFIX, &[(key, &data)], "after the takeover through B").await;
+    assert_no_panic(a, "A");
+    assert_no_panic(b, "B");
 }
 
 // ---------------------------------------------------------------------------
