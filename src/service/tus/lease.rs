@@ -62,9 +62,25 @@ impl Lease {
     }
 }
 
+impl Lease {
+    /// Lets go before the answer leaves, so the client's next request
+    /// (through any node) finds the upload free.
+    pub(super) async fn release(mut self) {
+        self.renewer.abort();
+        let (index, id, token) = (self.index.clone(), std::mem::take(&mut self.id), std::mem::take(&mut self.token));
+        let released = blocking(move || index.release_lease(&id, &token)).await;
+        if let Err(e) = released {
+            log::warn!("releasing a lease: {}", e.cause());
+        }
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         self.renewer.abort();
+        if self.token.is_empty() {
+            return;
+        }
         let (index, id, token) = (self.index.clone(), std::mem::take(&mut self.id), std::mem::take(&mut self.token));
         // Released in the background: the answer need not wait for it, and
         // a lease that is not released runs out by itself.

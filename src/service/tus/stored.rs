@@ -161,8 +161,20 @@ impl Node {
         patch: Patch<R>,
         caller: &Caller,
     ) -> Result<UploadInfo> {
-        let parts = self.store.parts().ok_or_else(|| Error::internal("this store keeps no resumable upload"))?;
         let lease = Lease::take(&self.index, id, self.tus_lease()).await?;
+        let answer = self.patch_leased(id, patch, caller, &lease).await;
+        lease.release().await;
+        answer
+    }
+
+    async fn patch_leased<R: AsyncRead + Unpin>(
+        &self,
+        id: &str,
+        patch: Patch<R>,
+        caller: &Caller,
+        lease: &Lease,
+    ) -> Result<UploadInfo> {
+        let parts = self.store.parts().ok_or_else(|| Error::internal("this store keeps no resumable upload"))?;
         // Read again under the lease: the offset is now ours to move.
         let mut row = self.upload_row(id, caller).await?;
         let stored = self.stored_state(id).await?;
@@ -188,7 +200,7 @@ impl Node {
         let mut writer = PartWriter {
             parts,
             index: &self.index,
-            lease: &lease,
+            lease,
             id,
             part_size,
             in_flight_max: self.settings.s3.parts_in_flight.max(1),
@@ -236,8 +248,6 @@ impl Node {
         if verdict.is_ok() && row.length == Some(end) && row.concat == "partial" {
             writer.land_all().await?;
             self.keep_partial(&mut writer, &stored).await?;
-            drop(writer);
-            drop(lease);
             row.completed = true;
             return Ok(self.info_of(&row, end, None));
         }
@@ -248,8 +258,6 @@ impl Node {
             let received = self.finish_stored(&mut writer, &stored).await?;
             // Held through the commit: a HEAD meanwhile waits for it.
             let record = self.tus_commit_received(&row, received).await;
-            drop(writer);
-            drop(lease);
             if let Err(e) = parts.discard(id, None).await {
                 log::warn!("upload {id}: removing its objects: {}", e.cause());
             }
@@ -371,9 +379,9 @@ impl Node {
         let Ok(lease) = Lease::take(&self.index, id, self.tus_lease()).await else {
             return Ok(false);
         };
-        self.remove_stored_now(id).await?;
-        drop(lease);
-        Ok(true)
+        let removed = self.remove_stored_now(id).await;
+        lease.release().await;
+        removed.map(|()| true)
     }
 
     /// Removes an upload kept in the store, and its row (a completed
