@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Transaction};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, TimeoutType, Transaction};
 use tokio::runtime::{Handle, Runtime};
 use tokio_postgres::types::{IsNull, ToSql, Type};
 
@@ -24,9 +24,21 @@ const MIGRATION_LOCK: i64 = 0x5350_494c_0001;
 /// Taken by each creation of a resumable upload, for its count and insert.
 pub(super) const UPLOADS_LOCK: i64 = 0x5350_494c_0003;
 
-/// As long as a request waits for a connection, or for a new one to open,
-/// before the index counts as unavailable (503).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// As long as a request waits for a pooled connection while all are in use
+/// before the index counts as unavailable (503): a busy pool, not an
+/// outage.
+const POOL_WAIT: Duration = Duration::from_secs(3);
+/// As long as a commit waits for a slot among the connections that may
+/// hold commit locks.
+const LOCK_SLOT_WAIT: Duration = Duration::from_secs(30);
+/// A server gone without closing its sessions (host down, network cut)
+/// leaves them silent: keepalives notice an idle one, the user timeout one
+/// whose statement goes unacknowledged, within seconds rather than the
+/// kernel's two hours (idle) or quarter of an hour (retransmissions). A
+/// live server acknowledges a slow statement and answers keepalives.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections to PostgreSQL per node.
 const POOL_SIZE: usize = 16;
 
@@ -49,10 +61,15 @@ impl Drop for PgPool {
 }
 
 impl PgPool {
-    pub(super) fn open(url: &str, tls: PostgresTls) -> Result<PgPool> {
+    /// `connect_timeout` bounds each new connection, handshakes included.
+    pub(super) fn open(url: &str, tls: PostgresTls, connect_timeout: Duration) -> Result<PgPool> {
         let mut config: tokio_postgres::Config =
             url.parse().map_err(|e| Error::internal(format!("postgres_url does not parse: {e}")))?;
-        config.connect_timeout(CONNECT_TIMEOUT);
+        // The node's settings decide over the URL's, as for TLS below.
+        config.connect_timeout(connect_timeout);
+        config.keepalives_idle(KEEPALIVE_IDLE);
+        config.keepalives_interval(KEEPALIVE_INTERVAL);
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
         let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
         // `postgres_tls` decides, whatever the URL's `sslmode` says.
         let manager = match tls {
@@ -83,8 +100,11 @@ impl PgPool {
             Pool::builder(manager)
                 .max_size(POOL_SIZE)
                 .runtime(deadpool_postgres::Runtime::Tokio1)
-                .wait_timeout(Some(CONNECT_TIMEOUT))
-                .create_timeout(Some(CONNECT_TIMEOUT))
+                .wait_timeout(Some(POOL_WAIT))
+                .create_timeout(Some(connect_timeout))
+                // `Fast` recycling does no I/O; were it to check with the
+                // server, a silent one would cost this much, not forever.
+                .recycle_timeout(Some(connect_timeout))
                 .build()
                 .map_err(|e| Error::internal(format!("PostgreSQL pool: {e}")))?
         };
@@ -95,7 +115,18 @@ impl PgPool {
     }
 
     fn conn(&self) -> Result<Object> {
-        self.handle.block_on(self.pool.get()).map_err(pool_error)
+        self.handle.block_on(self.pool.get()).map_err(|e| self.pool_error(e))
+    }
+
+    fn pool_error(&self, e: PoolError) -> Error {
+        match e {
+            PoolError::Backend(e) => e.into(),
+            PoolError::Timeout(TimeoutType::Create) => {
+                let within = self.pool.timeouts().create.unwrap_or_default();
+                Error::Unavailable("the index", format!("no connection to PostgreSQL within {within:?}"))
+            }
+            e => Error::Unavailable("the index", format!("PostgreSQL pool: {e}")),
+        }
     }
 
     /// Runs `f` on a connection, each statement committing on its own.
@@ -125,7 +156,7 @@ impl PgPool {
     pub(super) fn lock(&self, locks: &super::LockSet) -> Result<HeldLock> {
         let slot = self
             .handle
-            .block_on(tokio::time::timeout(CONNECT_TIMEOUT * 10, self.lock_slots.clone().acquire_owned()))
+            .block_on(tokio::time::timeout(LOCK_SLOT_WAIT, self.lock_slots.clone().acquire_owned()))
             .map_err(|_| {
                 Error::Unavailable("the index", "every connection to PostgreSQL for commit locks is taken".into())
             })?
@@ -218,13 +249,6 @@ fn tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
     let config = rustls::ClientConfig::with_platform_verifier()
         .map_err(|e| Error::internal(format!("TLS to PostgreSQL: {e}")))?;
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
-}
-
-fn pool_error(e: deadpool_postgres::PoolError) -> Error {
-    match e {
-        deadpool_postgres::PoolError::Backend(e) => e.into(),
-        e => Error::Unavailable("the index", format!("PostgreSQL pool: {e}")),
-    }
 }
 
 /// Commit locks, held on a pooled connection of its own.
