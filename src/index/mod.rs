@@ -16,6 +16,7 @@ mod grants;
 mod intents;
 mod multiparts;
 mod postgres;
+mod reach;
 mod settings;
 mod sqlite;
 mod uploads;
