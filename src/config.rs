@@ -62,6 +62,10 @@ pub struct Settings {
     /// TLS to PostgreSQL: `disable` or `require` (the server's certificate
     /// checked against the operating system's CAs).
     pub postgres_tls: PostgresTls,
+    /// How long a new connection to PostgreSQL (TCP, TLS, authentication)
+    /// may take before the index counts as unavailable: with the server
+    /// gone, it is about how long a request takes to answer 503.
+    pub postgres_connect_timeout: Span,
     /// Resumable uploads open at once, in total (with a shared index,
     /// across its nodes).
     pub max_open_uploads: u64,
@@ -226,6 +230,7 @@ impl Default for Settings {
             index: IndexKind::Sqlite,
             postgres_url: None,
             postgres_tls: PostgresTls::Disable,
+            postgres_connect_timeout: Span(Duration::from_millis(500)),
             max_open_uploads: 10_000,
             max_open_uploads_per_token: 1_000,
             keep_versions: 10,
@@ -265,6 +270,7 @@ impl Settings {
             ("tus_lease", self.tus_lease),
             ("max_open_uploads", self.max_open_uploads),
             ("max_open_uploads_per_token", self.max_open_uploads_per_token),
+            ("postgres_connect_timeout", self.postgres_connect_timeout.0.as_millis() as u64),
         ];
         for (key, value) in positive {
             if value == 0 {

@@ -8,8 +8,10 @@
 //! capped across nodes; nodes start together on an empty database; a
 //! Garage cluster losing a node keeps serving; a node killed mid-upload
 //! comes back with every row matching its object; a PostgreSQL that goes
-//! away means 503, never 500; and `postgres_tls = "require"` speaks TLS
-//! only to a server whose certificate a trusted CA signed.
+//! away (refusing connections, or never answering them) means 503 within a
+//! few connect timeouts, never 500, until it is back; and
+//! `postgres_tls = "require"` speaks TLS only to a server whose certificate
+//! a trusted CA signed.
 //!
 //! Each test skips (with a line on stderr) when Garage or PostgreSQL is not
 //! installed, unless `SPILLWAY_REQUIRE_CLUSTER=1`.
@@ -813,24 +815,36 @@ async fn kill9_mid_put_leaves_every_row_matching_its_object() {
 /// A request: method, path, headers, body.
 type Probe<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, Option<Vec<u8>>);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_down_means_503_never_500() {
-    if cluster::skip_without_garage() || cluster::skip_without_postgres() {
-        return;
-    }
-    let garage = Garage::single();
-    let mut pg = Postgres::start();
-    let node = start(&settings(Some(&garage), Some(&pg), &[]));
+/// `postgres_connect_timeout` of the nodes whose PostgreSQL goes away.
+const PG_CONNECT_TIMEOUT: &str = "200ms";
+
+/// How long any one answer may take with PostgreSQL gone: a request tries
+/// at most one new connection (bounded by the connect timeout) and waits
+/// for no other, so a few connect timeouts leave room for a loaded machine;
+/// and never as long as a readiness probe waits.
+fn pg_down_bound() -> Duration {
+    let connect = humantime::parse_duration(PG_CONNECT_TIMEOUT).unwrap();
+    (connect * 5).min(Duration::from_secs(3))
+}
+
+/// A node on Garage and `pg` that stored `pgdown/present.bin`, and said ready.
+async fn node_before_outage(garage: &Garage, pg: &Postgres) -> TestNode {
+    let node = start(&settings(Some(garage), Some(pg), &[("SPILLWAY_POSTGRES_CONNECT_TIMEOUT", PG_CONNECT_TIMEOUT)]));
     let body = generated(100 * KIB, 50);
     put_ok(&node, "pgdown/present.bin", &body, &[]).await;
     assert_downloads(&node, "pgdown/present.bin", &body, &[]).await;
     let r = call(&node, "GET", "/ready", &[], None).await;
     assert_eq!(r.status, 200, "/ready with PostgreSQL up: {}", r.describe());
+    node
+}
 
-    pg.stop();
-    let started = Instant::now();
+/// Every kind of request needing the index, all at once and twice (the first
+/// calls find the pool's dead connections, the second none), /ready beside
+/// them: each must answer 503 (`unavailable` with Retry-After; /ready
+/// `not-ready`) within [`pg_down_bound`], and /health 200.
+async fn assert_fast_503s(node: &TestNode, outage: &str) {
     let tus_meta = tus_metadata(&[("key", "pgdown/tus.bin")]);
-    let probes: Vec<Probe> = vec![
+    let mut probes: Vec<Probe> = vec![
         ("GET", "/datasets".into(), vec![], None),
         ("GET", "/datasets/pgdown/present.bin".into(), vec![], None),
         ("GET", "/data/pgdown/present.bin".into(), vec![], None),
@@ -845,41 +859,97 @@ async fn postgres_down_means_503_never_500() {
         ("DELETE", "/datasets/pgdown/present.bin".into(), vec![], None),
         ("POST", "/uploads".into(), vec![TUS, ("Upload-Length", "10"), ("Upload-Metadata", &tus_meta)], None),
     ];
+    // More at once than the node's 16 PostgreSQL connections: those queued
+    // behind the pool must not wait longer.
+    probes.extend((0..24).map(|i| ("GET", format!("/datasets?prefix=pgdown/{i}"), vec![], None)));
+    probes.push(("GET", "/ready".into(), vec![], None));
+    let bound = pg_down_bound();
+    let started = Instant::now();
     let mut bad = Vec::new();
-    // Twice: the first calls find the pool's dead connections, the second find none.
     for attempt in 0..2 {
-        // At once (each may wait for the pool's connect timeout), /ready included.
-        let (answers, ready) = tokio::join!(
-            futures_util::future::join_all(probes.iter().map(|(method, path, headers, body)| call(
-                &node,
-                method,
-                path,
-                headers,
-                body.clone()
-            )),),
-            call(&node, "GET", "/ready", &[], None)
-        );
-        for ((method, path, _, _), r) in probes.iter().zip(&answers) {
-            eprintln!("PostgreSQL down, attempt {attempt}: {method} {path} → {} {:?}", r.status, r.code());
-            if r.status != 503 || r.code().as_deref() != Some("unavailable") || r.header("retry-after").is_none() {
+        let answers = futures_util::future::join_all(probes.iter().map(|(method, path, headers, body)| async move {
+            let sent = Instant::now();
+            let r = call(node, method, path, headers, body.clone()).await;
+            (r, sent.elapsed())
+        }))
+        .await;
+        for ((method, path, _, _), (r, took)) in probes.iter().zip(&answers) {
+            eprintln!("{outage}, attempt {attempt}: {method} {path} → {} {:?} in {took:?}", r.status, r.code());
+            let expected = if path == "/ready" {
+                r.status == 503
+            } else {
+                r.status == 503 && r.code().as_deref() == Some("unavailable") && r.header("retry-after").is_some()
+            };
+            if !expected {
                 bad.push(format!("attempt {attempt}: {method} {path} → {}", r.describe()));
+            } else if *took > bound {
+                bad.push(format!("attempt {attempt}: {method} {path} → 503 after {took:?}, more than {bound:?}"));
             }
         }
-        eprintln!("PostgreSQL down, attempt {attempt}: GET /ready → {} {:?}", ready.status, ready.code());
-        if ready.status != 503 {
-            bad.push(format!("attempt {attempt}: GET /ready → {}", ready.describe()));
-        }
-        let r = call(&node, "GET", "/health", &[], None).await;
-        assert_eq!(r.status, 200, "/health with PostgreSQL down: {}", r.describe());
+        let r = call(node, "GET", "/health", &[], None).await;
+        assert_eq!(r.status, 200, "/health with {outage}: {}", r.describe());
     }
-    eprintln!("answers with PostgreSQL down took {:?}", started.elapsed());
+    eprintln!("answers with {outage} took {:?}", started.elapsed());
     assert!(
         bad.is_empty(),
-        "with PostgreSQL down, expected 503 `unavailable` with Retry-After:\n{}\n--- node log (warnings and errors) ---\n{}",
+        "with {outage}, expected 503 `unavailable` with Retry-After within {bound:?}:\n{}\n--- node log (warnings and errors) ---\n{}",
         bad.join("\n"),
-        log_lines(&node, &["WARN", "ERROR", "panicked"])
+        log_lines(node, &["WARN", "ERROR", "panicked"])
     );
-    assert_no_panic(&node, "node");
+    assert_no_panic(node, "node");
+}
+
+/// Once PostgreSQL is back the node serves again, reads and commits (an
+/// outage it noted does not outlive it).
+async fn assert_recovers(node: &TestNode) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = call(node, "GET", "/ready", &[], None).await;
+        if r.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/ready with PostgreSQL back: {}", r.describe());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_downloads(node, "pgdown/present.bin", &generated(100 * KIB, 50), &[]).await;
+    put_ok(node, "pgdown/after.bin", b"after the outage", &[]).await;
+    assert_no_panic(node, "node");
+}
+
+/// The server stops: its sessions end and new connections are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_means_503_never_500() {
+    if cluster::skip_without_garage() || cluster::skip_without_postgres() {
+        return;
+    }
+    let garage = Garage::single();
+    let mut pg = Postgres::start();
+    let node = node_before_outage(&garage, &pg).await;
+    pg.stop();
+    assert_fast_503s(&node, "PostgreSQL down").await;
+    pg.restart();
+    assert_recovers(&node).await;
+}
+
+/// The server stops and its port takes connections that never answer (a
+/// host whose PostgreSQL hangs, or a proxy in front of a dead one): each new
+/// connection hangs until the connect timeout, not longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_that_never_answers_means_503_within_the_connect_timeout() {
+    if cluster::skip_without_garage() || cluster::skip_without_postgres() {
+        return;
+    }
+    let garage = Garage::single();
+    let mut pg = Postgres::start();
+    let node = node_before_outage(&garage, &pg).await;
+    pg.stop();
+    // Never accepted: the kernel completes each handshake into the backlog
+    // and the startup message goes unanswered.
+    let silent = std::net::TcpListener::bind(("127.0.0.1", pg.port)).expect("PostgreSQL's port, free again");
+    assert_fast_503s(&node, "PostgreSQL silent").await;
+    drop(silent);
+    pg.restart();
+    assert_recovers(&node).await;
 }
 
 /// A node on PostgreSQL stops cleanly on SIGTERM (as `systemctl stop` does):

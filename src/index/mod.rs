@@ -16,6 +16,7 @@ mod grants;
 mod intents;
 mod multiparts;
 mod postgres;
+mod reach;
 mod settings;
 mod sqlite;
 mod upload_parts;
@@ -29,6 +30,7 @@ mod migrations {
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use datasets::{MetadataPatch, NewVersion, Record};
 pub use intents::{Completed, Intent};
@@ -85,19 +87,22 @@ impl Index {
 
     /// A catalog in PostgreSQL, shared by every node configured with it.
     pub fn open_postgres(url: &str) -> Result<Index> {
-        Index::open_postgres_with(url, PostgresTls::Disable)
+        let defaults = crate::config::Settings::default();
+        Index::open_postgres_with(url, PostgresTls::Disable, defaults.postgres_connect_timeout.0)
     }
 
-    fn open_postgres_with(url: &str, tls: PostgresTls) -> Result<Index> {
-        Ok(Index { backend: Backend::Postgres(Arc::new(PgPool::open(url, tls)?)) })
+    fn open_postgres_with(url: &str, tls: PostgresTls, connect_timeout: Duration) -> Result<Index> {
+        Ok(Index { backend: Backend::Postgres(Arc::new(PgPool::open(url, tls, connect_timeout)?)) })
     }
 
     pub fn open_configured(settings: &crate::config::Settings, sqlite_file: &Path) -> Result<Index> {
         match settings.index {
             crate::config::IndexKind::Sqlite => Index::open(sqlite_file),
-            crate::config::IndexKind::Postgres => {
-                Index::open_postgres_with(settings.postgres_url.as_deref().unwrap_or(""), settings.postgres_tls)
-            }
+            crate::config::IndexKind::Postgres => Index::open_postgres_with(
+                settings.postgres_url.as_deref().unwrap_or(""),
+                settings.postgres_tls,
+                settings.postgres_connect_timeout.0,
+            ),
         }
     }
 

@@ -7,14 +7,18 @@
 //! runtime the pool was opened in (the node's). The offline commands
 //! (`fsck`, `reindex`) have no runtime; the pool then owns a small one.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Transaction};
+use deadpool_postgres::{
+    Hook, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, TimeoutType, Timeouts, Transaction,
+};
 use tokio::runtime::{Handle, Runtime};
 use tokio_postgres::types::{IsNull, ToSql, Type};
 
 use super::db::{Db, DbRow, Val};
 use super::migrations;
+use super::reach::Reach;
 use crate::config::PostgresTls;
 use crate::error::{Error, Result};
 
@@ -24,9 +28,21 @@ const MIGRATION_LOCK: i64 = 0x5350_494c_0001;
 /// Taken by each creation of a resumable upload, for its count and insert.
 pub(super) const UPLOADS_LOCK: i64 = 0x5350_494c_0003;
 
-/// As long as a request waits for a connection, or for a new one to open,
-/// before the index counts as unavailable (503).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// As long as a request waits for a pooled connection while all are in use
+/// before the index counts as unavailable (503): a busy pool, not an
+/// outage (with the server known gone nobody waits, see `reach`).
+const POOL_WAIT: Duration = Duration::from_secs(3);
+/// As long as a commit waits for a slot among the connections that may
+/// hold commit locks.
+const LOCK_SLOT_WAIT: Duration = Duration::from_secs(30);
+/// A server gone without closing its sessions (host down, network cut)
+/// leaves them silent: keepalives notice an idle one, the user timeout one
+/// whose statement goes unacknowledged, within seconds rather than the
+/// kernel's two hours (idle) or quarter of an hour (retransmissions). A
+/// live server acknowledges a slow statement and answers keepalives.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections to PostgreSQL per node.
 const POOL_SIZE: usize = 16;
 
@@ -34,7 +50,8 @@ pub(super) struct PgPool {
     pool: Pool,
     handle: Handle,
     /// Connections that may hold commit locks at once.
-    lock_slots: std::sync::Arc<tokio::sync::Semaphore>,
+    lock_slots: Arc<tokio::sync::Semaphore>,
+    reach: Arc<Reach>,
     /// The runtime of an offline command, shut down with the pool.
     owned: Option<Runtime>,
 }
@@ -49,10 +66,15 @@ impl Drop for PgPool {
 }
 
 impl PgPool {
-    pub(super) fn open(url: &str, tls: PostgresTls) -> Result<PgPool> {
+    /// `connect_timeout` bounds each new connection, handshakes included.
+    pub(super) fn open(url: &str, tls: PostgresTls, connect_timeout: Duration) -> Result<PgPool> {
         let mut config: tokio_postgres::Config =
             url.parse().map_err(|e| Error::internal(format!("postgres_url does not parse: {e}")))?;
-        config.connect_timeout(CONNECT_TIMEOUT);
+        // The node's settings decide over the URL's, as for TLS below.
+        config.connect_timeout(connect_timeout);
+        config.keepalives_idle(KEEPALIVE_IDLE);
+        config.keepalives_interval(KEEPALIVE_INTERVAL);
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
         let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
         // `postgres_tls` decides, whatever the URL's `sslmode` says.
         let manager = match tls {
@@ -77,37 +99,104 @@ impl PgPool {
                 (runtime.handle().clone(), Some(runtime))
             }
         };
+        let reach = Arc::new(Reach::new());
+        let connected = reach.clone();
         // Built inside the runtime: deadpool's timeouts are tokio timers.
         let pool = {
             let _entered = handle.enter();
             Pool::builder(manager)
                 .max_size(POOL_SIZE)
                 .runtime(deadpool_postgres::Runtime::Tokio1)
-                .wait_timeout(Some(CONNECT_TIMEOUT))
-                .create_timeout(Some(CONNECT_TIMEOUT))
+                .wait_timeout(Some(POOL_WAIT))
+                .create_timeout(Some(connect_timeout))
+                // `Fast` recycling does no I/O; were it to check with the
+                // server, a silent one would cost this much, not forever.
+                .recycle_timeout(Some(connect_timeout))
+                .post_create(Hook::sync_fn(move |_, _| {
+                    connected.up();
+                    Ok(())
+                }))
                 .build()
                 .map_err(|e| Error::internal(format!("PostgreSQL pool: {e}")))?
         };
-        let lock_slots = std::sync::Arc::new(tokio::sync::Semaphore::new(POOL_SIZE / 2));
-        let pool = PgPool { pool, handle, owned, lock_slots };
+        let lock_slots = Arc::new(tokio::sync::Semaphore::new(POOL_SIZE / 2));
+        let pool = PgPool { pool, handle, owned, lock_slots, reach };
         pool.migrate()?;
         Ok(pool)
     }
 
     fn conn(&self) -> Result<Object> {
-        self.handle.block_on(self.pool.get()).map_err(pool_error)
+        if self.reach.is_down() {
+            // No queue while the server is gone: a free slot tries a new
+            // connection (which is how its return is noticed), a full pool
+            // answers at once.
+            let at_once = Timeouts { wait: Some(Duration::ZERO), ..self.pool.timeouts() };
+            return self.handle.block_on(self.pool.timeout_get(&at_once)).map_err(|e| match e {
+                PoolError::Timeout(TimeoutType::Wait) => gone_error(),
+                e => self.pool_error(e),
+            });
+        }
+        let gone = self.reach.watch();
+        self.handle.block_on(async {
+            tokio::select! {
+                got = self.pool.get() => got.map_err(|e| self.pool_error(e)),
+                () = gone.goes_down() => Err(gone_error()),
+            }
+        })
+    }
+
+    /// A new connection that failed or timed out means the server is gone;
+    /// a full pool only that it is busy.
+    fn pool_error(&self, e: PoolError) -> Error {
+        let (error, connecting) = match e {
+            PoolError::Backend(e) => (e.into(), true),
+            PoolError::Timeout(TimeoutType::Create) => {
+                let within = self.pool.timeouts().create.unwrap_or_default();
+                (Error::Unavailable("the index", format!("no connection to PostgreSQL within {within:?}")), true)
+            }
+            e => (Error::Unavailable("the index", format!("PostgreSQL pool: {e}")), false),
+        };
+        if connecting && matches!(error, Error::Unavailable(..)) {
+            self.went_down(&error);
+        }
+        error
+    }
+
+    fn went_down(&self, cause: &Error) {
+        if self.reach.down(cause) {
+            // Idle sessions are as dead as the one that failed, or silent
+            // (a host gone): each would hold a request until TCP gives up.
+            self.pool.retain(|_, _| false);
+        }
+    }
+
+    /// Notes what an operation on `conn` said of the server: a session it
+    /// closed (or lost) means it is likely gone.
+    fn observe<T>(&self, conn: &Object, out: Result<T>) -> Result<T> {
+        match &out {
+            Ok(_) => self.reach.up(),
+            Err(e) if conn.is_closed() => self.went_down(e),
+            Err(_) => {}
+        }
+        out
     }
 
     /// Runs `f` on a connection, each statement committing on its own.
     pub(super) fn with<T>(&self, f: impl FnOnce(&mut dyn Db) -> Result<T>) -> Result<T> {
         let conn = self.conn()?;
-        f(&mut PgConn { handle: &self.handle, client: &conn })
+        let out = f(&mut PgConn { handle: &self.handle, client: &conn });
+        self.observe(&conn, out)
     }
 
     /// Runs `f` in one transaction, after taking the transaction-scoped
     /// advisory lock `lock` if one is given; committed if `f` returns `Ok`.
     pub(super) fn tx<T>(&self, lock: Option<i64>, f: impl FnOnce(&mut dyn Db) -> Result<T>) -> Result<T> {
         let mut conn = self.conn()?;
+        let out = self.run_tx(&mut conn, lock, f);
+        self.observe(&conn, out)
+    }
+
+    fn run_tx<T>(&self, conn: &mut Object, lock: Option<i64>, f: impl FnOnce(&mut dyn Db) -> Result<T>) -> Result<T> {
         let tx = self.handle.block_on(conn.transaction())?;
         let mut db = PgTx { handle: &self.handle, tx: &tx };
         if let Some(lock) = lock {
@@ -123,31 +212,49 @@ impl PgPool {
     /// half the pool holds locks, so the transactions of those holding
     /// them always find a connection.
     pub(super) fn lock(&self, locks: &super::LockSet) -> Result<HeldLock> {
-        let slot = self
-            .handle
-            .block_on(tokio::time::timeout(CONNECT_TIMEOUT * 10, self.lock_slots.clone().acquire_owned()))
-            .map_err(|_| {
-                Error::Unavailable("the index", "every connection to PostgreSQL for commit locks is taken".into())
-            })?
-            .expect("the semaphore is never closed");
-        let conn = self.conn()?;
-        let held = HeldLock { conn, handle: self.handle.clone(), _slot: slot };
-        for (id, mode) in locks {
-            if let Err(e) = self.take(&held.conn, *id, *mode) {
-                held.release();
-                return Err(e);
-            }
+        let slot = self.lock_slot()?;
+        let held = self.held(self.conn()?, slot);
+        let taken = locks.iter().try_for_each(|(id, mode)| self.take(&held.conn, *id, *mode));
+        if let Err(e) = self.observe(&held.conn, taken) {
+            held.release();
+            return Err(e);
         }
         Ok(held)
+    }
+
+    fn lock_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        let slots = self.lock_slots.clone();
+        if self.reach.is_down() {
+            return slots.try_acquire_owned().map_err(|_| gone_error());
+        }
+        let gone = self.reach.watch();
+        self.handle.block_on(async {
+            tokio::select! {
+                slot = tokio::time::timeout(LOCK_SLOT_WAIT, slots.acquire_owned()) => Ok(slot.map_err(|_| {
+                    Error::Unavailable("the index", "every connection to PostgreSQL for commit locks is taken".into())
+                })?.expect("the semaphore is never closed")),
+                () = gone.goes_down() => Err(gone_error()),
+            }
+        })
     }
 
     /// A shared lock waits in PostgreSQL's queue; an exclusive one is
     /// tried again and again instead, as on one node (`service::locks`):
     /// queued, it would make every later shared request queue behind it.
+    /// Either wait is for another session, however long; an outage found
+    /// meanwhile (by any request) ends it.
     fn take(&self, conn: &Object, id: i64, mode: super::LockMode) -> Result<()> {
+        let gone = self.reach.watch();
         if mode == super::LockMode::Shared {
-            self.handle.block_on(conn.execute("SELECT pg_advisory_lock_shared($1)", &[&id]))?;
-            return Ok(());
+            // Left waiting, the statement makes the session unusable:
+            // `HeldLock::release` closes it, the server being gone.
+            let params: [&(dyn ToSql + Sync); 1] = [&id];
+            return self.handle.block_on(async {
+                tokio::select! {
+                    taken = conn.execute("SELECT pg_advisory_lock_shared($1)", &params) => Ok(taken.map(drop)?),
+                    () = gone.goes_down() => Err(gone_error()),
+                }
+            });
         }
         let mut pause = Duration::from_millis(2);
         loop {
@@ -155,9 +262,16 @@ impl PgPool {
             if row.get::<_, bool>(0) {
                 return Ok(());
             }
+            if gone.went_down() {
+                return Err(gone_error());
+            }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(50));
         }
+    }
+
+    fn held(&self, conn: Object, slot: tokio::sync::OwnedSemaphorePermit) -> HeldLock {
+        HeldLock { conn, handle: self.handle.clone(), reach: self.reach.clone(), _slot: slot }
     }
 
     /// Takes `locks` like [`PgPool::lock`] if no other session holds any
@@ -166,13 +280,14 @@ impl PgPool {
         let Ok(slot) = self.lock_slots.clone().try_acquire_owned() else {
             return Ok(None);
         };
-        let held = HeldLock { conn: self.conn()?, handle: self.handle.clone(), _slot: slot };
+        let held = self.held(self.conn()?, slot);
         for (id, mode) in locks {
             let sql = match mode {
                 super::LockMode::Shared => "SELECT pg_try_advisory_lock_shared($1)",
                 super::LockMode::Exclusive => "SELECT pg_try_advisory_lock($1)",
             };
-            match self.handle.block_on(held.conn.query_one(sql, &[id])).map(|row| row.get::<_, bool>(0)) {
+            let taken = self.handle.block_on(held.conn.query_one(sql, &[id])).map(|row| row.get::<_, bool>(0));
+            match self.observe(&held.conn, taken.map_err(Error::from)) {
                 Ok(true) => {}
                 Ok(false) => {
                     held.release();
@@ -180,7 +295,7 @@ impl PgPool {
                 }
                 Err(e) => {
                     held.release();
-                    return Err(e.into());
+                    return Err(e);
                 }
             }
         }
@@ -220,22 +335,26 @@ fn tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
-fn pool_error(e: deadpool_postgres::PoolError) -> Error {
-    match e {
-        deadpool_postgres::PoolError::Backend(e) => e.into(),
-        e => Error::Unavailable("the index", format!("PostgreSQL pool: {e}")),
-    }
+fn gone_error() -> Error {
+    Error::Unavailable("the index", "PostgreSQL was found unreachable".into())
 }
 
 /// Commit locks, held on a pooled connection of its own.
 pub(super) struct HeldLock {
     conn: Object,
     handle: Handle,
+    reach: Arc<Reach>,
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl HeldLock {
     pub(super) fn release(self) {
+        if self.reach.is_down() {
+            // An unlock could only wait for TCP to give up on the session;
+            // closing it releases the locks as surely.
+            drop(Object::take(self.conn));
+            return;
+        }
         let unlocked = self.handle.block_on(self.conn.execute("SELECT pg_advisory_unlock_all()", &[]));
         if let Err(e) = unlocked {
             log::error!("releasing the commit lock: {e}");

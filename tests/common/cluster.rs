@@ -802,7 +802,7 @@ impl Postgres {
         ]);
         let ran = run_bounded(&mut initdb, CLI_TIMEOUT, "initdb");
         assert!(ran.success(), "initdb failed ({}):\n{}{}", ran.status, ran.stdout, ran.stderr);
-        pg.launch();
+        pg.launch(None);
         pg.url = pg.database_url("spillway");
         pg.sql("postgres", "CREATE DATABASE spillway");
         pg
@@ -838,12 +838,12 @@ impl Postgres {
         cmd
     }
 
-    /// Starts the server on a fresh port (retrying when the port was taken
-    /// meanwhile) and waits until it accepts connections.
-    fn launch(&mut self) {
+    /// Starts the server on port `fixed`, else on a fresh port (retrying when the
+    /// port was taken meanwhile), and waits until it accepts connections.
+    fn launch(&mut self, fixed: Option<u16>) {
         let data = self.root.path().join("data");
         for attempt in 1..=PORT_ATTEMPTS {
-            let port = free_port();
+            let port = fixed.unwrap_or_else(free_port);
             let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
             let mut cmd = self.server_command("postgres");
             cmd.arg("-D")
@@ -865,7 +865,7 @@ impl Postgres {
                 }
                 if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                     self.child = None;
-                    if lost_port_race(&self.log) && attempt < PORT_ATTEMPTS {
+                    if fixed.is_none() && lost_port_race(&self.log) && attempt < PORT_ATTEMPTS {
                         break;
                     }
                     panic!("postgres exited with {status} at start\n{}", log_tail(&self.log, 40));
@@ -920,6 +920,13 @@ impl Postgres {
     /// The server log.
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Starts the stopped server again, on its port: the URLs handed out
+    /// stay good.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch(Some(self.port));
     }
 
     /// Stops the server: SIGINT (fast shutdown), bounded, then SIGKILL.
