@@ -270,48 +270,8 @@ scenario_main() { # name: runs in the subshell
 
 PASSED=0 FAILED=0
 FAILED_NAMES=()
+NODE_LOGS='node*.out node*.err' # run_scenario shows their tails
 
-run_scenario() {
-    local name=$1 rc=0 t0=$SECONDS deadline
-    log "--- $name"
-    set +e
-    (
-        set -e
-        scenario_main "$name"
-    ) &
-    SUB=$!
-    set -e
-    LIVE[$SUB]="scenario $name"
-    deadline=$((SECONDS + SCENARIO_TIMEOUT))
-    while alive "$SUB"; do
-        if ((SECONDS >= deadline)); then
-            log "$name: still running after ${SCENARIO_TIMEOUT}s; stopping it"
-            stop_pid "$SUB" TERM
-            rc=124
-            break
-        fi
-        sleep 0.2
-    done
-    if [[ -n ${LIVE[$SUB]:-} ]]; then
-        wait "$SUB" || rc=$?
-        unset "LIVE[$SUB]"
-    fi
-    SUB=""
-    if ((rc == 0)); then
-        PASSED=$((PASSED + 1))
-        log "PASS $name ($((SECONDS - t0)) s)"
-    else
-        FAILED=$((FAILED + 1))
-        FAILED_NAMES+=("$name")
-        log "FAIL $name (exit $rc, $((SECONDS - t0)) s); logs in $TMPD/$name"
-        local f
-        for f in "$TMPD/$name"/node*.out "$TMPD/$name"/node*.err; do
-            [[ -s $f ]] || continue
-            log "tail of $f:"
-            tail -n 15 "$f" | sed 's/^/    /' >&2
-        done
-    fi
-}
 
 main() {
     local name scenarios=() t0=$SECONDS

@@ -19,7 +19,6 @@ use common::cluster::{self, Garage};
 use common::reply::Reply;
 use common::*;
 use futures_util::stream::TryStreamExt;
-use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::ObjectStore;
 
 const MIB: usize = 1024 * 1024;
@@ -42,22 +41,9 @@ fn on_garage(extra: &[(&str, &str)]) -> Option<(TestNode, Garage)> {
     Some((TestNode::start_with(&pairs), garage))
 }
 
-fn bucket(garage: &Garage) -> AmazonS3 {
-    AmazonS3Builder::new()
-        .with_endpoint(garage.endpoint())
-        .with_region(&garage.region)
-        .with_bucket_name(&garage.bucket)
-        .with_access_key_id(&garage.access_key)
-        .with_secret_access_key(&garage.secret_key)
-        .with_virtual_hosted_style_request(false)
-        .with_allow_http(true)
-        .build()
-        .expect("an S3 client for the test's Garage")
-}
-
 /// Every object under `tus/` (what uploads in progress keep) → size.
 async fn upload_objects(garage: &Garage) -> BTreeMap<String, u64> {
-    let objects: Vec<object_store::ObjectMeta> = tokio::time::timeout(CALL, bucket(garage).list(None).try_collect())
+    let objects: Vec<object_store::ObjectMeta> = tokio::time::timeout(CALL, garage.s3().list(None).try_collect())
         .await
         .expect("listing the bucket timed out")
         .expect("listing the bucket");
@@ -70,12 +56,7 @@ async fn upload_objects(garage: &Garage) -> BTreeMap<String, u64> {
 
 /// Unfinished multipart uploads in the bucket (Garage's admin API).
 fn unfinished(garage: &Garage) -> u64 {
-    let url = format!("{}/v2/GetBucketInfo?globalAlias={}", garage.admin_endpoint_of(0), garage.bucket);
-    let token = format!("Bearer {}", garage.admin_token);
-    let (status, body) = cluster::http_get(&url, &[("Authorization", &token)], Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("GetBucketInfo: {e}"));
-    assert_eq!(status, 200, "GetBucketInfo: {body}");
-    let info: serde_json::Value = serde_json::from_str(&body).expect("GetBucketInfo is JSON");
+    let info = garage.bucket_info().unwrap_or_else(|e| panic!("GetBucketInfo: {e}"));
     info["unfinishedMultipartUploads"].as_u64().expect("unfinishedMultipartUploads")
 }
 
@@ -226,6 +207,12 @@ async fn one_writer_at_a_time_and_head_takes_over() {
     let loc = create(&node, "stored/race.bin", data.len()).await;
     let first = 3 * MIB;
     let _stalled = raw_patch(&node, &loc, 0, data.len(), &data[..first]);
+    // A takeover keeps what the writer read, not what waits in its socket.
+    let read = eventually(CALL, async || {
+        node.metric("spillway_resumable_upload_bytes_total").await.unwrap_or(0.0) >= first as f64
+    })
+    .await;
+    assert!(read, "the node did not read the stalled PATCH's {first} bytes");
     let busy = eventually(CALL, async || {
         let r = patch(&node, &loc, 0, &data[..10], &[]).await;
         r.status == 409 && r.code().as_deref() == Some("upload-in-use")

@@ -4,7 +4,10 @@
 # npm, the node binary, and an environment free of inherited SPILLWAY_* and
 # ROCKET_* settings. The caller defines `log` and `die`, ROOT (the checkout),
 # E2E (tests/e2e) and VENV (the venv's directory), then sources this file;
-# build_node sets BIN.
+# build_node sets BIN. run_scenario runs the caller's `scenario_main NAME`
+# in a subshell, bounded by SCENARIO_TIMEOUT, counting PASSED and FAILED
+# (FAILED_NAMES), with the tails of $TMPD/NAME/$NODE_LOGS on failure; it
+# uses the caller's LIVE, alive and stop_pid.
 
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -61,4 +64,47 @@ build_node() {
     [[ $target_dir == /* ]] || target_dir="$ROOT/$target_dir"
     BIN="$target_dir/release/spillway"
     [[ -x $BIN ]] || die "no binary at $BIN"
+}
+
+run_scenario() {
+    local name=$1 rc=0 t0=$SECONDS deadline
+    log "--- $name"
+    set +e
+    (
+        set -e
+        scenario_main "$name"
+    ) &
+    SUB=$!
+    set -e
+    LIVE[$SUB]="scenario $name"
+    deadline=$((SECONDS + SCENARIO_TIMEOUT))
+    while alive "$SUB"; do
+        if ((SECONDS >= deadline)); then
+            log "$name: still running after ${SCENARIO_TIMEOUT}s; stopping it"
+            stop_pid "$SUB" TERM
+            rc=124
+            break
+        fi
+        sleep 0.2
+    done
+    if [[ -n ${LIVE[$SUB]:-} ]]; then
+        wait "$SUB" || rc=$?
+        unset "LIVE[$SUB]"
+    fi
+    SUB=""
+    if ((rc == 0)); then
+        PASSED=$((PASSED + 1))
+        log "PASS $name ($((SECONDS - t0)) s)"
+    else
+        FAILED=$((FAILED + 1))
+        FAILED_NAMES+=("$name")
+        log "FAIL $name (exit $rc, $((SECONDS - t0)) s); logs in $TMPD/$name"
+        local f
+        # shellcheck disable=SC2086 # NODE_LOGS: globs, split and expanded here
+        for f in "$TMPD/$name"/$NODE_LOGS; do
+            [[ -s $f ]] || continue
+            log "tail of $f:"
+            tail -n 15 "$f" | sed 's/^/    /' >&2
+        done
+    fi
 }
