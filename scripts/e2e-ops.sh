@@ -61,9 +61,9 @@
 #      message, replicaCount=3 on the filesystem store among them), every
 #      manifest valid against Kubernetes' schemas, probes, volumes,
 #      securityContext, the s3/postgres SPILLWAY_* environment (ConfigMap and
-#      Secret references) and the Service's affinity as documented, and a
-#      real node started with the rendered ConfigMap + Secret environment
-#      (tokens, CORS list).
+#      Secret references), no affinity on the Service or the Ingress (none is
+#      needed: any node continues any upload), and a real node started with
+#      the rendered ConfigMap + Secret environment (tokens, CORS list).
 #      systemd unit: systemd-analyze verify, alone and with the drop-in
 #      spillway-cluster.conf, and security (exposure <= 2.0);
 #      a real node with its Environment= lines, as an unprivileged user under
@@ -1143,11 +1143,14 @@ if refs.get("SPILLWAY_SIGNING_KEY", ("", ""))[1] != "SPILLWAY_SIGNING_KEY":
     problems.append("every pod: SPILLWAY_SIGNING_KEY from the Secret")
 if s["spec"]["replicas"] != 3 or s["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] != "20Gi":
     problems.append("3 replicas, a 20Gi data PVC")
-if service(r)["spec"].get("sessionAffinity") != "ClientIP":
-    problems.append("Service sessionAffinity ClientIP")
-ing = next(d for (k, _), d in r.items() if k == "Ingress")
-if ing["metadata"]["annotations"].get("nginx.ingress.kubernetes.io/upstream-hash-by") != "$remote_addr":
-    problems.append("Ingress upstream-hash-by $remote_addr")
+# No affinity anywhere, several pods or one: any pod continues any upload.
+for set_name, rs in rendered.items():
+    for (k, n), d in rs.items():
+        if k == "Service" and d["spec"].get("sessionAffinity", "None") != "None":
+            problems.append(f"{set_name}: Service {n} has sessionAffinity {d['spec']['sessionAffinity']}")
+        if k == "Ingress" and any(re.search(r"upstream-hash-by|affinity|sticky", a)
+                                  for a in d["metadata"].get("annotations") or {}):
+            problems.append(f"{set_name}: Ingress {n} has affinity annotations {d['metadata']['annotations']}")
 r = rendered["s3-postgres-existing-secrets"]
 refs = secret_refs(r)
 if any(n.endswith("-backends") for k, n in r if k == "Secret") or {
@@ -1160,14 +1163,14 @@ if {k: config_map(d).get(k) for k in ("SPILLWAY_STORAGE", "SPILLWAY_INDEX")} != 
                                                                                  "SPILLWAY_INDEX": "sqlite"} \
         or any(k.startswith("SPILLWAY_S3__") for k in config_map(d)) or set(secret_refs(d)) != {
             "SPILLWAY_TOKENS", "SPILLWAY_SIGNING_KEY"} \
-        or sts(d)["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] != "100Gi" \
-        or service(d)["spec"].get("sessionAffinity") != "None":
-    problems.append("defaults: fs + sqlite, no s3/postgres env, a 100Gi data PVC, no session affinity")
+        or sts(d)["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] != "100Gi":
+    problems.append("defaults: fs + sqlite, no s3/postgres env, a 100Gi data PVC")
 if problems:
     fail(f"storage/index values: {problems}")
 ok("storage=s3, index=postgres, replicaCount=3: SPILLWAY_STORAGE/INDEX/S3__* in the ConfigMap, S3 credentials and "
    "the PostgreSQL URL from the chart's Secret (or existing Secrets, with their key names), one signing key for "
-   "every pod, a 20Gi data PVC, ClientIP affinity on the Service and the Ingress; the defaults stay fs + sqlite")
+   "every pod, a 20Gi data PVC; no session affinity on any Service nor affinity annotation on any Ingress "
+   "(every value set); the defaults stay fs + sqlite")
 
 # The environment the pod would get (ConfigMap + Secret + literal env), for
 # a real node below: 'full' (tokens, CORS list) and 'defaults' (the
