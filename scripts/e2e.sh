@@ -92,62 +92,8 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# ---------------------------------------------------------------- set-up ---
-
-setup_python() {
-    local stamp="$VENV/.e2e-requirements.txt"
-    if [[ -x $VENV/bin/python && -f $stamp ]] && cmp -s "$stamp" "$E2E/requirements.txt" &&
-        "$VENV/bin/python" -c 'import tusclient, blake3, requests' 2>/dev/null; then
-        return 0
-    fi
-    command -v python3 >/dev/null || die "python3 is missing"
-    log "creating the venv $VENV (tuspy, blake3, requests)"
-    rm -rf -- "$VENV"
-    python3 -m venv "$VENV" >&2 || die "python3 -m venv failed"
-    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$E2E/requirements.txt" >&2 ||
-        die "pip install -r tests/e2e/requirements.txt failed"
-    cp "$E2E/requirements.txt" "$stamp"
-}
-
-setup_node() {
-    local stamp="$E2E/node_modules/.e2e-package-lock.json"
-    command -v node >/dev/null || die "node (Node.js >= 18) is missing"
-    command -v npm >/dev/null || die "npm is missing"
-    if [[ -f $stamp ]] && cmp -s "$stamp" "$E2E/package-lock.json" && [[ -d $E2E/node_modules/tus-js-client ]]; then
-        return 0
-    fi
-    log "npm ci in tests/e2e (tus-js-client, hash-wasm)"
-    (cd "$E2E" && npm ci --no-audit --no-fund --loglevel=error) >&2 || die "npm ci failed"
-    cp "$E2E/package-lock.json" "$stamp"
-}
-
-# Only this script's settings reach the node: no inherited SPILLWAY_* or
-# ROCKET_* (tokens, spool dir, port...).
-CLEAN_ENV=()
-for var in $(compgen -e); do
-    if [[ $var == SPILLWAY_* || $var == ROCKET_* ]]; then CLEAN_ENV+=(-u "$var"); fi
-done
-unset var
-
-BIN=""
-build_node() {
-    if [[ -n ${E2E_BIN:-} ]]; then
-        BIN=$E2E_BIN
-        [[ -x $BIN ]] || die "E2E_BIN=$BIN is not an executable"
-        log "using the node binary E2E_BIN=$BIN (no build)"
-        return 0
-    fi
-    log "building the node: cargo build --release"
-    (cd "$ROOT" && cargo build --release) >&2 || die "cargo build --release failed"
-    local target_dir=${CARGO_TARGET_DIR:-target}
-    [[ $target_dir == /* ]] || target_dir="$ROOT/$target_dir"
-    BIN="$target_dir/release/spillway"
-    [[ -x $BIN ]] || die "no binary at $BIN"
-}
+# shellcheck source=lib/e2e_setup.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/e2e_setup.sh"
 
 # ----------------------------------------------- inside a scenario subshell ---
 # (each scenario runs in its own subshell with `set -e`; its EXIT trap stops

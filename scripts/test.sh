@@ -54,6 +54,9 @@ SPILLWAY_REQUIRE_CLUSTER=1 cargo test --all-targets --locked --features failpoin
 log "end-to-end: tus with tuspy and tus-js-client"
 scripts/e2e.sh
 
+log "end-to-end on a cluster: the same clients, every request to another node"
+scripts/e2e-cluster.sh
+
 log "operations e2e: nginx in front, metrics, /ready, deploy files"
 scripts/e2e-ops.sh
 

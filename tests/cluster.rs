@@ -3,8 +3,8 @@
 //! PostgreSQL. Two Spillway nodes, each with its own data directory, answer
 //! for the same datasets; concurrent writers through different nodes are
 //! serialised by the index (never a mix, `If-None-Match: *` admits one);
-//! signed URLs work across nodes; resumable uploads in progress stay on
-//! their node (503 `unavailable` elsewhere), belong to their token and are
+//! signed URLs work across nodes; resumable uploads in progress continue on
+//! any node (more in tests/cluster_tus.rs), belong to their token and are
 //! capped across nodes; nodes start together on an empty database; a
 //! Garage cluster losing a node keeps serving; a node killed mid-upload
 //! comes back with every row matching its object; a PostgreSQL that goes
@@ -21,135 +21,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::cluster::{self, Garage, Postgres};
+use common::pair::*;
 use common::reply::{fed_body, send, Reply};
 use common::*;
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
-/// Small enough that multipart parts are 8 MiB (the minimum).
-const MAX_SIZE: &str = "1 GiB";
-const PART: usize = 8 * MIB;
 /// One token of every scope, for the tests that need access control.
 const TOKENS: &str = r#"[{name="ci",token="cluster-secret",scopes=["admin"]}]"#;
 const BEARER: &str = "Bearer cluster-secret";
 /// Bound on any one request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-
-// ---------------------------------------------------------------------------
-// Helpers
-// ---------------------------------------------------------------------------
-
-/// `SPILLWAY_*` settings for a node on this Garage (if any) and this
-/// PostgreSQL (if any; else the node's own SQLite), plus `extra`.
-fn settings(garage: Option<&Garage>, pg: Option<&Postgres>, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = vec![("SPILLWAY_MAX_DATASET_SIZE".into(), MAX_SIZE.into())];
-    if let Some(garage) = garage {
-        out.extend(garage.settings());
-    }
-    if let Some(pg) = pg {
-        out.extend(pg.settings());
-    }
-    for (k, v) in extra {
-        out.retain(|(key, _)| key != k);
-        out.push((k.to_string(), v.to_string()));
-    }
-    out
-}
-
-fn start(settings: &[(String, String)]) -> TestNode {
-    let borrowed: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    TestNode::start_with(&borrowed)
-}
-
-/// Nodes A and B on one Garage and one PostgreSQL. Dropped, the nodes stop
-/// before the services they use.
-struct Pair {
-    a: TestNode,
-    b: TestNode,
-    _garage: Garage,
-    _pg: Postgres,
-}
-
-/// [`Pair`] with `extra` settings; `None` (the test skips) where Garage or
-/// PostgreSQL is not installed.
-fn two_nodes(extra: &[(&str, &str)]) -> Option<Pair> {
-    if cluster::skip_without_garage() || cluster::skip_without_postgres() {
-        return None;
-    }
-    let garage = Garage::single();
-    let pg = Postgres::start();
-    let s = settings(Some(&garage), Some(&pg), extra);
-    Some(Pair { a: start(&s), b: start(&s), _garage: garage, _pg: pg })
-}
-
-/// A request to `path` on `node`, with `headers`.
-fn request(node: &TestNode, method: &str, path: &str, headers: &[(&str, &str)]) -> reqwest::RequestBuilder {
-    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let mut req = node.client.request(method, node.url(path));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    req
-}
-
-async fn call(node: &TestNode, method: &str, path: &str, headers: &[(&str, &str)], body: Option<Vec<u8>>) -> Reply {
-    let mut req = request(node, method, path, headers);
-    if let Some(body) = body {
-        req = req.body(body);
-    }
-    send(req, &format!("{method} {path} on {}", node.base)).await
-}
-
-async fn put(node: &TestNode, key: &str, body: &[u8], headers: &[(&str, &str)]) -> Reply {
-    call(node, "PUT", &format!("/data/{key}"), headers, Some(body.to_vec())).await
-}
-
-/// PUT expecting `201`/`200` with the body's blake3 as ETag.
-async fn put_ok(node: &TestNode, key: &str, body: &[u8], headers: &[(&str, &str)]) -> Reply {
-    let r = put(node, key, body, headers).await;
-    assert!(r.status == 201 || r.status == 200, "PUT /data/{key} on {}: {}", node.base, r.describe());
-    assert_eq!(r.etag().as_deref(), Some(b3(body).as_str()), "PUT /data/{key}: ETag");
-    r
-}
-
-async fn record(node: &TestNode, key: &str, headers: &[(&str, &str)]) -> Reply {
-    call(node, "GET", &format!("/datasets/{key}"), headers, None).await
-}
-
-async fn list(node: &TestNode, prefix: &str, headers: &[(&str, &str)]) -> Vec<serde_json::Value> {
-    let r = call(node, "GET", &format!("/datasets?prefix={prefix}&limit=10000"), headers, None).await;
-    assert_eq!(r.status, 200, "GET /datasets?prefix={prefix} on {}: {}", node.base, r.describe());
-    r.json().as_array().expect("a JSON array").clone()
-}
-
-fn keys_of(records: &[serde_json::Value]) -> Vec<String> {
-    records.iter().map(|r| r["key"].as_str().unwrap().to_string()).collect()
-}
-
-/// `GET /data/{key}` is 200 with exactly `expected`, and its ETag and the
-/// record's blake3 are the bytes' blake3.
-async fn assert_downloads(node: &TestNode, key: &str, expected: &[u8], headers: &[(&str, &str)]) {
-    let r = call(node, "GET", &format!("/data/{key}"), headers, None).await;
-    assert_eq!(r.status, 200, "GET /data/{key} on {}: {}", node.base, r.describe());
-    assert_same_bytes(&r.body, expected, &format!("GET /data/{key} on {}", node.base));
-    assert_eq!(r.etag().as_deref(), Some(b3(expected).as_str()), "GET /data/{key} on {}: ETag", node.base);
-    let rec = record(node, key, headers).await;
-    assert_eq!(rec.status, 200, "GET /datasets/{key} on {}: {}", node.base, rec.describe());
-    assert_eq!(rec.json()["blake3"], b3(expected), "GET /datasets/{key} on {}", node.base);
-    assert_eq!(rec.json()["size"], expected.len() as u64, "GET /datasets/{key} on {}", node.base);
-}
-
-/// The node logged no panic.
-fn assert_no_panic(node: &TestNode, name: &str) {
-    let log = node.log();
-    let panics: Vec<&str> = log.lines().filter(|l| l.contains("panicked")).collect();
-    assert!(panics.is_empty(), "node {name} logged a panic:\n{}", panics.join("\n"));
-}
-
-/// The log lines of `node` that mention any of `words`, for messages.
-fn log_lines(node: &TestNode, words: &[&str]) -> String {
-    node.log().lines().filter(|l| words.iter().any(|w| l.contains(w))).collect::<Vec<_>>().join("\n")
-}
 
 // ---------------------------------------------------------------------------
 // 1. Two nodes, one catalog
@@ -501,28 +383,14 @@ async fn a_download_url_minted_on_one_node_works_on_another() {
 // 4. tus across nodes
 // ---------------------------------------------------------------------------
 
-const TUS: (&str, &str) = ("Tus-Resumable", "1.0.0");
-const OCTET: (&str, &str) = ("Content-Type", "application/offset+octet-stream");
-
-fn tus_metadata(pairs: &[(&str, &str)]) -> String {
-    use base64::Engine;
-    let b64 = |v: &str| base64::engine::general_purpose::STANDARD.encode(v.as_bytes());
-    pairs.iter().map(|(k, v)| format!("{k} {}", b64(v))).collect::<Vec<_>>().join(",")
-}
-
-/// The path (`/uploads/<id>`) of a `Location`, relative or absolute.
-fn location_path(reply: &Reply) -> String {
-    let loc = reply.header("location").unwrap_or_else(|| panic!("no Location: {}", reply.describe()));
-    let path = match loc.strip_prefix("http://") {
-        Some(rest) => &rest[rest.find('/').unwrap()..],
-        None => loc,
-    };
-    assert!(path.starts_with("/uploads/"), "Location {loc}");
-    path.to_string()
-}
-
+/// With the S3 store, an upload in progress is in the bucket and the
+/// index, not on the node that created it: the other node answers HEAD
+/// with its offset, takes PATCHes, and commits it; an upload terminated
+/// through the node that did not create it is gone on both. Nothing of
+/// either stays in the bucket. (tests/cluster_tus.rs has the rest: round
+/// robin, a node dying mid-PATCH, racing PATCHes, expiry.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_resumable_upload_stays_on_its_node_until_it_completes() {
+async fn a_resumable_upload_continues_on_any_node() {
     let Some(pair) = two_nodes(&[]) else {
         return;
     };
@@ -540,25 +408,28 @@ async fn a_resumable_upload_stays_on_its_node_until_it_completes() {
     assert_eq!(r.status, 204, "first PATCH on A: {}", r.describe());
     assert_eq!(r.header("upload-offset"), Some(half.to_string().as_str()));
 
-    // B does not hold the bytes: 503 unavailable with Retry-After, for HEAD and PATCH.
-    let r = call(b, "HEAD", &loc, &[TUS], None).await;
-    assert_eq!(r.status, 503, "HEAD {loc} on B: {}", r.describe());
-    assert!(r.header("retry-after").is_some(), "HEAD {loc} on B: no Retry-After: {}", r.describe());
+    // B knows the upload: its offset, its length.
     let offset = half.to_string();
+    let r = call(b, "HEAD", &loc, &[TUS], None).await;
+    assert_eq!(
+        (r.status, r.header("upload-offset"), r.header("upload-length")),
+        (200, Some(offset.as_str()), Some(length.as_str())),
+        "HEAD {loc} on B: {}",
+        r.describe()
+    );
+    // B takes the next bytes, and A sees them.
     let r =
         call(b, "PATCH", &loc, &[TUS, OCTET, ("Upload-Offset", &offset)], Some(data[half..half + 10].to_vec())).await;
-    assert_eq!((r.status, r.code().as_deref()), (503, Some("unavailable")), "PATCH {loc} on B: {}", r.describe());
-    assert!(r.header("retry-after").is_some(), "PATCH {loc} on B: no Retry-After: {}", r.describe());
-    let r = call(b, "DELETE", &loc, &[TUS], None).await;
-    assert_eq!((r.status, r.code().as_deref()), (503, Some("unavailable")), "DELETE {loc} on B: {}", r.describe());
+    assert_eq!(r.status, 204, "PATCH {loc} on B: {}", r.describe());
+    let offset = (half + 10).to_string();
+    assert_eq!(r.header("upload-offset"), Some(offset.as_str()), "PATCH {loc} on B: {}", r.describe());
+    let r = call(a, "HEAD", &loc, &[TUS], None).await;
+    assert_eq!((r.status, r.header("upload-offset")), (200, Some(offset.as_str())), "HEAD on A: {}", r.describe());
     // Nothing of it is visible as a dataset yet.
     let r = call(b, "GET", &format!("/data/{key}"), &[], None).await;
     assert_eq!(r.status, 404, "GET /data/{key} on B mid-upload: {}", r.describe());
 
-    // A still holds it at the same offset (B's refused PATCH wrote nothing).
-    let r = call(a, "HEAD", &loc, &[TUS], None).await;
-    assert_eq!((r.status, r.header("upload-offset")), (200, Some(offset.as_str())), "HEAD on A: {}", r.describe());
-    let r = call(a, "PATCH", &loc, &[TUS, OCTET, ("Upload-Offset", &offset)], Some(data[half..].to_vec())).await;
+    let r = call(a, "PATCH", &loc, &[TUS, OCTET, ("Upload-Offset", &offset)], Some(data[half + 10..].to_vec())).await;
     assert_eq!(r.status, 204, "final PATCH on A: {}", r.describe());
     assert_eq!(r.header("upload-offset"), Some(length.as_str()));
     assert_eq!(r.etag(), Some(b3(&data)), "final PATCH on A: ETag: {}", r.describe());
@@ -574,6 +445,23 @@ async fn a_resumable_upload_stays_on_its_node_until_it_completes() {
         r.describe()
     );
 
+    // Created and sent a part's worth through B, terminated through A.
+    let metadata = tus_metadata(&[("key", "tus/terminated.bin")]);
+    let r = call(b, "POST", "/uploads", &[TUS, ("Upload-Length", &length), ("Upload-Metadata", &metadata)], None).await;
+    assert_eq!(r.status, 201, "POST /uploads on B: {}", r.describe());
+    let gone = location_path(&r);
+    let r = call(b, "PATCH", &gone, &[TUS, OCTET, ("Upload-Offset", "0")], Some(data[..PART + 1].to_vec())).await;
+    assert_eq!(r.status, 204, "PATCH {gone} on B: {}", r.describe());
+    let r = call(a, "DELETE", &gone, &[TUS], None).await;
+    assert_eq!(r.status, 204, "DELETE {gone} on A: {}", r.describe());
+    for (name, node) in [("A", a), ("B", b)] {
+        let r = call(node, "HEAD", &gone, &[TUS], None).await;
+        assert!(r.status == 404 || r.status == 410, "HEAD of the terminated upload on {name}: {}", r.describe());
+    }
+    let r = call(b, "PATCH", &gone, &[TUS, OCTET, ("Upload-Offset", &(PART + 1).to_string())], Some(vec![1])).await;
+    assert!(r.status == 404 || r.status == 410, "PATCH of the terminated upload on B: {}", r.describe());
+
+    assert_bucket_holds_only(&pair.garage, "", &[(key, &data)], "after one upload finished and one terminated").await;
     assert_no_panic(a, "A");
     assert_no_panic(b, "B");
 }
@@ -1182,7 +1070,7 @@ async fn a_slow_install_on_one_node_holds_up_only_its_key_on_the_other() {
     let Some(pair) = two_nodes(&[("FAILPOINTS", "commit.install=return(slow/one@12000)")]) else {
         return;
     };
-    let Pair { a, b, _garage, _pg } = pair;
+    let Pair { a, b, garage: _garage, pg: _pg } = pair;
     let (a, b) = (Arc::new(a), Arc::new(b));
     let timed =
         |node: Arc<TestNode>, key: &'static str, body: Vec<u8>| async move { put(&node, key, &body, &[]).await.status };

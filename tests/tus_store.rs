@@ -264,3 +264,31 @@ async fn termination_and_expiry_leave_nothing_in_the_store() {
         assert_nothing_left(&garage, key).await;
     }
 }
+
+/// Partial uploads live in the store too, and a final upload joins them:
+/// the dataset is byte-exact and the partials' objects go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_uploads_concatenate_from_the_store() {
+    let Some((node, garage)) = on_garage(&[]) else { return };
+    let data = generated(11 * MIB + 3, 8);
+    let split = 9 * MIB + 1;
+    let mut locs = Vec::new();
+    for piece in [&data[..split], &data[split..]] {
+        let len = piece.len().to_string();
+        let r =
+            call(&node, "POST", "/uploads", &[TUS, ("Upload-Length", &len), ("Upload-Concat", "partial")], None).await;
+        assert_eq!(r.status, 201, "POST partial: {}", r.describe());
+        let loc = r.header("location").expect("Location").to_string();
+        let loc = loc[loc.find("/uploads/").expect("a /uploads/ Location")..].to_string();
+        let r = patch(&node, &loc, 0, piece, &[]).await;
+        assert_eq!(r.status, 204, "PATCH partial: {}", r.describe());
+        locs.push(loc);
+    }
+    assert!(!upload_objects(&garage).await.is_empty(), "the partials are in the store");
+    let (concat, metadata) = (format!("final;{}", locs.join(" ")), meta(&[("key", "stored/joined.bin")]));
+    let r =
+        call(&node, "POST", "/uploads", &[TUS, ("Upload-Concat", &concat), ("Upload-Metadata", &metadata)], None).await;
+    assert_eq!(r.status, 201, "POST final: {}", r.describe());
+    assert_serves(&node, "stored/joined.bin", &data).await;
+    assert_nothing_left(&garage, "after the concatenation").await;
+}

@@ -155,8 +155,7 @@ impl Node {
             return self.tus_concatenate(row, parts, key, metadata, caller).await;
         }
         let mut row = row;
-        // Partial uploads stay in a local file: concatenation reads them back.
-        let parts = self.store.parts().filter(|_| creation.concat == Concat::None);
+        let parts = self.store.parts();
         if let Some(parts) = parts {
             stored::keep_in_store(&mut row, parts);
         }

@@ -12,7 +12,7 @@
 use bytes::Bytes;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::Staged;
+use super::{Reader, Staged};
 use crate::error::Result;
 
 #[async_trait::async_trait]
@@ -41,6 +41,14 @@ pub trait Parts: Send + Sync {
     /// Completes the multipart upload of `parts` (in order) into one object,
     /// staged for the commit.
     async fn finish_parts(&self, id: &str, multipart: &str, parts: Vec<String>) -> Result<Staged>;
+
+    /// Completes the multipart upload of `parts` into one object that stays
+    /// under the upload's prefix (a partial upload, read back when a final
+    /// upload concatenates it).
+    async fn keep_parts(&self, id: &str, multipart: &str, parts: Vec<String>) -> Result<()>;
+
+    /// The bytes of a partial upload [`Parts::keep_parts`] completed.
+    async fn read_kept(&self, id: &str) -> Result<Reader>;
 
     /// Aborts the multipart upload, if any, and removes every object of the
     /// upload (a termination, an expiry).

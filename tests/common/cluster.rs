@@ -686,6 +686,51 @@ metrics_token = "{token}"
     pub fn root(&self) -> &Path {
         self.root.path()
     }
+
+    /// The bucket as node 0's admin API counts it: the JSON of
+    /// `GET /v2/GetBucketInfo?globalAlias=<bucket>` (`objects`, `bytes`,
+    /// `unfinishedUploads`, `unfinishedMultipartUploads`, ...). The S3 API
+    /// offers no simple way to count unfinished multipart uploads here
+    /// (object_store cannot list them); Garage's counters can.
+    pub fn bucket_info(&self) -> Result<serde_json::Value, String> {
+        let url = format!("{}/v2/GetBucketInfo?globalAlias={}", self.admin_endpoint_of(0), self.bucket);
+        let token = format!("Bearer {}", self.admin_token);
+        match http_get(&url, &[("Authorization", &token)], Duration::from_secs(5))? {
+            (200, body) => serde_json::from_str(&body).map_err(|e| format!("{e}: {body}")),
+            (status, body) => Err(format!("GetBucketInfo: {status}: {body}")),
+        }
+    }
+
+    /// An S3 client of the bucket (node 0, the test's key), to look at or
+    /// plant objects behind the nodes' backs.
+    pub fn s3(&self) -> object_store::aws::AmazonS3 {
+        object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(self.endpoint())
+            .with_region(&self.region)
+            .with_bucket_name(&self.bucket)
+            .with_access_key_id(&self.access_key)
+            .with_secret_access_key(&self.secret_key)
+            .with_virtual_hosted_style_request(false)
+            .with_client_options(object_store::ClientOptions::new().with_allow_http(true))
+            .build()
+            .expect("an S3 client for the test's Garage")
+    }
+
+    /// The keys of every object below `prefix` (`""`: the whole bucket),
+    /// sorted: one ListObjectsV2 walk, bounded by `CLI_TIMEOUT`.
+    pub async fn list_objects(&self, prefix: &str) -> Vec<String> {
+        use futures_util::TryStreamExt;
+        use object_store::ObjectStore;
+        let s3 = self.s3();
+        let prefix = (!prefix.is_empty()).then(|| object_store::path::Path::from(prefix));
+        let listed = tokio::time::timeout(CLI_TIMEOUT, s3.list(prefix.as_ref()).try_collect::<Vec<_>>())
+            .await
+            .unwrap_or_else(|_| panic!("listing the bucket took longer than {CLI_TIMEOUT:?}"))
+            .unwrap_or_else(|e| panic!("listing the bucket below `{}`: {e}", prefix.unwrap_or_default()));
+        let mut keys: Vec<String> = listed.into_iter().map(|meta| meta.location.to_string()).collect();
+        keys.sort();
+        keys
+    }
 }
 
 impl Drop for Garage {

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod pair;
 pub mod reply;
 use std::fs;
 use std::io::{Read, Write};

@@ -6,6 +6,7 @@
 //   node tus_js.mjs resume   --base URL --work DIR --data-dir DIR [--size-mib 100] [--chunk-mib 5]
 //   node tus_js.mjs parallel --base URL --work DIR --data-dir DIR [--size-mib 100] [--chunk-mib 5]
 //   node tus_js.mjs restart  --base URL --work DIR --data-dir DIR [--size-mib 100] [--chunk-mib 5]
+//   node tus_js.mjs cluster  --bases URL,URL[,...] --work DIR [--size-mib 24] [--chunk-mib 3]
 //
 // resume:   upload.abort() in the middle of a PATCH; a new Upload of the same
 //           file finds it with findPreviousUploads() (FileUrlStorage) and
@@ -22,6 +23,15 @@
 //           one line each on stdout: `URL <upload url>` once, `SEND <offset>`
 //           when a PATCH from <offset> starts, `ACK <offset>` on each 204.
 //           The runner kills the node after a SEND at >= 4 chunks.
+// cluster:  (run by scripts/e2e-cluster.sh, against nodes sharing one S3
+//           bucket and one PostgreSQL index) tus-js-client talks to a
+//           round-robin proxy in this script that sends every request to the
+//           next node, with no affinity (each request on its own connection,
+//           `Connection: close` added), and retries are off. An upload
+//           aborted mid-PATCH and resumed by a new Upload (its HEAD on
+//           another node); parallelUploads: 3 (partials made on different
+//           nodes, concatenated on another); abort(true) (the DELETE on
+//           another node). Every dataset is checked on every node directly.
 //
 // The tus protocol is spoken by tus-js-client only; the checks use fetch and
 // hash-wasm's blake3. Options used are tus-js-client's documented ones; the
@@ -30,6 +40,7 @@
 
 import crypto from 'node:crypto'
 import fs from 'node:fs'
+import net from 'node:net'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
 
@@ -449,6 +460,206 @@ async function scenarioRestart(args) {
   fs.rmSync(file)
 }
 
+// A TCP proxy on 127.0.0.1 in front of several nodes: each connection goes to
+// the next node in turn, and each request head gets `Connection: close` (any
+// Connection or Keep-Alive header dropped), so that no connection carries a
+// second request and consecutive requests reach different nodes. `routed`
+// lists { node, line } (node index, request line) in order.
+function roundRobinProxy(bases) {
+  const upstreams = bases.map((b) => new URL(b))
+  const routed = []
+  const sockets = new Set()
+  let next = 0
+  const track = (socket) => {
+    sockets.add(socket)
+    socket.on('close', () => sockets.delete(socket))
+  }
+  const server = net.createServer((client) => {
+    track(client)
+    client.setTimeout(300000, () => client.destroy())
+    client.on('error', () => client.destroy())
+    let head = Buffer.alloc(0)
+    const onData = (data) => {
+      head = Buffer.concat([head, data])
+      const end = head.indexOf('\r\n\r\n')
+      if (end < 0) {
+        if (head.length > 64 * 1024) client.destroy()
+        return
+      }
+      client.off('data', onData)
+      client.pause()
+      const lines = head.subarray(0, end).toString('latin1').split('\r\n')
+      const kept = lines.slice(1).filter((l) => !/^(connection|keep-alive)\s*:/i.test(l))
+      const i = next++ % upstreams.length
+      routed.push({ node: i, line: lines[0] })
+      const node = net.connect(Number(upstreams[i].port), upstreams[i].hostname)
+      track(node)
+      node.on('connect', () => {
+        node.write(Buffer.from([lines[0], ...kept, 'Connection: close', '', ''].join('\r\n'), 'latin1'))
+        node.write(head.subarray(end + 4))
+        client.pipe(node)
+        node.pipe(client) // ends the client's side once the node closes after its answer
+        client.resume()
+      })
+      node.on('error', () => client.destroy())
+      client.on('close', () => node.destroy())
+    }
+    client.on('data', onData)
+  })
+  return new Promise((resolve, reject) => {
+    server.on('error', reject)
+    server.listen(0, '127.0.0.1', () =>
+      resolve({
+        base: `http://127.0.0.1:${server.address().port}`,
+        routed,
+        close: () => {
+          server.close()
+          for (const s of sockets) s.destroy()
+        },
+      }),
+    )
+  })
+}
+
+async function scenarioCluster(args) {
+  check(args.bases.length >= 2, `--bases lists ${args.bases.length} node(s); a cluster needs 2 or more`)
+  const proxy = await roundRobinProxy(args.bases)
+  say(`  round-robin proxy ${proxy.base} over ${args.bases.join(', ')}`)
+  try {
+    await clusterUploads(args, proxy)
+  } finally {
+    proxy.close()
+  }
+}
+
+async function clusterUploads(args, proxy) {
+  const bases = args.bases
+  const nodeName = (i) => String.fromCharCode(65 + i)
+  // Retries off: a 409 or 503 from a node that does not hold the upload
+  // must fail the scenario, not be retried until it lands on one that does.
+  const options = (log, extra) => ({
+    ...commonOptions({ ...args, base: proxy.base }, log, extra),
+    retryDelays: null,
+  })
+  const onEveryNode = async (url, what, want) => {
+    for (const [i, base] of bases.entries()) {
+      const res = await tusHead(`${base}${new URL(url).pathname}`)
+      want(res, `${what}: HEAD on node ${nodeName(i)}`)
+    }
+  }
+  const chunk = args.chunkMiB * MiB
+
+  // 1. Aborted mid-PATCH, resumed by a new Upload.
+  const size = args.sizeMiB * MiB + 333 // over two 8 MiB parts, and a tail
+  const key = 'e2e/tus-js-client/cluster.bin'
+  const meta = { key, name: 'tus-js-client cluster', filetype: 'application/x-e2e' }
+  const file = path.join(args.work, 'js-cluster.bin')
+  const digest = await generate(file, size, 'js-cluster')
+  const storagePath = path.join(args.work, 'tus-js-cluster-urls.json')
+  const abortAt = Math.floor(size * 0.4) + MiB
+  const log1 = []
+  let lastAck = 0
+  let sentAtAbort = null
+  const up1 = new Upload(fs.createReadStream(file), {
+    ...options(log1, { metadata: meta, paceMs: 50 }),
+    urlStorage: new FileUrlStorage(storagePath),
+    onChunkComplete: (_n, accepted) => {
+      lastAck = accepted
+    },
+  })
+  const aborted = new Promise((resolve, reject) => {
+    up1.options.onProgress = (sent) => {
+      if (sentAtAbort === null && sent >= abortAt && sent % chunk !== 0) {
+        sentAtAbort = sent
+        up1.abort().then(resolve, reject)
+      }
+    }
+    up1.options.onSuccess = () => reject(new Failure('upload 1 finished before it was aborted'))
+    up1.options.onError = reject
+  })
+  up1.start()
+  await withTimeout(aborted, 120000, 'upload 1 (until the abort)')
+  const url = up1.url
+  check(url && url.startsWith(`${proxy.base}/uploads/`), `upload URL ${url}`)
+  const log2 = []
+  const up2 = new Upload(fs.createReadStream(file), {
+    ...options(log2, { metadata: meta }),
+    urlStorage: new FileUrlStorage(storagePath),
+  })
+  const previous = await withTimeout(up2.findPreviousUploads(), 10000, 'findPreviousUploads')
+  check(previous.length === 1 && previous[0].uploadUrl === url, `findPreviousUploads: ${JSON.stringify(previous)}`)
+  up2.resumeFromPreviousUpload(previous[0])
+  await runUpload(up2, 180000, 'upload 2')
+  check(up2.url === url, `upload 2 finished ${up2.url}, expected ${url}`)
+  check(!log2.some((e) => e.method === 'POST'), 'upload 2 created a new upload instead of resuming')
+  const firstHead = log2.find((e) => e.dir === '<' && e.method === 'HEAD')
+  check(firstHead && firstHead.status === 200, `upload 2's first HEAD: ${JSON.stringify(firstHead)}`)
+  const resumedAt = Number(firstHead.offset)
+  check(
+    resumedAt >= lastAck && resumedAt <= sentAtAbort,
+    `upload 2 resumed at ${resumedAt}: not between the last 204 (${lastAck}) and what was sent (${sentAtAbort})`,
+  )
+  const patches2 = log2.filter((e) => e.dir === '>' && e.method === 'PATCH').length
+  say(
+    `  upload 1 aborted at ~${sentAtAbort} bytes sent (last 204 at ${lastAck}); a new Upload resumed at ` +
+      `HEAD offset ${resumedAt} and finished in ${patches2} PATCHes`,
+  )
+  await onEveryNode(url, 'the finished upload', (res, what) => {
+    const offset = res.headers.get('upload-offset')
+    check(res.status === 200 && Number(offset) === size, `${what}: ${res.status} offset ${offset}`)
+    check(res.headers.get('etag') === `"${digest}"`, `${what}: ETag ${res.headers.get('etag')}`)
+  })
+  for (const [i, base] of bases.entries()) {
+    say(`  node ${nodeName(i)}:`)
+    await verifyDataset(base, key, file, size, digest, { name: meta.name, content_type: meta.filetype })
+  }
+  fs.rmSync(file)
+
+  // 2. parallelUploads: partials on different nodes, the final one on another.
+  const psize = Math.max(3 * args.chunkMiB, 12) * MiB + 777
+  const pkey = 'e2e/tus-js-client/cluster-parallel.bin'
+  const pfile = path.join(args.work, 'js-cluster-parallel.bin')
+  const pdigest = await generate(pfile, psize, 'js-cluster-parallel')
+  const logP = []
+  const upP = new Upload(fs.createReadStream(pfile), {
+    ...options(logP, { metadata: { key: pkey } }),
+    parallelUploads: 3,
+  })
+  await runUpload(upP, 180000, 'parallel upload')
+  const partials = logP.filter((e) => e.dir === '>' && e.method === 'POST' && e.concat === 'partial').length
+  check(partials === 3, `${partials} partial creations, expected 3`)
+  const patchesP = logP.filter((e) => e.dir === '>' && e.method === 'PATCH').length
+  say(`  ok: parallelUploads: 3 partial uploads, ${patchesP} PATCHes, one final concatenation`)
+  for (const base of bases) await verifyDataset(base, pkey, pfile, psize, pdigest, {})
+  fs.rmSync(pfile)
+
+  // 3. Terminated: abort(true) after the first chunk sends DELETE.
+  const tkey = 'e2e/tus-js-client/cluster-terminated.bin'
+  const log3 = []
+  const up3 = new Upload(crypto.randomBytes(3 * chunk), { ...options(log3, { metadata: { key: tkey } }) })
+  const terminated = new Promise((resolve, reject) => {
+    up3.options.onChunkComplete = () => up3.abort(true).then(resolve, reject)
+    up3.options.onSuccess = () => reject(new Failure('upload 3 finished before it was terminated'))
+    up3.options.onError = reject
+  })
+  up3.start()
+  await withTimeout(terminated, 60000, 'upload 3 (until abort(true))')
+  const del = log3.find((e) => e.dir === '<' && e.method === 'DELETE')
+  check(del && del.status === 204, `abort(true): DELETE answered ${del && del.status}, expected 204`)
+  await onEveryNode(up3.url, 'the terminated upload', (res, what) => {
+    check([404, 410].includes(res.status), `${what}: ${res.status}, expected 404 or 410`)
+  })
+  say('  ok: abort(true) after 1 of 3 chunks: DELETE 204, then HEAD 404/410 on every node')
+
+  const routed = proxy.routed
+  check(routed.every((r, n) => r.node === n % bases.length), 'the proxy did not go round robin')
+  const patched = new Set(routed.filter((r) => r.line.startsWith('PATCH ')).map((r) => r.node))
+  check(patched.size === bases.length, `not every node got a PATCH: ${JSON.stringify(routed)}`)
+  const counts = bases.map((_, i) => routed.filter((r) => r.node === i).length)
+  const perNode = counts.map((c, i) => `${nodeName(i)}: ${c}`).join(', ')
+  say(`  ok: ${routed.length} requests round robin over ${bases.length} nodes (${perNode})`)
+}
+
 // -------------------------------------------------------------------- main --
 
 async function main() {
@@ -456,6 +667,7 @@ async function main() {
     allowPositionals: true,
     options: {
       base: { type: 'string' },
+      bases: { type: 'string' },
       work: { type: 'string' },
       'data-dir': { type: 'string' },
       'size-mib': { type: 'string', default: '100' },
@@ -463,14 +675,24 @@ async function main() {
       'time-limit': { type: 'string', default: '280' },
     },
   })
-  const scenarios = { resume: scenarioResume, parallel: scenarioParallel, restart: scenarioRestart }
+  const scenarios = {
+    resume: scenarioResume,
+    parallel: scenarioParallel,
+    restart: scenarioRestart,
+    cluster: scenarioCluster,
+  }
   const name = positionals[0]
-  if (!scenarios[name] || !values.base || !values.work || !values['data-dir']) {
-    process.stderr.write('usage: tus_js.mjs resume|parallel|restart --base URL --work DIR --data-dir DIR\n')
+  const where = name === 'cluster' ? values.bases : values.base && values['data-dir']
+  if (!scenarios[name] || !where || !values.work) {
+    process.stderr.write(
+      'usage: tus_js.mjs resume|parallel|restart --base URL --work DIR --data-dir DIR\n' +
+        '       tus_js.mjs cluster --bases URL,URL[,...] --work DIR\n',
+    )
     return 2
   }
   const args = {
-    base: values.base.replace(/\/+$/, ''),
+    base: (values.base || '').replace(/\/+$/, ''),
+    bases: (values.bases || '').split(',').filter(Boolean).map((b) => b.replace(/\/+$/, '')),
     work: values.work,
     dataDir: values['data-dir'],
     sizeMiB: Number(values['size-mib']),

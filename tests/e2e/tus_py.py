@@ -7,6 +7,7 @@ Run by scripts/e2e.sh, each scenario against a fresh node:
   tus_py.py checksums --base URL --work DIR --data-dir DIR
   tus_py.py expire    --base URL --work DIR --data-dir DIR [--expiry 2]
   tus_py.py takeover  --base URL --work DIR --data-dir DIR
+  tus_py.py cluster   --bases URL,URL[,...] --work DIR [--size-mib 24]
 
 `resume`: a generated file is uploaded by tuspy in chunks with checksums; the
 client process is SIGKILLed midway (once the server's HEAD shows an offset),
@@ -29,12 +30,21 @@ without, a 409 there is printed as a KNOWN ISSUE and a second client goes on.
 upload (Uploader.upload(stop_at=...)); the sweeper must then remove it: HEAD
 404/410, the bytes under <data-dir>/uploads/ gone, and tuspy cannot resume.
 
+`cluster` (run by scripts/e2e-cluster.sh, against nodes sharing one S3
+bucket and one PostgreSQL index): tuspy talks to a round-robin proxy in this
+script that sends every request to the next node, with no affinity (each
+request on its own connection, `Connection: close` added). One upload in
+PATCHes of varied sizes (every other one to the node that did not create
+it), a new client resuming it midway (its HEAD on yet another node), no
+retries allowed; then the dataset is checked on every node directly.
+
 The tus protocol is spoken by tuspy only; this script uses `requests` for
 the checks (HEAD of the upload, the catalog, the download) and `blake3`.
 Every wait is bounded. Exit status 0 means every check passed.
 """
 
 import argparse
+import asyncio
 import base64
 import hashlib
 import json
@@ -46,6 +56,7 @@ import sys
 import threading
 import time
 from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
 
 import blake3
 import requests
@@ -145,6 +156,86 @@ def uploads_dir_files(data_dir):
 
 def upload_id(url):
     return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+class RoundRobinProxy:
+    """A TCP proxy on 127.0.0.1 in front of several nodes, in a thread of
+    its own: each connection goes to the next node in turn, and each
+    request head gets `Connection: close` (any Connection or Keep-Alive
+    header dropped), so that no connection carries a second request and
+    consecutive requests always reach different nodes. `routed` lists
+    (node index, request line) in order."""
+
+    def __init__(self, bases):
+        self.upstreams = [(u.hostname, u.port) for u in map(urlsplit, bases)]
+        self.routed = []
+        self._next = 0
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self._thread.start()
+        check(ready.wait(10), "the round-robin proxy did not start within 10 s")
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def _run(self, ready):
+        loop = self._loop
+        asyncio.set_event_loop(loop)
+        server = loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        ready.set()
+        loop.run_forever()
+        # Stopped: connections still open are cut inside the loop, so that
+        # their clean-up runs before it closes.
+        server.close()
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.close()
+
+    def stop(self):
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def last(self):
+        """Where the last request went, for messages."""
+        return f"{self.routed[-1][1]} -> node {chr(65 + self.routed[-1][0])}" if self.routed else "no request"
+
+    async def _serve(self, client_r, client_w):
+        node_w = None
+        try:
+            head = await asyncio.wait_for(client_r.readuntil(b"\r\n\r\n"), HTTP_TIMEOUT)
+            lines = head[:-4].split(b"\r\n")
+            kept = [l for l in lines[1:]
+                    if l.split(b":", 1)[0].strip().lower() not in (b"connection", b"keep-alive")]
+            i = self._next % len(self.upstreams)
+            self._next += 1
+            self.routed.append((i, lines[0].decode(errors="replace")))
+            node_r, node_w = await asyncio.wait_for(asyncio.open_connection(*self.upstreams[i]), HTTP_TIMEOUT)
+            node_w.write(b"\r\n".join([lines[0], *kept, b"Connection: close"]) + b"\r\n\r\n")
+            to_node = asyncio.ensure_future(self._pipe(client_r, node_w))
+            try:
+                # The answer, until the node closes the connection after it.
+                await asyncio.wait_for(self._pipe(node_r, client_w), 10 * HTTP_TIMEOUT)
+            finally:
+                to_node.cancel()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, OSError):
+            pass
+        except asyncio.CancelledError:
+            pass  # the proxy stops: a connection still open is cut, quietly
+        finally:
+            for w in (client_w, node_w):
+                if w is not None:
+                    w.close()
+
+    @staticmethod
+    async def _pipe(r, w):
+        while True:
+            data = await r.read(256 * 1024)
+            if not data:
+                return
+            w.write(data)
+            await w.drain()
 
 
 # ---------------------------------------------------------- child process --
@@ -522,6 +613,82 @@ def takeover_once(args, variant):
     os.remove(path)
 
 
+def scenario_cluster(args):
+    bases = [b.rstrip("/") for b in args.bases.split(",")]
+    check(len(bases) >= 2, f"--bases lists {len(bases)} node(s); a cluster needs 2 or more")
+    proxy = RoundRobinProxy(bases)
+    say(f"  round-robin proxy {proxy.base} over {', '.join(bases)}")
+    try:
+        cluster_upload(args, bases, proxy)
+    finally:
+        proxy.stop()
+
+
+def tus_step(proxy, what, fn):
+    """Runs one tuspy call; a refusal becomes a Failure that says which
+    node answered what."""
+    try:
+        return fn()
+    except (TusUploadFailed, TusCommunicationError) as e:
+        body = (e.response_content or b"")[:300].decode(errors="replace")
+        raise Failure(f"{what} ({proxy.last()}): {e.status_code} {body}") from None
+
+
+def cluster_upload(args, bases, proxy):
+    size = args.size_mib * MiB + 333  # over two 8 MiB parts, and a tail
+    key = "e2e/tuspy/cluster.bin"
+    meta = {"key": key, "name": "tuspy cluster", "filetype": "application/x-e2e"}
+    path = os.path.join(args.work, "cluster.bin")
+    digest = generate(path, size, "tuspy-cluster")
+    client = tus_client.TusClient(f"{proxy.base}/uploads")
+    # retries=0 (tuspy's default, said aloud): a 409 or 503 from a node that
+    # does not hold the upload must fail the scenario, not be retried until
+    # the request lands on the node that does.
+    up = client.uploader(file_path=path, chunk_size=MiB, metadata=meta, upload_checksum=True, retries=0)
+    up.set_url(tus_step(proxy, "POST /uploads", up.create_url))
+    up.offset = 0
+    url = up.url
+    check(url.startswith(f"{proxy.base}/uploads/"), f"upload URL {url} is not under the proxy's /uploads/")
+    sizes = [3 * MiB, 5 * MiB, 1, 9 * MiB]
+    for n in sizes:
+        up.chunk_size = n
+        tus_step(proxy, f"PATCH of {n} bytes at {up.offset}", up.upload_chunk)
+    half = up.offset
+    check(half == sum(sizes), f"offset {half} after {len(sizes)} PATCHes of {sizes}")
+    say(f"  tuspy sent PATCHes of {sizes} bytes (with sha1 Upload-Checksum) to {url}")
+
+    # A new client resumes: its HEAD, then the rest in 4 MiB PATCHes.
+    up2 = tus_step(proxy, "a new client's HEAD", lambda: client.uploader(
+        file_path=path, url=url, chunk_size=4 * MiB, upload_checksum=True, retries=0))
+    check(up2.offset == half, f"a new client's HEAD says {up2.offset}, expected {half}")
+    tus_step(proxy, f"PATCHes of 4 MiB from {half}", up2.upload)
+    check(up2.offset == size, f"offset {up2.offset} after upload(), expected {size}")
+    etag = up2.request.response_headers.get("etag", "")
+    check(etag == f'"{digest}"', f"the last PATCH's ETag {etag!r}, expected the blake3")
+    say(f"  a new tuspy client resumed at {half} (HEAD) and finished; the last PATCH's ETag is the blake3")
+
+    routed = list(proxy.routed)
+    nodes = [i for i, _ in routed]
+    by_method = {}
+    for i, line in routed:
+        by_method.setdefault(line.split(" ", 1)[0], set()).add(i)
+    check(nodes == [n % len(bases) for n in range(len(nodes))],
+          f"the requests did not go round robin: {routed}")
+    check(by_method.get("PATCH") == set(range(len(bases))), f"not every node got a PATCH: {routed}")
+    check(by_method.get("POST") != by_method.get("HEAD"), f"the HEAD went to the node that created it: {routed}")
+    say(f"  ok: {len(routed)} requests round robin over {len(bases)} nodes: "
+        + ", ".join(f"{line.split(' ', 1)[0]}->{chr(65 + i)}" for i, line in routed))
+
+    for i, base in enumerate(bases):
+        node_url = f"{base}{urlsplit(url).path}"
+        r = tus_head(node_url)
+        check(r.status_code == 200 and r.headers.get("Upload-Offset") == str(size),
+              f"HEAD {node_url} after completion: {r.status_code} offset {r.headers.get('Upload-Offset')}")
+        say(f"  node {chr(65 + i)}:")
+        verify_dataset(base, key, path, size, digest, {"name": meta["name"], "content_type": meta["filetype"]})
+    os.remove(path)
+
+
 # -------------------------------------------------------------------- main --
 
 
@@ -538,6 +705,10 @@ def main():
         s.add_argument("--expiry", type=int, default=2, help="the node's upload_expiry")
         s.add_argument("--strict-takeover", action="store_true",
                        help="takeover: fail on a 409 to the first PATCH after a HEAD (else report it)")
+    s = sub.add_parser("cluster")
+    s.add_argument("--bases", required=True, help="every node, comma-separated")
+    s.add_argument("--work", required=True, help="a scratch directory")
+    s.add_argument("--size-mib", type=int, default=24)
     c = sub.add_parser("_client")
     c.add_argument("--base", required=True)
     c.add_argument("--file", required=True)
@@ -549,13 +720,14 @@ def main():
     if args.cmd == "_client":
         child_main(args)
         return 0
-    args.base = args.base.rstrip("/")
+    if args.cmd != "cluster":
+        args.base = args.base.rstrip("/")
     os.makedirs(args.work, exist_ok=True)
     # A SIGTERM from the runner unwinds (and stops any client process started here).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         {"resume": scenario_resume, "checksums": scenario_checksums, "expire": scenario_expire,
-         "takeover": scenario_takeover}[args.cmd](args)
+         "takeover": scenario_takeover, "cluster": scenario_cluster}[args.cmd](args)
     except Failure as e:
         say(f"FAIL: tuspy {args.cmd}: {e}")
         return 1

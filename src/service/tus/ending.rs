@@ -14,7 +14,7 @@ use crate::access::Caller;
 use crate::blocking::blocking;
 use crate::error::{Error, Result};
 use crate::index::UploadRow;
-use crate::ingest::Received;
+use crate::ingest::{Expected, Received};
 use crate::key::Key;
 use crate::store::Staged;
 use crate::timestamp::unix_now;
@@ -31,6 +31,7 @@ impl Node {
         caller: &Caller,
     ) -> Result<UploadInfo> {
         let mut total = 0u64;
+        let mut stored = 0;
         for part in parts {
             let part_row = self.upload_row(part, caller).await?;
             let offset = self.offset_of(&part_row).await?;
@@ -38,9 +39,16 @@ impl Node {
                 return Err(Error::BadRequest(format!("upload `{part}` is not a complete partial upload")));
             }
             total += offset;
+            stored += usize::from(part_row.stored_offset.is_some());
         }
         if total > self.spooler.max_size {
             return Err(Error::TooLarge { limit: self.spooler.max_size });
+        }
+        if stored > 0 {
+            if stored < parts.len() {
+                return Err(Error::BadRequest("the partial uploads are not all kept in the store".into()));
+            }
+            return self.concatenate_stored(row, parts, key, metadata, total).await;
         }
         self.spooler.check_space(&self.layout.staging, total)?;
         let (layout, part_ids) = (self.layout.clone(), parts.to_vec());
@@ -83,6 +91,44 @@ impl Node {
         for part in parts {
             // A refused PATCH may have left a complete partial's hash.
             self.tus.forget(part);
+        }
+        Ok(self.info_of(&row, total, Some(record)))
+    }
+
+    /// [`Node::tus_concatenate`] of partial uploads kept in the store: their
+    /// objects are read back in order and streamed, hashed, into the store
+    /// as the new dataset (blake3 cannot join the partials' hashes, whose
+    /// bytes do not start at subtree boundaries of the whole).
+    async fn concatenate_stored(
+        &self,
+        mut row: UploadRow,
+        parts: &[String],
+        key: Key,
+        metadata: Metadata,
+        total: u64,
+    ) -> Result<UploadInfo> {
+        let store = self.store.parts().ok_or_else(|| Error::internal("this store keeps no resumable upload"))?;
+        let mut body: Box<dyn tokio::io::AsyncRead + Send + Unpin> = Box::new(tokio::io::empty());
+        for part in parts {
+            body = Box::new(tokio::io::AsyncReadExt::chain(body, store.read_kept(part).await?));
+        }
+        let expected = Expected { length: Some(total), ..Expected::default() };
+        let started = std::time::Instant::now();
+        let received = self.spooler.spool_to(body, &expected, Some(&key)).await;
+        let committed = match received {
+            Ok(received) => self.commit(key, received, metadata.upload_meta(&row.owner)).await,
+            Err(e) => Err(e),
+        };
+        let (record, _) = self.upload_ended(started, committed)?;
+        self.metrics.tus_event("finished");
+        row.length = Some(total);
+        row.completed = true;
+        let (index, r) = (self.index.clone(), row.clone());
+        blocking(move || index.create_upload(&r)).await?;
+        for part in parts {
+            if let Err(e) = self.remove_stored_now(part).await {
+                log::warn!("removing the concatenated partial upload {part}: {}", e.cause());
+            }
         }
         Ok(self.info_of(&row, total, Some(record)))
     }

@@ -233,6 +233,14 @@ impl Node {
             writer.land_all().await?;
         }
         let end = writer.base + writer.pending.len() as u64;
+        if verdict.is_ok() && row.length == Some(end) && row.concat == "partial" {
+            writer.land_all().await?;
+            self.keep_partial(&mut writer, &stored).await?;
+            drop(writer);
+            drop(lease);
+            row.completed = true;
+            return Ok(self.info_of(&row, end, None));
+        }
         if verdict.is_ok() && row.length == Some(end) {
             if !writer.record_now {
                 writer.land_all().await?;
@@ -328,6 +336,24 @@ impl Node {
         Ok(Received { staged, size, blake3 })
     }
 
+    /// Completes a partial upload into one object kept in the store, which
+    /// a final upload through any node reads back.
+    async fn keep_partial(&self, writer: &mut PartWriter<'_>, stored: &StoredUpload) -> Result<()> {
+        let mut etags: Vec<String> = stored.parts.iter().map(|p| p.etag.clone()).collect();
+        etags.extend(writer.landed.iter().map(|(_, p)| p.etag.clone()));
+        let multipart = writer.multipart().await?;
+        let number = writer.base / writer.part_size;
+        let last = Bytes::from(std::mem::take(&mut writer.pending));
+        etags.push(writer.parts.put_part(writer.id, &multipart, number, last).await?);
+        writer.parts.keep_parts(writer.id, &multipart, etags).await?;
+        let (index, id) = (self.index.clone(), writer.id.to_owned());
+        blocking(move || index.complete_upload(&id)).await?;
+        if let Some(tail) = &stored.tail {
+            writer.parts.remove_tail(writer.id, tail).await;
+        }
+        Ok(())
+    }
+
     async fn stored_state(&self, id: &str) -> Result<StoredUpload> {
         let (index, i) = (self.index.clone(), id.to_owned());
         blocking(move || index.stored_upload(&i))
@@ -345,13 +371,19 @@ impl Node {
         let Ok(lease) = Lease::take(&self.index, id, self.tus_lease()).await else {
             return Ok(false);
         };
+        self.remove_stored_now(id).await?;
+        drop(lease);
+        Ok(true)
+    }
+
+    /// Removes an upload kept in the store, and its row (a completed
+    /// partial, which no request writes any more).
+    pub(super) async fn remove_stored_now(&self, id: &str) -> Result<()> {
         let parts = self.store.parts().ok_or_else(|| Error::internal("this store keeps no resumable upload"))?;
         let stored = self.stored_state(id).await?;
         parts.discard(id, stored.multipart.as_deref()).await?;
         let (index, i) = (self.index.clone(), id.to_owned());
-        blocking(move || index.delete_upload(&i)).await?;
-        drop(lease);
-        Ok(true)
+        blocking(move || index.delete_upload(&i)).await.map(drop)
     }
 }
 

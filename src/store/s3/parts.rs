@@ -15,7 +15,7 @@ use super::multipart::multipart_error;
 use super::staged::StagedObject;
 use super::{s3_error, S3Staged, S3Store, MIB};
 use crate::error::Result;
-use crate::store::{Native, Parts, Staged};
+use crate::store::{Native, Parts, Reader, Staged};
 
 impl S3Store {
     fn upload_dir(&self, id: &str) -> Path {
@@ -69,11 +69,23 @@ impl Parts for S3Store {
     }
 
     async fn finish_parts(&self, id: &str, multipart: &str, parts: Vec<String>) -> Result<Staged> {
+        self.keep_parts(id, multipart, parts).await?;
         let path = self.upload_data(id);
-        let parts = parts.into_iter().map(|content_id| PartId { content_id }).collect();
-        self.store.complete_multipart(&path, &multipart.to_owned(), parts).await.map_err(multipart_error)?;
         let object = StagedObject { path: Some(path), store: self.store.clone(), tracker: None, _live: None };
         Ok(Staged::Native(Native::new(S3Staged::Object(object))))
+    }
+
+    async fn keep_parts(&self, id: &str, multipart: &str, parts: Vec<String>) -> Result<()> {
+        let parts = parts.into_iter().map(|content_id| PartId { content_id }).collect();
+        let path = self.upload_data(id);
+        self.store.complete_multipart(&path, &multipart.to_owned(), parts).await.map_err(multipart_error)?;
+        Ok(())
+    }
+
+    async fn read_kept(&self, id: &str) -> Result<Reader> {
+        let result = self.store.get(&self.upload_data(id)).await.map_err(s3_error)?;
+        let stream = result.into_stream().map_err(std::io::Error::other);
+        Ok(Reader(Box::new(tokio_util::io::StreamReader::new(stream))))
     }
 
     async fn discard(&self, id: &str, multipart: Option<&str>) -> Result<()> {
