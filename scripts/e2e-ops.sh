@@ -2045,9 +2045,14 @@ if len(health) != 3:
     bad.setdefault("round-robin", []).append(f"GET /health answered by {dict(health)}, not all 3 nodes")
 
 if bad:
+    note = ""
+    if any("upload-in-use" in p for part in (A, A2, D) for p in bad.get(part, [])):
+        note = ("\n    note: a PATCH sent after the previous one's 204 was refused with 409 upload-in-use: the "
+                "upload's lease was still held (the node answers before its lease is released, which Lease's Drop "
+                "does in the background), so one client's next PATCH on another node can find it taken")
     fail("through spillway-cluster.conf (round-robin over 3 nodes on one Garage and one PostgreSQL):\n    "
          + "\n    ".join(f"[{part}] {p}" for part, ps in bad.items() for p in ps)
-         + f"\n    failed: {', '.join(bad)}")
+         + f"\n    failed: {', '.join(bad)}" + note)
 ok(f"{A}: 20 MiB in 6 PATCHes answered by nodes {patched_a} (nginx's node= and the nodes' own logs agree); "
    "every node reported the same offset halfway; the dataset is byte-exact (blake3, ETag) through nginx and on each node")
 ok(f"{A2}: each on the next node ({nodes_of(A2, 'PATCH')}), none refused; the dataset is byte-exact")
