@@ -62,11 +62,6 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- .Values.persistence.data.size | default (ternary "20Gi" "100Gi" (eq .Values.storage "s3")) }}
 {{- end }}
 
-{{/* The Service's session affinity: service.sessionAffinity, else ClientIP with several pods. */}}
-{{- define "spillway.sessionAffinity" -}}
-{{- .Values.service.sessionAffinity | default (ternary "ClientIP" "None" (gt (int .Values.replicaCount) 1)) }}
-{{- end }}
-
 {{/* Fails the render, with a message, on values that cannot work. */}}
 {{- define "spillway.validate" -}}
 {{- if not (has .Values.storage (list "fs" "s3")) }}
