@@ -42,7 +42,8 @@ TUS_PART=""   # the tus part size the nodes use, bytes
 TUS_B3=""     # the body's blake3 (hex), or - without the blake3 module
 TUS_A_PID="" TUS_B_PID="" TUS_A_PORT="" TUS_B_PORT=""
 TUS_TWO_MBS=() TUS_ONE_MBS=() TUS_TWO_T=() TUS_ONE_T=() TUS_RATIO=()
-TUS_TWO_CPU=() TUS_ONE_CPU=() TUS_RETRIES=0 TUS_PATCHES=""
+TUS_TWO_CPU=() TUS_ONE_CPU=() TUS_PATCHES=""
+declare -A TUS_RETRIES=([one]=0 [two]=0) TUS_RETRY_S=([one]=0 [two]=0) # counted rounds, per variant
 
 tus_psql() { # what sql...: each statement on its own (-c), against the `postgres` database, bounded
     local what=$1 sql
@@ -134,7 +135,7 @@ tus_cluster_stop() { # tag: the nodes first (their sessions), the database, then
 
 s3_tus_upload() { # run variant (one | two)
     local run=$1 v=$2 tag="$2-$1" key="bench/tus-$2-$1.bin" logf="$TMPD/logs/tus-client-$2-$1.log"
-    local rc=0 t size ccpu patches retries etag cpu mbs
+    local rc=0 t size ccpu patches retries retry_s etag cpu mbs
     local -a bases=()
     tus_cluster_start "$tag"
     bases=("http://127.0.0.1:$TUS_A_PORT")
@@ -143,19 +144,21 @@ s3_tus_upload() { # run variant (one | two)
         "$VENV/bin/python" "$HELPERS/tus_client.py" upload "$S3SRC" "$key" "$TUS_CHUNK" "$TUS_B3" "${bases[@]}" ||
         rc=$?
     ((rc == 0)) || die "tus run $run ($v node(s)): tus_client.py exit $rc: $(grep -v '^REQ ' "$logf" | tail -n 5)"
-    read -r t size ccpu patches retries etag <<<"$(awk '$1 == "RESULT" { r = $2 " " $3 " " $4 " " $5 " " $6 " " $7 } END { print r }' "$logf")"
+    read -r t size ccpu patches retries retry_s etag <<<"$(awk '$1 == "RESULT" { $1 = ""; r = $0 } END { print r }' "$logf")"
     [[ -n ${t:-} && $size == "$S3_SIZE" ]] || die "tus run $run ($v): no RESULT of $S3_SIZE bytes: $(tail -n 5 "$logf")"
     cpu=$(awk -v a="$(cpu_s "$TUS_A_PID")" -v b="$(cpu_s "$TUS_B_PID")" 'BEGIN { printf "%.2f", a + b }')
     tus_cluster_stop "$tag"
     mbs=$(mbs "$size" "$t")
     TUS_PATCHES=$patches
-    TUS_RETRIES=$((TUS_RETRIES + retries))
+    TUS_RETRIES[$v]=$((TUS_RETRIES[$v] + retries))
+    TUS_RETRY_S[$v]=$(awk -v a="${TUS_RETRY_S[$v]}" -v b="$retry_s" 'BEGIN { printf "%.3f", a + b }')
     if [[ $v == two ]]; then
         TUS_TWO_MBS+=("$mbs") TUS_TWO_T+=("$t") TUS_TWO_CPU+=("$cpu")
     else
         TUS_ONE_MBS+=("$mbs") TUS_ONE_T+=("$t") TUS_ONE_CPU+=("$cpu")
     fi
-    log "tus run $run $v node(s): $mbs MB/s, ${t}s, $patches PATCHes, $retries retried, nodes' CPU ${cpu}s (A+B), client CPU ${ccpu}s, ETag $etag"
+    log "tus run $run $v node(s): $mbs MB/s, ${t}s, $patches PATCHes, $retries retried (${retry_s}s), nodes' CPU ${cpu}s (A+B), client CPU ${ccpu}s, ETag $etag"
+    grep '^RETRY ' "$logf" | sed 's/^/    /' >&2 || true
 }
 
 s3_tus_section() {
@@ -179,7 +182,8 @@ s3_tus_section() {
         log "warm-up: one uncounted tus upload each way"
         s3_tus_upload 0 two
         s3_tus_upload 0 one
-        TUS_TWO_MBS=() TUS_ONE_MBS=() TUS_TWO_T=() TUS_ONE_T=() TUS_TWO_CPU=() TUS_ONE_CPU=() TUS_RETRIES=0
+        TUS_TWO_MBS=() TUS_ONE_MBS=() TUS_TWO_T=() TUS_ONE_T=() TUS_TWO_CPU=() TUS_ONE_CPU=()
+        TUS_RETRIES=([one]=0 [two]=0) TUS_RETRY_S=([one]=0 [two]=0)
     fi
     for ((i = 1; i <= TUS_RUNS; i++)); do
         for v in $(if ((i % 2)); then echo one two; else echo two one; fi); do
@@ -208,9 +212,13 @@ report_s3_tus() {
     row "nodes' CPU s, A+B (info)" "$(median "${TUS_TWO_CPU[@]}")" "$(median "${TUS_ONE_CPU[@]}")" \
         "$(ratio "$(median "${TUS_TWO_CPU[@]}")" "$(median "${TUS_ONE_CPU[@]}")")" "" "" \
         "$(spread %s "${TUS_TWO_CPU[@]}") | $(spread %s "${TUS_ONE_CPU[@]}")"
+    row "PATCHes retried, all rounds (info)" "${TUS_RETRIES[two]}" "${TUS_RETRIES[one]}" "" "" "" \
+        "seconds in them: ${TUS_RETRY_S[two]} | ${TUS_RETRY_S[one]}"
+    echo
     echo "Notes (S3 tus): client scripts/bench/tus_client.py (http.client, one keep-alive connection per"
-    echo "node, each PATCH's bytes by sendfile from the file); PATCHes retried after 409 upload-in-use (the"
-    echo "previous PATCH's lease not yet released) or a cut connection, counted: $TUS_RETRIES in the counted"
-    echo "rounds. Checked: the last PATCH's ETag and GET /datasets/{key} through both nodes (size$(
-        [[ $TUS_B3 == - ]] || printf ', blake3'))."
+    echo "node, each PATCH's bytes by sendfile from the file). A node releases the lease just after its 204,"
+    echo "so the next PATCH (through either node) may get 409 upload-in-use: it is retried on the same node"
+    echo "after a HEAD there (as tus-js-client retries), inside the timed upload; the retries row counts"
+    echo "them. Checked after each upload: the last PATCH's ETag and GET /datasets/{key} through both nodes"
+    echo "(size$([[ $TUS_B3 == - ]] || printf ', blake3' ) against the file's)."
 }

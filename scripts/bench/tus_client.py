@@ -23,9 +23,10 @@ MAX_RETRIES times an upload. Every retry is counted and printed.
 
 On success, prints per request a line `REQ i node method offset bytes
 seconds status`, then one line
-  RESULT <seconds> <bytes> <client CPU s> <patches> <retries> <etag>
+  RESULT <seconds> <bytes> <client CPU s> <patches> <retries> <retry s> <etag>
 timed from just before the POST to the last PATCH's answer (204, sent after
-the node committed the dataset). Then, untimed, checks: the last PATCH's
+the node committed the dataset); <retry s>: the part of it spent in refused
+PATCHes and the HEADs after them. Then, untimed, checks: the last PATCH's
 ETag is the file's blake3 (unless BLAKE3 is `-`), and GET /datasets/KEY
 through every base says the file's size and that blake3. Anything else is
 an error (exit 1).
@@ -119,7 +120,7 @@ def upload(path, key, chunk, expected, bases):
     names = [chr(65 + j) for j in range(n)]
     log = []  # (i, node, method, offset, bytes, seconds, status)
     tus = {"Tus-Resumable": "1.0.0"}
-    retries = 0
+    retries, retry_s = 0, 0.0
     meta = "key " + base64.b64encode(key.encode()).decode()
     with open(path, "rb") as f:
         t0, c0 = time.perf_counter(), time.process_time()
@@ -146,7 +147,8 @@ def upload(path, key, chunk, expected, bases):
             except (OSError, http.client.HTTPException) as e:
                 nodes.drop(i)
                 status, why = 0, f"{type(e).__name__}: {e}"
-            log.append((req, names[i], "PATCH", offset, count, time.perf_counter() - s, status))
+            took = time.perf_counter() - s
+            log.append((req, names[i], "PATCH", offset, count, took, status))
             if why is None:
                 got = int(hdrs.get("upload-offset", "-1"))
                 if got != offset + count:
@@ -158,7 +160,7 @@ def upload(path, key, chunk, expected, bases):
             # held, or a cut connection; anything else is a failure.
             if status not in (0, 409) or (status == 409 and problem_code(data) != "upload-in-use"):
                 raise Failed(f"PATCH {req} through {names[i]} at {offset}: {why}")
-            retries += 1
+            retries, retry_s = retries + 1, retry_s + took
             if retries > MAX_RETRIES:
                 raise Failed(f"PATCH {req} through {names[i]}: more than {MAX_RETRIES} retries, last: {why}")
             print(f"RETRY {retries} PATCH {req} through {names[i]} at {offset}: {why}", file=sys.stderr, flush=True)
@@ -168,7 +170,9 @@ def upload(path, key, chunk, expected, bases):
             except (OSError, http.client.HTTPException) as e:
                 nodes.drop(i)
                 raise Failed(f"HEAD through {names[i]} after a failed PATCH: {type(e).__name__}: {e}") from None
-            log.append((req, names[i], "HEAD", offset, 0, time.perf_counter() - s, status))
+            took = time.perf_counter() - s
+            retry_s += took
+            log.append((req, names[i], "HEAD", offset, 0, took, status))
             if status != 200:
                 raise Failed(f"HEAD through {names[i]}: {status}")
             offset = int(hdrs.get("upload-offset", "-1"))
@@ -178,7 +182,7 @@ def upload(path, key, chunk, expected, bases):
 
     for r in log:
         print("REQ %d %s %s %d %d %.6f %d" % r, flush=True)
-    print(f"RESULT {seconds:.6f} {size} {cpu:.2f} {patches} {retries} {etag or '-'}", flush=True)
+    print(f"RESULT {seconds:.6f} {size} {cpu:.2f} {patches} {retries} {retry_s:.3f} {etag or '-'}", flush=True)
 
     # Untimed checks.
     if expected != "-" and etag != f'"{expected}"':
