@@ -90,7 +90,7 @@ tus_pg_start() { # the section's PostgreSQL, as scripts/e2e-cluster.sh starts on
             alive "$TUS_PG_PID" || break
             if env "${TUS_PG_ENV[@]}" "$PG_BIN_DIR/pg_isready" -q -h 127.0.0.1 -p "$TUS_PG_PORT" \
                 -U "$TUS_PG_USER" -d postgres -t 2 >/dev/null 2>&1; then
-                log "tus: postgres $("$PG_BIN_DIR/postgres" --version | awk '{ print $NF }') (pid $TUS_PG_PID) on 127.0.0.1:$TUS_PG_PORT"
+                log "tus: postgres $("$PG_BIN_DIR/postgres" --version | awk '{ print $3 }') (pid $TUS_PG_PID) on 127.0.0.1:$TUS_PG_PORT"
                 return 0
             fi
             sleep 0.1
