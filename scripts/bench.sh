@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Spillway upload, read and listing benchmark, against nginx + WebDAV (and
 # dd, and the disk's own durable rate for small files) as references, and
-# of uploads into an S3 store (Garage), against boto3 straight to it.
+# of uploads into an S3 store (Garage), against boto3 straight to it, and of
+# one tus upload through two nodes round robin against one node.
 #
 #   scripts/bench.sh                 # full run (4 GiB single, 16 x 256 MiB,
 #                                    # 2,000 x 16 KiB x 5 rounds, 2,000 64 KiB
 #                                    # ranges x 5, 2 GiB GET x 5, 1M rows,
-#                                    # 1 GiB replace x 5, 1 GiB S3)
+#                                    # 1 GiB replace x 5, 1 GiB S3, 1 GiB
+#                                    # tus via 2 nodes vs 1 x 5)
 #   BENCH_QUICK=1 scripts/bench.sh   # quick check (256 MiB, 8 x 32 MiB,
 #                                    # 200 x 16 KiB, 500 ranges in 64 MiB, 128 MiB
 #                                    # GET, 20k rows, 128 MiB replace x 1,
-#                                    # 256 MiB S3, 1 run/round each)
+#                                    # 256 MiB S3 and tus, 1 run/round each)
 #   scripts/bench.sh s3              # some sections only (same as BENCH_ONLY=s3)
 #   BENCH_ONLY="single list" scripts/bench.sh
 #
@@ -38,14 +40,17 @@
 #   BENCH_RANGE_SEED     seed of the random offsets     (1)
 #   BENCH_GET_SIZE       the dataset of the whole GET   (2G;    quick 128M)
 #   BENCH_GET_RUNS       get rounds                     (5;     quick 1)
-#   BENCH_S3_SIZE    object size for the S3 section     (1G;    quick 256M)
+#   BENCH_S3_SIZE    object size for the S3 section, and
+#                    of its tus upload                  (1G;    quick 256M)
+#   BENCH_S3_TUS_RUNS    tus rounds (2 nodes vs 1)      (5;     quick 1)
+#   BENCH_S3_TUS_CHUNK   bytes per tus PATCH            (64M; see scripts/bench/s3_tus.sh)
 #   BENCH_S3_PARTS_IN_FLIGHT  multipart parts in flight per upload, for the
 #                    node (SPILLWAY_S3__PARTS_IN_FLIGHT) and boto3's
 #                    max_concurrency alike (2, the node's default)
 #   BENCH_CLI_SIZE   file size for the cli section      (1G;    quick 128M)
 #   BENCH_CLI_RUNS   cli rounds (medians)               (5;     quick 1)
 #   BENCH_CLI_PARTS  `spillway upload --parts` (1, the client's default)
-#   BENCH_VENV       the Python venv with boto3         (target/bench-venv)
+#   BENCH_VENV       the Python venv (boto3, blake3)    (target/bench-venv)
 #   BENCH_TMPDIR     where the temp dir goes            ($TMPDIR or /tmp)
 #   BENCH_START_TIMEOUT  seconds to wait for the node to listen with all rows (900)
 #   BENCH_WARMUP     1: one uncounted upload of each kind first (1)
@@ -65,7 +70,8 @@
 #
 # What it does: builds the node (cargo build --release), installs nginx (with
 # ngx_http_dav_module) and anything else missing from Debian's packages
-# (Garage with `cargo install` and boto3 in a venv, for the S3 section),
+# (Garage with `cargo install`, PostgreSQL, and boto3 and blake3 in a venv,
+# for the S3 section),
 # generates the upload bodies once in a temp dir, then measures, node and
 # reference interleaved, each on 127.0.0.1 only:
 #   single  one upload of BENCH_SIZE with curl -T (Content-Length): MB/s, the
@@ -119,6 +125,17 @@
 #           boto3 get_object stream); boto3 upload_file of the same file with
 #           the node's part size and parts in flight (scripts/bench/s3_client.py);
 #           and boto3 upload_file with boto3's defaults. Ratios are node/direct.
+#           Then the tus workload of issue 18 (scripts/bench/s3_tus.sh): one
+#           PostgreSQL for it (initdb in the temp dir, its defaults), and per
+#           upload a fresh Garage, a fresh database and two fresh nodes A
+#           and B on both (SPILLWAY_INDEX=postgres, one bucket);
+#           scripts/bench/tus_client.py sends one upload of BENCH_S3_SIZE in
+#           PATCHes of BENCH_S3_TUS_CHUNK, either alternating the node per
+#           request (POST on A, PATCH 1 on B, PATCH 2 on A, ...) or all to
+#           A; timed from the POST to the last 204, the dataset checked
+#           through both nodes (size, blake3 against the file's). Rounds
+#           alternate the order (one two, two one, ...): MB/s of each and
+#           the median per-round ratio two/one against >= 0.8.
 #   cli     the command-line client against curl: one node (versions off,
 #           so replaced bytes are freed), and per round, the order
 #           alternating (curl first, then the client first, ...): curl -T of
@@ -191,12 +208,12 @@ done
 selected() { [[ -n ${SECTION[$1]:-} ]]; } # section name
 
 if [[ ${BENCH_QUICK:-0} == 1 ]]; then
-    d_size=256M d_conc=8 d_conc_size=32M d_runs=1 d_rows=20000 d_s3_size=256M
+    d_size=256M d_conc=8 d_conc_size=32M d_runs=1 d_rows=20000 d_s3_size=256M d_tus_runs=1
     d_replace_size=128M d_replace_runs=1 d_cli_size=128M d_cli_runs=1
     d_small_count=200 d_small_runs=1 d_range_file=64M d_range_count=500 d_range_runs=1
     d_get_size=128M d_get_runs=1
 else
-    d_size=4G d_conc=16 d_conc_size=256M d_runs=3 d_rows=1000000 d_s3_size=1G
+    d_size=4G d_conc=16 d_conc_size=256M d_runs=3 d_rows=1000000 d_s3_size=1G d_tus_runs=5
     d_replace_size=1G d_replace_runs=5 d_cli_size=1G d_cli_runs=5
     d_small_count=2000 d_small_runs=5 d_range_file=1G d_range_count=2000 d_range_runs=5
     d_get_size=2G d_get_runs=5
@@ -215,6 +232,8 @@ CLI_SIZE=$(to_bytes "${BENCH_CLI_SIZE:-$d_cli_size}")
 CLI_RUNS=$(positive_int BENCH_CLI_RUNS "${BENCH_CLI_RUNS:-$d_cli_runs}")
 CLI_PARTS=$(positive_int BENCH_CLI_PARTS "${BENCH_CLI_PARTS:-1}")
 S3_CONC=$(positive_int BENCH_S3_PARTS_IN_FLIGHT "${BENCH_S3_PARTS_IN_FLIGHT:-2}")
+TUS_CHUNK=$(to_bytes "${BENCH_S3_TUS_CHUNK:-64M}")
+TUS_RUNS=$(positive_int BENCH_S3_TUS_RUNS "${BENCH_S3_TUS_RUNS:-$d_tus_runs}")
 SMALL_COUNT=$(positive_int BENCH_SMALL_COUNT "${BENCH_SMALL_COUNT:-$d_small_count}")
 SMALL_CLIENTS=$(positive_int BENCH_SMALL_CLIENTS "${BENCH_SMALL_CLIENTS:-16}")
 SMALL_SIZE=$(to_bytes "${BENCH_SMALL_SIZE:-16K}")
@@ -232,6 +251,7 @@ WARMUP=${BENCH_WARMUP:-1}
 [[ $WARMUP == 0 || $WARMUP == 1 ]] || die "BENCH_WARMUP must be 0 or 1, not '$WARMUP'"
 TMP_PARENT=${BENCH_TMPDIR:-${TMPDIR:-/tmp}}
 ((SIZE > 0 && CONC_SIZE > 0 && S3_SIZE > 0)) || die "BENCH_SIZE, BENCH_CONC_SIZE and BENCH_S3_SIZE must be > 0"
+((TUS_CHUNK > 0)) || die "BENCH_S3_TUS_CHUNK must be > 0"
 ((CLI_SIZE >= 4096)) || die "BENCH_CLI_SIZE must be at least 4 KiB (each upload stamps its first 32 bytes)"
 ((REPLACE_SIZE >= 4096)) || die "BENCH_REPLACE_SIZE must be at least 4 KiB (each upload stamps its first 32 bytes)"
 ((SMALL_SIZE > 0 && GET_SIZE > 0)) || die "BENCH_SMALL_SIZE and BENCH_GET_SIZE must be > 0"
@@ -259,6 +279,7 @@ T_RANGE=0.8      # random range GETs: node / nginx
 T_LIST_UNDER_WRITES_MS=20 # GET /datasets?limit=1000 p99 while SMALL_CLIENTS writers upload
 T_GET=1.0        # one whole GET: node / nginx (sendfile on)
 T_CLI_RATIO=0.9      # spillway upload / curl -T, MB/s
+T_TUS_RATIO=0.8      # one tus upload over S3, two nodes round robin / one node, MB/s (issue 18)
 KEEP_VERSIONS_DEFAULT=10 # the node's default keep_versions (the versions-on node runs with it)
 
 # S3: the node's max_dataset_size, and the multipart part size that follows
@@ -287,10 +308,17 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 source "$HELPERS/small.sh"
 # shellcheck source=bench/ranges.sh
 source "$HELPERS/ranges.sh"
+# shellcheck source=bench/s3_tus.sh
+source "$HELPERS/s3_tus.sh"
 
 cleanup() {
-    local rc=$?
+    local rc=$? pid
     trap - EXIT INT TERM
+    # PostgreSQL last (the s3 section's nodes are its clients), fast (INT).
+    for pid in "${!LIVE[@]}"; do
+        if [[ ${LIVE[$pid]} != postgres ]]; then stop_pid "$pid" TERM; fi
+    done
+    for pid in "${!LIVE[@]}"; do stop_pid "$pid" INT; done
     stop_all_live
     if [[ -n $TMPD && -d $TMPD ]]; then rm -rf -- "$TMPD"; fi
     exit "$rc"
@@ -345,6 +373,7 @@ ensure_deps() {
     fi
     if selected s3; then
         ensure_garage
+        ensure_postgres
         setup_python
     fi
     if selected small || selected ranges; then
@@ -366,16 +395,16 @@ ensure_deps() {
     NGINX_PKG=${NGINX_PKG:-unknown}
 }
 
-setup_python() { # the venv with boto3 (as scripts/e2e.sh sets up its own)
+setup_python() { # the venv with boto3 and blake3 (as scripts/e2e.sh sets up its own)
     local stamp="$VENV/.bench-requirements.txt"
     if [[ -x $VENV/bin/python && -f $stamp ]] && cmp -s "$stamp" "$HELPERS/requirements.txt" &&
-        "$VENV/bin/python" -c 'import boto3' 2>/dev/null; then
+        "$VENV/bin/python" -c 'import boto3, blake3' 2>/dev/null; then
         return 0
     fi
     if ! python3 -c 'import ensurepip' 2>/dev/null; then
         apt_install python3-venv || die "cannot install python3-venv"
     fi
-    log "creating the venv $VENV (boto3)"
+    log "creating the venv $VENV (boto3, blake3)"
     rm -rf -- "$VENV"
     python3 -m venv "$VENV" >&2 || die "python3 -m venv failed"
     "$VENV/bin/pip" install -q --disable-pip-version-check -r "$HELPERS/requirements.txt" >&2 ||
@@ -1111,6 +1140,7 @@ s3_section() {
         S3_DEF_RATIO+=("$(ratio "${S3_NODE_MBS[-1]}" "${S3_DEF_MBS[-1]}")")
         S3_GET_RATIO+=("$(ratio "${S3_GET_NODE_MBS[-1]}" "${S3_GET_DIR_MBS[-1]}")")
     done
+    s3_tus_section
 }
 
 garage_version() { timeout 10 "$GARAGE_BIN" --version 2>/dev/null | head -n 1 | sed 's/^garage //; s/^cargo://; s/ *\[.*//' || true; }
@@ -1289,6 +1319,7 @@ report_s3() {
     echo "node sends none); defaults: boto3's TransferConfig() and checksum settings. Both sign payloads"
     echo "(SigV4 over plain HTTP). Downloads: curl -o /dev/null through the node (proxied), boto3"
     echo "get_object read in 1 MiB chunks and dropped. Client, node and Garage share the 2 cores."
+    report_s3_tus
 }
 
 # ------------------------------------------------------------ baseline ---
