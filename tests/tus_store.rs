@@ -279,3 +279,26 @@ async fn partial_uploads_concatenate_from_the_store() {
     assert_serves(&node, "stored/joined.bin", &data).await;
     assert_nothing_left(&garage, "after the concatenation").await;
 }
+
+/// A deferred length (`Upload-Defer-Length: 1`) is settled by the last
+/// PATCH; parts are sent meanwhile, each once a byte follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferred_length_is_settled_in_the_store() {
+    let Some((node, garage)) = on_garage(&[]) else { return };
+    let data = generated(17 * MIB + 9, 6);
+    let metadata = meta(&[("key", "stored/deferred.bin")]);
+    let r = call(&node, "POST", "/uploads", &[TUS, ("Upload-Defer-Length", "1"), ("Upload-Metadata", &metadata)], None)
+        .await;
+    assert_eq!(r.status, 201, "POST /uploads: {}", r.describe());
+    let loc = r.header("location").expect("Location").to_string();
+    let loc = loc[loc.find("/uploads/").expect("a /uploads/ Location")..].to_string();
+    let first = 9 * MIB;
+    let r = patch(&node, &loc, 0, &data[..first], &[]).await;
+    assert_eq!(r.status, 204, "{}", r.describe());
+    assert_eq!(offset_of(&node, &loc).await, first);
+    let length = data.len().to_string();
+    let r = patch(&node, &loc, first, &data[first..], &[("Upload-Length", &length)]).await;
+    assert_eq!(r.status, 204, "{}", r.describe());
+    assert_serves(&node, "stored/deferred.bin", &data).await;
+    assert_nothing_left(&garage, "after a deferred length").await;
+}

@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::index::{Index, StoredPart, StoredUpload, UploadRow};
 use crate::ingest::{ChunkReader, Hashing, Received};
 use crate::service::Node;
-use crate::store::{Parts, CHUNK};
+use crate::store::{Parts, Staged, CHUNK};
 
 type Landing<'a> = Pin<Box<dyn Future<Output = Result<(u64, StoredPart)>> + Send + 'a>>;
 
@@ -38,6 +38,8 @@ struct PartWriter<'a> {
     lease: &'a Lease,
     id: &'a str,
     part_size: u64,
+    /// The upload's length, if known.
+    length: Option<u64>,
     in_flight_max: usize,
     multipart: Option<String>,
     /// The bytes after the last part sent, from `base`.
@@ -54,16 +56,28 @@ struct PartWriter<'a> {
 impl<'a> PartWriter<'a> {
     async fn push(&mut self, chunk: &[u8]) -> Result<()> {
         self.pending.extend_from_slice(chunk);
-        // A part is sent only once a byte follows it, so the last bytes of
-        // an upload are never a lone part, whose hash a chaining value
-        // cannot finish (`tree::root`).
-        while self.pending.len() as u64 > self.part_size {
+        while self.part_ready() {
             self.send_part().await?;
         }
         while let Some(Some(landed)) = self.in_flight.next().now_or_never() {
             self.landed(landed?).await?;
         }
         Ok(())
+    }
+
+    /// Whether the first `part_size` pending bytes go as a part now. Never
+    /// the part holding the upload's last byte: that one goes with the
+    /// commit, so the last bytes are never a lone whole part, whose hash a
+    /// chaining value cannot finish (`tree::root`), and a body that breaks
+    /// off after its last byte can still give that byte back. So a part is
+    /// sent once a byte follows it; with the length known, as soon as it is
+    /// whole (a PATCH that ends on a part boundary leaves no tail object).
+    fn part_ready(&self) -> bool {
+        let pending = self.pending.len() as u64;
+        match self.length {
+            Some(length) => pending >= self.part_size && self.base + self.part_size < length,
+            None => pending > self.part_size,
+        }
     }
 
     async fn send_part(&mut self) -> Result<()> {
@@ -203,6 +217,7 @@ impl Node {
             lease,
             id,
             part_size,
+            length: row.length,
             in_flight_max: self.settings.s3.parts_in_flight.max(1),
             multipart: stored.multipart.clone(),
             pending: tail,
@@ -319,6 +334,10 @@ impl Node {
     /// blake3 of the whole.
     async fn finish_stored(&self, writer: &mut PartWriter<'_>, stored: &StoredUpload) -> Result<Received> {
         let size = writer.base + writer.pending.len() as u64;
+        if size == 0 {
+            // A deferred length settled at 0: no part to complete.
+            return Ok(Received { staged: Staged::Memory(Vec::new()), size, blake3: blake3::hash(&[]) });
+        }
         let mut cvs = Vec::new();
         let mut etags = Vec::new();
         let landed = writer.landed.iter().map(|(_, p)| p);
