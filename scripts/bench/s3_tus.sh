@@ -216,9 +216,9 @@ report_s3_tus() {
         "seconds in them: ${TUS_RETRY_S[two]} | ${TUS_RETRY_S[one]}"
     echo
     echo "Notes (S3 tus): client scripts/bench/tus_client.py (http.client, one keep-alive connection per"
-    echo "node, each PATCH's bytes by sendfile from the file). A node releases the lease just after its 204,"
-    echo "so the next PATCH (through either node) may get 409 upload-in-use: it is retried on the same node"
-    echo "after a HEAD there (as tus-js-client retries), inside the timed upload; the retries row counts"
-    echo "them. Checked after each upload: the last PATCH's ETag and GET /datasets/{key} through both nodes"
+    echo "node, each PATCH's bytes by sendfile from the file). A PATCH refused (409 upload-in-use) or cut"
+    echo "off is retried on the same node after a HEAD there (as tus-js-client retries), inside the timed"
+    echo "upload; the retries row counts them (a node releases a PATCH's lease before its 204, so none is"
+    echo "expected). Checked after each upload: the last PATCH's ETag and GET /datasets/{key} through both nodes"
     echo "(size$([[ $TUS_B3 == - ]] || printf ', blake3' ) against the file's)."
 }

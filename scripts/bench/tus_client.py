@@ -14,10 +14,10 @@ Usage: tus_client.py blake3 FILE
           PATCH sends Content-Length and its bytes straight from the file
           with sendfile(2), so the client costs little CPU.
 
-A node releases an upload's lease just after its 204 (in the background),
-so the next PATCH, through any node, can find it still held: `409
-upload-in-use`. A real client retries those (tus-js-client does); here a
-PATCH refused so, or cut off, is retried on the same node after a HEAD there
+A node releases a PATCH's lease before its 204, so the next PATCH, through
+any node, finds the upload free; should one still get `409 upload-in-use`
+(or be cut off), it is retried as a real client would (tus-js-client does):
+here a PATCH refused so, or cut off, is retried on the same node after a HEAD there
 (which waits until the lease is free, and gives the offset), at most
 MAX_RETRIES times an upload. Every retry is counted and printed.
 
