@@ -302,6 +302,8 @@ TMPD=""
 STOP_WAIT_TENTHS=150 # nginx and a node with 1M rows may take a while to stop
 # shellcheck source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+# shellcheck source=lib/garage.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/garage.sh"
 # The sections of issue 16's workloads, in files of their own (this one
 # would pass 1,700 lines with them); they use the helpers defined below.
 # shellcheck source=bench/small.sh
@@ -937,80 +939,20 @@ replace_kept() { # bodies expected: within a quarter of a body
 GARAGE_PID=""
 GARAGE_DIR=""
 
-rand_hex() { od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'; } # bytes -> 2x hex digits
-
 # A fresh single-node Garage in `dir` with bucket $S3_BUCKET and a new key
 # (exported as BENCH_S3_* for s3_client.py); ready once admin /health says
 # 200 and boto3's head_bucket answers. Same settings as tests/common/cluster.rs,
 # fsyncs at Garage's defaults (off) for the node and boto3 alike.
 start_garage() { # dir
-    local dir=$1 attempt i code rpc s3 admin token var
-    local -a unset_env=()
-    for var in $(compgen -e); do
-        if [[ $var == GARAGE_* ]]; then unset_env+=(-u "$var"); fi
-    done
     export BENCH_S3_ACCESS_KEY BENCH_S3_SECRET_KEY BENCH_S3_ENDPOINT
     export BENCH_S3_BUCKET=$S3_BUCKET BENCH_S3_REGION=$S3_REGION
     BENCH_S3_ACCESS_KEY="GK$(rand_hex 12)" BENCH_S3_SECRET_KEY=$(rand_hex 32)
-    token=$(rand_hex 16)
-    GARAGE_DIR=$dir
-    for ((attempt = 1; attempt <= 5; attempt++)); do
-        rm -rf -- "$dir"
-        mkdir -p "$dir"
-        rpc=$(free_port) s3=$(free_port) admin=$(free_port)
-        if [[ $rpc == "$s3" || $s3 == "$admin" || $rpc == "$admin" ]]; then continue; fi
-        cat >"$dir/garage.toml" <<CONF
-metadata_dir = "$dir/meta"
-data_dir = "$dir/data"
-db_engine = "sqlite"
-replication_factor = 1
-metadata_fsync = false
-data_fsync = false
-rpc_bind_addr = "127.0.0.1:$rpc"
-rpc_public_addr = "127.0.0.1:$rpc"
-rpc_secret = "$(rand_hex 32)"
-
-[s3_api]
-api_bind_addr = "127.0.0.1:$s3"
-s3_region = "$S3_REGION"
-root_domain = ".s3.garage.localhost"
-
-[admin]
-api_bind_addr = "127.0.0.1:$admin"
-admin_token = "$token"
-metrics_token = "$token"
-CONF
-        # shellcheck disable=SC2153 # GARAGE_BIN: exported by ensure_garage
-        (
-            cd "$dir"
-            exec env "${unset_env[@]}" RUST_LOG=garage=info,garage_api=warn \
-                GARAGE_DEFAULT_ACCESS_KEY="$BENCH_S3_ACCESS_KEY" \
-                GARAGE_DEFAULT_SECRET_KEY="$BENCH_S3_SECRET_KEY" \
-                GARAGE_DEFAULT_BUCKET="$S3_BUCKET" \
-                "$GARAGE_BIN" -c "$dir/garage.toml" server --single-node --default-bucket
-        ) >"$dir/garage.log" 2>&1 </dev/null &
-        GARAGE_PID=$!
-        LIVE[$GARAGE_PID]="garage"
-        code=""
-        for ((i = 0; i < 300; i++)); do
-            alive "$GARAGE_PID" || break
-            code=$(curl -s -o /dev/null --max-time 1 -w '%{http_code}' \
-                "http://127.0.0.1:$admin/health" 2>/dev/null || true)
-            if [[ $code == 200 ]]; then break; fi
-            sleep 0.1
-        done
-        if [[ $code == 200 ]] && alive "$GARAGE_PID"; then
-            BENCH_S3_ENDPOINT="http://127.0.0.1:$s3"
-            run_bounded 60 "$dir/ready.log" "s3_client.py ready" \
-                "$VENV/bin/python" "$HELPERS/s3_client.py" ready 30 ||
-                die "garage: bucket $S3_BUCKET does not answer: $(tail -n 3 "$dir/ready.log")"
-            return 0
-        fi
-        log "garage did not come up (attempt $attempt, health '$code'):"
-        tail -n 5 "$dir/garage.log" >&2 || true
-        stop_pid "$GARAGE_PID"
-    done
-    die "cannot start garage"
+    GARAGE_DIR=$1
+    start_garage_single "$1" "$BENCH_S3_ACCESS_KEY" "$BENCH_S3_SECRET_KEY" "$S3_BUCKET" "$S3_REGION" ||
+        die "cannot start garage"
+    BENCH_S3_ENDPOINT=$GARAGE_S3
+    run_bounded 60 "$1/ready.log" "s3_client.py ready" "$VENV/bin/python" "$HELPERS/s3_client.py" ready 30 ||
+        die "garage: bucket $S3_BUCKET does not answer: $(tail -n 3 "$1/ready.log")"
 }
 
 stop_garage() { stop_pid "$GARAGE_PID" TERM; GARAGE_PID=""; rm -rf -- "$GARAGE_DIR"; }

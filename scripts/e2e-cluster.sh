@@ -62,6 +62,8 @@ SUB="" # the running scenario's subshell
 
 # shellcheck source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+# shellcheck source=lib/garage.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/garage.sh"
 # shellcheck source=lib/e2e_setup.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/e2e_setup.sh"
 
@@ -123,41 +125,11 @@ bucket_info() { # the JSON of Garage's admin GetBucketInfo for the bucket
 }
 
 start_garage() { # a one-node Garage with a key and a bucket it may use
-    local dir="$SDIR/garage" rpc pid
-    mkdir -p "$dir"
-    G_PORT=$(free_port) G_ADMIN=$(free_port) rpc=$(free_port)
-    G_KEY="GK$(hex 24)" G_SECRET=$(hex 64) G_TOKEN=$(hex 32) G_BUCKET="spillway-e2e-$(hex 8)"
-    cat >"$dir/garage.toml" <<EOF
-metadata_dir = "$dir/meta"
-data_dir = "$dir/data"
-db_engine = "sqlite"
-replication_factor = 1
-metadata_fsync = false
-data_fsync = false
-rpc_bind_addr = "127.0.0.1:$rpc"
-rpc_public_addr = "127.0.0.1:$rpc"
-rpc_secret = "$(hex 64)"
-
-[s3_api]
-api_bind_addr = "127.0.0.1:$G_PORT"
-s3_region = "garage"
-root_domain = ".s3.garage.localhost"
-
-[admin]
-api_bind_addr = "127.0.0.1:$G_ADMIN"
-admin_token = "$G_TOKEN"
-EOF
-    (
-        cd "$dir"
-        exec env "${SERVICE_ENV[@]}" RUST_LOG=garage=info,garage_api=warn \
-            GARAGE_DEFAULT_ACCESS_KEY="$G_KEY" GARAGE_DEFAULT_SECRET_KEY="$G_SECRET" \
-            GARAGE_DEFAULT_BUCKET="$G_BUCKET" \
-            "$GARAGE_BIN" -c "$dir/garage.toml" server --single-node --default-bucket
-    ) >"$dir/garage.log" 2>&1 &
-    pid=$!
-    LIVE[$pid]="garage"
-    wait_for 30 "garage (log: $dir/garage.log)" "$pid" bucket_info
-    log "  garage (pid $pid): S3 on 127.0.0.1:$G_PORT, bucket $G_BUCKET"
+    G_KEY="GK$(hex 24)" G_SECRET=$(hex 64) G_BUCKET="spillway-e2e-$(hex 8)"
+    start_garage_single "$SDIR/garage" "$G_KEY" "$G_SECRET" "$G_BUCKET" garage || fail "garage did not start"
+    G_PORT=${GARAGE_S3##*:} G_ADMIN=${GARAGE_ADMIN##*:} G_TOKEN=$GARAGE_TOKEN
+    wait_for 30 "garage (log: $SDIR/garage/garage.log)" "$GARAGE_PID" bucket_info
+    log "  garage (pid $GARAGE_PID): S3 on $GARAGE_S3, bucket $G_BUCKET"
 }
 
 start_postgres() { # a PostgreSQL on a free port with an empty database `spillway`

@@ -136,6 +136,8 @@ WATCHDOG=""
 
 # shellcheck source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+# shellcheck source=lib/garage.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/garage.sh"
 
 cleanup() {
     local rc=$? pid p n left=0
@@ -1615,68 +1617,9 @@ PY
 GARAGE_PID="" GARAGE_S3="" GARAGE_KEY="" GARAGE_SECRET="" GARAGE_BUCKET=spillway-ops
 PG_PID="" PG_URL=""
 
-rand_hex() { od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'; } # bytes -> 2x hex digits
-
 start_garage() { # dir: ready when its admin /health says 200
-    local dir=$1 attempt i code rpc s3 admin token var
-    local -a unset_env=()
-    for var in $(compgen -e); do
-        if [[ $var == GARAGE_* ]]; then unset_env+=(-u "$var"); fi
-    done
-    GARAGE_KEY="GK$(rand_hex 12)" GARAGE_SECRET=$(rand_hex 32) token=$(rand_hex 16)
-    for ((attempt = 1; attempt <= 4; attempt++)); do
-        rm -rf -- "$dir"
-        mkdir -p "$dir"
-        rpc=$(free_port) s3=$(free_port) admin=$(free_port)
-        if [[ $rpc == "$s3" || $s3 == "$admin" || $rpc == "$admin" ]]; then continue; fi
-        cat >"$dir/garage.toml" <<CONF
-metadata_dir = "$dir/meta"
-data_dir = "$dir/data"
-db_engine = "sqlite"
-replication_factor = 1
-metadata_fsync = false
-data_fsync = false
-rpc_bind_addr = "127.0.0.1:$rpc"
-rpc_public_addr = "127.0.0.1:$rpc"
-rpc_secret = "$(rand_hex 32)"
-
-[s3_api]
-api_bind_addr = "127.0.0.1:$s3"
-s3_region = "garage"
-root_domain = ".s3.garage.localhost"
-
-[admin]
-api_bind_addr = "127.0.0.1:$admin"
-admin_token = "$token"
-metrics_token = "$token"
-CONF
-        # shellcheck disable=SC2153 # GARAGE_BIN: exported by ensure_garage
-        (
-            cd "$dir"
-            exec env "${unset_env[@]}" RUST_LOG=garage=info,garage_api=warn \
-                GARAGE_DEFAULT_ACCESS_KEY="$GARAGE_KEY" GARAGE_DEFAULT_SECRET_KEY="$GARAGE_SECRET" \
-                GARAGE_DEFAULT_BUCKET="$GARAGE_BUCKET" \
-                "$GARAGE_BIN" -c "$dir/garage.toml" server --single-node --default-bucket
-        ) >"$dir/garage.log" 2>&1 </dev/null &
-        GARAGE_PID=$!
-        LIVE[$GARAGE_PID]="garage"
-        code=""
-        for ((i = 0; i < 300; i++)); do
-            alive "$GARAGE_PID" || break
-            code=$(curl -s -o /dev/null --max-time 1 -w '%{http_code}' "http://127.0.0.1:$admin/health" 2>/dev/null || true)
-            [[ $code == 200 ]] && break
-            sleep 0.1
-        done
-        if [[ $code == 200 ]] && alive "$GARAGE_PID"; then
-            GARAGE_S3="http://127.0.0.1:$s3"
-            return 0
-        fi
-        log "garage did not come up (attempt $attempt, health '$code'):"
-        tail -n 5 "$dir/garage.log" >&2 || true
-        stop_pid "$GARAGE_PID"
-        GARAGE_PID=""
-    done
-    return 1
+    GARAGE_KEY="GK$(rand_hex 12)" GARAGE_SECRET=$(rand_hex 32)
+    start_garage_single "$1" "$GARAGE_KEY" "$GARAGE_SECRET" "$GARAGE_BUCKET" garage
 }
 
 start_postgres() { # dir: initdb, the server on a free port, CREATE DATABASE spillway; sets PG_URL
