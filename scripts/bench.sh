@@ -304,6 +304,8 @@ STOP_WAIT_TENTHS=150 # nginx and a node with 1M rows may take a while to stop
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 # shellcheck source=lib/garage.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/garage.sh"
+# shellcheck source=lib/postgres.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/postgres.sh"
 # The sections of issue 16's workloads, in files of their own (this one
 # would pass 1,700 lines with them); they use the helpers defined below.
 # shellcheck source=bench/small.sh

@@ -64,6 +64,8 @@ SUB="" # the running scenario's subshell
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 # shellcheck source=lib/garage.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/garage.sh"
+# shellcheck source=lib/postgres.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/postgres.sh"
 # shellcheck source=lib/e2e_setup.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/e2e_setup.sh"
 
@@ -104,7 +106,6 @@ hex() { # n: n random lowercase hex digits
 
 SDIR="" BASES=""
 G_PORT="" G_ADMIN="" G_BUCKET="" G_KEY="" G_SECRET="" G_TOKEN=""
-PG_PORT="" PG_USER=""
 
 fail() { log "FAIL: $*"; exit 1; }
 
@@ -133,35 +134,12 @@ start_garage() { # a one-node Garage with a key and a bucket it may use
 }
 
 start_postgres() { # a PostgreSQL on a free port with an empty database `spillway`
-    local dir="$SDIR/pg" run=() pid
-    mkdir -p "$dir"
-    if ((EUID == 0)); then
-        # initdb and postgres refuse to run as root.
-        PG_USER=postgres
-        id -u "$PG_USER" >/dev/null 2>&1 || PG_USER=nobody
-        chmod 755 "$TMPD" "$SDIR"
-        chown "$PG_USER" "$dir"
-        run=(setpriv "--reuid=$(id -u "$PG_USER")" "--regid=$(id -g "$PG_USER")" --clear-groups --)
-    else
-        PG_USER=$(id -un)
-    fi
-    run_bounded 120 "$dir/initdb.log" "initdb" env -C "$dir" "${SERVICE_ENV[@]}" "${run[@]}" \
-        "$PG_BIN_DIR/initdb" -D "$dir/data" -U "$PG_USER" -A trust -E UTF8 --locale=C --no-sync \
-        --no-instructions || fail "initdb failed: $(tail -n 5 "$dir/initdb.log")"
-    PG_PORT=$(free_port)
-    (
-        cd "$dir"
-        exec env "${SERVICE_ENV[@]}" "${run[@]}" "$PG_BIN_DIR/postgres" -D "$dir/data" -p "$PG_PORT" \
-            -h 127.0.0.1 -k "$dir" -c fsync=off -c synchronous_commit=off -c full_page_writes=off
-    ) >"$dir/postgres.log" 2>&1 &
-    pid=$!
-    LIVE[$pid]="postgres"
-    wait_for 30 "postgres (log: $dir/postgres.log)" "$pid" \
-        env "${SERVICE_ENV[@]}" "$PG_BIN_DIR/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres -t 2
-    run_bounded 60 "$dir/createdb.log" "CREATE DATABASE" env "${SERVICE_ENV[@]}" PGCONNECT_TIMEOUT=10 \
-        "$PG_BIN_DIR/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres \
-        -c "CREATE DATABASE spillway" || fail "CREATE DATABASE failed: $(tail -n 5 "$dir/createdb.log")"
-    log "  postgres (pid $pid) on 127.0.0.1:$PG_PORT"
+    local dir="$SDIR/pg"
+    start_postgres_server "$dir" -c fsync=off -c synchronous_commit=off -c full_page_writes=off ||
+        fail "postgres did not start"
+    pg_sql "$dir/createdb.log" "CREATE DATABASE spillway" ||
+        fail "CREATE DATABASE failed: $(tail -n 5 "$dir/createdb.log")"
+    log "  postgres (pid $PG_PID) on 127.0.0.1:$PG_PORT"
 }
 
 start_cluster_node() { # name: a node on the Garage and PostgreSQL above; appends its URL to BASES

@@ -138,6 +138,8 @@ WATCHDOG=""
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 # shellcheck source=lib/garage.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/garage.sh"
+# shellcheck source=lib/postgres.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/postgres.sh"
 
 cleanup() {
     local rc=$? pid p n left=0
@@ -1615,7 +1617,7 @@ PY
 # stopped by PID (the exit trap stops them too).
 
 GARAGE_PID="" GARAGE_S3="" GARAGE_KEY="" GARAGE_SECRET="" GARAGE_BUCKET=spillway-ops
-PG_PID="" PG_URL=""
+PG_URL=""
 
 start_garage() { # dir: ready when its admin /health says 200
     GARAGE_KEY="GK$(rand_hex 12)" GARAGE_SECRET=$(rand_hex 32)
@@ -1623,49 +1625,13 @@ start_garage() { # dir: ready when its admin /health says 200
 }
 
 start_postgres() { # dir: initdb, the server on a free port, CREATE DATABASE spillway; sets PG_URL
-    local dir=$1 user=postgres attempt i port var
-    id -u postgres >/dev/null 2>&1 || user=nobody # initdb and postgres refuse to run as root
-    # As that user, without inherited PG* settings; exec'd all the way down,
-    # so that the PID is the server's.
-    local -a as_user=(setpriv --reuid="$(id -u "$user")" --regid="$(id -g "$user")" --clear-groups -- env)
-    for var in $(compgen -e); do
-        if [[ $var == PG* ]]; then as_user+=(-u "$var"); fi
-    done
-    as_user+=(LC_ALL=C)
-    mkdir -p "$dir"
-    chown "$(id -u "$user"):$(id -g "$user")" "$dir"
-    # mktemp's 0700 would stop that user on the way to its directory.
-    chmod go+x "$TMPD"
-    if ! run_bounded 120 "$dir/initdb.log" "initdb" "${as_user[@]}" "$PG_BIN_DIR/initdb" -D "$dir/data" \
-        -U "$user" -A trust -E UTF8 --locale=C --no-sync --no-instructions; then
-        log "initdb failed:"
-        tail -n 5 "$dir/initdb.log" >&2 || true
+    start_postgres_server "$1" -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+        -c max_connections=100 -c shared_buffers=32MB || return 1
+    if ! pg_sql "$1/createdb.log" "CREATE DATABASE spillway"; then
+        log "CREATE DATABASE spillway failed"
         return 1
     fi
-    for ((attempt = 1; attempt <= 4; attempt++)); do
-        port=$(free_port)
-        "${as_user[@]}" "$PG_BIN_DIR/postgres" -D "$dir/data" -p "$port" -h 127.0.0.1 -k "$dir" \
-            -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
-            -c max_connections=100 -c shared_buffers=32MB >>"$dir/postgres.log" 2>&1 </dev/null &
-        PG_PID=$!
-        LIVE[$PG_PID]="postgres"
-        for ((i = 0; i < 300; i++)); do
-            alive "$PG_PID" || break
-            if timeout 10 "$PG_BIN_DIR/pg_isready" -q -h 127.0.0.1 -p "$port" -U "$user" -d postgres -t 2; then
-                PG_URL="postgres://$user@127.0.0.1:$port/spillway"
-                timeout 60 psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U "$user" -d postgres \
-                    -c 'CREATE DATABASE spillway' >>"$dir/postgres.log" 2>&1 && return 0
-                log "CREATE DATABASE spillway failed"
-                break
-            fi
-            sleep 0.1
-        done
-        log "postgres did not come up on port $port (attempt $attempt):"
-        tail -n 5 "$dir/postgres.log" >&2 || true
-        stop_pid "$PG_PID" INT # fast shutdown
-        PG_PID=""
-    done
-    return 1
+    PG_URL="postgres://$PG_USER@127.0.0.1:$PG_PORT/spillway"
 }
 
 check_9() {

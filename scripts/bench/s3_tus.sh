@@ -55,51 +55,11 @@ tus_psql() { # what sql...: each statement on its own (-c), against the `postgre
         -d postgres "${cmds[@]}" || die "psql ($what) failed: $(tail -n 5 "$TMPD/logs/tus-psql.log")"
 }
 
-tus_pg_start() { # the section's PostgreSQL, as scripts/e2e-cluster.sh starts one
-    local dir="$TMPD/pg" attempt i var
-    local -a as_user=()
-    TUS_PG_ENV=()
-    for var in $(compgen -e); do
-        if [[ $var == PG* ]]; then TUS_PG_ENV+=(-u "$var"); fi
-    done
-    mkdir -p "$dir"
-    if ((EUID == 0)); then
-        # initdb and postgres refuse to run as root.
-        TUS_PG_USER=postgres
-        id -u "$TUS_PG_USER" >/dev/null 2>&1 || TUS_PG_USER=nobody
-        chmod 755 "$TMPD"
-        chown "$TUS_PG_USER" "$dir"
-        as_user=(setpriv "--reuid=$(id -u "$TUS_PG_USER")" "--regid=$(id -g "$TUS_PG_USER")" --clear-groups --)
-    else
-        TUS_PG_USER=$(id -un)
-    fi
-    TUS_PG_DIR=$dir
-    run_bounded 120 "$dir/initdb.log" "initdb" env -C "$dir" "${TUS_PG_ENV[@]}" "${as_user[@]}" \
-        "$PG_BIN_DIR/initdb" -D "$dir/data" -U "$TUS_PG_USER" -A trust -E UTF8 --locale=C --no-sync \
-        --no-instructions || die "initdb failed: $(tail -n 5 "$dir/initdb.log")"
-    for ((attempt = 1; attempt <= 5; attempt++)); do
-        TUS_PG_PORT=$(free_port)
-        (
-            cd "$dir" || exit
-            exec env "${TUS_PG_ENV[@]}" "${as_user[@]}" "$PG_BIN_DIR/postgres" -D "$dir/data" \
-                -p "$TUS_PG_PORT" -h 127.0.0.1 -k "$dir"
-        ) >>"$dir/postgres.log" 2>&1 </dev/null &
-        TUS_PG_PID=$!
-        LIVE[$TUS_PG_PID]="postgres"
-        for ((i = 0; i < 300; i++)); do
-            alive "$TUS_PG_PID" || break
-            if env "${TUS_PG_ENV[@]}" "$PG_BIN_DIR/pg_isready" -q -h 127.0.0.1 -p "$TUS_PG_PORT" \
-                -U "$TUS_PG_USER" -d postgres -t 2 >/dev/null 2>&1; then
-                log "tus: postgres $("$PG_BIN_DIR/postgres" --version | awk '{ print $3 }') (pid $TUS_PG_PID) on 127.0.0.1:$TUS_PG_PORT"
-                return 0
-            fi
-            sleep 0.1
-        done
-        log "postgres did not come up on port $TUS_PG_PORT (attempt $attempt):"
-        tail -n 5 "$dir/postgres.log" >&2 || true
-        stop_pid "$TUS_PG_PID" INT
-    done
-    die "cannot start postgres"
+tus_pg_start() { # the section's PostgreSQL, at its defaults (fsync on)
+    TUS_PG_DIR="$TMPD/pg"
+    start_postgres_server "$TUS_PG_DIR" || die "cannot start postgres"
+    TUS_PG_PID=$PG_PID TUS_PG_PORT=$PG_PORT TUS_PG_USER=$PG_USER TUS_PG_ENV=("${PG_ENV[@]}")
+    log "tus: postgres $("$PG_BIN_DIR/postgres" --version | awk '{ print $3 }') (pid $TUS_PG_PID) on 127.0.0.1:$TUS_PG_PORT"
 }
 
 # Fast shutdown (INT): it ends the sessions instead of waiting for them.
