@@ -272,17 +272,10 @@ PASSED=0 FAILED=0
 FAILED_NAMES=()
 NODE_LOGS='node*.out node*.err' # run_scenario shows their tails
 
-
 main() {
     local name scenarios=() t0=$SECONDS
-    if [[ -n ${E2E_ONLY:-} ]]; then
-        for name in $E2E_ONLY; do
-            [[ " ${ALL_SCENARIOS[*]} " == *" $name "* ]] || die "unknown scenario '$name' (known: ${ALL_SCENARIOS[*]})"
-            scenarios+=("$name")
-        done
-    else
-        scenarios=("${ALL_SCENARIOS[@]}")
-    fi
+    mapfile -t scenarios < <(chosen_scenarios) || true
+    ((${#scenarios[@]})) || die "unknown scenario in E2E_ONLY='${E2E_ONLY:-}' (known: ${ALL_SCENARIOS[*]})"
     setup_python
     setup_node
     build_node

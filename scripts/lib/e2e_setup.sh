@@ -108,3 +108,15 @@ run_scenario() {
         done
     fi
 }
+
+chosen_scenarios() { # one per line: E2E_ONLY's, or all of ALL_SCENARIOS; nothing if one is unknown
+    local name
+    if [[ -z ${E2E_ONLY:-} ]]; then
+        printf '%s\n' "${ALL_SCENARIOS[@]}"
+        return
+    fi
+    for name in $E2E_ONLY; do
+        [[ " ${ALL_SCENARIOS[*]} " == *" $name "* ]] || return 0
+    done
+    printf '%s\n' $E2E_ONLY
+}
