@@ -1768,6 +1768,22 @@ def rid(what):
     rids[r] = what
     return r
 
+def until(check, within=30):  # polls `check` (bounded); whether it came true
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+def tus_bytes():  # spillway_resumable_upload_bytes_total, summed over the nodes
+    total = 0.0
+    for _, p, _ in nodes.values():
+        for line in call("GET", "/metrics", to=p)[2].decode().splitlines():
+            if line.startswith("spillway_resumable_upload_bytes_total"):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
 def create(part, key, length, concat=None):
     h = {**TUS, "Upload-Length": str(length)}
     if key:
@@ -1866,13 +1882,16 @@ data_b = os.urandom(1024 * 1024)
 sent_b = 300 * 1024
 loc_b = create(B, "cluster/takeover.bin", len(data_b))
 if loc_b:
+    before = tus_bytes()
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     try:
         head = (f"PATCH {loc_b} HTTP/1.1\r\nHost: 127.0.0.1\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\n"
                 f"Content-Type: application/offset+octet-stream\r\nContent-Length: {len(data_b)}\r\n"
                 f"X-Request-Id: {rid(f'{B}: PATCH (stalled writer)')}\r\n\r\n")
         sock.sendall(head.encode() + data_b[:sent_b])
-        time.sleep(1.5)  # the writer has the lease and the bytes (loopback)
+        # A takeover keeps what the writer read, not what waits in its socket.
+        expect(B, "the stalled writer read its bytes within 30 s",
+               until(lambda: tus_bytes() >= before + sent_b), True)
         s, hd, body = call("PATCH", loc_b, patch_headers(0), data_b[:1000], rid=rid(f"{B}: PATCH (second)"))
         code = json.loads(body).get("code") if body.startswith(b"{") else None
         expect(B, "a second PATCH while the first writes: status, code", (s, code), (409, "upload-in-use"))
@@ -1920,7 +1939,10 @@ for _ in range(6):
 
 # Who answered what: nginx's log (node=$upstream_addr) and the nodes' own
 # access logs (request_id=...) must agree.
-time.sleep(0.5)  # nginx logs a request once its answer went out
+# nginx logs a request once its answer went out.
+def logged_rids():
+    return {m.group(1) for m in re.finditer(r" rid=(\S+) ", open(access_log).read())}
+expect("logs", "nginx logged every request within 30 s", until(lambda: set(rids) <= logged_rids()), True)
 served = {}
 for line in open(access_log):
     m = re.search(r" rid=(\S+) .* node=(\S+)$", line.rstrip("\n"))
