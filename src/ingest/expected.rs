@@ -114,6 +114,8 @@ impl Expected {
 /// any digests the client asked us to check.
 pub struct Hashing {
     pub blake3: blake3::Hasher,
+    /// Whether `blake3` takes the bytes (not when only the digests are wanted).
+    whole: bool,
     extra: Vec<(Algorithm, Box<dyn DynDigest + Send>)>,
 }
 
@@ -121,11 +123,19 @@ impl Hashing {
     /// Continues `blake3` (a fresh hasher, or the state of a resumed upload)
     /// and starts the given extra digests.
     pub fn new(blake3: blake3::Hasher, algorithms: &[Algorithm]) -> Hashing {
-        Hashing { blake3, extra: algorithms.iter().map(|a| (*a, a.hasher())).collect() }
+        Hashing { blake3, whole: true, extra: algorithms.iter().map(|a| (*a, a.hasher())).collect() }
+    }
+
+    /// Only the given digests: a chunk's checksum, where the upload's blake3
+    /// is computed elsewhere.
+    pub fn digests(algorithms: &[Algorithm]) -> Hashing {
+        Hashing { whole: false, ..Hashing::new(blake3::Hasher::new(), algorithms) }
     }
 
     pub fn update(&mut self, data: &[u8]) {
-        self.blake3.update(data);
+        if self.whole {
+            self.blake3.update(data);
+        }
         for (_, h) in &mut self.extra {
             h.update(data);
         }

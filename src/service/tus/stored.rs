@@ -158,6 +158,21 @@ impl<'a> PartWriter<'a> {
         Ok(())
     }
 
+    /// Every part sent so far, in order: the recorded ones, then this PATCH's.
+    fn every_part<'s>(&'s self, stored: &'s StoredUpload) -> impl Iterator<Item = &'s StoredPart> {
+        stored.parts.iter().chain(self.landed.iter().map(|(_, part)| part))
+    }
+
+    /// Sends the pending bytes as the last part; returns the multipart
+    /// upload, every part's ETag in order, and the last part's bytes.
+    async fn send_last(&mut self, stored: &StoredUpload) -> Result<(String, Vec<String>, Bytes)> {
+        let mut etags: Vec<String> = self.every_part(stored).map(|part| part.etag.clone()).collect();
+        let multipart = self.multipart().await?;
+        let last = Bytes::from(std::mem::take(&mut self.pending));
+        etags.push(self.parts.put_part(self.id, &multipart, self.base / self.part_size, last.clone()).await?);
+        Ok((multipart, etags, last))
+    }
+
     /// Waits for every part in flight.
     async fn land_all(&mut self) -> Result<()> {
         while let Some(landed) = self.in_flight.next().await {
@@ -210,7 +225,7 @@ impl Node {
         }
         let checksum: Vec<_> = patch.checksum.into_iter().collect();
         let algorithms: Vec<_> = checksum.iter().map(|d| d.algorithm).collect();
-        let mut checks = (!checksum.is_empty()).then(|| Hashing::new(blake3::Hasher::new(), &algorithms));
+        let mut checks = (!checksum.is_empty()).then(|| Hashing::digests(&algorithms));
         let mut writer = PartWriter {
             parts,
             index: &self.index,
@@ -338,27 +353,16 @@ impl Node {
             // A deferred length settled at 0: no part to complete.
             return Ok(Received { staged: Staged::Memory(Vec::new()), size, blake3: blake3::hash(&[]) });
         }
-        let mut cvs = Vec::new();
-        let mut etags = Vec::new();
-        let landed = writer.landed.iter().map(|(_, p)| p);
-        for part in stored.parts.iter().chain(landed) {
-            let cv = blake3::Hash::from_hex(&part.cv).map_err(Error::internal)?;
-            cvs.push(*cv.as_bytes());
-            etags.push(part.etag.clone());
-        }
-        let last = std::mem::take(&mut writer.pending);
-        let multipart = writer.multipart().await?;
-        let number = writer.base / writer.part_size;
-        let (last, blake3) = blocking({
-            let part_size = writer.part_size;
-            move || {
-                let hash =
-                    root(&cvs, part_size, &last).ok_or_else(|| Error::internal("a lone part ends the upload"))?;
-                Ok((last, hash))
-            }
+        let cvs = writer
+            .every_part(stored)
+            .map(|part| Ok(*blake3::Hash::from_hex(&part.cv).map_err(Error::internal)?.as_bytes()))
+            .collect::<Result<Vec<_>>>()?;
+        let (multipart, etags, last) = writer.send_last(stored).await?;
+        let part_size = writer.part_size;
+        let blake3 = blocking(move || {
+            root(&cvs, part_size, &last).ok_or_else(|| Error::internal("a lone part ends the upload"))
         })
         .await?;
-        etags.push(writer.parts.put_part(writer.id, &multipart, number, Bytes::from(last)).await?);
         let staged = writer.parts.finish_parts(writer.id, &multipart, etags).await?;
         Ok(Received { staged, size, blake3 })
     }
@@ -366,12 +370,7 @@ impl Node {
     /// Completes a partial upload into one object kept in the store, which
     /// a final upload through any node reads back.
     async fn keep_partial(&self, writer: &mut PartWriter<'_>, stored: &StoredUpload) -> Result<()> {
-        let mut etags: Vec<String> = stored.parts.iter().map(|p| p.etag.clone()).collect();
-        etags.extend(writer.landed.iter().map(|(_, p)| p.etag.clone()));
-        let multipart = writer.multipart().await?;
-        let number = writer.base / writer.part_size;
-        let last = Bytes::from(std::mem::take(&mut writer.pending));
-        etags.push(writer.parts.put_part(writer.id, &multipart, number, last).await?);
+        let (multipart, etags, _) = writer.send_last(stored).await?;
         writer.parts.keep_parts(writer.id, &multipart, etags).await?;
         let (index, id) = (self.index.clone(), writer.id.to_owned());
         blocking(move || index.complete_upload(&id)).await?;
