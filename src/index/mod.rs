@@ -226,7 +226,7 @@ mod tests {
         index.touch_upload("u1", 20).unwrap();
         let got = index.get_upload("u1").unwrap().unwrap();
         assert_eq!((got.length, got.expires_at), (Some(42), 20));
-        assert_eq!(index.expired_uploads("n", 21).unwrap(), vec!["u1".to_owned()]);
+        assert_eq!(index.expired_uploads("n", 21).unwrap(), vec![("u1".to_owned(), false)]);
     }
 
     #[test]

@@ -100,16 +100,16 @@ impl Index {
     }
 
     /// The uploads this node may sweep whose expiry passed before `now`
-    /// (Unix seconds): its own, and any kept in the object store. Rows from
-    /// before nodes had names (`''`) are this node's.
-    pub fn expired_uploads(&self, node: &str, now: i64) -> Result<Vec<String>> {
+    /// (Unix seconds): its own, and any kept in the object store (`true`
+    /// beside its id). Rows from before nodes had names (`''`) are this node's.
+    pub fn expired_uploads(&self, node: &str, now: i64) -> Result<Vec<(String, bool)>> {
         self.with(|db| {
             let rows = db.query(
-                "SELECT id FROM uploads
+                "SELECT id, stored_offset IS NOT NULL FROM uploads
                  WHERE (node = $1 OR node = '' OR stored_offset IS NOT NULL) AND expires_at < $2",
                 vals![node, now],
             )?;
-            Ok(rows.iter().map(|r| r.text(0)).collect())
+            Ok(rows.iter().map(|r| (r.text(0), r.bool(1))).collect())
         })
     }
 

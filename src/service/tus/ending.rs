@@ -168,9 +168,7 @@ impl Node {
         let (index, node) = (self.index.clone(), self.node_id.clone());
         let expired = blocking(move || index.expired_uploads(&node, unix_now())).await?;
         let mut removed = 0;
-        for id in expired {
-            let (index, i) = (self.index.clone(), id.clone());
-            let stored = blocking(move || index.get_upload(&i)).await?.is_some_and(|r| r.stored_offset.is_some());
+        for (id, stored) in expired {
             if stored {
                 // Any node sweeps these; one being written is left alone.
                 if self.remove_stored(&id).await? {
