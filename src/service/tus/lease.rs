@@ -66,29 +66,34 @@ impl Lease {
     /// Lets go before the answer leaves, so the client's next request
     /// (through any node) finds the upload free.
     pub(super) async fn release(mut self) {
-        self.renewer.abort();
-        let (index, id, token) = (self.index.clone(), std::mem::take(&mut self.id), std::mem::take(&mut self.token));
-        let released = blocking(move || index.release_lease(&id, &token)).await;
-        if let Err(e) = released {
+        let release = self.letting_go();
+        if let Err(e) = blocking(move || release.map_or(Ok(()), |release| release())).await {
             log::warn!("releasing a lease: {}", e.cause());
         }
+    }
+
+    /// Stops renewing; the release to run, once (none after `release`).
+    fn letting_go(&mut self) -> Option<impl FnOnce() -> Result<()> + Send + 'static> {
+        self.renewer.abort();
+        if self.token.is_empty() {
+            return None;
+        }
+        let (index, id, token) = (self.index.clone(), std::mem::take(&mut self.id), std::mem::take(&mut self.token));
+        Some(move || index.release_lease(&id, &token))
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.renewer.abort();
-        if self.token.is_empty() {
-            return;
+        // Released in the background (an early return dropped the lease); a
+        // lease that is not released runs out by itself.
+        if let Some(release) = self.letting_go() {
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = release() {
+                    log::warn!("releasing a lease: {}", e.cause());
+                }
+            });
         }
-        let (index, id, token) = (self.index.clone(), std::mem::take(&mut self.id), std::mem::take(&mut self.token));
-        // Released in the background: the answer need not wait for it, and
-        // a lease that is not released runs out by itself.
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = index.release_lease(&id, &token) {
-                log::warn!("releasing the lease of upload {id}: {}", e.cause());
-            }
-        });
     }
 }
 

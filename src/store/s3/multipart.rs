@@ -51,11 +51,13 @@ impl S3Store {
     }
 
     async fn part_permit(&self) -> OwnedSemaphorePermit {
-        self.part_memory
-            .clone()
-            .acquire_many_owned((self.part_size / MIB) as u32)
-            .await
-            .expect("the part semaphore is never closed")
+        self.memory_for(self.part_size as u64).await
+    }
+
+    /// Memory for a buffer of `bytes` from the part budget (at most all of it).
+    pub(super) async fn memory_for(&self, bytes: u64) -> OwnedSemaphorePermit {
+        let mib = ((bytes / MIB as u64) as u32).min(self.part_budget_mib);
+        self.part_memory.clone().acquire_many_owned(mib).await.expect("the part semaphore is never closed")
     }
 
     /// Starts a multipart upload at the key's object, to be fed while the

@@ -13,7 +13,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::multipart::multipart_error;
 use super::staged::StagedObject;
-use super::{s3_error, S3Staged, S3Store, MIB};
+use super::{s3_error, S3Staged, S3Store};
 use crate::error::Result;
 use crate::store::{Native, Parts, Reader, Staged};
 
@@ -34,8 +34,7 @@ impl Parts for S3Store {
     }
 
     async fn part_memory(&self) -> OwnedSemaphorePermit {
-        let mib = ((Parts::part_size(self) / MIB as u64) as u32).min(self.part_budget_mib);
-        self.part_memory.clone().acquire_many_owned(mib).await.expect("the part semaphore is never closed")
+        self.memory_for(Parts::part_size(self)).await
     }
 
     async fn open_parts(&self, id: &str) -> Result<String> {
