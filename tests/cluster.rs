@@ -820,11 +820,12 @@ const PG_CONNECT_TIMEOUT: &str = "200ms";
 
 /// How long any one answer may take with PostgreSQL gone: a request tries
 /// at most one new connection (bounded by the connect timeout) and waits
-/// for no other, so a few connect timeouts leave room for a loaded machine;
-/// and never as long as a readiness probe waits.
+/// for no other. Unloaded, answers take about one connect timeout; the
+/// bound leaves a loaded machine room and still fails the old wait for
+/// deadpool's 3 s create timeout.
 fn pg_down_bound() -> Duration {
     let connect = humantime::parse_duration(PG_CONNECT_TIMEOUT).unwrap();
-    (connect * 5).min(Duration::from_secs(3))
+    (connect * 12).min(Duration::from_millis(2500))
 }
 
 /// A node on Garage and `pg` that stored `pgdown/present.bin`, and said ready.
