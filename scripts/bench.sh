@@ -1103,6 +1103,10 @@ cli_stamp() { # the next upload's bytes are new (see replace_stamp)
     printf '%s' "$stamp" | dd of="$CLISRC" conv=notrunc,fsync status=none || die "cannot stamp $CLISRC"
 }
 
+cli_settle() { # no round starts while the last one's writes and deletes are still reaching the disk
+    run_bounded 120 "$TMPD/logs/cli-sync.log" "sync before a cli round" sync || die "sync did not finish"
+}
+
 cli_size_of() { # key -> the node's record size
     curl -sS --max-time 30 "http://127.0.0.1:$CLI_PORT/datasets/$1" |
         python3 -c 'import json, sys; print(json.load(sys.stdin)["size"])'
@@ -1111,6 +1115,7 @@ cli_size_of() { # key -> the node's record size
 cli_curl() { # run
     local key="cli/curl-$1" code speed t
     cli_stamp
+    cli_settle
     put_file "http://127.0.0.1:$CLI_PORT/data/$key" "$CLISRC" "$(max_time_for "$CLI_SIZE")" "$TMPD/logs/cli-put"
     read -r code speed t <"$TMPD/logs/cli-put"
     [[ $code == 201 ]] || die "cli run $1 curl: HTTP $code, expected 201"
@@ -1125,6 +1130,7 @@ cli_spillway() { # run: the whole command, as a user runs it
         if [[ $var == SPILLWAY_* ]]; then unset_env+=(-u "$var"); fi
     done
     cli_stamp
+    cli_settle
     t0=$(now)
     env "${unset_env[@]}" SPILLWAY_URL="http://127.0.0.1:$CLI_PORT" SPILLWAY_STATE_DIR="$TMPD/cli-state" \
         SPILLWAY_CONFIG="$TMPD/no-client-config.toml" \
@@ -1180,9 +1186,11 @@ report_cli() {
     row "--------------------------------------------" "------------" "------------" "-------" "--------------------" "------" "--------------"
     row "upload of one file, MB/s (--parts $CLI_PARTS)" "$spw" "$curl" "$r" ">= $T_CLI_RATIO x curl" "$(ok_ge "$r" "$T_CLI_RATIO")" \
         "$(printf '%s\n' "${CLI_RATIO[@]}" | sort -g | sed -n '1p;$p' | paste -sd' ' | sed 's/ /../')"
-    echo "Notes (cli): the client's time is the whole command (process start, local blake3 of the file,"
-    echo "tus parts in parallel, the node's concatenation and commit); curl's is its transfer (-T, no"
-    echo "Expect: 100-continue). Both uploads are fsynced by the node before it answers."
+    echo "Notes (cli): the client's time is the whole command (process start, the tus creation, the file"
+    echo "streamed and hashed with blake3 on the way, the last piece with the whole blake3, the node's"
+    echo "commit; with --parts, the parts in parallel and the node's concatenation); curl's is its transfer"
+    echo "(-T, no Expect: 100-continue). Both uploads are fsynced by the node before it answers; each"
+    echo "timed command starts after a sync, so neither pays for the other's writeback."
 }
 
 # ---------------------------------------------------------------- report ---

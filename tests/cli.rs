@@ -67,6 +67,40 @@ async fn upload_killed_midway_resumes_and_verifies() {
     eprintln!("upload test: {:?}", started.elapsed());
 }
 
+/// The client hashes the file as it sends it and names the whole blake3
+/// on its last PATCH. A resumed run hashes what the node already holds
+/// from the file as it is now: bytes changed there since the first run
+/// (size and modification time kept, so the state file still matches)
+/// make the node refuse the commit, and the command fails naming the
+/// mismatch; nothing is stored at the key.
+#[tokio::test]
+async fn a_resume_over_changed_bytes_is_refused_by_the_node() {
+    let node = TestNode::start();
+    let client = Client::new(&node);
+    let size = 200 * MIB;
+    let file = client.dir.path().join("moving.bin");
+    write_generated(&file, size, 8);
+    let file_arg = file.to_str().unwrap();
+    let args = ["upload", file_arg, "raw/moving.bin", "--parts", "1"];
+    let mut child = client.spawn("first", &args);
+    until_killable(&mut child, "the node had 48 MiB", async || metric(&node, TUS_BYTES).await >= (48 * MIB) as f64)
+        .await;
+    kill9(child);
+
+    let mtime = fs::metadata(&file).unwrap().modified().unwrap();
+    let mut changed = fs::OpenOptions::new().write(true).open(&file).unwrap();
+    std::io::Write::write_all(&mut changed, b"bytes the node already holds, changed").unwrap();
+    changed.set_modified(mtime).unwrap();
+    drop(changed);
+
+    let second = client.run(&args);
+    assert!(second.stderr.contains("resuming at"), "the state file still matched: {second:#?}");
+    assert_eq!(second.code, Some(1), "{second:#?}");
+    let line = second.stderr.lines().last().unwrap_or_default();
+    assert!(line.starts_with("spillway: ") && line.contains("digest-mismatch"), "the failure names it: {second:#?}");
+    assert_eq!(node.get("/datasets/raw/moving.bin").await.status(), 404, "nothing is stored at the key");
+}
+
 #[tokio::test]
 async fn get_killed_midway_resumes_with_range() {
     let node = TestNode::start();

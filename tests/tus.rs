@@ -1861,3 +1861,46 @@ async fn an_upload_created_with_its_blake3_commits_only_those_bytes() {
     .await;
     assert_eq!(r.status, 400, "a blake3 that is not 64 hex digits: {}", r.describe());
 }
+
+/// A client that hashes while it sends (the CLI) names the whole upload's
+/// blake3 on its last PATCH (`X-Blake3`): the node commits only bytes that
+/// have it, and both it and a `blake3` given at creation must hold. On a
+/// PATCH that does not end the upload, where it could not be checked, the
+/// header is refused and nothing is taken.
+#[tokio::test]
+async fn the_last_patch_may_name_the_whole_blake3() {
+    let node = TestNode::start();
+    let data = generated(300 * KIB, 45);
+    let (head_part, rest) = data.split_at(100 * KIB);
+    let loc = create(&node, data.len() as u64, &meta(&[("key", "b3/last")])).await;
+    let r = patch(&node, &loc, 0, head_part, &[("X-Blake3", &b3(&data))]).await;
+    assert_problem(&r, 400, "bad-request", "X-Blake3 on a PATCH that stops short of the end");
+    assert_eq!(offset_of(&node, &loc).await, 0, "the refused PATCH took nothing");
+    assert_eq!(patch(&node, &loc, 0, head_part, &[]).await.status, 204);
+    let r = patch(&node, &loc, 100 * KIB as u64, rest, &[("X-Blake3", "beef")]).await;
+    assert_problem(&r, 400, "bad-request", "an X-Blake3 that is not 64 hex digits");
+    assert_eq!(offset_of(&node, &loc).await, 100 * KIB as u64);
+    let r = patch(&node, &loc, 100 * KIB as u64, rest, &[("X-Blake3", &b3(&data))]).await;
+    assert_eq!(r.status, 204, "the last PATCH with the right blake3: {}", r.describe());
+    assert_eq!(r.header("etag"), Some(format!("\"{}\"", b3(&data)).as_str()));
+    assert_dataset(&node, "b3/last", &data).await;
+
+    let wrong = b3(b"other bytes");
+    let cases = [
+        ("b3/wrong", None, wrong.as_str(), "a wrong X-Blake3"),
+        ("b3/created-right", Some(b3(&data)), wrong.as_str(), "the creation's right, the PATCH's wrong"),
+        ("b3/created-wrong", Some(wrong.clone()), &b3(&data)[..], "the creation's wrong, the PATCH's right"),
+    ];
+    for (key, created, sent, what) in cases {
+        let mut pairs = vec![("key", key)];
+        if let Some(created) = &created {
+            pairs.push(("blake3", created.as_str()));
+        }
+        let loc = create(&node, data.len() as u64, &meta(&pairs)).await;
+        let r = patch(&node, &loc, 0, &data, &[("X-Blake3", sent)]).await;
+        assert_problem(&r, 400, "digest-mismatch", what);
+        assert_eq!(node.get(&format!("/datasets/{key}")).await.status(), 404, "{what}: nothing is committed");
+        assert_eq!(head(&node, &loc).await.status, 404, "{what}: the upload is gone");
+    }
+    assert!(upload_files(&node).is_empty(), "no upload file is left: {:?}", upload_files(&node));
+}

@@ -88,6 +88,12 @@ pub struct Patch<R> {
     pub length: Option<u64>,
     /// `Upload-Checksum` of this chunk.
     pub checksum: Option<Digest>,
+    /// `X-Blake3`: the whole upload's blake3, sent with the PATCH that
+    /// completes it by a client that hashed while it sent (so it could not
+    /// name it at creation); checked before the commit.
+    pub blake3: Option<blake3::Hash>,
+    /// `Content-Length`, which must reach the upload's end with `X-Blake3`.
+    pub content_length: Option<u64>,
     pub body: R,
 }
 
@@ -190,10 +196,10 @@ impl Node {
             // for an empty file, so it is complete now.
             let record = if local {
                 let path = self.layout.upload_path(&row.id);
-                self.tus_commit(&row, path, 0, blake3::Hasher::new()).await?
+                self.tus_commit(&row, path, 0, blake3::Hasher::new(), None).await?
             } else {
                 let received = Received { staged: Staged::Memory(Vec::new()), size: 0, blake3: blake3::hash(&[]) };
-                self.tus_commit_received(&row, received).await?
+                self.tus_commit_received(&row, received, None).await?
             };
             return Ok(self.info_of(&row, 0, Some(record)));
         }
@@ -285,6 +291,7 @@ impl Node {
         caller: &Caller,
     ) -> Result<UploadInfo> {
         let mut row = self.upload_row(id, caller).await?;
+        let sent = patch.blake3;
         if row.concat == "final" {
             return Err(Error::Forbidden("a final (concatenated) upload takes no PATCH".into()));
         }
@@ -398,7 +405,7 @@ impl Node {
         let record = if row.concat == "partial" {
             None
         } else {
-            let result = self.tus_commit(&row, self.layout.upload_path(id), new_offset, hasher_after).await;
+            let result = self.tus_commit(&row, self.layout.upload_path(id), new_offset, hasher_after, sent).await;
             drop(state);
             self.tus.forget(id);
             Some(result?)
@@ -411,6 +418,14 @@ impl Node {
     async fn settle_patch<R>(&self, row: &mut UploadRow, patch: &Patch<R>, offset: u64) -> Result<()> {
         if patch.offset != offset {
             return Err(Error::OffsetMismatch { current: offset, sent: patch.offset });
+        }
+        let ends_at = patch.content_length.map(|n| offset + n);
+        if patch.blake3.is_some() && (ends_at.is_none() || ends_at != row.length.or(patch.length)) {
+            return Err(Error::BadRequest(
+                "X-Blake3 names the whole upload's blake3: send it with the PATCH whose Content-Length reaches \
+                 Upload-Length"
+                    .into(),
+            ));
         }
         match (row.length, patch.length) {
             (Some(known), Some(sent)) if known != sent => {
@@ -449,22 +464,41 @@ impl Node {
     }
 
     /// Commits a complete upload's file as its dataset.
-    async fn tus_commit(&self, row: &UploadRow, path: PathBuf, size: u64, hasher: blake3::Hasher) -> Result<Record> {
+    async fn tus_commit(
+        &self,
+        row: &UploadRow,
+        path: PathBuf,
+        size: u64,
+        hasher: blake3::Hasher,
+        sent: Option<blake3::Hash>,
+    ) -> Result<Record> {
         let file = self.layout.open_upload(&row.id, OFlags::RDONLY)?;
         let path = TempPath::try_from_path(path).map_err(Error::internal)?;
         let staged = Staged::File(NamedTempFile::from_parts(file, path));
-        self.tus_commit_received(row, Received { staged, size, blake3: hasher.finalize() }).await
+        self.tus_commit_received(row, Received { staged, size, blake3: hasher.finalize() }, sent).await
     }
 
     /// Commits a complete upload's bytes as its dataset. On failure the
     /// upload is gone (its bytes were consumed), so a later HEAD cannot
     /// claim success.
-    async fn tus_commit_received(&self, row: &UploadRow, received: Received) -> Result<Record> {
+    /// `sent` is the completing PATCH's `X-Blake3`.
+    async fn tus_commit_received(
+        &self,
+        row: &UploadRow,
+        received: Received,
+        sent: Option<blake3::Hash>,
+    ) -> Result<Record> {
         let metadata = Metadata::parse(row.metadata.as_deref())?;
         let key = Key::parse(row.key.as_deref().unwrap_or_default())?;
         let (index, id) = (self.index.clone(), row.id.clone());
         let started = std::time::Instant::now();
-        let committed = self.commit(key, received, metadata.upload_meta(&row.owner)).await;
+        let mut meta = metadata.upload_meta(&row.owner);
+        // Both the creation's and the PATCH's blake3 must hold: the commit
+        // checks the one that does not (if either does not).
+        if sent.is_some_and(|s| s != received.blake3) || meta.expected.blake3.is_none() {
+            meta.expected.blake3 = sent.or(meta.expected.blake3);
+        }
+        let committed = self.commit(key, received, meta).await;
         match self.upload_ended(started, committed) {
             Ok((record, _)) => {
                 self.metrics.tus_event("finished");

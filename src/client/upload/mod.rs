@@ -7,14 +7,16 @@
 //!
 //! 1. The upload URL of an unfinished upload of the same file (canonical
 //!    path, size, mtime), node and key is looked up in the [state
-//!    file](super::state); the node's `HEAD` tells how far it got. Otherwise
-//!    `POST /uploads` creates one (`Upload-Length`, `Upload-Metadata` with
-//!    `key`, `name`, `description`, `filetype` and the file's `blake3`,
-//!    hashed first) and its URL is remembered.
-//! 2. The rest of the file goes in one `PATCH` (`Upload-Offset`), streamed
-//!    from the file: the node fsyncs once, keeps what arrived if the
-//!    request breaks off, and commits only bytes with the `blake3` the
-//!    upload was created with, so no checksum per request is needed.
+//!    file](super::state); the node's `HEAD` tells how far it got (and the
+//!    file's first bytes up to there are hashed). Otherwise `POST /uploads`
+//!    creates one (`Upload-Length`, `Upload-Metadata` with `key`, `name`,
+//!    `description`, `filetype`) and its URL is remembered.
+//! 2. All but the file's last piece (`--chunk-size`) goes in one `PATCH`
+//!    (`Upload-Offset`), streamed from the file and hashed with blake3 on
+//!    the way: the node fsyncs once and keeps what arrived if the request
+//!    breaks off. The last piece follows with the whole file's blake3
+//!    (`X-Blake3`), and the node commits only bytes that have it, so no
+//!    checksum per request is needed and the file is read once.
 //! 3. Network errors and `5xx`/`408`/`409`/`423`/`460` answers are retried
 //!    with exponential backoff (bounded by `--retries` consecutive
 //!    failures); after each, a `HEAD` learns the node's offset, since a

@@ -55,7 +55,7 @@ impl Resumable<'_> {
                     progress: progress.part(len),
                     resumed_from: 0,
                     part: Some(start),
-                    whole: None,
+                    prefix: None,
                     part_url: None,
                 }
             })
@@ -72,9 +72,11 @@ impl Resumable<'_> {
         let urls: Vec<String> = uploads.iter().filter_map(|u| u.part_url.as_ref().map(|u| u.to_string())).collect();
         anyhow::ensure!(urls.len() as u64 == parts, "a part of {} has no upload URL", self.shown);
         let concat = format!("final;{}", urls.join(" "));
-        let dataset = uploads[0].metadata();
-        // Hashed beside the parts' transfer; done by now, as a rule.
+        // Hashed beside the parts' transfer; done by now, as a rule. The
+        // node commits the joined parts only if they have it.
         let local = whole.await??;
+        let mut dataset = uploads[0].metadata();
+        dataset.push(("blake3", local.as_str()));
         let mut failures = 0;
         let etag = loop {
             match tus::create(self.node, None, &dataset, Some(&concat)).await {

@@ -4,12 +4,13 @@
 
 use std::fs::File;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use reqwest::Url;
 
-use super::file::{blake3_of, read_chunk};
+use super::file::{hashed_stream, last_piece, read_chunk, Prefix};
 use super::tus::{self, TusInfo};
 use super::UploadArgs;
 use crate::client::progress::Progress;
@@ -71,10 +72,8 @@ impl Resumable<'_> {
             resumed_from: 0,
             part: None,
             part_url: None,
-            whole: None,
+            prefix: Some(Prefix::default()),
         };
-        let (path, shown) = (self.path.to_path_buf(), self.shown.clone());
-        upload.whole = Some(tokio::task::spawn_blocking(move || blake3_of(&path, &shown)).await??);
         let result = upload.run(&mut file).await;
         if result.is_err() {
             upload.progress.abandon();
@@ -163,9 +162,10 @@ pub(super) struct Upload<'a> {
     pub(super) part: Option<u64>,
     /// A part's upload URL, once every byte of it is in.
     pub(super) part_url: Option<Url>,
-    /// The whole file's blake3 (not for a part), hashed before the upload
-    /// is created: the node checks the committed bytes against it.
-    pub(super) whole: Option<String>,
+    /// The blake3 of the file's bytes so far (not for a part: the whole
+    /// file is hashed elsewhere), hashed as they go out; the last PATCH
+    /// carries the whole, which the node checks before it commits.
+    pub(super) prefix: Option<Prefix>,
 }
 
 /// The next step of the upload's state machine.
@@ -243,10 +243,16 @@ impl Upload<'_> {
                     break;
                 }
                 Step::Send if self.part.is_none() && offset < self.size => {
-                    // The rest of the file in one request: the node fsyncs
-                    // once, and keeps what arrived if it breaks off.
+                    // All but the last piece in one request: the node
+                    // fsyncs once, and keeps what arrived if it breaks off.
                     let url = upload_url.as_ref().expect("an upload to send to");
-                    match tus::patch_from(self.node, url, file, (offset, self.size), &self.progress).await {
+                    let last = last_piece(self.size, self.args.chunk_size);
+                    let sent = if offset < last {
+                        self.stream(file, url, (offset, last)).await
+                    } else {
+                        self.send_last(file, url, offset).await
+                    };
+                    match sent {
                         Ok(info) if info.offset <= offset && info.etag.is_none() => Err(NoProgress(offset).into()),
                         Ok(info) => {
                             failures = 0;
@@ -268,7 +274,7 @@ impl Upload<'_> {
                         chunk = read_chunk(file, base + offset, base + end)?;
                         chunk_start = offset;
                     }
-                    match tus::patch(self.node, url, offset, chunk.clone(), &self.progress).await {
+                    match tus::patch(self.node, url, offset, chunk.clone(), None, &self.progress).await {
                         Ok(info) if info.offset <= offset && info.etag.is_none() && !chunk.is_empty() => {
                             Err(NoProgress(offset).into())
                         }
@@ -330,7 +336,10 @@ impl Upload<'_> {
             tokio::time::sleep(wait).await;
         }
 
-        let local = self.whole.clone().unwrap_or_default();
+        let local = match self.part {
+            Some(_) => String::new(),
+            None => self.prefix_at(file, self.size).await?.hex(),
+        };
         // The upload is over on the node's side, whatever we find now.
         self.forget();
         let blake3 = match etag {
@@ -338,6 +347,33 @@ impl Upload<'_> {
             None => self.node.record(&parse_key(&self.key)?).await?.blake3,
         };
         Ok((blake3, local))
+    }
+
+    /// The blake3 of the file's first `at` bytes, hashing what is missing.
+    async fn prefix_at(&mut self, file: &File, at: u64) -> Result<Prefix> {
+        let (prefix, file) = (self.prefix.take().unwrap_or_default(), file.try_clone()?);
+        let prefix = tokio::task::spawn_blocking(move || prefix.advance(&file, at)).await??;
+        self.prefix = Some(prefix.clone());
+        Ok(prefix)
+    }
+
+    /// `PATCH` of the file's bytes `offset..end`, streamed and hashed.
+    async fn stream(&mut self, file: &File, url: &Url, (offset, end): (u64, u64)) -> Result<TusInfo> {
+        let prefix = Arc::new(Mutex::new(Some(self.prefix_at(file, offset).await?)));
+        let body = hashed_stream(file.try_clone()?, (offset, end), prefix.clone());
+        let answer = tus::patch_from(self.node, url, body, (offset, end), &self.progress).await;
+        self.prefix = prefix.lock().expect("the prefix lock").take();
+        answer
+    }
+
+    /// `PATCH` of the file's last bytes, from `offset`, with its blake3.
+    async fn send_last(&mut self, file: &mut File, url: &Url, offset: u64) -> Result<TusInfo> {
+        let mut whole = self.prefix_at(file, offset).await?;
+        let chunk = read_chunk(file, offset, self.size)?;
+        whole.update(&chunk);
+        let info = tus::patch(self.node, url, offset, chunk, Some(&whole.hex()), &self.progress).await?;
+        self.prefix = Some(whole);
+        Ok(info)
     }
 
     /// The remembered upload URL for this file, node and key.
@@ -385,9 +421,6 @@ impl Upload<'_> {
         let optional =
             [("name", &self.args.name), ("description", &self.args.description), ("filetype", &self.content_type)];
         metadata.extend(optional.iter().filter_map(|(k, v)| v.as_deref().map(|v| (*k, v))));
-        if let Some(whole) = &self.whole {
-            metadata.push(("blake3", whole.as_str()));
-        }
         if self.args.no_clobber {
             // The node checks it when the upload is created and committed.
             metadata.push(("ifnonematch", "*"));

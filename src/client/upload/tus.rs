@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 use base64::Engine;
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use reqwest::{Method, Response, Url};
 use sha2::Digest;
@@ -15,7 +15,7 @@ use crate::client::{etag_of, Node};
 
 const TUS_VERSION: &str = "1.0.0";
 const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
-/// The body of a PATCH goes out in pieces this big (progress granularity).
+/// A chunk in memory goes out in pieces this big (progress granularity).
 const PIECE: usize = 256 * 1024;
 
 /// What a tus answer says about the upload.
@@ -88,60 +88,74 @@ pub async fn head(node: &Node, url: &Url) -> Result<TusInfo> {
 }
 
 /// `PATCH /uploads/{id}` with one chunk, which starts at `offset`; the
-/// progress moves as its pieces go out.
-pub async fn patch(node: &Node, url: &Url, offset: u64, chunk: Bytes, progress: &Progress) -> Result<TusInfo> {
-    let checksum = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&chunk));
+/// progress moves as its pieces go out. The last chunk of a whole file
+/// carries the file's blake3 (`whole`), which the node checks before it
+/// commits; any other is checked on its own (`Upload-Checksum`).
+pub async fn patch(
+    node: &Node,
+    url: &Url,
+    offset: u64,
+    chunk: Bytes,
+    whole: Option<&str>,
+    progress: &Progress,
+) -> Result<TusInfo> {
     let length = chunk.len();
     let pieces: Vec<Bytes> = (0..length).step_by(PIECE).map(|i| chunk.slice(i..(i + PIECE).min(length))).collect();
-    let progress = progress.clone();
-    let mut sent = offset;
-    let body = futures_util::stream::iter(pieces).map(move |piece| {
-        progress.set(sent);
-        sent += piece.len() as u64;
-        Ok::<_, std::io::Error>(piece)
-    });
+    let mut request = node
+        .request(Method::PATCH, url.clone())
+        .header("Tus-Resumable", TUS_VERSION)
+        .header("Upload-Offset", offset)
+        .header(CONTENT_TYPE, OFFSET_OCTET_STREAM)
+        .header(CONTENT_LENGTH, length);
+    request = match whole {
+        Some(blake3) => request.header("X-Blake3", blake3),
+        None => {
+            let checksum = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&chunk));
+            request.header("Upload-Checksum", format!("sha256 {checksum}"))
+        }
+    };
+    let body = futures_util::stream::iter(pieces.into_iter().map(Ok::<_, std::io::Error>));
+    send_patch(node, request, body, offset, progress).await
+}
+
+/// `PATCH` of bytes `offset..end` of a file, streamed (never held whole),
+/// with no checksum per request: the last piece, sent apart, carries the
+/// whole file's blake3.
+pub async fn patch_from(
+    node: &Node,
+    url: &Url,
+    body: impl Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
+    (offset, end): (u64, u64),
+    progress: &Progress,
+) -> Result<TusInfo> {
     let request = node
         .request(Method::PATCH, url.clone())
         .header("Tus-Resumable", TUS_VERSION)
         .header("Upload-Offset", offset)
-        .header("Upload-Checksum", format!("sha256 {checksum}"))
         .header(CONTENT_TYPE, OFFSET_OCTET_STREAM)
-        .header(CONTENT_LENGTH, length)
-        .body(reqwest::Body::wrap_stream(body));
-    TusInfo::of(&node.send(request).await?)
+        .header(CONTENT_LENGTH, end - offset);
+    send_patch(node, request, body, offset, progress).await
 }
 
-/// `PATCH` of bytes `offset..end` of `file`, streamed from it in pieces
-/// (never held whole), with no checksum per request: the upload was created
-/// with the whole file's blake3, which the node checks before it commits.
-pub async fn patch_from(
+/// Sends a PATCH whose body starts at `offset`, moving the progress as its
+/// pieces go out.
+async fn send_patch(
     node: &Node,
-    url: &Url,
-    file: &std::fs::File,
-    (offset, end): (u64, u64),
+    request: reqwest::RequestBuilder,
+    body: impl Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
+    offset: u64,
     progress: &Progress,
 ) -> Result<TusInfo> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let mut reader = tokio::fs::File::from_std(file.try_clone()?);
-    reader.seek(std::io::SeekFrom::Start(offset)).await?;
-    let pieces = tokio_util::io::ReaderStream::with_capacity(reader.take(end - offset), PIECE);
     let progress = progress.clone();
     let mut sent = offset;
-    let body = pieces.map(move |piece| {
+    let body = body.map(move |piece| {
         if let Ok(piece) = &piece {
             sent += piece.len() as u64;
             progress.set(sent);
         }
         piece
     });
-    let request = node
-        .request(Method::PATCH, url.clone())
-        .header("Tus-Resumable", TUS_VERSION)
-        .header("Upload-Offset", offset)
-        .header(CONTENT_TYPE, OFFSET_OCTET_STREAM)
-        .header(CONTENT_LENGTH, end - offset)
-        .body(reqwest::Body::wrap_stream(body));
-    TusInfo::of(&node.send(request).await?)
+    TusInfo::of(&node.send(request.body(reqwest::Body::wrap_stream(body))).await?)
 }
 
 /// `Upload-Metadata`: `key base64(value)` pairs, comma-separated.

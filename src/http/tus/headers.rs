@@ -113,6 +113,9 @@ pub struct PatchRequest {
     pub offset: u64,
     pub length: Option<u64>,
     pub checksum: Option<Digest>,
+    /// `X-Blake3`: the whole upload's blake3 (on the PATCH that ends it).
+    pub blake3: Option<blake3::Hash>,
+    pub content_length: Option<u64>,
 }
 
 #[rocket::async_trait]
@@ -129,7 +132,17 @@ fn patch_request(req: &Request<'_>) -> Result<PatchRequest> {
         return Err(Error::UnsupportedMediaType(format!("a PATCH body must be {OFFSET_OCTET_STREAM}")));
     }
     let offset = number(req, "Upload-Offset")?.ok_or_else(|| Error::BadRequest("Upload-Offset is required".into()))?;
-    Ok(PatchRequest { offset, length: number(req, "Upload-Length")?, checksum: upload_checksum(req)? })
+    let blake3 = header(req, "X-Blake3")
+        .map(|hex| blake3::Hash::from_hex(hex.trim()))
+        .transpose()
+        .map_err(|_| Error::BadRequest("X-Blake3 must be 64 hex digits".into()))?;
+    Ok(PatchRequest {
+        offset,
+        length: number(req, "Upload-Length")?,
+        checksum: upload_checksum(req)?,
+        blake3,
+        content_length: number(req, "Content-Length")?,
+    })
 }
 
 /// `Upload-Checksum: <algorithm> <base64>`.

@@ -167,7 +167,14 @@ async fn create(
         return Ok(Reply::created(info));
     }
     let checksum = request.checksum;
-    let patch = Patch { offset: 0, length: None, checksum, body: body.open(body_limit(node)) };
+    let patch = Patch {
+        offset: 0,
+        length: None,
+        checksum,
+        blake3: None,
+        content_length: None,
+        body: body.open(body_limit(node)),
+    };
     match node.tus_patch(&info.id, patch, &caller).await {
         Ok(info) => Ok(Reply::created(info)),
         Err(e) => failed_creation_with_upload(node, &info.id, &caller, e).await,
@@ -250,7 +257,7 @@ async fn head_upload(
     operation_id = "tusPatch",
     tag = "resumable uploads",
     summary = "tus: append bytes",
-    description = "Appends the body at `Upload-Offset`. Needs `write`. Every byte of a PATCH that breaks off is kept (unless it carried `Upload-Checksum`); a chunk past the length is refused whole. A PATCH to an upload another PATCH is still writing takes it over.",
+    description = "Appends the body at `Upload-Offset`. Needs `write`. `X-Blake3` (64 hex digits; Spillway's own) on the PATCH whose `Content-Length` reaches `Upload-Length` names the whole upload's blake3, for a client that hashed while it sent: the upload is committed only if its bytes have it (else `400 digest-mismatch`, and the upload is gone, as with a `blake3` given at creation); on any other PATCH it is `400`. Every byte of a PATCH that breaks off is kept (unless it carried `Upload-Checksum`); a chunk past the length is refused whole. A PATCH to an upload another PATCH is still writing takes it over.",
     responses(
         (status = 204, description = "The bytes are durable (they survive a crash of the node). When they completed the upload it was committed: `Content-Location` and `ETag` name the dataset."),
         super::openapi::responses::TusAccessErrors,
@@ -277,6 +284,8 @@ async fn patch_upload(
         offset: request.offset,
         length: request.length,
         checksum: request.checksum,
+        blake3: request.blake3,
+        content_length: request.content_length,
         body: body.open(body_limit(node)),
     };
     let info = node.tus_patch(id, patch, &caller).await?;

@@ -209,6 +209,7 @@ impl Node {
         let stored = self.stored_state(id).await?;
         let offset = if row.completed { row.length.unwrap_or(0) } else { stored.offset };
         self.settle_patch(&mut row, &patch, offset).await?;
+        let sent = patch.blake3;
         if row.completed {
             return Ok(self.info_of(&row, offset, None));
         }
@@ -287,7 +288,7 @@ impl Node {
             }
             let received = self.finish_stored(&mut writer, &stored).await?;
             // Held through the commit: a HEAD meanwhile waits for it.
-            let record = self.tus_commit_received(&row, received).await;
+            let record = self.tus_commit_received(&row, received, sent).await;
             if let Err(e) = parts.discard(id, None).await {
                 log::warn!("upload {id}: removing its objects: {}", e.cause());
             }
