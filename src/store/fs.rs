@@ -8,9 +8,6 @@ use std::ops::RangeInclusive;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
-use tokio::io::AsyncReadExt;
-
-use super::CHUNK;
 use super::{Check, Installed, Native, ObjectInfo, Prepared, Reader, Staged, Store};
 use crate::blocking::blocking;
 use crate::datadir::Layout;
@@ -187,17 +184,14 @@ impl FsStore {
 const READ_AT_ONCE: u64 = 256 * 1024;
 
 /// Runs on a blocking thread (it may read).
-fn reader(mut file: File, size: u64, range: Option<RangeInclusive<u64>>) -> Result<Reader> {
+fn reader(file: File, size: u64, range: Option<RangeInclusive<u64>>) -> Result<Reader> {
     let (start, len) = range.map_or((0, size), |r| (*r.start(), r.end() - r.start() + 1));
     if len <= READ_AT_ONCE {
         let mut bytes = vec![0; len as usize];
         std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, start).map_err(Error::internal)?;
         return Ok(Reader(Box::new(io::Cursor::new(bytes))));
     }
-    io::Seek::seek(&mut file, io::SeekFrom::Start(start)).map_err(Error::internal)?;
-    let mut file = tokio::fs::File::from_std(file);
-    file.set_max_buf_size(CHUNK);
-    Ok(Reader(Box::new(file.take(len))))
+    Ok(Reader(Box::new(super::file_body::FileBody::new(file, start, len))))
 }
 
 /// A readiness check: a temp file can be created in `dir`.

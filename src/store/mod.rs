@@ -23,6 +23,7 @@
 //! staged object) travels as [`Staged::Native`], opaque to everyone else.
 
 mod direct;
+mod file_body;
 pub mod fs;
 mod parts;
 mod s3;
