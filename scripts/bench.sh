@@ -1107,6 +1107,12 @@ cli_settle() { # no round starts while the last one's writes and deletes are sti
     run_bounded 120 "$TMPD/logs/cli-sync.log" "sync before a cli round" sync || die "sync did not finish"
 }
 
+cli_delete() { # key: every timed upload starts from the same state (the
+    # one before removed, the disk settled), whichever contender went before
+    curl -sS --max-time 60 -o /dev/null -X DELETE "http://127.0.0.1:$CLI_PORT/datasets/$1?versions=all" ||
+        die "cannot delete $1"
+}
+
 cli_size_of() { # key -> the node's record size
     curl -sS --max-time 30 "http://127.0.0.1:$CLI_PORT/datasets/$1" |
         python3 -c 'import json, sys; print(json.load(sys.stdin)["size"])'
@@ -1121,6 +1127,7 @@ cli_curl() { # run
     [[ $code == 201 ]] || die "cli run $1 curl: HTTP $code, expected 201"
     CLI_CURL_MBS+=("$(mbs "$CLI_SIZE" "$t")")
     log "cli run $1 curl -T:          ${CLI_CURL_MBS[-1]} MB/s, ${t}s"
+    cli_delete "$key"
 }
 
 cli_spillway() { # run: the whole command, as a user runs it
@@ -1145,6 +1152,7 @@ cli_spillway() { # run: the whole command, as a user runs it
     [[ $(cli_size_of "$key") == "$CLI_SIZE" ]] || die "cli run $1: the node's record of $key is not $CLI_SIZE bytes"
     CLI_SPW_MBS+=("$(mbs "$CLI_SIZE" "$t")")
     log "cli run $1 spillway upload:  ${CLI_SPW_MBS[-1]} MB/s, ${t}s (--parts $CLI_PARTS)"
+    cli_delete "$key"
 }
 
 cli_section() {
@@ -1163,16 +1171,7 @@ cli_section() {
             "cli_$c" "$i"
         done
         CLI_RATIO+=("$(ratio "${CLI_SPW_MBS[-1]}" "${CLI_CURL_MBS[-1]}")")
-        for c in curl spillway; do
-            curl -sS --max-time 60 -o /dev/null -X DELETE "http://127.0.0.1:$CLI_PORT/datasets/cli/$c-$i?versions=all" ||
-                die "cannot delete cli/$c-$i"
-        done
     done
-    if ((WARMUP)); then
-        for c in curl spillway; do
-            curl -sS --max-time 60 -o /dev/null -X DELETE "http://127.0.0.1:$CLI_PORT/datasets/cli/$c-0?versions=all" || true
-        done
-    fi
     stop_node
 }
 
