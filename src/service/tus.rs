@@ -8,7 +8,8 @@
 //! that breaks off keeps (and fsyncs) what arrived. The blake3 state of each
 //! upload is kept in memory between PATCHes; after a restart the prefix is
 //! rehashed once from the file. When the last byte arrives the file becomes
-//! a [`Received`] upload and goes through [`Node::commit`], exactly like a PUT.
+//! a [`Received`] upload and goes through [`Node::commit`], exactly like a PUT
+//! (`commit`).
 //!
 //! With an object store that keeps parts (S3), an upload is kept there
 //! instead, as it arrives, and any node sharing the index can continue it
@@ -20,6 +21,7 @@
 //! in `admission`.
 
 mod admission;
+mod commit;
 mod ending;
 mod lease;
 mod metadata;
@@ -28,10 +30,8 @@ mod stored;
 mod tree;
 
 use std::io::Read;
-use std::path::PathBuf;
 
 use rustix::fs::OFlags;
-use tempfile::{NamedTempFile, TempPath};
 use tokio::io::AsyncRead;
 
 use super::Node;
@@ -461,54 +461,5 @@ impl Node {
             Ok(hasher)
         })
         .await
-    }
-
-    /// Commits a complete upload's file as its dataset.
-    async fn tus_commit(
-        &self,
-        row: &UploadRow,
-        path: PathBuf,
-        size: u64,
-        hasher: blake3::Hasher,
-        sent: Option<blake3::Hash>,
-    ) -> Result<Record> {
-        let file = self.layout.open_upload(&row.id, OFlags::RDONLY)?;
-        let path = TempPath::try_from_path(path).map_err(Error::internal)?;
-        let staged = Staged::File(NamedTempFile::from_parts(file, path));
-        self.tus_commit_received(row, Received { staged, size, blake3: hasher.finalize() }, sent).await
-    }
-
-    /// Commits a complete upload's bytes as its dataset. On failure the
-    /// upload is gone (its bytes were consumed), so a later HEAD cannot
-    /// claim success.
-    /// `sent` is the completing PATCH's `X-Blake3`.
-    async fn tus_commit_received(
-        &self,
-        row: &UploadRow,
-        received: Received,
-        sent: Option<blake3::Hash>,
-    ) -> Result<Record> {
-        let metadata = Metadata::parse(row.metadata.as_deref())?;
-        let key = Key::parse(row.key.as_deref().unwrap_or_default())?;
-        let (index, id) = (self.index.clone(), row.id.clone());
-        let started = std::time::Instant::now();
-        let mut meta = metadata.upload_meta(&row.owner);
-        // Both the creation's and the PATCH's blake3 must hold: the commit
-        // checks the one that does not (if either does not).
-        if sent.is_some_and(|s| s != received.blake3) || meta.expected.blake3.is_none() {
-            meta.expected.blake3 = sent.or(meta.expected.blake3);
-        }
-        let committed = self.commit(key, received, meta).await;
-        match self.upload_ended(started, committed) {
-            Ok((record, _)) => {
-                self.metrics.tus_event("finished");
-                blocking(move || index.complete_upload(&id)).await?;
-                Ok(record)
-            }
-            Err(e) => {
-                blocking(move || index.delete_upload(&id)).await?;
-                Err(e)
-            }
-        }
     }
 }
