@@ -251,9 +251,7 @@ impl Node {
         if meta.expected.blake3.is_some_and(|want| want != received.blake3) {
             // A PUT's body was checked as it streamed; a tus upload's whole
             // is known only now.
-            return Err(Error::DigestMismatch(
-                "the upload's blake3 does not match the one it was created with (or sent with its last PATCH)".into(),
-            ));
+            return Err(Error::DigestMismatch("the upload's blake3 does not match the one it was created with".into()));
         }
         if let Staged::File(file) = &received.staged {
             if !self.store.remote() && !self.layout.spool_on_data_volume && file.path().starts_with(&self.layout.spool)

@@ -33,10 +33,10 @@ impl Node {
         self.tus_commit_received(row, Received { staged, size, blake3: hasher.finalize() }, sent).await
     }
 
-    /// Commits a complete upload's bytes as its dataset. On failure the
-    /// upload is gone (its bytes were consumed), so a later HEAD cannot
-    /// claim success.
-    /// `sent` is the completing PATCH's `X-Blake3`.
+    /// Commits a complete upload's bytes as its dataset, if they have the
+    /// blake3 of the completing PATCH's `X-Blake3` (`sent`); the commit
+    /// checks the one given at creation. On failure the upload is gone (its
+    /// bytes were consumed), so a later HEAD cannot claim success.
     pub(super) async fn tus_commit_received(
         &self,
         row: &UploadRow,
@@ -47,13 +47,12 @@ impl Node {
         let key = Key::parse(row.key.as_deref().unwrap_or_default())?;
         let (index, id) = (self.index.clone(), row.id.clone());
         let started = std::time::Instant::now();
-        let mut meta = metadata.upload_meta(&row.owner);
-        // Both the creation's and the PATCH's blake3 must hold: the commit
-        // checks the one that does not (if either does not).
-        if sent.is_some_and(|s| s != received.blake3) || meta.expected.blake3.is_none() {
-            meta.expected.blake3 = sent.or(meta.expected.blake3);
-        }
-        let committed = self.commit(key, received, meta).await;
+        let committed = match sent {
+            Some(sent) if sent != received.blake3 => {
+                Err(Error::DigestMismatch("the upload's blake3 does not match the X-Blake3 of its last PATCH".into()))
+            }
+            _ => self.commit(key, received, metadata.upload_meta(&row.owner)).await,
+        };
         match self.upload_ended(started, committed) {
             Ok((record, _)) => {
                 self.metrics.tus_event("finished");
