@@ -286,13 +286,7 @@ pub fn guess_content_type(key: &str) -> Option<String> {
 async fn hash_file(item: &Item) -> Result<String> {
     let path = item.path.clone();
     let shown = item.shown.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut hasher = blake3::Hasher::new();
-        let file = std::fs::File::open(&path).with_context(|| format!("cannot open {shown}"))?;
-        hasher.update_reader(file).with_context(|| format!("cannot read {shown}"))?;
-        Ok(hasher.finalize().to_hex().to_string())
-    })
-    .await?
+    tokio::task::spawn_blocking(move || super::file::blake3_of(&path, &shown)).await?
 }
 
 /// A small file's bytes and blake3 (it fits in one chunk).

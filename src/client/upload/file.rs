@@ -40,13 +40,12 @@ impl Prefix {
         if self.at > to {
             self = Prefix::default();
         }
-        let mut buffer = vec![0u8; PIECE];
-        while self.at < to {
-            let want = (to - self.at).min(PIECE as u64) as usize;
-            let n = file.read_at(&mut buffer[..want], self.at)?;
-            anyhow::ensure!(n > 0, "the file got shorter while it was being uploaded");
-            self.update(&buffer[..n]);
-        }
+        let mut file = file;
+        file.seek(SeekFrom::Start(self.at))?;
+        let mut rest = file.take(to - self.at);
+        self.hasher.update_reader(&mut rest)?;
+        anyhow::ensure!(rest.limit() == 0, "the file got shorter while it was being uploaded");
+        self.at = to;
         Ok(self)
     }
 }
