@@ -828,15 +828,22 @@ fn pg_down_bound() -> Duration {
     (connect * 12).min(Duration::from_millis(2500))
 }
 
-/// A node on Garage and `pg` that stored `pgdown/present.bin`, and said ready.
-async fn node_before_outage(garage: &Garage, pg: &Postgres) -> TestNode {
-    let node = start(&settings(Some(garage), Some(pg), &[("SPILLWAY_POSTGRES_CONNECT_TIMEOUT", PG_CONNECT_TIMEOUT)]));
+/// A Garage, a PostgreSQL and a node on both that stored
+/// `pgdown/present.bin` and said ready; `None` (the test skips) without
+/// Garage or PostgreSQL.
+async fn node_before_outage() -> Option<(Garage, Postgres, TestNode)> {
+    if cluster::skip_without_garage() || cluster::skip_without_postgres() {
+        return None;
+    }
+    let (garage, pg) = (Garage::single(), Postgres::start());
+    let connect_timeout = [("SPILLWAY_POSTGRES_CONNECT_TIMEOUT", PG_CONNECT_TIMEOUT)];
+    let node = start(&settings(Some(&garage), Some(&pg), &connect_timeout));
     let body = generated(100 * KIB, 50);
     put_ok(&node, "pgdown/present.bin", &body, &[]).await;
     assert_downloads(&node, "pgdown/present.bin", &body, &[]).await;
     let r = call(&node, "GET", "/ready", &[], None).await;
     assert_eq!(r.status, 200, "/ready with PostgreSQL up: {}", r.describe());
-    node
+    Some((garage, pg, node))
 }
 
 /// Every kind of request needing the index, all at once and twice (the first
@@ -920,12 +927,7 @@ async fn assert_recovers(node: &TestNode) {
 /// The server stops: its sessions end and new connections are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_down_means_503_never_500() {
-    if cluster::skip_without_garage() || cluster::skip_without_postgres() {
-        return;
-    }
-    let garage = Garage::single();
-    let mut pg = Postgres::start();
-    let node = node_before_outage(&garage, &pg).await;
+    let Some((_garage, mut pg, node)) = node_before_outage().await else { return };
     pg.stop();
     assert_fast_503s(&node, "PostgreSQL down").await;
     pg.restart();
@@ -937,12 +939,7 @@ async fn postgres_down_means_503_never_500() {
 /// connection hangs until the connect timeout, not longer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_that_never_answers_means_503_within_the_connect_timeout() {
-    if cluster::skip_without_garage() || cluster::skip_without_postgres() {
-        return;
-    }
-    let garage = Garage::single();
-    let mut pg = Postgres::start();
-    let node = node_before_outage(&garage, &pg).await;
+    let Some((_garage, mut pg, node)) = node_before_outage().await else { return };
     pg.stop();
     // Never accepted: the kernel completes each handshake into the backlog
     // and the startup message goes unanswered.
