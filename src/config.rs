@@ -21,6 +21,9 @@ pub struct Settings {
     pub spool_memory: ByteUnit,
     /// In-memory spool across all uploads; past it uploads spill at once.
     pub spool_memory_budget: ByteUnit,
+    /// Spilled uploads are written around the page cache (`O_DIRECT`)
+    /// where the filesystem allows it.
+    pub direct_writes: bool,
     pub max_dataset_size: ByteUnit,
     /// Free space to keep on each volume.
     pub disk_reserve: ByteUnit,
@@ -212,6 +215,7 @@ impl Default for Settings {
             spool_dir: None,
             spool_memory: ByteUnit::Mebibyte(8),
             spool_memory_budget: ByteUnit::Mebibyte(256),
+            direct_writes: true,
             max_dataset_size: ByteUnit::Gibibyte(100),
             disk_reserve: ByteUnit::Gibibyte(1),
             stall_timeout: 60,

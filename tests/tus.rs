@@ -1293,19 +1293,23 @@ async fn a_patch_past_the_length_is_413() {
     assert_dataset(&node, "tus/exact.bin", &data).await;
 }
 
+/// Waits until a held PATCH is inside its upload: the node has received its
+/// `bytes` (watched in the metrics: a HEAD would take the upload over from
+/// it, and its bytes may wait in memory for a whole direct write).
+async fn wait_held_patch(node: &TestNode, bytes: usize) {
+    let inside = eventually(Duration::from_secs(10), async || {
+        node.metric("spillway_resumable_upload_bytes_total").await.unwrap_or(0.0) >= bytes as f64
+    })
+    .await;
+    assert!(inside, "the held PATCH never started");
+}
+
 #[tokio::test]
 async fn max_uploads_answers_503_with_retry_after() {
     let node = TestNode::start_with(&[("SPILLWAY_MAX_UPLOADS", "1"), ("SPILLWAY_STALL_TIMEOUT", "30")]);
     let held_loc = create(&node, MIB as u64, &meta(&[("key", "tus/held.bin")])).await;
     let held = raw_patch(&node, &held_loc, 0, MIB as u64, &generated(300 * KIB, 55));
-    // The held PATCH is inside its upload once its first chunk is on disk
-    // (watched on disk: a HEAD would take the upload over from it).
-    let file = upload_file(&node, &held_loc);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while std::fs::metadata(&file).map_or(0, |m| m.len()) == 0 {
-        assert!(Instant::now() < deadline, "the held PATCH never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_held_patch(&node, 300 * KIB).await;
 
     let loc = create(&node, 10, &meta(&[("key", "tus/second.bin")])).await;
     let r = patch(&node, &loc, 0, BODY10, &[]).await;
@@ -1688,12 +1692,8 @@ async fn a_refused_creation_with_upload_leaves_no_upload() {
     ]);
     let held_loc = create(&node, MIB as u64, &meta(&[("key", "tus/held.bin")])).await;
     let held = raw_patch(&node, &held_loc, 0, MIB as u64, &generated(300 * KIB, 57));
+    wait_held_patch(&node, 300 * KIB).await;
     let file = upload_file(&node, &held_loc);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while std::fs::metadata(&file).map_or(0, |m| m.len()) == 0 {
-        assert!(Instant::now() < deadline, "the held PATCH never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     for i in 0..3 {
         let r = create_with_body(&node, 10, &format!("tus/busy{i}.bin"), &[], BODY10).await;
         assert_eq!(r.status, 503, "creation-with-upload beside max_uploads = 1: {}", r.describe());

@@ -227,3 +227,63 @@ async fn small_uploads_stay_in_memory_big_ones_spill() {
 }
 
 use futures_util::StreamExt;
+
+/// The open-file flags of the node's descriptor for a file below `dir`
+/// (from `/proc/PID/fdinfo`), once that file holds at least 4 MiB (written
+/// to, so past its set-up).
+fn open_flags_below(pid: u32, dir: &std::path::Path) -> Option<u32> {
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
+        let Ok(target) = std::fs::read_link(fd.path()) else { continue };
+        if !target.starts_with(dir) || std::fs::metadata(&target).map_or(0, |m| m.len()) < 4 * MIB {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy())).ok()?;
+        let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?.trim();
+        return u32::from_str_radix(flags, 8).ok();
+    }
+    None
+}
+
+/// Whether files in `dir` can be switched to direct I/O at all.
+fn direct_io_allowed(dir: &std::path::Path) -> bool {
+    use rustix::fs::{fcntl_getfl, fcntl_setfl, OFlags};
+    let file = tempfile::tempfile_in(dir).unwrap();
+    let flags = fcntl_getfl(&file).unwrap();
+    fcntl_setfl(&file, flags | OFlags::DIRECT).is_ok()
+}
+
+/// A spilled upload is written with O_DIRECT (unless `direct_writes` is
+/// off), seen on the node's own descriptor while the body is half sent,
+/// and its bytes, whose length is no multiple of a block, come back whole.
+#[tokio::test]
+async fn a_spilled_upload_is_written_around_the_page_cache() {
+    for direct in [true, false] {
+        let node = TestNode::start_with(&[("SPILLWAY_DIRECT_WRITES", if direct { "true" } else { "false" })]);
+        let expect_direct = direct && direct_io_allowed(&node.spool_dir);
+        let body = generated((24 * MIB + 12_345) as usize, 7);
+        let half = 16 * MIB as usize;
+        let mut s = node.raw();
+        let head = format!("PUT /data/d/direct HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n", body.len());
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&body[..half]).unwrap();
+        let (pid, spool) = (node.pid(), node.spool_dir.clone());
+        let mut flags = None;
+        let seen = eventually(Duration::from_secs(20), async || {
+            flags = open_flags_below(pid, &spool);
+            flags.is_some()
+        })
+        .await;
+        assert!(seen, "no spool file open while the body is half sent");
+        let o_direct = rustix::fs::OFlags::DIRECT.bits();
+        assert_eq!(
+            flags.unwrap() & o_direct != 0,
+            expect_direct,
+            "O_DIRECT on the spool file (direct_writes {direct})"
+        );
+        s.write_all(&body[half..]).unwrap();
+        let reply = read_response(&mut s, Duration::from_secs(30)).unwrap();
+        assert_eq!(reply.status, 201, "{}", reply.text());
+        assert_serves(&node, "d/direct", &body).await;
+        assert!(node.wait_spool_empty(Duration::from_secs(10)).is_empty());
+    }
+}

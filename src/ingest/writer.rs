@@ -1,54 +1,16 @@
 //! The blocking writer thread: takes chunks over a bounded channel, hashes
-//! and writes them to a target (a temp file, an upload's file, an object
-//! store's parts), and makes them durable at the end.
+//! and writes them to a target (a temp file or an upload's file, see
+//! `direct.rs`; an object store's parts), and makes them durable at the end.
 
-use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::path::PathBuf;
 
-use tempfile::NamedTempFile;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{Hashing, QUEUE};
 use crate::error::{Error, Result};
 use crate::store::{Target, CHUNK};
-
-impl Target for NamedTempFile {
-    fn sync(&mut self) -> io::Result<()> {
-        self.as_file().sync_all()
-    }
-
-    fn dir(&self) -> Option<PathBuf> {
-        self.path().parent().map(PathBuf::from)
-    }
-}
-
-/// An open file and the directory it lives in (resumable uploads).
-pub struct OpenFile {
-    pub file: File,
-    pub dir: PathBuf,
-}
-
-impl Write for OpenFile {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file.write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
-    }
-}
-
-impl Target for OpenFile {
-    fn sync(&mut self) -> io::Result<()> {
-        self.file.sync_data()
-    }
-
-    fn dir(&self) -> Option<PathBuf> {
-        Some(self.dir.clone())
-    }
-}
 
 enum Msg {
     Data(Vec<u8>),

@@ -52,6 +52,7 @@ impl Node {
             layout: layout.clone(),
             budget: MemoryBudget::new(settings.spool_memory_budget.as_u64() as usize),
             spool_memory: settings.spool_memory.as_u64() as usize,
+            direct_writes: settings.direct_writes,
             max_size: settings.max_dataset_size.as_u64(),
             stall_timeout: settings.stall_timeout(),
             disk_reserve: settings.disk_reserve.as_u64(),

@@ -39,7 +39,7 @@ use crate::access::Caller;
 use crate::blocking::blocking;
 use crate::error::{Error, Result};
 use crate::index::{Record, UploadRow};
-use crate::ingest::{ChunkReader, Digest, Hashing, OpenFile, Received, Writer};
+use crate::ingest::{ChunkReader, Digest, DirectFile, Hashing, OpenFile, Received, Writer};
 use crate::key::Key;
 use crate::store::Staged;
 use crate::timestamp::now;
@@ -320,10 +320,9 @@ impl Node {
         let file = self.layout.open_upload(id, OFlags::WRONLY | OFlags::APPEND)?;
         let checksum: Vec<Digest> = patch.checksum.into_iter().collect();
         let algorithms: Vec<_> = checksum.iter().map(|d| d.algorithm).collect();
-        let mut writer = Writer::start(
-            OpenFile { file, dir: self.layout.uploads.clone() },
-            Hashing::new(hasher.clone(), &algorithms),
-        );
+        let file = OpenFile { file, dir: self.layout.uploads.clone() };
+        let file = DirectFile::new(file, offset, self.spooler.direct_writes);
+        let mut writer = Writer::start(file, Hashing::new(hasher.clone(), &algorithms));
         let mut body = ChunkReader::new(patch.body, self.spooler.stall_timeout, limit, self.metrics.tus_bytes.clone());
         // A deferred length is not known to fit: the reserve is watched as
         // for a PUT of unknown size.
@@ -372,8 +371,8 @@ impl Node {
         // is not kept at all; otherwise every byte that arrived stays.
         let refused = matches!(verdict, Err(Error::TooLarge { .. })) || !checksum.is_empty();
         if verdict.is_err() && refused && written.size > 0 {
-            written.target.file.set_len(offset).map_err(Error::internal)?;
-            written.target.file.sync_data().map_err(Error::internal)?;
+            written.target.inner().file.set_len(offset).map_err(Error::internal)?;
+            written.target.inner().file.sync_data().map_err(Error::internal)?;
             new_offset = offset;
             hasher_after = hasher;
         }
@@ -384,8 +383,8 @@ impl Node {
         // PATCH completes the upload. (The next PATCH rehashes the file.)
         if verdict.is_err() && !refused && row.length == Some(new_offset) && new_offset > offset {
             new_offset -= 1;
-            written.target.file.set_len(new_offset).map_err(Error::internal)?;
-            written.target.file.sync_data().map_err(Error::internal)?;
+            written.target.inner().file.set_len(new_offset).map_err(Error::internal)?;
+            written.target.inner().file.sync_data().map_err(Error::internal)?;
             *state = None;
         } else {
             *state = Some(HashState { hasher: hasher_after.clone(), offset: new_offset });

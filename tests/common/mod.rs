@@ -111,6 +111,11 @@ impl TestNode {
         format!("{}{}", self.base, path)
     }
 
+    /// The running node's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the node is running").id()
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
