@@ -28,6 +28,10 @@ pub(super) fn open(path: &Path) -> Result<SqlitePool> {
         // Record lookups run on the async workers (see `Node::get`): enough
         // connections that they rarely wait for one behind blocking work.
         .max_size(16)
+        // A connection to a local file does not go bad while pooled; the
+        // check (an empty statement prepared at every check-out) was 4.5%
+        // of the node's CPU serving 64 KiB ranges.
+        .test_on_check_out(false)
         .build(manager)
         .map_err(|e| Error::internal(format!("index {}: {e}", path.display())))?;
     migrate(&pool)?;
