@@ -155,8 +155,7 @@ impl<B: Backing> DirectFile<B> {
         let gathered = self.start..self.start + self.filled;
         self.file.file().write_all_at(&self.buf[gathered], self.pos)?;
         self.pos += self.filled as u64;
-        self.filled = 0;
-        self.buf = Vec::new();
+        (self.buf, self.start, self.filled) = (Vec::new(), 0, 0);
         Ok(())
     }
 }
@@ -253,6 +252,22 @@ mod tests {
         file.write_all(&data).unwrap();
         file.sync().unwrap();
         assert!(!file.direct);
+        let mut back = Vec::new();
+        file.into_inner().reopen().unwrap().read_to_end(&mut back).unwrap();
+        assert!(back[..7] == *b"1234567" && back[7..] == data[..]);
+    }
+
+    #[test]
+    fn a_direct_write_refused_at_the_sync_falls_back_too() {
+        // Fewer bytes than a buffer: the first direct write is the sync's.
+        let dir = tempfile::tempdir().unwrap();
+        let temp = NamedTempFile::new_in(dir.path()).unwrap();
+        temp.as_file().write_all_at(b"1234567", 0).unwrap();
+        let mut file = DirectFile::new(temp, 0, true);
+        file.pos = 7;
+        let data = body(3 * ALIGN + 5);
+        file.write_all(&data).unwrap();
+        file.sync().unwrap();
         let mut back = Vec::new();
         file.into_inner().reopen().unwrap().read_to_end(&mut back).unwrap();
         assert!(back[..7] == *b"1234567" && back[7..] == data[..]);
