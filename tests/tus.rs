@@ -1414,6 +1414,28 @@ async fn a_reconnecting_client_takes_over_a_stalled_patch() {
     assert_dataset(&node, "tus/takeover.bin", &data).await;
 }
 
+/// With `direct_writes` (the default) a PATCH from a block-aligned offset
+/// is written around the page cache and one from an unaligned offset
+/// through it: the two ways alternate on one file, the pieces straddle the
+/// node's 2 MiB direct buffer and end on and off block boundaries, and the
+/// dataset is every byte in order.
+#[tokio::test]
+async fn patches_alternating_direct_and_cached_writes_join_exactly() {
+    let node = TestNode::start();
+    let data = generated(7 * MIB + 4099, 61);
+    let key = "tus/direct-mixed.bin";
+    let loc = create(&node, data.len() as u64, &meta(&[("key", key)])).await;
+    // 0 (aligned, ends unaligned) -> 5 (unaligned, ends aligned at 8192) ->
+    // 8192 (aligned, more than one buffer, ends unaligned) -> ... -> the end.
+    let cuts = [0usize, 5, 8192, 8192 + 2 * MIB + 1, 3 * MIB, 3 * MIB + 4096 * 100, data.len()];
+    for w in cuts.windows(2) {
+        let r = patch(&node, &loc, w[0] as u64, &data[w[0]..w[1]], &[]).await;
+        assert_eq!(r.status, 204, "PATCH at {}: {}", w[0], r.describe());
+        assert_eq!(r.offset(), Some(w[1] as u64), "PATCH at {}", w[0]);
+    }
+    assert_dataset(&node, key, &data).await;
+}
+
 // ---------------------------------------------------------------------------
 // Durability across kill -9
 // ---------------------------------------------------------------------------
