@@ -239,38 +239,33 @@ mod tests {
         round_trip(DIRECT_BUFFER + 5, false);
     }
 
-    #[test]
-    fn a_refused_direct_write_falls_back_without_losing_bytes() {
-        // An unaligned offset makes the kernel refuse the direct write
-        // (EINVAL), as a filesystem without direct I/O would.
+    /// Writes `len` bytes after a 7-byte prefix the file already holds, at
+    /// an offset the kernel refuses for a direct write (EINVAL, as from a
+    /// filesystem without direct I/O), and checks every byte came through.
+    fn refused_then_fallen_back(len: usize) {
         let dir = tempfile::tempdir().unwrap();
         let temp = NamedTempFile::new_in(dir.path()).unwrap();
         temp.as_file().write_all_at(b"1234567", 0).unwrap();
         let mut file = DirectFile::new(temp, 0, true);
         file.pos = 7;
-        let data = body(DIRECT_BUFFER + 10);
+        let data = body(len);
         file.write_all(&data).unwrap();
         file.sync().unwrap();
         assert!(!file.direct);
         let mut back = Vec::new();
         file.into_inner().reopen().unwrap().read_to_end(&mut back).unwrap();
-        assert!(back[..7] == *b"1234567" && back[7..] == data[..]);
+        assert!(back[..7] == *b"1234567" && back[7..] == data[..], "{len} bytes");
+    }
+
+    #[test]
+    fn a_refused_direct_write_falls_back_without_losing_bytes() {
+        refused_then_fallen_back(DIRECT_BUFFER + 10);
     }
 
     #[test]
     fn a_direct_write_refused_at_the_sync_falls_back_too() {
         // Fewer bytes than a buffer: the first direct write is the sync's.
-        let dir = tempfile::tempdir().unwrap();
-        let temp = NamedTempFile::new_in(dir.path()).unwrap();
-        temp.as_file().write_all_at(b"1234567", 0).unwrap();
-        let mut file = DirectFile::new(temp, 0, true);
-        file.pos = 7;
-        let data = body(3 * ALIGN + 5);
-        file.write_all(&data).unwrap();
-        file.sync().unwrap();
-        let mut back = Vec::new();
-        file.into_inner().reopen().unwrap().read_to_end(&mut back).unwrap();
-        assert!(back[..7] == *b"1234567" && back[7..] == data[..]);
+        refused_then_fallen_back(3 * ALIGN + 5);
     }
 
     #[test]
