@@ -1,4 +1,5 @@
-//! A spool file written around the page cache (`O_DIRECT`).
+//! An upload's file (a PUT's spool file, a resumable upload's file) written
+//! around the page cache (`O_DIRECT`).
 //!
 //! A buffered `write()` copies every byte into the page cache, and on this
 //! project's machine that copy was most of a big upload's CPU (about 1 s
@@ -77,13 +78,38 @@ impl Backing for OpenFile {
 /// A file written with `O_DIRECT` where the filesystem allows it.
 pub struct DirectFile<B> {
     file: B,
-    /// Over-allocated by [`ALIGN`]: the aligned window starts at `start`.
-    buf: Vec<u8>,
-    start: usize,
-    filled: usize,
+    /// Where bytes gather while direct writes are on; `None` once they
+    /// are off (or never were), when bytes go straight to the file.
+    gather: Option<Gather>,
     /// Bytes in the file: where the next write goes.
     pos: u64,
-    direct: bool,
+}
+
+/// An aligned buffer of [`DIRECT_BUFFER`] bytes and how much of it holds
+/// bytes not yet written.
+struct Gather {
+    /// Over-allocated by [`ALIGN`]; the aligned window is found from the
+    /// allocation's address each time (it never moves), not kept.
+    buf: Vec<u8>,
+    filled: usize,
+}
+
+impl Gather {
+    fn new() -> Gather {
+        Gather { buf: vec![0u8; DIRECT_BUFFER + ALIGN], filled: 0 }
+    }
+
+    fn window(&mut self) -> &mut [u8] {
+        let start = self.buf.as_ptr().align_offset(ALIGN);
+        &mut self.buf[start..start + DIRECT_BUFFER]
+    }
+
+    /// Drops the first `n` gathered bytes (written), keeping the rest.
+    fn consume(&mut self, n: usize) {
+        let filled = self.filled;
+        self.window().copy_within(n..filled, 0);
+        self.filled -= n;
+    }
 }
 
 impl<B: Backing> DirectFile<B> {
@@ -93,14 +119,7 @@ impl<B: Backing> DirectFile<B> {
     /// that broke off mid-block), it is written through the page cache.
     pub fn new(file: B, len: u64, direct: bool) -> DirectFile<B> {
         let direct = direct && len.is_multiple_of(ALIGN as u64) && set_direct(file.file(), true).is_ok();
-        let (buf, start) = if direct {
-            let buf = vec![0u8; DIRECT_BUFFER + ALIGN];
-            let start = buf.as_ptr().align_offset(ALIGN);
-            (buf, start)
-        } else {
-            (Vec::new(), 0)
-        };
-        DirectFile { file, buf, start, filled: 0, pos: len, direct }
+        DirectFile { file, gather: direct.then(Gather::new), pos: len }
     }
 
     pub fn inner(&self) -> &B {
@@ -109,18 +128,18 @@ impl<B: Backing> DirectFile<B> {
 
     /// The file, once [`Target::sync`] has written everything.
     pub fn into_inner(self) -> B {
-        debug_assert_eq!(self.filled, 0, "bytes left unwritten");
+        debug_assert!(self.gather.is_none(), "bytes may be left unwritten");
         self.file
     }
 
     /// Writes the gathered bytes whose length is a multiple of [`ALIGN`],
     /// keeping the rest at the buffer's start.
     fn flush_aligned(&mut self) -> io::Result<()> {
-        let aligned = self.filled / ALIGN * ALIGN;
+        let Some(gather) = &mut self.gather else { return Ok(()) };
+        let aligned = gather.filled / ALIGN * ALIGN;
         let mut done = 0;
         while done < aligned {
-            let window = self.start + done..self.start + aligned;
-            match self.file.file().write_at(&self.buf[window], self.pos) {
+            match self.file.file().write_at(&gather.window()[done..aligned], self.pos) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     done += n;
@@ -131,31 +150,24 @@ impl<B: Backing> DirectFile<B> {
                     // This filesystem takes no direct writes after all, or a
                     // short write left an unaligned offset: the page cache
                     // takes the rest.
-                    self.consume(done);
+                    gather.consume(done);
                     return self.fall_back();
                 }
                 Err(e) => return Err(e),
             }
         }
-        self.consume(aligned);
+        gather.consume(aligned);
         Ok(())
     }
 
-    /// Drops the first `n` gathered bytes (written), keeping the rest.
-    fn consume(&mut self, n: usize) {
-        self.buf.copy_within(self.start + n..self.start + self.filled, self.start);
-        self.filled -= n;
-    }
-
     /// Turns direct I/O off for good and writes what is gathered through
-    /// the page cache.
+    /// the page cache (nothing to do once it is off).
     fn fall_back(&mut self) -> io::Result<()> {
+        let Some(mut gather) = self.gather.take() else { return Ok(()) };
         set_direct(self.file.file(), false)?;
-        self.direct = false;
-        let gathered = self.start..self.start + self.filled;
-        self.file.file().write_all_at(&self.buf[gathered], self.pos)?;
-        self.pos += self.filled as u64;
-        (self.buf, self.start, self.filled) = (Vec::new(), 0, 0);
+        let filled = gather.filled;
+        self.file.file().write_all_at(&gather.window()[..filled], self.pos)?;
+        self.pos += filled as u64;
         Ok(())
     }
 }
@@ -169,16 +181,15 @@ fn set_direct(file: &File, on: bool) -> io::Result<()> {
 
 impl<B: Backing> Write for DirectFile<B> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if !self.direct {
+        let Some(gather) = &mut self.gather else {
             let n = self.file.file().write_at(data, self.pos)?;
             self.pos += n as u64;
             return Ok(n);
-        }
-        let n = data.len().min(DIRECT_BUFFER - self.filled);
-        let at = self.start + self.filled;
-        self.buf[at..at + n].copy_from_slice(&data[..n]);
-        self.filled += n;
-        if self.filled == DIRECT_BUFFER {
+        };
+        let (filled, n) = (gather.filled, data.len().min(DIRECT_BUFFER - gather.filled));
+        gather.window()[filled..filled + n].copy_from_slice(&data[..n]);
+        gather.filled += n;
+        if gather.filled == DIRECT_BUFFER {
             self.flush_aligned()?;
         }
         Ok(n)
@@ -191,13 +202,11 @@ impl<B: Backing> Write for DirectFile<B> {
 
 impl<B: Backing> Target for DirectFile<B> {
     fn sync(&mut self) -> io::Result<()> {
-        if self.direct {
-            self.flush_aligned()?;
-            // The unaligned tail goes through the page cache, and so does
-            // any later read through this open file (a copy to another
-            // volume reads it with buffers of any alignment).
-            self.fall_back()?;
-        }
+        self.flush_aligned()?;
+        // The unaligned tail goes through the page cache, and so does any
+        // later read through this open file (a copy to another volume reads
+        // it with buffers of any alignment).
+        self.fall_back()?;
         self.file.sync()
     }
 
@@ -251,7 +260,7 @@ mod tests {
         let data = body(len);
         file.write_all(&data).unwrap();
         file.sync().unwrap();
-        assert!(!file.direct);
+        assert!(file.gather.is_none());
         let mut back = Vec::new();
         file.into_inner().reopen().unwrap().read_to_end(&mut back).unwrap();
         assert!(back[..7] == *b"1234567" && back[7..] == data[..], "{len} bytes");
@@ -273,7 +282,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut file = DirectFile::new(NamedTempFile::new_in(dir.path()).unwrap(), 0, true);
         let flags = fcntl_getfl(file.file.as_file()).unwrap();
-        assert_eq!(file.direct, flags.contains(OFlags::DIRECT));
+        assert_eq!(file.gather.is_some(), flags.contains(OFlags::DIRECT));
         file.write_all(&body(ALIGN)).unwrap();
         file.sync().unwrap();
         assert!(!fcntl_getfl(file.file.as_file()).unwrap().contains(OFlags::DIRECT));
@@ -284,7 +293,7 @@ mod tests {
         file.write_all(b"abc").unwrap();
         file.sync().unwrap();
         let mut file = DirectFile::new(file.into_inner(), ALIGN as u64 + 3, true);
-        assert!(!file.direct);
+        assert!(file.gather.is_none());
         file.write_all(b"def").unwrap();
         file.sync().unwrap();
         let mut back = Vec::new();
