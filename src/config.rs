@@ -21,8 +21,8 @@ pub struct Settings {
     pub spool_memory: ByteUnit,
     /// In-memory spool across all uploads; past it uploads spill at once.
     pub spool_memory_budget: ByteUnit,
-    /// Spilled uploads are written around the page cache (`O_DIRECT`)
-    /// where the filesystem allows it.
+    /// Spilled uploads and resumable uploads' files are written around the
+    /// page cache (`O_DIRECT`) where the filesystem allows it.
     pub direct_writes: bool,
     pub max_dataset_size: ByteUnit,
     /// Free space to keep on each volume.

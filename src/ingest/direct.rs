@@ -3,7 +3,8 @@
 //!
 //! A buffered `write()` copies every byte into the page cache, and on this
 //! project's machine that copy was most of a big upload's CPU (about 1 s
-//! per GiB of the node's 1.35, `perf`: `copy_folio_from_iter_atomic`).
+//! per GiB of the 1.35 a buffered node took, `perf`:
+//! `copy_folio_from_iter_atomic`).
 //! With `O_DIRECT` the device reads the bytes from our buffer instead. The
 //! buffer must be aligned, and so must every write's length and offset, so
 //! bytes are gathered into one aligned buffer of [`DIRECT_BUFFER`] bytes
