@@ -12,11 +12,12 @@
 //! - [`datadir`]: the data directory: its folders, lock, free space, and
 //!   the symlink-safe way from a key to its file;
 //! - [`key`]: the key rules; [`error`]: the one error enum;
-//!   [`blocking`], [`timestamp`]: small shared helpers; [`failpoint`]:
+//!   [`blocking`], [`timestamp`], [`cache`]: small shared helpers; [`failpoint`]:
 //!   test-only pauses.
 
 pub mod access;
 pub mod blocking;
+pub mod cache;
 pub mod client;
 pub mod config;
 pub mod datadir;

@@ -334,3 +334,86 @@ async fn ranges_follow_a_replace() {
     let resp = get_with(&node, "big.bin", &[("Range", "bytes=0-9"), ("If-Range", &old_etag)]).await;
     assert_full(resp, &new, &new_etag, "If-Range: old").await;
 }
+
+async fn put_csv(node: &TestNode, key: &str, body: &[u8]) -> u16 {
+    let put = node.client.put(node.url(&format!("/data/{key}"))).header("Content-Type", CONTENT_TYPE);
+    put.body(body.to_vec()).send().await.unwrap().status().as_u16()
+}
+
+/// The node keeps the rows and open files of recent reads: a read that
+/// follows a write's answer must never be served from what it kept before.
+/// Each write here comes right after two reads of the same key (the second
+/// served from what the first kept), and each read right after the write.
+#[tokio::test]
+async fn reads_follow_every_change_at_once() {
+    let node = TestNode::start();
+    let key = "r/cached.bin";
+    let record_path = format!("/datasets/{key}");
+    for round in 0..3u64 {
+        let body = generated(200_000 + round as usize, round);
+        let etag = format!("\"{}\"", blake3::hash(&body).to_hex());
+        assert_eq!(put_csv(&node, key, &body).await, 201, "round {round}: upload");
+        for read in 0..2 {
+            let resp = get_with(&node, key, &[("Range", "bytes=1000-66535")]).await;
+            assert_part(resp, &body, &etag, 1000, 66535, &format!("round {round}, read {read}")).await;
+            assert_eq!(node.json(&record_path).await["blake3"], b3(&body), "round {round}: record");
+        }
+
+        let description = format!("round {round}");
+        let resp = node
+            .client
+            .patch(node.url(&record_path))
+            .json(&serde_json::json!({ "description": description }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "round {round}: metadata");
+        assert_eq!(node.json(&record_path).await["description"], description, "round {round}: after PATCH");
+
+        let new = generated(70_000, round + 100);
+        let new_etag = format!("\"{}\"", blake3::hash(&new).to_hex());
+        assert_eq!(put_csv(&node, key, &new).await, 200, "round {round}: replace");
+        let resp = get_with(&node, key, &[("Range", "bytes=1000-66535")]).await;
+        assert_part(resp, &new, &new_etag, 1000, 66535, &format!("round {round}: after the replace")).await;
+        assert_eq!(node.json(&record_path).await["blake3"], b3(&new), "round {round}: record after the replace");
+
+        let resp = node.client.delete(node.url(&record_path)).send().await.unwrap();
+        assert_eq!(resp.status(), 204, "round {round}: delete");
+        let resp = get_with(&node, key, &[("Range", "bytes=1000-66535")]).await;
+        assert_eq!(resp.status(), 404, "round {round}: bytes after the delete");
+        assert_eq!(node.get(&record_path).await.status(), 404, "round {round}: record after the delete");
+    }
+}
+
+/// Files of the data directory the node holds open and that are gone from
+/// it (replaced or deleted): their space is not freed while they are held.
+fn held_deleted_files(node: &TestNode) -> Vec<String> {
+    let data_dir = node.data_dir.display().to_string();
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", node.pid())).expect("the node's descriptors");
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .map(|target| target.display().to_string())
+        .filter(|target| target.starts_with(&data_dir) && target.ends_with(" (deleted)"))
+        .collect()
+}
+
+/// A file kept open for reads is let go when its dataset is replaced or
+/// deleted, before the write is answered: with versions off, its space is
+/// free at once.
+#[tokio::test]
+async fn replaced_and_deleted_files_are_not_held_open() {
+    let node = TestNode::start_with(&[("SPILLWAY_KEEP_VERSIONS", "0")]);
+    let key = "held.bin";
+    for (i, status) in [(0u64, 201), (1, 200)] {
+        let body = generated(300_000, i);
+        assert_eq!(node.put(key, body.clone()).await.status(), status, "upload {i}");
+        assert!(held_deleted_files(&node).is_empty(), "after upload {i}: {:?}", held_deleted_files(&node));
+        for _ in 0..2 {
+            let resp = get_with(&node, key, &[("Range", "bytes=0-65535")]).await;
+            assert_eq!(resp.status(), 206);
+            assert!(resp.bytes().await.unwrap() == body[..65536]);
+        }
+    }
+    let resp = node.client.delete(node.url(&format!("/datasets/{key}"))).send().await.unwrap();
+    assert_eq!(resp.status(), 204);
+    assert!(held_deleted_files(&node).is_empty(), "after the delete: {:?}", held_deleted_files(&node));
+}

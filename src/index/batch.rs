@@ -12,7 +12,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use rusqlite::TransactionBehavior;
 
 use super::db::Db;
-use super::sqlite::{self, Lite, SqlitePool};
+use super::sqlite::{Lite, Sqlite};
 use crate::error::{Error, Result};
 
 /// The most jobs in one transaction: bounds what one failed commit undoes
@@ -50,11 +50,11 @@ impl Drop for Writer {
 }
 
 impl Batcher {
-    pub(super) fn start(pool: SqlitePool) -> Result<Batcher> {
+    pub(super) fn start(sqlite: Sqlite) -> Result<Batcher> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("spillway-index-writer".into())
-            .spawn(move || write_batches(&pool, &queue))
+            .spawn(move || write_batches(&sqlite, &queue))
             .map_err(|e| Error::internal(format!("starting the index writer: {e}")))?;
         Ok(Batcher(Arc::new(Writer { jobs: Mutex::new(Some(jobs)), thread: Mutex::new(Some(thread)) })))
     }
@@ -76,7 +76,7 @@ impl Batcher {
     }
 }
 
-fn write_batches(pool: &SqlitePool, queue: &mpsc::Receiver<Job>) {
+fn write_batches(sqlite: &Sqlite, queue: &mpsc::Receiver<Job>) {
     while let Ok(first) = queue.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -86,7 +86,7 @@ fn write_batches(pool: &SqlitePool, queue: &mpsc::Receiver<Job>) {
             }
         }
         let replies: Vec<_> = jobs.iter().map(|job| job.reply.clone()).collect();
-        match write_batch(pool, jobs) {
+        match write_batch(sqlite, jobs) {
             Ok(outs) => {
                 for (reply, out) in replies.into_iter().zip(outs) {
                     let _ = reply.send(out);
@@ -104,8 +104,10 @@ fn write_batches(pool: &SqlitePool, queue: &mpsc::Receiver<Job>) {
 }
 
 /// Each job's own result, once the batch is committed.
-fn write_batch(pool: &SqlitePool, jobs: Vec<Job>) -> Result<Vec<Result<Output>>> {
-    let mut conn = sqlite::conn(pool)?;
+/// The connection goes back to the pool (clearing cached rows) before the
+/// caller answers the jobs.
+fn write_batch(sqlite: &Sqlite, jobs: Vec<Job>) -> Result<Vec<Result<Output>>> {
+    let mut conn = sqlite.conn()?;
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut outs = Vec::with_capacity(jobs.len());
     for job in jobs {

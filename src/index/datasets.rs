@@ -81,6 +81,26 @@ impl Index {
         self.with(|db| get(db, key.as_str()))
     }
 
+    /// [`Index::get`] for the read path: with SQLite, a row read since the
+    /// last write committed is answered from memory. This process makes
+    /// every write to that catalog (the data directory's lock keeps `fsck`
+    /// and `reindex` out while a node runs), and every connection that
+    /// changed rows clears the cache as it goes back to the pool, before
+    /// its caller answers anyone (`sqlite::Conn`). A shared index is
+    /// written by other nodes too: it is not cached.
+    pub fn get_cached(&self, key: &Key) -> Result<Option<Record>> {
+        let Some(rows) = self.row_cache() else { return self.get(key) };
+        if let Some(record) = rows.get(key.as_str()) {
+            return Ok(Some(record));
+        }
+        let generation = rows.generation();
+        let record = self.get(key)?;
+        if let Some(record) = &record {
+            rows.put(generation, key.as_str(), record.clone());
+        }
+        Ok(record)
+    }
+
     /// One page in key order: keys starting with `prefix`, strictly after
     /// `after`. Keyset pagination on the primary key: each page is one
     /// index range scan, however deep.

@@ -42,11 +42,14 @@ use crate::config::PostgresTls;
 use crate::error::Result;
 use db::Db;
 use postgres::PgPool;
-use sqlite::{Lite, SqlitePool};
+
+/// Dataset rows by key (SQLite only, see [`Index::get_cached`]).
+type RowCache = crate::cache::Cache<Record>;
+use sqlite::{Lite, Sqlite};
 
 #[derive(Clone)]
 enum Backend {
-    Sqlite(SqlitePool, batch::Batcher),
+    Sqlite(Sqlite, batch::Batcher),
     Postgres(Arc<PgPool>),
 }
 
@@ -80,9 +83,9 @@ impl Drop for CommitLock {
 impl Index {
     /// The SQLite catalog in the data directory.
     pub fn open(path: &Path) -> Result<Index> {
-        let pool = sqlite::open(path)?;
-        let batcher = batch::Batcher::start(pool.clone())?;
-        Ok(Index { backend: Backend::Sqlite(pool, batcher) })
+        let sqlite = sqlite::open(path)?;
+        let batcher = batch::Batcher::start(sqlite.clone())?;
+        Ok(Index { backend: Backend::Sqlite(sqlite, batcher) })
     }
 
     /// A catalog in PostgreSQL, shared by every node configured with it.
@@ -103,6 +106,14 @@ impl Index {
                 settings.postgres_tls,
                 settings.postgres_connect_timeout.0,
             ),
+        }
+    }
+
+    /// The cache of rows, where nothing but this process writes the index.
+    fn row_cache(&self) -> Option<&RowCache> {
+        match &self.backend {
+            Backend::Sqlite(sqlite, _) => Some(&sqlite.rows),
+            Backend::Postgres(_) => None,
         }
     }
 
@@ -131,7 +142,7 @@ impl Index {
     /// Runs `f` on a connection, each statement committing on its own.
     fn with<T>(&self, f: impl FnOnce(&mut dyn Db) -> Result<T>) -> Result<T> {
         match &self.backend {
-            Backend::Sqlite(pool, _) => f(&mut Lite(&*sqlite::conn(pool)?)),
+            Backend::Sqlite(sqlite, _) => f(&mut Lite(&*sqlite.conn()?)),
             Backend::Postgres(pool) => pool.with(f),
         }
     }
@@ -167,8 +178,8 @@ impl Index {
 
     fn run_tx<T>(&self, lock: Option<i64>, f: impl FnOnce(&mut dyn Db) -> Result<T>) -> Result<T> {
         match &self.backend {
-            Backend::Sqlite(pool, _) => {
-                let mut conn = sqlite::conn(pool)?;
+            Backend::Sqlite(sqlite, _) => {
+                let mut conn = sqlite.conn()?;
                 let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 let out = f(&mut Lite(&tx))?;
                 tx.commit()?;

@@ -1,7 +1,9 @@
 //! The SQLite backend: a pooled file in the data directory (WAL,
 //! synchronous=FULL), its migrations, and the binder for the shared SQL.
 
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
+use std::sync::Arc;
 
 use r2d2::{Pool, PooledConnection};
 use r2d2_sqlite::SqliteConnectionManager;
@@ -9,11 +11,23 @@ use rusqlite::Connection;
 
 use super::db::{Db, DbRow, Val};
 use super::migrations;
+use super::RowCache;
 use crate::error::{Error, Result};
 
-pub(super) type SqlitePool = Pool<SqliteConnectionManager>;
+type SqlitePool = Pool<SqliteConnectionManager>;
 
-pub(super) fn open(path: &Path) -> Result<SqlitePool> {
+/// Rows kept in the cache: the datasets being read at once, and more.
+const ROWS: usize = 1024;
+
+/// The catalog's connections, and the cache of dataset rows that they
+/// keep current (see [`Index::get_cached`](super::Index::get_cached)).
+#[derive(Clone)]
+pub(super) struct Sqlite {
+    pool: SqlitePool,
+    pub(super) rows: Arc<RowCache>,
+}
+
+pub(super) fn open(path: &Path) -> Result<Sqlite> {
     let manager = SqliteConnectionManager::file(path).with_init(|c| {
         // The catalog has more distinct statements than rusqlite's default
         // cache of 16 holds: each evicted one is parsed again on its use.
@@ -34,17 +48,55 @@ pub(super) fn open(path: &Path) -> Result<SqlitePool> {
         .test_on_check_out(false)
         .build(manager)
         .map_err(|e| Error::internal(format!("index {}: {e}", path.display())))?;
-    migrate(&pool)?;
-    Ok(pool)
+    let sqlite = Sqlite { pool, rows: Arc::new(RowCache::new(ROWS)) };
+    migrate(&mut *sqlite.conn()?)?;
+    Ok(sqlite)
 }
 
-pub(super) fn conn(pool: &SqlitePool) -> Result<PooledConnection<SqliteConnectionManager>> {
-    pool.get().map_err(|e| Error::internal(format!("index pool: {e}")))
+impl Sqlite {
+    /// Every use of the catalog goes through here, so that no write can
+    /// leave a cached row behind.
+    pub(super) fn conn(&self) -> Result<Conn<'_>> {
+        let conn = self.pool.get().map_err(|e| Error::internal(format!("index pool: {e}")))?;
+        let changes = conn.total_changes();
+        Ok(Conn { conn, changes, rows: &self.rows })
+    }
+}
+
+/// A pooled connection that clears the row cache when it goes back to the
+/// pool having changed rows. That is after its last commit (a transaction
+/// on it ends first) and before its caller answers anyone.
+pub(super) struct Conn<'s> {
+    conn: PooledConnection<SqliteConnectionManager>,
+    changes: u64,
+    rows: &'s RowCache,
+}
+
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        // Counts rows that statements inserted, updated or deleted, rolled
+        // back or not: clearing too often is safe.
+        if self.conn.total_changes() != self.changes {
+            self.rows.clear();
+        }
+    }
+}
+
+impl Deref for Conn<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl DerefMut for Conn<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
 }
 
 /// The schema version is SQLite's own `user_version`.
-fn migrate(pool: &SqlitePool) -> Result<()> {
-    let mut conn = conn(pool)?;
+fn migrate(conn: &mut Connection) -> Result<()> {
     let tx = conn.transaction()?;
     let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     for (i, sql) in migrations::sqlite::MIGRATIONS.iter().enumerate().skip(version as usize) {

@@ -185,10 +185,10 @@ impl Node {
             let (index, k) = (self.index.clone(), key.clone());
             blocking(move || index.get(&k)).await?
         } else {
-            // A point lookup in SQLite's page cache takes microseconds, less
-            // than a hop to the blocking pool and back; a read never waits
-            // for a writer (WAL).
-            self.index.get(key)?
+            // A point lookup in SQLite's page cache (or in the index's own
+            // cache of rows) takes microseconds, less than a hop to the
+            // blocking pool and back; a read never waits for a writer (WAL).
+            self.index.get_cached(key)?
         };
         record.ok_or_else(|| Error::no_dataset(key))
     }

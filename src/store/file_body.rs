@@ -36,9 +36,9 @@ impl FileBody {
     /// `len` bytes of `file` from `start`; a file found shorter ends the
     /// body early, as `AsyncReadExt::take` on the file did (the server
     /// then breaks off the response it sized).
-    pub fn new(file: File, start: u64, len: u64) -> FileBody {
+    pub fn new(file: impl Into<Arc<File>>, start: u64, len: u64) -> FileBody {
         FileBody {
-            file: Arc::new(file),
+            file: file.into(),
             pos: start,
             end: start.saturating_add(len),
             nowait: true,

@@ -52,7 +52,7 @@ pub use parts::Parts;
 /// previous run left.
 pub fn open(settings: &Settings, layout: &Arc<Layout>, noted_in: Option<(Index, String)>) -> Result<Arc<dyn Store>> {
     Ok(match settings.storage {
-        StorageKind::Fs => Arc::new(fs::FsStore { layout: layout.clone() }),
+        StorageKind::Fs => Arc::new(fs::FsStore::new(layout.clone())),
         StorageKind::S3 => Arc::new(s3::S3Store::open(settings, noted_in)?),
     })
 }
