@@ -12,7 +12,7 @@
 //! - [`datadir`]: the data directory: its folders, lock, free space, and
 //!   the symlink-safe way from a key to its file;
 //! - [`key`]: the key rules; [`error`]: the one error enum;
-//!   [`blocking`], [`timestamp`], [`cache`]: small shared helpers; [`failpoint`]:
+//!   [`blocking`], [`timestamp`], [`cache`], [`logging`]: small shared helpers; [`failpoint`]:
 //!   test-only pauses.
 
 pub mod access;
@@ -28,6 +28,7 @@ pub mod http;
 pub mod index;
 pub mod ingest;
 pub mod key;
+pub mod logging;
 pub mod metrics;
 pub mod service;
 pub mod store;
@@ -76,6 +77,9 @@ pub fn build(figment: Figment) -> Result<Rocket<Build>, String> {
             Box::pin(async move {
                 let config = rocket.config();
                 // Tests and scripts read this line to find an ephemeral port.
+                // What start-up logged comes first: whoever waits for this
+                // line may read the log next.
+                crate::logging::flush();
                 println!("spillway listening on http://{}:{}", config.address, config.port);
             })
         }));

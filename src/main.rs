@@ -45,15 +45,24 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // Our logger, installed before Rocket's (which then stays out): one
-    // filter for everything, `SPILLWAY_LOG` (env_logger syntax).
-    env_logger::Builder::from_env(env_logger::Env::new().filter_or("SPILLWAY_LOG", DEFAULT_LOG)).init();
-    #[cfg(feature = "failpoints")]
-    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve);
+    // Our logger, installed before Rocket's (which then stays out): one
+    // filter for everything, `SPILLWAY_LOG` (env_logger syntax). The node
+    // writes its lines in batches (see `logging`), the tools at once.
+    if matches!(command, Command::Serve) {
+        spillway::logging::init_batched(DEFAULT_LOG);
+    } else {
+        spillway::logging::init_direct(DEFAULT_LOG);
+    }
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let command = match command {
-        Command::Serve => return serve(),
+        Command::Serve => {
+            let code = serve();
+            spillway::logging::flush();
+            return code;
+        }
         Command::Client(command) => return spillway::client::run(command),
         other => other,
     };
@@ -118,6 +127,7 @@ fn scrub(settings: spillway::config::Settings) -> spillway::error::Result<ExitCo
 }
 
 fn fail(message: &str) -> ExitCode {
+    spillway::logging::flush();
     eprintln!("spillway: {message}");
     ExitCode::from(2)
 }

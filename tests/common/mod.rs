@@ -137,8 +137,40 @@ impl TestNode {
         wait_bounded(child, Duration::from_secs(30), "spillway after SIGTERM")
     }
 
+    /// The node's output so far. A running node writes its info lines in
+    /// batches (within 100 ms), in order: so a request is made first, and
+    /// once its access line is in the file, every line logged before it is
+    /// too. A node that does not answer within 10 s is read as it is.
     pub fn log(&self) -> String {
+        if self.child.is_some() {
+            self.wait_log_written(Duration::from_secs(10));
+        }
         fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The node's output as it is in the file now (see [`TestNode::log`]).
+    pub fn log_as_written(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn wait_log_written(&self, within: Duration) {
+        static MARKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let mark =
+            format!("log-mark-{}-{}", std::process::id(), MARKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else { return };
+        let _ = s.set_read_timeout(Some(within));
+        let request =
+            format!("GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-Id: {mark}\r\nConnection: close\r\n\r\n");
+        if s.write_all(request.as_bytes()).is_err() || s.read_to_end(&mut Vec::new()).is_err() {
+            return;
+        }
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if fs::read_to_string(self.log_path()).is_ok_and(|log| log.contains(&mark)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub fn datasets_dir(&self) -> PathBuf {
