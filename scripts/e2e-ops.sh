@@ -1948,6 +1948,11 @@ for line in open(access_log):
     m = re.search(r" rid=(\S+) .* node=(\S+)$", line.rstrip("\n"))
     if m and m.group(1) in rids:
         served[m.group(1)] = nodes.get(m.group(2), (m.group(2),))[0]
+# The nodes write their info lines in batches (within 100 ms): wait for them.
+def node_rids():
+    text = "".join(open(logf, errors="replace").read() for (_, _, logf) in nodes.values())
+    return set(re.findall(r"request_id=(ops9-\S+)", text))
+expect("logs", "the nodes logged every request nginx passed them within 30 s", until(lambda: set(served) <= node_rids()), True)
 logged = {}
 for addr, (name, _, logf) in nodes.items():
     for r in re.findall(r"request_id=(ops9-\S+)", open(logf, errors="replace").read()):
