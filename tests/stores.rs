@@ -168,7 +168,14 @@ impl Fx {
     /// ETag; returns the record.
     async fn put_ok(&self, key: &str, body: &[u8], framing: Framing, headers: &[(&str, &str)]) -> Value {
         let r = self.put(key, framed(body, framing), headers).await;
-        assert!(r.status == 201 || r.status == 200, "PUT {key} ({framing:?}): {}", r.describe());
+        // The node's log says what the store answered (a 503's cause is
+        // logged, never sent).
+        assert!(
+            r.status == 201 || r.status == 200,
+            "PUT {key} ({framing:?}): {}\n{}",
+            r.describe(),
+            log_tail(&self.node)
+        );
         let record = r.json();
         assert_eq!(record["key"], key, "PUT {key}: {record}");
         assert_eq!(record["size"], body.len() as u64, "PUT {key} ({framing:?}): {record}");
