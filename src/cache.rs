@@ -4,9 +4,9 @@
 //! store open files (`store::fs`): a ranged GET then costs neither a
 //! catalog lookup nor a path walk.
 //!
-//! A reader reads the generation before it looks a value up, and puts the
-//! value only if no clear came in between: a value read across a change
-//! is never kept.
+//! [`Cache::load`] reads the generation before it looks a value up, and
+//! keeps the value only if no clear came in between: a value read across a
+//! change is never kept.
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -38,14 +38,22 @@ impl<V: Clone> Cache<V> {
         self.state().values.get(key).cloned()
     }
 
-    /// Read before looking a value up, for [`Cache::put`].
-    pub fn generation(&self) -> u64 {
+    /// Looks a value up with `load` and keeps it, unless the cache was
+    /// cleared while `load` ran (the value may predate the change).
+    pub fn load<E>(&self, key: &str, load: impl FnOnce() -> Result<Option<V>, E>) -> Result<Option<V>, E> {
+        let generation = self.generation();
+        let value = load()?;
+        if let Some(value) = &value {
+            self.put(generation, key, value.clone());
+        }
+        Ok(value)
+    }
+
+    fn generation(&self) -> u64 {
         self.state().generation
     }
 
-    /// Keeps `value`, looked up after `generation` was read, unless the
-    /// cache was cleared since (the value may predate the change).
-    pub fn put(&self, generation: u64, key: &str, value: V) {
+    fn put(&self, generation: u64, key: &str, value: V) {
         let mut state = self.state();
         if state.generation == generation {
             state.values.insert(key.to_owned(), value);
@@ -64,29 +72,32 @@ impl<V: Clone> Cache<V> {
 mod tests {
     use super::*;
 
+    type Loaded = Result<Option<i32>, ()>;
+
     #[test]
     fn a_value_looked_up_across_a_clear_is_not_put_back() {
         let cache = Cache::new(4);
-        let before = cache.generation();
-        cache.put(before, "a", 1);
+        assert_eq!(cache.load("a", || Loaded::Ok(Some(1))), Ok(Some(1)));
         assert_eq!(cache.get("a"), Some(1));
-        let read_before_the_change = cache.generation();
-        cache.clear();
-        assert_eq!(cache.get("a"), None);
-        cache.put(read_before_the_change, "a", 1);
+        // A write changes `a` and clears while a reader still holds the old value.
+        let loaded = cache.load("a", || {
+            cache.clear();
+            Loaded::Ok(Some(1))
+        });
+        assert_eq!(loaded, Ok(Some(1)), "the reader gets what it read");
         assert_eq!(cache.get("a"), None, "put back with the generation before the clear");
-        cache.put(cache.generation(), "a", 2);
+        assert_eq!(cache.load("a", || Loaded::Ok(Some(2))), Ok(Some(2)));
         assert_eq!(cache.get("a"), Some(2));
     }
 
     #[test]
     fn keeps_the_most_recently_used() {
         let cache = Cache::new(2);
-        let generation = cache.generation();
-        cache.put(generation, "a", 1);
-        cache.put(generation, "b", 2);
+        for (key, value) in [("a", 1), ("b", 2)] {
+            cache.load(key, || Loaded::Ok(Some(value))).unwrap();
+        }
         assert_eq!(cache.get("a"), Some(1));
-        cache.put(generation, "c", 3);
+        cache.load("c", || Loaded::Ok(Some(3))).unwrap();
         assert_eq!((cache.get("a"), cache.get("b"), cache.get("c")), (Some(1), None, Some(3)));
     }
 }

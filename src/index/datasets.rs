@@ -90,15 +90,10 @@ impl Index {
     /// written by other nodes too: it is not cached.
     pub fn get_cached(&self, key: &Key) -> Result<Option<Record>> {
         let Some(rows) = self.row_cache() else { return self.get(key) };
-        if let Some(record) = rows.get(key.as_str()) {
-            return Ok(Some(record));
+        match rows.get(key.as_str()) {
+            Some(record) => Ok(Some(record)),
+            None => rows.load(key.as_str(), || self.get(key)),
         }
-        let generation = rows.generation();
-        let record = self.get(key)?;
-        if let Some(record) = &record {
-            rows.put(generation, key.as_str(), record.clone());
-        }
-        Ok(record)
     }
 
     /// One page in key order: keys starting with `prefix`, strictly after

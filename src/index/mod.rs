@@ -42,10 +42,10 @@ use crate::config::PostgresTls;
 use crate::error::Result;
 use db::Db;
 use postgres::PgPool;
+use sqlite::{Lite, Sqlite};
 
 /// Dataset rows by key (SQLite only, see [`Index::get_cached`]).
 type RowCache = crate::cache::Cache<Record>;
-use sqlite::{Lite, Sqlite};
 
 #[derive(Clone)]
 enum Backend {
