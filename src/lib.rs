@@ -12,8 +12,8 @@
 //! - [`datadir`]: the data directory: its folders, lock, free space, and
 //!   the symlink-safe way from a key to its file;
 //! - [`key`]: the key rules; [`error`]: the one error enum;
-//!   [`blocking`], [`timestamp`], [`cache`], [`logging`]: small shared helpers; [`failpoint`]:
-//!   test-only pauses.
+//!   [`blocking`], [`timestamp`], [`cache`], [`logging`]: small shared
+//!   helpers; [`failpoint`]: test-only pauses.
 
 pub mod access;
 pub mod blocking;

@@ -389,9 +389,9 @@ async fn reads_follow_every_change_at_once() {
 /// it (replaced or deleted): their space is not freed while they are held.
 fn held_deleted_files(node: &TestNode) -> Vec<String> {
     let data_dir = node.data_dir.display().to_string();
-    let fds = std::fs::read_dir(format!("/proc/{}/fd", node.pid())).expect("the node's descriptors");
-    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
-        .map(|target| target.display().to_string())
+    node.open_files()
+        .into_iter()
+        .map(|(_, target)| target.display().to_string())
         .filter(|target| target.starts_with(&data_dir) && target.ends_with(" (deleted)"))
         .collect()
 }

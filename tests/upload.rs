@@ -231,17 +231,14 @@ use futures_util::StreamExt;
 /// The open-file flags of the node's descriptor for a file below `dir`
 /// (from `/proc/PID/fdinfo`), once that file holds at least 4 MiB (written
 /// to, so past its set-up).
-fn open_flags_below(pid: u32, dir: &std::path::Path) -> Option<u32> {
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
-        let Ok(target) = std::fs::read_link(fd.path()) else { continue };
-        if !target.starts_with(dir) || std::fs::metadata(&target).map_or(0, |m| m.len()) < 4 * MIB {
-            continue;
-        }
-        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy())).ok()?;
-        let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?.trim();
-        return u32::from_str_radix(flags, 8).ok();
-    }
-    None
+fn open_flags_below(node: &TestNode, dir: &std::path::Path) -> Option<u32> {
+    let (fd, _) = node
+        .open_files()
+        .into_iter()
+        .find(|(_, target)| target.starts_with(dir) && std::fs::metadata(target).map_or(0, |m| m.len()) >= 4 * MIB)?;
+    let info = std::fs::read_to_string(format!("/proc/{}/fdinfo/{fd}", node.pid())).ok()?;
+    let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?.trim();
+    u32::from_str_radix(flags, 8).ok()
 }
 
 /// Whether files in `dir` can be switched to direct I/O at all.
@@ -266,10 +263,10 @@ async fn a_spilled_upload_is_written_around_the_page_cache() {
         let head = format!("PUT /data/d/direct HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n", body.len());
         s.write_all(head.as_bytes()).unwrap();
         s.write_all(&body[..half]).unwrap();
-        let (pid, spool) = (node.pid(), node.spool_dir.clone());
+        let spool = node.spool_dir.clone();
         let mut flags = None;
         let seen = eventually(Duration::from_secs(20), async || {
-            flags = open_flags_below(pid, &spool);
+            flags = open_flags_below(&node, &spool);
             flags.is_some()
         })
         .await;

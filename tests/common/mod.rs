@@ -116,6 +116,15 @@ impl TestNode {
         self.child.as_ref().expect("the node is running").id()
     }
 
+    /// The node's open descriptors, each as its number and what it points
+    /// at (`/proc/PID/fd`; a file removed since reads `… (deleted)`).
+    pub fn open_files(&self) -> Vec<(String, PathBuf)> {
+        let fds = fs::read_dir(format!("/proc/{}/fd", self.pid())).expect("the node's descriptors");
+        fds.flatten()
+            .filter_map(|fd| Some((fd.file_name().to_string_lossy().into_owned(), fs::read_link(fd.path()).ok()?)))
+            .collect()
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
