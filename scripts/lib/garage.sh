@@ -10,7 +10,7 @@ rand_hex() { od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'; } # bytes -> 2x hex 
 
 # Starts it in `dir` (emptied first) with access key `key`, secret `secret`
 # and bucket `bucket` in region `region`; ready when its admin /health says
-# 200 (a lost port race is retried). Sets GARAGE_PID (also in LIVE),
+# 200 and its S3 port answers (a lost port race is retried). Sets GARAGE_PID (also in LIVE),
 # GARAGE_S3 and GARAGE_ADMIN (endpoints) and GARAGE_TOKEN (admin bearer).
 # Returns 1, with the log's tail, if it never came up.
 start_garage_single() { # dir key secret bucket region
@@ -56,14 +56,18 @@ CONF
         ) >"$dir/garage.log" 2>&1 </dev/null &
         GARAGE_PID=$!
         LIVE[$GARAGE_PID]="garage"
-        code=""
+        code="" s3code=""
         for ((i = 0; i < 300; i++)); do
             alive "$GARAGE_PID" || break
+            # Garage keeps running when one of its servers cannot bind its
+            # port, so the S3 port must answer too (any status), not only admin.
+            grep -q "Address already in use" "$dir/garage.log" && break
             code=$(curl -s -o /dev/null --max-time 1 -w '%{http_code}' "http://127.0.0.1:$admin/health" 2>/dev/null || true)
-            [[ $code == 200 ]] && break
+            s3code=$(curl -s -o /dev/null --max-time 1 -w '%{http_code}' "http://127.0.0.1:$s3/" 2>/dev/null || true)
+            [[ $code == 200 && $s3code != 000 && -n $s3code ]] && break
             sleep 0.1
         done
-        if [[ $code == 200 ]] && alive "$GARAGE_PID"; then
+        if [[ $code == 200 && $s3code != 000 && -n $s3code ]] && alive "$GARAGE_PID"; then
             GARAGE_S3="http://127.0.0.1:$s3" GARAGE_ADMIN="http://127.0.0.1:$admin"
             return 0
         fi

@@ -378,7 +378,7 @@ impl Garage {
     }
 
     /// Writes node `i`'s configuration (fresh ports) and starts it until its
-    /// admin API answers at all; a lost port race is retried with new ports.
+    /// admin and S3 APIs answer; a lost port race is retried with new ports.
     fn spawn_node(&self, i: usize, server_args: &[&str], env: &[(&str, String)]) -> GarageNode {
         let dir = self.root.path().join(format!("node{i}"));
         fs::create_dir_all(&dir).unwrap();
@@ -403,13 +403,24 @@ impl Garage {
             self.launch(&mut node, server_args, env);
             let child = node.child.as_mut().unwrap();
             let deadline = Instant::now() + START_TIMEOUT;
-            let mut exited = None;
+            let answers = |port: u16, path: &str| {
+                http_get(&format!("http://127.0.0.1:{port}{path}"), &[], Duration::from_secs(2)).is_ok()
+            };
+            let mut failed = None;
             loop {
-                if http_get(&format!("http://127.0.0.1:{admin_port}/health"), &[], Duration::from_secs(2)).is_ok() {
+                // Garage keeps running when one of its servers cannot bind
+                // (it logs "S3 API server exited with error" and serves the
+                // rest), so the S3 port must answer too, not only admin.
+                if answers(admin_port, "/health") && answers(s3_port, "/") {
                     break;
                 }
                 if let Some(status) = child.try_wait().unwrap() {
-                    exited = Some(status);
+                    failed = Some(format!("exited with {status}"));
+                    break;
+                }
+                if lost_port_race(&log) {
+                    kill9(child);
+                    failed = Some("lost a port".to_string());
                     break;
                 }
                 if Instant::now() > deadline {
@@ -418,11 +429,13 @@ impl Garage {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            if let Some(status) = exited {
+            if let Some(failed) = failed {
                 if lost_port_race(&log) && attempt < PORT_ATTEMPTS {
+                    // So that the next attempt's race check reads only its own lines.
+                    let _ = fs::write(&log, "");
                     continue;
                 }
-                panic!("garage node {i} exited with {status} at start\n{}", log_tail(&log, 40));
+                panic!("garage node {i} {failed} at start\n{}", log_tail(&log, 40));
             }
             let ran = self.cli_ran(&node, &["node", "id", "-q"]);
             assert!(ran.success(), "garage node id: {}\n{}", ran.stderr, log_tail(&log, 40));
