@@ -93,7 +93,10 @@ async fn hyper_service_fn(
     #[cfg(not(broken_fmt))]
     debug!("received request: {:#?}", hyp_req);
 
-    tokio::spawn(async move {
+    // PATCH(spillway): boxed before it is spawned. The request's future
+    // (dispatch, fairings, the response) is large, and tokio moves a task's
+    // future by value several times (into the task cell, at each stage).
+    tokio::spawn(Box::pin(async move {
         // We move the request next, so get the upgrade future now.
         let pending_upgrade = hyper::upgrade::on(&mut hyp_req);
 
@@ -135,7 +138,7 @@ async fn hyper_service_fn(
                 rocket.send_response(response, tx, version).await;
             }
         }
-    });
+    }));
 
     // Receive the response written to `tx` by the task above.
     rx.await.map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))
