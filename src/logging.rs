@@ -31,11 +31,17 @@ struct Lines {
 impl Lines {
     fn write(&self) {
         let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
-        let batch = std::mem::take(&mut *self.held.lock().unwrap_or_else(|e| e.into_inner()));
-        if !batch.is_empty() {
-            // Nowhere to report a failed write of the log itself.
-            let _ = std::io::stderr().lock().write_all(&batch);
-        }
+        let batch = {
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            if held.is_empty() {
+                return;
+            }
+            // A buffer of the size a batch reaches, rather than one grown
+            // from nothing by reallocations after every batch.
+            std::mem::replace(&mut *held, Vec::with_capacity(HELD + HELD / 4))
+        };
+        // Nowhere to report a failed write of the log itself.
+        let _ = std::io::stderr().lock().write_all(&batch);
     }
 }
 

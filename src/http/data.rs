@@ -390,7 +390,11 @@ impl<'r> Responder<'r, 'static> for Download {
         let Download { body, record, want } = self;
         let mut response = Response::build();
         response.header(Header::new("ETag", record.etag())).header(Header::new("Accept-Ranges", "bytes"));
-        let content_type = ContentType::parse_flexible(&record.content_type).unwrap_or(ContentType::Binary);
+        let content_type = match record.content_type.as_str() {
+            // What an upload without a type is stored as: no parse per request.
+            "application/octet-stream" => ContentType::Binary,
+            stored => ContentType::parse_flexible(stored).unwrap_or(ContentType::Binary),
+        };
         let len = match want {
             Want::Nothing => return response.status(Status::NotModified).ok(),
             Want::All => record.size,

@@ -135,13 +135,13 @@ impl Fairing for Telemetry {
         let started = req.local_cache(|| Started { at: Instant::now(), id: request_id(req) });
         let elapsed = started.at.elapsed();
         // Route templates only: never a raw key, query string or token.
-        let route = req.route().map_or_else(|| "unmatched".to_string(), |r| r.uri.origin.path().to_string());
+        let route = req.route().map_or("unmatched", |r| r.uri.origin.path().as_str());
         let method = req.method().as_str();
         let status = res.status().code;
         if let Some(node) = req.rocket().state::<Arc<Node>>() {
             let m = node.metrics();
-            m.http_requests.with_label_values(&[&route, method, &status.to_string()]).inc();
-            m.http_duration.with_label_values(&[&route, method]).observe(elapsed.as_secs_f64());
+            m.http_requests.with_label_values(&[route, method, &status.to_string()]).inc();
+            m.http_duration.with_label_values(&[route, method]).observe(elapsed.as_secs_f64());
         }
         res.set_header(Header::new("X-Request-Id", started.id.clone()));
         let content_length = header(req, "Content-Length").unwrap_or("-");
