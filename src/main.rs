@@ -3,13 +3,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use spillway::config::Settings;
 
-/// mimalloc rather than glibc's malloc: a ranged GET frees its 64 KiB send
-/// buffer, and glibc consolidates its heap on every free that large
-/// (`malloc_consolidate`); `perf` put glibc's allocator at about 6% of the
-/// node's CPU serving 64 KiB ranges, and the rate rose by about a tenth.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// A storage node for datasets far bigger than RAM, over plain HTTP.
 ///
 /// The node (serve, fsck, reindex, scrub) reads Rocket.toml and SPILLWAY_*
