@@ -77,11 +77,10 @@ impl Log for Batched {
     }
 
     fn log(&self, record: &Record<'_>) {
-        if !self.inner.matches(record) {
-            return;
-        }
+        // env_logger applies the filter itself; only a warning or an error
+        // (rare) is matched a second time, to know whether to write at once.
         self.inner.log(record);
-        if record.level() <= Level::Warn {
+        if record.level() <= Level::Warn && self.inner.matches(record) {
             self.lines.write();
         }
     }
