@@ -11,18 +11,17 @@ use reqwest::header::HeaderMap;
 const LEN: usize = 1024 * 1024 + 17;
 const CONTENT_TYPE: &str = "text/csv; charset=utf-8";
 
+/// Uploads `body` at `key` as CSV (the type every read here checks).
+async fn put_csv(node: &TestNode, key: &str, body: &[u8]) -> reqwest::Response {
+    let put = node.client.put(node.url(&format!("/data/{key}"))).header("Content-Type", CONTENT_TYPE);
+    put.body(body.to_vec()).send().await.unwrap()
+}
+
 /// A node holding the generated body at `big.bin`; returns it and its ETag.
 async fn node_with_body() -> (TestNode, Vec<u8>, String) {
     let node = TestNode::start();
     let body = generated(LEN, 42);
-    let resp = node
-        .client
-        .put(node.url("/data/big.bin"))
-        .header("Content-Type", CONTENT_TYPE)
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let resp = put_csv(&node, "big.bin", &body).await;
     assert_eq!(resp.status(), 201);
     let etag = format!("\"{}\"", blake3::hash(&body).to_hex());
     assert_eq!(header(resp.headers(), "etag"), etag);
@@ -317,14 +316,7 @@ async fn ranges_follow_a_replace() {
     let (node, _body, old_etag) = node_with_body().await;
     let new = generated(5000, 7);
     let new_etag = format!("\"{}\"", blake3::hash(&new).to_hex());
-    let resp = node
-        .client
-        .put(node.url("/data/big.bin"))
-        .header("Content-Type", CONTENT_TYPE)
-        .body(new.clone())
-        .send()
-        .await
-        .unwrap();
+    let resp = put_csv(&node, "big.bin", &new).await;
     assert_eq!(resp.status(), 200);
     let resp = get_with(&node, "big.bin", &[("Range", "bytes=-10")]).await;
     assert_part(resp, &new, &new_etag, 4990, 4999, "suffix after replace").await;
@@ -333,11 +325,6 @@ async fn ranges_follow_a_replace() {
     assert_full(resp, &new, &new_etag, "If-None-Match: old").await;
     let resp = get_with(&node, "big.bin", &[("Range", "bytes=0-9"), ("If-Range", &old_etag)]).await;
     assert_full(resp, &new, &new_etag, "If-Range: old").await;
-}
-
-async fn put_csv(node: &TestNode, key: &str, body: &[u8]) -> u16 {
-    let put = node.client.put(node.url(&format!("/data/{key}"))).header("Content-Type", CONTENT_TYPE);
-    put.body(body.to_vec()).send().await.unwrap().status().as_u16()
 }
 
 /// The node keeps the rows and open files of recent reads: a read that
@@ -352,7 +339,7 @@ async fn reads_follow_every_change_at_once() {
     for round in 0..3u64 {
         let body = generated(200_000 + round as usize, round);
         let etag = format!("\"{}\"", blake3::hash(&body).to_hex());
-        assert_eq!(put_csv(&node, key, &body).await, 201, "round {round}: upload");
+        assert_eq!(put_csv(&node, key, &body).await.status(), 201, "round {round}: upload");
         for read in 0..2 {
             let resp = get_with(&node, key, &[("Range", "bytes=1000-66535")]).await;
             assert_part(resp, &body, &etag, 1000, 66535, &format!("round {round}, read {read}")).await;
@@ -372,7 +359,7 @@ async fn reads_follow_every_change_at_once() {
 
         let new = generated(70_000, round + 100);
         let new_etag = format!("\"{}\"", blake3::hash(&new).to_hex());
-        assert_eq!(put_csv(&node, key, &new).await, 200, "round {round}: replace");
+        assert_eq!(put_csv(&node, key, &new).await.status(), 200, "round {round}: replace");
         let resp = get_with(&node, key, &[("Range", "bytes=1000-66535")]).await;
         assert_part(resp, &new, &new_etag, 1000, 66535, &format!("round {round}: after the replace")).await;
         assert_eq!(node.json(&record_path).await["blake3"], b3(&new), "round {round}: record after the replace");
