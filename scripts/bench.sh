@@ -95,9 +95,9 @@
 #           (seeded, same offsets for both) Range GETs of BENCH_RANGE_LEN,
 #           BENCH_RANGE_CONC at once, by scripts/bench/range_get.c (each
 #           answer checked 206 and its length; its CPU per request shown):
-#           requests/s, node >= 0.8x nginx (20,000 a round: 2,000 took
-#           about 60 ms, short enough for one hiccup to move a round's
-#           ratio from 0.63 to 0.86);
+#           requests/s, node >= 0.8x nginx (20,000 a round: a round of
+#           2,000 took about 60 ms, and one run's per-round ratios spanned
+#           0.63-0.86 where 20,000 gave 0.68-0.75 for the same build);
 #   get     (scripts/bench/ranges.sh) one GET of a BENCH_GET_SIZE dataset,
 #           curl -o /dev/null: MB/s, node >= 1.0x nginx (sendfile on);
 #   list    GET /datasets?limit=1000, first page and a deep page (after= the
