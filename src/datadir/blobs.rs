@@ -85,10 +85,13 @@ impl Layout {
         let (sub, name) = blob_name(blake3, size)?;
         fchmod(file, Mode::from_bits_truncate(READ_ONLY)).map_err(io_error)?;
         let folder = self.blob_folder(sub, true)?.expect("created");
+        // The second name is made in staging, where the start-up sweep
+        // looks: a crash before the rename must not leave it in blobs/.
         let temp = format!("{SPOOL_PREFIX}{}", uuid::Uuid::new_v4().simple());
-        linkat(at, at_name, &folder, temp.as_str(), AtFlags::empty()).map_err(io_error)?;
-        if let Err(e) = rename_over(&folder, &temp, &folder, &name) {
-            let _ = unlinkat(&folder, temp.as_str(), AtFlags::empty());
+        let staging = &self.dirs.staging;
+        linkat(at, at_name, staging, temp.as_str(), AtFlags::empty()).map_err(io_error)?;
+        if let Err(e) = rename_over(staging, &temp, &folder, &name) {
+            let _ = unlinkat(staging, temp.as_str(), AtFlags::empty());
             return Err(io_error(e));
         }
         Ok(self.syncs.sync(&folder)?)
