@@ -3,7 +3,8 @@
 //! held for seconds does not hold up commits of other keys, while the same
 //! key, a key below it and its folder wait their turn (and the conflict
 //! rule still holds); a kill -9 while a batch of index writes is open
-//! (group commit) leaves every key whole or absent.
+//! (group commit), or while a new blob has a temporary second name, leaves
+//! every key whole or absent and nothing for fsck to find.
 #![cfg(feature = "failpoints")]
 
 mod common;
@@ -126,6 +127,32 @@ async fn kill9_inside_an_open_batch_leaves_every_key_whole_or_absent() {
     }
     let files = node.dataset_files();
     assert_eq!(files.len(), listed.len(), "a file for each row, no more: {files:?}\n{listed:?}");
+    node.terminate();
+    let fsck = node.cli(&["fsck"]);
+    assert_eq!(fsck.code, Some(0), "fsck after the kill:\n{}{}", fsck.stdout, fsck.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_between_a_blobs_link_and_its_rename_leaves_no_stray_blob() {
+    // A new blob gets a temporary second name, then is renamed into
+    // blobs/. Killed between the two, the temporary name must be where the
+    // start-up sweep removes it: once it was made in the blob's folder,
+    // and fsck then reported a stray blob.
+    let mut node = TestNode::start_with(&[("FAILPOINTS", "blobs.link.before_rename=sleep(60000)")]);
+    let body = generated(40 * KIB, 300);
+    let (client, url, sent) = (node.client.clone(), node.url("/data/linked/one"), body.clone());
+    let upload = tokio::spawn(async move { client.put(url).body(sent).send().await.map(|r| r.status().as_u16()) });
+    log_shows(&node, "failpoint blobs.link.before_rename: reached").await;
+    node.kill9();
+    let answered = upload.await.unwrap();
+    assert!(!matches!(answered, Ok(201)), "acknowledged before its blob was in place: {answered:?}");
+
+    node.set_setting("FAILPOINTS", None);
+    node.launch();
+    assert!(node.list_all().await.is_empty(), "a row for an upload killed before its commit");
+    let put = status_of_put(&node, "linked/one", body.clone()).await;
+    assert_eq!(put, 201, "the same bytes again, after the restart");
+    assert_serves(&node, "linked/one", &body).await;
     node.terminate();
     let fsck = node.cli(&["fsck"]);
     assert_eq!(fsck.code, Some(0), "fsck after the kill:\n{}{}", fsck.stdout, fsck.stderr);

@@ -90,6 +90,7 @@ impl Layout {
         let temp = format!("{SPOOL_PREFIX}{}", uuid::Uuid::new_v4().simple());
         let staging = &self.dirs.staging;
         linkat(at, at_name, staging, temp.as_str(), AtFlags::empty()).map_err(io_error)?;
+        crate::failpoint::hold("blobs.link.before_rename");
         if let Err(e) = rename_over(staging, &temp, &folder, &name) {
             let _ = unlinkat(staging, temp.as_str(), AtFlags::empty());
             return Err(io_error(e));
