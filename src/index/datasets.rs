@@ -113,7 +113,7 @@ impl Index {
              ORDER BY key LIMIT $3",
             if lower_inclusive { ">=" } else { ">" }
         );
-        self.with(|db| db.query(&sql, vals![lower, upper, limit as i64])?.iter().map(record_from_row).collect())
+        self.with(|db| db.query(&sql, vals![lower, upper, limit as i64])?.into_iter().map(record_from_row).collect())
     }
 
     /// Inserts or replaces a dataset's row (reindex, fsck repairs) and
@@ -173,7 +173,9 @@ impl Index {
     /// in key order after `after`.
     pub fn unversioned(&self, after: Option<&str>, limit: usize) -> Result<Vec<Record>> {
         let sql = format!("SELECT {COLUMNS} FROM datasets WHERE number = 0 AND key > $1 ORDER BY key LIMIT $2");
-        self.with(|db| db.query(&sql, vals![after.unwrap_or(""), limit as i64])?.iter().map(record_from_row).collect())
+        self.with(|db| {
+            db.query(&sql, vals![after.unwrap_or(""), limit as i64])?.into_iter().map(record_from_row).collect()
+        })
     }
 
     /// A trivial query: the database opens and answers.
@@ -289,22 +291,23 @@ fn get(db: &mut dyn Db, key: &str) -> Result<Option<Record>> {
     else {
         return Ok(None);
     };
-    Ok(Some(Record { corrupt: row.bool(11), ..record_from_row(&row)? }))
+    let corrupt = row.bool(11);
+    Ok(Some(Record { corrupt, ..record_from_row(row)? }))
 }
 
-fn record_from_row(row: &DbRow) -> Result<Record> {
-    let key = row.text(0);
+fn record_from_row(mut row: DbRow) -> Result<Record> {
+    let key = row.take_text(0);
     Ok(Record {
         path: Key::parse(&key).map(|k| k.url_path()).unwrap_or_default(),
-        name: row.text(1),
+        name: row.take_text(1),
         size: row.int(2) as u64,
-        blake3: row.text(3),
-        content_type: row.text(4),
-        created_at: row.text(5),
-        updated_at: row.text(6),
-        description: row.opt_text(7),
-        tags: serde_json::from_str(&row.text(8)).unwrap_or_default(),
-        version: row.text(9),
+        blake3: row.take_text(3),
+        content_type: row.take_text(4),
+        created_at: row.take_text(5),
+        updated_at: row.take_text(6),
+        description: row.take_opt_text(7),
+        tags: serde_json::from_str(&row.take_text(8)).unwrap_or_default(),
+        version: row.take_text(9),
         number: row.int(10),
         // Asked by `get` only (see CORRUPT).
         corrupt: false,

@@ -83,6 +83,18 @@ impl DbRow {
             _ => None,
         }
     }
+    /// Like [`DbRow::opt_text`], but moves the text out (rows read by the
+    /// thousand are not copied twice).
+    pub fn take_opt_text(&mut self, i: usize) -> Option<String> {
+        match std::mem::replace(&mut self.0[i], Val::Null) {
+            Val::Text(s) => Some(s),
+            Val::Int(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+    pub fn take_text(&mut self, i: usize) -> String {
+        self.take_opt_text(i).unwrap_or_default()
+    }
     pub fn int(&self, i: usize) -> i64 {
         self.opt_int(i).unwrap_or_default()
     }
