@@ -60,7 +60,7 @@ impl Layout {
         }
     }
 
-    /// Makes a staged file (complete, fsynced, on the data volume) the blob
+    /// Makes a staged file (complete, settled, on the data volume) the blob
     /// of its bytes: read-only, linked at the blob's name (replacing what
     /// was there), the entry made durable. The staged file keeps its name.
     pub fn keep_as_blob(&self, staged: &NamedTempFile, blake3: &str, size: u64) -> Result<(), Error> {

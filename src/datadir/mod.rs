@@ -322,9 +322,10 @@ impl Layout {
         Ok(files)
     }
 
-    /// Returns a complete, fsynced temp file that lies on the data volume:
-    /// the file itself, or (spooled on another volume) a fsynced copy in
-    /// staging, so that [`Layout::place`] never renames across filesystems.
+    /// Returns a complete temp file that lies on the data volume: the file
+    /// itself (fsynced at the commit), or (spooled on another volume) a
+    /// fsynced copy in staging, so that [`Layout::place`] never renames
+    /// across filesystems.
     /// The inode of the result is the inode the dataset will have.
     pub fn to_data_volume(&self, staged: NamedTempFile) -> Result<NamedTempFile, Error> {
         if staged.as_file().metadata()?.dev() == self.data_dev {

@@ -64,15 +64,29 @@ impl Batcher {
         &self,
         f: impl FnOnce(&mut dyn Db) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        self.run_while(f, || ()).0
+    }
+
+    /// Like [`Batcher::run`], and runs `during` on this thread while the
+    /// writer commits the batch: both are done when it returns.
+    pub(super) fn run_while<T: Send + 'static, U>(
+        &self,
+        f: impl FnOnce(&mut dyn Db) -> Result<T> + Send + 'static,
+        during: impl FnOnce() -> U,
+    ) -> (Result<T>, U) {
         let (reply, answer) = mpsc::sync_channel(1);
         let work: Work = Box::new(move |db| f(db).map(|out| Box::new(out) as Output));
         let jobs = self.0.jobs.lock().expect("the writer's queue").clone();
         let sent = jobs.map(|jobs| jobs.send(Job { work, reply }));
+        let during = during();
         if !matches!(sent, Some(Ok(()))) {
-            return Err(Error::internal("the index writer has stopped"));
+            return (Err(Error::internal("the index writer has stopped")), during);
         }
-        let out = answer.recv().map_err(|_| Error::internal("the index writer stopped during a commit"))??;
-        Ok(*out.downcast::<T>().expect("a job's output has the job's type"))
+        let out = match answer.recv() {
+            Ok(out) => out,
+            Err(_) => return (Err(Error::internal("the index writer stopped during a commit")), during),
+        };
+        (out.map(|out| *out.downcast::<T>().expect("a job's output has the job's type")), during)
     }
 }
 

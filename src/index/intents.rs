@@ -2,7 +2,7 @@
 //! crash in the middle can be finished or rolled back at the next start.
 
 use super::datasets::{self, NewVersion, Record};
-use super::db::vals;
+use super::db::{vals, Db};
 use super::{versions, Blob, Index, Retention};
 use crate::error::{Error, Result};
 use crate::key::Key;
@@ -19,6 +19,15 @@ pub enum Intent {
     Remove { key: Key, purge: bool },
 }
 
+impl Intent {
+    pub fn key(&self) -> &Key {
+        match self {
+            Intent::Install(v) => &v.key,
+            Intent::Remove { key, .. } => key,
+        }
+    }
+}
+
 /// What a completed intent changed in the index.
 #[derive(Debug)]
 pub struct Completed {
@@ -31,8 +40,27 @@ pub struct Completed {
 impl Index {
     /// Records an intent durably (one commit) before the change it names.
     pub fn begin(&self, intent: &Intent) -> Result<()> {
-        let intent = intent.clone();
-        self.batched(move |db| {
+        self.begin_while(intent, || Ok(()))
+    }
+
+    /// Like [`Index::begin`], and runs `during` while the intent commits
+    /// (the staged file's fsync, which would otherwise wait for it). Fails
+    /// if either fails; an intent recorded for a `during` that failed is
+    /// dropped again.
+    pub fn begin_while(&self, intent: &Intent, during: impl FnOnce() -> Result<()>) -> Result<()> {
+        let key = intent.key().clone();
+        let (begun, during) = self.batched_while(Self::intent_writer(intent.clone()), during);
+        match (begun, during) {
+            (Ok(()), Err(e)) => {
+                let _ = self.abandon(&key);
+                Err(e)
+            }
+            (begun, during) => begun.and(during),
+        }
+    }
+
+    fn intent_writer(intent: Intent) -> impl FnOnce(&mut dyn Db) -> Result<()> + Send + 'static {
+        move |db| {
             match &intent {
                 Intent::Install(v) => db.execute(
                     "INSERT INTO intents (key, action, version, size, blake3, content_type, name, description,
@@ -60,7 +88,7 @@ impl Index {
                 )?,
             };
             Ok(())
-        })
+        }
     }
 
     /// Drops an intent whose change did not happen.

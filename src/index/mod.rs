@@ -176,6 +176,23 @@ impl Index {
         }
     }
 
+    /// Like [`Index::batched`], with `during` run meanwhile (with SQLite,
+    /// on this thread while the writer commits; with PostgreSQL, before
+    /// the transaction). Both are done when it returns.
+    fn batched_while<T: Send + 'static, U>(
+        &self,
+        f: impl FnOnce(&mut dyn Db) -> Result<T> + Send + 'static,
+        during: impl FnOnce() -> U,
+    ) -> (Result<T>, U) {
+        match &self.backend {
+            Backend::Sqlite(_, batcher) => batcher.run_while(f, during),
+            Backend::Postgres(pool) => {
+                let during = during();
+                (pool.tx(None, f), during)
+            }
+        }
+    }
+
     fn run_tx<T>(&self, lock: Option<i64>, f: impl FnOnce(&mut dyn Db) -> Result<T>) -> Result<T> {
         match &self.backend {
             Backend::Sqlite(sqlite, _) => {

@@ -1,8 +1,9 @@
 //! The upload pipeline: body → capped in-memory spool → (spill) → temp file,
 //! hashed with blake3 (and sha-256/512 when the client sent a digest) while
-//! the bytes pass, then fsynced. Every upload way (PUT, multipart, and later
-//! the end of a resumable upload) goes through [`Spooler::spool`]; the
-//! result is a complete, verified [`Received`] file ready for the commit.
+//! the bytes pass. Every upload way (PUT, multipart, and later the end of a
+//! resumable upload) goes through [`Spooler::spool`]; the result is a
+//! complete, verified [`Received`] file ready for the commit, which fsyncs
+//! it while the index records the intent (`Store::settle`).
 //!
 //! The async side only receives: it fills 256 KiB chunks and hands them over
 //! a bounded channel to one blocking writer thread, which hashes and writes.
@@ -94,7 +95,8 @@ impl Drop for Reservation {
     }
 }
 
-/// A complete upload, verified: a fsynced file (deleted if dropped), or
+/// A complete upload, verified: a file (deleted if dropped; durable only
+/// once the commit settles it, see `Store::settle`), or
 /// with an object store, the body in memory or in an uncompleted multipart
 /// upload (aborted if dropped).
 #[derive(Debug)]

@@ -70,7 +70,8 @@ impl<T: Target> Writer<T> {
         }
     }
 
-    /// Waits for every chunk to be written, then fsyncs.
+    /// Waits for every chunk to be written, then syncs the target
+    /// ([`Target::sync`]: a spool file's fsync is left to its commit).
     pub async fn finish(mut self) -> Result<Written<T>> {
         if self.tx.send(Msg::Done).await.is_err() {
             return Err(self.failure().await);

@@ -312,7 +312,7 @@ impl Node {
             };
             // Intent, install, then rows: a crash anywhere leaves a state
             // the next start finishes or rolls back (see `resolve_intents`).
-            index.begin(&Intent::Install(version.clone()))?;
+            index.begin_while(&Intent::Install(version.clone()), || store.settle(&prepared))?;
             crate::failpoint::delay_key("commit.install", key.as_str());
             match handle.block_on(store.install(&key, prepared, &info)) {
                 Ok(installed) => (version.version, version.blob_version) = (installed.version, installed.blob),

@@ -100,6 +100,14 @@ impl Store for FsStore {
         Ok(Prepared::new(Staged::Native(Native::new(KeptBlob(kept))), Some(inode.to_string())))
     }
 
+    fn settle(&self, prepared: &Prepared) -> Result<()> {
+        if let Staged::File(file) = &prepared.staged {
+            crate::failpoint::hold("store.settle");
+            file.as_file().sync_all()?;
+        }
+        Ok(())
+    }
+
     async fn install(&self, key: &Key, prepared: Prepared, info: &ObjectInfo) -> Result<Installed> {
         let version = prepared.version.unwrap_or_default();
         let (layout, key, info, files) = (self.layout.clone(), key.clone(), info.clone(), self.files.clone());

@@ -8,7 +8,8 @@
 //!    ready to appear at once (a file moved onto the data volume; a
 //!    multipart upload with every part uploaded).
 //! 2. [`Store::install`], under the commit lock, after the intent is
-//!    recorded: make them appear at the key, atomically replacing any
+//!    recorded and the bytes are durable ([`Store::settle`], which runs
+//!    while the intent commits): make them appear at the key, atomically replacing any
 //!    previous version (a rename; CompleteMultipartUpload). It returns the
 //!    store's version of the bytes (an inode; an ETag), which the index row
 //!    keeps so that a reader never pairs a row with other bytes.
@@ -70,7 +71,9 @@ pub struct Found {
 
 /// Bytes of a complete, verified upload, not yet installed.
 pub enum Staged {
-    /// A complete, fsynced local file (spool, staging, a resumable upload).
+    /// A complete local file (spool, staging, a resumable upload): durable
+    /// once [`Store::settle`] has run, which the commit does before it is
+    /// linked anywhere.
     File(NamedTempFile),
     /// A small body still in memory (object stores take it in one PUT).
     Memory(Vec<Vec<u8>>),
@@ -174,6 +177,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         Ok(prepared)
     }
 
+    /// Under the commit lock, while the intent commits: makes the prepared
+    /// bytes durable, if they are not yet, before [`Store::install`] links
+    /// them anywhere. A spool file is written without an fsync (see
+    /// `ingest`): this is where it gets one, in parallel with the index's,
+    /// and not at all when [`Store::reuse`] dropped it for a kept blob.
+    fn settle(&self, _prepared: &Prepared) -> Result<()> {
+        Ok(())
+    }
+
     /// Step 2: the bytes appear at `key`, replacing any previous version,
     /// and are kept as their blob.
     async fn install(&self, key: &Key, prepared: Prepared, info: &ObjectInfo) -> Result<Installed>;
@@ -263,7 +275,9 @@ pub const CHUNK: usize = 256 * 1024;
 /// Where the writer thread puts an upload's bytes: a file it appends to and
 /// makes durable, or an object store's multipart upload.
 pub trait Target: std::io::Write + Send + 'static {
-    /// Makes everything written durable (fsync; every part uploaded).
+    /// Makes everything written durable (fsync; every part uploaded); a
+    /// spool file is only completed, and made durable at its commit
+    /// ([`Store::settle`]).
     fn sync(&mut self) -> std::io::Result<()>;
     /// The directory whose volume fills up as bytes arrive, if any.
     fn dir(&self) -> Option<std::path::PathBuf>;
