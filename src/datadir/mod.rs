@@ -322,13 +322,19 @@ impl Layout {
         Ok(files)
     }
 
+    /// Whether a file (by its metadata) lies on the data volume, where a
+    /// rename can install it.
+    pub fn is_on_data_volume(&self, meta: &std::fs::Metadata) -> bool {
+        meta.dev() == self.data_dev
+    }
+
     /// Returns a complete temp file that lies on the data volume: the file
     /// itself (fsynced at the commit), or (spooled on another volume) a
     /// fsynced copy in staging, so that [`Layout::place`] never renames
     /// across filesystems.
     /// The inode of the result is the inode the dataset will have.
     pub fn to_data_volume(&self, staged: NamedTempFile) -> Result<NamedTempFile, Error> {
-        if staged.as_file().metadata()?.dev() == self.data_dev {
+        if self.is_on_data_volume(&staged.as_file().metadata()?) {
             Ok(staged)
         } else {
             self.copy_to_staging(staged)

@@ -66,6 +66,14 @@ impl Store for FsStore {
     }
 
     async fn prepare(&self, _key: &Key, staged: Staged, _info: &ObjectInfo) -> Result<Prepared> {
+        // The usual case, a file already on the data volume, needs only an
+        // fstat: no trip to the blocking pool and back.
+        if let Staged::File(file) = &staged {
+            let meta = file.as_file().metadata()?;
+            if self.layout.is_on_data_volume(&meta) {
+                return Ok(Prepared::new(staged, Some(meta.ino().to_string())));
+            }
+        }
         let layout = self.layout.clone();
         blocking(move || {
             let file = match staged {
@@ -90,8 +98,8 @@ impl Store for FsStore {
         if blob.is_some_and(|b| b.corrupt) {
             return Ok(prepared);
         }
-        let (layout, blake3, size) = (self.layout.clone(), info.blake3.clone(), info.size);
-        let Some(kept) = blocking(move || layout.open_blob(&blake3, size)).await? else {
+        // On the commit's blocking thread (see `Store::reuse`).
+        let Some(kept) = self.layout.open_blob(&info.blake3, info.size)? else {
             return Ok(prepared);
         };
         // The staged copy is dropped (deleted): the blob's inode is the
@@ -110,21 +118,19 @@ impl Store for FsStore {
 
     async fn install(&self, key: &Key, prepared: Prepared, info: &ObjectInfo) -> Result<Installed> {
         let version = prepared.version.unwrap_or_default();
-        let (layout, key, info, files) = (self.layout.clone(), key.clone(), info.clone(), self.files.clone());
-        blocking(move || {
-            let file = match prepared.staged {
-                Staged::File(file) => {
-                    layout.keep_as_blob(&file, &info.blake3, info.size)?;
-                    file
-                }
-                Staged::Native(native) => layout.link_blob(native.take::<KeptBlob>()?.0, &info.blake3, info.size)?,
-                Staged::Memory(_) => return Err(Error::internal("the filesystem store installs prepared files only")),
-            };
-            let placed = layout.place(file, &key);
-            files.clear();
-            placed
-        })
-        .await?;
+        // On the commit's blocking thread (see `Store::install`).
+        let layout = &self.layout;
+        let file = match prepared.staged {
+            Staged::File(file) => {
+                layout.keep_as_blob(&file, &info.blake3, info.size)?;
+                file
+            }
+            Staged::Native(native) => layout.link_blob(native.take::<KeptBlob>()?.0, &info.blake3, info.size)?,
+            Staged::Memory(_) => return Err(Error::internal("the filesystem store installs prepared files only")),
+        };
+        let placed = layout.place(file, key);
+        self.files.clear();
+        placed?;
         Ok(Installed { blob: version.clone(), version })
     }
 

@@ -173,6 +173,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// keeps as a blob (`blob`, the index's row of the same blake3 and size,
     /// if any) take the place of the staged ones, so that they are stored
     /// once. A corrupt blob is never reused: the new bytes replace it.
+    /// Like [`Store::install`], it is driven with `Handle::block_on` from
+    /// the commit's blocking thread, where it may block.
     async fn reuse(&self, prepared: Prepared, _info: &ObjectInfo, _blob: Option<&Blob>) -> Result<Prepared> {
         Ok(prepared)
     }
@@ -187,7 +189,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     }
 
     /// Step 2: the bytes appear at `key`, replacing any previous version,
-    /// and are kept as their blob.
+    /// and are kept as their blob. Driven with `Handle::block_on` from a
+    /// blocking thread (the commit's, or a repair's): the filesystem store
+    /// renames and fsyncs in place rather than hop to another thread.
     async fn install(&self, key: &Key, prepared: Prepared, info: &ObjectInfo) -> Result<Installed>;
 
     /// After a crash: what is at `key` if the intent's bytes are there
