@@ -10,7 +10,7 @@ use rocket::serde::json::Json;
 use rocket::{Route, State};
 
 use super::access::mint;
-use super::{JsonBody, KeyTail};
+use super::{chunk_for, JsonBody, KeyTail};
 use crate::access::{Caller, Scope};
 use crate::error::{Error, Result};
 use crate::index::{MetadataPatch, Record};
@@ -33,10 +33,10 @@ pub struct Page<T: serde::Serialize = Record> {
 
 impl<'r, T: serde::Serialize> Responder<'r, 'static> for Page<T> {
     fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
-        let mut response = Response::build_from(Json(&self.records).respond_to(req)?);
-        // Rocket's default is 4 KiB chunks: a page of a thousand records
-        // (about 300 KB) was some seventy writes, each with a wake-up.
-        response.max_chunk_size(CHUNK);
+        let json = Json(&self.records).respond_to(req)?;
+        let len = json.body().preset_size().unwrap_or(CHUNK);
+        let mut response = Response::build_from(json);
+        response.max_chunk_size(chunk_for(len as u64));
         if let Some(next) = self.next {
             response.header(Header::new("Link", format!("<{next}>; rel=\"next\"")));
         }

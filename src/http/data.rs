@@ -15,7 +15,7 @@ use rocket::{Route, State};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::access::authorize_data;
-use super::{guard, header, KeyTail};
+use super::{chunk_for, guard, header, KeyTail};
 use crate::access::{Caller, Scope, SignedParams};
 use crate::error::{Error, Result};
 use crate::index::Record;
@@ -407,10 +407,6 @@ impl<'r> Responder<'r, 'static> for Download {
             }
         };
         let body = body.ok_or(Status::InternalServerError)?;
-        // Rocket allocates a buffer of the chunk size per chunk: a small
-        // body gets one of its own size. Larger chunks than CHUNK measured
-        // slower (a fresh 1 MiB buffer each time faults its pages in).
-        let chunk = len.clamp(1, CHUNK as u64) as usize;
-        response.header(content_type).sized_body(len as usize, body).max_chunk_size(chunk).ok()
+        response.header(content_type).sized_body(len as usize, body).max_chunk_size(chunk_for(len)).ok()
     }
 }
