@@ -284,3 +284,27 @@ async fn a_spilled_upload_is_written_around_the_page_cache() {
         assert!(node.wait_spool_empty(Duration::from_secs(10)).is_empty());
     }
 }
+
+/// With the spool on another filesystem (here tmpfs), a spilled upload is
+/// copied onto the data volume at its commit, and a small one is written
+/// there from memory: both are served whole, and fsck finds nothing amiss.
+#[tokio::test]
+async fn uploads_spooled_on_another_volume_are_copied_in() {
+    use std::os::unix::fs::MetadataExt;
+    let spool = tempfile::tempdir_in("/dev/shm").expect("a temp dir in /dev/shm (tmpfs)");
+    let spool_dir = spool.path().display().to_string();
+    let mut node = TestNode::start_with(&[("SPILLWAY_SPOOL_MEMORY", "1 MiB"), ("SPILLWAY_SPOOL_DIR", &spool_dir)]);
+    let (spool_dev, data_dev) =
+        (std::fs::metadata(spool.path()).unwrap().dev(), std::fs::metadata(&node.data_dir).unwrap().dev());
+    assert_ne!(spool_dev, data_dev, "the spool must be on another filesystem for this test to mean anything");
+    let big = generated(3 * MIB as usize + 5, 71);
+    let small = generated(100_000, 72);
+    assert_eq!(node.put("elsewhere/big", big.clone()).await.status(), 201);
+    assert_eq!(node.put("elsewhere/small", small.clone()).await.status(), 201);
+    assert_serves(&node, "elsewhere/big", &big).await;
+    assert_serves(&node, "elsewhere/small", &small).await;
+    assert!(files_below(spool.path()).is_empty(), "the spool keeps a copy");
+    node.terminate();
+    let fsck = node.cli(&["fsck"]);
+    assert_eq!(fsck.code, Some(0), "fsck:\n{}{}", fsck.stdout, fsck.stderr);
+}
