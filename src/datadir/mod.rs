@@ -328,23 +328,11 @@ impl Layout {
         meta.dev() == self.data_dev
     }
 
-    /// Returns a complete temp file that lies on the data volume: the file
-    /// itself (fsynced at the commit), or (spooled on another volume) a
-    /// fsynced copy in staging, so that [`Layout::place`] never renames
-    /// across filesystems.
-    /// The inode of the result is the inode the dataset will have.
-    pub fn to_data_volume(&self, staged: NamedTempFile) -> Result<NamedTempFile, Error> {
-        if self.is_on_data_volume(&staged.as_file().metadata()?) {
-            Ok(staged)
-        } else {
-            self.copy_to_staging(staged)
-        }
-    }
-
-    /// Renames a file from [`Layout::to_data_volume`] to the key's path,
-    /// atomically replacing any previous version, and makes the directory
-    /// entry durable. A symlink at the key is refused, not replaced: it was
-    /// not put there by the node.
+    /// Renames a staged file on the data volume (see
+    /// [`Layout::is_on_data_volume`]) to the key's path, atomically
+    /// replacing any previous version, and makes the directory entry
+    /// durable. A symlink at the key is refused, not replaced: it was not
+    /// put there by the node.
     pub fn place(&self, staged: NamedTempFile, key: &Key) -> Result<(), Error> {
         // What is renamed is a name: it must still be the file that was
         // written (a resumable upload's file may have been swapped).
@@ -395,14 +383,17 @@ impl Layout {
         (FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile).then_some(stat)
     }
 
-    fn copy_to_staging(&self, spooled: NamedTempFile) -> Result<NamedTempFile, Error> {
+    /// A copy in staging of a file spooled on another volume, so that
+    /// [`Layout::place`] never renames across filesystems. Its inode is the
+    /// one the dataset will have; the commit makes it durable
+    /// (`Store::settle`).
+    pub fn copy_to_data_volume(&self, spooled: NamedTempFile) -> Result<NamedTempFile, Error> {
         let mut staging = self.new_staging_file()?;
         // Read through the open file, not reopened by path.
         let mut source = spooled.as_file().try_clone()?;
         io::Seek::rewind(&mut source)?;
         io::copy(&mut source, staging.as_file_mut())?;
         staging.as_file_mut().flush()?;
-        staging.as_file().sync_all()?;
         Ok(staging)
     }
 

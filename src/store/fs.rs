@@ -77,13 +77,13 @@ impl Store for FsStore {
         let layout = self.layout.clone();
         blocking(move || {
             let file = match staged {
-                Staged::File(file) => layout.to_data_volume(file)?,
+                // Both made durable by the commit (`settle`).
+                Staged::File(file) => layout.copy_to_data_volume(file)?,
                 Staged::Memory(chunks) => {
                     let mut file = layout.new_staging_file()?;
                     for chunk in chunks {
                         file.write_all(&chunk)?;
                     }
-                    file.as_file().sync_all()?;
                     file
                 }
                 Staged::Native(_) => return Err(Error::internal("staged bytes of another store")),
