@@ -77,20 +77,12 @@ impl DbRow {
         self.opt_text(i).unwrap_or_default()
     }
     pub fn opt_text(&self, i: usize) -> Option<String> {
-        match &self.0[i] {
-            Val::Text(s) => Some(s.clone()),
-            Val::Int(n) => Some(n.to_string()),
-            _ => None,
-        }
+        text_of(self.0[i].clone())
     }
     /// Like [`DbRow::opt_text`], but moves the text out (rows read by the
     /// thousand are not copied twice).
     pub fn take_opt_text(&mut self, i: usize) -> Option<String> {
-        match std::mem::replace(&mut self.0[i], Val::Null) {
-            Val::Text(s) => Some(s),
-            Val::Int(n) => Some(n.to_string()),
-            _ => None,
-        }
+        text_of(std::mem::replace(&mut self.0[i], Val::Null))
     }
     pub fn take_text(&mut self, i: usize) -> String {
         self.take_opt_text(i).unwrap_or_default()
@@ -107,6 +99,14 @@ impl DbRow {
     }
     pub fn bool(&self, i: usize) -> bool {
         self.opt_int(i).is_some_and(|n| n != 0)
+    }
+}
+
+fn text_of(value: Val) -> Option<String> {
+    match value {
+        Val::Text(s) => Some(s),
+        Val::Int(n) => Some(n.to_string()),
+        _ => None,
     }
 }
 
