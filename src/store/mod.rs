@@ -9,10 +9,11 @@
 //!    multipart upload with every part uploaded).
 //! 2. [`Store::install`], under the commit lock, after the intent is
 //!    recorded and the bytes are durable ([`Store::settle`], which runs
-//!    while the intent commits): make them appear at the key, atomically replacing any
-//!    previous version (a rename; CompleteMultipartUpload). It returns the
-//!    store's version of the bytes (an inode; an ETag), which the index row
-//!    keeps so that a reader never pairs a row with other bytes.
+//!    while the intent commits): make them appear at the key, atomically
+//!    replacing any previous version (a rename; CompleteMultipartUpload).
+//!    It returns the store's version of the bytes (an inode; an ETag),
+//!    which the index row keeps so that a reader never pairs a row with
+//!    other bytes.
 //! 3. The row is written. [`Store::landed`] tells, after a crash, whether
 //!    step 2 happened.
 //!
