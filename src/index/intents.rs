@@ -48,11 +48,10 @@ impl Index {
     /// if either fails; an intent recorded for a `during` that failed is
     /// dropped again.
     pub fn begin_while(&self, intent: &Intent, during: impl FnOnce() -> Result<()>) -> Result<()> {
-        let key = intent.key().clone();
         let (begun, during) = self.batched_while(Self::intent_writer(intent.clone()), during);
         match (begun, during) {
             (Ok(()), Err(e)) => {
-                let _ = self.abandon(&key);
+                let _ = self.abandon(intent.key());
                 Err(e)
             }
             (begun, during) => begun.and(during),
