@@ -293,6 +293,10 @@ struct GarageNode {
 
 impl Drop for GarageNode {
     fn drop(&mut self) {
+        // What Garage said is often why a failed test's node got a 503.
+        if std::thread::panicking() && self.child.is_some() {
+            eprintln!("{}", log_tail(&self.log, 30));
+        }
         if let Some(mut child) = self.child.take() {
             kill9(&mut child);
         }

@@ -234,6 +234,17 @@ impl TestNode {
 
 impl Drop for TestNode {
     fn drop(&mut self) {
+        // A failed assertion rarely says why the node answered as it did;
+        // its log does, and the temporary directory goes with the test.
+        if std::thread::panicking() && self.child.is_some() {
+            self.wait_log_written(Duration::from_secs(2));
+            let log = self.log_as_written();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "--- the node's log when the test failed (last 60 lines) ---\n{}",
+                lines[lines.len().saturating_sub(60)..].join("\n")
+            );
+        }
         self.kill9();
     }
 }
