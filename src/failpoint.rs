@@ -1,7 +1,8 @@
 //! Places where a test can make the node wait (the `failpoints` feature,
 //! with the `fail` crate's `FAILPOINTS` variable): a batch held open for a
 //! kill -9, a blob's second name made but not yet renamed into place, one
-//! key's install slowed while others commit. Without the feature these
+//! key's install slowed while others commit, a staged object's removal
+//! slowed. Without the feature these
 //! compile to nothing.
 
 /// Runs the action configured for `name` (say `sleep(50)`), if any.

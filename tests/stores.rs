@@ -1296,10 +1296,12 @@ async fn s3_direct_upload_then_acknowledge() {
 }
 
 /// Acknowledging with a blake3 the object does not have: digest-mismatch,
-/// no dataset, and the incoming object is gone.
+/// no dataset, and the incoming object and its private copy are gone by
+/// the time the refusal is answered (the copy's removal is slowed by a
+/// failpoint, so one left to the background would be seen).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_acknowledge_with_wrong_blake3_is_refused() {
-    let Some(fx) = Fx::on_garage(Kind::S3, &[]) else {
+    let Some(fx) = Fx::on_garage(Kind::S3, &[("FAILPOINTS", "s3.staged.discard=sleep(1500)")]) else {
         return;
     };
     let body = generated(200 * KIB, 111);

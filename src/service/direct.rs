@@ -64,16 +64,16 @@ impl Node {
         let Some(incoming) = direct.take(key, limit).await? else {
             return Ok(());
         };
-        let (size, blake3, uploaded) = (incoming.size, incoming.blake3, incoming.uploaded);
         if let Some(expected) = &ack.blake3 {
-            if !expected.eq_ignore_ascii_case(&blake3.to_hex()) {
-                direct.release(key, &uploaded).await?;
+            if !expected.eq_ignore_ascii_case(&incoming.blake3.to_hex()) {
+                let actual = incoming.blake3.to_hex();
+                direct.refuse(key, incoming).await?;
                 return Err(Error::StoredDigestMismatch(format!(
-                    "the uploaded object's blake3 is {}, not {expected}",
-                    blake3.to_hex()
+                    "the uploaded object's blake3 is {actual}, not {expected}"
                 )));
             }
         }
+        let (size, blake3, uploaded) = (incoming.size, incoming.blake3, incoming.uploaded);
         let meta = UploadMeta {
             content_type: incoming.content_type.filter(|t| !t.is_empty()),
             name: ack.metadata.name.clone(),

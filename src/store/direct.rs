@@ -34,4 +34,9 @@ pub trait Direct: Send + Sync {
 
     /// Removes the client's upload, unless it was replaced after `take`.
     async fn release(&self, key: &Key, uploaded: &str) -> Result<()>;
+
+    /// A taken upload refused: its private copy is removed, then the
+    /// client's upload is [released](Direct::release), both before the
+    /// refusal is answered.
+    async fn refuse(&self, key: &Key, incoming: Incoming) -> Result<()>;
 }

@@ -29,6 +29,7 @@ impl Direct for S3Store {
             return Ok(None);
         };
         if size > limit {
+            object.discard().await;
             self.delete_if_unchanged(&incoming, &uploaded).await?;
             return Err(Error::TooLarge { limit });
         }
@@ -42,5 +43,14 @@ impl Direct for S3Store {
 
     async fn release(&self, key: &Key, uploaded: &str) -> Result<()> {
         self.delete_if_unchanged(&self.incoming(key), uploaded).await
+    }
+
+    async fn refuse(&self, key: &Key, incoming: Incoming) -> Result<()> {
+        if let Staged::Native(native) = incoming.staged {
+            if let Ok(S3Staged::Object(object)) = native.take::<S3Staged>() {
+                object.discard().await;
+            }
+        }
+        self.release(key, &incoming.uploaded).await
     }
 }

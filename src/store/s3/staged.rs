@@ -70,9 +70,19 @@ impl StagedObject {
         discard(self.store.clone(), from, self.tracker.clone()).await;
         result
     }
+
+    /// Deletes it now, rather than in the background as a drop does: for
+    /// a refusal that must leave nothing behind by the time it is answered.
+    pub(super) async fn discard(mut self) {
+        if let Some(path) = self.path.take() {
+            discard(self.store.clone(), path, self.tracker.clone()).await;
+        }
+    }
 }
 
 async fn discard(store: Arc<Bucket>, path: Path, tracker: Option<Tracker>) {
+    // A test slows this to tell an awaited removal from a background one.
+    crate::failpoint::hold("s3.staged.discard");
     match store.delete(&path).await {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => {
             if let Some(tracker) = &tracker {
