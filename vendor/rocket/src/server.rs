@@ -196,10 +196,12 @@ impl Rocket<Orbit> {
         tx: oneshot::Sender<hyper::Response<HttpBody>>,
         version: hyper::Version,
     ) -> io::Result<()> {
+        let mut sized = None;
         if response.headers().contains("Transfer-Encoding") {
             response.remove_header("Content-Length");
         } else if let Some(size) = response.body_mut().size().await {
             response.set_raw_header("Content-Length", size.to_string());
+            sized = Some(size);
         }
 
         let mut hyp_res = hyper::Response::builder();
@@ -238,7 +240,7 @@ impl Rocket<Orbit> {
 
         let body = response.body_mut();
         let max_chunk_size = body.max_chunk_size();
-        let mut stream = body.into_bytes_stream(max_chunk_size);
+        let mut stream = body.into_bytes_stream(max_chunk_size, sized);
         while let Some(next) = stream.next().await {
             sender.send(Ok(Frame::data(next?))).await
                 .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))?;
