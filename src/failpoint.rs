@@ -2,19 +2,28 @@
 //! with the `fail` crate's `FAILPOINTS` variable): a batch held open for a
 //! kill -9, a blob's second name made but not yet renamed into place, one
 //! key's install slowed while others commit, a staged object's removal
-//! slowed. Without the feature these
+//! slowed, a staged file's fsync failed. Without the feature these
 //! compile to nothing.
 
 /// Runs the action configured for `name` (say `sleep(50)`), if any.
 pub fn hold(name: &str) {
+    let _ = io(name);
+}
+
+/// Like [`hold`], and fails with an I/O error where `name` is configured
+/// as `return`: a disk that fails an fsync, say.
+pub fn io(name: &str) -> std::io::Result<()> {
     #[cfg(feature = "failpoints")]
     if fail::list().iter().any(|(configured, _)| configured == name) {
         // A test waits for this line before it acts (a kill -9, say).
         log::info!("failpoint {name}: reached");
-        fail::eval(name, |_| ());
+        if fail::eval(name, |_| ()).is_some() {
+            return Err(std::io::Error::other(format!("failpoint {name}")));
+        }
     }
     #[cfg(not(feature = "failpoints"))]
     let _ = name;
+    Ok(())
 }
 
 /// Sleeps when `name` is configured as `return(KEY@MILLISECONDS)` and

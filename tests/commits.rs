@@ -173,3 +173,33 @@ async fn kill9_while_the_staged_file_is_fsynced_beside_the_intent_rolls_back() {
     // and the restart rolls it back.
     killed_in("store.settle", "settled/one", 301).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fsync_of_the_staged_file_refuses_the_upload_and_keeps_the_stored_dataset() {
+    // The staged file's fsync fails once (a failing disk) while the index
+    // records the intent beside it: the upload is refused, the intent is
+    // dropped again, and the version already stored stays whole.
+    let mut node = TestNode::start_with(&[("FAILPOINTS", "store.settle=1*off->1*return->off")]);
+    let (v1, v2) = (generated(40 * KIB, 310), generated(40 * KIB, 311));
+    assert_eq!(status_of_put(&node, "fsynced/one", v1.clone()).await, 201);
+
+    let refused = node.put("fsynced/one", v2.clone()).await;
+    assert_eq!(refused.status().as_u16(), 500, "an fsync that failed");
+    let problem: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(problem["code"], "internal", "{problem}");
+    log_shows(&node, "failpoint store.settle: reached").await;
+    assert_serves(&node, "fsynced/one", &v1).await;
+    let db = rusqlite::Connection::open(node.data_dir.join("index.sqlite")).unwrap();
+    let intents: i64 = db.query_row("SELECT count(*) FROM intents", [], |row| row.get(0)).unwrap();
+    assert_eq!(intents, 0, "the intent recorded beside the failed fsync is still there");
+    drop(db);
+    let left = eventually(Duration::from_secs(30), async || node.spool_files().is_empty()).await;
+    assert!(left, "the refused upload's spool file stays: {:?}", node.spool_files());
+
+    // The key takes the same bytes once the disk behaves.
+    assert_eq!(status_of_put(&node, "fsynced/one", v2.clone()).await, 200);
+    assert_serves(&node, "fsynced/one", &v2).await;
+    node.terminate();
+    let fsck = node.cli(&["fsck"]);
+    assert_eq!(fsck.code, Some(0), "fsck after the refusal:\n{}{}", fsck.stdout, fsck.stderr);
+}

@@ -110,7 +110,7 @@ impl Store for FsStore {
 
     fn settle(&self, prepared: &Prepared) -> Result<()> {
         if let Staged::File(file) = &prepared.staged {
-            crate::failpoint::hold("store.settle");
+            crate::failpoint::io("store.settle")?;
             file.as_file().sync_all()?;
         }
         Ok(())
