@@ -251,6 +251,31 @@ fn wait_until(what: &str, child: &mut Child, log: &Path, within: Duration, mut r
 }
 
 /// Whether a log says that a listening socket could not be bound.
+/// Whether process `pid` holds the socket listening on 127.0.0.1:`port`
+/// (`/proc/net/tcp` names the socket's inode, `/proc/{pid}/fd` the
+/// process's sockets).
+fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(table) = fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let local = format!("0100007F:{port:04X}");
+    let sockets: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // Columns: sl, local address, remote address, state (0A: LISTEN), .., inode (10th).
+            (fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A"))
+                .then(|| format!("socket:[{}]", fields.get(9).unwrap_or(&"")))
+        })
+        .collect();
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten()
+        .any(|fd| fs::read_link(fd.path()).is_ok_and(|target| sockets.iter().any(|s| target.as_os_str() == s.as_str())))
+}
+
 fn lost_port_race(log: &Path) -> bool {
     let text = fs::read_to_string(log).unwrap_or_default();
     text.contains("Address already in use") || text.contains("AddrInUse") || text.contains("could not bind")
@@ -410,12 +435,21 @@ impl Garage {
             let answers = |port: u16, path: &str| {
                 http_get(&format!("http://127.0.0.1:{port}{path}"), &[], Duration::from_secs(2)).is_ok()
             };
-            let mut failed = None;
+            let (mut failed, mut raced) = (None, false);
             loop {
                 // Garage keeps running when one of its servers cannot bind
                 // (it logs "S3 API server exited with error" and serves the
                 // rest), so the S3 port must answer too, not only admin.
                 if answers(admin_port, "/health") && answers(s3_port, "/") {
+                    // What answers may be another test's Garage that drew the
+                    // same free port: then a node would talk to a bucket it
+                    // has no key for, and get 503s. Only our own sockets count.
+                    let pid = child.id();
+                    if [rpc_port, s3_port, admin_port].iter().all(|&port| listens_on(pid, port)) {
+                        break;
+                    }
+                    kill9(child);
+                    (failed, raced) = (Some("lost a port to another process".to_string()), true);
                     break;
                 }
                 if let Some(status) = child.try_wait().unwrap() {
@@ -434,7 +468,7 @@ impl Garage {
                 std::thread::sleep(Duration::from_millis(20));
             }
             if let Some(failed) = failed {
-                if lost_port_race(&log) && attempt < PORT_ATTEMPTS {
+                if (raced || lost_port_race(&log)) && attempt < PORT_ATTEMPTS {
                     // So that the next attempt's race check reads only its own lines.
                     let _ = fs::write(&log, "");
                     continue;
