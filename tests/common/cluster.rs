@@ -912,7 +912,16 @@ impl Postgres {
             let deadline = Instant::now() + START_TIMEOUT;
             loop {
                 if self.is_ready(port) {
-                    return;
+                    // Another test's server that drew the same free port may
+                    // be what answers (see `Garage::spawn_node`).
+                    if listens_on(self.child.as_ref().unwrap().id(), port) {
+                        return;
+                    }
+                    if fixed.is_none() && attempt < PORT_ATTEMPTS {
+                        kill9(self.child.as_mut().unwrap());
+                        self.child = None;
+                        break;
+                    }
                 }
                 if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                     self.child = None;
