@@ -224,17 +224,19 @@ impl<'r, T: DeserializeOwned> FromData<'r> for JsonBody<T> {
     }
 }
 
-/// A checked guard's result in the shape Rocket wants: the error keeps its
-/// status, and the handler (taking `Result<T, Error>`) answers with it.
-/// The chunk size to send a body of `len` bytes in. Rocket allocates a
-/// buffer of the chunk size per chunk: a small body gets one of its own
-/// size. Its default, 4 KiB, made a listing page of 300 KB some seventy
-/// writes, each with a wake-up; chunks larger than [`CHUNK`] measured
-/// slower (a fresh 1 MiB buffer each time faults its pages in).
+/// The chunk size to send a body of `len` bytes in. Rocket reads a body
+/// into buffers of the chunk size (a fresh one for the first chunk, then
+/// recycled: `vendor/rocket/PATCHES.md`, 6): a small body gets one of its
+/// own size. Its default, 4 KiB, made a listing page of 300 KB some
+/// seventy writes, each with a wake-up; chunks larger than [`CHUNK`]
+/// measured slower, before the buffers were recycled (a fresh 1 MiB buffer
+/// each time faulted its pages in).
 pub fn chunk_for(len: u64) -> usize {
     len.clamp(1, CHUNK as u64) as usize
 }
 
+/// A checked guard's result in the shape Rocket wants: the error keeps its
+/// status, and the handler (taking `Result<T, Error>`) answers with it.
 pub fn guard<T>(result: Result<T, Error>) -> Outcome<T, Error> {
     match result {
         Ok(value) => Outcome::Success(value),

@@ -250,7 +250,6 @@ fn wait_until(what: &str, child: &mut Child, log: &Path, within: Duration, mut r
     }
 }
 
-/// Whether a log says that a listening socket could not be bound.
 /// Whether process `pid` holds the socket listening on 127.0.0.1:`port`
 /// (`/proc/net/tcp` names the socket's inode, `/proc/{pid}/fd` the
 /// process's sockets).
@@ -276,6 +275,7 @@ fn listens_on(pid: u32, port: u16) -> bool {
         .any(|fd| fs::read_link(fd.path()).is_ok_and(|target| sockets.iter().any(|s| target.as_os_str() == s.as_str())))
 }
 
+/// Whether a log says that a listening socket could not be bound.
 fn lost_port_race(log: &Path) -> bool {
     let text = fs::read_to_string(log).unwrap_or_default();
     text.contains("Address already in use") || text.contains("AddrInUse") || text.contains("could not bind")
@@ -918,8 +918,7 @@ impl Postgres {
                         return;
                     }
                     if fixed.is_none() && attempt < PORT_ATTEMPTS {
-                        kill9(self.child.as_mut().unwrap());
-                        self.child = None;
+                        kill9(&mut self.child.take().unwrap());
                         break;
                     }
                 }
