@@ -133,7 +133,7 @@ impl Fx {
                 Instant::now() < deadline,
                 "{what}: after {within:?} the spool still holds {spool:?} and the bucket has \
                  (unfinished multipart uploads, parts) = {unfinished:?}\n{}",
-                log_tail(&self.node)
+                self.node.log_tail(40)
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -174,7 +174,7 @@ impl Fx {
             r.status == 201 || r.status == 200,
             "PUT {key} ({framing:?}): {}\n{}",
             r.describe(),
-            log_tail(&self.node)
+            self.node.log_tail(40)
         );
         let record = r.json();
         assert_eq!(record["key"], key, "PUT {key}: {record}");
@@ -239,15 +239,8 @@ impl Fx {
     fn assert_no_500(&self) {
         let log = self.node.log();
         let fives: Vec<&str> = log.lines().filter(|l| l.contains("status=500") || l.contains("answered 500")).collect();
-        assert!(fives.is_empty(), "the node answered 500:\n{}\n{}", fives.join("\n"), log_tail(&self.node));
+        assert!(fives.is_empty(), "the node answered 500:\n{}\n{}", fives.join("\n"), self.node.log_tail(40));
     }
-}
-
-/// The last lines of a node's log, for failure messages.
-fn log_tail(node: &TestNode) -> String {
-    let log = node.log();
-    let lines: Vec<&str> = log.lines().collect();
-    format!("--- node log (last 40 lines) ---\n{}", lines[lines.len().saturating_sub(40)..].join("\n"))
 }
 
 fn encode(s: &str) -> String {
@@ -742,7 +735,7 @@ async fn replace_is_atomic(kind: Kind) {
     stop.store(true, Ordering::SeqCst);
     for reader in readers {
         let reads =
-            reader.await.unwrap().unwrap_or_else(|e| panic!("a reader during replaces: {e}\n{}", log_tail(&fx.node)));
+            reader.await.unwrap().unwrap_or_else(|e| panic!("a reader during replaces: {e}\n{}", fx.node.log_tail(40)));
         assert!(reads > 0);
     }
     fx.assert_serves("rep/data", &versions[0]).await;
@@ -1839,7 +1832,7 @@ fn assert_copied_in_parts(fx: &Fx, from: &str, to: &str, parts: u64) {
     let log = fx.node.log();
     let (from_, to_, parts_) = (format!("copied {from}"), format!(" to {to}"), format!(" in {parts} parts"));
     let copied = log.lines().any(|l| l.contains(&from_) && l.contains(&to_) && l.contains(&parts_));
-    assert!(copied, "no copy of {from}… to {to}… in {parts} parts\n{}", log_tail(&fx.node));
+    assert!(copied, "no copy of {from}… to {to}… in {parts} parts\n{}", fx.node.log_tail(40));
 }
 
 /// With the threshold at 5 MiB, a 12 MiB upload is copied in three parts

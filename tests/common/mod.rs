@@ -157,6 +157,14 @@ impl TestNode {
         fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// The last `lines` lines of [`TestNode::log`], for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        if self.child.is_some() {
+            self.wait_log_written(Duration::from_secs(10));
+        }
+        cluster::log_tail(&self.log_path(), lines)
+    }
+
     /// The node's output as it is in the file now (see [`TestNode::log`]).
     pub fn log_as_written(&self) -> String {
         fs::read_to_string(self.log_path()).unwrap_or_default()
@@ -237,13 +245,7 @@ impl Drop for TestNode {
         // A failed assertion rarely says why the node answered as it did;
         // its log does, and the temporary directory goes with the test.
         if std::thread::panicking() && self.child.is_some() {
-            self.wait_log_written(Duration::from_secs(2));
-            let log = self.log_as_written();
-            let lines: Vec<&str> = log.lines().collect();
-            eprintln!(
-                "--- the node's log when the test failed (last 60 lines) ---\n{}",
-                lines[lines.len().saturating_sub(60)..].join("\n")
-            );
+            eprintln!("the node's log when the test failed:\n{}", self.log_tail(60));
         }
         self.kill9();
     }
