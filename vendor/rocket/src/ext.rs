@@ -22,9 +22,9 @@ pin_project! {
         spare: Option<Vec<u8>>,
         // Made at the second chunk: most bodies are one chunk, and they
         // pay for no pool.
-        pool: Option<std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>>,
+        pool: Option<Pool>,
         cap: usize,
-        chunks: usize,
+        first_sent: bool,
         // Bytes still to come of a body of known size: once they are all
         // read, the stream ends without one more read (and one more buffer
         // to zero) only to find the end.
@@ -32,11 +32,14 @@ pin_project! {
     }
 }
 
+/// The buffers a stream's chunks give back once hyper has written them.
+type Pool = std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
+
 /// A chunk's buffer, which goes back to its stream's pool when dropped.
 struct Recycled {
     buf: Vec<u8>,
     len: usize,
-    pool: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    pool: Pool,
 }
 
 impl AsRef<[u8]> for Recycled {
@@ -96,8 +99,8 @@ impl<R: AsyncRead> Stream for ReaderStream<R> {
                     if let Some(remaining) = this.remaining.as_mut() {
                         *remaining = remaining.saturating_sub(len);
                     }
-                    *this.chunks += 1;
-                    if *this.chunks == 1 {
+                    if !*this.first_sent {
+                        *this.first_sent = true;
                         buf.truncate(len);
                         return Poll::Ready(Some(Ok(Bytes::from(buf))));
                     }
@@ -111,7 +114,7 @@ impl<R: AsyncRead> Stream for ReaderStream<R> {
 
 pub trait AsyncReadExt: AsyncRead + Sized {
     fn into_bytes_stream(self, cap: usize, size: Option<usize>) -> ReaderStream<Self> {
-        ReaderStream { reader: Some(self), cap, spare: None, pool: None, chunks: 0, remaining: size }
+        ReaderStream { reader: Some(self), cap, spare: None, pool: None, first_sent: false, remaining: size }
     }
 }
 
