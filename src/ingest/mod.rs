@@ -31,6 +31,7 @@ use direct::DIRECT_BUFFER;
 pub use direct::{DirectFile, OpenFile};
 use expected::check_blake3;
 pub use expected::{Algorithm, Digest, Expected, Hashing};
+use writer::write_whole;
 pub use writer::{Writer, Written};
 
 use crate::datadir::Layout;
@@ -231,8 +232,8 @@ impl Spooler {
             }
         }
 
-        let writer = match sink {
-            Sink::Disk(writer) => writer,
+        let mut written = match sink {
+            Sink::Disk(writer) => writer.finish().await?,
             Sink::Store(writer) => {
                 let mut written = writer.finish().await?;
                 written.hashing.verify(&expected.digests)?;
@@ -255,18 +256,14 @@ impl Spooler {
                 return Ok(Received { staged: Staged::Memory(chunks), size: received, blake3 });
             }
             Sink::Memory { chunks, reservation, .. } => {
-                let file = self.layout.new_staging_file()?;
+                let layout = self.layout.clone();
                 // Small, written once: through the page cache.
-                let file = DirectFile::new(file, 0, false);
-                let mut writer = Writer::start(file, Hashing::new(blake3::Hasher::new(), &algorithms));
-                for chunk in chunks {
-                    writer.send(chunk).await?;
-                }
+                let open = move || Ok(DirectFile::new(layout.new_staging_file()?, 0, false));
+                let written = write_whole(open, Hashing::new(blake3::Hasher::new(), &algorithms), chunks).await?;
                 drop(reservation);
-                writer
+                written
             }
         };
-        let mut written = writer.finish().await?;
         debug_assert_eq!(written.size, received);
         written.hashing.verify(&expected.digests)?;
         let blake3 = check_blake3(&mut written.hashing, expected)?;

@@ -93,9 +93,7 @@ fn write_loop<T: Target>(
     loop {
         match rx.blocking_recv() {
             Some(Msg::Data(chunk)) => {
-                hashing.update(&chunk);
-                target.write_all(&chunk)?;
-                size += chunk.len() as u64;
+                size += write_chunk(&mut target, &mut hashing, &chunk)?;
                 // Keep a few warm buffers for reuse; free the rest.
                 let _ = spent.try_send(chunk);
             }
@@ -106,4 +104,35 @@ fn write_loop<T: Target>(
     }
     target.sync()?;
     Ok(Written { target, size, hashing })
+}
+
+/// Hashes and writes a body already whole in memory (a small upload's) in
+/// one trip to the blocking pool, `open`ing its target there. Fed over the
+/// channel instead, the writer thread and the receiving task would wake
+/// each other a few times more per upload, for no overlap to gain.
+pub async fn write_whole<T: Target>(
+    open: impl FnOnce() -> io::Result<T> + Send + 'static,
+    mut hashing: Hashing,
+    chunks: Vec<Vec<u8>>,
+) -> Result<Written<T>> {
+    let written = tokio::task::spawn_blocking(move || -> io::Result<Written<T>> {
+        let mut target = open()?;
+        let mut size = 0;
+        for chunk in &chunks {
+            size += write_chunk(&mut target, &mut hashing, chunk)?;
+        }
+        target.sync()?;
+        Ok(Written { target, size, hashing })
+    })
+    .await;
+    match written {
+        Ok(result) => result.map_err(Error::from_io),
+        Err(e) => Err(Error::internal(format!("spool writer panicked: {e}"))),
+    }
+}
+
+fn write_chunk<T: Target>(target: &mut T, hashing: &mut Hashing, chunk: &[u8]) -> io::Result<u64> {
+    hashing.update(chunk);
+    target.write_all(chunk)?;
+    Ok(chunk.len() as u64)
 }
