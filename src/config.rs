@@ -27,7 +27,10 @@ pub struct Settings {
     pub max_dataset_size: ByteUnit,
     /// Free space to keep on each volume.
     pub disk_reserve: ByteUnit,
-    /// Seconds without body bytes before an upload is aborted.
+    /// Seconds without body bytes before an upload is aborted, and that a
+    /// response may wait for its client to take bytes before the
+    /// connection is closed (Rocket reads it from the same figment,
+    /// vendor/rocket/PATCHES.md).
     pub stall_timeout: u64,
     /// Seconds to receive a request's headers (an idle keep-alive
     /// connection included) before the connection is closed. Rocket reads

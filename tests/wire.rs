@@ -3,7 +3,8 @@
 //! a body that breaks off is never committed, whatever byte it broke at;
 //! refusals that the headers decide come before any body byte, and never
 //! after a `100 Continue`; a connection whose headers do not arrive in
-//! `header_timeout` is closed while everyone else is served.
+//! `header_timeout` is closed while everyone else is served, and so is one
+//! whose client takes no bytes of a response for `stall_timeout`.
 
 mod common;
 
@@ -494,6 +495,77 @@ fn connections_without_whole_headers_are_closed_after_header_timeout() {
         assert!(closed_within(s, left), "{what}: still open after the header timeout");
     }
     assert!(node.log().lines().all(|l| !l.contains("panicked")), "{}", node.log());
+}
+
+// ---------------------------------------------------------------------------
+// Responses a client stops reading
+// ---------------------------------------------------------------------------
+
+/// Reads one response's head and then its body, `piece` bytes at a time
+/// with `gap` between reads; stops at the body's length or the end of the
+/// stream (`None` from the stream: the node closed it). Returns the head
+/// and the body bytes read.
+fn read_paced(s: &mut TcpStream, piece: usize, gap: Duration) -> (String, Vec<u8>) {
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; piece];
+    let head_end = loop {
+        if let Some(at) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let n = s.read(&mut buf).expect("the response head");
+        assert!(n > 0, "closed before the response head");
+        got.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&got[..head_end]).to_string();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse().unwrap()))
+        .expect("a Content-Length");
+    let mut body = got.split_off(head_end);
+    while body.len() < length {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => body.extend_from_slice(&buf[..n]),
+        }
+        std::thread::sleep(gap);
+    }
+    (head, body)
+}
+
+/// A client that stops reading a download would hold its connection, and
+/// the chunks queued for it, for as long as it liked: a write that waits
+/// `stall_timeout` closes the connection. A slow reader that keeps taking
+/// bytes is never cut, however long the whole takes.
+#[test]
+fn a_download_the_client_stops_reading_is_closed_after_stall_timeout() {
+    let node = TestNode::start_with(&[("SPILLWAY_STALL_TIMEOUT", "2")]);
+    let rt = runtime();
+    // Far more than the socket buffers of both sides hold.
+    let body = generated(64 << 20, 11);
+    rt.block_on(async { assert_eq!(node.put("big.bin", body.clone()).await.status(), 201) });
+    let get = b"GET /data/big.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+
+    let mut stalled = node.raw();
+    stalled.write_all(get).unwrap();
+    // Nothing is read until the node says it gave up: a read would be progress.
+    let line = "a client took no bytes of a response for 2 s";
+    let gave_up = rt.block_on(eventually(Duration::from_secs(60), async || node.log_as_written().contains(line)));
+    assert!(gave_up, "the stalled download is still open: {}", node.log_tail(20));
+    let (head, got) = read_paced(&mut stalled, 1 << 20, Duration::ZERO);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(got.len() < body.len(), "the stalled download got all {} bytes", got.len());
+    assert_same_bytes(&got, &body[..got.len()], "what the stalled download got");
+
+    // 256 reads with a pause after each: longer in all than the stall
+    // timeout, never a gap of it.
+    let mut slow = node.raw();
+    slow.write_all(get).unwrap();
+    let (head, got) = read_paced(&mut slow, 256 << 10, Duration::from_millis(10));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_same_bytes(&got, &body, "the slow reader's download");
+    assert_eq!(node.log_as_written().matches(line).count(), 1, "{}", node.log_tail(20));
+    rt.block_on(assert_serves(&node, "big.bin", &body));
 }
 
 #[test]

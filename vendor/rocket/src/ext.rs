@@ -206,16 +206,49 @@ pin_project! {
         state: State,
         grace: Duration,
         mercy: Duration,
+        // PATCH(spillway): see `CancellableIo::watch_write`.
+        stall: Option<Duration>,
+        stalled: Option<Pin<Box<Sleep>>>,
     }
 }
 
 impl<F: Future, I: AsyncWrite> CancellableIo<F, I> {
-    pub fn new(trigger: F, io: I, grace: Duration, mercy: Duration) -> Self {
+    pub fn new(trigger: F, io: I, grace: Duration, mercy: Duration, stall: Option<Duration>) -> Self {
         CancellableIo {
-            grace, mercy,
+            grace, mercy, stall,
             io: Some(io),
             trigger: trigger.fuse(),
             state: State::Active,
+            stalled: None,
+        }
+    }
+
+    /// PATCH(spillway): a write that makes no progress for `stall` fails
+    /// the connection. A client that stops reading a response would
+    /// otherwise hold its connection, and the chunks queued for it, for
+    /// as long as it likes. The timer starts when a write first waits and
+    /// stops at the next write that goes through, so a slow reader that
+    /// keeps taking bytes is never cut.
+    fn watch_write<T>(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        let me = self.project();
+        let Some(stall) = *me.stall else { return poll };
+        if poll.is_ready() {
+            *me.stalled = None;
+            return poll;
+        }
+        let timer = me.stalled.get_or_insert_with(|| Box::pin(sleep(stall)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                // Rocket's own server log is off in Spillway's default filter.
+                log::warn!(target: "spillway::connection",
+                    "a client took no bytes of a response for {} s: connection closed", stall.as_secs());
+                Poll::Ready(Err(stalled()))
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -273,6 +306,10 @@ fn time_out() -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, "Shutdown grace timed out")
 }
 
+fn stalled() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "the client took no bytes of the response within the stall timeout")
+}
+
 fn gone() -> io::Error {
     io::Error::new(io::ErrorKind::BrokenPipe, "IO driver has terminated")
 }
@@ -293,14 +330,16 @@ impl<F: Future, I: AsyncWrite> AsyncWrite for CancellableIo<F, I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.as_mut().poll_trigger_then(cx, |io, cx| io.poll_write(cx, buf))
+        let poll = self.as_mut().poll_trigger_then(cx, |io, cx| io.poll_write(cx, buf));
+        self.watch_write(cx, poll)
     }
 
     fn poll_flush(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>
     ) -> Poll<io::Result<()>> {
-        self.as_mut().poll_trigger_then(cx, |io, cx| io.poll_flush(cx))
+        let poll = self.as_mut().poll_trigger_then(cx, |io, cx| io.poll_flush(cx));
+        self.watch_write(cx, poll)
     }
 
     fn poll_shutdown(
@@ -315,7 +354,8 @@ impl<F: Future, I: AsyncWrite> AsyncWrite for CancellableIo<F, I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.as_mut().poll_trigger_then(cx, |io, cx| io.poll_write_vectored(cx, bufs))
+        let poll = self.as_mut().poll_trigger_then(cx, |io, cx| io.poll_write_vectored(cx, bufs));
+        self.watch_write(cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -349,13 +389,14 @@ pin_project! {
         pub listener: L,
         pub grace: Duration,
         pub mercy: Duration,
+        pub stall: Option<Duration>,
     }
 }
 
 impl<F, L> CancellableListener<F, L> {
-    pub fn new(trigger: F, listener: L, grace: u64, mercy: u64) -> Self {
+    pub fn new(trigger: F, listener: L, grace: u64, mercy: u64, stall: Option<Duration>) -> Self {
         let (grace, mercy) = (Duration::from_secs(grace), Duration::from_secs(mercy));
-        CancellableListener { trigger, listener, grace, mercy }
+        CancellableListener { trigger, listener, grace, mercy, stall }
     }
 }
 
@@ -373,7 +414,7 @@ impl<L: Listener, F: Future + Clone> Listener for CancellableListener<F, L> {
         self.as_mut().project().listener
             .poll_accept(cx)
             .map(|res| res.map(|conn| {
-                CancellableIo::new(self.trigger.clone(), conn, self.grace, self.mercy)
+                CancellableIo::new(self.trigger.clone(), conn, self.grace, self.mercy, self.stall)
             }))
     }
 }

@@ -543,7 +543,11 @@ impl Rocket<Orbit> {
         }
 
         let rocket = Arc::new(self);
-        let listener = CancellableListener::new(shutdown.clone(), listener, grace, mercy);
+        // PATCH(spillway): a response write that waits this long fails its
+        // connection (the figment's `stall_timeout` seconds; 0: never).
+        let stall = rocket.figment().extract_inner::<u64>("stall_timeout").unwrap_or(60);
+        let stall = (stall > 0).then(|| Duration::from_secs(stall));
+        let listener = CancellableListener::new(shutdown.clone(), listener, grace, mercy, stall);
         let server = rocket.clone().serve(listener);
 
         // This deserves some explanation.
