@@ -1,6 +1,7 @@
 //! The blocking writer thread: takes chunks over a bounded channel, hashes
 //! and writes them to a target (a temp file or an upload's file, see
 //! `direct.rs`; an object store's parts), and makes them durable at the end.
+//! A body already whole in memory skips the channel ([`write_whole`]).
 
 use std::io;
 use std::path::PathBuf;
