@@ -12,8 +12,9 @@
 //! (`direct.rs`), which saves the CPU of copying every byte into it.
 //! Until then, up to `spool_memory` bytes are kept in memory, reserved from a
 //! global budget; an upload that ends within that cap is written once, to a
-//! staging file on the data volume, in one trip to the blocking pool. The temp file is a `NamedTempFile`: any
-//! early return (error, disconnect, stall) drops and deletes it.
+//! staging file on the data volume, in one trip to the blocking pool. The
+//! temp file is a `NamedTempFile`: any early return (error, disconnect,
+//! stall) drops and deletes it.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -77,10 +77,15 @@ impl<T: Target> Writer<T> {
         if self.tx.send(Msg::Done).await.is_err() {
             return Err(self.failure().await);
         }
-        match self.handle.await {
-            Ok(result) => result.map_err(Error::from_io),
-            Err(e) => Err(Error::internal(format!("spool writer panicked: {e}"))),
-        }
+        joined(self.handle.await)
+    }
+}
+
+/// A writer's result once its blocking task has ended.
+fn joined<T>(ended: std::result::Result<io::Result<T>, tokio::task::JoinError>) -> Result<T> {
+    match ended {
+        Ok(result) => result.map_err(Error::from_io),
+        Err(e) => Err(Error::internal(format!("spool writer panicked: {e}"))),
     }
 }
 
@@ -116,20 +121,18 @@ pub async fn write_whole<T: Target>(
     mut hashing: Hashing,
     chunks: Vec<Vec<u8>>,
 ) -> Result<Written<T>> {
-    let written = tokio::task::spawn_blocking(move || -> io::Result<Written<T>> {
-        let mut target = open()?;
-        let mut size = 0;
-        for chunk in &chunks {
-            size += write_chunk(&mut target, &mut hashing, chunk)?;
-        }
-        target.sync()?;
-        Ok(Written { target, size, hashing })
-    })
-    .await;
-    match written {
-        Ok(result) => result.map_err(Error::from_io),
-        Err(e) => Err(Error::internal(format!("spool writer panicked: {e}"))),
-    }
+    joined(
+        tokio::task::spawn_blocking(move || {
+            let mut target = open()?;
+            let mut size = 0;
+            for chunk in &chunks {
+                size += write_chunk(&mut target, &mut hashing, chunk)?;
+            }
+            target.sync()?;
+            Ok(Written { target, size, hashing })
+        })
+        .await,
+    )
 }
 
 fn write_chunk<T: Target>(target: &mut T, hashing: &mut Hashing, chunk: &[u8]) -> io::Result<u64> {
