@@ -501,11 +501,21 @@ fn connections_without_whole_headers_are_closed_after_header_timeout() {
 // Responses a client stops reading
 // ---------------------------------------------------------------------------
 
+/// How a paced read of a response ended.
+#[derive(Debug, PartialEq)]
+enum Ended {
+    /// Every body byte the head announced arrived.
+    Whole,
+    /// The node closed (or reset) the connection first.
+    Closed,
+    /// Nothing arrived for 30 s, the connection still open.
+    Silent,
+}
+
 /// Reads one response's head and then its body, `piece` bytes at a time
-/// with `gap` between reads; stops at the body's length or the end of the
-/// stream (`None` from the stream: the node closed it). Returns the head
-/// and the body bytes read.
-fn read_paced(s: &mut TcpStream, piece: usize, gap: Duration) -> (String, Vec<u8>) {
+/// with `gap` between reads (the client's pace, not a wait for the node).
+/// Returns the head, the body bytes read and how the read ended.
+fn read_paced(s: &mut TcpStream, piece: usize, gap: Duration) -> (String, Vec<u8>, Ended) {
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut got = Vec::new();
     let mut buf = vec![0u8; piece];
@@ -525,12 +535,16 @@ fn read_paced(s: &mut TcpStream, piece: usize, gap: Duration) -> (String, Vec<u8
     let mut body = got.split_off(head_end);
     while body.len() < length {
         match s.read(&mut buf) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => return (head, body, Ended::Closed),
             Ok(n) => body.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return (head, body, Ended::Silent)
+            }
+            Err(_) => return (head, body, Ended::Closed),
         }
         std::thread::sleep(gap);
     }
-    (head, body)
+    (head, body, Ended::Whole)
 }
 
 /// A client that stops reading a download would hold its connection, and
@@ -552,17 +566,19 @@ fn a_download_the_client_stops_reading_is_closed_after_stall_timeout() {
     let line = "a client took no bytes of a response for 2 s";
     let gave_up = rt.block_on(eventually(Duration::from_secs(60), async || node.log_as_written().contains(line)));
     assert!(gave_up, "the stalled download is still open: {}", node.log_tail(20));
-    let (head, got) = read_paced(&mut stalled, 1 << 20, Duration::ZERO);
+    let (head, got, ended) = read_paced(&mut stalled, 1 << 20, Duration::ZERO);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(ended, Ended::Closed, "the stalled download, after {} bytes", got.len());
     assert!(got.len() < body.len(), "the stalled download got all {} bytes", got.len());
     assert_same_bytes(&got, &body[..got.len()], "what the stalled download got");
 
-    // 256 reads with a pause after each: longer in all than the stall
-    // timeout, never a gap of it.
+    // At least 256 reads (of at most 256 KiB) with a pause after each:
+    // longer in all than the stall timeout, never a gap of it.
     let mut slow = node.raw();
     slow.write_all(get).unwrap();
-    let (head, got) = read_paced(&mut slow, 256 << 10, Duration::from_millis(10));
+    let (head, got, ended) = read_paced(&mut slow, 256 << 10, Duration::from_millis(10));
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(ended, Ended::Whole, "the slow reader, after {} bytes", got.len());
     assert_same_bytes(&got, &body, "the slow reader's download");
     assert_eq!(node.log_as_written().matches(line).count(), 1, "{}", node.log_tail(20));
     rt.block_on(assert_serves(&node, "big.bin", &body));
