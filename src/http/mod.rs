@@ -230,9 +230,10 @@ impl<'r, T: DeserializeOwned> FromData<'r> for JsonBody<T> {
 /// by hand (alternating rounds; medians of 9 to 27 GETs, node CPU per GET):
 /// 256 KiB chunks 680 ms at 3,070 MB/s, 512 KiB 520 ms at 3,780, 1 MiB
 /// 470 ms at 4,150, 2 MiB 490 ms at 3,400 (its buffers no longer stay in
-/// the CPU's cache, by our reading). A download holds up to about four
-/// chunks: 16 whole downloads at once peaked at 66 MiB of RSS, 44 with
-/// 256 KiB chunks.
+/// the CPU's cache, by our reading). 16 whole downloads at once peaked at
+/// 66 MiB of RSS, 44 with 256 KiB chunks; a download whose client reads
+/// nothing held about 2.75 MiB (20 of them, 55 MiB), until the stall
+/// timeout cuts it (`vendor/rocket/PATCHES.md`, 7).
 const SEND_CHUNK: u64 = 1024 * 1024;
 
 /// The chunk size to send a body of `len` bytes in: a small body gets one
