@@ -33,3 +33,28 @@ async fn access_lines_reach_the_log_in_order_without_another_request() {
         assert!(line.contains("route=/health status=200"), "access line: {line}");
     }
 }
+
+/// A GET whose client leaves before its answer is ready is still seen
+/// through: logged and counted. A GET runs on its connection's task until
+/// its answer's head is ready (Rocket patch 8); when the connection goes
+/// first, what is left of the request must go on in a task of its own, as
+/// the whole request used to, rather than be dropped with the connection.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn a_get_whose_client_leaves_before_the_answer_is_still_logged() {
+    use std::io::Write;
+    let node = TestNode::start_with(&[("FAILPOINTS", "read.open=return(slow@1500)")]);
+    assert_eq!(node.put("slow", "held bytes").await.status(), 201);
+    let mut s = node.raw();
+    s.write_all(b"GET /data/slow HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-Id: left-early\r\n\r\n").unwrap();
+    let held = "failpoint read.open: `slow` waits";
+    let reached = eventually(Duration::from_secs(10), async || node.log_as_written().contains(held)).await;
+    assert!(reached, "the GET never reached the held read:\n{}", node.log_tail(30));
+    drop(s);
+    let logged =
+        eventually(Duration::from_secs(15), async || node.log_as_written().contains("request_id=left-early")).await;
+    assert!(logged, "the GET its client left was never logged:\n{}", node.log_tail(30));
+    let log = node.log_as_written();
+    let line = log.lines().find(|l| l.contains("request_id=left-early")).unwrap();
+    assert!(line.contains("route=/data/<_..> status=200"), "access line: {line}");
+}

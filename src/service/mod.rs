@@ -352,6 +352,7 @@ impl Node {
         key: &Key,
         want: impl Fn(&Record) -> Result<Want>,
     ) -> Result<(Record, Want, Option<Reader>)> {
+        crate::failpoint::delay_key_async("read.open", key.as_str()).await;
         for attempt in 0..4u64 {
             let record = self.get(key).await?;
             if record.corrupt {

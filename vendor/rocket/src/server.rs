@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep;
 use tokio_stream::wrappers::ReceiverStream;
 use futures::stream::StreamExt;
-use futures::future::{FutureExt, Future, BoxFuture};
+use futures::future::{self, FutureExt, Future, BoxFuture};
 use http_body_util::{Either, Empty, StreamBody};
 use hyper_util::rt::{TokioIo, TokioTimer};
 
@@ -87,16 +87,17 @@ async fn hyper_service_fn(
     // This future must return a hyper::Response, but the response body might
     // borrow from the request. Instead, write the body in another future that
     // sends the response metadata (and a body channel) prior.
-    let (tx, rx) = oneshot::channel();
+    let (tx, mut rx) = oneshot::channel();
     let version = hyp_req.version();
 
     #[cfg(not(broken_fmt))]
     debug!("received request: {:#?}", hyp_req);
 
-    // PATCH(spillway): boxed before it is spawned. The request's future
-    // (dispatch, fairings, the response) is large, and tokio moves a task's
-    // future by value several times (into the task cell, at each stage).
-    tokio::spawn(Box::pin(async move {
+    // PATCH(spillway): boxed, so that it can be spawned once started
+    // without being moved (tokio moves a task's future by value several
+    // times, and this one is large). See below for when it is spawned.
+    let inline = matches!(hyp_req.method(), &hyper::Method::GET | &hyper::Method::HEAD);
+    let request = Box::pin(async move {
         // We move the request next, so get the upgrade future now.
         let pending_upgrade = hyper::upgrade::on(&mut hyp_req);
 
@@ -138,10 +139,53 @@ async fn hyper_service_fn(
                 rocket.send_response(response, tx, version).await;
             }
         }
-    }));
+    });
 
-    // Receive the response written to `tx` by the task above.
-    rx.await.map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))
+    // PATCH(spillway): a GET or HEAD runs on the connection's task until
+    // its answer's head is ready, and to its end if by then its body is
+    // all in the body channel (a body of one chunk). Only what is left (a
+    // longer body, a lingering drain) gets a task of its own. Other methods
+    // keep a task of their own from the start: an upload's body is handled
+    // while the connection's task reads the socket, side by side.
+    if !inline {
+        tokio::spawn(request);
+        return rx.await.map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e));
+    }
+    let mut running = Running(Some(request));
+    let response = future::poll_fn(|cx| {
+        running.poll(cx);
+        rx.poll_unpin(cx)
+    }).await;
+    drop(running);
+    response.map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))
+}
+
+/// PATCH(spillway): a request's future run on the connection's task. What
+/// it has left when it is dropped (its answer is out, or hyper dropped the
+/// connection) runs on in a task of its own, as the whole request would
+/// have: every request is seen through, logged and counted.
+struct Running<F: Future<Output = ()> + Send + 'static>(Option<Pin<Box<F>>>);
+
+impl<F: Future<Output = ()> + Send + 'static> Running<F> {
+    fn poll(&mut self, cx: &mut std::task::Context<'_>) {
+        use std::panic::{catch_unwind, AssertUnwindSafe};
+        let Some(request) = self.0.as_mut() else { return };
+        // As a task's would: a panic ends the request (its answer's sender
+        // is dropped, so the connection is closed), not the connection's
+        // task.
+        match catch_unwind(AssertUnwindSafe(|| request.as_mut().poll(cx))) {
+            Ok(std::task::Poll::Pending) => {}
+            Ok(std::task::Poll::Ready(())) | Err(_) => self.0 = None,
+        }
+    }
+}
+
+impl<F: Future<Output = ()> + Send + 'static> Drop for Running<F> {
+    fn drop(&mut self) {
+        if let (Some(rest), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn(rest);
+        }
+    }
 }
 
 /// PATCH(spillway): a lingering close. A request answered without reading
