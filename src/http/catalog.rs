@@ -115,7 +115,7 @@ pub(super) fn parse_limit(limit: Option<&str>) -> Result<usize> {
 #[rocket::get("/datasets/<_..>", rank = 2)]
 async fn get_record(node: &State<Arc<Node>>, caller: Caller, tail: KeyTail<'_>) -> Result<Json<Record>> {
     caller.require(Scope::Read)?;
-    Ok(Json(node.get(&tail.key()?).await?))
+    Ok(Json(Arc::unwrap_or_clone(node.get(&tail.key()?).await?)))
 }
 
 #[utoipa::path(

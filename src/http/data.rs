@@ -319,7 +319,7 @@ fn plan(record: &Record, cond: &ReadConditions<'_>) -> Result<Want> {
 /// A dataset's bytes (or a slice of them) with its headers.
 pub struct Download {
     body: Option<Reader>,
-    record: Record,
+    record: Arc<Record>,
     want: Want,
 }
 
@@ -328,7 +328,8 @@ pub struct Download {
 #[derive(Responder)]
 pub enum Served {
     Bytes(Download),
-    Redirect(Redirect),
+    // Boxed: a `Redirect` is several times a download's size, and rarer.
+    Redirect(Box<Redirect>),
 }
 
 #[utoipa::path(
@@ -371,7 +372,7 @@ async fn get_data(
         return Ok(Served::Bytes(Download { body, record, want }));
     }
     if let Some(url) = node.download_redirect(&key).await? {
-        return Ok(Served::Redirect(Redirect::temporary(url)));
+        return Ok(Served::Redirect(Box::new(Redirect::temporary(url))));
     }
     let (record, want, body) = node.open_dataset(&key, |record| plan(record, &cond)).await?;
     Ok(Served::Bytes(Download { body, record, want }))

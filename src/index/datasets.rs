@@ -1,6 +1,7 @@
 //! The `datasets` table: a row per dataset, keyed by the dataset key.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -88,11 +89,12 @@ impl Index {
     /// changed rows clears the cache as it goes back to the pool, before
     /// its caller answers anyone (`sqlite::Conn`). A shared index is
     /// written by other nodes too: it is not cached.
-    pub fn get_cached(&self, key: &Key) -> Result<Option<Record>> {
-        let Some(rows) = self.row_cache() else { return self.get(key) };
+    pub fn get_cached(&self, key: &Key) -> Result<Option<Arc<Record>>> {
+        let loaded = || Ok(self.get(key)?.map(Arc::new));
+        let Some(rows) = self.row_cache() else { return loaded() };
         match rows.get(key.as_str()) {
             Some(record) => Ok(Some(record)),
-            None => rows.load(key.as_str(), || self.get(key)),
+            None => rows.load(key.as_str(), loaded),
         }
     }
 

@@ -45,7 +45,7 @@ use postgres::PgPool;
 use sqlite::{Lite, Sqlite};
 
 /// Dataset rows by key (SQLite only, see [`Index::get_cached`]).
-type RowCache = crate::cache::Cache<Record>;
+type RowCache = crate::cache::Cache<std::sync::Arc<Record>>;
 
 #[derive(Clone)]
 enum Backend {

@@ -180,10 +180,10 @@ impl Node {
         result
     }
 
-    pub async fn get(&self, key: &Key) -> Result<Record> {
+    pub async fn get(&self, key: &Key) -> Result<Arc<Record>> {
         let record = if self.index.is_shared() {
             let (index, k) = (self.index.clone(), key.clone());
-            blocking(move || index.get(&k)).await?
+            blocking(move || index.get(&k)).await?.map(Arc::new)
         } else {
             // A point lookup in SQLite's page cache (or in the index's own
             // cache of rows) takes microseconds, less than a hop to the
@@ -351,7 +351,7 @@ impl Node {
         &self,
         key: &Key,
         want: impl Fn(&Record) -> Result<Want>,
-    ) -> Result<(Record, Want, Option<Reader>)> {
+    ) -> Result<(Arc<Record>, Want, Option<Reader>)> {
         crate::failpoint::delay_key_async("read.open", key.as_str()).await;
         for attempt in 0..4u64 {
             let record = self.get(key).await?;

@@ -276,7 +276,7 @@ impl Node {
         let row = self.upload_row(id, caller).await?;
         let offset = self.offset_of(&row).await?;
         let record = match (&row.key, row.completed) {
-            (Some(key), true) => self.get(&Key::parse(key)?).await.ok(),
+            (Some(key), true) => self.get(&Key::parse(key)?).await.ok().map(std::sync::Arc::unwrap_or_clone),
             _ => None,
         };
         Ok(self.info_of(&row, offset, record))

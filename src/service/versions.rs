@@ -4,6 +4,8 @@
 //! crash). Freeing a blob holds its lock, so no commit can take it up
 //! while its bytes go.
 
+use std::sync::Arc;
+
 use super::locks::{Claim, Name};
 use super::{Node, UploadMeta, Want};
 
@@ -40,7 +42,7 @@ impl Node {
         key: &Key,
         number: i64,
         want: impl Fn(&Record) -> Result<Want>,
-    ) -> Result<(Record, Want, Option<Reader>)> {
+    ) -> Result<(Arc<Record>, Want, Option<Reader>)> {
         let (index, k) = (self.index.clone(), key.clone());
         let Some((version, blob)) = blocking(move || index.version(&k, number)).await? else {
             return Err(Error::NotFound(format!("`{key}` has no version {number}")));
@@ -48,7 +50,7 @@ impl Node {
         if blob.corrupt {
             return Err(corrupt(key, number));
         }
-        let record = Record {
+        let record = Arc::new(Record {
             name: key.file_name().to_owned(),
             path: key.url_path(),
             key: key.to_string(),
@@ -62,7 +64,7 @@ impl Node {
             version: blob.version.clone(),
             number,
             corrupt: false,
-        };
+        });
         let wanted = want(&record)?;
         let range = match &wanted {
             Want::Nothing => return Ok((record, wanted, None)),
