@@ -1185,7 +1185,7 @@ report_cli() {
     echo "cli: $(numfmt --to=iec-i --suffix=B "$CLI_SIZE") file, medians of $CLI_RUNS round(s), order alternating per round"
     row "metric" "spw upload" "curl -T" "ratio" "target" "result" "ranges (ratio)"
     row "--------------------------------------------" "------------" "------------" "-------" "--------------------" "------" "--------------"
-    row "upload of one file, MB/s (--parts $CLI_PARTS)" "$spw" "$curl" "$r" ">= $T_CLI_RATIO x curl" "$(ok_ge "$r" "$T_CLI_RATIO")" \
+    row "upload of one file, MB/s (--parts $CLI_PARTS)" "$spw" "$curl" "$r" ">= $T_CLI_RATIO x curl" "$(ok_ratio_ge "$spw" "$curl" "$T_CLI_RATIO")" \
         "$(printf '%s\n' "${CLI_RATIO[@]}" | sort -g | sed -n '1p;$p' | paste -sd' ' | sed 's/ /../')"
     echo "Notes (cli): the client's time is the whole command (process start, the tus creation, the file"
     echo "streamed and hashed with blake3 on the way, the last piece with the whole blake3, the node's"
@@ -1201,6 +1201,10 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
 ok_ge() { awk -v a="$1" -v b="$2" 'BEGIN { print (a >= b ? "PASS" : "FAIL") }'; }
 ok_lt() { awk -v a="$1" -v b="$2" 'BEGIN { print (a < b ? "PASS" : "FAIL") }'; }
 ok_le() { awk -v a="$1" -v b="$2" 'BEGIN { print (a <= b ? "PASS" : "FAIL") }'; }
+# A ratio's verdict from the two figures themselves, not from the ratio as
+# printed (two decimals): 0.7988 is not 0.80.
+ok_ratio_ge() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN { print (b > 0 && a / b >= t ? "PASS" : "FAIL") }'; }
+ok_ratio_le() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN { print (b > 0 && a / b <= t ? "PASS" : "FAIL") }'; }
 
 row() { # metric spillway nginx ratio target result [ranges]
     if (($# > 6)); then
@@ -1226,7 +1230,7 @@ report_replace() {
         "ranges (min..max): on | off | on/off per round"
     row "replace, MB/s" "$(fmtf %.1f "$on")" "$(fmtf %.1f "$off")" "$r_mbs" "" "" \
         "$(spread %.1f "${R_ON_MBS[@]}") | $(spread %.1f "${R_OFF_MBS[@]}") | $(spread %s "$(pair_ratios R_ON_MBS R_OFF_MBS)")"
-    row "replace, time s" "$(fmt3 "$ton")" "$(fmt3 "$toff")" "$r_t" "<= ${T_REPLACE_RATIO}" "$(ok_le "$r_t" "$T_REPLACE_RATIO")" \
+    row "replace, time s" "$(fmt3 "$ton")" "$(fmt3 "$toff")" "$r_t" "<= ${T_REPLACE_RATIO}" "$(ok_ratio_le "$ton" "$toff" "$T_REPLACE_RATIO")" \
         "$(spread %.3f "${R_ON_T[@]}") | $(spread %.3f "${R_OFF_T[@]}") | $(spread %.3f "${R_RATIO[@]}")"
     row "replace, data dir after, bodies (info)" "$R_ON_BODIES" "$R_OFF_BODIES" "" "~$e_on | ~1" "$kept" \
         "du -sk: $R_ON_KIB | $R_OFF_KIB KiB; blob files: $R_ON_BLOBS | $R_OFF_BLOBS"
@@ -1415,7 +1419,7 @@ report() {
         s_ngx_sync=$(median "${S_NGX_SYNC_MBS[@]}")
         s_rss=$(median "${S_NODE_RSS[@]}") s_ngx_rss=$(median "${S_NGX_RSS[@]}")
         r=$(ratio "$s_node" "$s_ngx")
-        row "single upload, MB/s" "$s_node" "$s_ngx" "$r" ">= ${T_RATIO}x nginx" "$(ok_ge "$r" "$T_RATIO")"
+        row "single upload, MB/s" "$s_node" "$s_ngx" "$r" ">= ${T_RATIO}x nginx" "$(ok_ratio_ge "$s_node" "$s_ngx" "$T_RATIO")"
         row "single upload, time s" "$(fmt3 "$(median "${S_NODE_T[@]}")")" "$(fmt3 "$(median "${S_NGX_T[@]}")")" "" "" ""
         row "single upload, peak RSS MiB" "$s_rss" "$s_ngx_rss" "" "< $T_RSS_SINGLE MiB" "$(ok_lt "$s_rss" "$T_RSS_SINGLE")"
         row "single, nginx incl. fsync, MB/s (info)" "$s_node" "$s_ngx_sync" "$(ratio "$s_node" "$s_ngx_sync")" "" ""
@@ -1428,7 +1432,7 @@ report() {
         c_ngx_sync=$(median "${C_NGX_SYNC_MBS[@]}")
         c_rss=$(median "${C_NODE_RSS[@]}") c_ngx_rss=$(median "${C_NGX_RSS[@]}")
         r=$(ratio "$c_node" "$c_ngx")
-        row "${CONC} concurrent uploads, aggregate MB/s" "$c_node" "$c_ngx" "$r" ">= ${T_RATIO}x nginx" "$(ok_ge "$r" "$T_RATIO")"
+        row "${CONC} concurrent uploads, aggregate MB/s" "$c_node" "$c_ngx" "$r" ">= ${T_RATIO}x nginx" "$(ok_ratio_ge "$c_node" "$c_ngx" "$T_RATIO")"
         row "${CONC} concurrent uploads, peak RSS MiB" "$c_rss" "$c_ngx_rss" "" "< $T_RSS_CONC MiB" "$(ok_lt "$c_rss" "$T_RSS_CONC")"
         row "concurrent, nginx incl. fsync, MB/s (info)" "$c_node" "$c_ngx_sync" "$(ratio "$c_node" "$c_ngx_sync")" "" ""
         row "concurrent, server CPU s (info)" "$(median "${C_NODE_CPU[@]}")" "$(median "${C_NGX_CPU[@]}")" \
@@ -1473,7 +1477,7 @@ report_single_more() { # node_mbs nginx_mbs (medians)
     dd=$(median "${S_DD_MBS[@]}")
     lo=$(awk -v a="$2" -v b="$dd" 'BEGIN { print (a < b ? a : b) }')
     r=$(ratio "$1" "$lo")
-    row "single vs min(nginx, dd), MB/s" "$1" "$lo" "$r" ">= ${T_SINGLE_MIN}x the lower" "$(ok_ge "$r" "$T_SINGLE_MIN")"
+    row "single vs min(nginx, dd), MB/s" "$1" "$lo" "$r" ">= ${T_SINGLE_MIN}x the lower" "$(ok_ratio_ge "$1" "$lo" "$T_SINGLE_MIN")"
     row "single, dd bs=8M conv=fdatasync, MB/s (info)" "$1" "$dd" "$(ratio "$1" "$dd")" "" "" \
         "dd $(spread %.1f "${S_DD_MBS[@]}")"
     mapfile -t n_gib < <(per_gib "$SIZE" "${S_NODE_CPU[@]}")

@@ -193,7 +193,7 @@ report_reads() { # rows of the reads-and-small-writes table
         mapfile -t rs < <(pair_ratios n g)
         node=$(median "${n[@]}") ngx=$(median "${g[@]}") r=$(ratio "$node" "$ngx")
         row "ranges $((RANGE_LEN >> 10)) KiB x$RANGE_CONC, requests/s" "$(fmtf %.0f "$node")" "$(fmtf %.0f "$ngx")" "$r" \
-            ">= ${T_RANGE}x nginx" "$(ok_ge "$r" "$T_RANGE")" \
+            ">= ${T_RANGE}x nginx" "$(ok_ratio_ge "$node" "$ngx" "$T_RANGE")" \
             "$(spread %.0f "${n[@]}") | $(spread %.0f "${g[@]}") | $(spread %s "${rs[@]}")"
         mapfile -t n < <(reads_values RG_CPU node)
         mapfile -t g < <(reads_values RG_CPU nginx)
@@ -216,7 +216,7 @@ report_reads() { # rows of the reads-and-small-writes table
         mapfile -t rs < <(pair_ratios n g)
         node=$(median "${n[@]}") ngx=$(median "${g[@]}") r=$(ratio "$node" "$ngx")
         row "GET $(numfmt --to=iec-i --suffix=B "$GET_SIZE") whole, MB/s" "$(fmtf %.1f "$node")" "$(fmtf %.1f "$ngx")" "$r" \
-            ">= ${T_GET}x nginx" "$(ok_ge "$r" "$T_GET")" \
+            ">= ${T_GET}x nginx" "$(ok_ratio_ge "$node" "$ngx" "$T_GET")" \
             "$(spread %.1f "${n[@]}") | $(spread %.1f "${g[@]}") | $(spread %s "${rs[@]}")"
     fi
 }

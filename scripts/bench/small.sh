@@ -196,7 +196,7 @@ report_small() { # rows of the reads-and-small-writes table
         t_label=">= ${target}x disk"
         mapfile -t rs < <(pair_ratios n d)
         row "small PUTs, $c client(s), files/s vs disk" "$(fmtf %.0f "$node")" "$(fmtf %.0f "$disk")" "$r" \
-            "$t_label" "$(ok_ge "$r" "$target")" \
+            "$t_label" "$(ok_ratio_ge "$node" "$disk" "$target")" \
             "$(spread %.0f "${n[@]}") | $(spread %.0f "${d[@]}") | $(spread %s "${rs[@]}")"
         mapfile -t rs < <(pair_ratios n g)
         row "small PUTs, $c client(s), vs nginx (info)" "$(fmtf %.0f "$node")" "$(fmtf %.0f "$ngx")" \
