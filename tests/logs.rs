@@ -43,10 +43,12 @@ async fn access_lines_reach_the_log_in_order_without_another_request() {
 #[tokio::test]
 async fn a_get_whose_client_leaves_before_the_answer_is_still_logged() {
     use std::io::Write;
-    let node = TestNode::start_with(&[("FAILPOINTS", "read.open=return(slow@1500)")]);
+    let node = TestNode::start_with(&[("FAILPOINTS", "read.open=return(slow@4000)")]);
     assert_eq!(node.put("slow", "held bytes").await.status(), 201);
     let mut s = node.raw();
     s.write_all(b"GET /data/slow HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-Id: left-early\r\n\r\n").unwrap();
+    // Held 4 s: the client must be gone while the read is still held, or
+    // the GET ends on its own and the test proves nothing.
     let held = "failpoint read.open: `slow` waits";
     let reached = eventually(Duration::from_secs(10), async || node.log_as_written().contains(held)).await;
     assert!(reached, "the GET never reached the held read:\n{}", node.log_tail(30));
