@@ -149,7 +149,7 @@ s3_tus_section() {
         for v in $(if ((i % 2)); then echo one two; else echo two one; fi); do
             s3_tus_upload "$i" "$v"
         done
-        TUS_RATIO+=("$(ratio "${TUS_TWO_MBS[-1]}" "${TUS_ONE_MBS[-1]}")")
+        TUS_RATIO+=("$(ratio_exact "${TUS_TWO_MBS[-1]}" "${TUS_ONE_MBS[-1]}")")
     done
     tus_pg_stop
 }
@@ -165,8 +165,8 @@ report_s3_tus() {
     echo
     row "metric" "two nodes" "one node" "ratio" "target" "result" "min..max: two | one | ratio"
     row "--------------------------------------------" "------------" "------------" "-------" "--------------------" "------" "---------------------------"
-    row "tus upload MB/s (POST to the last 204)" "$two" "$one" "$r" ">= $T_TUS_RATIO x one node" "$(ok_ge "$r" "$T_TUS_RATIO")" \
-        "$(spread %s "${TUS_TWO_MBS[@]}") | $(spread %s "${TUS_ONE_MBS[@]}") | $(spread %s "${TUS_RATIO[@]}")"
+    row "tus upload MB/s (POST to the last 204)" "$two" "$one" "$(fmtf %.2f "$r")" ">= $T_TUS_RATIO x one node" "$(ok_ge "$r" "$T_TUS_RATIO")" \
+        "$(spread %s "${TUS_TWO_MBS[@]}") | $(spread %s "${TUS_ONE_MBS[@]}") | $(spread %.2f "${TUS_RATIO[@]}")"
     row "tus upload time s" "$(fmt3 "$(median "${TUS_TWO_T[@]}")")" "$(fmt3 "$(median "${TUS_ONE_T[@]}")")" "" "" "" \
         "$(spread %.3f "${TUS_TWO_T[@]}") | $(spread %.3f "${TUS_ONE_T[@]}")"
     row "nodes' CPU s, A+B (info)" "$(median "${TUS_TWO_CPU[@]}")" "$(median "${TUS_ONE_CPU[@]}")" \
