@@ -51,6 +51,10 @@ cargo clippy --all-targets --locked --features failpoints -- -D warnings
 log "cargo test"
 SPILLWAY_REQUIRE_CLUSTER=1 cargo test --all-targets --locked --features failpoints -- --test-threads="${TEST_THREADS:-2}"
 
+# The patched uncased's own tests (its hash is what every header lookup uses).
+log "cargo test: vendor/uncased"
+cargo test --manifest-path vendor/uncased/Cargo.toml --locked --target-dir target/vendor
+
 log "end-to-end: tus with tuspy and tus-js-client"
 scripts/e2e.sh
 
