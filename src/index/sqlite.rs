@@ -28,14 +28,27 @@ pub(super) struct Sqlite {
 }
 
 pub(super) fn open(path: &Path) -> Result<Sqlite> {
+    // WAL is a property of the file: set once, by one connection. The
+    // pool opens its connections at once, and on a new database each one's
+    // switch to WAL found the file locked by another's and failed (r2d2
+    // logged `ERROR r2d2 database is locked` and tried again).
+    let index_error = |e: rusqlite::Error| Error::internal(format!("index {}: {e}", path.display()));
+    let mode = rusqlite::Connection::open(path)
+        .and_then(|c| c.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0)))
+        .map_err(index_error)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::internal(format!(
+            "index {}: the filesystem keeps it in `{mode}` mode, not WAL",
+            path.display()
+        )));
+    }
     let manager = SqliteConnectionManager::file(path).with_init(|c| {
         // The catalog has more distinct statements than rusqlite's default
         // cache of 16 holds: each evicted one is parsed again on its use.
         c.set_prepared_statement_cache_capacity(128);
         c.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = FULL;
-             PRAGMA busy_timeout = 10000;",
+            "PRAGMA busy_timeout = 10000;
+             PRAGMA synchronous = FULL;",
         )
     });
     let pool = Pool::builder()
