@@ -159,8 +159,10 @@ impl Access {
             return Caller::Open;
         }
         let Some(value) = authorization else { return Caller::Anonymous };
-        let presented = value.trim().strip_prefix("Bearer ").or_else(|| value.trim().strip_prefix("bearer "));
-        let Some(presented) = presented else { return Caller::Unknown };
+        // The scheme is case-insensitive (RFC 9110 §11.1): `BEARER` too.
+        let presented =
+            value.trim().split_once([' ', '\t']).filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"));
+        let Some((_, presented)) = presented else { return Caller::Unknown };
         let hash: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
         // Compare with every token, so timing says nothing about which.
         let mut found = None;

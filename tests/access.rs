@@ -581,6 +581,28 @@ async fn every_route_for_every_caller() {
     assert_no_leaks(&node, &[]);
 }
 
+/// The scheme of `Authorization` is case-insensitive (RFC 9110 §11.1):
+/// `BEARER` and `bEaReR` are `Bearer`; whitespace around the token is not
+/// part of it, and another scheme is still no token.
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let node = secured_node(&[]);
+    let mut c = Checks::default();
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        for value in [format!("{scheme} {WRITE}"), format!("  {scheme}   {WRITE} ")] {
+            let r =
+                node.client.put(node.url("/data/scheme.bin")).header("Authorization", &value).body("x").send().await;
+            let status = r.unwrap().status();
+            c.check(status == 200 || status == 201, || format!("PUT with `Authorization: {value}`: {status}"));
+        }
+    }
+    for value in [format!("Bearer{WRITE}"), format!("Bearers {WRITE}"), format!("Basic {WRITE}"), WRITE.to_string()] {
+        let r = node.client.get(node.url("/datasets")).header("Authorization", &value).send().await.unwrap();
+        c.check(r.status() == 401, || format!("GET with `Authorization: {value}`: {}", r.status()));
+    }
+    c.assert_clean("bearer scheme");
+}
+
 #[tokio::test]
 async fn metrics_token_makes_metrics_need_read() {
     let node = secured_node(&[("SPILLWAY_METRICS_TOKEN", "true")]);
