@@ -378,6 +378,43 @@ async fn bad_limits_are_400_and_big_ones_clamp() {
     assert_eq!(keys_of(&resp.json().await.unwrap()), ["one"]);
 }
 
+/// A query field given twice is a 400, on every route that reads a query.
+/// Rocket hands an optional field that repeats to the handler as absent:
+/// `?version=1&version=1` served the current bytes, `?limit=1&limit=1` and
+/// `?prefix=a&prefix=a` the whole catalog, `?name=` twice stored the
+/// default name.
+#[tokio::test]
+async fn a_query_field_given_twice_is_refused() {
+    let node = TestNode::start();
+    put_ok(&node, "dup/k", b"one").await;
+    put_ok(&node, "dup/k", b"two").await;
+    put_ok(&node, "other", b"3").await;
+    for path in [
+        "/data/dup/k?version=1&version=1",
+        "/data/dup/k?version=1&version=2",
+        "/data/dup/k?version=1&%76ersion=1",
+        "/datasets?limit=1&limit=1",
+        "/datasets?prefix=dup&prefix=dup",
+        "/datasets?after=a&after=b",
+        "/versions/dup/k?limit=1&limit=1",
+    ] {
+        bad_request(node.get(path).await, &format!("GET {path}")).await;
+    }
+    let resp = node.client.put(node.url("/data/dup/named?name=a&name=b")).body("x").send().await.unwrap();
+    bad_request(resp, "PUT ?name twice").await;
+    let resp = node.client.delete(node.url("/datasets/dup/k?versions=all&versions=all")).send().await.unwrap();
+    bad_request(resp, "DELETE ?versions twice").await;
+    assert_eq!(record(&node, "dup/named").await.status(), 404, "the refused PUT stored its dataset");
+    assert_serves(&node, "dup/k", b"two").await;
+    // Distinct fields, and one field once, still work.
+    let resp = node.get("/data/dup/k?version=1").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), b"one");
+    let resp = node.get("/datasets?prefix=dup&limit=5").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(keys_of(&resp.json().await.unwrap()), ["dup/k"]);
+}
+
 /// "larger values are clamped to 10000": a limit too big for a machine word
 /// is still a larger value.
 #[tokio::test]
@@ -658,6 +695,24 @@ async fn multipart_key_defaults_to_the_file_name() {
     assert_eq!(resp.json::<Value>().await.unwrap()["key"], "second.csv");
 }
 
+/// A file part with no type of its own is stored as
+/// `application/octet-stream`, whatever the case of the form's own media
+/// type (media types are case-insensitive): never as the form's type.
+#[tokio::test]
+async fn an_untyped_file_part_is_octet_stream_whatever_the_forms_case() {
+    let node = TestNode::start();
+    for (i, form_ct) in ["multipart/form-data", "Multipart/Form-Data", "MULTIPART/FORM-DATA"].iter().enumerate() {
+        let key = format!("untyped-{i}.bin");
+        let part = Part { name: "file", filename: Some(&key), content_type: None, data: b"a,b" };
+        let resp = post_form(&node, Some(&format!("{form_ct}; boundary={BOUNDARY}")), form(&[part])).await;
+        assert_eq!(resp.status(), 201, "{form_ct}");
+        let r: Value = resp.json().await.unwrap();
+        assert_eq!(r["content_type"], "application/octet-stream", "form type {form_ct}: {r}");
+        let got = node.get(&format!("/data/{key}")).await;
+        assert_eq!(got.headers()["content-type"], "application/octet-stream", "form type {form_ct}");
+    }
+}
+
 /// A 20 MiB file part, streamed in 1 MiB pieces, downloads back identical.
 #[tokio::test]
 async fn multipart_big_file_streams_through() {
@@ -787,6 +842,26 @@ async fn if_none_match_star_creates_only() {
     problem(resp, 412, "precondition-failed", "If-None-Match: current").await;
     assert_eq!(content(&node, "c/new.csv").await, b"first");
     assert!(node.wait_spool_empty(Duration::from_secs(5)).is_empty());
+}
+
+/// `If-Match` and `If-None-Match` on several lines are one list each
+/// (RFC 9110 § 5.3): the current tag on a second line matches.
+#[tokio::test]
+async fn conditions_on_several_lines_are_one_list() {
+    let node = TestNode::start();
+    put_ok(&node, "c/lines.csv", b"v1").await;
+    let v1 = format!("\"{}\"", b3(b"v1"));
+    let put_lines = |name: &'static str, lines: [String; 2], body: &'static [u8]| {
+        let req = node.client.put(node.url("/data/c/lines.csv"));
+        req.header(name, &lines[0]).header(name, &lines[1]).body(body).send()
+    };
+    let resp = put_lines("If-Match", ["\"0000\"".into(), v1.clone()], b"v2").await.unwrap();
+    assert_eq!(resp.status(), 200, "If-Match with the current tag on the second line");
+    assert_eq!(content(&node, "c/lines.csv").await, b"v2");
+    let v2 = format!("\"{}\"", b3(b"v2"));
+    let resp = put_lines("If-None-Match", ["\"0000\"".into(), v2], b"v3").await.unwrap();
+    problem(resp, 412, "precondition-failed", "If-None-Match with the current tag on the second line").await;
+    assert_eq!(content(&node, "c/lines.csv").await, b"v2");
 }
 
 #[tokio::test]

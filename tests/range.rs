@@ -172,6 +172,22 @@ async fn if_none_match_answers_304() {
     }
 }
 
+/// RFC 9110 § 5.3: field lines of one name are one comma-separated list,
+/// so an ETag on a second `If-None-Match` line counts as much as on the
+/// first.
+#[tokio::test]
+async fn if_none_match_on_several_lines_is_one_list() {
+    let (node, body, etag) = node_with_body().await;
+    let other = "\"0000\"";
+    for lines in [[other, etag.as_str()], [etag.as_str(), other]] {
+        let headers = [("If-None-Match", lines[0]), ("If-None-Match", lines[1])];
+        let resp = get_with(&node, "big.bin", &headers).await;
+        assert_eq!(resp.status(), 304, "If-None-Match lines {lines:?}");
+    }
+    let resp = get_with(&node, "big.bin", &[("If-None-Match", other), ("If-None-Match", "\"ffff\"")]).await;
+    assert_full(resp, &body, &etag, "two If-None-Match lines, neither matching").await;
+}
+
 /// RFC 9110 § 13.1.2: If-None-Match uses the weak comparison, so the weak
 /// form of the current ETag (what caches and some proxies send) is a match.
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! Bytes in and out: `PUT /data/{key}`, `POST /datasets` (multipart),
 //! `GET`/`HEAD /data/{key}` with ranges and conditional requests.
 
+use std::borrow::Cow;
 use std::io;
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,7 +16,7 @@ use rocket::{Route, State};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::access::authorize_data;
-use super::{chunk_for, guard, header, KeyTail};
+use super::{chunk_for, guard, header, header_list, KeyTail, QueryOnce};
 use crate::access::{Caller, Scope, SignedParams};
 use crate::error::{Error, Result};
 use crate::index::Record;
@@ -50,10 +51,10 @@ fn upload_meta(req: &Request<'_>) -> Result<UploadMeta> {
         .map_err(|_| Error::BadRequest("Content-Length is not a number".into()))?;
     let digests: Vec<&str> = req.headers().get("Content-Digest").chain(req.headers().get("Repr-Digest")).collect();
     let expected = Expected { length, ..Expected::default() }.with_digests(&digests, header(req, "X-Blake3"))?;
-    let precondition = match (header(req, "If-Match"), header(req, "If-None-Match")) {
+    let precondition = match (header_list(req, "If-Match"), header_list(req, "If-None-Match")) {
         (Some(_), Some(_)) => return Err(Error::BadRequest("send either If-Match or If-None-Match, not both".into())),
-        (Some(tags), None) => Precondition::IfMatch(EtagList::parse(tags)),
-        (None, Some(tags)) => Precondition::IfNoneMatch(EtagList::parse(tags)),
+        (Some(tags), None) => Precondition::IfMatch(EtagList::parse(&tags)),
+        (None, Some(tags)) => Precondition::IfNoneMatch(EtagList::parse(&tags)),
         (None, None) => Precondition::None,
     };
     Ok(UploadMeta {
@@ -118,9 +119,11 @@ async fn put_data(
     signed: SignedParams,
     tail: KeyTail<'_>,
     name: Option<String>,
+    once: Result<QueryOnce, Error>,
     meta: Result<UploadMeta, Error>,
     body: Data<'_>,
 ) -> Result<Stored> {
+    once?;
     let (key, limit) = authorize_data(node, &caller, &signed, "PUT", &tail, Scope::Write)?;
     let _permit = node.admit_upload()?;
     let mut meta = meta?;
@@ -225,7 +228,9 @@ async fn receive_form(
         Some(k) => Key::parse(&k)?,
         None => return Err(Error::BadRequest("give a `key` field or a file name".into())),
     };
-    if meta.content_type.as_deref().is_none_or(|ct| ct.starts_with("multipart/")) {
+    // Media types are case-insensitive: `Multipart/Form-Data` is the form's own.
+    let form_type = |ct: &str| ct.get(..10).is_some_and(|t| t.eq_ignore_ascii_case("multipart/"));
+    if meta.content_type.as_deref().is_none_or(form_type) {
         meta.content_type = None;
     }
     node.commit(key, received, meta).await
@@ -268,7 +273,7 @@ fn multipart_error(e: multer::Error) -> Error {
 
 /// The read-side headers of a download.
 pub struct ReadConditions<'r> {
-    if_none_match: Option<&'r str>,
+    if_none_match: Option<Cow<'r, str>>,
     if_range: Option<&'r str>,
     range: Option<&'r str>,
 }
@@ -279,7 +284,7 @@ impl<'r> FromRequest<'r> for ReadConditions<'r> {
 
     async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
         Outcome::Success(ReadConditions {
-            if_none_match: header(req, "If-None-Match"),
+            if_none_match: header_list(req, "If-None-Match"),
             if_range: header(req, "If-Range"),
             range: header(req, "Range"),
         })
@@ -288,7 +293,7 @@ impl<'r> FromRequest<'r> for ReadConditions<'r> {
 
 /// What a GET wants of the bytes, from its conditional and range headers.
 fn plan(record: &Record, cond: &ReadConditions<'_>) -> Result<Want> {
-    if let Some(tags) = cond.if_none_match {
+    if let Some(tags) = &cond.if_none_match {
         if EtagList::parse(tags).matches_weak(Some(record)) {
             return Ok(Want::Nothing);
         }
@@ -363,7 +368,9 @@ async fn get_data(
     tail: KeyTail<'_>,
     cond: ReadConditions<'_>,
     version: Option<&str>,
+    once: Result<QueryOnce, Error>,
 ) -> Result<Served> {
+    once?;
     // HEAD runs this route too; a signed GET URL covers both.
     let (key, _) = authorize_data(node, &caller, &signed, "GET", &tail, Scope::Read)?;
     if let Some(raw) = version {

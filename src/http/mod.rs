@@ -2,6 +2,8 @@
 //! responders, and the routes of each API area. Handlers are thin: guards,
 //! one call into [`Node`](crate::service::Node), a response.
 
+use std::borrow::Cow;
+
 use rocket::data::{Data, FromData, Outcome as DataOutcome, ToByteUnit};
 use rocket::fairing::{Fairing, Info};
 use rocket::http::{Method, Status};
@@ -255,4 +257,46 @@ pub fn guard<T>(result: Result<T, Error>) -> Outcome<T, Error> {
 /// One header's value, if present.
 pub fn header<'r>(req: &'r Request<'_>, name: &str) -> Option<&'r str> {
     req.headers().get_one(name)
+}
+
+/// A list-valued header (`If-Match`, `If-None-Match`): its lines joined
+/// with `, `, as RFC 9110 § 5.3 reads several lines of one name. One line
+/// (the usual case) is borrowed.
+pub fn header_list<'r>(req: &'r Request<'_>, name: &str) -> Option<Cow<'r, str>> {
+    let mut lines = req.headers().get(name);
+    let first = lines.next()?;
+    let Some(second) = lines.next() else { return Some(Cow::Borrowed(first)) };
+    let mut joined = format!("{first}, {second}");
+    for line in lines {
+        joined.push_str(", ");
+        joined.push_str(line);
+    }
+    Some(Cow::Owned(joined))
+}
+
+/// A query in which no field is given twice. Rocket hands an optional
+/// query parameter that repeats to its handler as absent, so
+/// `?version=1&version=1` served the current bytes and `?limit=1&limit=1`
+/// the whole catalog; a route that reads its query takes this guard and
+/// answers such a request with a `400`.
+pub struct QueryOnce;
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for QueryOnce {
+    type Error = Error;
+
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Error> {
+        guard(query_once(req))
+    }
+}
+
+fn query_once(req: &Request<'_>) -> Result<QueryOnce, Error> {
+    let mut seen = std::collections::HashSet::new();
+    // Names as Rocket's form parser reads them: percent-decoded.
+    for (name, _) in req.uri().query().into_iter().flat_map(|q| q.segments()) {
+        if !seen.insert(name) {
+            return Err(Error::BadRequest(format!("the query gives `{name}` more than once")));
+        }
+    }
+    Ok(QueryOnce)
 }

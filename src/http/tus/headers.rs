@@ -7,7 +7,7 @@ use base64::Engine;
 use rocket::request::{FromRequest, Outcome, Request};
 
 use crate::error::{Error, Result};
-use crate::http::{guard, header};
+use crate::http::{guard, header, header_list};
 use crate::ingest::{Algorithm, Digest};
 use crate::service::tus::{Concat, Creation, CHECKSUM_ALGORITHMS, CREATE_ONLY, TUS_VERSION};
 
@@ -80,7 +80,7 @@ fn creation_request(req: &Request<'_>) -> Result<CreationRequest> {
     let with_body = content_type_is(req, OFFSET_OCTET_STREAM)
         && (number(req, "Content-Length")?.unwrap_or(0) > 0 || header(req, "Transfer-Encoding").is_some());
     let mut metadata = header(req, "Upload-Metadata").map(str::to_owned);
-    match header(req, "If-None-Match").map(str::trim) {
+    match header_list(req, "If-None-Match").as_deref().map(str::trim) {
         None => {}
         // Kept with the upload (its metadata is what the commit reads):
         // the key must still be free when the upload completes.
