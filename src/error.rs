@@ -376,8 +376,13 @@ impl Problem {
 impl<'r> Responder<'r, 'static> for Error {
     fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
         let status = self.status();
-        if status.code >= 500 {
+        // No room or no capacity for this request is a refusal, which any
+        // client can provoke (a declared size no disk holds): a warning.
+        let refusal = matches!(self, Error::InsufficientStorage(_) | Error::Busy { .. } | Error::NotReady(_));
+        if status.code >= 500 && !refusal {
             log::error!("{} {}: {self}", req.method(), req.uri().path());
+        } else if refusal {
+            log::warn!("{} {}: {self}", req.method(), req.uri().path());
         } else {
             log::info!("{} {}: {} ({})", req.method(), req.uri().path(), status.code, self.code());
         }

@@ -76,3 +76,22 @@ async fn a_fresh_start_logs_no_error() {
         assert!(errors.is_empty(), "start {i} of a fresh node logged errors:\n{}", errors.join("\n"));
     }
 }
+
+/// A refusal for want of room or capacity is the client's answer, not the
+/// node failing: logged as a warning. Any client could otherwise fill the
+/// log with ERROR lines by declaring a size no disk holds (here: any size,
+/// against a reserve no disk has).
+#[tokio::test]
+async fn a_refusal_for_room_is_a_warning_not_an_error() {
+    // A reserve no volume here has: any declared size is refused.
+    let node = TestNode::start_with(&[("SPILLWAY_DISK_RESERVE", "1000 PiB")]);
+    let request =
+        b"PUT /data/huge.bin HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n";
+    let response = raw_request(&node, request);
+    assert_eq!(status_of(&response), 507, "{response}");
+    let log = node.log();
+    let refusal: Vec<&str> = log.lines().filter(|l| l.contains("PUT /data/huge.bin")).collect();
+    assert!(refusal.iter().any(|l| l.contains(" WARN ")), "the refusal was not logged as a warning:\n{log}");
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert!(errors.is_empty(), "a 507 for a declared size logged errors:\n{}", errors.join("\n"));
+}
