@@ -452,6 +452,38 @@ fn an_accepted_upload_still_gets_100_continue() {
     runtime().block_on(assert_serves(&node, "cont.bin", &body));
 }
 
+/// A client may send its whole request and then close its sending side
+/// (`shutdown(SHUT_WR)`, as `nc -N` or `curl --upload-file` over some
+/// proxies do) while it waits for the answer. The node answers it: hyper's
+/// default took the end of the stream for a client gone, so the answer was
+/// never sent and whether the PUT was stored was a race.
+#[test]
+fn a_client_that_half_closes_after_its_request_gets_its_answer() {
+    let node = TestNode::start();
+    for i in 0..5 {
+        let body = generated(10_000 + i * 1000, i as u64);
+        let key = format!("half/{i}.bin");
+        let mut s = node.raw();
+        let head = format!("PUT /data/{key} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n", body.len());
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&body).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let resp = read_response(&mut s, Duration::from_secs(30));
+        let resp =
+            resp.unwrap_or_else(|e| panic!("PUT {key}, then a half-close: no answer ({e})\n{}", node.log_tail(20)));
+        assert_eq!(resp.status, 201, "PUT {key}: {}", resp.text());
+        runtime().block_on(assert_serves(&node, &key, &body));
+
+        let mut s = node.raw();
+        s.write_all(format!("GET /data/{key} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let resp = read_response(&mut s, Duration::from_secs(30));
+        let resp = resp.unwrap_or_else(|e| panic!("GET {key}, then a half-close: no answer ({e})"));
+        assert_eq!(resp.status, 200, "GET {key}");
+        assert_same_bytes(&resp.body, &body, &format!("GET {key} after a half-close"));
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Slow headers
 // ---------------------------------------------------------------------------

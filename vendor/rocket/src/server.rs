@@ -703,7 +703,10 @@ impl Rocket<Orbit> {
         // keep-alive included) by the figment's `header_timeout` seconds
         // (0: none); hyper needs a timer for it.
         let header_timeout = self.figment().extract_inner::<u64>("header_timeout").unwrap_or(30);
+        // PATCH(spillway): a client that sends its whole request and then
+        // closes its sending side still gets its answer (see PATCHES.md, 9).
         http1.keep_alive(keep_alive != 0)
+            .half_close(true)
             .preserve_header_case(true)
             .timer(TokioTimer::new())
             .header_read_timeout((header_timeout > 0).then(|| Duration::from_secs(header_timeout)));
