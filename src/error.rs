@@ -71,6 +71,9 @@ pub enum Error {
     Gone(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// A transfer coding the node does not undo (RFC 9112 § 6.1).
+    #[error("{0}")]
+    NotImplemented(String),
     #[error("this node speaks tus 1.0.0, not `{0}`")]
     TusVersion(String),
     #[error("{0}")]
@@ -147,6 +150,7 @@ impl Error {
             Error::TakenOver => Status::Conflict,
             Error::Gone(_) => Status::Gone,
             Error::UnsupportedMediaType(_) => Status::UnsupportedMediaType,
+            Error::NotImplemented(_) => Status::NotImplemented,
             Error::TusVersion(_) => Status::PreconditionFailed,
             Error::Forbidden(_) => Status::Forbidden,
             Error::NotReady(_) | Error::Unavailable(..) => Status::ServiceUnavailable,
@@ -184,6 +188,7 @@ impl Error {
             Error::TakenOver => "upload-taken-over",
             Error::Gone(_) => "upload-expired",
             Error::UnsupportedMediaType(_) => "unsupported-media-type",
+            Error::NotImplemented(_) => "not-implemented",
             Error::TusVersion(_) => "unsupported-version",
             Error::Forbidden(_) => "forbidden",
             Error::NotReady(_) => "not-ready",
@@ -226,6 +231,7 @@ impl Error {
             Error::TakenOver,
             Error::Gone(String::new()),
             Error::UnsupportedMediaType(String::new()),
+            Error::NotImplemented(String::new()),
             Error::TusVersion(String::new()),
             Error::Forbidden(String::new()),
             Error::NotReady(String::new()),
@@ -264,6 +270,7 @@ impl Error {
                 | Error::TakenOver
                 | Error::Gone(_)
                 | Error::UnsupportedMediaType(_)
+                | Error::NotImplemented(_)
                 | Error::TusVersion(_)
                 | Error::Forbidden(_)
                 | Error::NotReady(_)
@@ -378,7 +385,10 @@ impl<'r> Responder<'r, 'static> for Error {
         let status = self.status();
         // No room or no capacity for this request is a refusal, which any
         // client can provoke (a declared size no disk holds): a warning.
-        let refusal = matches!(self, Error::InsufficientStorage(_) | Error::Busy { .. } | Error::NotReady(_));
+        let refusal = matches!(
+            self,
+            Error::InsufficientStorage(_) | Error::Busy { .. } | Error::NotReady(_) | Error::NotImplemented(_)
+        );
         if status.code >= 500 && !refusal {
             log::error!("{} {}: {self}", req.method(), req.uri().path());
         } else if refusal {

@@ -452,6 +452,55 @@ fn an_accepted_upload_still_gets_100_continue() {
     runtime().block_on(assert_serves(&node, "cont.bin", &body));
 }
 
+/// A body with a transfer coding besides `chunked` (`gzip, chunked`) would
+/// reach the node still encoded (hyper undoes only the chunking): it is
+/// refused, `501 not-implemented` (RFC 9112 § 6.1), on every way in, and
+/// nothing is stored or changed; `chunked` alone, in any case, is taken.
+#[test]
+fn a_body_in_a_transfer_coding_besides_chunked_is_refused() {
+    let node = TestNode::start();
+    runtime().block_on(async { assert_eq!(node.put("te/kept.bin", "kept").await.status(), 201) });
+    let id = tus_create(&node, "te/tus.bin", 3);
+    let form = "--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"te-form.bin\"\r\n\r\nabc\r\n--B--\r\n";
+    for coding in ["gzip, chunked", "deflate,chunked", "chunked, chunked, gzip, chunked"] {
+        let chunked = "3\r\nzzz\r\n0\r\n\r\n";
+        for (what, head, body) in [
+            ("PUT a new key", "PUT /data/te/new.bin HTTP/1.1\r\n".to_string(), chunked.to_string()),
+            ("PUT over a kept key", "PUT /data/te/kept.bin HTTP/1.1\r\n".to_string(), chunked.to_string()),
+            (
+                "POST a form",
+                "POST /datasets HTTP/1.1\r\nContent-Type: multipart/form-data; boundary=B\r\n".to_string(),
+                format!("{:x}\r\n{form}\r\n0\r\n\r\n", form.len()),
+            ),
+            (
+                "PATCH a tus upload",
+                format!(
+                    "PATCH /uploads/{id} HTTP/1.1\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\n\
+                     Content-Type: application/offset+octet-stream\r\n"
+                ),
+                chunked.to_string(),
+            ),
+        ] {
+            let request =
+                format!("{head}Host: 127.0.0.1\r\nTransfer-Encoding: {coding}\r\nConnection: close\r\n\r\n{body}");
+            let resp = raw_request(&node, request.as_bytes());
+            assert_eq!(status_of(&resp), 501, "{what} with Transfer-Encoding: {coding}: {resp}");
+            assert!(resp.contains("\"code\":\"not-implemented\""), "{what}: {resp}");
+        }
+    }
+    runtime().block_on(async {
+        assert_serves(&node, "te/kept.bin", b"kept").await;
+        assert_eq!(node.get("/datasets/te/new.bin").await.status(), 404, "a refused PUT stored its key");
+        assert_eq!(node.get("/datasets/te-form.bin").await.status(), 404, "a refused form stored its key");
+    });
+    assert_eq!(tus_offset(&node, &id), 0, "a refused PATCH moved the upload's offset");
+    let request = "PUT /data/te/plain.bin HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: Chunked\r\n\
+                   Connection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    let resp = raw_request(&node, request.as_bytes());
+    assert_eq!(status_of(&resp), 201, "Transfer-Encoding: Chunked: {resp}");
+    runtime().block_on(assert_serves(&node, "te/plain.bin", b"abc"));
+}
+
 /// A client may send its whole request and then close its sending side
 /// (`shutdown(SHUT_WR)`, as `nc -N` or `curl --upload-file` over some
 /// proxies do) while it waits for the answer. The node answers it: hyper's

@@ -16,7 +16,7 @@ use rocket::{Route, State};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::access::authorize_data;
-use super::{chunk_for, guard, header, header_list, KeyTail, QueryOnce};
+use super::{chunk_for, guard, header, header_list, plain_transfer, KeyTail, QueryOnce};
 use crate::access::{Caller, Scope, SignedParams};
 use crate::error::{Error, Result};
 use crate::index::Record;
@@ -45,6 +45,7 @@ impl<'r> FromRequest<'r> for UploadMeta {
 }
 
 fn upload_meta(req: &Request<'_>) -> Result<UploadMeta> {
+    plain_transfer(req)?;
     let length = header(req, "Content-Length")
         .map(|v| v.trim().parse::<u64>())
         .transpose()

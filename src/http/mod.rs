@@ -274,6 +274,20 @@ pub fn header_list<'r>(req: &'r Request<'_>, name: &str) -> Option<Cow<'r, str>>
     Some(Cow::Owned(joined))
 }
 
+/// Refuses a body sent in a transfer coding besides `chunked` (`gzip,
+/// chunked`): hyper undoes only the chunking, so the bytes would be stored
+/// still encoded. `501`, as RFC 9112 § 6.1 says.
+pub fn plain_transfer(req: &Request<'_>) -> Result<(), Error> {
+    for coding in req.headers().get("Transfer-Encoding").flat_map(|v| v.split(',')).map(str::trim) {
+        if !coding.is_empty() && !coding.eq_ignore_ascii_case("chunked") {
+            return Err(Error::NotImplemented(format!(
+                "Transfer-Encoding `{coding}` is not supported: send the bytes as they are to be stored (only `chunked`)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A query in which no field is given twice. Rocket hands an optional
 /// query parameter that repeats to its handler as absent, so
 /// `?version=1&version=1` served the current bytes and `?limit=1&limit=1`

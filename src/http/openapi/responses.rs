@@ -58,6 +58,7 @@ shared_responses!(
     InsufficientStorage,
     Misdirected,
     NotFound,
+    NotImplemented,
     NotReady,
     PreconditionFailed,
     RangeNotSatisfiable,
@@ -74,6 +75,7 @@ shared_responses!(
     TusLocked,
     TusMisdirected,
     TusNotFound,
+    TusNotImplemented,
     TusRequestTimeout,
     TusTooLarge,
     TusTooManyOpenUploads,
@@ -125,6 +127,7 @@ response_sets! {
         409 => Conflict,
         412 => PreconditionFailed,
         413 => TooLarge,
+        501 => NotImplemented,
         503 => Busy,
         507 => InsufficientStorage,
     }
@@ -149,6 +152,7 @@ response_sets! {
         409 => TusConflict,
         413 => TusTooLarge,
         460 => TusChecksumMismatch,
+        501 => TusNotImplemented,
         503 => TusBusy,
         507 => TusInsufficientStorage,
     }

@@ -7,7 +7,7 @@ use base64::Engine;
 use rocket::request::{FromRequest, Outcome, Request};
 
 use crate::error::{Error, Result};
-use crate::http::{guard, header, header_list};
+use crate::http::{guard, header, header_list, plain_transfer};
 use crate::ingest::{Algorithm, Digest};
 use crate::service::tus::{Concat, Creation, CHECKSUM_ALGORITHMS, CREATE_ONLY, TUS_VERSION};
 
@@ -47,6 +47,7 @@ impl<'r> FromRequest<'r> for CreationRequest {
 }
 
 fn creation_request(req: &Request<'_>) -> Result<CreationRequest> {
+    plain_transfer(req)?;
     let length = number(req, "Upload-Length")?;
     let deferred = match header(req, "Upload-Defer-Length") {
         None => false,
@@ -128,6 +129,7 @@ impl<'r> FromRequest<'r> for PatchRequest {
 }
 
 fn patch_request(req: &Request<'_>) -> Result<PatchRequest> {
+    plain_transfer(req)?;
     if !content_type_is(req, OFFSET_OCTET_STREAM) {
         return Err(Error::UnsupportedMediaType(format!("a PATCH body must be {OFFSET_OCTET_STREAM}")));
     }
