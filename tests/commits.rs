@@ -203,3 +203,29 @@ async fn a_failed_fsync_of_the_staged_file_refuses_the_upload_and_keeps_the_stor
     let fsck = node.cli(&["fsck"]);
     assert_eq!(fsck.code, Some(0), "fsck after the refusal:\n{}{}", fsck.stdout, fsck.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_whose_new_folder_a_delete_prunes_meanwhile_still_lands() {
+    // A DELETE of the last dataset in a folder removes the folder; a PUT
+    // of another key in that folder shares only a shared lock on it. The
+    // PUT held after opening the folder and before renaming its file into
+    // it found the folder gone: a 500, and the blob it had already linked
+    // stayed behind (fsck: a stray blob). It now opens the folder again.
+    let slow = "pruned/f/new";
+    let mut node = TestNode::start_with(&[("FAILPOINTS", &format!("place.before_rename=return({slow}@3000)"))]);
+    assert_eq!(status_of_put(&node, "pruned/f/last", b"last".to_vec()).await, 201);
+    let body = generated(40 * KIB, 320);
+    let put = {
+        let (client, url, body) = (node.client.clone(), node.url(&format!("/data/{slow}")), body.clone());
+        tokio::spawn(async move { client.put(url).body(body).send().await.unwrap().status().as_u16() })
+    };
+    log_shows(&node, &format!("failpoint place.before_rename: `{slow}` waits")).await;
+    let deleted = node.client.delete(node.url("/datasets/pruned/f/last")).send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert!(!node.datasets_dir().join("pruned/f").exists(), "the DELETE left the emptied folder: nothing raced");
+    assert_eq!(put.await.unwrap(), 201, "the PUT whose folder was pruned meanwhile:\n{}", node.log_tail(20));
+    assert_serves(&node, slow, &body).await;
+    node.terminate();
+    let fsck = node.cli(&["fsck"]);
+    assert_eq!(fsck.code, Some(0), "fsck after the race:\n{}{}", fsck.stdout, fsck.stderr);
+}

@@ -66,6 +66,10 @@ async fn put_below_a_symlinked_folder_writes_nothing_outside() {
     assert!(is_symlink(&planted), "the planted symlink was replaced");
     assert!(node.list_all().await.is_empty());
     assert!(node.wait_spool_empty(std::time::Duration::from_secs(5)).is_empty());
+    // The refused install had already kept the bytes as a blob: that goes
+    // with it (fsck found it a stray blob).
+    let blobs = files_below(&node.data_dir.join("blobs"));
+    assert!(blobs.is_empty(), "refused PUTs left blobs: {blobs:?}");
 }
 
 /// The dataset's own path is a symlink to a file outside: PUT does not

@@ -25,7 +25,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use rustix::fs::{fsync, mkdirat, openat, renameat, statat, unlinkat, AtFlags, FileType, Mode, OFlags, Stat, CWD};
+use rustix::fs::{
+    fstat, fsync, mkdirat, openat, renameat, statat, unlinkat, AtFlags, FileType, Mode, OFlags, Stat, CWD,
+};
 use rustix::io::Errno;
 use tempfile::NamedTempFile;
 
@@ -344,31 +346,32 @@ impl Layout {
                 "the staged file of `{key}` was replaced; nothing is installed"
             )));
         }
-        // A folder moved away between its mkdirat and openat (by a
-        // concurrent DELETE pruning it, or by hand) is retried a few times;
-        // never a panic.
-        let mut attempts = 0;
-        let path = loop {
-            match self.resolve(key, true)? {
-                Some(path) => break path,
-                None if attempts < 4 => attempts += 1,
-                None => {
-                    return Err(Error::Conflict(format!(
-                        "a folder of `{key}` kept disappearing while it was created; nothing is installed"
-                    )))
-                }
+        // A folder moved away between its mkdirat and openat, or removed
+        // after it was opened and before the rename into it (a concurrent
+        // DELETE pruning it once empty: a DELETE of another key below it
+        // shares its lock), is opened again a few times; never a panic.
+        for _ in 0..5 {
+            let Some(path) = self.resolve(key, true)? else { continue };
+            match path.kind() {
+                Some(FileType::Symlink) => return Err(path.refused()),
+                Some(FileType::Directory) => return Err(conflict_with_folder(key)),
+                _ => {}
             }
-        };
-        match path.kind() {
-            Some(FileType::Symlink) => return Err(path.refused()),
-            Some(FileType::Directory) => return Err(conflict_with_folder(key)),
-            _ => {}
+            crate::failpoint::delay_key("place.before_rename", key.as_str());
+            match rename_over(at, name, path.dir(), path.name) {
+                Ok(()) => {}
+                // A removed folder has no links left.
+                Err(Errno::NOENT) if fstat(path.dir()).is_ok_and(|dir| dir.st_nlink == 0) => continue,
+                Err(e) => return Err(io_error(e)),
+            }
+            // Renamed away: nothing is left for the guard to delete.
+            drop(staged.into_temp_path().keep());
+            self.syncs.sync(path.dir())?;
+            return Ok(());
         }
-        rename_over(at, name, path.dir(), path.name).map_err(io_error)?;
-        // Renamed away: nothing is left for the guard to delete.
-        drop(staged.into_temp_path().keep());
-        self.syncs.sync(path.dir())?;
-        Ok(())
+        Err(Error::Conflict(format!(
+            "a folder of `{key}` kept disappearing while it was created; nothing is installed"
+        )))
     }
 
     /// The inode of a dataset's file, if it exists.

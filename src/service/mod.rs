@@ -317,6 +317,11 @@ impl Node {
             match handle.block_on(store.install(&key, prepared, &info)) {
                 Ok(installed) => (version.version, version.blob_version) = (installed.version, installed.blob),
                 Err(e) => {
+                    // What the install made before it failed (a new blob's
+                    // name) goes, as a restart would roll it back.
+                    if let Err(left) = handle.block_on(store.unmade(&version, kept.as_ref())) {
+                        log::warn!("the failed install of `{key}` left its bytes behind: {}", left.cause());
+                    }
                     let _ = index.abandon(&key);
                     return Err(e);
                 }
