@@ -1,9 +1,10 @@
 //! Places where a test can make the node wait (the `failpoints` feature,
 //! with the `fail` crate's `FAILPOINTS` variable): a batch held open for a
 //! kill -9, a blob's second name made but not yet renamed into place, one
-//! key's install slowed while others commit, one key's read held, a staged
-//! object's removal slowed, a staged file's fsync failed. Without the
-//! feature these compile to nothing.
+//! key's install slowed while others commit, one key's read held, one
+//! key's rename into its folder held, a final tus upload held before it
+//! reads its partials, a staged object's removal slowed, a staged file's
+//! fsync failed. Without the feature these compile to nothing.
 
 /// Runs the action configured for `name` (say `sleep(50)`), if any.
 pub fn hold(name: &str) {

@@ -1162,6 +1162,31 @@ async fn final_upload(node: &TestNode, parts: &str, key: &str) -> Reply {
     .await
 }
 
+/// A partial terminated after a final upload checked it, and before the
+/// final read its bytes, makes the final a `410` (its bytes are gone), as
+/// when it was terminated before: not a `500`. Nothing is stored, and the
+/// other partial stays usable.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn a_partial_terminated_while_a_final_joins_it_is_gone_not_an_error() {
+    let node = TestNode::start_with(&[("FAILPOINTS", "tus.concat.before_read=return(tus/raced.txt@3000)")]);
+    let la = partial(&node, b"abc").await;
+    let lb = partial(&node, b"def").await;
+    let parts = format!("{la} {lb}");
+    let terminate = async {
+        let held = "failpoint tus.concat.before_read: `tus/raced.txt` waits";
+        let reached = eventually(Duration::from_secs(30), async || node.log_as_written().contains(held)).await;
+        assert!(reached, "the final never reached its read:\n{}", node.log_tail(20));
+        call(&node, "DELETE", &la, &[("Tus-Resumable", "1.0.0")], None).await
+    };
+    let (joined, terminated) = tokio::join!(final_upload(&node, &parts, "tus/raced.txt"), terminate);
+    assert_eq!(terminated.status, 204, "DELETE of the partial: {}", terminated.describe());
+    assert_eq!(joined.status, 410, "the final whose partial went: {}", joined.describe());
+    assert_eq!(joined.code().as_deref(), Some("upload-expired"), "{}", joined.describe());
+    assert!(node.list_all().await.is_empty(), "the final stored a dataset");
+    assert_eq!(offset_of(&node, &lb).await, 3, "the other partial");
+}
+
 #[tokio::test]
 async fn concatenation_joins_partial_uploads() {
     let node = TestNode::start();

@@ -234,6 +234,11 @@ impl Layout {
         match openat(&self.dirs.uploads, upload_name(id), flags, Mode::from_bits_truncate(0o666)) {
             Ok(fd) => Ok(File::from(fd)),
             Err(Errno::LOOP) => Err(upload_symlink(id)),
+            // Terminated meanwhile (a final upload checked it first): as
+            // when it was terminated before, not a failure of the node.
+            Err(Errno::NOENT) if !flags.contains(OFlags::CREATE) => {
+                Err(Error::Gone(format!("the bytes of upload `{id}` are gone")))
+            }
             Err(e) => Err(Error::from_io(e.into())),
         }
     }

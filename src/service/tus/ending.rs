@@ -51,6 +51,7 @@ impl Node {
             return self.concatenate_stored(row, parts, key, metadata, total).await;
         }
         self.spooler.check_space(&self.layout.staging, total)?;
+        crate::failpoint::delay_key_async("tus.concat.before_read", key.as_str()).await;
         let (layout, part_ids) = (self.layout.clone(), parts.to_vec());
         let staging = self.layout.new_staging_file()?;
         let received = blocking(move || {
