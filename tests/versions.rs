@@ -807,6 +807,40 @@ fn kill9_during_a_replace_keeps_the_previous_version() {
     });
 }
 
+/// Version numbers grow with every commit to a key and are never reused,
+/// not even once every version of the key is gone: a number names the same
+/// bytes for good, so a URL signed for it (or a client resuming a `.part`
+/// file) never gets other bytes. Numbering restarted at 1 after
+/// `?versions=all`, and a URL signed for version 1 then served the new
+/// upload. A URL for a version that does not exist is not minted.
+#[tokio::test]
+async fn version_numbers_are_never_reused() {
+    let node = secured_node(&[]);
+    let key = "reborn/life.bin";
+    put_as(&node, key, b"one", Some(WRITE)).await;
+    put_as(&node, key, b"two", Some(WRITE)).await;
+    let path = format!("/datasets/{key}/download-url");
+    let r = send(node.client.post(node.url(&path)).bearer_auth(READ).json(&json!({"version": 1})), &path).await;
+    assert_eq!(r.status, 200, "POST {path} {{version: 1}}: {}", r.describe());
+    let url = r.json()["url"].as_str().expect("url").to_string();
+    let r = send(node.client.get(node.url(&url)), "the signed URL of version 1").await;
+    assert_eq!(r.body, b"one");
+
+    let purge = format!("/datasets/{key}?versions=all");
+    let r = send(node.client.delete(node.url(&purge)).bearer_auth(ADMIN), &purge).await;
+    assert_eq!(r.status, 204, "DELETE {purge}: {}", r.describe());
+    put_as(&node, key, b"after the purge", Some(WRITE)).await;
+    assert_eq!(numbers(&versions_ok_as(&node, key, Some(READ)).await), [3], "the version after a purge");
+    let r = send(node.client.get(node.url(&url)), "the signed URL of version 1, after the purge").await;
+    assert_problem(&r, 404, "not-found", "the signed URL of a purged version 1");
+
+    for missing in [1, 4, 99] {
+        let body = json!({ "version": missing });
+        let r = send(node.client.post(node.url(&path)).bearer_auth(READ).json(&body), &path).await;
+        assert_problem(&r, 404, "not-found", &format!("a download URL for version {missing}, which does not exist"));
+    }
+}
+
 /// A download URL minted for a version serves that version; the signature
 /// covers it, so another (or no) `version=` is 403.
 #[tokio::test]
@@ -862,7 +896,10 @@ async fn datasets_from_before_versions_are_adopted() {
     // What a node from before versions left: rows without a number, and
     // files that are nobody's blob.
     let db = rusqlite::Connection::open(node.data_dir.join("index.sqlite")).unwrap();
-    db.execute_batch("DELETE FROM versions; DELETE FROM blobs; UPDATE datasets SET number = 0;").unwrap();
+    db.execute_batch(
+        "DELETE FROM versions; DELETE FROM version_numbers; DELETE FROM blobs; UPDATE datasets SET number = 0;",
+    )
+    .unwrap();
     drop(db);
     fs::remove_dir_all(node.data_dir.join("blobs")).unwrap();
     for key in ["old/a.csv", "old/b.csv"] {

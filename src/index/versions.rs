@@ -281,13 +281,7 @@ impl Index {
     /// one past what its key had), its bytes the blob `blob_version`.
     pub fn adopt(&self, record: &super::Record, blob_version: &str) -> Result<()> {
         self.tx(|db| {
-            let number = db
-                .query_opt(
-                    "SELECT CAST(coalesce(max(number), 0) AS BIGINT) FROM versions WHERE key = $1",
-                    vals![&record.key],
-                )?
-                .map_or(0, |r| r.int(0))
-                + 1;
+            let number = next_number(db, &record.key)?;
             db.execute(
                 "INSERT INTO versions (key, number, blake3, size, content_type, created_at)
                  VALUES ($1, $2, $3, $4, $5, $6)",
@@ -313,8 +307,23 @@ impl Index {
     }
 }
 
+/// The number of `key`'s next version: one past the highest it ever had.
+/// Never one it had before, even once all its versions are gone: a number
+/// names the same bytes for good (a URL signed for it, a client resuming a
+/// download of it).
+fn next_number(db: &mut dyn Db, key: &str) -> Result<i64> {
+    let row = db.query_opt(
+        "INSERT INTO version_numbers (key, last)
+         VALUES ($1, (SELECT CAST(coalesce(max(number), 0) AS BIGINT) + 1 FROM versions WHERE key = $1))
+         ON CONFLICT (key) DO UPDATE SET last = version_numbers.last + 1
+         RETURNING last",
+        vals![key],
+    )?;
+    row.map(|r| r.int(0)).ok_or_else(|| crate::error::Error::internal("no version number was returned"))
+}
+
 /// Inside a commit's transaction: the new version of `key` (number one
-/// past its highest), the old current one marked replaced, the blob
+/// past the highest it ever had), the old current one marked replaced, the blob
 /// recorded, and versions past `retention.keep` pruned. Returns the new
 /// number and the blobs pruning doomed.
 pub(super) fn record(
@@ -326,10 +335,7 @@ pub(super) fn record(
     now_secs: i64,
 ) -> Result<(i64, Vec<Blob>)> {
     let key = v.key.as_str();
-    let number = db
-        .query_opt("SELECT CAST(coalesce(max(number), 0) AS BIGINT) FROM versions WHERE key = $1", vals![key])?
-        .map_or(0, |r| r.int(0))
-        + 1;
+    let number = next_number(db, key)?;
     db.execute("UPDATE versions SET replaced_at = $2 WHERE key = $1 AND replaced_at IS NULL", vals![key, now_secs])?;
     db.execute(
         "INSERT INTO versions (key, number, blake3, size, content_type, created_at, uploaded_by)

@@ -27,6 +27,14 @@ impl Node {
         if method == "PUT" && self.store.direct().is_some() {
             return self.direct_upload_url(key, expires_in, max_size).await;
         }
+        if let Some(number) = version {
+            // A URL for a version names bytes that exist: not a number the
+            // key may reach later.
+            let (index, k) = (self.index.clone(), key.clone());
+            if blocking(move || index.version(&k, number)).await?.is_none() {
+                return Err(Error::NotFound(format!("`{key}` has no version {number}")));
+            }
+        }
         let query = self.access.sign(method, key, expires, max_size, version);
         Ok(format!("{}?{query}", key.url_path()))
     }

@@ -137,4 +137,9 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (upload, number)
     );
 "#,
+    // As SQLite's eleventh.
+    r#"
+    CREATE TABLE version_numbers (key TEXT PRIMARY KEY NOT NULL, last BIGINT NOT NULL);
+    INSERT INTO version_numbers (key, last) SELECT key, max(number) FROM versions GROUP BY key;
+"#,
 ];

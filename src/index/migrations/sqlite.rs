@@ -145,4 +145,11 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (upload, number)
     ) WITHOUT ROWID;
 "#,
+    // The highest version number each key ever had, kept when its versions
+    // go: numbers are never reused (a URL signed for one must not come to
+    // mean other bytes).
+    r#"
+    CREATE TABLE version_numbers (key TEXT PRIMARY KEY NOT NULL, last INTEGER NOT NULL) WITHOUT ROWID;
+    INSERT INTO version_numbers (key, last) SELECT key, max(number) FROM versions GROUP BY key;
+"#,
 ];
