@@ -10,7 +10,7 @@ use rocket::serde::json::Json;
 use rocket::{Route, State};
 
 use super::access::mint;
-use super::{chunk_for, JsonBody, KeyTail, QueryOnce};
+use super::{chunk_for, JsonBody, KeyTail};
 use crate::access::{Caller, Scope};
 use crate::error::{Error, Result};
 use crate::index::{MetadataPatch, Record};
@@ -71,9 +71,7 @@ async fn list(
     prefix: Option<String>,
     limit: Option<&str>,
     after: Option<String>,
-    once: Result<QueryOnce, Error>,
 ) -> Result<Page> {
-    once?;
     caller.require(Scope::Read)?;
     let limit = parse_limit(limit)?;
     let prefix = prefix.unwrap_or_default();
@@ -174,9 +172,7 @@ async fn delete_record(
     caller: Caller,
     tail: KeyTail<'_>,
     versions: Option<&str>,
-    once: Result<QueryOnce, Error>,
 ) -> Result<Status> {
-    once?;
     caller.require(Scope::Admin)?;
     let purge = match versions {
         None => false,

@@ -16,7 +16,7 @@ use rocket::{Route, State};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::access::authorize_data;
-use super::{chunk_for, guard, header, header_list, plain_transfer, KeyTail, QueryOnce};
+use super::{chunk_for, guard, header, header_list, plain_transfer, KeyTail};
 use crate::access::{Caller, Scope, SignedParams};
 use crate::error::{Error, Result};
 use crate::index::Record;
@@ -120,11 +120,9 @@ async fn put_data(
     signed: SignedParams,
     tail: KeyTail<'_>,
     name: Option<String>,
-    once: Result<QueryOnce, Error>,
     meta: Result<UploadMeta, Error>,
     body: Data<'_>,
 ) -> Result<Stored> {
-    once?;
     let (key, limit) = authorize_data(node, &caller, &signed, "PUT", &tail, Scope::Write)?;
     let _permit = node.admit_upload()?;
     let mut meta = meta?;
@@ -369,9 +367,7 @@ async fn get_data(
     tail: KeyTail<'_>,
     cond: ReadConditions<'_>,
     version: Option<&str>,
-    once: Result<QueryOnce, Error>,
 ) -> Result<Served> {
-    once?;
     // HEAD runs this route too; a signed GET URL covers both.
     let (key, _) = authorize_data(node, &caller, &signed, "GET", &tail, Scope::Read)?;
     if let Some(raw) = version {

@@ -15,6 +15,12 @@
 //! preflight. Browsers send `Origin` with every such write, so an open
 //! node refuses writes whose `Origin` is neither the node itself nor one of
 //! `cors_origins` (`403 cross-origin`); API clients send no `Origin`.
+//!
+//! A query that gives one field twice (`?version=1&version=2`) is refused
+//! here too, on any node and whatever the route (`400`): Rocket hands an
+//! optional query parameter that repeats to its handler as absent, so
+//! such a request served the current bytes for a version and the whole
+//! catalog for a `limit` or `prefix`.
 
 use std::sync::Arc;
 
@@ -42,16 +48,24 @@ pub struct HostCheck;
 #[rocket::async_trait]
 impl Fairing for HostCheck {
     fn info(&self) -> Info {
-        Info { name: "Host and Origin of an open node", kind: Kind::Request }
+        Info { name: "Host and Origin of an open node, repeated query fields", kind: Kind::Request }
     }
 
     async fn on_request(&self, req: &mut Request<'_>, _: &mut Data<'_>) {
-        let refusal = check(req);
+        let refusal = check(req).or_else(|| repeated_query_field(req));
         if refusal.is_some() {
             req.set_uri(Origin::parse(REFUSED).expect("a valid path"));
         }
         req.local_cache(|| Refusal(std::sync::Mutex::new(refusal)));
     }
+}
+
+/// The first query field given twice, as a refusal (names as Rocket's form
+/// parser reads them: percent-decoded).
+fn repeated_query_field(req: &Request<'_>) -> Option<Error> {
+    let mut seen = std::collections::HashSet::new();
+    let name = req.uri().query()?.segments().map(|(name, _)| name).find(|name| !seen.insert(*name))?;
+    Some(Error::BadRequest(format!("the query gives `{name}` more than once")))
 }
 
 /// Why the fairing refused this request, if it did (taken by the route).

@@ -287,30 +287,3 @@ pub fn plain_transfer(req: &Request<'_>) -> Result<(), Error> {
     }
     Ok(())
 }
-
-/// A query in which no field is given twice. Rocket hands an optional
-/// query parameter that repeats to its handler as absent, so
-/// `?version=1&version=1` served the current bytes and `?limit=1&limit=1`
-/// the whole catalog; a route that reads its query takes this guard and
-/// answers such a request with a `400`.
-pub struct QueryOnce;
-
-#[rocket::async_trait]
-impl<'r> FromRequest<'r> for QueryOnce {
-    type Error = Error;
-
-    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Error> {
-        guard(query_once(req))
-    }
-}
-
-fn query_once(req: &Request<'_>) -> Result<QueryOnce, Error> {
-    let mut seen = std::collections::HashSet::new();
-    // Names as Rocket's form parser reads them: percent-decoded.
-    for (name, _) in req.uri().query().into_iter().flat_map(|q| q.segments()) {
-        if !seen.insert(name) {
-            return Err(Error::BadRequest(format!("the query gives `{name}` more than once")));
-        }
-    }
-    Ok(QueryOnce)
-}

@@ -9,9 +9,9 @@ use rocket::{Route, State};
 
 use super::catalog::{parse_limit, Page};
 use super::data::version_number;
-use super::{KeyTail, QueryOnce};
+use super::KeyTail;
 use crate::access::{Caller, Scope};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::index::Version;
 use crate::key::encode_path;
 use crate::service::Node;
@@ -101,9 +101,7 @@ async fn list_versions(
     tail: KeyTail<'_>,
     limit: Option<&str>,
     after: Option<&str>,
-    once: Result<QueryOnce, Error>,
 ) -> Result<Page<Version>> {
-    once?;
     caller.require(Scope::Read)?;
     let key = tail.key()?;
     let limit = parse_limit(limit)?;
