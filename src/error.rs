@@ -389,10 +389,10 @@ impl<'r> Responder<'r, 'static> for Error {
             self,
             Error::InsufficientStorage(_) | Error::Busy { .. } | Error::NotReady(_) | Error::NotImplemented(_)
         );
-        if status.code >= 500 && !refusal {
-            log::error!("{} {}: {self}", req.method(), req.uri().path());
-        } else if refusal {
+        if refusal {
             log::warn!("{} {}: {self}", req.method(), req.uri().path());
+        } else if status.code >= 500 {
+            log::error!("{} {}: {self}", req.method(), req.uri().path());
         } else {
             log::info!("{} {}: {} ({})", req.method(), req.uri().path(), status.code, self.code());
         }
