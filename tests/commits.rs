@@ -204,6 +204,10 @@ async fn a_failed_fsync_of_the_staged_file_refuses_the_upload_and_keeps_the_stor
     assert_eq!(fsck.code, Some(0), "fsck after the refusal:\n{}{}", fsck.stdout, fsck.stderr);
 }
 
+/// How long the racing PUT is held before its rename (each time it gets
+/// there): the DELETE must end within it, also on a loaded machine.
+const RACE_HOLD_MS: u64 = 6_000;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_whose_new_folder_a_delete_prunes_meanwhile_still_lands() {
     // A DELETE of the last dataset in a folder removes the folder; a PUT
@@ -212,7 +216,8 @@ async fn a_put_whose_new_folder_a_delete_prunes_meanwhile_still_lands() {
     // it found the folder gone: a 500, and the blob it had already linked
     // stayed behind (fsck: a stray blob). It now opens the folder again.
     let slow = "pruned/f/new";
-    let mut node = TestNode::start_with(&[("FAILPOINTS", &format!("place.before_rename=return({slow}@3000)"))]);
+    let mut node =
+        TestNode::start_with(&[("FAILPOINTS", &format!("place.before_rename=return({slow}@{RACE_HOLD_MS})"))]);
     assert_eq!(status_of_put(&node, "pruned/f/last", b"last".to_vec()).await, 201);
     let body = generated(40 * KIB, 320);
     let put = {

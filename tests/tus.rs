@@ -1169,7 +1169,8 @@ async fn final_upload(node: &TestNode, parts: &str, key: &str) -> Reply {
 #[cfg(feature = "failpoints")]
 #[tokio::test]
 async fn a_partial_terminated_while_a_final_joins_it_is_gone_not_an_error() {
-    let node = TestNode::start_with(&[("FAILPOINTS", "tus.concat.before_read=return(tus/raced.txt@3000)")]);
+    // Held 6 s: the DELETE must end within it, also on a loaded machine.
+    let node = TestNode::start_with(&[("FAILPOINTS", "tus.concat.before_read=return(tus/raced.txt@6000)")]);
     let la = partial(&node, b"abc").await;
     let lb = partial(&node, b"def").await;
     let parts = format!("{la} {lb}");
