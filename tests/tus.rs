@@ -1317,6 +1317,26 @@ async fn a_patch_past_the_length_is_413() {
     assert_eq!(offset, 600, "offset after a refused PATCH");
     patch_all(&node, &loc, &data, 600, 1000).await;
     assert_dataset(&node, "tus/exact.bin", &data).await;
+    // Past the end of the completed upload, with a length and chunked: any
+    // byte is still past the length, and the dataset stays as it was.
+    let r = patch(&node, &loc, 1000, b"more", &[]).await;
+    assert_eq!(r.status, 413, "4 bytes at the end of a completed upload: {}", r.describe());
+    let chunked = reqwest::Body::wrap_stream(futures_util::stream::iter([Ok::<_, std::io::Error>(b"more".to_vec())]));
+    let r = node
+        .client
+        .patch(node.url(&loc))
+        .header("Tus-Resumable", "1.0.0")
+        .header("Content-Type", OCTET)
+        .header("Upload-Offset", "1000")
+        .body(chunked)
+        .send()
+        .await
+        .expect("a chunked PATCH");
+    assert_eq!(r.status(), 413, "a chunked PATCH at the end of a completed upload");
+    let r = patch(&node, &loc, 1000, b"", &[]).await;
+    assert_eq!(r.status, 204, "an empty PATCH at the end learns that the upload is complete: {}", r.describe());
+    assert_eq!(r.header("upload-offset"), Some("1000"));
+    assert_dataset(&node, "tus/exact.bin", &data).await;
 }
 
 /// Waits until a held PATCH is inside its upload: the node has received its

@@ -154,6 +154,11 @@ async fn chunks_of_every_size_complete_in_the_store() {
         let r = patch(&node, &loc, 0, &data, &[]).await;
         assert_eq!(r.status, 204, "PATCH {key}: {}", r.describe());
         assert_serves(&node, key, &data).await;
+        // Past the end of the completed upload: any byte is past its length.
+        let r = patch(&node, &loc, len, b"more", &[]).await;
+        assert_eq!(r.status, 413, "4 bytes at the end of completed {key}: {}", r.describe());
+        assert_eq!(patch(&node, &loc, len, b"", &[]).await.status, 204, "an empty PATCH at the end of {key}");
+        assert_serves(&node, key, &data).await;
     }
     assert_nothing_left(&garage, "after two more uploads").await;
 }

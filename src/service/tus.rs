@@ -307,6 +307,7 @@ impl Node {
         self.settle_patch(&mut row, &patch, offset).await?;
         if row.completed {
             // Nothing more to take; a repeated final PATCH just learns so.
+            self.nothing_past_the_end(patch.body).await?;
             return self.tus_info(id, caller).await;
         }
         let limit = row.length.unwrap_or(self.spooler.max_size) - offset;
@@ -410,6 +411,14 @@ impl Node {
             Some(result?)
         };
         Ok(self.info_of(&row, new_offset, record))
+    }
+
+    /// The body of a PATCH to a completed upload: empty, or refused (413)
+    /// at its first byte, which would be past the upload's length, as on
+    /// an upload still open.
+    async fn nothing_past_the_end<R: AsyncRead + Unpin>(&self, body: R) -> Result<()> {
+        let mut body = ChunkReader::new(body, self.spooler.stall_timeout, 0, self.metrics.tus_bytes.clone());
+        body.next_chunk(Vec::new()).await.map(drop)
     }
 
     /// Checks a PATCH's offset against the upload's, and settles a deferred

@@ -211,6 +211,7 @@ impl Node {
         self.settle_patch(&mut row, &patch, offset).await?;
         let sent = patch.blake3;
         if row.completed {
+            self.nothing_past_the_end(patch.body).await?;
             return Ok(self.info_of(&row, offset, None));
         }
         let limit = row.length.unwrap_or(self.spooler.max_size) - offset;
