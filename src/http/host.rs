@@ -3,7 +3,8 @@
 //! domain in `Host`, and the browser then treats the node as that domain:
 //! it may list, upload and delete. So an open node answers only requests
 //! whose `Host` is one of its names: a loopback name, one of
-//! `allowed_hosts`, or none (HTTP/1.0). Every other gets `421`, whatever
+//! `allowed_hosts`, or none (HTTP/1.0; Rocket answers an HTTP/1.1 request
+//! without one `Host` 400, patch 10). Every other gets `421`, whatever
 //! the route (unknown ones included), before any route's guards run. With
 //! tokens configured, a rebound page has no token, so `Host` is not checked.
 //!
@@ -76,13 +77,11 @@ fn check(req: &Request<'_>) -> Option<Error> {
     if !node.access().is_open() || req.uri().path() == "/health" {
         return None;
     }
-    let mut hosts = req.headers().get("Host");
-    let host = match (hosts.next(), hosts.next()) {
-        (None, _) => None,
-        (Some(host), None) if is_own_host(host, &node.settings().allowed_hosts) => Some(host),
-        // Two `Host` headers: which one would a proxy have looked at?
-        (Some(host), _) => return Some(Error::Misdirected(host.to_owned())),
-    };
+    // Two `Host` lines never get here: Rocket answers them 400 (patch 10).
+    let host = req.headers().get_one("Host");
+    if let Some(foreign) = host.filter(|h| !is_own_host(h, &node.settings().allowed_hosts)) {
+        return Some(Error::Misdirected(foreign.to_owned()));
+    }
     let writes = !matches!(req.method(), Method::Get | Method::Head | Method::Options);
     match req.headers().get_one("Origin") {
         Some(origin) if writes && !is_own_origin(origin, host, &node.settings().cors_origins) => {

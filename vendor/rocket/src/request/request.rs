@@ -1030,6 +1030,13 @@ impl<'r> Request<'r> {
                 Origin::ROOT
             });
 
+        // PATCH(spillway): RFC 9112 3.2: a server must answer 400 to an
+        // HTTP/1.1 request without `Host`, or to any with more than one.
+        let hosts = hyper.headers.get_all("host").iter().count();
+        if hosts > 1 || (hosts == 0 && hyper.version == hyper::Version::HTTP_11) {
+            errors.push(Kind::Host(hosts));
+        }
+
         // Construct the request object; fill in metadata and headers next.
         let mut request = Request::new(rocket, method, uri);
 
@@ -1093,6 +1100,8 @@ pub(crate) struct BadRequest<'r> {
 pub(crate) enum Kind<'r> {
     InvalidUri(&'r hyper::Uri),
     BadMethod(&'r hyper::Method),
+    // PATCH(spillway): see `from_hyp`.
+    Host(usize),
 }
 
 impl fmt::Display for Kind<'_> {
@@ -1100,6 +1109,7 @@ impl fmt::Display for Kind<'_> {
         match self {
             Kind::InvalidUri(u) => write!(f, "invalid origin URI: {}", u),
             Kind::BadMethod(m) => write!(f, "invalid or unrecognized method: {}", m),
+            Kind::Host(n) => write!(f, "{} `Host` header lines where HTTP/1.1 takes one", n),
         }
     }
 }
