@@ -484,6 +484,14 @@ fn table(fresh_meta: &str) -> Vec<Case> {
             ..Case::default()
         },
         Case {
+            name: "POST with Upload-Length +100 (digits only)",
+            method: "POST",
+            path: "/uploads",
+            headers: hs(&[V, ("Upload-Length", "+100"), ("Upload-Metadata", fresh_meta)]),
+            status: &[400],
+            ..Case::default()
+        },
+        Case {
             name: "POST with metadata that is not base64",
             method: "POST",
             path: "/uploads",
@@ -579,6 +587,16 @@ fn table(fresh_meta: &str) -> Vec<Case> {
             method: "PATCH",
             path: "{id}",
             headers: hs(&[V, CT, ("Upload-Offset", "abc")]),
+            body: Some(BODY10.to_vec()),
+            status: &[400],
+            after: After::Offset(0),
+            ..Case::default()
+        },
+        Case {
+            name: "PATCH with Upload-Offset +0 (digits only)",
+            method: "PATCH",
+            path: "{id}",
+            headers: hs(&[V, CT, ("Upload-Offset", "+0")]),
             body: Some(BODY10.to_vec()),
             status: &[400],
             after: After::Offset(0),

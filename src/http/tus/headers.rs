@@ -98,10 +98,12 @@ fn creation_request(req: &Request<'_>) -> Result<CreationRequest> {
 }
 
 fn number(req: &Request<'_>, name: &str) -> Result<Option<u64>> {
-    header(req, name)
-        .map(|v| v.trim().parse::<u64>())
-        .transpose()
-        .map_err(|_| Error::BadRequest(format!("{name} must be a whole number of bytes")))
+    let Some(value) = header(req, name).map(str::trim) else { return Ok(None) };
+    // Digits only (tus: a non-negative integer); Rust's parse also takes a `+`.
+    match value.bytes().all(|b| b.is_ascii_digit()).then(|| value.parse::<u64>()) {
+        Some(Ok(n)) => Ok(Some(n)),
+        _ => Err(Error::BadRequest(format!("{name} must be a whole number of bytes"))),
+    }
 }
 
 fn content_type_is(req: &Request<'_>, expected: &str) -> bool {
