@@ -109,7 +109,8 @@ async fn with_tokens_the_host_is_not_checked() {
 
 /// RFC 9112 3.2: an HTTP/1.1 request without `Host`, or any request with
 /// two, is a `400 bad-request` on every node, whatever the route, and
-/// changes nothing. HTTP/1.0 needs no `Host`.
+/// changes nothing; like any answer it has its access-log line. HTTP/1.0
+/// needs no `Host`.
 #[tokio::test]
 async fn an_http_1_1_request_without_one_host_is_400() {
     let open = TestNode::start();
@@ -129,10 +130,17 @@ async fn an_http_1_1_request_without_one_host_is_400() {
             ("PUT /data/two-hosts.txt HTTP/1.1", &["Host: localhost", "Host: localhost"], b"two"),
             ("GET /datasets HTTP/1.0", &["Host: localhost", "Host: 127.0.0.1"], b""),
         ];
-        for (line, hosts, body) in cases {
-            let resp = send(node, line, &[*hosts, auth].concat(), body);
+        for (i, (line, hosts, body)) in cases.iter().enumerate() {
+            let id = format!("X-Request-Id: one-host-{i}");
+            let resp = send(node, line, &[*hosts, auth, &[id.as_str()]].concat(), body);
             assert_eq!(resp.status, 400, "{line} with {hosts:?}: {}", resp.text());
             assert_eq!(resp.code().as_deref(), Some("bad-request"), "{line}: {}", resp.text());
+            let logged = format!("request_id=one-host-{i} method=");
+            let seen = eventually(Duration::from_secs(10), async || {
+                node.log_as_written().lines().any(|l| l.contains(&logged) && l.contains("status=400"))
+            })
+            .await;
+            assert!(seen, "{line}: no access line with status=400:\n{}", node.log_tail(10));
         }
         let old = send(node, "GET /data/kept.txt HTTP/1.0", auth, b"");
         assert_eq!((old.status, old.text()), (200, "kept".to_string()), "HTTP/1.0 without Host");

@@ -3,8 +3,8 @@
 //! domain in `Host`, and the browser then treats the node as that domain:
 //! it may list, upload and delete. So an open node answers only requests
 //! whose `Host` is one of its names: a loopback name, one of
-//! `allowed_hosts`, or none (HTTP/1.0; Rocket answers an HTTP/1.1 request
-//! without one `Host` 400, patch 10). Every other gets `421`, whatever
+//! `allowed_hosts`, or none (HTTP/1.0; an HTTP/1.1 request without `Host`,
+//! or any with two, is a `400` on every node). Every other gets `421`, whatever
 //! the route (unknown ones included), before any route's guards run. With
 //! tokens configured, a rebound page has no token, so `Host` is not checked.
 //!
@@ -49,15 +49,28 @@ pub struct HostCheck;
 #[rocket::async_trait]
 impl Fairing for HostCheck {
     fn info(&self) -> Info {
-        Info { name: "Host and Origin of an open node, repeated query fields", kind: Kind::Request }
+        Info { name: "one Host; Host and Origin of an open node; repeated query fields", kind: Kind::Request }
     }
 
     async fn on_request(&self, req: &mut Request<'_>, _: &mut Data<'_>) {
-        let refusal = check(req).or_else(|| repeated_query_field(req));
+        let refusal = one_host(req).or_else(|| check(req)).or_else(|| repeated_query_field(req));
         if refusal.is_some() {
             req.set_uri(Origin::parse(REFUSED).expect("a valid path"));
         }
         req.local_cache(|| Refusal(std::sync::Mutex::new(refusal)));
+    }
+}
+
+/// RFC 9112 3.2: an HTTP/1.1 request without `Host`, or any request with
+/// two `Host` lines (which one would a proxy have looked at?), is a `400`,
+/// on any node and whatever the route.
+fn one_host(req: &Request<'_>) -> Option<Error> {
+    let lines = req.headers().get("Host").count();
+    let needed = req.http_version() == rocket::http::hyper::Version::HTTP_11;
+    match lines {
+        0 if needed => Some(Error::BadRequest("an HTTP/1.1 request names its `Host`".into())),
+        0 | 1 => None,
+        n => Some(Error::BadRequest(format!("{n} `Host` lines where a request takes one"))),
     }
 }
 
@@ -77,7 +90,7 @@ fn check(req: &Request<'_>) -> Option<Error> {
     if !node.access().is_open() || req.uri().path() == "/health" {
         return None;
     }
-    // Two `Host` lines never get here: Rocket answers them 400 (patch 10).
+    // At most one `Host` line gets here (`one_host`).
     let host = req.headers().get_one("Host");
     if let Some(foreign) = host.filter(|h| !is_own_host(h, &node.settings().allowed_hosts)) {
         return Some(Error::Misdirected(foreign.to_owned()));

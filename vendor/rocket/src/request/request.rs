@@ -52,6 +52,8 @@ pub(crate) struct RequestState<'r> {
     pub content_type: InitCell<Option<ContentType>>,
     pub cache: Arc<TypeMap![Send + Sync]>,
     pub host: Option<Host<'r>>,
+    // PATCH(spillway): the request's HTTP version (see `http_version`).
+    pub version: hyper::Version,
 }
 
 impl Request<'_> {
@@ -76,6 +78,7 @@ impl RequestState<'_> {
             content_type: self.content_type.clone(),
             cache: self.cache.clone(),
             host: self.host.clone(),
+            version: self.version,
         }
     }
 }
@@ -104,6 +107,7 @@ impl<'r> Request<'r> {
                 content_type: InitCell::new(),
                 cache: Arc::new(<TypeMap![Send + Sync]>::new()),
                 host: None,
+                version: hyper::Version::HTTP_11,
             }
         }
     }
@@ -184,6 +188,15 @@ impl<'r> Request<'r> {
     #[inline(always)]
     pub fn set_uri(&mut self, uri: Origin<'r>) {
         self.uri = uri;
+    }
+
+    /// PATCH(spillway): the HTTP version the request came in (HTTP/1.1
+    /// for one made by hand), so that an application can tell an HTTP/1.0
+    /// request, which may go without `Host`, from an HTTP/1.1 one, which
+    /// may not (RFC 9112 3.2).
+    #[inline(always)]
+    pub fn http_version(&self) -> hyper::Version {
+        self.state.version
     }
 
     /// Returns the [`Host`] identified in the request, if any.
@@ -1030,13 +1043,6 @@ impl<'r> Request<'r> {
                 Origin::ROOT
             });
 
-        // PATCH(spillway): RFC 9112 3.2: a server must answer 400 to an
-        // HTTP/1.1 request without `Host`, or to any with more than one.
-        let hosts = hyper.headers.get_all("host").iter().count();
-        if hosts > 1 || (hosts == 0 && hyper.version == hyper::Version::HTTP_11) {
-            errors.push(Kind::Host(hosts));
-        }
-
         // Construct the request object; fill in metadata and headers next.
         let mut request = Request::new(rocket, method, uri);
 
@@ -1044,6 +1050,9 @@ impl<'r> Request<'r> {
         if let Some(connection) = connection {
             request.connection = connection;
         }
+
+        // PATCH(spillway): see `http_version`.
+        request.state.version = hyper.version;
 
         // Determine + set host. On HTTP < 2, use the `HOST` header. Otherwise,
         // use the `:authority` pseudo-header which hyper makes part of the URI.
@@ -1100,8 +1109,6 @@ pub(crate) struct BadRequest<'r> {
 pub(crate) enum Kind<'r> {
     InvalidUri(&'r hyper::Uri),
     BadMethod(&'r hyper::Method),
-    // PATCH(spillway): see `from_hyp`.
-    Host(usize),
 }
 
 impl fmt::Display for Kind<'_> {
@@ -1109,7 +1116,6 @@ impl fmt::Display for Kind<'_> {
         match self {
             Kind::InvalidUri(u) => write!(f, "invalid origin URI: {}", u),
             Kind::BadMethod(m) => write!(f, "invalid or unrecognized method: {}", m),
-            Kind::Host(n) => write!(f, "{} `Host` header lines where HTTP/1.1 takes one", n),
         }
     }
 }
