@@ -66,7 +66,7 @@ impl Fairing for HostCheck {
 /// on any node and whatever the route.
 fn one_host(req: &Request<'_>) -> Option<Error> {
     let lines = req.headers().get("Host").count();
-    let needed = req.http_version() == rocket::http::hyper::Version::HTTP_11;
+    let needed = req.http_version() == Some(rocket::http::hyper::Version::HTTP_11);
     match lines {
         0 if needed => Some(Error::BadRequest("an HTTP/1.1 request names its `Host`".into())),
         0 | 1 => None,

@@ -53,7 +53,7 @@ pub(crate) struct RequestState<'r> {
     pub cache: Arc<TypeMap![Send + Sync]>,
     pub host: Option<Host<'r>>,
     // PATCH(spillway): the request's HTTP version (see `http_version`).
-    pub version: hyper::Version,
+    pub version: Option<hyper::Version>,
 }
 
 impl Request<'_> {
@@ -107,7 +107,7 @@ impl<'r> Request<'r> {
                 content_type: InitCell::new(),
                 cache: Arc::new(<TypeMap![Send + Sync]>::new()),
                 host: None,
-                version: hyper::Version::HTTP_11,
+                version: None,
             }
         }
     }
@@ -190,12 +190,12 @@ impl<'r> Request<'r> {
         self.uri = uri;
     }
 
-    /// PATCH(spillway): the HTTP version the request came in (HTTP/1.1
-    /// for one made by hand), so that an application can tell an HTTP/1.0
-    /// request, which may go without `Host`, from an HTTP/1.1 one, which
-    /// may not (RFC 9112 3.2).
+    /// PATCH(spillway): the HTTP version the request came in (`None` for
+    /// one made by hand, as by a local client), so that an application can
+    /// tell an HTTP/1.0 request, which may go without `Host`, from an
+    /// HTTP/1.1 one, which may not (RFC 9112 3.2).
     #[inline(always)]
-    pub fn http_version(&self) -> hyper::Version {
+    pub fn http_version(&self) -> Option<hyper::Version> {
         self.state.version
     }
 
@@ -1052,7 +1052,7 @@ impl<'r> Request<'r> {
         }
 
         // PATCH(spillway): see `http_version`.
-        request.state.version = hyper.version;
+        request.state.version = Some(hyper.version);
 
         // Determine + set host. On HTTP < 2, use the `HOST` header. Otherwise,
         // use the `:authority` pseudo-header which hyper makes part of the URI.
